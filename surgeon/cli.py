@@ -1,0 +1,237 @@
+"""The `surgeon` command: parse options, call one engine function, render its result."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from surgeon.errors import Cancelled, SurgeonError
+
+EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
+
+
+class RichProgress:
+    """A byte-count progress bar on stderr; only used when stderr is a terminal."""
+
+    def __init__(self):
+        from rich.progress import (
+            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+            console=_console(stderr=True),
+        )
+        self._task = None
+
+    def start(self, description: str, total: int) -> None:
+        if total:
+            self._progress.start()
+            self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, amount: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, amount)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._progress.stop()
+            self._task = None
+
+
+def _console(stderr: bool = False, file=None):
+    from rich.console import Console
+
+    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=False)
+
+
+def _progress(quiet: bool):
+    from surgeon.progress import NoProgress
+
+    return NoProgress() if quiet or not sys.stderr.isatty() else RichProgress()
+
+
+def handle_errors(func):
+    """Errors become one line on stderr and exit code 2; --debug shows the traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except SurgeonError as exc:
+            _fail(str(exc), debug)
+        except (Cancelled, KeyboardInterrupt):
+            click.echo("surgeon: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            os._exit(EXIT_TROUBLE)  # the reader went away; nothing useful left to say
+        except Exception as exc:  # noqa: BLE001 - a bug must still not print a traceback
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", debug)
+
+    return wrapper
+
+
+def _fail(message: str, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    click.echo(f"surgeon: error: {message}", err=True)
+    sys.exit(EXIT_TROUBLE)
+
+
+def _check_output(output: Path | None, force: bool, inputs: list) -> None:
+    if output is None:
+        return
+    out = output.resolve()
+    for ckpt in inputs:
+        if out.is_relative_to(ckpt.root):
+            raise SurgeonError(f"{output}: refusing to write inside the input checkpoint {ckpt.root}")
+    if out.exists() and not force:
+        raise SurgeonError(f"{output}: already exists (use --force to replace it)")
+    if not out.parent.is_dir():
+        raise SurgeonError(f"{output}: folder {out.parent} does not exist")
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from surgeon.atomic import write_text_atomic
+
+    write_text_atomic(output, text)
+
+
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+output_option = click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the report to FILE (atomically) instead of stdout.",
+)
+force_option = click.option("--force", is_flag=True, help="Replace an existing --output file.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="surgeon")
+def main() -> None:
+    """Checkpoint surgery and diff toolkit for large language models."""
+
+
+@main.command()
+@click.argument("base")
+@click.argument("other")
+@click.option("--base-revision", help="Hub revision of BASE (branch, tag or commit).")
+@click.option("--other-revision", help="Hub revision of OTHER.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.diff/1).")
+@click.option("--markdown", is_flag=True, help="Print the model-card sections as Markdown.")
+@click.option("--no-hash", is_flag=True, help="Compare bytes without SHA256 (statuses only, faster).")
+@click.option("--no-stats", is_flag=True, help="Skip numeric stats and the per-head view.")
+@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Hash cache folder (default $SURGEON_CACHE_DIR or $XDG_CACHE_HOME/surgeon/hashes).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the hash cache.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Threads for hashing (default: all cores).")
+@click.option("-v", "--verbose", is_flag=True, help="List every differing tensor.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@output_option
+@force_option
+@debug_option
+@handle_errors
+def diff(base, other, base_revision, other_revision, as_json, markdown, no_hash, no_stats,
+         cache_dir, no_cache, workers, verbose, quiet, output, force, debug) -> None:
+    """Compare two checkpoints tensor by tensor.
+
+    BASE and OTHER are checkpoint folders, .safetensors files or Hub repo ids. Exit status:
+    0 identical, 1 different, 2 trouble.
+    """
+    from surgeon.checkpoint import open_checkpoint
+    from surgeon.diff import DiffOptions, diff_checkpoints
+    from surgeon.hashcache import default_cache_dir
+
+    if as_json and markdown:
+        raise SurgeonError("--json and --markdown are exclusive: pick one")
+    base_ckpt = open_checkpoint(base, base_revision)
+    other_ckpt = open_checkpoint(other, other_revision)
+    _check_output(output, force, [base_ckpt, other_ckpt])
+    options = DiffOptions(
+        hash=not no_hash,
+        cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        stats=not no_stats,
+        workers=workers,
+    )
+    cancel = threading.Event()
+    report = diff_checkpoints(base_ckpt, other_ckpt, options, _progress(quiet), cancel)
+    _emit(_render_diff(report, as_json, markdown, verbose, output), output)
+    sys.exit(EXIT_SAME if report.identical else EXIT_DIFFERENT)
+
+
+def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -> str:
+    if as_json:
+        from surgeon.report import to_json
+
+        return json.dumps(to_json(report), indent=2) + "\n"
+    if markdown:
+        from surgeon.render_markdown import render_markdown
+
+        return render_markdown(report)
+    return _render_rich(functools.partial(_render_terminal, report, verbose), output)
+
+
+def _render_terminal(report, verbose, console) -> None:
+    from surgeon.render_terminal import render_terminal
+
+    render_terminal(report, console, verbose)
+
+
+def _render_rich(draw, output) -> str:
+    """Draw straight to the terminal, or record plain text for a file or pipe."""
+    import io
+
+    if output is None and sys.stdout.isatty():
+        draw(_console())
+        return ""
+    buffer = io.StringIO()
+    console = _console(file=buffer)
+    console.width = max(console.width, 160)
+    draw(console)
+    return buffer.getvalue()
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema surgeon.inspect/1).")
+@click.option("-v", "--verbose", is_flag=True, help="List every tensor.")
+@output_option
+@force_option
+@debug_option
+@handle_errors
+def inspect(checkpoint, revision, as_json, verbose, output, force, debug) -> None:
+    """List a checkpoint's tensors, shards, metadata and parameter counts from its headers."""
+    from surgeon.checkpoint import open_checkpoint
+    from surgeon.inspect import inspect_json
+
+    ckpt = open_checkpoint(checkpoint, revision)
+    _check_output(output, force, [ckpt])
+    data = inspect_json(ckpt)
+    if as_json:
+        _emit(json.dumps(data, indent=2) + "\n", output)
+        return
+    _emit(_render_rich(functools.partial(_render_inspect, data, verbose), output), output)
+
+
+def _render_inspect(data: dict, verbose: bool, console) -> None:
+    from surgeon.render_inspect import render_inspect
+
+    render_inspect(data, console, verbose)
+
+
+if __name__ == "__main__":
+    main()

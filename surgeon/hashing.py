@@ -1,0 +1,180 @@
+"""Per-file and per-tensor SHA256 in a single read of each file, files in parallel threads.
+
+Each chunk read from a shard feeds the whole-file hash (on a helper thread) and the hash of
+every tensor whose byte range it overlaps (on the reading thread); hashlib releases the GIL,
+so both cores work. Memory stays at a few chunk buffers whatever the checkpoint size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from surgeon.errors import Cancelled, SurgeonError
+from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
+from surgeon.safetensors_format import ShardHeader
+
+CHUNK_BYTES = 4 << 20
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    file_sha256: str
+    tensors: dict[str, str]
+    bytes_read: int  # 0 when every hash came from the cache or the file's HF blob name
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def hash_shards(
+    shards: list[ShardHeader],
+    cache: HashCache,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    workers: int | None = None,
+) -> dict[str, FileHashes]:
+    """Hashes of each shard, keyed by the file's real path (a file named twice is read once).
+
+    `progress` is called with each chunk's byte count as it is hashed; bytes_to_hash()
+    gives the total to expect.
+    """
+    results: dict[str, FileHashes] = {}
+    pending: dict[str, tuple[ShardHeader, FileIdentity, str | None]] = {}
+    for shard in shards:
+        ident = _identity(shard)
+        if ident.real_path in results or ident.real_path in pending:
+            continue
+        cached = _from_cache(shard, ident, cache)
+        if cached is not None:
+            results[ident.real_path] = cached
+        else:
+            pending[ident.real_path] = (shard, ident, hf_blob_sha256(shard.path))
+    if not pending:
+        return results
+    workers = workers or default_workers()
+    order = sorted(pending.values(), key=lambda item: -item[0].file_size)
+    with ThreadPoolExecutor(workers) as file_pool, ThreadPoolExecutor(workers) as side_pool:
+        futures = {
+            ident.real_path: file_pool.submit(
+                _hash_and_store, shard, ident, known, cache, side_pool, progress, cancel
+            )
+            for shard, ident, known in order
+        }
+        for real_path, future in futures.items():
+            results[real_path] = future.result()
+    return results
+
+
+def bytes_to_hash(shards: list[ShardHeader], cache: HashCache) -> int:
+    """How many bytes hash_shards() will read for these shards: for sizing a progress bar."""
+    seen: set[str] = set()
+    total = 0
+    for shard in shards:
+        ident = _identity(shard)
+        if ident.real_path not in seen and _from_cache(shard, ident, cache) is None:
+            seen.add(ident.real_path)
+            total += shard.file_size - (shard.data_start if hf_blob_sha256(shard.path) else 0)
+    return total
+
+
+def _identity(shard: ShardHeader) -> FileIdentity:
+    try:
+        return FileIdentity.of(shard.path)
+    except OSError as exc:
+        raise SurgeonError(f"{shard.path}: cannot stat ({exc.strerror})") from None
+
+
+def _from_cache(shard: ShardHeader, ident: FileIdentity, cache: HashCache) -> FileHashes | None:
+    file_sha = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
+    if file_sha is None:
+        return None
+    tensors = cache.tensor_sha256(file_sha)
+    if tensors is None or tensors.keys() != shard.tensors.keys():
+        return None
+    return FileHashes(file_sha, tensors, 0)
+
+
+def _hash_and_store(
+    shard: ShardHeader,
+    ident: FileIdentity,
+    known_sha: str | None,
+    cache: HashCache,
+    side_pool: Executor,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> FileHashes:
+    hashes = hash_one_file(shard, known_sha, side_pool, progress, cancel)
+    if FileIdentity.of(shard.path) != ident:
+        raise SurgeonError(f"{shard.path}: changed while it was being read")
+    cache.store(ident, hashes.file_sha256, hashes.tensors)
+    return hashes
+
+
+def hash_one_file(
+    shard: ShardHeader,
+    known_sha: str | None = None,
+    side_pool: Executor | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> FileHashes:
+    """One sequential read of a shard: its file SHA256 (unless known) and every tensor's."""
+    spans = sorted((info.start, info.end, name) for name, info in shard.tensors.items())
+    tensor_hashers = {name: hashlib.sha256() for name in shard.tensors}
+    file_hasher = None if known_sha else hashlib.sha256()
+    buffer = memoryview(bytearray(CHUNK_BYTES))
+    position = 0 if file_hasher else shard.data_start
+    next_span = 0
+    try:
+        handle = open(shard.path, "rb", buffering=0)
+    except OSError as exc:
+        raise SurgeonError(f"{shard.path}: cannot read ({exc.strerror})") from None
+    with handle:
+        handle.seek(position)
+        while n := handle.readinto(buffer):
+            block = buffer[:n]
+            side = _start_file_hash(file_hasher, block, side_pool)
+            next_span = _feed_tensors(spans, next_span, tensor_hashers, block, position)
+            if side is not None:
+                side.result()
+            position += n
+            if progress:
+                progress(n)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+    if position != shard.file_size:
+        raise SurgeonError(f"{shard.path}: file is {position} bytes, its header says {shard.file_size}")
+    file_sha = known_sha or file_hasher.hexdigest()
+    tensors = {name: hasher.hexdigest() for name, hasher in tensor_hashers.items()}
+    return FileHashes(file_sha, tensors, position)
+
+
+def _start_file_hash(hasher, block: memoryview, pool: Executor | None):
+    if hasher is None:
+        return None
+    if pool is None:
+        hasher.update(block)
+        return None
+    return pool.submit(hasher.update, block)
+
+
+def _feed_tensors(spans, index: int, hashers, block: memoryview, position: int) -> int:
+    """Feed the part of `block` (at file offset `position`) that each tensor owns."""
+    end_of_block = position + len(block)
+    while index < len(spans):
+        start, end, name = spans[index]
+        if start >= end_of_block:
+            break
+        lo, hi = max(start, position), min(end, end_of_block)
+        if hi > lo:
+            hashers[name].update(block[lo - position : hi - position])
+        if end > end_of_block:
+            break
+        index += 1
+    return index
