@@ -154,8 +154,7 @@ def _merge_shards(
         for name, info in shard.tensors.items():
             if name in tensors:
                 raise SurgeonError(
-                    f"{shard.path.parent}: tensor {name!r} is in both "
-                    f"{tensors[name].file} and {shard.name}"
+                    f"{shard.path.parent}: tensor {name!r} is in both {tensors[name].file} and {shard.name}"
                 )
             tensors[name] = info
     if weight_map is None:
@@ -163,9 +162,7 @@ def _merge_shards(
     for name, shard_name in weight_map.items():
         info = tensors.get(name)
         if info is None or info.file != shard_name:
-            raise SurgeonError(
-                f"{index_name}: places tensor {name!r} in {shard_name}, whose header lacks it"
-            )
+            raise SurgeonError(f"{index_name}: places tensor {name!r} in {shard_name}, whose header lacks it")
     unlisted = sorted(set(tensors) - set(weight_map))
     if unlisted:
         raise SurgeonError(

@@ -21,12 +21,21 @@ class RichProgress:
 
     def __init__(self):
         from rich.progress import (
-            BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
         )
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
             console=_console(stderr=True),
         )
         self._task = None
@@ -73,7 +82,7 @@ def handle_errors(func):
             sys.exit(130)
         except BrokenPipeError:
             os._exit(EXIT_TROUBLE)  # the reader went away; nothing useful left to say
-        except Exception as exc:  # noqa: BLE001 - a bug must still not print a traceback
+        except Exception as exc:
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", debug)
 
     return wrapper
@@ -113,7 +122,9 @@ def _emit(text: str, output: Path | None) -> None:
 
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 output_option = click.option(
-    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
     help="Write the report to FILE (atomically) instead of stdout.",
 )
 force_option = click.option("--force", is_flag=True, help="Replace an existing --output file.")
@@ -134,8 +145,11 @@ def main() -> None:
 @click.option("--markdown", is_flag=True, help="Print the model-card sections as Markdown.")
 @click.option("--no-hash", is_flag=True, help="Compare bytes without SHA256 (statuses only, faster).")
 @click.option("--no-stats", is_flag=True, help="Skip numeric stats and the per-head view.")
-@click.option("--cache-dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Hash cache folder (default $SURGEON_CACHE_DIR or $XDG_CACHE_HOME/surgeon/hashes).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Hash cache folder (default $SURGEON_CACHE_DIR or $XDG_CACHE_HOME/surgeon/hashes).",
+)
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the hash cache.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads for hashing (default: all cores).")
 @click.option("-v", "--verbose", is_flag=True, help="List every differing tensor.")
@@ -144,8 +158,24 @@ def main() -> None:
 @force_option
 @debug_option
 @handle_errors
-def diff(base, other, base_revision, other_revision, as_json, markdown, no_hash, no_stats,
-         cache_dir, no_cache, workers, verbose, quiet, output, force, debug) -> None:
+def diff(
+    base,
+    other,
+    base_revision,
+    other_revision,
+    as_json,
+    markdown,
+    no_hash,
+    no_stats,
+    cache_dir,
+    no_cache,
+    workers,
+    verbose,
+    quiet,
+    output,
+    force,
+    debug,
+) -> None:
     """Compare two checkpoints tensor by tensor.
 
     BASE and OTHER are checkpoint folders, .safetensors files or Hub repo ids. Exit status:

@@ -61,9 +61,7 @@ def _equal(pair: Pair, a: ShardReader, b: ShardReader, same_file: bool, progress
     for offset, size in element_chunks(pair.base, len(a.buffer)):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        same = views_equal(
-            a.read(pair.base.start + offset, size), b.read(pair.other.start + offset, size)
-        )
+        same = views_equal(a.read(pair.base.start + offset, size), b.read(pair.other.start + offset, size))
         if progress:
             progress(size)
         if not same:

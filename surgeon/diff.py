@@ -109,9 +109,7 @@ class DiffReport:
 
     def layers_changed(self, stack: str | None = None) -> list[int]:
         stack = stack or self.main_stack
-        return sorted(
-            {t.layer for t in self.tensors if t.stack == stack and t.status != "identical"}
-        )
+        return sorted({t.layer for t in self.tensors if t.stack == stack and t.status != "identical"})
 
 
 @dataclass(frozen=True)
@@ -162,9 +160,7 @@ def _same_layout(base: Checkpoint, other: Checkpoint) -> list[str]:
     return [
         name
         for name, info in base.tensors.items()
-        if (o := other.tensors.get(name)) is not None
-        and o.dtype == info.dtype
-        and o.shape == info.shape
+        if (o := other.tensors.get(name)) is not None and o.dtype == info.dtype and o.shape == info.shape
     ]
 
 
@@ -191,8 +187,13 @@ def _hash_both(base, other, options, progress, cancel):
 
 def _compare_bytes(base, other, options, progress, cancel) -> dict[str, bool]:
     pairs = [
-        Pair(n, base.shard_path(base.tensors[n].file), base.tensors[n],
-             other.shard_path(other.tensors[n].file), other.tensors[n])
+        Pair(
+            n,
+            base.shard_path(base.tensors[n].file),
+            base.tensors[n],
+            other.shard_path(other.tensors[n].file),
+            other.tensors[n],
+        )
         for n in _same_layout(base, other)
     ]
     progress.start("comparing", sum(p.base.nbytes for p in pairs))
@@ -218,8 +219,13 @@ def _tensor_statuses(base, other, sha_b, sha_o, equal) -> list[TensorDiff]:
         parsed = parse_name(name)
         result.append(
             TensorDiff(
-                name, status, _tensor_side(b, sha_b.get(name)), _tensor_side(o, sha_o.get(name)),
-                parsed.stack, parsed.layer, parsed.family,
+                name,
+                status,
+                _tensor_side(b, sha_b.get(name)),
+                _tensor_side(o, sha_o.get(name)),
+                parsed.stack,
+                parsed.layer,
+                parsed.family,
             )
         )
     return result
@@ -296,7 +302,9 @@ def _flag_uniform_attention(other: Checkpoint, tensors: list[TensorDiff], geomet
         o_zero = _o_zero_heads(other, o_diff, geometry)
         if o_zero is None or len(o_zero) != len(q_zero):
             continue
-        diff.heads.uniform_attention = [h for h, (q, o) in enumerate(zip(q_zero, o_zero)) if q and not o]
+        diff.heads.uniform_attention = [
+            h for h, (q, o) in enumerate(zip(q_zero, o_zero, strict=True)) if q and not o
+        ]
 
 
 def _o_zero_heads(other: Checkpoint, o_diff: TensorDiff, geometry) -> list[bool] | None:
@@ -353,7 +361,10 @@ def header_differences(base: ShardHeader, other: ShardHeader) -> list[str]:
         found.append("tensor order")
     if any(_relative(base, n) != _relative(other, n) for n in common):
         found.append("data_offsets")
-    if any(base.tensors[n].dtype != other.tensors[n].dtype or base.tensors[n].shape != other.tensors[n].shape for n in common):
+    if any(
+        base.tensors[n].dtype != other.tensors[n].dtype or base.tensors[n].shape != other.tensors[n].shape
+        for n in common
+    ):
         found.append("dtype/shape")
     if base.tensors.keys() != other.tensors.keys():
         found.append("tensor names")
@@ -372,8 +383,10 @@ def _file_diffs(base: Checkpoint, other: Checkpoint) -> list[FileDiff]:
     names_b, names_o = _side_files(base), _side_files(other)
     result = []
     for name in sorted(set(names_b) | set(names_o)):
-        sha = [_file_sha(base.root / name) if name in names_b else None,
-               _file_sha(other.root / name) if name in names_o else None]
+        sha = [
+            _file_sha(base.root / name) if name in names_b else None,
+            _file_sha(other.root / name) if name in names_o else None,
+        ]
         if sha[0] is None or sha[1] is None:
             status = "added" if sha[0] is None else "removed"
         else:
@@ -391,7 +404,9 @@ def _side_files(ckpt: Checkpoint) -> set[str]:
     return {
         p.name
         for p in ckpt.root.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix != ".safetensors"
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix != ".safetensors"
         and p.stat().st_size <= SIDE_FILE_LIMIT
     }
 

@@ -92,7 +92,11 @@ def raw_view(buffer, dtype: DType) -> np.ndarray:
 
 def to_float64(raw: np.ndarray, dtype: DType) -> np.ndarray:
     """Decode an array from raw_view() to float64 values."""
-    name = dtype.name
+    with np.errstate(invalid="ignore"):  # NaN payloads are kept as NaN, not worth a warning
+        return _decode(raw, dtype.name)
+
+
+def _decode(raw: np.ndarray, name: str) -> np.ndarray:
     if name == "BF16":
         return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
     if name == "F16":

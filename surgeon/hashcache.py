@@ -73,8 +73,10 @@ class HashCache:
         tensors = entry.get("tensors") if entry else None
         return tensors if isinstance(tensors, dict) else None
 
-    def store(self, ident: FileIdentity, file_sha256: str, tensors: dict[str, str]) -> None:
+    def store_tensors(self, file_sha256: str, tensors: dict[str, str]) -> None:
         self._write(self._content_entry(file_sha256), {"version": VERSION, "tensors": tensors})
+
+    def store_file(self, ident: FileIdentity, file_sha256: str) -> None:
         record = {"version": VERSION, "path": ident.real_path, "size": ident.size}
         self._write(self._file_entry(ident), record | {"sha256": file_sha256})
 

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
@@ -113,7 +114,9 @@ def _hash_and_store(
     hashes = hash_one_file(shard, known_sha, side_pool, progress, cancel)
     if FileIdentity.of(shard.path) != ident:
         raise SurgeonError(f"{shard.path}: changed while it was being read")
-    cache.store(ident, hashes.file_sha256, hashes.tensors)
+    cache.store_tensors(hashes.file_sha256, hashes.tensors)
+    if known_sha is None:  # a Hugging Face blob is named by its hash: no stat entry needed
+        cache.store_file(ident, hashes.file_sha256)
     return hashes
 
 
@@ -129,14 +132,10 @@ def hash_one_file(
     tensor_hashers = {name: hashlib.sha256() for name in shard.tensors}
     file_hasher = None if known_sha else hashlib.sha256()
     buffer = memoryview(bytearray(CHUNK_BYTES))
-    position = 0 if file_hasher else shard.data_start
+    first = position = 0 if file_hasher else shard.data_start
     next_span = 0
-    try:
-        handle = open(shard.path, "rb", buffering=0)
-    except OSError as exc:
-        raise SurgeonError(f"{shard.path}: cannot read ({exc.strerror})") from None
-    with handle:
-        handle.seek(position)
+    with _open_unbuffered(shard.path) as handle:
+        handle.seek(first)
         while n := handle.readinto(buffer):
             block = buffer[:n]
             side = _start_file_hash(file_hasher, block, side_pool)
@@ -152,7 +151,14 @@ def hash_one_file(
         raise SurgeonError(f"{shard.path}: file is {position} bytes, its header says {shard.file_size}")
     file_sha = known_sha or file_hasher.hexdigest()
     tensors = {name: hasher.hexdigest() for name, hasher in tensor_hashers.items()}
-    return FileHashes(file_sha, tensors, position)
+    return FileHashes(file_sha, tensors, position - first)
+
+
+def _open_unbuffered(path: Path):
+    try:
+        return open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _start_file_hash(hasher, block: memoryview, pool: Executor | None):

@@ -23,7 +23,11 @@ def render_markdown(report: DiffReport) -> str:
     lines += [_shard_bullet(s, report) for s in report.shards]
     lines += [
         f"- `{f.name}`: "
-        + ("byte-identical to the base." if f.status == "identical" else f"{f.status} ({_sha_pair(f.sha256)}).")
+        + (
+            "byte-identical to the base."
+            if f.status == "identical"
+            else f"{f.status} ({_sha_pair(f.sha256)})."
+        )
         for f in report.files
     ]
     return "\n".join(lines) + "\n"
@@ -50,7 +54,13 @@ def _table(report: DiffReport) -> list[tuple[str, str, str]]:
     for changed in (True, False):
         names = [r.family for r in outside if r.changed == changed]
         if names:
-            rows_out.append((", ".join(map(_code, names)), "changed" if changed else "(none)", "—" if changed else "unchanged"))
+            rows_out.append(
+                (
+                    ", ".join(map(_code, names)),
+                    "changed" if changed else "(none)",
+                    "—" if changed else "unchanged",
+                )
+            )
     return rows_out
 
 
@@ -95,10 +105,7 @@ def _count_sentence(report: DiffReport) -> str:
     families = sorted({t.family.split(".")[-2] if "." in t.family else t.family for t in diff})
     layers = sorted({t.layer for t in diff if t.layer is not None})
     where = f" for layers {layer_ranges(layers)}" if layers else ""
-    return (
-        f"Of the {total} tensors, {len(diff)} differ from the base model: "
-        f"{', '.join(families)}{where}."
-    )
+    return f"Of the {total} tensors, {len(diff)} differ from the base model: {', '.join(families)}{where}."
 
 
 def _head_sentences(report: DiffReport) -> list[str]:
@@ -113,7 +120,8 @@ def _head_sentences(report: DiffReport) -> list[str]:
             lines += [
                 "",
                 f"Warning: in layer {t.layer}, heads {', '.join(map(str, t.heads.uniform_attention))} "
-                "have zero q_proj rows but non-zero o_proj columns: they attend uniformly and are not removed.",
+                "have zero q_proj rows but non-zero o_proj columns: "
+                "they attend uniformly and are not removed.",
             ]
     return lines
 

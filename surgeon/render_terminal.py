@@ -64,8 +64,12 @@ def _families_table(report: DiffReport) -> Table:
             table.add_row(label, "", "", statuses)
         else:
             changed = describe_layers(row.layers_changed)
-            table.add_row(label, Text(changed, style="yellow" if row.layers_changed else "dim"),
-                          describe_layers(row.layers_unchanged, count_them=True), statuses)
+            table.add_row(
+                label,
+                Text(changed, style="yellow" if row.layers_changed else "dim"),
+                describe_layers(row.layers_unchanged, count_them=True),
+                statuses,
+            )
     return table
 
 
@@ -79,8 +83,12 @@ def _shards_table(report: DiffReport) -> Table:
         table.add_column(column)
     for s in report.shards:
         table.add_row(
-            s.name, _status(s.status), _short(s.sha256[0]), _short(s.sha256[1]),
-            f"{s.tensors_differing}/{s.tensors}", "; ".join(s.header_differences),
+            s.name,
+            _status(s.status),
+            _short(s.sha256[0]),
+            _short(s.sha256[1]),
+            f"{s.tensors_differing}/{s.tensors}",
+            "; ".join(s.header_differences),
         )
     return table
 
@@ -102,8 +110,12 @@ def _tensors_table(rows: list[TensorDiff], hashed: bool) -> Table:
         stats = t.stats
         cells = ["", "", "", ""]
         if stats is not None:
-            cells = [_num(stats.max_abs_delta), _num(stats.rel_frobenius),
-                     _num(stats.cosine, ".6f"), f"{stats.frac_changed:.1%}"]
+            cells = [
+                _num(stats.max_abs_delta),
+                _num(stats.rel_frobenius),
+                _num(stats.cosine, ".6f"),
+                f"{stats.frac_changed:.1%}",
+            ]
         if t.status == "retyped":
             cells[0] = f"{t.base.dtype}{t.base.shape} → {t.other.dtype}{t.other.shape}"
         table.add_row(t.name, _status(t.status), *cells, _heads_cell(t))

@@ -106,8 +106,7 @@ def _parse_entry(name: str, entry: object, where: str) -> tuple[DType, tuple[int
     expected = nbytes_for(dtype, tuple(shape))
     if expected != end - begin:
         raise SurgeonError(
-            f"{where}: tensor {name!r} holds {end - begin} bytes but "
-            f"{dtype.name} x {shape} needs {expected}"
+            f"{where}: tensor {name!r} holds {end - begin} bytes but {dtype.name} x {shape} needs {expected}"
         )
     return dtype, tuple(shape), begin, end
 
@@ -190,9 +189,7 @@ def encode_header(tensors: list[TensorBytes], metadata: dict[str, str] | None) -
     return struct.pack("<Q", len(body)) + body
 
 
-def write_safetensors(
-    path: Path, tensors: list[TensorBytes], metadata: dict[str, str] | None = None
-) -> None:
+def write_safetensors(path: Path, tensors: list[TensorBytes], metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically; tensors are laid out in the order given."""
     with atomic_output(path) as handle:
         handle.write(encode_header(tensors, metadata))

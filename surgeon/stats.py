@@ -53,7 +53,7 @@ class HeadScan:
 
     def statuses(self) -> list[str]:
         out = []
-        for base_zero, other_zero, changed in zip(self.base_zero, self.other_zero, self.changed):
+        for base_zero, other_zero, changed in zip(self.base_zero, self.other_zero, self.changed, strict=True):
             if other_zero and not base_zero:
                 out.append("zeroed")
             else:

@@ -1,0 +1,13 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own hash cache and Hugging Face cache: no state leaks between tests."""
+    monkeypatch.setenv("SURGEON_CACHE_DIR", str(tmp_path / "surgeon-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "surgeon-cache"

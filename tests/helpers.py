@@ -1,0 +1,77 @@
+"""Build checkpoint variants for tests by rewriting the committed fixture's shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from surgeon.checkpoint import open_checkpoint
+from surgeon.dtypes import float32_to_bf16_bits, raw_view, to_float64
+from surgeon.safetensors_format import TensorBytes, write_safetensors
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+BASE = FIXTURES / "gemma4-tiny" / "base"
+PRUNED = FIXTURES / "gemma4-tiny" / "pruned"
+
+
+def read_tensor(ckpt_dir: Path, name: str) -> np.ndarray:
+    ckpt = open_checkpoint(ckpt_dir)
+    info = ckpt.tensors[name]
+    with open(ckpt.shard_path(info.file), "rb") as handle:
+        handle.seek(info.start)
+        raw = raw_view(handle.read(info.nbytes), info.dtype)
+    return to_float64(raw, info.dtype).astype(np.float32).reshape(info.shape)
+
+
+def make_variant(
+    dst: Path,
+    src: Path = BASE,
+    replace: dict[str, np.ndarray] | None = None,
+    add: dict[str, tuple[str, np.ndarray]] | None = None,
+    drop: tuple[str, ...] = (),
+    retype: dict[str, tuple[str, np.ndarray]] | None = None,
+    shard_metadata: dict[str, dict[str, str]] | None = None,
+) -> Path:
+    """Copy `src` to `dst`, replacing (bf16), adding, dropping or retyping tensors.
+
+    `add` maps a new tensor name to (shard file, float32 values); `retype` maps a name to
+    (dtype, values) with dtype "F32" or "BF16".
+    """
+    replace, add, retype = replace or {}, add or {}, retype or {}
+    ckpt = open_checkpoint(src)
+    shutil.copytree(src, dst)
+    weight_map = {}
+    for shard_name, shard in ckpt.shards.items():
+        data = (src / shard_name).read_bytes()
+        tensors = []
+        for name, info in shard.tensors.items():
+            if name in drop:
+                continue
+            if name in replace:
+                tensors.append(encode(name, "BF16", replace[name]))
+            elif name in retype:
+                tensors.append(encode(name, *retype[name]))
+            else:
+                tensors.append(TensorBytes(name, info.dtype.name, info.shape, data[info.start : info.end]))
+        tensors += [encode(n, "BF16", values) for n, (s, values) in add.items() if s == shard_name]
+        metadata = dict(shard.metadata or {}) | (shard_metadata or {}).get(shard_name, {})
+        write_safetensors(dst / shard_name, tensors, metadata)
+        weight_map.update({t.name: shard_name for t in tensors})
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    index["weight_map"] = dict(sorted(weight_map.items()))
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return dst
+
+
+def encode(name: str, dtype: str, values: np.ndarray) -> TensorBytes:
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if dtype == "BF16":
+        raw = float32_to_bf16_bits(values).tobytes()
+    elif dtype == "F32":
+        raw = values.tobytes()
+    else:
+        raise ValueError(dtype)
+    return TensorBytes(name, dtype, tuple(values.shape), raw)

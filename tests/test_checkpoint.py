@@ -1,0 +1,135 @@
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from surgeon.checkpoint import open_checkpoint
+from surgeon.errors import SurgeonError
+from tests.helpers import BASE, make_variant
+
+
+def copy_base(tmp_path):
+    return shutil.copytree(BASE, tmp_path / "ckpt")
+
+
+def test_opens_sharded_checkpoint_without_reading_data():
+    ckpt = open_checkpoint(BASE)
+    assert list(ckpt.shards) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert len(ckpt.tensors) == 112
+    q = ckpt.tensors["model.layers.5.self_attn.q_proj.weight"]
+    assert (q.dtype.name, q.shape, q.file) == ("BF16", (128, 64), "model-00002-of-00002.safetensors")
+    assert q.nbytes == 128 * 64 * 2
+    assert ckpt.config["model_type"] == "gemma4_text"
+
+
+def test_single_file_checkpoint(tmp_path):
+    src = BASE / "model-00001-of-00002.safetensors"
+    folder = tmp_path / "single"
+    folder.mkdir()
+    shutil.copy(src, folder / "model.safetensors")
+    from_dir = open_checkpoint(folder)
+    from_file = open_checkpoint(folder / "model.safetensors")
+    assert list(from_dir.shards) == list(from_file.shards) == ["model.safetensors"]
+    assert from_dir.tensors.keys() == from_file.tensors.keys()
+
+
+def test_index_naming_a_missing_shard(tmp_path):
+    ckpt = copy_base(tmp_path)
+    (ckpt / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(
+        SurgeonError, match=re.escape("index names shard model-00002-of-00002.safetensors which is missing")
+    ):
+        open_checkpoint(ckpt)
+
+
+def test_index_naming_a_tensor_the_shard_lacks(tmp_path):
+    ckpt = copy_base(tmp_path)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.0.ghost.weight"] = "model-00001-of-00002.safetensors"
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(SurgeonError, match=re.escape("places tensor 'model.layers.0.ghost.weight'")):
+        open_checkpoint(ckpt)
+
+
+def test_index_placing_a_tensor_in_the_wrong_shard(tmp_path):
+    ckpt = copy_base(tmp_path)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = "model-00001-of-00002.safetensors"
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(SurgeonError, match=re.escape("places tensor 'model.norm.weight' in model-00001")):
+        open_checkpoint(ckpt)
+
+
+def test_tensor_missing_from_index(tmp_path):
+    ckpt = copy_base(tmp_path)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.norm.weight"]
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(SurgeonError, match=re.escape("does not list tensor 'model.norm.weight'")):
+        open_checkpoint(ckpt)
+
+
+def test_tensor_in_two_shards(tmp_path):
+    import numpy as np
+
+    ckpt = make_variant(
+        tmp_path / "dup",
+        add={"model.embed_tokens.weight": ("model-00002-of-00002.safetensors", np.zeros((512, 64)))},
+    )
+    with pytest.raises(SurgeonError, match="is in both"):
+        open_checkpoint(ckpt)
+
+
+def test_index_must_hold_a_weight_map(tmp_path):
+    ckpt = copy_base(tmp_path)
+    (ckpt / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(SurgeonError, match="no weight_map"):
+        open_checkpoint(ckpt)
+    (ckpt / "model.safetensors.index.json").write_text('{"weight_map": {"a": "../x.safetensors"}}')
+    with pytest.raises(SurgeonError, match="not a plain file name"):
+        open_checkpoint(ckpt)
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(SurgeonError, match="never unpickles"):
+        open_checkpoint(tmp_path)
+
+
+def test_unknown_path_is_a_clear_error(tmp_path):
+    with pytest.raises(SurgeonError, match="no such checkpoint"):
+        open_checkpoint(tmp_path / "nope")
+    with pytest.raises(SurgeonError, match=re.escape("not a .safetensors file")):
+        open_checkpoint(BASE / "config.json")
+
+
+def make_hub_cache(root, repo_id="acme/tiny", src=BASE):
+    """Lay out `src` the way huggingface_hub caches a download: blobs named by SHA256."""
+    repo_dir = root / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo_dir / "snapshots" / commit
+    (repo_dir / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    for file in sorted(src.iterdir()):
+        data = file.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        (repo_dir / "blobs" / sha).write_bytes(data)
+        os.symlink(f"../../blobs/{sha}", snapshot / file.name)
+    return snapshot
+
+
+def test_hub_repo_id_resolves_from_local_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    snapshot = make_hub_cache(tmp_path / "hub")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    ckpt = open_checkpoint("acme/tiny")
+    assert ckpt.root == snapshot.resolve() or ckpt.root == snapshot
+    assert len(ckpt.tensors) == 112
+    with pytest.raises(SurgeonError, match="not in the local Hugging Face cache"):
+        open_checkpoint("acme/absent")
