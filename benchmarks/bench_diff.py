@@ -16,6 +16,7 @@ Sub-modes used as children: --naive BASE OTHER and --floor FILE...
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -315,22 +316,64 @@ class Result:
         return max(self.rss_mb)
 
 
+# Reports a command's peak RSS (KiB) into argv[1]; used where GNU time is missing. A fork
+# from this small interpreter starts the command's high-water mark at ~9 MB, not at ours.
+RSS_HELPER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> Run:
-    """Run `cmd` in a fresh child; wall time around it, peak RSS from wait4 (its own rusage,
-    not every child's so far as RUSAGE_CHILDREN would give). Output goes to files, not
-    pipes, so a large report cannot block the child while we wait."""
+    """Run `cmd` in a fresh child: wall time around it, peak RSS from a small wrapper.
+
+    Not our own wait4: Linux starts a child's peak RSS at its parent's high-water mark (fork
+    copies it, exec keeps it), and ours is hundreds of MB after building the data. Output
+    goes to files, not pipes, so a large report cannot block the child.
+    """
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not wait again
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    if proc.returncode not in ok:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-2000:]}")
-    return Run(wall, usage.ru_maxrss / 1024, stdout)  # ru_maxrss is in KiB on Linux
+    with tempfile.TemporaryDirectory(prefix="surgeon-run-") as tmp:
+        rss_file, out_file, err_file = (Path(tmp) / n for n in ("rss", "out", "err"))
+        with open(out_file, "wb") as out, open(err_file, "wb") as err:
+            started = time.perf_counter()
+            code = subprocess.call([*rss_wrapper(rss_file), *cmd], stdout=out, stderr=err, env=env)
+            wall = time.perf_counter() - started
+        if code not in ok:
+            raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n{err_file.read_text()[-2000:]}")
+        # GNU time puts "Command exited with non-zero status N" before the figure.
+        rss_kib = int(rss_file.read_text().split()[-1])
+        return Run(wall, rss_kib / 1024, out_file.read_text())
+
+
+@functools.cache
+def rss_wrapper_prefix() -> tuple[str, ...]:
+    """GNU time where it works (a ~2 MB process), else the Python helper above."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "rss"
+        gnu_time = ("/usr/bin/time", "-f", "%M", "-o")
+        try:
+            subprocess.run([*gnu_time, str(probe), "true"], check=True, capture_output=True)
+            int(probe.read_text().split()[-1])
+            return gnu_time
+        except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+            return (sys.executable, "-S", "-c", RSS_HELPER)
+
+
+def rss_wrapper(rss_file: Path) -> list[str]:
+    return [*rss_wrapper_prefix(), str(rss_file)]
+
+
+def rss_method() -> str:
+    return "GNU time" if rss_wrapper_prefix()[0] == "/usr/bin/time" else "a fork helper (>= ~9 MB)"
 
 
 def warm_page_cache(files: list[Path]) -> None:
@@ -494,7 +537,8 @@ def render(plan: Plan, results: dict[str, Result], repeat: int) -> str:
     sha, floor = results["sha256sum"].best, results["floor"].best
     lines = [
         f"checkpoint pair: 2 x {info['bytes_per_side'] / 1e9:.2f} GB bf16, {len(plan.shard_names)} shards "
-        f"per side, {plan.num_layers} layers; {os.cpu_count()} cores; best wall of {repeat}, max RSS",
+        f"per side, {plan.num_layers} layers; {os.cpu_count()} cores; best wall of {repeat}; "
+        f"peak RSS (max of {repeat}) from {rss_method()}",
         "",
         f"{'name':<34} {'wall s':>8} {'x sha256sum':>12} {'x floor':>8} {'peak RSS MB':>12}",
     ]
@@ -513,6 +557,7 @@ def to_json(plan: Plan, results: dict[str, Result], problems: list[str]) -> dict
     return {
         "data": plan.describe(),
         "cpu_count": os.cpu_count(),
+        "rss_method": rss_method(),
         "results": {
             k: asdict(r) | {"best_wall_s": r.best, "peak_rss_mb": r.peak_rss} for k, r in results.items()
         },

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from surgeon.errors import Cancelled
 from surgeon.hashing import default_workers
+from surgeon.parallel import check_stop, map_cancellable
 from surgeon.safetensors_format import TensorInfo
 from surgeon.tensor_io import ShardReader, element_chunks, views_equal
 
@@ -37,30 +36,29 @@ def compare_pairs(
         groups.setdefault(key, []).append(pair)
     result: dict[str, bool] = {}
     largest_first = sorted(groups.items(), key=lambda kv: -sum(p.base.nbytes for p in kv[1]))
-    with ThreadPoolExecutor(workers or default_workers()) as pool:
-        futures = [
-            pool.submit(_compare_group, base == other, group, progress, cancel)
-            for (base, other), group in largest_first
-        ]
-        for future in futures:
-            result.update(future.result())
+
+    def work(item, should_stop) -> dict[str, bool]:
+        (base, other), group = item
+        return _compare_group(base == other, group, progress, should_stop)
+
+    for found in map_cancellable(work, largest_first, workers or default_workers(), cancel):
+        result.update(found)
     return result
 
 
-def _compare_group(same_file: bool, group: list[Pair], progress, cancel) -> dict[str, bool]:
+def _compare_group(same_file: bool, group: list[Pair], progress, should_stop) -> dict[str, bool]:
     group = sorted(group, key=lambda p: p.base.start)
     with ShardReader(group[0].base_path) as a, ShardReader(group[0].other_path) as b:
-        return {p.name: _equal(p, a, b, same_file, progress, cancel) for p in group}
+        return {p.name: _equal(p, a, b, same_file, progress, should_stop) for p in group}
 
 
-def _equal(pair: Pair, a: ShardReader, b: ShardReader, same_file: bool, progress, cancel) -> bool:
+def _equal(pair: Pair, a: ShardReader, b: ShardReader, same_file: bool, progress, should_stop) -> bool:
     if pair.base.nbytes != pair.other.nbytes:
         return False
     if same_file and pair.base.start == pair.other.start:
         return True
     for offset, size in element_chunks(pair.base, len(a.buffer)):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled()
+        check_stop(should_stop)
         same = views_equal(a.read(pair.base.start + offset, size), b.read(pair.other.start + offset, size))
         if progress:
             progress(size)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from surgeon.compare import Pair, compare_pairs
 from surgeon.hashcache import HashCache
 from surgeon.hashing import bytes_to_hash, default_workers, hash_shards
 from surgeon.layers import parse_name
+from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.safetensors_format import ShardHeader, TensorInfo
 from surgeon.stats import HeadLayout, HeadScan, TensorStats, compare_tensors, zero_heads
@@ -261,9 +261,8 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
     geometry = _geometry(base, other)
     todo = [t for t in tensors if t.status == "changed" and base.tensors[t.name].dtype.numeric]
 
-    def work(diff: TensorDiff) -> None:
-        if cancel is not None and cancel.is_set():
-            return
+    def work(diff: TensorDiff, should_stop) -> None:
+        check_stop(should_stop)
         layout = _layout(diff, geometry)
         b, o = base.tensors[diff.name], other.tensors[diff.name]
         stats, scan = compare_tensors(
@@ -273,8 +272,7 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
         if scan is not None:
             diff.heads = _head_report(layout[0], scan)
 
-    with ThreadPoolExecutor(options.workers or default_workers()) as pool:
-        list(pool.map(work, todo))
+    map_cancellable(work, todo, options.workers or default_workers(), cancel)
     _flag_uniform_attention(other, tensors, geometry)
 
 

@@ -15,8 +15,9 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from surgeon.errors import Cancelled, SurgeonError
+from surgeon.errors import SurgeonError
 from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
+from surgeon.parallel import StopCheck, check_stop, map_cancellable
 from surgeon.safetensors_format import ShardHeader
 
 CHUNK_BYTES = 4 << 20
@@ -61,15 +62,15 @@ def hash_shards(
         return results
     workers = workers or default_workers()
     order = sorted(pending.values(), key=lambda item: -item[0].file_size)
-    with ThreadPoolExecutor(workers) as file_pool, ThreadPoolExecutor(workers) as side_pool:
-        futures = {
-            ident.real_path: file_pool.submit(
-                _hash_and_store, shard, ident, known, cache, side_pool, progress, cancel
-            )
-            for shard, ident, known in order
-        }
-        for real_path, future in futures.items():
-            results[real_path] = future.result()
+    with ThreadPoolExecutor(workers) as side_pool:
+
+        def work(item, should_stop):
+            shard, ident, known = item
+            return _hash_and_store(shard, ident, known, cache, side_pool, progress, should_stop)
+
+        hashed = map_cancellable(work, order, workers, cancel)
+    for (_, ident, _), hashes in zip(order, hashed, strict=True):
+        results[ident.real_path] = hashes
     return results
 
 
@@ -109,9 +110,9 @@ def _hash_and_store(
     cache: HashCache,
     side_pool: Executor,
     progress: Progress | None,
-    cancel: threading.Event | None,
+    should_stop: StopCheck | None,
 ) -> FileHashes:
-    hashes = hash_one_file(shard, known_sha, side_pool, progress, cancel)
+    hashes = hash_one_file(shard, known_sha, side_pool, progress, should_stop)
     if FileIdentity.of(shard.path) != ident:
         raise SurgeonError(f"{shard.path}: changed while it was being read")
     cache.store_tensors(hashes.file_sha256, hashes.tensors)
@@ -125,7 +126,7 @@ def hash_one_file(
     known_sha: str | None = None,
     side_pool: Executor | None = None,
     progress: Progress | None = None,
-    cancel: threading.Event | None = None,
+    should_stop: StopCheck | None = None,
 ) -> FileHashes:
     """One sequential read of a shard: its file SHA256 (unless known) and every tensor's."""
     spans = sorted((info.start, info.end, name) for name, info in shard.tensors.items())
@@ -145,8 +146,7 @@ def hash_one_file(
             position += n
             if progress:
                 progress(n)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
+            check_stop(should_stop)
     if position != shard.file_size:
         raise SurgeonError(f"{shard.path}: file is {position} bytes, its header says {shard.file_size}")
     file_sha = known_sha or file_hasher.hexdigest()

@@ -122,3 +122,44 @@ def test_cache_that_cannot_be_written_only_costs_speed(tmp_path):
     shards = list(open_checkpoint(BASE).shards.values())
     result = hash_shards(shards, HashCache(blocker / "cache"))
     assert len(result) == 2
+
+
+def test_cancel_event_stops_hashing(monkeypatch):
+    import threading
+
+    from surgeon.errors import Cancelled
+
+    monkeypatch.setattr(hashing, "CHUNK_BYTES", 4096)
+    cancel = threading.Event()
+    seen = []
+
+    def progress(n):
+        seen.append(n)
+        cancel.set()  # cancelled after the first chunk
+
+    shards = list(open_checkpoint(BASE).shards.values())
+    with pytest.raises(Cancelled):
+        hash_shards(shards, HashCache(None), progress=progress, cancel=cancel, workers=1)
+    assert 1 <= len(seen) <= 2  # one chunk per file at most: nothing ran on to the end
+
+
+def test_error_in_one_worker_stops_the_others():
+    import threading
+
+    from surgeon.parallel import map_cancellable
+
+    stopped = threading.Event()
+
+    def work(item, should_stop):
+        if item == 0:
+            raise ValueError("boom")
+        for _ in range(2000):
+            if should_stop():
+                stopped.set()
+                return None
+            threading.Event().wait(0.005)
+        return item
+
+    with pytest.raises(ValueError, match="boom"):
+        map_cancellable(work, [1, 0], workers=2)
+    assert stopped.is_set()
