@@ -536,9 +536,9 @@ def render(plan: Plan, results: dict[str, Result], repeat: int) -> str:
     info = plan.describe()
     sha, floor = results["sha256sum"].best, results["floor"].best
     lines = [
-        f"checkpoint pair: 2 x {info['bytes_per_side'] / 1e9:.2f} GB bf16, {len(plan.shard_names)} shards "
-        f"per side, {plan.num_layers} layers; {os.cpu_count()} cores; best wall of {repeat}; "
-        f"peak RSS (max of {repeat}) from {rss_method()}",
+        f"checkpoint pair: 2 x {info['bytes_per_side'] / (1 << 30):.2f} GiB bf16, "
+        f"{len(plan.shard_names)} shards per side, {plan.num_layers} layers; {os.cpu_count()} cores; "
+        f"best wall of {repeat}; peak RSS (max of {repeat}) from {rss_method()}",
         "",
         f"{'name':<34} {'wall s':>8} {'x sha256sum':>12} {'x floor':>8} {'peak RSS MB':>12}",
     ]

@@ -8,10 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from surgeon.hashing import default_workers
 from surgeon.parallel import check_stop, map_cancellable
 from surgeon.safetensors_format import TensorInfo
-from surgeon.tensor_io import ShardReader, element_chunks, views_equal
+from surgeon.tensor_io import MappedShard, element_chunks, views_equal
+
+COMPARE_CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -48,18 +52,24 @@ def compare_pairs(
 
 def _compare_group(same_file: bool, group: list[Pair], progress, should_stop) -> dict[str, bool]:
     group = sorted(group, key=lambda p: p.base.start)
-    with ShardReader(group[0].base_path) as a, ShardReader(group[0].other_path) as b:
-        return {p.name: _equal(p, a, b, same_file, progress, should_stop) for p in group}
+    scratch = np.empty(COMPARE_CHUNK_BYTES // 64, dtype=bool)  # 8-byte words, L2-sized steps
+    with MappedShard(group[0].base_path) as a, MappedShard(group[0].other_path) as b:
+        return {p.name: _equal(p, a, b, same_file, scratch, progress, should_stop) for p in group}
 
 
-def _equal(pair: Pair, a: ShardReader, b: ShardReader, same_file: bool, progress, should_stop) -> bool:
+def _equal(pair: Pair, a: MappedShard, b: MappedShard, same_file, scratch, progress, should_stop) -> bool:
     if pair.base.nbytes != pair.other.nbytes:
         return False
     if same_file and pair.base.start == pair.other.start:
         return True
-    for offset, size in element_chunks(pair.base, len(a.buffer)):
+    for offset, size in element_chunks(pair.base, COMPARE_CHUNK_BYTES):
         check_stop(should_stop)
-        same = views_equal(a.read(pair.base.start + offset, size), b.read(pair.other.start + offset, size))
+        start_a, start_b = pair.base.start + offset, pair.other.start + offset
+        view_a, view_b = a.view(start_a, start_a + size), b.view(start_b, start_b + size)
+        same = views_equal(view_a, view_b, scratch)
+        view_a.release(), view_b.release()
+        a.release(start_a, start_a + size)
+        b.release(start_b, start_b + size)
         if progress:
             progress(size)
         if not same:

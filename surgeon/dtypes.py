@@ -110,6 +110,29 @@ def _decode(raw: np.ndarray, name: str) -> np.ndarray:
     return raw.astype(np.float64)
 
 
+def decode_into(raw: np.ndarray, dtype: DType, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """to_float64() into preallocated buffers: `out` float64 and `scratch` uint32, each at
+    least raw.size long. Fresh multi-MB arrays per chunk cost page faults that dominate."""
+    n = raw.size
+    out = out[:n]
+    name = dtype.name
+    with np.errstate(invalid="ignore"):
+        if name == "BF16":
+            bits = np.left_shift(raw, 16, out=scratch[:n], dtype=np.uint32)
+            np.copyto(out, bits.view(np.float32))
+        elif name == "F16":
+            np.copyto(out, raw.view(np.float16))
+        elif name == "F32":
+            np.copyto(out, raw.view(np.float32))
+        elif name == "F64":
+            np.copyto(out, raw.view(np.float64))
+        elif name.startswith("F8_"):
+            np.take(_lookup(name), raw, out=out)
+        else:
+            np.copyto(out, raw, casting="unsafe")
+    return out
+
+
 def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
     """Round float32 values to bfloat16 (nearest, ties to even); returns the uint16 bits."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)

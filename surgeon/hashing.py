@@ -13,12 +13,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from surgeon.errors import SurgeonError
 from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.parallel import StopCheck, check_stop, map_cancellable
 from surgeon.safetensors_format import ShardHeader
+from surgeon.tensor_io import MappedShard
 
 CHUNK_BYTES = 4 << 20
 Progress = Callable[[int], None]
@@ -132,33 +132,24 @@ def hash_one_file(
     spans = sorted((info.start, info.end, name) for name, info in shard.tensors.items())
     tensor_hashers = {name: hashlib.sha256() for name in shard.tensors}
     file_hasher = None if known_sha else hashlib.sha256()
-    buffer = memoryview(bytearray(CHUNK_BYTES))
-    first = position = 0 if file_hasher else shard.data_start
+    first = 0 if file_hasher else shard.data_start
     next_span = 0
-    with _open_unbuffered(shard.path) as handle:
-        handle.seek(first)
-        while n := handle.readinto(buffer):
-            block = buffer[:n]
+    with MappedShard(shard.path, shard.file_size) as mapped:
+        for position in range(first, shard.file_size, CHUNK_BYTES):
+            end = min(position + CHUNK_BYTES, shard.file_size)
+            block = mapped.view(position, end)
             side = _start_file_hash(file_hasher, block, side_pool)
             next_span = _feed_tensors(spans, next_span, tensor_hashers, block, position)
             if side is not None:
                 side.result()
-            position += n
+            block.release()
+            mapped.release(position, end)
             if progress:
-                progress(n)
+                progress(end - position)
             check_stop(should_stop)
-    if position != shard.file_size:
-        raise SurgeonError(f"{shard.path}: file is {position} bytes, its header says {shard.file_size}")
     file_sha = known_sha or file_hasher.hexdigest()
     tensors = {name: hasher.hexdigest() for name, hasher in tensor_hashers.items()}
-    return FileHashes(file_sha, tensors, position - first)
-
-
-def _open_unbuffered(path: Path):
-    try:
-        return open(path, "rb", buffering=0)
-    except OSError as exc:
-        raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
+    return FileHashes(file_sha, tensors, shard.file_size - first)
 
 
 def _start_file_hash(hasher, block: memoryview, pool: Executor | None):
