@@ -6,7 +6,7 @@ It builds (once, then reuses) a synthetic llama-like bf16 checkpoint pair under 
 several ~256 MB shards per side, q_proj/o_proj of layers 0-3 changed (one head zeroed in
 each, the other o_proj values perturbed) and the last shard differing only in its header
 metadata. With every file in the page cache, it times each approach in its own child process
-(best wall time of --repeat runs, peak RSS from wait4), checks that surgeon reports what was
+(best wall time of --repeat runs, peak RSS from GNU time), checks that surgeon reports what was
 built, and prints a table and the issue's goals as PASS/FAIL. Goals failing is a result, not
 an error: the exit status is 0 unless something crashed or a report was wrong.
 
