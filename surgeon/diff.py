@@ -106,8 +106,8 @@ class DiffReport:
 
     @property
     def identical(self) -> bool:
-        weights_same = all(t.status == "identical" for t in self.tensors)
-        return weights_same and all(s.status == "identical" for s in self.shards)
+        parts = (self.tensors, self.shards, self.files)
+        return all(item.status == "identical" for part in parts for item in part)
 
     def layers_changed(self, stack: str | None = None) -> list[int]:
         stack = stack or self.main_stack

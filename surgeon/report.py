@@ -45,7 +45,7 @@ def differing(report: DiffReport) -> list[TensorDiff]:
 def summary_line(report: DiffReport) -> str:
     total = len(report.tensors)
     diff = differing(report)
-    if not diff and report.identical:
+    if report.identical:
         return f"identical: all {total} tensors and {len(report.shards)} shard files match"
     counts = ", ".join(f"{report.count(s)} {s}" for s in STATUSES[1:] if report.count(s))
     text = f"{len(diff)} of {total} tensors differ" + (f" ({counts})" if counts else "")
@@ -55,6 +55,9 @@ def summary_line(report: DiffReport) -> str:
     shard_counts = [f"{n} {s}" for s in SHARD_STATUSES if (n := _shard_count(report, s)) and s != "identical"]
     if shard_counts:
         text += f"; shards: {', '.join(shard_counts)} of {len(report.shards)}"
+    files = [f"{f.name} {f.status}" for f in report.files if f.status != "identical"]
+    if files:
+        text += f"; files: {', '.join(files)}"
     return text
 
 

@@ -45,29 +45,34 @@ def test_index_naming_a_missing_shard(tmp_path):
         open_checkpoint(ckpt)
 
 
-def test_index_naming_a_tensor_the_shard_lacks(tmp_path):
+def edit_weight_map(tmp_path, edit) -> object:
+    """A copy of the base whose index weight_map went through edit(weight_map)."""
     ckpt = copy_base(tmp_path)
-    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
-    index["weight_map"]["model.layers.0.ghost.weight"] = "model-00001-of-00002.safetensors"
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    path = ckpt / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    edit(index["weight_map"])
+    path.write_text(json.dumps(index))
+    return ckpt
+
+
+def test_index_naming_a_tensor_the_shard_lacks(tmp_path):
+    ckpt = edit_weight_map(
+        tmp_path, lambda m: m.update({"model.layers.0.ghost.weight": "model-00001-of-00002.safetensors"})
+    )
     with pytest.raises(SurgeonError, match=re.escape("places tensor 'model.layers.0.ghost.weight'")):
         open_checkpoint(ckpt)
 
 
 def test_index_placing_a_tensor_in_the_wrong_shard(tmp_path):
-    ckpt = copy_base(tmp_path)
-    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
-    index["weight_map"]["model.norm.weight"] = "model-00001-of-00002.safetensors"
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    ckpt = edit_weight_map(
+        tmp_path, lambda m: m.update({"model.norm.weight": "model-00001-of-00002.safetensors"})
+    )
     with pytest.raises(SurgeonError, match=re.escape("places tensor 'model.norm.weight' in model-00001")):
         open_checkpoint(ckpt)
 
 
 def test_tensor_missing_from_index(tmp_path):
-    ckpt = copy_base(tmp_path)
-    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
-    del index["weight_map"]["model.norm.weight"]
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    ckpt = edit_weight_map(tmp_path, lambda m: m.pop("model.norm.weight"))
     with pytest.raises(SurgeonError, match=re.escape("does not list tensor 'model.norm.weight'")):
         open_checkpoint(ckpt)
 

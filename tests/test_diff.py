@@ -221,3 +221,17 @@ def test_without_stats_there_are_no_heads():
     report = run(BASE, PRUNED, stats=False)
     assert all(t.stats is None and t.heads is None for t in report.tensors)
     assert report.layers_changed() == [0, 1, 2, 3]
+
+
+def test_a_changed_config_alone_makes_checkpoints_differ(tmp_path):
+    other = shutil.copytree(BASE, tmp_path / "cfg")
+    config = json.loads((other / "config.json").read_text())
+    config["num_attention_heads_note"] = "edited"
+    (other / "config.json").write_text(json.dumps(config))
+    report = run(BASE, other)
+    assert {t.status for t in report.tensors} == {"identical"}
+    assert not report.identical
+    assert {f.name: f.status for f in report.files}["config.json"] == "changed"
+    from surgeon.report import summary_line
+
+    assert summary_line(report).endswith("files: config.json changed")
