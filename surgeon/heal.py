@@ -1,0 +1,112 @@
+"""Least-squares o_proj heal and head scores from the Gram matrix G = X^T X alone.
+
+X (tokens x heads*head_dim) is o_proj's input on the calibration set and W (out x in) its
+weight, so the layer's attention output is Y = X W^T. Removing heads keeps columns K of X;
+the heal refits W_K' = W G[:, K] (G[K, K] + lambda I)^-1, the ridge least-squares solution of
+min ||X W^T - X_K W_K'^T||^2 + lambda ||W_K'||^2 with lambda = ridge_rel * mean(diag G[K, K]).
+Every quantity below needs G and W only: no token-sized buffer is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RefitStats:
+    rel_residual: float  # ||X W^T - X_K W_K'^T|| / ||X W^T||
+    target_rms: float  # RMS of X W^T over tokens and outputs
+    ridge: float  # the lambda used
+    condition: float  # condition number of G[K, K] + lambda I
+    solver: str  # "cholesky" or "eigh" (the fallback for a matrix that is not positive definite)
+
+
+def head_columns(heads: list[int], head_dim: int) -> torch.Tensor:
+    return (
+        torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
+        if heads
+        else torch.empty(0, dtype=torch.long)
+    )
+
+
+def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, str, float]:
+    """matrix^-1 rhs for a symmetric positive semi-definite matrix, with its condition number."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        diag = torch.diagonal(factor)
+        condition = float((diag.max() / diag.min()) ** 2) if float(diag.min()) > 0 else math.inf
+        return torch.cholesky_solve(rhs, factor), "cholesky", condition
+    values, vectors = torch.linalg.eigh(matrix)
+    floor = values.max() * torch.finfo(matrix.dtype).eps * matrix.shape[0]
+    inverse = torch.where(values > floor, 1.0 / values, torch.zeros_like(values))
+    condition = (
+        float(values.max() / values[values > floor].min()) if bool((values > floor).any()) else math.inf
+    )
+    return vectors @ (inverse[:, None] * (vectors.T @ rhs)), "eigh", condition
+
+
+def refit(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge_rel: float, tokens: int = 0):
+    """(W_K' in float64, RefitStats): the healed o_proj columns for kept input columns K.
+
+    `tokens` is how many rows X had; it only scales target_rms.
+    """
+    w = weight.to(torch.float64)
+    g = gram.to(torch.float64)
+    g_kk = g[kept][:, kept]
+    ridge = ridge_rel * float(torch.diagonal(g_kk).mean()) if kept.numel() else 0.0
+    system = g_kk + ridge * torch.eye(kept.numel(), dtype=torch.float64, device=g.device)
+    solution, solver, condition = _solve_spd(system, g[kept] @ w.T)  # W_K'^T, |K| x out
+    target = float(torch.einsum("oi,ij,oj->", w, g, w))  # ||X W^T||^2 = tr(W G W^T)
+    cross = float(torch.einsum("ko,ki,oi->", solution, g[kept], w))  # tr(B^T G[K, :] W^T)
+    fitted = float(torch.einsum("ko,kl,lo->", solution, g_kk, solution))  # ||X_K B||^2
+    residual = max(target - 2 * cross + fitted, 0.0)
+    stats = RefitStats(
+        rel_residual=math.sqrt(residual / target) if target > 0 else 0.0,
+        target_rms=math.sqrt(target / (tokens * w.shape[0])) if tokens and target > 0 else 0.0,
+        ridge=ridge,
+        condition=condition,
+        solver=solver,
+    )
+    return solution.T.contiguous(), stats
+
+
+def heal_o_proj(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    pruned: list[int],
+    head_dim: int,
+    ridge_rel: float,
+    tokens: int = 0,
+):
+    """The full healed o_proj (pruned heads' columns zero) in float64, and its RefitStats."""
+    num_heads = weight.shape[1] // head_dim
+    kept_heads = [h for h in range(num_heads) if h not in set(pruned)]
+    kept = head_columns(kept_heads, head_dim).to(weight.device)
+    healed = torch.zeros(weight.shape, dtype=torch.float64, device=weight.device)
+    columns, stats = refit(weight, gram, kept, ridge_rel, tokens)
+    healed[:, kept] = columns
+    return healed, stats
+
+
+def norm_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int) -> list[float]:
+    """Each head's output energy ||X_h W_h^T||^2 = tr(W_h G_hh W_h^T)."""
+    w, g = weight.to(torch.float64), gram.to(torch.float64)
+    scores = []
+    for h in range(w.shape[1] // head_dim):
+        cols = slice(h * head_dim, (h + 1) * head_dim)
+        scores.append(float(torch.einsum("oi,ij,oj->", w[:, cols], g[cols, cols], w[:, cols])))
+    return scores
+
+
+def recon_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int, ridge_rel: float) -> list[float]:
+    """Each head's heal-aware importance: the relative o_proj output error left after removing
+    that head alone and refitting the others."""
+    num_heads = weight.shape[1] // head_dim
+    scores = []
+    for h in range(num_heads):
+        kept = head_columns([k for k in range(num_heads) if k != h], head_dim).to(weight.device)
+        scores.append(refit(weight, gram, kept, ridge_rel)[1].rel_residual)
+    return scores

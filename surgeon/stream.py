@@ -1,0 +1,197 @@
+"""Run a checkpoint one decoder layer at a time, never loading the whole model.
+
+The text model is built on the meta device (weights) with real buffers (rotary tables,
+embedding scales). One forward of the model with every decoder layer replaced by a
+recorder gives, for each layer, exactly the arguments the model itself would pass it:
+rotary embeddings and mask for its layer type, position ids, per-layer inputs. Each real
+layer is then materialised from the shards onto the device, run, and dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from surgeon.adapters import ModelLayout
+from surgeon.checkpoint import Checkpoint
+from surgeon.errors import SurgeonError
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SurgeonError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in table:
+        raise SurgeonError(f"--dtype {dtype}: use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+class _Recorder(nn.Module):
+    """Stands in for decoder layer i during the trace: keeps its arguments, changes nothing."""
+
+    def __init__(self, index: int, calls: dict[int, tuple[tuple, dict]]):
+        super().__init__()
+        self.index = index
+        self.calls = calls
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls[self.index] = (args, kwargs)
+        return hidden_states
+
+
+@dataclass
+class Batch:
+    """One micro-batch of calibration sequences (right-padded)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    hidden: torch.Tensor | None = None  # the current input of the next layer to run
+    layer_args: dict[int, tuple[tuple, dict]] = field(default_factory=dict)
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        return self.attention_mask.bool()
+
+
+class LayerStream:
+    def __init__(self, ckpt: Checkpoint, layout: ModelLayout, device: torch.device, dtype: torch.dtype):
+        self.ckpt, self.layout, self.device, self.dtype = ckpt, layout, device, dtype
+        self.model, self._layers = _skeleton(layout)
+        self.forward_calls = 0
+        self._load_outside_layers()
+
+    # -- weights ------------------------------------------------------------------
+    def read_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Tensors by checkpoint name, as stored (dtype and all), on the CPU."""
+        by_shard: dict[str, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self.ckpt.tensors[name].file, []).append(name)
+        out = {}
+        for shard, shard_names in by_shard.items():
+            with safe_open(self.ckpt.shard_path(shard), framework="pt", device="cpu") as handle:
+                for name in shard_names:
+                    out[name] = handle.get_tensor(name)
+        return out
+
+    def _load_outside_layers(self) -> None:
+        wanted = {}
+        for name in self.ckpt.tensors:
+            module_name = self.layout.module_name(name)
+            if module_name is not None and not module_name.startswith("model.layers."):
+                wanted[module_name] = name
+        expected = {n for n, _ in self.model.named_parameters()} | {
+            n for n, b in self.model.named_buffers() if n in self.model.state_dict()
+        }
+        tied = "lm_head.weight" in expected and "lm_head.weight" not in wanted
+        missing = sorted(n for n in expected if n not in wanted and not (tied and n == "lm_head.weight"))
+        if missing:
+            raise SurgeonError(f"{self.ckpt.source}: no tensor for {missing[0]} in the checkpoint")
+        tensors = self.read_tensors(list(wanted.values()))
+        state = {m: tensors[c].to(self.dtype) for m, c in wanted.items()}
+        self.model.load_state_dict(state, strict=False, assign=True)
+        if tied:
+            self.model.lm_head.weight = self.model.get_input_embeddings().weight
+        self.model.to(self.device)
+
+    def load_layer(self, index: int, replace: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """Decoder layer `index` with its weights on the device; `replace` maps checkpoint
+        names to tensors used instead of the stored ones."""
+        layer = copy.deepcopy(self._layers[index])
+        prefix = self.layout.layers[index].prefix
+        keys = list(layer.state_dict().keys())
+        stored = self.read_tensors([prefix + k for k in keys if prefix + k not in (replace or {})])
+        stored.update(replace or {})
+        state = {k: stored[prefix + k].to(self.device, self.dtype) for k in keys}
+        layer.load_state_dict(state, strict=True, assign=True)
+        return layer.to(self.device).eval()
+
+    # -- running ------------------------------------------------------------------
+    @torch.no_grad()
+    def trace(self, batch: Batch) -> None:
+        """Fill batch.hidden (the embeddings) and batch.layer_args (each layer's arguments)."""
+        calls: dict[int, tuple[tuple, dict]] = {}
+        recorders = nn.ModuleList(_Recorder(i, calls) for i in range(len(self._layers)))
+        text_model = self.model.model
+        text_model.layers = recorders
+        first: list[torch.Tensor] = []
+        handle = recorders[0].register_forward_pre_hook(lambda m, a: first.append(a[0]))
+        try:
+            text_model(
+                input_ids=batch.input_ids.to(self.device),
+                attention_mask=batch.attention_mask.to(self.device),
+                use_cache=False,
+            )
+        finally:
+            handle.remove()
+            text_model.layers = nn.ModuleList()
+        batch.hidden = first[0]
+        batch.layer_args = calls
+
+    @torch.no_grad()
+    def run_layer(self, layer: nn.Module, index: int, batch: Batch, hidden: torch.Tensor | None = None):
+        args, kwargs = batch.layer_args[index]
+        self.forward_calls += 1
+        source = batch.hidden if hidden is None else hidden
+        return layer(source.to(self.device), *args, **kwargs)
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the *ForCausalLM head makes of the last layer's output (norm, lm_head, softcap)."""
+        logits = self.model.lm_head(self.model.model.norm(hidden.to(self.device)))
+        cap = self.layout.config.get("final_logit_softcapping")
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    @torch.no_grad()
+    def nll(self, hidden: torch.Tensor, batch: Batch) -> tuple[float, int]:
+        """Summed next-token negative log-likelihood over real (unpadded) tokens, and their count."""
+        logits = self.logits(hidden).float()
+        targets = batch.input_ids[:, 1:].to(logits.device)
+        valid = (batch.attention_mask[:, 1:] & batch.attention_mask[:, :-1]).bool().to(logits.device)
+        losses = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        )
+        valid = valid.reshape(-1)
+        return float(losses[valid].sum()), int(valid.sum())
+
+
+def _skeleton(layout: ModelLayout):
+    """The text-only *ForCausalLM with meta weights and real buffers; layers kept aside."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(layout.config)
+    cfg["model_type"] = layout.family
+    model_type = cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg)
+    config._attn_implementation = "sdpa"
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config)
+    layers = list(model.model.layers)
+    model.model.layers = nn.ModuleList()
+    return model.eval(), layers
+
+
+def checkpoint_files(ckpt: Checkpoint) -> list[Path]:
+    return [ckpt.shard_path(name) for name in ckpt.shards]
