@@ -19,7 +19,7 @@ def atomic_output(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -32,7 +32,7 @@ def atomic_output(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     # mkstemp creates 0600 files; an output should get the mode a plain open() would give.
     mask = os.umask(0o022)
     os.umask(mask)

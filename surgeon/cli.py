@@ -58,7 +58,8 @@ class RichProgress:
 def _console(stderr: bool = False, file=None):
     from rich.console import Console
 
-    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=False)
+    piped = file is None and not stderr and not sys.stdout.isatty()
+    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=False, width=160 if piped else None)
 
 
 def _progress(quiet: bool):
@@ -262,6 +263,14 @@ def _render_inspect(data: dict, verbose: bool, console) -> None:
 
     render_inspect(data, console, verbose)
 
+
+def _register_commands() -> None:
+    from surgeon import cli_prune
+
+    cli_prune.register(main, handle_errors, _progress, _console, debug_option)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()

@@ -12,14 +12,15 @@ COMMON = dict(
 )
 
 
-def _configs():
+def _configs(**overrides):
     from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
+    common = dict(COMMON, **overrides)
     return {
-        "llama": LlamaConfig(**COMMON, num_attention_heads=4, num_key_value_heads=2),
-        "mistral": MistralConfig(**COMMON, num_attention_heads=4, num_key_value_heads=2, sliding_window=4),
-        "qwen2": Qwen2Config(**COMMON, num_attention_heads=4, num_key_value_heads=2),
-        "qwen3": Qwen3Config(**COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
+        "llama": LlamaConfig(**common, num_attention_heads=4, num_key_value_heads=2),
+        "mistral": MistralConfig(**common, num_attention_heads=4, num_key_value_heads=2, sliding_window=4),
+        "qwen2": Qwen2Config(**common, num_attention_heads=4, num_key_value_heads=2),
+        "qwen3": Qwen3Config(**common, num_attention_heads=4, num_key_value_heads=2, head_dim=16),
         "gemma3_text": Gemma3TextConfig(
             **COMMON,
             num_attention_heads=4,
@@ -34,11 +35,11 @@ def _configs():
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
 
 
-def save_tiny(family: str, out: Path, seed: int = 0) -> Path:
+def save_tiny(family: str, out: Path, seed: int = 0, **overrides) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_configs()[family])
+    model = AutoModelForCausalLM.from_config(_configs(**overrides)[family])
     with torch.no_grad():  # biases start at zero; make them matter
         for name, param in model.named_parameters():
             if name.endswith("bias"):

@@ -1,0 +1,191 @@
+"""`surgeon prune`: options in, one engine call, a summary out."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from surgeon.errors import SurgeonError
+
+
+def _layer_frac(values: tuple[str, ...]) -> tuple[tuple[int, float], ...]:
+    out = []
+    for value in values:
+        layer, _, frac = value.partition("=")
+        try:
+            out.append((int(layer), float(frac)))
+        except ValueError:
+            raise SurgeonError(f"--layer-frac {value!r}: use LAYER=FRACTION, e.g. 5=0.25") from None
+    return tuple(out)
+
+
+def register(main: click.Group, handle_errors, progress_for, console_for, debug_option) -> None:
+    @main.command()
+    @click.argument("base")
+    @click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Folder to write the pruned checkpoint to (atomically).",
+    )
+    @click.option(
+        "--prune-frac",
+        type=float,
+        default=0.125,
+        show_default=True,
+        help="Fraction of query heads to remove per layer.",
+    )
+    @click.option(
+        "--layers", default="all", show_default=True, help="Layers to prune: all, or ranges like 0-3,7."
+    )
+    @click.option("--layer-frac", multiple=True, metavar="L=FRAC", help="Per-layer override of --prune-frac.")
+    @click.option(
+        "--importance",
+        type=click.Choice(["recon", "norm", "loo-nll"]),
+        default="recon",
+        show_default=True,
+        help="How heads are scored.",
+    )
+    @click.option(
+        "--importance-quant", type=click.Choice(["nf4"]), help="Score loo-nll on nf4-rounded weights."
+    )
+    @click.option("--heal", type=click.Choice(["lstsq", "none"]), default="lstsq", show_default=True)
+    @click.option("--ridge-rel", type=float, default=0.01, show_default=True)
+    @click.option(
+        "--propagate",
+        type=click.Choice(["pruned", "base"]),
+        default="pruned",
+        show_default=True,
+        help="Feed each layer the pruned (default) or the unpruned stream.",
+    )
+    @click.option(
+        "--calib",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Calibration corpus (.txt or .jsonl); default: fixtures/calibration.txt.",
+    )
+    @click.option("--calib-samples", type=click.IntRange(1), help="Use only the first N samples.")
+    @click.option("--max-tokens", type=click.IntRange(2), default=128, show_default=True)
+    @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+    @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
+    @click.option(
+        "--dtype",
+        default="auto",
+        show_default=True,
+        help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.",
+    )
+    @click.option("--offload-activations", is_flag=True, help="Keep the calibration stream in CPU memory.")
+    @click.option(
+        "--tokenizer", type=click.Path(path_type=Path, exists=True), help="Tokenizer folder (default: BASE)."
+    )
+    @click.option(
+        "--workdir",
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Keep per-layer results here; a killed run resumes from it.",
+    )
+    @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+    @debug_option
+    @handle_errors
+    def prune(
+        base,
+        output,
+        prune_frac,
+        layers,
+        layer_frac,
+        importance,
+        importance_quant,
+        heal,
+        ridge_rel,
+        propagate,
+        calib,
+        calib_samples,
+        max_tokens,
+        batch_size,
+        device,
+        dtype,
+        offload_activations,
+        tokenizer,
+        workdir,
+        force,
+        as_json,
+        quiet,
+        debug,
+    ) -> None:
+        """Remove attention heads from BASE (mask mode) and heal o_proj, one layer at a time."""
+        from surgeon.prune import PruneOptions
+        from surgeon.prune import prune as run_prune
+
+        options = PruneOptions(
+            prune_frac=prune_frac,
+            layers=layers,
+            layer_fracs=_layer_frac(layer_frac),
+            importance=importance,
+            importance_quant=importance_quant,
+            heal=heal,
+            ridge_rel=ridge_rel,
+            propagate=propagate,
+            calib=str(calib) if calib else None,
+            max_tokens=max_tokens,
+            calib_samples=calib_samples,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            offload_activations=offload_activations,
+            tokenizer=str(tokenizer) if tokenizer else None,
+        )
+        result = run_prune(
+            base,
+            output,
+            options,
+            workdir=workdir,
+            force=force,
+            progress=progress_for(quiet),
+            cancel=threading.Event(),
+        )
+        if as_json:
+            sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
+            return
+        _summary(result, console_for())
+
+
+def _summary(result, console) -> None:
+    from rich.table import Table
+
+    from surgeon.layers import layer_ranges
+
+    manifest = result.manifest
+    for message in manifest["messages"]:
+        console.print(message, style="yellow")
+    table = Table(title="Pruned layers", title_justify="left")
+    for column in ("layer", "type", "heads", "pruned", "rel residual", "target rms", "ridge", "condition"):
+        table.add_column(column, justify="right" if column not in ("type", "pruned") else "left")
+    for layer in manifest["layers"]:
+        refit = layer["refit"] or {}
+        table.add_row(
+            str(layer["layer"]),
+            layer["layer_type"] or "",
+            f"{layer['num_heads']}x{layer['head_dim']}",
+            ", ".join(map(str, layer["pruned_heads"])) or "-",
+            _fmt(refit.get("rel_residual")),
+            _fmt(refit.get("target_rms")),
+            _fmt(refit.get("ridge")),
+            _fmt(refit.get("condition")),
+        )
+    console.print(table)
+    written = manifest["written"]
+    console.print(
+        f"wrote {result.output}: layers {layer_ranges(written['layers']) or '(none)'} changed, "
+        f"{len(written['tensors'])} tensors rewritten, {len(written['copied_shards'])} of "
+        f"{len(written['shards'])} shards copied unchanged; {result.forward_calls} layer forward calls"
+        + (f"; resumed at layer {result.resumed_at}" if result.resumed_at else "")
+    )
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3g}"

@@ -1,0 +1,447 @@
+"""`surgeon prune`: calibration capture, head importance, selection, o_proj heal and a
+mask-mode write, one decoder layer at a time.
+
+For each layer i: run the layer on the calibration stream with a hook accumulating
+G = X^T X of o_proj's input, score the heads, pick the ones to remove, heal o_proj from G,
+zero the removed heads' o_proj columns and q_proj rows, then run the pruned layer to make
+the stream layer i+1 will see (or keep the base layer's output with --propagate base).
+That is two layer passes per pruned layer and one per untouched layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from surgeon.adapters import LayerSpec, ModelLayout, describe
+from surgeon.calibration import DEFAULT_CORPUS, corpus_sha256, encode, load_tokenizer, read_corpus
+from surgeon.checkpoint import Checkpoint, open_checkpoint
+from surgeon.errors import SurgeonError
+from surgeon.heal import head_columns, heal_o_proj
+from surgeon.importance import IMPORTANCE, gram_scores, loo_nll_scores, select_heads
+from surgeon.layers import layer_ranges
+from surgeon.parallel import check_stop
+from surgeon.progress import NoProgress, ProgressSink
+from surgeon.stream import Batch, LayerStream, resolve_device, resolve_dtype
+from surgeon.workdir import Workdir
+from surgeon.writer import WriteReport, write_checkpoint
+
+MANIFEST_SCHEMA = "surgeon.prune_manifest/1"
+TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    prune_frac: float = 0.125
+    layers: str = "all"  # "all" or ranges such as "0-3,7"
+    layer_fracs: tuple[tuple[int, float], ...] = ()  # per-layer overrides of prune_frac
+    importance: str = "recon"
+    importance_quant: str | None = None  # "nf4": loo-nll on weights rounded to nf4
+    heal: str = "lstsq"
+    ridge_rel: float = 0.01
+    propagate: str = "pruned"
+    calib: str | None = None  # None: the corpus bundled in fixtures/
+    max_tokens: int = 128
+    calib_samples: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "auto"
+    offload_activations: bool = False
+    tokenizer: str | None = None
+
+    def validate(self) -> None:
+        if not 0 <= self.prune_frac < 1 or any(not 0 <= f < 1 for _, f in self.layer_fracs):
+            raise SurgeonError("--prune-frac must be in [0, 1)")
+        checks = [
+            (self.importance in IMPORTANCE, f"--importance must be one of {', '.join(IMPORTANCE)}"),
+            (self.heal in ("lstsq", "none"), "--heal must be lstsq or none"),
+            (self.propagate in ("pruned", "base"), "--propagate must be pruned or base"),
+            (self.importance_quant in (None, "nf4"), "--importance-quant must be nf4"),
+            (self.ridge_rel >= 0, "--ridge-rel must be >= 0"),
+            (self.max_tokens >= 2 and self.batch_size >= 1, "--max-tokens >= 2 and --batch-size >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SurgeonError(message)
+
+
+@dataclass
+class LayerResult:
+    layer: int
+    layer_type: str | None
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    pruned: bool  # False: the layer was only run to feed the next one
+    pruned_heads: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    refit: dict | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PruneResult:
+    output: Path
+    layers: list[LayerResult]
+    manifest: dict
+    forward_calls: int
+    resumed_at: int
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    if spec.strip() == "all":
+        return list(range(num_layers))
+    chosen: set[int] = set()
+    try:
+        for part in spec.split(","):
+            first, _, last = part.strip().partition("-")
+            chosen.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise SurgeonError(f"--layers {spec!r}: use 'all' or ranges like 0-3,7") from None
+    outside = sorted(i for i in chosen if not 0 <= i < num_layers)
+    if outside:
+        raise SurgeonError(f"--layers {spec!r}: layer {outside[0]} does not exist (0-{num_layers - 1})")
+    return sorted(chosen)
+
+
+class _Gram:
+    """Accumulates G = X^T X of o_proj's input over real (unpadded) tokens."""
+
+    def __init__(self, width: int, device: torch.device):
+        self.dtype = torch.float64 if width <= 2048 else torch.float32
+        self.matrix = torch.zeros(width, width, dtype=self.dtype, device=device)
+        self.tokens = 0
+        self.mask: torch.Tensor | None = None
+
+    def hook(self, module, args) -> None:
+        x = args[0]
+        rows = x[self.mask.to(x.device)] if self.mask is not None else x.reshape(-1, x.shape[-1])
+        rows = rows.to(self.dtype)
+        self.matrix.addmm_(rows.T, rows)
+        self.tokens += rows.shape[0]
+
+
+def prune(
+    base: str | Path | Checkpoint,
+    output: Path,
+    options: PruneOptions = PruneOptions(),
+    workdir: Path | None = None,
+    force: bool = False,
+    progress: ProgressSink | None = None,
+    cancel: threading.Event | None = None,
+    on_layer_done=None,
+) -> PruneResult:
+    """Prune `base` into `output`. `on_layer_done(result)` is called after each layer (the
+    TUI follows along with it; tests use it to kill a run midway)."""
+    options.validate()
+    progress = progress or NoProgress()
+    ckpt = base if isinstance(base, Checkpoint) else open_checkpoint(base)
+    layout = describe(ckpt)
+    selected = parse_layers(options.layers, len(layout.layers))
+    from surgeon.writer import check_output_path
+
+    check_output_path(Path(output), [ckpt], force)
+    run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="surgeon-prune-") as scratch:
+            return run.execute(Path(scratch), Path(output), force)
+    return run.execute(Path(workdir), Path(output), force)
+
+
+class _Run:
+    def __init__(self, ckpt, layout, options, selected, progress, cancel, on_layer_done):
+        self.ckpt: Checkpoint = ckpt
+        self.layout: ModelLayout = layout
+        self.options: PruneOptions = options
+        self.selected = set(selected)
+        self.fracs = dict(options.layer_fracs)
+        self.progress, self.cancel, self.on_layer_done = progress, cancel, on_layer_done
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.timings: dict[str, float] = {}
+        self.messages: list[str] = []
+
+    def should_stop(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def _time(self, phase: str, started: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
+
+    def execute(self, workdir_path: Path, output: Path, force: bool) -> PruneResult:
+        started = time.perf_counter()
+        tokenizer_path = Path(self.options.tokenizer) if self.options.tokenizer else self.ckpt.root
+        tokenizer = load_tokenizer(tokenizer_path)
+        texts = read_corpus(Path(self.options.calib) if self.options.calib else DEFAULT_CORPUS)
+        if self.options.calib_samples:
+            texts = texts[: self.options.calib_samples]
+        sequences = encode(tokenizer, texts, self.options.max_tokens)
+        if not sequences:
+            raise SurgeonError("the calibration corpus has no sequence of two tokens or more")
+        self._check_vocab(max(max(seq) for seq in sequences))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.calibration = {
+            "source": str(self.options.calib or DEFAULT_CORPUS),
+            "sha256": corpus_sha256(texts),
+            "samples": len(sequences),
+            "tokens": sum(map(len, sequences)),
+            "bos_token_id": tokenizer.bos_token_id,
+        }
+        workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
+        message = workdir.open()
+        if message:
+            self.messages.append(message)
+        stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
+        batches = _make_batches(sequences, self.options.batch_size, pad_id)
+        self._time("load", started)
+        results, replacements, start = self._resume(workdir, stream, batches)
+        for spec in self.layout.layers[start:]:
+            check_stop(self.should_stop)
+            result, tensors = self._layer(stream, spec, batches)
+            workdir.save_layer(spec.index, asdict(result), tensors)
+            workdir.save_stream(spec.index + 1, [self._keep(b.hidden) for b in batches])
+            results.append(result)
+            replacements.update(tensors)
+            if self.on_layer_done is not None:
+                self.on_layer_done(result)
+        write_started = time.perf_counter()
+        manifest_holder: dict = {}
+
+        def manifest(report: WriteReport) -> dict:
+            manifest_holder.update(self._manifest(report, results, stream.forward_calls, start))
+            manifest_holder["layer_passes"] = stream.forward_calls // len(batches)
+            return manifest_holder
+
+        raw = {name: _tensor_bytes(t) for name, t in replacements.items()}
+        write_checkpoint(self.ckpt, output, raw, manifest, force=force, cancel=self.cancel)
+        self._time("write", write_started)
+        manifest_holder["timings"] = dict(self.timings, total=time.perf_counter() - started)
+        (output / "prune_manifest.json").write_text(json.dumps(manifest_holder, indent=2) + "\n")
+        return PruneResult(output, results, manifest_holder, stream.forward_calls, start)
+
+    def _check_vocab(self, largest_id: int) -> None:
+        embed = next(
+            (
+                t
+                for n, t in self.ckpt.tensors.items()
+                if self.layout.module_name(n) == "model.embed_tokens.weight"
+            ),
+            None,
+        )
+        if embed is not None and largest_id >= embed.shape[0]:
+            raise SurgeonError(
+                f"the tokenizer produced token id {largest_id} but the model's embedding has "
+                f"{embed.shape[0]} rows: pass the model's own tokenizer with --tokenizer"
+            )
+
+    def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.cpu() if self.options.offload_activations else hidden
+
+    def _fingerprint(self, tokenizer_path: Path) -> dict:
+        headers = {
+            name: [
+                shard.file_size,
+                hashlib.sha256(shard.header_bytes).hexdigest(),
+                os.stat(shard.path).st_mtime_ns,
+            ]
+            for name, shard in self.ckpt.shards.items()
+        }
+        tokenizer_files = sorted(p for p in Path(tokenizer_path).glob("tokenizer*") if p.is_file())
+        tok_hash = hashlib.sha256(b"".join(p.read_bytes() for p in tokenizer_files)).hexdigest()
+        options = asdict(self.options)
+        options["device"], options["dtype"] = self.device.type, str(self.dtype)
+        from surgeon import __version__
+
+        fingerprint = {
+            "base": headers,
+            "options": options,
+            "calibration": self.calibration["sha256"],
+            "tokenizer": tok_hash,
+            "surgeon": __version__,
+        }
+        return json.loads(json.dumps(fingerprint))  # as it reads back from disk (tuples become lists)
+
+    def _resume(self, workdir: Workdir, stream: LayerStream, batches: list[Batch]):
+        """(results, replacements, first layer to run): from the workdir where it holds a
+        complete prefix of layers and the stream entering the next one, else from scratch."""
+        started = time.perf_counter()
+        for batch in batches:
+            stream.trace(batch)
+        results, replacements, start = self._saved_layers(workdir, len(batches))
+        if start:
+            for batch, hidden in zip(batches, workdir.load_stream()[1], strict=True):
+                batch.hidden = hidden
+        for batch in batches:
+            batch.hidden = self._keep(batch.hidden.to(self.device))
+        self._time("trace", started)
+        return results, replacements, start
+
+    def _saved_layers(self, workdir: Workdir, num_batches: int):
+        saved = workdir.load_stream()
+        if saved is None or len(saved[1]) != num_batches:
+            return [], {}, 0
+        results, replacements = [], {}
+        for index in range(saved[0]):
+            loaded = workdir.load_layer(index)
+            if loaded is None:
+                return [], {}, 0
+            results.append(LayerResult(**loaded[0]))
+            replacements.update(loaded[1])
+        return results, replacements, saved[0]
+
+    def _layer(self, stream: LayerStream, spec: LayerSpec, batches: list[Batch]):
+        started = time.perf_counter()
+        self.progress.start(f"layer {spec.index}", len(batches) * (2 if spec.index in self.selected else 1))
+        try:
+            if spec.index not in self.selected:
+                layer = stream.load_layer(spec.index)
+                self._advance(stream, layer, spec.index, batches)
+                result = _result(spec, pruned=False)
+                result.seconds = time.perf_counter() - started
+                return result, {}
+            return self._prune_layer(stream, spec, batches, started)
+        finally:
+            self.progress.stop()
+
+    def _advance(self, stream, layer, index, batches) -> None:
+        """Replace every batch's stream by this layer's output."""
+        for batch in batches:
+            check_stop(self.should_stop)
+            batch.hidden = self._keep(stream.run_layer(layer, index, batch))
+            self.progress.advance(1)
+
+    def _prune_layer(self, stream, spec: LayerSpec, batches, started):
+        layer = stream.load_layer(spec.index)
+        gram = _Gram(spec.num_heads * spec.head_dim, self.device)
+        handle = layer.self_attn.o_proj.register_forward_pre_hook(gram.hook)
+        base_out = []
+        for batch in batches:
+            check_stop(self.should_stop)
+            gram.mask = batch.token_mask
+            out = stream.run_layer(layer, spec.index, batch)
+            base_out.append(self._keep(out) if self.options.propagate == "base" else None)
+            self.progress.advance(1)
+        handle.remove()
+        self._time("capture", started)
+        o_weight = layer.self_attn.o_proj.weight.detach()
+        del layer
+        scores = self._scores(stream, spec, batches, o_weight, gram)
+        frac = self.fracs.get(spec.index, self.options.prune_frac)
+        heads = select_heads(scores, spec, frac)
+        heal_started = time.perf_counter()
+        tensors, refit = self._materialise(stream, spec, heads, gram)
+        self._time("heal", heal_started)
+        if self.options.propagate == "base":
+            for batch, out in zip(batches, base_out, strict=True):
+                batch.hidden = out
+        else:
+            pruned_layer = stream.load_layer(spec.index, replace=tensors)
+            self._advance(stream, pruned_layer, spec.index, batches)
+        result = _result(spec, pruned=True)
+        result.pruned_heads, result.scores, result.refit, result.tokens = heads, scores, refit, gram.tokens
+        result.seconds = time.perf_counter() - started
+        return result, tensors
+
+    def _scores(self, stream, spec, batches, o_weight, gram) -> list[float]:
+        started = time.perf_counter()
+        try:
+            if self.options.importance == "loo-nll":
+                return loo_nll_scores(stream, spec, batches, self.options.importance_quant, self.should_stop)
+            return gram_scores(self.options.importance, o_weight, gram.matrix, spec, self.options.ridge_rel)
+        finally:
+            self._time("importance", started)
+
+    def _materialise(self, stream: LayerStream, spec: LayerSpec, heads: list[int], gram: _Gram):
+        """The layer's new tensors, in the checkpoint's dtypes: healed o_proj, zeroed q rows."""
+        names = [spec.q_proj, spec.o_proj] + ([spec.q_bias] if spec.q_bias else [])
+        stored = stream.read_tensors(names)
+        q = stored[spec.q_proj].clone()
+        rows = head_columns(heads, spec.head_dim)
+        q[rows] = 0
+        out = {spec.q_proj: q}
+        if spec.q_bias:
+            bias = stored[spec.q_bias].clone()
+            bias[rows] = 0
+            out[spec.q_bias] = bias
+        o = stored[spec.o_proj]
+        refit = None
+        if self.options.heal == "lstsq" and heads:
+            healed, stats = heal_o_proj(
+                o.to(self.device), gram.matrix, heads, spec.head_dim, self.options.ridge_rel, gram.tokens
+            )
+            out[spec.o_proj] = healed.to(o.dtype).cpu()
+            refit = asdict(stats)
+        else:
+            masked = o.clone()
+            masked[:, rows] = 0
+            out[spec.o_proj] = masked
+        return out, refit
+
+    def _manifest(self, report: WriteReport, results: list[LayerResult], forward_calls: int, resumed_at: int):
+        from surgeon import __version__
+
+        changed = report.changed_tensors()
+        written_layers = sorted({self._layer_of(n) for n in changed} - {None})
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "tool": {"name": "surgeon", "version": __version__},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "base": {
+                "source": self.ckpt.source,
+                "path": str(self.ckpt.root),
+                "revision": self.ckpt.revision,
+                "shards": report.base_shards,
+            },
+            "options": asdict(self.options),
+            "device": str(self.device),
+            "compute_dtype": str(self.dtype).replace("torch.", ""),
+            "calibration": self.calibration,
+            "layers": [asdict(r) for r in results if r.pruned],
+            "written": {
+                "layers": written_layers,
+                "layers_text": layer_ranges(written_layers),
+                "tensors": {n: report.tensors[n] for n in changed},
+                "shards": report.shards,
+                "copied_shards": report.copied_shards,
+            },
+            "forward_calls": forward_calls,
+            "resumed_at_layer": resumed_at,
+            "messages": self.messages,
+            "timings": dict(self.timings),
+        }
+
+    def _layer_of(self, name: str) -> int | None:
+        for spec in self.layout.layers:
+            if name.startswith(spec.prefix):
+                return spec.index
+        return None
+
+
+def _result(spec: LayerSpec, pruned: bool) -> LayerResult:
+    return LayerResult(spec.index, spec.layer_type, spec.num_heads, spec.num_kv_heads, spec.head_dim, pruned)
+
+
+def _make_batches(sequences: list[list[int]], batch_size: int, pad_id: int) -> list[Batch]:
+    batches = []
+    for first in range(0, len(sequences), batch_size):
+        group = sequences[first : first + batch_size]
+        width = max(map(len, group))
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, seq in enumerate(group):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        batches.append(Batch(ids, mask))
+    return batches
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.contiguous().view(torch.uint8).numpy().tobytes()

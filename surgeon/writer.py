@@ -1,0 +1,165 @@
+"""The tensor-level checkpoint writer shared by prune and salvage.
+
+Only the tensors the surgery changed get new bytes; every other tensor is copied
+byte-for-byte, each shard keeps the base's header verbatim (dtype, shape and offsets are
+unchanged, so the layout is too), and a shard with no changed tensor is a plain copy of the
+base's file. Everything is written into a temporary sibling folder, hashed as it is
+written, and renamed into place at the end: a failure or Ctrl-C leaves no output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from surgeon.atomic import current_umask
+from surgeon.checkpoint import Checkpoint
+from surgeon.errors import Cancelled, SurgeonError
+from surgeon.tensor_io import MappedShard
+
+COPY_CHUNK = 8 << 20
+MANIFEST_NAME = "prune_manifest.json"
+
+
+@dataclass
+class WriteReport:
+    """What the writer's own hashes say was written."""
+
+    shards: dict[str, str] = field(default_factory=dict)  # output shard -> SHA256
+    base_shards: dict[str, str] = field(default_factory=dict)  # the base's shard -> SHA256, same read
+    copied_shards: list[str] = field(default_factory=list)  # written as plain copies of the base
+    tensors: dict[str, dict[str, str]] = field(default_factory=dict)  # replaced -> base/out SHA256
+
+    def changed_tensors(self) -> list[str]:
+        return sorted(n for n, h in self.tensors.items() if h["base_sha256"] != h["sha256"])
+
+
+def check_output_path(output: Path, inputs: list[Checkpoint], force: bool) -> None:
+    out = Path(os.path.abspath(output))
+    for ckpt in inputs:
+        root = Path(os.path.realpath(ckpt.root))
+        if out == root or out.is_relative_to(root) or root.is_relative_to(out):
+            raise SurgeonError(f"{output}: refusing to write into (or over) the input checkpoint {ckpt.root}")
+    if out.exists() and not force:
+        raise SurgeonError(f"{output}: already exists (use --force to replace it)")
+    if not out.parent.is_dir():
+        raise SurgeonError(f"{output}: folder {out.parent} does not exist")
+
+
+def write_checkpoint(
+    base: Checkpoint,
+    output: Path,
+    replacements: dict[str, bytes],
+    manifest: Callable[[WriteReport], dict] | None = None,
+    force: bool = False,
+    cancel: threading.Event | None = None,
+) -> WriteReport:
+    """Write base with `replacements` (tensor name -> raw bytes of the same dtype and shape)."""
+    for name, data in replacements.items():
+        info = base.tensors.get(name)
+        if info is None or info.nbytes != len(data):
+            raise SurgeonError(f"{name}: a replacement must match a base tensor's byte size")
+    output = Path(output)
+    check_output_path(output, [base], force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        tmp.chmod(0o777 & ~current_umask())
+        report = WriteReport()
+        for shard_name in base.shards:
+            _check_cancel(cancel)
+            _write_shard(base, shard_name, tmp / shard_name, replacements, report)
+        _copy_side_files(base, tmp)
+        if manifest is not None:
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
+        _fsync_dir(tmp)
+        _replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
+def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, report: WriteReport) -> None:
+    shard = base.shards[shard_name]
+    ours = {n: replacements[n] for n in shard.tensors if n in replacements}
+    digest, base_digest = hashlib.sha256(), hashlib.sha256()
+    with MappedShard(shard.path, shard.file_size) as source, open(target, "wb") as out:
+
+        def emit(data) -> None:
+            out.write(data)
+            digest.update(data)
+            base_digest.update(data)
+
+        position = 0
+        for info in sorted(shard.tensors.values(), key=lambda t: t.start):
+            _copy_range(source, position, info.start, emit)
+            if info.name in ours:
+                original = source.view(info.start, info.end)
+                base_digest.update(original)
+                base_sha = hashlib.sha256(original).hexdigest()
+                original.release()
+                out.write(ours[info.name])
+                digest.update(ours[info.name])
+                report.tensors[info.name] = {
+                    "base_sha256": base_sha,
+                    "sha256": hashlib.sha256(ours[info.name]).hexdigest(),
+                }
+                position = info.end
+            else:
+                position = info.start
+        _copy_range(source, position, shard.file_size, emit)
+        out.flush()
+        os.fsync(out.fileno())
+    report.shards[shard_name] = digest.hexdigest()
+    report.base_shards[shard_name] = base_digest.hexdigest()
+    if not ours:
+        report.copied_shards.append(shard_name)
+
+
+def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:
+    for offset in range(start, end, COPY_CHUNK):
+        stop = min(offset + COPY_CHUNK, end)
+        view = source.view(offset, stop)
+        emit(view)
+        view.release()
+        source.release(offset, stop)
+
+
+def _copy_side_files(base: Checkpoint, tmp: Path) -> None:
+    for path in sorted(base.root.iterdir()):
+        if path.name in base.shards or path.name == MANIFEST_NAME or path.name.startswith("."):
+            continue
+        if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+            shutil.copyfile(path, tmp / path.name)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _replace_dir(tmp: Path, output: Path) -> None:
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.rename(output, old)
+        os.rename(tmp, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, output)

@@ -1,0 +1,219 @@
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from surgeon.adapters import describe
+from surgeon.checkpoint import open_checkpoint
+from surgeon.diff import DiffOptions, diff_checkpoints
+from surgeon.evaluate import corpus_nll
+from surgeon.heal import head_columns, heal_o_proj
+from surgeon.importance import mask_heads_hook, select_heads
+from surgeon.prune import PruneOptions, prune
+from surgeon.stream import Batch, LayerStream
+from tests.helpers import FIXTURES
+
+TRAINED = FIXTURES / "gemma4-tiny-trained"
+SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_heal_from_gram_equals_least_squares_on_activations():
+    torch.manual_seed(0)
+    tokens, heads, dim, out = 400, 4, 8, 12
+    x = torch.randn(tokens, heads * dim, dtype=torch.float64) @ torch.randn(
+        heads * dim, heads * dim, dtype=torch.float64
+    )
+    w = torch.randn(out, heads * dim, dtype=torch.float64)
+    healed, stats = heal_o_proj(w, x.T @ x, [2], dim, ridge_rel=0.0, tokens=tokens)
+    kept = head_columns([0, 1, 3], dim)
+    expected = torch.linalg.lstsq(x[:, kept], x @ w.T).solution.T
+    torch.testing.assert_close(healed[:, kept], expected, rtol=1e-9, atol=1e-9)
+    assert torch.all(healed[:, head_columns([2], dim)] == 0)
+    residual = (x @ w.T - x[:, kept] @ expected.T).norm() / (x @ w.T).norm()
+    assert stats.rel_residual == pytest.approx(float(residual), rel=1e-6)
+    assert stats.target_rms == pytest.approx(float((x @ w.T).pow(2).mean().sqrt()), rel=1e-9)
+
+
+def test_ridge_heal_matches_the_closed_form():
+    torch.manual_seed(1)
+    x = torch.randn(200, 16, dtype=torch.float64)
+    w = torch.randn(5, 16, dtype=torch.float64)
+    g = x.T @ x
+    healed, stats = heal_o_proj(w, g, [0], 4, ridge_rel=0.1)
+    kept = head_columns([1, 2, 3], 4)
+    lam = 0.1 * float(torch.diagonal(g[kept][:, kept]).mean())
+    system = g[kept][:, kept] + lam * torch.eye(12, dtype=torch.float64)
+    expected = (torch.linalg.solve(system, g[kept] @ w.T)).T
+    torch.testing.assert_close(healed[:, kept], expected)
+    assert stats.ridge == pytest.approx(lam)
+
+
+def one_layer(path=TRAINED, index=0):
+    ckpt = open_checkpoint(path)
+    stream = LayerStream(ckpt, describe(ckpt), torch.device("cpu"), torch.float32)
+    batch = Batch(torch.tensor([[2, 100, 200, 300, 400, 50]]), torch.ones(1, 6, dtype=torch.long))
+    stream.trace(batch)
+    return stream, batch
+
+
+def test_masking_o_proj_input_equals_zeroing_o_proj_columns():
+    stream, batch = one_layer()
+    spec = stream.layout.layers[0]
+    layer = stream.load_layer(0)
+    handle = mask_heads_hook(layer.self_attn.o_proj, [1, 6], spec.head_dim)
+    masked = stream.run_layer(layer, 0, batch)
+    handle.remove()
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight[:, head_columns([1, 6], spec.head_dim)] = 0
+    zeroed = stream.run_layer(layer, 0, batch)
+    torch.testing.assert_close(masked, zeroed, rtol=0, atol=0)
+
+
+def test_select_heads_keeps_one_query_head_per_kv_head():
+    spec = describe(open_checkpoint(TRAINED)).layers[5]  # 8 heads over 2 kv heads
+    scores = [0, 1, 2, 3, 9, 9, 9, 9]  # the four cheapest heads all share kv head 0
+    assert select_heads(scores, spec, 0.5) == [0, 1, 2, 4]
+    assert select_heads(scores, spec, 0.125) == [0]
+    assert select_heads(scores, spec, 0.99) == [0, 1, 2, 4, 5, 6]  # never a whole kv group
+
+
+@pytest.fixture(scope="module")
+def pruned_0_3(tmp_path_factory):
+    out = tmp_path_factory.mktemp("p") / "out"
+    result = prune(TRAINED, out, PruneOptions(prune_frac=0.25, layers="0-3"))
+    return out, result
+
+
+def test_written_checkpoint_is_truthful(pruned_0_3):
+    out, _ = pruned_0_3
+    assert sha(out / SHARD2) == sha(TRAINED / SHARD2)  # layers 4-7 live here: untouched
+    manifest = json.loads((out / "prune_manifest.json").read_text())
+    assert manifest["written"]["layers"] == [0, 1, 2, 3]
+    assert manifest["written"]["copied_shards"] == [SHARD2]
+    assert manifest["base"]["shards"][SHARD2] == sha(TRAINED / SHARD2)
+    assert manifest["layer_passes"] <= 2 * 8
+    report = diff_checkpoints(open_checkpoint(TRAINED), open_checkpoint(out), DiffOptions())
+    assert report.layers_changed() == manifest["written"]["layers"]
+    tensors = {t.name: t for t in report.tensors}
+    for name, hashes in manifest["written"]["tensors"].items():
+        assert [tensors[name].base.sha256, tensors[name].other.sha256] == [
+            hashes["base_sha256"],
+            hashes["sha256"],
+        ]
+    for layer in manifest["layers"]:
+        o = tensors[f"model.layers.{layer['layer']}.self_attn.o_proj.weight"].heads
+        assert o.heads_with("zeroed") == layer["pruned_heads"]
+        assert len(layer["pruned_heads"]) == 2
+        assert tensors[f"model.layers.{layer['layer']}.self_attn.q_proj.weight"].heads.uniform_attention == []
+
+
+def test_written_checkpoint_loads_in_transformers(pruned_0_3):
+    from transformers import AutoModelForCausalLM
+
+    out, result = pruned_0_3
+    model = AutoModelForCausalLM.from_pretrained(out)
+    heads = result.layers[0].pruned_heads
+    columns = head_columns(heads, 8)
+    assert torch.all(model.model.layers[0].self_attn.o_proj.weight[:, columns] == 0)
+    assert torch.all(model.model.layers[0].self_attn.q_proj.weight[columns] == 0)
+    assert model.config.num_attention_heads == 8  # mask mode: config unchanged
+
+
+def test_heal_lowers_calibration_nll(tmp_path):
+    options = dict(prune_frac=0.25, layers="all", importance="recon")
+    healed = prune(TRAINED, tmp_path / "healed", PruneOptions(heal="lstsq", **options)).output
+    unhealed = prune(TRAINED, tmp_path / "unhealed", PruneOptions(heal="none", **options)).output
+    base_nll, healed_nll, unhealed_nll = corpus_nll(TRAINED), corpus_nll(healed), corpus_nll(unhealed)
+    assert base_nll < healed_nll < unhealed_nll
+
+
+def test_killed_run_resumes_with_byte_identical_output(tmp_path, pruned_0_3):
+    class Killed(Exception):
+        pass
+
+    def kill_after_layer_1(result):
+        if result.layer == 1:
+            raise Killed()
+
+    options = PruneOptions(prune_frac=0.25, layers="0-3")
+    with pytest.raises(Killed):
+        prune(TRAINED, tmp_path / "out", options, workdir=tmp_path / "work", on_layer_done=kill_after_layer_1)
+    assert not (tmp_path / "out").exists()
+    resumed = prune(TRAINED, tmp_path / "out", options, workdir=tmp_path / "work")
+    assert resumed.resumed_at == 2
+    reference, _ = pruned_0_3
+    for name in (SHARD1, SHARD2):
+        assert sha(tmp_path / "out" / name) == sha(reference / name)
+
+
+def test_changed_options_start_fresh(tmp_path):
+    work = tmp_path / "work"
+    prune(TRAINED, tmp_path / "a", PruneOptions(layers="7"), workdir=work)
+    again = prune(TRAINED, tmp_path / "b", PruneOptions(layers="7"), workdir=work)
+    assert again.resumed_at == 8 and again.manifest["messages"] == []
+    changed = prune(TRAINED, tmp_path / "c", PruneOptions(layers="7", ridge_rel=0.1), workdir=work)
+    assert changed.resumed_at == 0
+    assert "options changed" in " ".join(changed.manifest["messages"])
+    assert sha(tmp_path / "a" / SHARD2) == sha(tmp_path / "b" / SHARD2)
+
+
+def test_loo_nll_on_nf4_weights_scores_every_head(tmp_path):
+    result = prune(
+        TRAINED,
+        tmp_path / "o",
+        PruneOptions(layers="7", importance="loo-nll", importance_quant="nf4", prune_frac=0.25),
+    )
+    scores = result.layers[7].scores
+    assert len(scores) == 8 and all(map(lambda s: s == s, scores))
+    assert result.layers[7].pruned_heads == sorted(sorted(range(8), key=lambda h: (scores[h], h))[:2])
+
+
+def test_qwen2_bias_of_pruned_heads_is_zeroed(tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.tiny_models import save_tiny
+
+    base = save_tiny("qwen2", tmp_path / "qwen2", vocab_size=512)
+    shutil.copy(TRAINED / "tokenizer.json", base)  # any tokenizer will do for calibration
+    shutil.copy(TRAINED / "tokenizer_config.json", base)
+    out = prune(base, tmp_path / "out", PruneOptions(prune_frac=0.5, layers="0")).output
+    pruned = describe(open_checkpoint(out)).layers[0]
+    weights = load_file(out / "model.safetensors")
+    heads = json.loads((out / "prune_manifest.json").read_text())["layers"][0]["pruned_heads"]
+    rows = head_columns(heads, pruned.head_dim)
+    assert len(heads) == 2
+    assert torch.all(weights[pruned.q_bias][rows] == 0)
+    assert torch.all(weights[pruned.q_proj][rows] == 0)
+
+
+def test_cli_prune_and_its_errors(tmp_path):
+    from surgeon.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["prune", str(TRAINED), "-o", str(tmp_path / "o"), "--layers", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.stdout and "layers 2 changed" in result.stdout
+    again = runner.invoke(main, ["prune", str(TRAINED), "-o", str(tmp_path / "o"), "--layers", "2"])
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    bad = runner.invoke(main, ["prune", str(TRAINED), "-o", str(tmp_path / "p"), "--layers", "9"])
+    assert bad.exit_code == 2 and "layer 9 does not exist" in bad.stderr
+    inside = runner.invoke(main, ["prune", str(TRAINED), "-o", str(TRAINED / "x")])
+    assert inside.exit_code == 2 and "input checkpoint" in inside.stderr
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
+    from surgeon.errors import SurgeonError
+    from tests.tiny_models import save_tiny
+
+    base = save_tiny("llama", tmp_path / "llama")  # 128 embedding rows, 512-token tokenizer
+    shutil.copy(TRAINED / "tokenizer.json", base)
+    shutil.copy(TRAINED / "tokenizer_config.json", base)
+    with pytest.raises(SurgeonError, match="embedding has 128 rows"):
+        prune(base, tmp_path / "out", PruneOptions(layers="0"))
