@@ -78,7 +78,13 @@ class LayerStream:
         self.ckpt, self.layout, self.device, self.dtype = ckpt, layout, device, dtype
         self.model, self._layers = _skeleton(layout)
         self.forward_calls = 0
-        self._load_outside_layers()
+        self._outside = self._outside_layers()
+        self._head_ready = False
+        self._materialise([m for m in self._outside if m.startswith("model.norm.")])  # small, always needed
+        for module in self.model.modules():  # real buffers (rotary tables, scales) go to the device
+            for name, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[name] = buffer.to(self.device)
 
     # -- weights ------------------------------------------------------------------
     def read_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
@@ -93,25 +99,34 @@ class LayerStream:
                     out[name] = handle.get_tensor(name)
         return out
 
-    def _load_outside_layers(self) -> None:
+    def _outside_layers(self) -> dict[str, str]:
+        """Module name -> checkpoint name of every weight outside the decoder layers."""
         wanted = {}
         for name in self.ckpt.tensors:
             module_name = self.layout.module_name(name)
             if module_name is not None and not module_name.startswith("model.layers."):
                 wanted[module_name] = name
-        expected = {n for n, _ in self.model.named_parameters()} | {
-            n for n, b in self.model.named_buffers() if n in self.model.state_dict()
-        }
-        tied = "lm_head.weight" in expected and "lm_head.weight" not in wanted
-        missing = sorted(n for n in expected if n not in wanted and not (tied and n == "lm_head.weight"))
+        expected = {n for n, _ in self.model.named_parameters()}
+        self._tied = "lm_head.weight" in expected and "lm_head.weight" not in wanted
+        missing = sorted(n for n in expected if n not in wanted and n != "lm_head.weight")
         if missing:
             raise SurgeonError(f"{self.ckpt.source}: no tensor for {missing[0]} in the checkpoint")
-        tensors = self.read_tensors(list(wanted.values()))
-        state = {m: tensors[c].to(self.dtype) for m, c in wanted.items()}
-        self.model.load_state_dict(state, strict=False, assign=True)
-        if tied:
-            self.model.lm_head.weight = self.model.get_input_embeddings().weight
-        self.model.to(self.device)
+        return wanted
+
+    def _materialise(self, module_names: list[str]) -> None:
+        tensors = self.read_tensors([self._outside[m] for m in module_names])
+        for module_name in module_names:
+            value = tensors[self._outside[module_name]].to(self.device, self.dtype)
+            _set_parameter(self.model, module_name, value)
+
+    def _evict(self, module_names: list[str]) -> None:
+        for module_name in module_names:
+            old = self.model.get_parameter(module_name)
+            _set_parameter(self.model, module_name, torch.empty(old.shape, dtype=old.dtype, device="meta"))
+
+    def _head_names(self) -> list[str]:
+        head = [m for m in self._outside if m.startswith("lm_head.")]
+        return head + (["model.embed_tokens.weight"] if self._tied else [])
 
     def load_layer(self, index: int, replace: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """Decoder layer `index` with its weights on the device; `replace` maps checkpoint
@@ -129,6 +144,17 @@ class LayerStream:
     @torch.no_grad()
     def trace(self, batch: Batch) -> None:
         """Fill batch.hidden (the embeddings) and batch.layer_args (each layer's arguments)."""
+        # The embeddings are needed here only: loaded for the trace, dropped after it (a tied
+        # embedding already loaded as the lm_head stays).
+        keep = set(self._head_names()) if self._head_ready else set()
+        names = [m for m in self._outside if not m.startswith(("model.norm.", "lm_head.")) and m not in keep]
+        self._materialise(names)
+        try:
+            self._record(batch)
+        finally:
+            self._evict(names)
+
+    def _record(self, batch: Batch) -> None:
         calls: dict[int, tuple[tuple, dict]] = {}
         recorders = nn.ModuleList(_Recorder(i, calls) for i in range(len(self._layers)))
         text_model = self.model.model
@@ -157,6 +183,11 @@ class LayerStream:
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the *ForCausalLM head makes of the last layer's output (norm, lm_head, softcap)."""
+        if not self._head_ready:
+            self._materialise(self._head_names())
+            if self._tied:
+                self.model.lm_head.weight = self.model.get_input_embeddings().weight
+            self._head_ready = True
         logits = self.model.lm_head(self.model.model.norm(hidden.to(self.device)))
         cap = self.layout.config.get("final_logit_softcapping")
         if cap:
@@ -174,6 +205,11 @@ class LayerStream:
         )
         valid = valid.reshape(-1)
         return float(losses[valid].sum()), int(valid.sum())
+
+
+def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner), leaf, nn.Parameter(value, requires_grad=False))
 
 
 def _skeleton(layout: ModelLayout):
