@@ -182,7 +182,8 @@ def _summary(result, console) -> None:
     console.print(
         f"wrote {result.output}: layers {layer_ranges(written['layers']) or '(none)'} changed, "
         f"{len(written['tensors'])} tensors rewritten, {len(written['copied_shards'])} of "
-        f"{len(written['shards'])} shards copied unchanged; {result.forward_calls} layer forward calls"
+        f"{len(written['shards'])} shards copied unchanged; {manifest['layer_passes']} layer passes "
+        f"({result.forward_calls} forward calls)"
         + (f"; resumed at layer {result.resumed_at}" if result.resumed_at else "")
     )
 
