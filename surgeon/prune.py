@@ -10,6 +10,7 @@ That is two layer passes per pruned layer and one per untouched layer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -297,19 +298,26 @@ class _Run:
             replacements.update(loaded[1])
         return results, replacements, saved[0]
 
-    def _layer(self, stream: LayerStream, spec: LayerSpec, batches: list[Batch]):
+    @contextlib.contextmanager
+    def _phase(self, spec: LayerSpec, name: str, total: int):
+        self.progress.start(f"layer {spec.index}/{len(self.layout.layers) - 1} {name}", total)
         started = time.perf_counter()
-        self.progress.start(f"layer {spec.index}", len(batches) * (2 if spec.index in self.selected else 1))
         try:
-            if spec.index not in self.selected:
-                layer = stream.load_layer(spec.index)
-                self._advance(stream, layer, spec.index, batches)
-                result = _result(spec, pruned=False)
-                result.seconds = time.perf_counter() - started
-                return result, {}
-            return self._prune_layer(stream, spec, batches, started)
+            yield
         finally:
             self.progress.stop()
+            self._time(name, started)
+
+    def _layer(self, stream: LayerStream, spec: LayerSpec, batches: list[Batch]):
+        started = time.perf_counter()
+        if spec.index in self.selected:
+            result, tensors = self._prune_layer(stream, spec, batches)
+        else:
+            with self._phase(spec, "forward", len(batches)):
+                self._advance(stream, stream.load_layer(spec.index), spec.index, batches)
+            result, tensors = _result(spec, pruned=False), {}
+        result.seconds = time.perf_counter() - started
+        return result, tensors
 
     def _advance(self, stream, layer, index, batches) -> None:
         """Replace every batch's stream by this layer's output."""
@@ -318,46 +326,44 @@ class _Run:
             batch.hidden = self._keep(stream.run_layer(layer, index, batch))
             self.progress.advance(1)
 
-    def _prune_layer(self, stream, spec: LayerSpec, batches, started):
+    def _capture(self, stream, spec: LayerSpec, batches) -> tuple[_Gram, torch.Tensor, list]:
+        """One pass of the base layer: G of o_proj's input, o_proj's weight, and the outputs
+        (kept only for --propagate base)."""
         layer = stream.load_layer(spec.index)
         gram = _Gram(spec.num_heads * spec.head_dim, self.device)
         handle = layer.self_attn.o_proj.register_forward_pre_hook(gram.hook)
-        base_out = []
-        for batch in batches:
-            check_stop(self.should_stop)
-            gram.mask = batch.token_mask
-            out = stream.run_layer(layer, spec.index, batch)
-            base_out.append(self._keep(out) if self.options.propagate == "base" else None)
-            self.progress.advance(1)
+        outputs = []
+        with self._phase(spec, "capture", len(batches)):
+            for batch in batches:
+                check_stop(self.should_stop)
+                gram.mask = batch.token_mask
+                out = stream.run_layer(layer, spec.index, batch)
+                outputs.append(self._keep(out) if self.options.propagate == "base" else None)
+                self.progress.advance(1)
         handle.remove()
-        self._time("capture", started)
-        o_weight = layer.self_attn.o_proj.weight.detach()
-        del layer
-        scores = self._scores(stream, spec, batches, o_weight, gram)
-        frac = self.fracs.get(spec.index, self.options.prune_frac)
-        heads = select_heads(scores, spec, frac)
-        heal_started = time.perf_counter()
-        tensors, refit = self._materialise(stream, spec, heads, gram)
-        self._time("heal", heal_started)
+        return gram, layer.self_attn.o_proj.weight.detach(), outputs
+
+    def _prune_layer(self, stream, spec: LayerSpec, batches):
+        gram, o_weight, base_out = self._capture(stream, spec, batches)
+        with self._phase(spec, "importance", 1):
+            scores = self._scores(stream, spec, batches, o_weight, gram)
+        heads = select_heads(scores, spec, self.fracs.get(spec.index, self.options.prune_frac))
+        with self._phase(spec, "heal", 1):
+            tensors, refit = self._materialise(stream, spec, heads, gram)
         if self.options.propagate == "base":
             for batch, out in zip(batches, base_out, strict=True):
                 batch.hidden = out
         else:
-            pruned_layer = stream.load_layer(spec.index, replace=tensors)
-            self._advance(stream, pruned_layer, spec.index, batches)
+            with self._phase(spec, "propagate", len(batches)):
+                self._advance(stream, stream.load_layer(spec.index, replace=tensors), spec.index, batches)
         result = _result(spec, pruned=True)
         result.pruned_heads, result.scores, result.refit, result.tokens = heads, scores, refit, gram.tokens
-        result.seconds = time.perf_counter() - started
         return result, tensors
 
     def _scores(self, stream, spec, batches, o_weight, gram) -> list[float]:
-        started = time.perf_counter()
-        try:
-            if self.options.importance == "loo-nll":
-                return loo_nll_scores(stream, spec, batches, self.options.importance_quant, self.should_stop)
-            return gram_scores(self.options.importance, o_weight, gram.matrix, spec, self.options.ridge_rel)
-        finally:
-            self._time("importance", started)
+        if self.options.importance == "loo-nll":
+            return loo_nll_scores(stream, spec, batches, self.options.importance_quant, self.should_stop)
+        return gram_scores(self.options.importance, o_weight, gram.matrix, spec, self.options.ridge_rel)
 
     def _materialise(self, stream: LayerStream, spec: LayerSpec, heads: list[int], gram: _Gram):
         """The layer's new tensors, in the checkpoint's dtypes: healed o_proj, zeroed q rows."""
