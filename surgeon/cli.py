@@ -17,42 +17,39 @@ EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
 
 
 class RichProgress:
-    """A byte-count progress bar on stderr; only used when stderr is a terminal."""
+    """A progress bar on stderr; only used when stderr is a terminal."""
 
     def __init__(self):
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        self._progress = None
+        self._task = None
 
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+    def start(self, description: str, total: int, unit: str = "bytes") -> None:
+        from rich import progress as rp
+
+        if not total:
+            return
+        if unit == "bytes":
+            columns = [rp.DownloadColumn(), rp.TransferSpeedColumn(), rp.TimeRemainingColumn()]
+        else:
+            columns = [rp.MofNCompleteColumn(), rp.TextColumn(unit), rp.TimeElapsedColumn()]
+        self._progress = rp.Progress(
+            rp.TextColumn("{task.description}"),
+            rp.BarColumn(),
+            *columns,
             transient=True,
             console=_console(stderr=True),
         )
-        self._task = None
-
-    def start(self, description: str, total: int) -> None:
-        if total:
-            self._progress.start()
-            self._task = self._progress.add_task(description, total=total)
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total)
 
     def advance(self, amount: int) -> None:
         if self._task is not None:
             self._progress.advance(self._task, amount)
 
     def stop(self) -> None:
-        if self._task is not None:
+        if self._progress is not None:
             self._progress.stop()
-            self._task = None
+            self._progress = self._task = None
 
 
 def _console(stderr: bool = False, file=None):

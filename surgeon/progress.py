@@ -6,13 +6,13 @@ from typing import Protocol
 
 
 class ProgressSink(Protocol):
-    def start(self, description: str, total: int) -> None: ...
+    def start(self, description: str, total: int, unit: str = "bytes") -> None: ...
     def advance(self, amount: int) -> None: ...
     def stop(self) -> None: ...
 
 
 class NoProgress:
-    def start(self, description: str, total: int) -> None:
+    def start(self, description: str, total: int, unit: str = "bytes") -> None:
         pass
 
     def advance(self, amount: int) -> None:

@@ -299,8 +299,8 @@ class _Run:
         return results, replacements, saved[0]
 
     @contextlib.contextmanager
-    def _phase(self, spec: LayerSpec, name: str, total: int):
-        self.progress.start(f"layer {spec.index}/{len(self.layout.layers) - 1} {name}", total)
+    def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):
+        self.progress.start(f"layer {spec.index}/{len(self.layout.layers) - 1} {name}", total, unit=unit)
         started = time.perf_counter()
         try:
             yield
@@ -345,10 +345,10 @@ class _Run:
 
     def _prune_layer(self, stream, spec: LayerSpec, batches):
         gram, o_weight, base_out = self._capture(stream, spec, batches)
-        with self._phase(spec, "importance", 1):
+        with self._phase(spec, "importance", 1, unit=self.options.importance):
             scores = self._scores(stream, spec, batches, o_weight, gram)
         heads = select_heads(scores, spec, self.fracs.get(spec.index, self.options.prune_frac))
-        with self._phase(spec, "heal", 1):
+        with self._phase(spec, "heal", 1, unit=self.options.heal):
             tensors, refit = self._materialise(stream, spec, heads, gram)
         if self.options.propagate == "base":
             for batch, out in zip(batches, base_out, strict=True):
