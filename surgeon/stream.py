@@ -10,16 +10,31 @@ layer is then materialised from the shards onto the device, run, and dropped.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from surgeon.adapters import ModelLayout
 from surgeon.checkpoint import Checkpoint
 from surgeon.errors import SurgeonError
+
+TORCH_DTYPES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,17 +102,22 @@ class LayerStream:
                     module._buffers[name] = buffer.to(self.device)
 
     # -- weights ------------------------------------------------------------------
+    def read_tensor(self, name: str) -> torch.Tensor:
+        """One tensor by checkpoint name, as stored, read into fresh CPU memory (no mapping
+        of the shard lingers in the resident set)."""
+        info = self.ckpt.tensors[name]
+        dtype = TORCH_DTYPES.get(info.dtype.name)
+        if dtype is None:
+            raise SurgeonError(f"{name}: dtype {info.dtype.name} cannot be loaded for compute")
+        buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        with open(self.ckpt.shard_path(info.file), "rb", buffering=0) as handle:
+            got = os.preadv(handle.fileno(), [buffer.numpy()], info.start) if info.nbytes else 0
+        if got != info.nbytes:
+            raise SurgeonError(f"{self.ckpt.shard_path(info.file)}: ended inside tensor {name}")
+        return buffer.view(dtype).reshape(info.shape)
+
     def read_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """Tensors by checkpoint name, as stored (dtype and all), on the CPU."""
-        by_shard: dict[str, list[str]] = {}
-        for name in names:
-            by_shard.setdefault(self.ckpt.tensors[name].file, []).append(name)
-        out = {}
-        for shard, shard_names in by_shard.items():
-            with safe_open(self.ckpt.shard_path(shard), framework="pt", device="cpu") as handle:
-                for name in shard_names:
-                    out[name] = handle.get_tensor(name)
-        return out
+        return {name: self.read_tensor(name) for name in names}
 
     def _outside_layers(self) -> dict[str, str]:
         """Module name -> checkpoint name of every weight outside the decoder layers."""
@@ -130,14 +150,16 @@ class LayerStream:
 
     def load_layer(self, index: int, replace: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """Decoder layer `index` with its weights on the device; `replace` maps checkpoint
-        names to tensors used instead of the stored ones."""
+        names to tensors used instead of the stored ones. Tensors are read and converted one
+        at a time, so the peak is the layer plus one stored tensor."""
         layer = copy.deepcopy(self._layers[index])
         prefix = self.layout.layers[index].prefix
-        keys = list(layer.state_dict().keys())
-        stored = self.read_tensors([prefix + k for k in keys if prefix + k not in (replace or {})])
-        stored.update(replace or {})
-        state = {k: stored[prefix + k].to(self.device, self.dtype) for k in keys}
-        layer.load_state_dict(state, strict=True, assign=True)
+        replace = replace or {}
+        for key in list(layer.state_dict().keys()):
+            stored = replace.get(prefix + key)
+            if stored is None:
+                stored = self.read_tensor(prefix + key)
+            layer.load_state_dict({key: stored.to(self.device, self.dtype)}, strict=False, assign=True)
         return layer.to(self.device).eval()
 
     # -- running ------------------------------------------------------------------

@@ -1,0 +1,293 @@
+"""Running the canary: loading models (full precision, nf4, or composed in memory),
+generating greedily and scoring continuations. Torch and transformers live here."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from surgeon.calibration import load_tokenizer
+from surgeon.canary import (
+    CanaryOptions,
+    CanaryReport,
+    Prompt,
+    PromptResult,
+    agreement,
+    bigram_repetition,
+    cache_key,
+    cache_read,
+    cache_write,
+    judge,
+    nonprintable_fraction,
+    prompt_ids,
+    ratio,
+)
+from surgeon.checkpoint import Checkpoint, open_checkpoint
+from surgeon.errors import SurgeonError
+from surgeon.hashcache import HashCache, default_cache_dir
+from surgeon.hashing import hash_shards
+from surgeon.layers import parse_name
+from surgeon.stream import resolve_device, resolve_dtype
+
+
+class CanaryModel:
+    """A causal LM to generate with and score; `apply` swaps tensors in place."""
+
+    def __init__(self, ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", quant: str | None = None):
+        from transformers import AutoModelForCausalLM
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.quant = quant
+        kwargs: dict = {"dtype": self.dtype}
+        if quant == "nf4":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=self.dtype
+            )
+        if self.device.type == "cuda":
+            kwargs["device_map"] = "auto" if quant else {"": str(self.device)}
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(str(ckpt.root), **kwargs).eval()
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SurgeonError(f"{ckpt.source}: cannot load the model ({first})") from None
+        if self.device.type != "cuda" and not quant:
+            self.model.to(self.device)
+        self.eos = _eos_ids(self.model)
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @torch.no_grad()
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        prompt = torch.tensor([ids], device=self.input_device)
+        out = self.model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=next(iter(self.eos), 0),
+        )
+        new = out[0, len(ids) :].tolist()
+        for position, token in enumerate(new):
+            if token in self.eos:
+                return new[:position]
+        return new
+
+    @torch.no_grad()
+    def nll(self, ids: list[int], continuation: list[int]) -> float:
+        """Mean NLL of `continuation` following `ids`."""
+        if not continuation:
+            return 0.0
+        full = torch.tensor([ids + continuation], device=self.input_device)
+        logits = self.model(input_ids=full).logits[0, len(ids) - 1 : -1].float()
+        target = torch.tensor(continuation, device=logits.device)
+        return float(torch.nn.functional.cross_entropy(logits, target))
+
+    @torch.no_grad()
+    def apply(self, tensors: dict[str, torch.Tensor]) -> None:
+        if self.quant:
+            raise SurgeonError("composing a model in memory needs full precision (no --quant)")
+        for name, value in tensors.items():
+            param = self.model.get_parameter(name)
+            param.copy_(value.to(param.device, param.dtype))
+
+
+def _eos_ids(model) -> set[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config else None
+    eos = eos if eos is not None else model.config.eos_token_id
+    return set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+
+
+def weights_hash(ckpt: Checkpoint) -> str:
+    """One SHA256 over the checkpoint's shard SHA256s (through the hash cache)."""
+    hashes = hash_shards(list(ckpt.shards.values()), HashCache(default_cache_dir()))
+    by_name = sorted((name, hashes[_real(ckpt, name)].file_sha256) for name in ckpt.shards)
+    return hashlib.sha256(repr(by_name).encode()).hexdigest()
+
+
+def _real(ckpt: Checkpoint, shard: str) -> str:
+    import os
+
+    return os.path.realpath(ckpt.shard_path(shard))
+
+
+def tokenizer_hash(path: Path) -> str:
+    files = sorted(
+        p for p in Path(path).iterdir() if p.is_file() and ("token" in p.name or p.suffix == ".jinja")
+    )
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+class BaseOutputs:
+    """The base's greedy continuation and its NLL per prompt, from the cache or computed."""
+
+    def __init__(
+        self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, device, dtype, quant, cache_dir
+    ):
+        self.base, self.options, self.cache_dir = base, options, cache_dir
+        self.device, self.dtype, self.quant = device, dtype, quant
+        self.key_parts = {
+            "weights": weights_hash(base),
+            "tokenizer": tokenizer_hash(tokenizer_dir),
+            "bos": options.bos,
+            "max_new_tokens": options.max_new_tokens,
+            "decoding": "greedy",
+            "dtype": dtype,
+            "device": resolve_device(device).type,
+            "quant": quant,
+        }
+        self.hits = 0
+
+    def get(
+        self, prompts: list[Prompt], ids: list[list[int]], model: CanaryModel | None = None
+    ) -> list[dict]:
+        keys = [
+            cache_key(self.key_parts | {"prompt": p.label, "ids": i})
+            for p, i in zip(prompts, ids, strict=True)
+        ]
+        found = [cache_read(self.cache_dir, key) for key in keys]
+        missing = [n for n, value in enumerate(found) if value is None]
+        self.hits = len(prompts) - len(missing)
+        if missing:
+            base_model = model or CanaryModel(self.base, self.device, self.dtype, self.quant)
+            for n in missing:
+                tokens = base_model.generate(ids[n], self.options.max_new_tokens)
+                found[n] = {"tokens": tokens, "nll": base_model.nll(ids[n], tokens)}
+                cache_write(self.cache_dir, keys[n], found[n])
+        return found
+
+
+def score(
+    model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions
+) -> list[PromptResult]:
+    results = []
+    for prompt, prompt_tokens, base in zip(prompts, ids, base_out, strict=True):
+        tokens = model.generate(prompt_tokens, options.max_new_tokens)
+        on_base = model.nll(prompt_tokens, base["tokens"])
+        on_own = model.nll(prompt_tokens, tokens)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        result = PromptResult(
+            prompt=prompt.label,
+            base_text=tokenizer.decode(base["tokens"], skip_special_tokens=True),
+            text=text,
+            drift=ratio(on_base, base["nll"], options.nll_floor),
+            self_ratio=ratio(on_base, on_own, options.nll_floor),
+            repetition=bigram_repetition(tokens),
+            nonprintable=nonprintable_fraction(text),
+            tokens=len(tokens),
+            agreement=agreement(tokens, base["tokens"]),
+        )
+        judge(result, options)
+        results.append(result)
+    return results
+
+
+def run_canary(
+    model_path: str,
+    base_path: str,
+    prompts: list[Prompt],
+    options: CanaryOptions = CanaryOptions(),
+    device: str = "auto",
+    dtype: str = "auto",
+    quant: str | None = None,
+    tokenizer_path: str | None = None,
+    cache_dir: Path | None = None,
+) -> CanaryReport:
+    """Canary of MODEL against BASE, one model in memory at a time."""
+    base, model_ckpt = open_checkpoint(base_path), open_checkpoint(model_path)
+    tokenizer_dir = Path(tokenizer_path) if tokenizer_path else base.root
+    tokenizer = load_tokenizer(tokenizer_dir)
+    ids = [prompt_ids(tokenizer, p, options.bos) for p in prompts]
+    outputs = BaseOutputs(base, tokenizer_dir, options, device, dtype, quant, cache_dir)
+    base_out = outputs.get(prompts, ids)
+    model = CanaryModel(model_ckpt, device, dtype, quant)
+    results = score(model, tokenizer, prompts, ids, base_out, options)
+    return _report(results, options, outputs.hits == len(prompts))
+
+
+def _report(results, options, cache_hit) -> CanaryReport:
+    from dataclasses import asdict
+
+    return CanaryReport(all(r.passed for r in results), results, asdict(options), cache_hit)
+
+
+class ComposedCanary:
+    """The base model in memory, with the changed tensors of chosen layers swapped in from a
+    candidate: trying a rollback plan costs no disk write."""
+
+    def __init__(
+        self,
+        base_path,
+        candidate_path,
+        prompts,
+        options=CanaryOptions(),
+        device="auto",
+        dtype="auto",
+        tokenizer_path=None,
+        cache_dir=None,
+        changed: dict[int, list[str]] | None = None,
+    ):
+        self.base, self.candidate = open_checkpoint(base_path), open_checkpoint(candidate_path)
+        tokenizer_dir = Path(tokenizer_path) if tokenizer_path else self.base.root
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.prompts, self.options = prompts, options
+        self.ids = [prompt_ids(self.tokenizer, p, options.bos) for p in prompts]
+        self.model = CanaryModel(self.base, device, dtype)
+        self.outputs = BaseOutputs(self.base, tokenizer_dir, options, device, dtype, None, cache_dir)
+        self.base_out = self.outputs.get(prompts, self.ids, model=self.model)
+        self.changed = changed if changed is not None else changed_by_layer(self.base, self.candidate)
+        names = [n for layer_names in self.changed.values() for n in layer_names]
+        self._base_tensors = _read(self.base, names)
+        self._candidate_tensors = _read(self.candidate, names)
+        self.runs = 0
+
+    def run(self, layers) -> CanaryReport:
+        """Canary of base + the candidate's changes in `layers`."""
+        keep = set(layers)
+        swap = {}
+        for layer, names in self.changed.items():
+            source = self._candidate_tensors if layer in keep else self._base_tensors
+            swap.update({n: source[n] for n in names})
+        self.model.apply(swap)
+        self.runs += 1
+        results = score(self.model, self.tokenizer, self.prompts, self.ids, self.base_out, self.options)
+        return _report(results, self.options, True)
+
+
+def changed_by_layer(base: Checkpoint, candidate: Checkpoint) -> dict[int, list[str]]:
+    """Layer -> names of its tensors whose bytes differ between base and candidate."""
+    from surgeon.diff import DiffOptions, diff_checkpoints
+
+    report = diff_checkpoints(base, candidate, DiffOptions(cache_dir=default_cache_dir(), stats=False))
+    out: dict[int, list[str]] = {}
+    for t in report.tensors:
+        if t.status == "changed" and t.layer is not None:
+            out.setdefault(t.layer, []).append(t.name)
+        elif t.status != "identical":
+            raise SurgeonError(f"{t.name}: {t.status} in the candidate; only changed tensors can be composed")
+    return out
+
+
+def _read(ckpt: Checkpoint, names: list[str]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    out = {}
+    by_shard: dict[str, list[str]] = {}
+    for name in names:
+        by_shard.setdefault(ckpt.tensors[name].file, []).append(name)
+    for shard, shard_names in by_shard.items():
+        with safe_open(ckpt.shard_path(shard), framework="pt") as handle:
+            out.update({n: handle.get_tensor(n) for n in shard_names})
+    return out
+
+
+__all__ = ["CanaryModel", "ComposedCanary", "parse_name", "run_canary"]
