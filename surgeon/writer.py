@@ -29,6 +29,18 @@ COPY_CHUNK = 8 << 20
 MANIFEST_NAME = "prune_manifest.json"
 
 
+@dataclass(frozen=True)
+class TensorSource:
+    """Replacement bytes that live in another file (a candidate checkpoint's shard)."""
+
+    path: Path
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
 @dataclass
 class WriteReport:
     """What the writer's own hashes say was written."""
@@ -57,12 +69,13 @@ def check_output_path(output: Path, inputs: list[Checkpoint], force: bool) -> No
 def write_checkpoint(
     base: Checkpoint,
     output: Path,
-    replacements: dict[str, bytes],
+    replacements: dict[str, bytes | TensorSource],
     manifest: Callable[[WriteReport], dict] | None = None,
     force: bool = False,
     cancel: threading.Event | None = None,
 ) -> WriteReport:
-    """Write base with `replacements` (tensor name -> raw bytes of the same dtype and shape)."""
+    """Write base with `replacements` (tensor name -> raw bytes of the same dtype and shape,
+    given in memory or as a byte range of another file)."""
     for name, data in replacements.items():
         info = base.tensors.get(name)
         if info is None or info.nbytes != len(data):
@@ -95,38 +108,70 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, report: WriteReport) -> None:
     shard = base.shards[shard_name]
     ours = {n: replacements[n] for n in shard.tensors if n in replacements}
-    digest, base_digest = hashlib.sha256(), hashlib.sha256()
-    with MappedShard(shard.path, shard.file_size) as source, open(target, "wb") as out:
+    out_digest, base_digest = hashlib.sha256(), hashlib.sha256()
+    with MappedShard(shard.path, shard.file_size) as source, open(target, "wb") as out, _Sources() as sources:
 
-        def emit(data) -> None:
+        def emit(data, both: bool = bool(ours)) -> None:
             out.write(data)
-            digest.update(data)
-            base_digest.update(data)
+            out_digest.update(data)
+            if both:  # a shard with no replacement is its base's copy: one hash serves both
+                base_digest.update(data)
 
         position = 0
         for info in sorted(shard.tensors.values(), key=lambda t: t.start):
+            if info.name not in ours:
+                continue
             _copy_range(source, position, info.start, emit)
-            if info.name in ours:
-                original = source.view(info.start, info.end)
-                base_digest.update(original)
-                base_sha = hashlib.sha256(original).hexdigest()
-                original.release()
-                out.write(ours[info.name])
-                digest.update(ours[info.name])
-                report.tensors[info.name] = {
-                    "base_sha256": base_sha,
-                    "sha256": hashlib.sha256(ours[info.name]).hexdigest(),
-                }
-                position = info.end
-            else:
-                position = info.start
+            original = source.view(info.start, info.end)
+            base_digest.update(original)
+            base_sha = hashlib.sha256(original).hexdigest()
+            original.release()
+            report.tensors[info.name] = {
+                "base_sha256": base_sha,
+                "sha256": _emit_replacement(ours[info.name], sources, emit),
+            }
+            position = info.end
         _copy_range(source, position, shard.file_size, emit)
         out.flush()
         os.fsync(out.fileno())
-    report.shards[shard_name] = digest.hexdigest()
-    report.base_shards[shard_name] = base_digest.hexdigest()
+    report.shards[shard_name] = out_digest.hexdigest()
+    report.base_shards[shard_name] = (base_digest if ours else out_digest).hexdigest()
     if not ours:
         report.copied_shards.append(shard_name)
+
+
+def _emit_replacement(data, sources: _Sources, emit) -> str:
+    """Write one replacement tensor; returns its SHA256."""
+    digest = hashlib.sha256()
+
+    def both(chunk) -> None:
+        emit(chunk, both=False)
+        digest.update(chunk)
+
+    if isinstance(data, TensorSource):
+        _copy_range(sources.open(data.path), data.start, data.end, both)
+    else:
+        both(data)
+    return digest.hexdigest()
+
+
+class _Sources:
+    """Candidate shards mapped on first use, closed together."""
+
+    def __init__(self):
+        self._open: dict[Path, MappedShard] = {}
+
+    def open(self, path: Path) -> MappedShard:
+        if path not in self._open:
+            self._open[path] = MappedShard(path)
+        return self._open[path]
+
+    def __enter__(self) -> _Sources:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for mapped in self._open.values():
+            mapped.close()
 
 
 def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:

@@ -1,0 +1,160 @@
+"""`surgeon salvage`: keep a candidate's changes in chosen layers, restore the rest to base.
+
+Every tensor of a kept layer comes from the candidate; every other tensor is the base's,
+byte for byte. The output has the base's shard layout and index; a shard with no kept
+change is the base's file. The manifest carries the candidate's record forward and adds
+what salvage did; which layers were written comes from the writer's own hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from surgeon.checkpoint import Checkpoint, open_checkpoint
+from surgeon.errors import SurgeonError
+from surgeon.layers import layer_ranges, parse_name
+from surgeon.writer import MANIFEST_NAME, TensorSource, WriteReport, write_checkpoint
+
+
+@dataclass
+class AutoStep:
+    layers: list[int]
+    passed: bool
+    how: str  # "prefix" or "add"
+
+
+@dataclass
+class SalvagePlan:
+    keep: list[int]
+    steps: list[AutoStep] = field(default_factory=list)
+
+
+def parse_keep(spec: str) -> list[int]:
+    from surgeon.prune import parse_layers
+
+    return parse_layers(spec, 1 << 30) if spec.strip() not in ("", "none") else []
+
+
+def layer_tensors(base: Checkpoint, candidate: Checkpoint, keep: set[int], keep_non_layer: bool) -> dict:
+    """Tensor name -> TensorSource in the candidate, for every tensor that comes from it."""
+    for name, info in candidate.tensors.items():
+        b = base.tensors.get(name)
+        if b is None or b.dtype != info.dtype or b.shape != info.shape:
+            raise SurgeonError(
+                f"{name}: differs in name, dtype or shape between base and candidate; salvage "
+                "needs the same tensors (mask-mode prunes have them)"
+            )
+    missing = sorted(set(base.tensors) - set(candidate.tensors))
+    if missing:
+        raise SurgeonError(f"{missing[0]}: in the base but not in the candidate")
+    out = {}
+    for name, info in candidate.tensors.items():
+        parsed = parse_name(name)
+        if (parsed.layer is not None and parsed.layer in keep) or (parsed.layer is None and keep_non_layer):
+            out[name] = TensorSource(candidate.shard_path(info.file), info.start, info.end)
+    return out
+
+
+def salvage(
+    candidate: str | Path,
+    base: str | Path,
+    keep: list[int],
+    output: Path,
+    keep_non_layer: bool = False,
+    force: bool = False,
+    canary_before: dict | None = None,
+    canary_after=None,
+    auto_steps: list[AutoStep] | None = None,
+    cancel=None,
+) -> tuple[WriteReport, dict]:
+    """Write base + the candidate's layers in `keep`. `canary_after(output) -> dict` runs on
+    the written result and is recorded in the manifest."""
+    base_ckpt, cand_ckpt = open_checkpoint(base), open_checkpoint(candidate)
+    sources = layer_tensors(base_ckpt, cand_ckpt, set(keep), keep_non_layer)
+    previous = _candidate_manifest(cand_ckpt)
+    holder: dict = {}
+
+    def manifest(report: WriteReport) -> dict:
+        holder.update(_manifest(previous, base_ckpt, cand_ckpt, keep, report, canary_before, auto_steps))
+        return holder
+
+    from surgeon.writer import check_output_path
+
+    check_output_path(Path(output), [base_ckpt, cand_ckpt], force)
+    report = write_checkpoint(base_ckpt, Path(output), sources, manifest, force=force, cancel=cancel)
+    if canary_after is not None:
+        holder["salvage"]["canary_after"] = canary_after(Path(output))
+        from surgeon.atomic import write_text_atomic
+
+        write_text_atomic(Path(output) / MANIFEST_NAME, json.dumps(holder, indent=2) + "\n")
+    return report, holder
+
+
+def _candidate_manifest(candidate: Checkpoint) -> dict:
+    path = candidate.root / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise SurgeonError(f"{path}: not valid JSON") from None
+
+
+def _manifest(previous, base, candidate, keep, report: WriteReport, canary_before, auto_steps) -> dict:
+    from surgeon import __version__
+
+    changed = report.changed_tensors()
+    written = sorted({parse_name(n).layer for n in changed} - {None})
+    candidate_layers = sorted({parse_name(n).layer for n in candidate.tensors} - {None})
+    manifest = dict(previous)
+    manifest.setdefault("schema", "surgeon.prune_manifest/1")
+    manifest["written"] = {
+        "layers": written,
+        "layers_text": layer_ranges(written),
+        "tensors": {n: report.tensors[n] for n in changed},
+        "shards": report.shards,
+        "copied_shards": report.copied_shards,
+    }
+    manifest["salvage"] = {
+        "tool": {"name": "surgeon", "version": __version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kept_layers": sorted(keep),
+        "rolled_back_layers": [i for i in candidate_layers if i not in set(keep)],
+        "base": {"source": base.source, "path": str(base.root), "shards": report.base_shards},
+        "candidate": {"source": candidate.source, "path": str(candidate.root)},
+        "canary_before": canary_before,
+        "auto": [vars(step) for step in auto_steps] if auto_steps is not None else None,
+    }
+    return manifest
+
+
+def auto_plan(layers: list[int], passes, max_runs: int | None = None) -> SalvagePlan:
+    """The largest set of changed layers that passes: bisection over prefixes of `layers`,
+    then greedy addition of single layers. `passes(layers) -> bool` runs the canary."""
+    steps: list[AutoStep] = []
+    limit = max_runs if max_runs is not None else 2 * len(layers).bit_length() + len(layers) + 2
+
+    def check(candidate: list[int], how: str) -> bool:
+        if len(steps) >= limit:
+            raise SurgeonError(f"--auto stopped after {limit} canary runs")
+        passed = bool(passes(candidate))
+        steps.append(AutoStep(sorted(candidate), passed, how))
+        return passed
+
+    if layers and check(layers, "prefix"):
+        return SalvagePlan(sorted(layers), steps)
+    low, high = 0, len(layers)  # the prefix of length low passes (empty always does); high fails
+    while high - low > 1:
+        middle = (low + high) // 2
+        if check(layers[:middle], "prefix"):
+            low = middle
+        else:
+            high = middle
+    keep = list(layers[:low])
+    for layer in layers[low + 1 :]:
+        if check([*keep, layer], "add"):
+            keep.append(layer)
+    return SalvagePlan(sorted(keep), steps)
