@@ -114,9 +114,7 @@ def make_plan(size_gb: float) -> Plan:
         offset += math.prod(shape) * 2
     names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
     changed = [
-        f"model.layers.{layer}.self_attn.{proj}.weight"
-        for layer in CHANGED_LAYERS
-        for proj in ("q_proj", "o_proj")
+        f"model.layers.{layer}.self_attn.{proj}.weight" for layer in CHANGED_LAYERS for proj in ("q_proj", "o_proj")
     ]
     last = count - 1
     if any(shard == last for name, _, shard in tensors if name in changed):
@@ -543,9 +541,7 @@ def render(plan: Plan, results: dict[str, Result], repeat: int) -> str:
         f"{'name':<34} {'wall s':>8} {'x sha256sum':>12} {'x floor':>8} {'peak RSS MB':>12}",
     ]
     for r in results.values():
-        lines.append(
-            f"{r.name:<34} {r.best:8.3f} {r.best / sha:12.3f} {r.best / floor:8.2f} {r.peak_rss:12.0f}"
-        )
+        lines.append(f"{r.name:<34} {r.best:8.3f} {r.best / sha:12.3f} {r.best / floor:8.2f} {r.peak_rss:12.0f}")
     lines += ["", "goals:"]
     for g in goals(results):
         verdict = "PASS" if g.passed else "FAIL"
@@ -558,9 +554,7 @@ def to_json(plan: Plan, results: dict[str, Result], problems: list[str]) -> dict
         "data": plan.describe(),
         "cpu_count": os.cpu_count(),
         "rss_method": rss_method(),
-        "results": {
-            k: asdict(r) | {"best_wall_s": r.best, "peak_rss_mb": r.peak_rss} for k, r in results.items()
-        },
+        "results": {k: asdict(r) | {"best_wall_s": r.best, "peak_rss_mb": r.peak_rss} for k, r in results.items()},
         "goals": [asdict(g) | {"passed": g.passed} for g in goals(results)],
         "correctness_problems": problems,
     }

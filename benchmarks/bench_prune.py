@@ -242,9 +242,7 @@ def passes_goals(result: dict) -> list[Goal]:
         goals.append(Goal(f"--importance {imp}: layer passes <= 2 x layers", passes, 2 * layers, ""))
     loo = result["manifests"]["loo-nll"]
     expected = loo_expected_passes(loo, layers)
-    goals.append(
-        Goal(f"loo-nll passes <= {expected} (never re-runs 0..i-1)", loo["layer_passes"], expected, "")
-    )
+    goals.append(Goal(f"loo-nll passes <= {expected} (never re-runs 0..i-1)", loo["layer_passes"], expected, ""))
     return goals
 
 
@@ -402,9 +400,7 @@ def run_rss(data_dir: Path, size_gb: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="surgeon-bench-prune-", dir=data_dir) as scratch:
         out = Path(scratch) / "pruned"
         prune_run = measure([surgeon, "prune", str(folder), "-o", str(out), *BIG_PRUNE_ARGS])
-        log(
-            f"  surgeon prune ({plan.num_layers} layers) {prune_run.wall_s:7.2f} s {prune_run.rss_mb:7.0f} MB"
-        )
+        log(f"  surgeon prune ({plan.num_layers} layers) {prune_run.wall_s:7.2f} s {prune_run.rss_mb:7.0f} MB")
         manifest = json.loads((out / "prune_manifest.json").read_text())
         diff = [surgeon, "diff", str(folder), str(out), "--json", "--no-stats", "--cache-dir", scratch + "/c"]
         diff_run = measure(diff, DIFF_DIFFERENT)
@@ -477,9 +473,7 @@ def heal_child(mode: str, out_file: Path, tokens: int) -> None:
     torch.manual_seed(0)
     weight, scale, mixing = heal_setup(HEAL_WIDTH)
     setup_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    healed, seconds, extra = (heal_lstsq if mode == "lstsq" else heal_gram)(
-        mode, weight, scale, mixing, tokens
-    )
+    healed, seconds, extra = (heal_lstsq if mode == "lstsq" else heal_gram)(mode, weight, scale, mixing, tokens)
     np.save(out_file, healed.numpy())
     print(json.dumps({"seconds": seconds, "setup_rss_mb": setup_kib / 1024, **extra}))
 
@@ -648,13 +642,9 @@ def parse_parts(value: str) -> list[str]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data-dir", type=Path, default=HERE / "_data" / "prune", help="where the model goes"
-    )
+    parser.add_argument("--data-dir", type=Path, default=HERE / "_data" / "prune", help="where the model goes")
     parser.add_argument("--size-gb", type=float, default=2.0, help="size of the big model in GiB")
-    parser.add_argument(
-        "--parts", type=parse_parts, default=list(PARTS), help="passes,rss,heal (default all)"
-    )
+    parser.add_argument("--parts", type=parse_parts, default=list(PARTS), help="passes,rss,heal (default all)")
     parser.add_argument("--heal-tokens", type=int, default=8192, help="activation rows in part 3")
     parser.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--naive", type=Path, metavar="FIXTURE", help=argparse.SUPPRESS)

@@ -106,9 +106,7 @@ def _proj_dim(tensors: dict[str, TensorInfo], proj: str, axis: int) -> int | Non
     return None
 
 
-def geometry_by_layer(
-    config: dict | None, tensors: dict[str, TensorInfo]
-) -> dict[tuple[str, int], AttentionGeometry]:
+def geometry_by_layer(config: dict | None, tensors: dict[str, TensorInfo]) -> dict[tuple[str, int], AttentionGeometry]:
     """Geometry of every layer of every stack that has attention projections."""
     by_layer: dict[tuple[str, int], dict[str, TensorInfo]] = {}
     for name, info in tensors.items():

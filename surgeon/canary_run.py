@@ -118,9 +118,7 @@ def _real(ckpt: Checkpoint, shard: str) -> str:
 
 
 def tokenizer_hash(path: Path) -> str:
-    files = sorted(
-        p for p in Path(path).iterdir() if p.is_file() and ("token" in p.name or p.suffix == ".jinja")
-    )
+    files = sorted(p for p in Path(path).iterdir() if p.is_file() and ("token" in p.name or p.suffix == ".jinja"))
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode() + b"\0" + file.read_bytes())
@@ -130,9 +128,7 @@ def tokenizer_hash(path: Path) -> str:
 class BaseOutputs:
     """The base's greedy continuation and its NLL per prompt, from the cache or computed."""
 
-    def __init__(
-        self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, device, dtype, quant, cache_dir
-    ):
+    def __init__(self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, device, dtype, quant, cache_dir):
         self.base, self.options, self.cache_dir = base, options, cache_dir
         self.device, self.dtype, self.quant = device, dtype, quant
         self.key_parts = {
@@ -147,13 +143,8 @@ class BaseOutputs:
         }
         self.hits = 0
 
-    def get(
-        self, prompts: list[Prompt], ids: list[list[int]], model: CanaryModel | None = None
-    ) -> list[dict]:
-        keys = [
-            cache_key(self.key_parts | {"prompt": p.label, "ids": i})
-            for p, i in zip(prompts, ids, strict=True)
-        ]
+    def get(self, prompts: list[Prompt], ids: list[list[int]], model: CanaryModel | None = None) -> list[dict]:
+        keys = [cache_key(self.key_parts | {"prompt": p.label, "ids": i}) for p, i in zip(prompts, ids, strict=True)]
         found = [cache_read(self.cache_dir, key) for key in keys]
         missing = [n for n, value in enumerate(found) if value is None]
         self.hits = len(prompts) - len(missing)
@@ -166,9 +157,7 @@ class BaseOutputs:
         return found
 
 
-def score(
-    model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions
-) -> list[PromptResult]:
+def score(model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions) -> list[PromptResult]:
     results = []
     for prompt, prompt_tokens, base in zip(prompts, ids, base_out, strict=True):
         tokens = model.generate(prompt_tokens, options.max_new_tokens)

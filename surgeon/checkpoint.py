@@ -82,8 +82,7 @@ def resolve_hub_repo(repo_id: str, revision: str | None) -> str:
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
             raise SurgeonError(
-                f"{repo_id}: not in the local Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set"
+                f"{repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set"
             ) from None
     try:
         return snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS)
@@ -140,8 +139,7 @@ def _shard_names(root: Path, only_file: str | None, weight_map: dict | None) -> 
     pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise SurgeonError(
-            f"{root}: only pickle weights ({pickles[0]}); surgeon never unpickles, "
-            "convert to safetensors first"
+            f"{root}: only pickle weights ({pickles[0]}); surgeon never unpickles, convert to safetensors first"
         )
     raise SurgeonError(f"{root}: no .safetensors files")
 

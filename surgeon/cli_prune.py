@@ -40,9 +40,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         show_default=True,
         help="Fraction of query heads to remove per layer.",
     )
-    @click.option(
-        "--layers", default="all", show_default=True, help="Layers to prune: all, or ranges like 0-3,7."
-    )
+    @click.option("--layers", default="all", show_default=True, help="Layers to prune: all, or ranges like 0-3,7.")
     @click.option("--layer-frac", multiple=True, metavar="L=FRAC", help="Per-layer override of --prune-frac.")
     @click.option(
         "--importance",
@@ -51,9 +49,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         show_default=True,
         help="How heads are scored.",
     )
-    @click.option(
-        "--importance-quant", type=click.Choice(["nf4"]), help="Score loo-nll on nf4-rounded weights."
-    )
+    @click.option("--importance-quant", type=click.Choice(["nf4"]), help="Score loo-nll on nf4-rounded weights.")
     @click.option("--heal", type=click.Choice(["lstsq", "none"]), default="lstsq", show_default=True)
     @click.option("--ridge-rel", type=float, default=0.01, show_default=True)
     @click.option(
@@ -79,9 +75,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.",
     )
     @click.option("--offload-activations", is_flag=True, help="Keep the calibration stream in CPU memory.")
-    @click.option(
-        "--tokenizer", type=click.Path(path_type=Path, exists=True), help="Tokenizer folder (default: BASE)."
-    )
+    @click.option("--tokenizer", type=click.Path(path_type=Path, exists=True), help="Tokenizer folder (default: BASE).")
     @click.option(
         "--workdir",
         type=click.Path(path_type=Path, file_okay=False),

@@ -283,9 +283,7 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
 
 def _head_report(projection: str, scan: HeadScan) -> HeadReport:
     layout = scan.layout
-    return HeadReport(
-        projection, layout.axis, layout.num_heads, layout.head_dim, scan.statuses(), scan.other_zero
-    )
+    return HeadReport(projection, layout.axis, layout.num_heads, layout.head_dim, scan.statuses(), scan.other_zero)
 
 
 def _flag_uniform_attention(other: Checkpoint, tensors: list[TensorDiff], geometry) -> None:
@@ -305,9 +303,7 @@ def _flag_uniform_attention(other: Checkpoint, tensors: list[TensorDiff], geomet
         o_zero = _o_zero_heads(other, o_diff, geometry)
         if o_zero is None or len(o_zero) != len(q_zero):
             continue
-        diff.heads.uniform_attention = [
-            h for h, (q, o) in enumerate(zip(q_zero, o_zero, strict=True)) if q and not o
-        ]
+        diff.heads.uniform_attention = [h for h, (q, o) in enumerate(zip(q_zero, o_zero, strict=True)) if q and not o]
 
 
 def _o_zero_heads(other: Checkpoint, o_diff: TensorDiff, geometry) -> list[bool] | None:

@@ -42,9 +42,7 @@ def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, s
     values, vectors = torch.linalg.eigh(matrix)
     floor = values.max() * torch.finfo(matrix.dtype).eps * matrix.shape[0]
     inverse = torch.where(values > floor, 1.0 / values, torch.zeros_like(values))
-    condition = (
-        float(values.max() / values[values > floor].min()) if bool((values > floor).any()) else math.inf
-    )
+    condition = float(values.max() / values[values > floor].min()) if bool((values > floor).any()) else math.inf
     return vectors @ (inverse[:, None] * (vectors.T @ rhs)), "eigh", condition
 
 

@@ -98,9 +98,7 @@ def loo_nll_scores(
     for later in range(index + 1, num_layers):
         check_stop(should_stop)
         layer = load(later)
-        streams = [
-            [stream.run_layer(layer, later, b, h) for b, h in zip(batches, s, strict=True)] for s in streams
-        ]
+        streams = [[stream.run_layer(layer, later, b, h) for b, h in zip(batches, s, strict=True)] for s in streams]
         del layer
     nll = []
     for hidden in streams:

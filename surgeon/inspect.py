@@ -26,9 +26,7 @@ def family_counts(ckpt: Checkpoint) -> list[FamilyCount]:
     rows: dict[tuple, FamilyCount] = {}
     for name, info in ckpt.tensors.items():
         parsed = parse_name(name)
-        row = rows.setdefault(
-            (parsed.stack, parsed.family), FamilyCount(parsed.stack, parsed.family, 0, 0, 0, [], [])
-        )
+        row = rows.setdefault((parsed.stack, parsed.family), FamilyCount(parsed.stack, parsed.family, 0, 0, 0, [], []))
         row.tensors += 1
         row.parameters += info.numel
         row.bytes += info.nbytes

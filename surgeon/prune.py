@@ -230,11 +230,7 @@ class _Run:
 
     def _check_vocab(self, largest_id: int) -> None:
         embed = next(
-            (
-                t
-                for n, t in self.ckpt.tensors.items()
-                if self.layout.module_name(n) == "model.embed_tokens.weight"
-            ),
+            (t for n, t in self.ckpt.tensors.items() if self.layout.module_name(n) == "model.embed_tokens.weight"),
             None,
         )
         if embed is not None and largest_id >= embed.shape[0]:

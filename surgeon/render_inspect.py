@@ -34,9 +34,7 @@ def render_inspect(data: dict, console: Console, verbose: bool = False) -> None:
     console.print(shards)
     families = Table(title="Parameters by family", title_justify="left")
     for column in ("family", "layers", "tensors", "parameters", "size", "dtype"):
-        families.add_column(
-            column, justify="right" if column in ("tensors", "parameters", "size") else "left"
-        )
+        families.add_column(column, justify="right" if column in ("tensors", "parameters", "size") else "left")
     for f in data["families"]:
         layers = describe_layers(f["layers"]) if f["stack"] else ""
         families.add_row(

@@ -23,11 +23,7 @@ def render_markdown(report: DiffReport) -> str:
     lines += [_shard_bullet(s, report) for s in report.shards]
     lines += [
         f"- `{f.name}`: "
-        + (
-            "byte-identical to the base."
-            if f.status == "identical"
-            else f"{f.status} ({_sha_pair(f.sha256)})."
-        )
+        + ("byte-identical to the base." if f.status == "identical" else f"{f.status} ({_sha_pair(f.sha256)}).")
         for f in report.files
     ]
     return "\n".join(lines) + "\n"

@@ -57,9 +57,7 @@ def _families_table(report: DiffReport) -> Table:
     stacks = {r.stack for r in family_rows(report) if r.stack}
     for row in family_rows(report):
         label = row.family if len(stacks) < 2 or row.stack is None else f"{row.stack}.{row.family}"
-        statuses = Text(", ").join(
-            Text(f"{n} {s}", style=STATUS_STYLE[s]) for s, n in sorted(row.statuses.items())
-        )
+        statuses = Text(", ").join(Text(f"{n} {s}", style=STATUS_STYLE[s]) for s, n in sorted(row.statuses.items()))
         if row.stack is None:
             table.add_row(label, "", "", statuses)
         else:

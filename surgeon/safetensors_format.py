@@ -123,9 +123,7 @@ def _check_coverage(tensors: list[TensorInfo], data_len: int, data_start: int, w
             raise SurgeonError(f"{where}: tensor {info.name!r} {kind} (offset {info.start - data_start})")
         position = info.end
     if position != data_start + data_len:
-        raise SurgeonError(
-            f"{where}: tensors cover {position - data_start} bytes but the file holds {data_len}"
-        )
+        raise SurgeonError(f"{where}: tensors cover {position - data_start} bytes but the file holds {data_len}")
 
 
 def read_header(path: Path, name: str | None = None) -> ShardHeader:

@@ -64,9 +64,7 @@ def test_index_naming_a_tensor_the_shard_lacks(tmp_path):
 
 
 def test_index_placing_a_tensor_in_the_wrong_shard(tmp_path):
-    ckpt = edit_weight_map(
-        tmp_path, lambda m: m.update({"model.norm.weight": "model-00001-of-00002.safetensors"})
-    )
+    ckpt = edit_weight_map(tmp_path, lambda m: m.update({"model.norm.weight": "model-00001-of-00002.safetensors"}))
     with pytest.raises(SurgeonError, match=re.escape("places tensor 'model.norm.weight' in model-00001")):
         open_checkpoint(ckpt)
 

@@ -133,17 +133,14 @@ def test_shard_added_and_removed(tmp_path):
 
 
 def test_header_only_with_reordered_tensors(tmp_path):
-    other = make_variant(
-        tmp_path / "meta", shard_metadata={"model-00001-of-00002.safetensors": {"format": "np"}}
-    )
+    other = make_variant(tmp_path / "meta", shard_metadata={"model-00001-of-00002.safetensors": {"format": "np"}})
     shard = other / "model-00002-of-00002.safetensors"
     from surgeon.safetensors_format import TensorBytes, read_header, write_safetensors
 
     header = read_header(shard)
     data = shard.read_bytes()
     reordered = [
-        TensorBytes(n, i.dtype.name, i.shape, data[i.start : i.end])
-        for n, i in reversed(header.tensors.items())
+        TensorBytes(n, i.dtype.name, i.shape, data[i.start : i.end]) for n, i in reversed(header.tensors.items())
     ]
     write_safetensors(shard, reordered, header.metadata)
     shards = {s.name: s for s in run(BASE, other).shards}
@@ -195,10 +192,7 @@ def test_no_hash_agrees_with_hashing(tmp_path):
     norm = read_tensor(BASE, "model.norm.weight")
     other = make_variant(
         tmp_path / "v",
-        replace={
-            "model.layers.6.mlp.down_proj.weight": read_tensor(BASE, "model.layers.6.mlp.down_proj.weight")
-            * 2
-        },
+        replace={"model.layers.6.mlp.down_proj.weight": read_tensor(BASE, "model.layers.6.mlp.down_proj.weight") * 2},
         retype={"model.norm.weight": ("F32", norm)},
         shard_metadata={"model-00001-of-00002.safetensors": {"note": "x"}},
     )

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import torch
 
-COMMON = dict(
-    vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3, max_position_embeddings=64
-)
+COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3, max_position_embeddings=64)
 
 
 def _configs(**overrides):
@@ -59,9 +57,7 @@ def as_multimodal_gemma4(text_ckpt: Path, out: Path) -> Path:
     for shard_name, shard in ckpt.shards.items():
         data = (text_ckpt / shard_name).read_bytes()
         tensors = [
-            TensorBytes(
-                n.replace("model.", "model.language_model.", 1), i.dtype.name, i.shape, data[i.start : i.end]
-            )
+            TensorBytes(n.replace("model.", "model.language_model.", 1), i.dtype.name, i.shape, data[i.start : i.end])
             for n, i in shard.tensors.items()
         ]
         write_safetensors(out / shard_name, tensors, shard.metadata)
