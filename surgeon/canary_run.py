@@ -37,7 +37,9 @@ class CanaryModel:
 
     def __init__(self, ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", quant: str | None = None):
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # surgeon reports its own progress
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.quant = quant

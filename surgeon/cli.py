@@ -262,9 +262,10 @@ def _render_inspect(data: dict, verbose: bool, console) -> None:
 
 
 def _register_commands() -> None:
-    from surgeon import cli_prune
+    from surgeon import cli_prune, cli_recover
 
     cli_prune.register(main, handle_errors, _progress, _console, debug_option)
+    cli_recover.register(main, handle_errors, _console, debug_option)
 
 
 _register_commands()

@@ -102,6 +102,8 @@ def _check_bytes(ckpt: Checkpoint, hashes, manifest: dict, report: VerifyReport)
 
 
 def _claimed_layers(manifest: dict) -> tuple[list[int], str]:
+    if not manifest.get("layers"):  # no prune record (a salvage of an arbitrary candidate)
+        return list(manifest.get("written", {}).get("layers", [])), "written"
     pruned = sorted(layer["layer"] for layer in manifest.get("layers", []) if layer.get("pruned_heads"))
     rolled_back = set((manifest.get("salvage") or {}).get("rolled_back_layers", []))
     return [i for i in pruned if i not in rolled_back], "pruned" if not rolled_back else "kept pruned"

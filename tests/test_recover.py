@@ -1,0 +1,202 @@
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from surgeon.canary import CanaryOptions, Prompt, cache_key, prompt_ids, read_prompts
+from surgeon.canary_run import ComposedCanary, run_canary
+from surgeon.salvage import auto_plan, salvage
+from surgeon.verify import verify
+from tests.helpers import FIXTURES, make_variant, read_tensor
+
+TRAINED = FIXTURES / "gemma4-tiny-trained"
+SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+PROMPTS = read_prompts(None)
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tokenizer_variant(add_bos: bool):
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(TRAINED / "tokenizer.json"), bos_token="<bos>", eos_token="<eos>")
+    if add_bos:
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", tok.bos_token_id)]
+        )
+    return tok
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_exactly_one_bos_whatever_the_tokenizer_does(add_bos):
+    tok = tokenizer_variant(add_bos)
+    assert (tok("Water")["input_ids"][0] == tok.bos_token_id) == add_bos  # the variants differ
+    ids = prompt_ids(tok, Prompt(text="Water boils at"), "auto")
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert prompt_ids(tok, Prompt(text="<bos>Water"), "auto").count(tok.bos_token_id) == 1
+    assert tok.bos_token_id not in prompt_ids(tok, Prompt(text="Water"), "none")
+
+
+def test_chat_prompt_is_formatted_once_and_bos_not_doubled():
+    tok = tokenizer_variant(add_bos=False)
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    ids = prompt_ids(tok, Prompt(messages=[{"role": "user", "content": "Hi"}]), "auto")
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    assert tok.decode(ids).count("<user>") == 1
+
+
+def scaled(names, factor, tmp_path, label):
+    return make_variant(tmp_path / label, src=TRAINED, replace={n: read_tensor(TRAINED, n) * factor for n in names})
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Layers 0-3 barely changed (healthy), layers 4-7 broken (their MLP output blown up past
+    what the residual stream survives; each alone fails): the boundary --auto must find."""
+    tmp = tmp_path_factory.mktemp("planted")
+    norm = "model.layers.{}.post_feedforward_layernorm.weight"
+    replace = {norm.format(i): read_tensor(TRAINED, norm.format(i)) * (1.02 if i < 4 else 30.0) for i in range(8)}
+    return make_variant(tmp / "candidate", src=TRAINED, replace=replace)
+
+
+@pytest.fixture(scope="module")
+def all_heads_masked(tmp_path_factory):
+    o_proj = "model.layers.{}.self_attn.o_proj.weight"
+    replace = {o_proj.format(i): read_tensor(TRAINED, o_proj.format(i)) * 0 for i in range(8)}
+    return make_variant(tmp_path_factory.mktemp("masked") / "candidate", src=TRAINED, replace=replace)
+
+
+@pytest.fixture(scope="module")
+def composed(planted, tmp_path_factory):
+    return ComposedCanary(TRAINED, planted, PROMPTS, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_base_passes_and_a_broken_model_fails_on_shape_and_drift(all_heads_masked, tmp_path):
+    assert run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=tmp_path).passed
+    broken = run_canary(all_heads_masked, TRAINED, PROMPTS, cache_dir=tmp_path)
+    assert not broken.passed and broken.base_cache_hit
+    failures = " ".join(f for p in broken.prompts for f in p.failures)
+    assert "drift" in failures
+    assert "repetition" in failures  # the shape check: it loops
+
+
+def test_auto_finds_the_planted_boundary(composed):
+    runs_before = composed.runs
+    plan = auto_plan(list(range(8)), lambda layers: composed.run(layers).passed)
+    assert plan.keep == [0, 1, 2, 3]
+    assert composed.runs - runs_before == len(plan.steps) <= 2 * 4 + 8 + 2
+    assert [s.how for s in plan.steps][:1] == ["prefix"] and plan.steps[0].passed is False
+
+
+def test_salvage_takes_kept_layers_from_the_candidate_and_the_rest_from_base(planted, tmp_path):
+    out = tmp_path / "out"
+    report, manifest = salvage(planted, TRAINED, [0, 1, 2, 3], out)
+    assert sha(out / SHARD2) == sha(TRAINED / SHARD2)  # layers 4-7: rolled back, the base's file
+    assert sha(out / SHARD1) == sha(planted / SHARD1)  # layers 0-3 (and the embedding, same in both)
+    assert manifest["written"]["layers"] == [0, 1, 2, 3]
+    assert manifest["salvage"]["rolled_back_layers"] == [4, 5, 6, 7]
+    assert report.copied_shards == [SHARD2]
+    assert verify(out, TRAINED).ok
+
+
+def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
+    from surgeon.prune import PruneOptions, prune
+
+    out = prune(TRAINED, tmp_path / "p", PruneOptions(layers="0-3")).output
+    assert verify(out).ok
+    forged = json.loads((out / "prune_manifest.json").read_text())
+    forged["layers"] += [dict(forged["layers"][0], layer=i) for i in range(4, 8)]  # claims all 8 layers
+    (out / "prune_manifest.json").write_text(json.dumps(forged))
+    problems = verify(out).discrepancies
+    assert problems == [
+        "manifest lists 8 pruned layers (0-7); weights differ from base in 4 (0-3); 4-7 are byte-identical to base"
+    ]
+    from surgeon.checkpoint import open_checkpoint
+
+    o_proj = "model.layers.2.self_attn.o_proj.weight"
+    data = bytearray((out / SHARD1).read_bytes())
+    data[open_checkpoint(out).tensors[o_proj].start + 5] ^= 0x01
+    data[-3] ^= 0x01  # in layer 3's v_proj, which the prune never wrote
+    (out / SHARD1).write_bytes(bytes(data))
+    problems = verify(out).discrepancies
+    assert any(p.startswith(f"shard {SHARD1}: SHA256") for p in problems)
+    assert f"tensor {o_proj}: bytes do not match the manifest's SHA256" in problems
+    assert (
+        "tensor model.layers.3.self_attn.v_proj.weight: differs from base but the manifest does not list it" in problems
+    )
+
+
+def test_killed_salvage_leaves_nothing_and_the_base_untouched(planted, tmp_path, monkeypatch):
+    from surgeon import writer
+
+    before = {p.name: sha(p) for p in TRAINED.iterdir()}
+    calls = []
+    real = writer._copy_range
+
+    def dying(source, start, end, emit):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt()
+        return real(source, start, end, emit)
+
+    monkeypatch.setattr(writer, "_copy_range", dying)
+    with pytest.raises(KeyboardInterrupt):
+        salvage(planted, TRAINED, [0], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+    assert {p.name: sha(p) for p in TRAINED.iterdir()} == before
+
+
+def test_base_cache_misses_when_any_part_changes(tmp_path):
+    cache = tmp_path / "cache"
+    first = run_canary(TRAINED, TRAINED, PROMPTS[:2], cache_dir=cache)
+    again = run_canary(TRAINED, TRAINED, PROMPTS[:2], cache_dir=cache)
+    assert first.passed and not first.base_cache_hit and again.base_cache_hit
+    longer = run_canary(TRAINED, TRAINED, PROMPTS[:2], CanaryOptions(max_new_tokens=10), cache_dir=cache)
+    assert not longer.base_cache_hit
+    no_bos = run_canary(TRAINED, TRAINED, PROMPTS[:2], CanaryOptions(bos="none"), cache_dir=cache)
+    assert not no_bos.base_cache_hit
+    other_weights = make_variant(
+        tmp_path / "w", src=TRAINED, replace={"model.norm.weight": read_tensor(TRAINED, "model.norm.weight") * 1.01}
+    )
+    assert not run_canary(TRAINED, other_weights, PROMPTS[:2], cache_dir=cache).base_cache_hit
+    tok_dir = shutil.copytree(TRAINED, tmp_path / "tok")
+    config = json.loads((tok_dir / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 77
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    assert not run_canary(TRAINED, TRAINED, PROMPTS[:2], cache_dir=cache, tokenizer_path=str(tok_dir)).base_cache_hit
+    keys = {cache_key({"prompt": p}) for p in ("a", "b")}
+    assert len(keys) == 2
+
+
+def test_missing_bos_reproduces_the_gotcha():
+    """Without BOS the trained fixture collapses, as the reference card describes."""
+    report = run_canary(TRAINED, TRAINED, PROMPTS, CanaryOptions(bos="none"), cache_dir=None)
+    base_texts = [p.base_text for p in report.prompts]
+    with_bos = run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=None)
+    assert [p.base_text for p in with_bos.prompts] != base_texts
+    assert with_bos.prompts[0].base_text.startswith(" Paris")
+
+
+def test_cli_canary_salvage_verify(planted, tmp_path):
+    from surgeon.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["canary", str(planted), "--base", str(TRAINED)])
+    assert result.exit_code == 3 and "canary FAILED" in result.stdout
+    assert runner.invoke(main, ["canary", str(TRAINED), "--base", str(TRAINED)]).exit_code == 0
+    out = tmp_path / "salvaged"
+    result = runner.invoke(main, ["salvage", str(planted), "--base", str(TRAINED), "--keep", "0-3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "kept layers 0-3, rolled back 4-7" in result.stdout
+    result = runner.invoke(main, ["verify", str(out)])
+    assert result.exit_code == 0 and "verified" in result.stdout
+    both = runner.invoke(main, ["salvage", str(planted), "--base", str(TRAINED), "-o", str(tmp_path / "x")])
+    assert both.exit_code == 2 and "exactly one of --keep" in both.stderr
+    assert np.isfinite(0.0)
