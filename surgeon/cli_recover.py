@@ -141,17 +141,16 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
             raise SurgeonError("give exactly one of --keep LAYERS or --auto")
         console = console_for()
         prompts, options = _canary_settings(kw)
-        composed = None
         steps = None
         before = None
-        if auto or run_canary_after:
+        if auto:
             composed = _composed(base, candidate, prompts, options, kw)
         if auto:
             plan, before = _auto(composed, console)
             layers, steps = plan.keep, plan.steps
         else:
             layers = parse_keep(keep)
-        after = (lambda out: composed.run(layers).to_json()) if run_canary_after else None
+        after = _canary_on_written(base, prompts, options, kw) if run_canary_after else None
         _, manifest = run_salvage(
             candidate, base, layers, output, keep_non_layer, force, before, after, steps, cancel=threading.Event()
         )
@@ -177,6 +176,24 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
             render_verify(report, console_for())
         sys.exit(0 if report.ok else 1)
 
+    @main.command()
+    @click.argument("folder", required=False, default="surgeon-demo", type=click.Path(path_type=Path, file_okay=False))
+    @click.option("--force", is_flag=True, help="Replace FOLDER if it exists.")
+    @debug_option
+    @handle_errors
+    def demo(folder, force, debug) -> None:
+        """The whole story on the bundled tiny model: prune, canary, salvage, diff, verify."""
+        from surgeon.demo import run_demo
+
+        console = console_for()
+        run_demo(
+            folder,
+            say=lambda text: console.print(text, highlight=False),
+            show_canary=lambda report: render_canary(report, console),
+            show_verify=lambda report: render_verify(report, console),
+            force=force,
+        )
+
 
 def render_verify(report, console) -> None:
     for check in report.checks:
@@ -192,6 +209,22 @@ def _composed(base, candidate, prompts, options, kw):
 
     tokenizer = str(kw["tokenizer"]) if kw["tokenizer"] else None
     return ComposedCanary(base, candidate, prompts, options, kw["device"], kw["dtype"], tokenizer, default_cache_dir())
+
+
+def _canary_on_written(base, prompts, options, kw):
+    """The canary on the files salvage wrote (the base's outputs come from the cache)."""
+
+    def run(output: Path) -> dict:
+        from surgeon.canary import default_cache_dir
+        from surgeon.canary_run import run_canary
+
+        tokenizer = str(kw["tokenizer"]) if kw["tokenizer"] else None
+        report = run_canary(
+            str(output), base, prompts, options, kw["device"], kw["dtype"], None, tokenizer, default_cache_dir()
+        )
+        return report.to_json()
+
+    return run
 
 
 def _auto(composed, console):

@@ -200,3 +200,18 @@ def test_cli_canary_salvage_verify(planted, tmp_path):
     both = runner.invoke(main, ["salvage", str(planted), "--base", str(TRAINED), "-o", str(tmp_path / "x")])
     assert both.exit_code == 2 and "exactly one of --keep" in both.stderr
     assert np.isfinite(0.0)
+
+
+def test_demo_tells_the_whole_story(tmp_path):
+    from surgeon.demo import run_demo
+
+    lines, verdicts, canaries = [], [], []
+    summary = run_demo(tmp_path / "demo", lines.append, canaries.append, verdicts.append)
+    assert not canaries[0].passed  # the full prune fails the canary
+    assert summary["kept"] and summary["kept"] != list(range(8))
+    assert all(v.ok for v in verdicts)
+    salvaged = json.loads((tmp_path / "demo" / "salvaged" / "prune_manifest.json").read_text())
+    assert salvaged["salvage"]["canary_after"]["passed"] is True
+    assert salvaged["written"]["layers"] == summary["kept"]
+    assert (tmp_path / "demo" / "MODEL_CARD_SECTIONS.md").read_text().startswith("## What's actually different")
+    assert any("canary runs; keeping layers" in line for line in lines)
