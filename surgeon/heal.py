@@ -100,11 +100,42 @@ def norm_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int) -> list
 
 
 def recon_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int, ridge_rel: float) -> list[float]:
-    """Each head's heal-aware importance: the relative o_proj output error left after removing
-    that head alone and refitting the others."""
-    num_heads = weight.shape[1] // head_dim
+    """Each head's heal-aware importance: sqrt(J_h / ||X W^T||^2), where J_h is the ridge
+    objective ||X W^T - X_K B||^2 + lambda ||B||^2 left after removing head h alone and
+    refitting the others (lambda from the whole G, the same for every head).
+
+    One Cholesky of M = G + lambda I serves every head: with P = M^-1 and K = all but head
+    h's columns H, (M_KK)^-1 = P_KK - P_KH P_HH^-1 P_HK, so each head costs head_dim^2 work.
+    """
+    a = weight.to(torch.float64).T  # in x out
+    g = gram.to(torch.float64)
+    n = g.shape[0]
+    ridge = ridge_rel * float(torch.diagonal(g).mean())
+    m = g + ridge * torch.eye(n, dtype=torch.float64, device=g.device)
+    factor, info = torch.linalg.cholesky_ex(m)
+    p = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(m, hermitian=True)
+    q = g @ a  # G A
+    r = p @ q  # P G A
+    target = float((a * q).sum())  # tr(A^T G A)
+    explained_all = float((q * r).sum())  # tr(Q^T P Q)
     scores = []
-    for h in range(num_heads):
-        kept = head_columns([k for k in range(num_heads) if k != h], head_dim).to(weight.device)
-        scores.append(refit(weight, gram, kept, ridge_rel)[1].rel_residual)
+    for h in range(n // head_dim):
+        cols = slice(h * head_dim, (h + 1) * head_dim)
+        s = r[cols] - p[cols, cols] @ q[cols]  # P_HK Q_K
+        explained = explained_all - float((q[cols] * r[cols]).sum()) - float((s * q[cols]).sum())
+        explained -= float((s * torch.linalg.solve(p[cols, cols], s)).sum())
+        objective = max(target - explained, 0.0)
+        scores.append(math.sqrt(objective / target) if target > 0 else 0.0)
     return scores
+
+
+def ridge_objective(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge: float) -> float:
+    """J(K) = ||X W^T - X_K B||^2 + ridge ||B||^2 at the optimal B, computed directly (for tests)."""
+    a = weight.to(torch.float64).T
+    g = gram.to(torch.float64)
+    system = g[kept][:, kept] + ridge * torch.eye(kept.numel(), dtype=torch.float64)
+    b = torch.linalg.solve(system, g[kept] @ a)
+    residual = (
+        float((a * (g @ a)).sum()) - 2 * float((b * (g[kept] @ a)).sum()) + float((b * (g[kept][:, kept] @ b)).sum())
+    )
+    return residual + ridge * float((b * b).sum())

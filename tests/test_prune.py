@@ -217,3 +217,22 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     shutil.copy(TRAINED / "tokenizer_config.json", base)
     with pytest.raises(SurgeonError, match="embedding has 128 rows"):
         prune(base, tmp_path / "out", PruneOptions(layers="0"))
+
+
+def test_recon_scores_equal_refitting_without_each_head():
+    import math
+
+    from surgeon.heal import recon_scores, ridge_objective
+
+    torch.manual_seed(2)
+    heads, dim = 6, 8
+    x = torch.randn(500, heads * dim, dtype=torch.float64) @ torch.randn(heads * dim, heads * dim, dtype=torch.float64)
+    w, g = torch.randn(10, heads * dim, dtype=torch.float64), None
+    g = x.T @ x
+    ridge = 0.05 * float(torch.diagonal(g).mean())
+    target = float((w.T * (g @ w.T)).sum())
+    direct = [
+        math.sqrt(ridge_objective(w, g, head_columns([k for k in range(heads) if k != h], dim), ridge) / target)
+        for h in range(heads)
+    ]
+    assert recon_scores(w, g, dim, 0.05) == pytest.approx(direct, rel=1e-9)
