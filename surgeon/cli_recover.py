@@ -196,6 +196,8 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
 
 
 def render_verify(report, console) -> None:
+    against = f" against {report.base}" if report.base else ""
+    console.print(f"verify {report.checkpoint}{against}", highlight=False)
     for check in report.checks:
         console.print(f"[green]ok[/]   {check}")
     for problem in report.discrepancies:
