@@ -49,17 +49,21 @@ def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, s
 def refit(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge_rel: float, tokens: int = 0):
     """(W_K' in float64, RefitStats): the healed o_proj columns for kept input columns K.
 
-    `tokens` is how many rows X had; it only scales target_rms.
+    `tokens` is how many rows X had; it only scales target_rms. Temporaries are reused so the
+    peak stays near three width x width matrices.
     """
     w = weight.to(torch.float64)
     g = gram.to(torch.float64)
-    g_kk = g[kept][:, kept]
-    ridge = ridge_rel * float(torch.diagonal(g_kk).mean()) if kept.numel() else 0.0
-    system = g_kk + ridge * torch.eye(kept.numel(), dtype=torch.float64, device=g.device)
-    solution, solver, condition = _solve_spd(system, g[kept] @ w.T)  # W_K'^T, |K| x out
-    target = float(torch.einsum("oi,ij,oj->", w, g, w))  # ||X W^T||^2 = tr(W G W^T)
-    cross = float(torch.einsum("ko,ki,oi->", solution, g[kept], w))  # tr(B^T G[K, :] W^T)
-    fitted = float(torch.einsum("ko,kl,lo->", solution, g_kk, solution))  # ||X_K B||^2
+    system = g[kept][:, kept]  # becomes G_KK + lambda I, in place
+    ridge = ridge_rel * float(torch.diagonal(system).mean()) if kept.numel() else 0.0
+    system.diagonal().add_(ridge)
+    rhs = g[kept] @ w.T  # G[K, :] W^T, |K| x out
+    solution, solver, condition = _solve_spd(system, rhs)  # W_K'^T
+    target = float(((w @ g) * w).sum())  # ||X W^T||^2 = tr(W G W^T)
+    cross = float((solution * rhs).sum())  # tr(B^T G[K, :] W^T)
+    del rhs
+    # ||X_K B||^2 = tr(B^T (G_KK + lambda I) B) - lambda ||B||^2
+    fitted = float((solution * (system @ solution)).sum()) - ridge * float((solution * solution).sum())
     residual = max(target - 2 * cross + fitted, 0.0)
     stats = RefitStats(
         rel_residual=math.sqrt(residual / target) if target > 0 else 0.0,
@@ -114,6 +118,7 @@ def recon_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int, ridge_
     m = g + ridge * torch.eye(n, dtype=torch.float64, device=g.device)
     factor, info = torch.linalg.cholesky_ex(m)
     p = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(m, hermitian=True)
+    del m, factor  # width^2 each: keep the peak at G, P and two width x out products
     q = g @ a  # G A
     r = p @ q  # P G A
     target = float((a * q).sum())  # tr(A^T G A)

@@ -29,6 +29,7 @@ from surgeon.errors import SurgeonError
 from surgeon.heal import head_columns, heal_o_proj
 from surgeon.importance import IMPORTANCE, gram_scores, loo_nll_scores, select_heads
 from surgeon.layers import layer_ranges
+from surgeon.memory import return_freed_memory
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.stream import Batch, LayerStream, resolve_device, resolve_dtype
@@ -144,6 +145,7 @@ def prune(
     """Prune `base` into `output`. `on_layer_done(result)` is called after each layer (the
     TUI follows along with it; tests use it to kill a run midway)."""
     options.validate()
+    return_freed_memory()
     progress = progress or NoProgress()
     ckpt = base if isinstance(base, Checkpoint) else open_checkpoint(base)
     layout = describe(ckpt)

@@ -21,6 +21,8 @@ from surgeon.adapters import ModelLayout
 from surgeon.checkpoint import Checkpoint
 from surgeon.errors import SurgeonError
 
+READ_CHUNK = 16 << 20
+EMBEDDING = "model.embed_tokens.weight"
 TORCH_DTYPES = {
     "BF16": torch.bfloat16,
     "F16": torch.float16,
@@ -119,6 +121,27 @@ class LayerStream:
     def read_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
         return {name: self.read_tensor(name) for name in names}
 
+    def read_as(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor converted to `dtype` on the CPU, read in chunks: the peak is the result
+        plus one chunk, not the result plus a stored copy (the embedding matters here)."""
+        info = self.ckpt.tensors[name]
+        stored = TORCH_DTYPES.get(info.dtype.name)
+        if stored is None or stored == dtype or len(info.shape) == 0 or info.nbytes <= READ_CHUNK:
+            return self.read_tensor(name).to(dtype)
+        out = torch.empty(info.shape, dtype=dtype)
+        flat = out.view(-1)
+        item = info.nbytes // info.numel
+        step = READ_CHUNK // item
+        buffer = torch.empty(step * item, dtype=torch.uint8)
+        with open(self.ckpt.shard_path(info.file), "rb", buffering=0) as handle:
+            for first in range(0, info.numel, step):
+                count = min(step, info.numel - first)
+                part = buffer[: count * item]
+                if os.preadv(handle.fileno(), [part.numpy()], info.start + first * item) != count * item:
+                    raise SurgeonError(f"{self.ckpt.shard_path(info.file)}: ended inside tensor {name}")
+                flat[first : first + count].copy_(part.view(stored))
+        return out
+
     def _outside_layers(self) -> dict[str, str]:
         """Module name -> checkpoint name of every weight outside the decoder layers."""
         wanted = {}
@@ -134,9 +157,8 @@ class LayerStream:
         return wanted
 
     def _materialise(self, module_names: list[str]) -> None:
-        tensors = self.read_tensors([self._outside[m] for m in module_names])
         for module_name in module_names:
-            value = tensors[self._outside[module_name]].to(self.device, self.dtype)
+            value = self.read_as(self._outside[module_name], self.dtype).to(self.device)
             _set_parameter(self.model, module_name, value)
 
     def _evict(self, module_names: list[str]) -> None:
@@ -157,9 +179,8 @@ class LayerStream:
         replace = replace or {}
         for key in list(layer.state_dict().keys()):
             stored = replace.get(prefix + key)
-            if stored is None:
-                stored = self.read_tensor(prefix + key)
-            layer.load_state_dict({key: stored.to(self.device, self.dtype)}, strict=False, assign=True)
+            value = self.read_as(prefix + key, self.dtype) if stored is None else stored.to(self.dtype)
+            layer.load_state_dict({key: value.to(self.device)}, strict=False, assign=True)
         return layer.to(self.device).eval()
 
     # -- running ------------------------------------------------------------------
@@ -170,11 +191,33 @@ class LayerStream:
         # embedding already loaded as the lm_head stays).
         keep = set(self._head_names()) if self._head_ready else set()
         names = [m for m in self._outside if not m.startswith(("model.norm.", "lm_head.")) and m not in keep]
+        compact = EMBEDDING in names
+        names = [m for m in names if m != EMBEDDING]
         self._materialise(names)
+        hook = self._compact_embedding(batch.input_ids) if compact else None
         try:
             self._record(batch)
         finally:
+            if hook is not None:
+                hook.remove()
+                self._evict([EMBEDDING])
             self._evict(names)
+
+    def _compact_embedding(self, input_ids: torch.Tensor):
+        """Only the embedding rows this batch uses, with the ids remapped on the way in: the
+        full table (vocab x hidden, in the compute dtype) never has to be in memory."""
+        used, remapped = torch.unique(input_ids, return_inverse=True)
+        info = self.ckpt.tensors[self._outside[EMBEDDING]]
+        row_bytes = info.nbytes // info.shape[0]
+        rows = torch.empty((len(used), row_bytes), dtype=torch.uint8)
+        with open(self.ckpt.shard_path(info.file), "rb", buffering=0) as handle:
+            for i, token in enumerate(used.tolist()):
+                os.preadv(handle.fileno(), [rows[i].numpy()], info.start + token * row_bytes)
+        stored = TORCH_DTYPES[info.dtype.name]
+        table = rows.view(stored).reshape(len(used), *info.shape[1:]).to(self.device, self.dtype)
+        _set_parameter(self.model, EMBEDDING, table)
+        remapped = remapped.to(self.device)
+        return self.model.get_input_embeddings().register_forward_pre_hook(lambda module, args: (remapped,))
 
     def _record(self, batch: Batch) -> None:
         calls: dict[int, tuple[tuple, dict]] = {}
