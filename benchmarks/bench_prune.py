@@ -688,6 +688,8 @@ def main() -> int:
         mode, out = args.heal_child
         heal_child(mode, Path(out), args.heal_tokens)
         return 0
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
     if args.heal_tokens < HEAL_CHUNK or args.heal_tokens % HEAL_CHUNK:
         raise SystemExit(f"--heal-tokens must be a positive multiple of {HEAL_CHUNK}")
     return benchmark(args)

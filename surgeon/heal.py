@@ -20,7 +20,7 @@ class RefitStats:
     rel_residual: float  # ||X W^T - X_K W_K'^T|| / ||X W^T||
     target_rms: float  # RMS of X W^T over tokens and outputs
     ridge: float  # the lambda used
-    condition: float  # condition number of G[K, K] + lambda I
+    condition: float  # estimate of cond(G[K, K] + lambda I) from the Cholesky diagonal: a lower bound
     solver: str  # "cholesky" or "eigh" (the fallback for a matrix that is not positive definite)
 
 
@@ -62,8 +62,8 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge_re
     target = float(((w @ g) * w).sum())  # ||X W^T||^2 = tr(W G W^T)
     cross = float((solution * rhs).sum())  # tr(B^T G[K, :] W^T)
     del rhs
-    # ||X_K B||^2 = tr(B^T (G_KK + lambda I) B) - lambda ||B||^2
-    fitted = float((solution * (system @ solution)).sum()) - ridge * float((solution * solution).sum())
+    # ||X_K B||^2 = tr(B^T (G_KK + lambda I) B) - lambda ||B||^2, and (G_KK + lambda I) B = rhs
+    fitted = cross - ridge * float((solution * solution).sum())
     residual = max(target - 2 * cross + fitted, 0.0)
     stats = RefitStats(
         rel_residual=math.sqrt(residual / target) if target > 0 else 0.0,

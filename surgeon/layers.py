@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from surgeon.errors import SurgeonError
+
 _LAYER = re.compile(r"^(?P<stack>(?:.*\.)?(?:layers|h|blocks))\.(?P<index>\d+)\.(?P<family>.+)$")
 
 
@@ -61,3 +63,19 @@ def describe_layers(layers: list[int] | set[int], count_them: bool = False) -> s
     if count > 3:
         return f"{text} ({count} layers)"
     return text
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    if spec.strip() == "all":
+        return list(range(num_layers))
+    chosen: set[int] = set()
+    try:
+        for part in spec.split(","):
+            first, _, last = part.strip().partition("-")
+            chosen.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise SurgeonError(f"--layers {spec!r}: use 'all' or ranges like 0-3,7") from None
+    outside = sorted(i for i in chosen if not 0 <= i < num_layers)
+    if outside:
+        raise SurgeonError(f"--layers {spec!r}: layer {outside[0]} does not exist (0-{num_layers - 1})")
+    return sorted(chosen)

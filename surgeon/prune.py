@@ -26,9 +26,10 @@ from surgeon.adapters import LayerSpec, ModelLayout, describe
 from surgeon.calibration import DEFAULT_CORPUS, corpus_sha256, encode, load_tokenizer, read_corpus
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
+from surgeon.hashcache import default_cache_dir
 from surgeon.heal import head_columns, heal_o_proj
 from surgeon.importance import IMPORTANCE, gram_scores, loo_nll_scores, select_heads
-from surgeon.layers import layer_ranges
+from surgeon.layers import layer_ranges, parse_layers
 from surgeon.memory import return_freed_memory
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
@@ -97,22 +98,6 @@ class PruneResult:
     manifest: dict
     forward_calls: int
     resumed_at: int
-
-
-def parse_layers(spec: str, num_layers: int) -> list[int]:
-    if spec.strip() == "all":
-        return list(range(num_layers))
-    chosen: set[int] = set()
-    try:
-        for part in spec.split(","):
-            first, _, last = part.strip().partition("-")
-            chosen.update(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise SurgeonError(f"--layers {spec!r}: use 'all' or ranges like 0-3,7") from None
-    outside = sorted(i for i in chosen if not 0 <= i < num_layers)
-    if outside:
-        raise SurgeonError(f"--layers {spec!r}: layer {outside[0]} does not exist (0-{num_layers - 1})")
-    return sorted(chosen)
 
 
 class _Gram:
@@ -205,14 +190,14 @@ class _Run:
         stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
         batches = _make_batches(sequences, self.options.batch_size, pad_id)
         self._time("load", started)
-        results, replacements, start = self._resume(workdir, stream, batches)
+        results, start = self._resume(workdir, stream, batches)
         for spec in self.layout.layers[start:]:
             check_stop(self.should_stop)
             result, tensors = self._layer(stream, spec, batches)
             workdir.save_layer(spec.index, asdict(result), tensors)
             workdir.save_stream(spec.index + 1, [self._keep(b.hidden) for b in batches])
             results.append(result)
-            replacements.update(tensors)
+            del tensors
             if self.on_layer_done is not None:
                 self.on_layer_done(result)
         write_started = time.perf_counter()
@@ -223,8 +208,13 @@ class _Run:
             manifest_holder["layer_passes"] = stream.forward_calls // len(batches)
             return manifest_holder
 
-        raw = {name: _tensor_bytes(t) for name, t in replacements.items()}
-        write_checkpoint(self.ckpt, output, raw, manifest, force=force, cancel=self.cancel)
+        sources = {}
+        for result in results:
+            if result.pruned:
+                sources.update(workdir.layer_sources(result.layer))
+        write_checkpoint(
+            self.ckpt, output, sources, manifest, force=force, cancel=self.cancel, cache_dir=default_cache_dir()
+        )
         self._time("write", write_started)
         manifest_holder["timings"] = dict(self.timings, total=time.perf_counter() - started)
         (output / "prune_manifest.json").write_text(json.dumps(manifest_holder, indent=2) + "\n")
@@ -269,32 +259,31 @@ class _Run:
         return json.loads(json.dumps(fingerprint))  # as it reads back from disk (tuples become lists)
 
     def _resume(self, workdir: Workdir, stream: LayerStream, batches: list[Batch]):
-        """(results, replacements, first layer to run): from the workdir where it holds a
+        """(results, first layer to run): from the workdir where it holds a
         complete prefix of layers and the stream entering the next one, else from scratch."""
         started = time.perf_counter()
         for batch in batches:
             stream.trace(batch)
-        results, replacements, start = self._saved_layers(workdir, len(batches))
+        results, start = self._saved_layers(workdir, len(batches))
         if start:
             for batch, hidden in zip(batches, workdir.load_stream()[1], strict=True):
                 batch.hidden = hidden
         for batch in batches:
             batch.hidden = self._keep(batch.hidden.to(self.device))
         self._time("trace", started)
-        return results, replacements, start
+        return results, start
 
     def _saved_layers(self, workdir: Workdir, num_batches: int):
         saved = workdir.load_stream()
         if saved is None or len(saved[1]) != num_batches:
-            return [], {}, 0
-        results, replacements = [], {}
+            return [], 0
+        results = []
         for index in range(saved[0]):
-            loaded = workdir.load_layer(index)
-            if loaded is None:
-                return [], {}, 0
-            results.append(LayerResult(**loaded[0]))
-            replacements.update(loaded[1])
-        return results, replacements, saved[0]
+            record = workdir.layer_record(index)
+            if record is None:
+                return [], 0
+            results.append(LayerResult(**record))
+        return results, saved[0]
 
     @contextlib.contextmanager
     def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):
@@ -445,7 +434,3 @@ def _make_batches(sequences: list[list[int]], batch_size: int, pad_id: int) -> l
             mask[row, : len(seq)] = 1
         batches.append(Batch(ids, mask))
     return batches
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    return tensor.contiguous().view(torch.uint8).numpy().tobytes()

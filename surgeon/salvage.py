@@ -15,7 +15,8 @@ from pathlib import Path
 
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
-from surgeon.layers import layer_ranges, parse_name
+from surgeon.hashcache import default_cache_dir
+from surgeon.layers import layer_ranges, parse_layers, parse_name
 from surgeon.writer import MANIFEST_NAME, TensorSource, WriteReport, write_checkpoint
 
 
@@ -33,8 +34,6 @@ class SalvagePlan:
 
 
 def parse_keep(spec: str) -> list[int]:
-    from surgeon.prune import parse_layers
-
     return parse_layers(spec, 1 << 30) if spec.strip() not in ("", "none") else []
 
 
@@ -84,7 +83,9 @@ def salvage(
     from surgeon.writer import check_output_path
 
     check_output_path(Path(output), [base_ckpt, cand_ckpt], force)
-    report = write_checkpoint(base_ckpt, Path(output), sources, manifest, force=force, cancel=cancel)
+    report = write_checkpoint(
+        base_ckpt, Path(output), sources, manifest, force=force, cancel=cancel, cache_dir=default_cache_dir()
+    )
     if canary_after is not None:
         holder["salvage"]["canary_after"] = canary_after(Path(output))
         from surgeon.atomic import write_text_atomic

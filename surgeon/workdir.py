@@ -46,11 +46,22 @@ class Workdir:
             handle.write(_safetensors_bytes(tensors))
         write_text_atomic(base.with_suffix(".json"), json.dumps(record, indent=2))
 
-    def load_layer(self, index: int) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    def layer_record(self, index: int) -> dict | None:
+        """A finished layer's record, or None if the layer has not finished."""
         base = self.path / "layers" / f"{index:05d}"
         if not (base.with_suffix(".json").exists() and base.with_suffix(".safetensors").exists()):
             return None
-        return json.loads(base.with_suffix(".json").read_text()), load_file(base.with_suffix(".safetensors"))
+        return json.loads(base.with_suffix(".json").read_text())
+
+    def layer_sources(self, index: int) -> dict:
+        """The layer's new tensors as byte ranges of its file, for the writer to copy from:
+        the pruned tensors of every layer never have to be in memory together."""
+        from surgeon.safetensors_format import read_header
+        from surgeon.writer import TensorSource
+
+        path = self.path / "layers" / f"{index:05d}.safetensors"
+        header = read_header(path)
+        return {name: TensorSource(path, info.start, info.end) for name, info in header.tensors.items()}
 
     def save_stream(self, next_layer: int, hidden: list[torch.Tensor]) -> None:
         tensors = {f"batch.{k}": h.detach().contiguous().cpu() for k, h in enumerate(hidden)}

@@ -22,7 +22,11 @@ from pathlib import Path
 
 from surgeon.atomic import current_umask
 from surgeon.checkpoint import Checkpoint
-from surgeon.errors import Cancelled, SurgeonError
+from surgeon.errors import SurgeonError
+from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
+from surgeon.hashing import default_workers
+from surgeon.parallel import check_stop, map_cancellable
+from surgeon.safetensors_format import ShardHeader
 from surgeon.tensor_io import MappedShard
 
 COPY_CHUNK = 8 << 20
@@ -73,9 +77,15 @@ def write_checkpoint(
     manifest: Callable[[WriteReport], dict] | None = None,
     force: bool = False,
     cancel: threading.Event | None = None,
+    cache_dir: Path | None = None,
 ) -> WriteReport:
     """Write base with `replacements` (tensor name -> raw bytes of the same dtype and shape,
-    given in memory or as a byte range of another file)."""
+    given in memory or as a byte range of another file). Shards are written in parallel.
+
+    A shard with no replacement is copied by the kernel (copy_file_range) when the hash
+    cache in `cache_dir` already knows its SHA256 (keyed by path, size, mtime and inode);
+    otherwise it is hashed as it is copied. Every other byte written is hashed as written.
+    """
     for name, data in replacements.items():
         info = base.tensors.get(name)
         if info is None or info.nbytes != len(data):
@@ -85,10 +95,7 @@ def write_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         tmp.chmod(0o777 & ~current_umask())
-        report = WriteReport()
-        for shard_name in base.shards:
-            _check_cancel(cancel)
-            _write_shard(base, shard_name, tmp / shard_name, replacements, report)
+        report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel)
         _copy_side_files(base, tmp)
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
@@ -100,9 +107,52 @@ def write_checkpoint(
     return report
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
+def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache, cancel) -> WriteReport:
+    def work(shard_name: str, should_stop) -> WriteReport:
+        check_stop(should_stop)
+        part = WriteReport()
+        shard = base.shards[shard_name]
+        target = folder / shard_name
+        changed = any(n in replacements for n in shard.tensors)
+        if changed or not _kernel_copy(shard, target, cache, part):
+            _write_shard(base, shard_name, target, replacements, part)
+            if not changed:  # the base file's hash, read anyway: the next copy can skip hashing
+                cache.store_file(FileIdentity.of(shard.path), part.base_shards[shard_name])
+        return part
+
+    names = sorted(base.shards, key=lambda n: -base.shards[n].file_size)
+    report = WriteReport()
+    for part in map_cancellable(work, names, min(len(names), default_workers()), cancel):
+        report.shards.update(part.shards)
+        report.base_shards.update(part.base_shards)
+        report.copied_shards += part.copied_shards
+        report.tensors.update(part.tensors)
+    report.shards = dict(sorted(report.shards.items()))
+    report.base_shards = dict(sorted(report.base_shards.items()))
+    report.copied_shards.sort()
+    return report
+
+
+def _kernel_copy(shard: ShardHeader, target: Path, cache: HashCache, report: WriteReport) -> bool:
+    """Copy an unchanged shard in the kernel when its SHA256 is already known; False if not."""
+    ident = FileIdentity.of(shard.path)
+    known = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
+    if known is None:
+        return False
+    with open(shard.path, "rb") as source, open(target, "wb") as out:
+        remaining = ident.size
+        while remaining:
+            copied = os.copy_file_range(source.fileno(), out.fileno(), remaining)
+            if copied == 0:
+                raise SurgeonError(f"{shard.path}: ended while copying")
+            remaining -= copied
+        out.flush()
+        os.fsync(out.fileno())
+    if FileIdentity.of(shard.path) != ident:
+        raise SurgeonError(f"{shard.path}: changed while it was being copied")
+    report.shards[shard.name] = report.base_shards[shard.name] = known
+    report.copied_shards.append(shard.name)
+    return True
 
 
 def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, report: WriteReport) -> None:
@@ -126,6 +176,7 @@ def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, 
             base_digest.update(original)
             base_sha = hashlib.sha256(original).hexdigest()
             original.release()
+            source.release(info.start, info.end)
             report.tensors[info.name] = {
                 "base_sha256": base_sha,
                 "sha256": _emit_replacement(ours[info.name], sources, emit),
@@ -136,6 +187,7 @@ def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, 
         os.fsync(out.fileno())
     report.shards[shard_name] = out_digest.hexdigest()
     report.base_shards[shard_name] = (base_digest if ours else out_digest).hexdigest()
+
     if not ours:
         report.copied_shards.append(shard_name)
 
