@@ -24,6 +24,11 @@ class RefitStats:
     solver: str  # "cholesky" or "eigh" (the fallback for a matrix that is not positive definite)
 
 
+def _inner(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sum(a * b) without an a-sized temporary."""
+    return float(torch.dot(a.reshape(-1), b.reshape(-1)))
+
+
 def head_columns(heads: list[int], head_dim: int) -> torch.Tensor:
     return (
         torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
@@ -59,11 +64,11 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge_re
     system.diagonal().add_(ridge)
     rhs = g[kept] @ w.T  # G[K, :] W^T, |K| x out
     solution, solver, condition = _solve_spd(system, rhs)  # W_K'^T
-    target = float(((w @ g) * w).sum())  # ||X W^T||^2 = tr(W G W^T)
-    cross = float((solution * rhs).sum())  # tr(B^T G[K, :] W^T)
+    target = _inner(w @ g, w)  # ||X W^T||^2 = tr(W G W^T)
+    cross = _inner(solution, rhs)  # tr(B^T G[K, :] W^T)
     del rhs
     # ||X_K B||^2 = tr(B^T (G_KK + lambda I) B) - lambda ||B||^2, and (G_KK + lambda I) B = rhs
-    fitted = cross - ridge * float((solution * solution).sum())
+    fitted = cross - ridge * _inner(solution, solution)
     residual = max(target - 2 * cross + fitted, 0.0)
     stats = RefitStats(
         rel_residual=math.sqrt(residual / target) if target > 0 else 0.0,
@@ -82,14 +87,16 @@ def heal_o_proj(
     head_dim: int,
     ridge_rel: float,
     tokens: int = 0,
+    out_dtype: torch.dtype | None = None,
 ):
-    """The full healed o_proj (pruned heads' columns zero) in float64, and its RefitStats."""
+    """The full healed o_proj (pruned heads' columns zero) in out_dtype (default float64),
+    and its RefitStats."""
     num_heads = weight.shape[1] // head_dim
     kept_heads = [h for h in range(num_heads) if h not in set(pruned)]
     kept = head_columns(kept_heads, head_dim).to(weight.device)
-    healed = torch.zeros(weight.shape, dtype=torch.float64, device=weight.device)
     columns, stats = refit(weight, gram, kept, ridge_rel, tokens)
-    healed[:, kept] = columns
+    healed = torch.zeros(weight.shape, dtype=out_dtype or torch.float64, device=weight.device)
+    healed[:, kept] = columns.to(healed.dtype)
     return healed, stats
 
 
@@ -121,8 +128,8 @@ def recon_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int, ridge_
     del m, factor  # width^2 each: keep the peak at G, P and two width x out products
     q = g @ a  # G A
     r = p @ q  # P G A
-    target = float((a * q).sum())  # tr(A^T G A)
-    explained_all = float((q * r).sum())  # tr(Q^T P Q)
+    target = _inner(a, q)  # tr(A^T G A)
+    explained_all = _inner(q, r)  # tr(Q^T P Q)
     scores = []
     for h in range(n // head_dim):
         cols = slice(h * head_dim, (h + 1) * head_dim)

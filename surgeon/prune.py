@@ -337,6 +337,8 @@ class _Run:
         heads = select_heads(scores, spec, self.fracs.get(spec.index, self.options.prune_frac))
         with self._phase(spec, "heal", 1, unit=self.options.heal):
             tensors, refit = self._materialise(stream, spec, heads, gram)
+        tokens = gram.tokens
+        del gram, o_weight  # G and the base o_proj are done with: free them before the next load
         if self.options.propagate == "base":
             for batch, out in zip(batches, base_out, strict=True):
                 batch.hidden = out
@@ -344,7 +346,7 @@ class _Run:
             with self._phase(spec, "propagate", len(batches)):
                 self._advance(stream, stream.load_layer(spec.index, replace=tensors), spec.index, batches)
         result = _result(spec, pruned=True)
-        result.pruned_heads, result.scores, result.refit, result.tokens = heads, scores, refit, gram.tokens
+        result.pruned_heads, result.scores, result.refit, result.tokens = heads, scores, refit, tokens
         return result, tensors
 
     def _scores(self, stream, spec, batches, o_weight, gram) -> list[float]:
@@ -368,9 +370,9 @@ class _Run:
         refit = None
         if self.options.heal == "lstsq" and heads:
             healed, stats = heal_o_proj(
-                o.to(self.device), gram.matrix, heads, spec.head_dim, self.options.ridge_rel, gram.tokens
+                o.to(self.device), gram.matrix, heads, spec.head_dim, self.options.ridge_rel, gram.tokens, o.dtype
             )
-            out[spec.o_proj] = healed.to(o.dtype).cpu()
+            out[spec.o_proj] = healed.cpu()
             refit = asdict(stats)
         else:
             masked = o.clone()
