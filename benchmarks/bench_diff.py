@@ -331,14 +331,14 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def measure(cmd: list[str], ok: tuple[int, ...] = (0,)) -> Run:
+def measure(cmd: list[str], ok: tuple[int, ...] = (0,), env_extra: dict | None = None) -> Run:
     """Run `cmd` in a fresh child: wall time around it, peak RSS from a small wrapper.
 
     Not our own wait4: Linux starts a child's peak RSS at its parent's high-water mark (fork
     copies it, exec keeps it), and ours is hundreds of MB after building the data. Output
     goes to files, not pipes, so a large report cannot block the child.
     """
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1"} | (env_extra or {})
     with tempfile.TemporaryDirectory(prefix="surgeon-run-") as tmp:
         rss_file, out_file, err_file = (Path(tmp) / n for n in ("rss", "out", "err"))
         with open(out_file, "wb") as out, open(err_file, "wb") as err:

@@ -72,7 +72,7 @@ def salvage(
     """Write base + the candidate's layers in `keep`. `canary_after(output) -> dict` runs on
     the written result and is recorded in the manifest."""
     base_ckpt, cand_ckpt = open_checkpoint(base), open_checkpoint(candidate)
-    sources = layer_tensors(base_ckpt, cand_ckpt, set(keep), keep_non_layer)
+    sources = _differing(base_ckpt, layer_tensors(base_ckpt, cand_ckpt, set(keep), keep_non_layer), cand_ckpt)
     previous = _candidate_manifest(cand_ckpt)
     holder: dict = {}
 
@@ -92,6 +92,19 @@ def salvage(
 
         write_text_atomic(Path(output) / MANIFEST_NAME, json.dumps(holder, indent=2) + "\n")
     return report, holder
+
+
+def _differing(base: Checkpoint, sources: dict, candidate: Checkpoint) -> dict:
+    """Only the kept tensors whose bytes differ from the base's: a shard whose kept tensors
+    all match is then copied whole, and the manifest lists real changes only."""
+    from surgeon.compare import Pair, compare_pairs
+
+    pairs = [
+        Pair(n, base.shard_path(base.tensors[n].file), base.tensors[n], src.path, candidate.tensors[n])
+        for n, src in sources.items()
+    ]
+    equal = compare_pairs(pairs)
+    return {n: src for n, src in sources.items() if not equal[n]}
 
 
 def _candidate_manifest(candidate: Checkpoint) -> dict:

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class WriteReport:
 
     shards: dict[str, str] = field(default_factory=dict)  # output shard -> SHA256
     base_shards: dict[str, str] = field(default_factory=dict)  # the base's shard -> SHA256, same read
-    copied_shards: list[str] = field(default_factory=list)  # written as plain copies of the base
+    copied_shards: list[str] = field(default_factory=list)  # written byte-identical to the base's file
     tensors: dict[str, dict[str, str]] = field(default_factory=dict)  # replaced -> base/out SHA256
 
     def changed_tensors(self) -> list[str]:
@@ -114,8 +115,9 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
         shard = base.shards[shard_name]
         target = folder / shard_name
         changed = any(n in replacements for n in shard.tensors)
-        if changed or not _kernel_copy(shard, target, cache, part):
-            _write_shard(base, shard_name, target, replacements, part)
+        known = hf_blob_sha256(shard.path) or cache.file_sha256(FileIdentity.of(shard.path))
+        if changed or not _kernel_copy(shard, target, known, part):
+            _write_shard(base, shard_name, target, replacements, part, known)
             if not changed:  # the base file's hash, read anyway: the next copy can skip hashing
                 cache.store_file(FileIdentity.of(shard.path), part.base_shards[shard_name])
         return part
@@ -125,18 +127,16 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
     for part in map_cancellable(work, names, min(len(names), default_workers()), cancel):
         report.shards.update(part.shards)
         report.base_shards.update(part.base_shards)
-        report.copied_shards += part.copied_shards
         report.tensors.update(part.tensors)
     report.shards = dict(sorted(report.shards.items()))
     report.base_shards = dict(sorted(report.base_shards.items()))
-    report.copied_shards.sort()
+    report.copied_shards = sorted(n for n, sha in report.shards.items() if sha == report.base_shards[n])
     return report
 
 
-def _kernel_copy(shard: ShardHeader, target: Path, cache: HashCache, report: WriteReport) -> bool:
+def _kernel_copy(shard: ShardHeader, target: Path, known: str | None, report: WriteReport) -> bool:
     """Copy an unchanged shard in the kernel when its SHA256 is already known; False if not."""
     ident = FileIdentity.of(shard.path)
-    known = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
     if known is None:
         return False
     with open(shard.path, "rb") as source, open(target, "wb") as out:
@@ -151,21 +151,33 @@ def _kernel_copy(shard: ShardHeader, target: Path, cache: HashCache, report: Wri
     if FileIdentity.of(shard.path) != ident:
         raise SurgeonError(f"{shard.path}: changed while it was being copied")
     report.shards[shard.name] = report.base_shards[shard.name] = known
-    report.copied_shards.append(shard.name)
     return True
 
 
-def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, report: WriteReport) -> None:
+def _write_shard(
+    base: Checkpoint, shard_name: str, target: Path, replacements, report: WriteReport, known: str | None = None
+) -> None:
+    """Write one shard, hashing the output; the base file is hashed in the same read unless
+    its SHA256 is `known` (from the hash cache)."""
     shard = base.shards[shard_name]
     ours = {n: replacements[n] for n in shard.tensors if n in replacements}
     out_digest, base_digest = hashlib.sha256(), hashlib.sha256()
-    with MappedShard(shard.path, shard.file_size) as source, open(target, "wb") as out, _Sources() as sources:
+    hash_base = bool(ours) and known is None
+    with (
+        MappedShard(shard.path, shard.file_size) as source,
+        open(target, "wb") as out,
+        _Sources() as sources,
+        ThreadPoolExecutor(1) as hasher,
+    ):
 
-        def emit(data, both: bool = bool(ours)) -> None:
+        def emit(data, both: bool = hash_base) -> None:
+            # The output hash runs beside the write (both release the GIL); it must finish
+            # before the caller releases `data`.
+            pending = hasher.submit(out_digest.update, data)
             out.write(data)
-            out_digest.update(data)
             if both:  # a shard with no replacement is its base's copy: one hash serves both
                 base_digest.update(data)
+            pending.result()
 
         position = 0
         for info in sorted(shard.tensors.values(), key=lambda t: t.start):
@@ -173,7 +185,8 @@ def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, 
                 continue
             _copy_range(source, position, info.start, emit)
             original = source.view(info.start, info.end)
-            base_digest.update(original)
+            if hash_base:
+                base_digest.update(original)
             base_sha = hashlib.sha256(original).hexdigest()
             original.release()
             source.release(info.start, info.end)
@@ -186,10 +199,7 @@ def _write_shard(base: Checkpoint, shard_name: str, target: Path, replacements, 
         out.flush()
         os.fsync(out.fileno())
     report.shards[shard_name] = out_digest.hexdigest()
-    report.base_shards[shard_name] = (base_digest if ours else out_digest).hexdigest()
-
-    if not ours:
-        report.copied_shards.append(shard_name)
+    report.base_shards[shard_name] = known or (base_digest if ours else out_digest).hexdigest()
 
 
 def _emit_replacement(data, sources: _Sources, emit) -> str:
@@ -198,7 +208,7 @@ def _emit_replacement(data, sources: _Sources, emit) -> str:
 
     def both(chunk) -> None:
         emit(chunk, both=False)
-        digest.update(chunk)
+        digest.update(chunk)  # the tensor's own hash, for the manifest
 
     if isinstance(data, TensorSource):
         _copy_range(sources.open(data.path), data.start, data.end, both)
