@@ -6,14 +6,17 @@ Reuses bench_diff.py's synthetic bf16 pair (several ~256 MB shards a side; `othe
 q_proj/o_proj of layers 0-3). Salvaging `other` with --keep 0-1 changes exactly one shard
 (layers 0-1 live in the first); the other shards are the base's files. The base's hashes
 are put in the hash cache first, as a diff or canary of the story would have done. Each
-command runs in its own child; the best wall time of --repeat rounds and the largest peak
-RSS are reported. Goals (issue 4): salvage <= 1.2x the copy's time, peak RSS <= 300 MB.
+command runs in its own child, after a sync so that neither pays for the other's
+writeback; the best wall time of --repeat rounds and the largest peak RSS are reported.
+Neither waits for its data to reach the disk (cp does not fsync; salvage's --fsync would).
+Goals (issue 4): salvage <= 1.2x the copy's time, peak RSS <= 300 MB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -28,17 +31,20 @@ TIME_GOAL, RSS_GOAL_MB = 1.2, 300
 
 
 def one_round(base: Path, other: Path, scratch: Path, cache: Path) -> dict:
+    """Each command starts with no dirty pages left by the one before (sync, untimed), so
+    neither pays for the other's writeback."""
     surgeon = surgeon_command()
     copy_target, salvage_target = scratch / "copy", scratch / "salvaged"
+    os.sync()
     copy = measure(["cp", "-r", str(base), str(copy_target)])
+    shutil.rmtree(copy_target)
+    os.sync()
     salvage = measure(
         [surgeon, "salvage", str(other), "--base", str(base), "--keep", "0-1", "-o", str(salvage_target), "--json"],
         env_extra={"SURGEON_CACHE_DIR": str(cache)},
     )
-    manifest = json.loads(salvage.stdout)
-    shutil.rmtree(copy_target)
     shutil.rmtree(salvage_target)
-    return {"copy": copy, "salvage": salvage, "manifest": manifest}
+    return {"copy": copy, "salvage": salvage, "manifest": json.loads(salvage.stdout)}
 
 
 def main() -> int:

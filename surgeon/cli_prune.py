@@ -82,6 +82,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         help="Keep per-layer results here; a killed run resumes from it.",
     )
     @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+    @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
     @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
     @debug_option
@@ -107,6 +108,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         tokenizer,
         workdir,
         force,
+        durable,
         as_json,
         quiet,
         debug,
@@ -141,6 +143,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
             force=force,
             progress=progress_for(quiet),
             cancel=threading.Event(),
+            durable=durable,
         )
         if as_json:
             sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")

@@ -128,11 +128,14 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
     @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
     @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, file_okay=False))
     @click.option("--force", is_flag=True)
+    @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
     @click.option("--json", "as_json", is_flag=True)
     @canary_options
     @debug_option
     @handle_errors
-    def salvage(candidate, base, keep, auto, keep_non_layer, run_canary_after, output, force, as_json, debug, **kw):
+    def salvage(
+        candidate, base, keep, auto, keep_non_layer, run_canary_after, output, force, durable, as_json, debug, **kw
+    ):
         """Keep CANDIDATE's changes in some layers, roll the others back to BASE, write OUT."""
         from surgeon.salvage import parse_keep
         from surgeon.salvage import salvage as run_salvage
@@ -152,7 +155,7 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
             layers = parse_keep(keep)
         after = _canary_on_written(base, prompts, options, kw) if run_canary_after else None
         _, manifest = run_salvage(
-            candidate, base, layers, output, keep_non_layer, force, before, after, steps, cancel=threading.Event()
+            candidate, base, layers, output, keep_non_layer, force, before, after, steps, threading.Event(), durable
         )
         if as_json:
             sys.stdout.write(json.dumps(manifest, indent=2) + "\n")

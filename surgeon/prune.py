@@ -126,6 +126,7 @@ def prune(
     progress: ProgressSink | None = None,
     cancel: threading.Event | None = None,
     on_layer_done=None,
+    durable: bool = False,
 ) -> PruneResult:
     """Prune `base` into `output`. `on_layer_done(result)` is called after each layer (the
     TUI follows along with it; tests use it to kill a run midway)."""
@@ -139,6 +140,7 @@ def prune(
 
     check_output_path(Path(output), [ckpt], force)
     run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)
+    run.durable = durable
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="surgeon-prune-") as scratch:
             return run.execute(Path(scratch), Path(output), force)
@@ -157,6 +159,7 @@ class _Run:
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.timings: dict[str, float] = {}
         self.messages: list[str] = []
+        self.durable = False
 
     def should_stop(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -213,7 +216,14 @@ class _Run:
             if result.pruned:
                 sources.update(workdir.layer_sources(result.layer))
         write_checkpoint(
-            self.ckpt, output, sources, manifest, force=force, cancel=self.cancel, cache_dir=default_cache_dir()
+            self.ckpt,
+            output,
+            sources,
+            manifest,
+            force=force,
+            cancel=self.cancel,
+            cache_dir=default_cache_dir(),
+            durable=self.durable,
         )
         self._time("write", write_started)
         manifest_holder["timings"] = dict(self.timings, total=time.perf_counter() - started)

@@ -68,6 +68,7 @@ def salvage(
     canary_after=None,
     auto_steps: list[AutoStep] | None = None,
     cancel=None,
+    durable: bool = False,
 ) -> tuple[WriteReport, dict]:
     """Write base + the candidate's layers in `keep`. `canary_after(output) -> dict` runs on
     the written result and is recorded in the manifest."""
@@ -84,7 +85,14 @@ def salvage(
 
     check_output_path(Path(output), [base_ckpt, cand_ckpt], force)
     report = write_checkpoint(
-        base_ckpt, Path(output), sources, manifest, force=force, cancel=cancel, cache_dir=default_cache_dir()
+        base_ckpt,
+        Path(output),
+        sources,
+        manifest,
+        force=force,
+        cancel=cancel,
+        cache_dir=default_cache_dir(),
+        durable=durable,
     )
     if canary_after is not None:
         holder["salvage"]["canary_after"] = canary_after(Path(output))

@@ -79,6 +79,7 @@ def write_checkpoint(
     force: bool = False,
     cancel: threading.Event | None = None,
     cache_dir: Path | None = None,
+    durable: bool = False,
 ) -> WriteReport:
     """Write base with `replacements` (tensor name -> raw bytes of the same dtype and shape,
     given in memory or as a byte range of another file). Shards are written in parallel.
@@ -86,6 +87,10 @@ def write_checkpoint(
     A shard with no replacement is copied by the kernel (copy_file_range) when the hash
     cache in `cache_dir` already knows its SHA256 (keyed by path, size, mtime and inode);
     otherwise it is hashed as it is copied. Every other byte written is hashed as written.
+
+    The output appears atomically (a renamed temporary folder) either way; `durable` also
+    waits for every file to reach the disk before the rename (fsync), which cp and
+    save_pretrained do not do and which costs the disk's write time.
     """
     for name, data in replacements.items():
         info = base.tensors.get(name)
@@ -96,11 +101,12 @@ def write_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         tmp.chmod(0o777 & ~current_umask())
-        report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel)
+        report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel, durable)
         _copy_side_files(base, tmp)
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
-        _fsync_dir(tmp)
+        if durable:
+            _fsync_dir(tmp)
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,7 +114,7 @@ def write_checkpoint(
     return report
 
 
-def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache, cancel) -> WriteReport:
+def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache, cancel, durable) -> WriteReport:
     def work(shard_name: str, should_stop) -> WriteReport:
         check_stop(should_stop)
         part = WriteReport()
@@ -116,8 +122,8 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
         target = folder / shard_name
         changed = any(n in replacements for n in shard.tensors)
         known = hf_blob_sha256(shard.path) or cache.file_sha256(FileIdentity.of(shard.path))
-        if changed or not _kernel_copy(shard, target, known, part):
-            _write_shard(base, shard_name, target, replacements, part, known)
+        if changed or not _kernel_copy(shard, target, known, part, durable):
+            _write_shard(base, shard_name, target, replacements, part, known, durable)
             if not changed:  # the base file's hash, read anyway: the next copy can skip hashing
                 cache.store_file(FileIdentity.of(shard.path), part.base_shards[shard_name])
         return part
@@ -134,7 +140,7 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
     return report
 
 
-def _kernel_copy(shard: ShardHeader, target: Path, known: str | None, report: WriteReport) -> bool:
+def _kernel_copy(shard: ShardHeader, target: Path, known: str | None, report: WriteReport, durable: bool) -> bool:
     """Copy an unchanged shard in the kernel when its SHA256 is already known; False if not."""
     ident = FileIdentity.of(shard.path)
     if known is None:
@@ -147,7 +153,8 @@ def _kernel_copy(shard: ShardHeader, target: Path, known: str | None, report: Wr
                 raise SurgeonError(f"{shard.path}: ended while copying")
             remaining -= copied
         out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            os.fsync(out.fileno())
     if FileIdentity.of(shard.path) != ident:
         raise SurgeonError(f"{shard.path}: changed while it was being copied")
     report.shards[shard.name] = report.base_shards[shard.name] = known
@@ -155,7 +162,13 @@ def _kernel_copy(shard: ShardHeader, target: Path, known: str | None, report: Wr
 
 
 def _write_shard(
-    base: Checkpoint, shard_name: str, target: Path, replacements, report: WriteReport, known: str | None = None
+    base: Checkpoint,
+    shard_name: str,
+    target: Path,
+    replacements,
+    report: WriteReport,
+    known: str | None = None,
+    durable: bool = False,
 ) -> None:
     """Write one shard, hashing the output; the base file is hashed in the same read unless
     its SHA256 is `known` (from the hash cache)."""
@@ -197,7 +210,8 @@ def _write_shard(
             position = info.end
         _copy_range(source, position, shard.file_size, emit)
         out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            os.fsync(out.fileno())
     report.shards[shard_name] = out_digest.hexdigest()
     report.base_shards[shard_name] = known or (base_digest if ours else out_digest).hexdigest()
 

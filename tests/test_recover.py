@@ -105,6 +105,13 @@ def test_salvage_takes_kept_layers_from_the_candidate_and_the_rest_from_base(pla
     assert verify(out, TRAINED).ok
 
 
+def test_durable_salvage_writes_the_same_bytes(planted, tmp_path):
+    salvage(planted, TRAINED, [0, 1, 2, 3], tmp_path / "plain")
+    salvage(planted, TRAINED, [0, 1, 2, 3], tmp_path / "durable", durable=True)
+    for name in (SHARD1, SHARD2):
+        assert sha(tmp_path / "plain" / name) == sha(tmp_path / "durable" / name)
+
+
 def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
     from surgeon.prune import PruneOptions, prune
 
