@@ -4,6 +4,7 @@ generating greedily and scoring continuations. Torch and transformers live here.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -28,7 +29,6 @@ from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
 from surgeon.hashcache import HashCache, default_cache_dir
 from surgeon.hashing import hash_shards
-from surgeon.layers import parse_name
 from surgeon.stream import resolve_device, resolve_dtype
 
 
@@ -114,8 +114,6 @@ def weights_hash(ckpt: Checkpoint) -> str:
 
 
 def _real(ckpt: Checkpoint, shard: str) -> str:
-    import os
-
     return os.path.realpath(ckpt.shard_path(shard))
 
 
@@ -279,6 +277,3 @@ def _read(ckpt: Checkpoint, names: list[str]) -> dict[str, torch.Tensor]:
         with safe_open(ckpt.shard_path(shard), framework="pt") as handle:
             out.update({n: handle.get_tensor(n) for n in shard_names})
     return out
-
-
-__all__ = ["CanaryModel", "ComposedCanary", "parse_name", "run_canary"]

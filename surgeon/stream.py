@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -292,7 +291,3 @@ def _skeleton(layout: ModelLayout):
     layers = list(model.model.layers)
     model.model.layers = nn.ModuleList()
     return model.eval(), layers
-
-
-def checkpoint_files(ckpt: Checkpoint) -> list[Path]:
-    return [ckpt.shard_path(name) for name in ckpt.shards]
