@@ -236,3 +236,29 @@ def test_recon_scores_equal_refitting_without_each_head():
         for h in range(heads)
     ]
     assert recon_scores(w, g, dim, 0.05) == pytest.approx(direct, rel=1e-9)
+
+
+def test_gram_excludes_padding_tokens():
+    from surgeon.prune import _Gram
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    gram = _Gram(16, torch.device("cpu"))
+    gram.mask = mask
+    gram.hook(None, (x,))
+    rows = torch.cat([x[0], x[1, :3]]).double()
+    torch.testing.assert_close(gram.matrix, rows.T @ rows)
+    assert gram.tokens == 8
+
+
+def test_propagate_base_and_offloaded_activations(tmp_path):
+    options = dict(prune_frac=0.25, layers="0-3")
+    pruned_stream = prune(TRAINED, tmp_path / "a", PruneOptions(**options))
+    base_stream = prune(TRAINED, tmp_path / "b", PruneOptions(propagate="base", **options))
+    prune(TRAINED, tmp_path / "c", PruneOptions(offload_activations=True, **options))
+    # Layer 0 sees the same input either way; later layers see different streams.
+    assert base_stream.layers[0].scores == pruned_stream.layers[0].scores
+    assert base_stream.layers[3].scores != pruned_stream.layers[3].scores
+    assert base_stream.manifest["layer_passes"] == 8  # one pass per layer: the base output is reused
+    assert sha(tmp_path / "c" / SHARD1) == sha(tmp_path / "a" / SHARD1)  # offloading changes nothing
