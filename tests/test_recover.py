@@ -222,3 +222,11 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert salvaged["written"]["layers"] == summary["kept"]
     assert (tmp_path / "demo" / "MODEL_CARD_SECTIONS.md").read_text().startswith("## What's actually different")
     assert any("canary runs; keeping layers" in line for line in lines)
+
+
+def test_nf4_canary_through_bitsandbytes(tmp_path):
+    full = run_canary(TRAINED, TRAINED, PROMPTS[:2], cache_dir=tmp_path)
+    nf4 = run_canary(TRAINED, TRAINED, PROMPTS[:2], device="cpu", quant="nf4", cache_dir=tmp_path)
+    assert nf4.passed
+    assert not nf4.base_cache_hit  # nf4 base outputs are their own cache entries
+    assert [p.base_text for p in nf4.prompts] != [p.base_text for p in full.prompts]  # really quantized
