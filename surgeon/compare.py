@@ -65,9 +65,8 @@ def _equal(pair: Pair, a: MappedShard, b: MappedShard, same_file, scratch, progr
     for offset, size in element_chunks(pair.base, COMPARE_CHUNK_BYTES):
         check_stop(should_stop)
         start_a, start_b = pair.base.start + offset, pair.other.start + offset
-        view_a, view_b = a.view(start_a, start_a + size), b.view(start_b, start_b + size)
-        same = views_equal(view_a, view_b, scratch)
-        view_a.release(), view_b.release()
+        with a.view(start_a, start_a + size) as view_a, b.view(start_b, start_b + size) as view_b:
+            same = views_equal(view_a, view_b, scratch)
         a.release(start_a, start_a + size)
         b.release(start_b, start_b + size)
         if progress:

@@ -137,12 +137,13 @@ def hash_one_file(
     with MappedShard(shard.path, shard.file_size) as mapped:
         for position in range(first, shard.file_size, CHUNK_BYTES):
             end = min(position + CHUNK_BYTES, shard.file_size)
-            block = mapped.view(position, end)
-            side = _start_file_hash(file_hasher, block, side_pool)
-            next_span = _feed_tensors(spans, next_span, tensor_hashers, block, position)
-            if side is not None:
-                side.result()
-            block.release()
+            with mapped.view(position, end) as block:
+                side = _start_file_hash(file_hasher, block, side_pool)
+                try:
+                    next_span = _feed_tensors(spans, next_span, tensor_hashers, block, position)
+                finally:
+                    if side is not None:
+                        side.result()  # the file hash reads `block`: done before it is released
             mapped.release(position, end)
             if progress:
                 progress(end - position)

@@ -146,13 +146,7 @@ def _kernel_copy(shard: ShardHeader, target: Path, known: str | None, report: Wr
     if known is None:
         return False
     with open(shard.path, "rb") as source, open(target, "wb") as out:
-        remaining = ident.size
-        while remaining:
-            copied = os.copy_file_range(source.fileno(), out.fileno(), remaining)
-            if copied == 0:
-                raise SurgeonError(f"{shard.path}: ended while copying")
-            remaining -= copied
-        out.flush()
+        _kernel_copy_range(source.fileno(), out.fileno(), 0, ident.size, shard.path)
         if durable:
             os.fsync(out.fileno())
     if FileIdentity.of(shard.path) != ident:
@@ -178,7 +172,8 @@ def _write_shard(
     hash_base = bool(ours) and known is None
     with (
         MappedShard(shard.path, shard.file_size) as source,
-        open(target, "wb") as out,
+        open(shard.path, "rb") as source_file,
+        open(target, "wb", buffering=0) as out,
         _Sources() as sources,
         ThreadPoolExecutor(1) as hasher,
     ):
@@ -187,33 +182,62 @@ def _write_shard(
             # The output hash runs beside the write (both release the GIL); it must finish
             # before the caller releases `data`.
             pending = hasher.submit(out_digest.update, data)
-            out.write(data)
-            if both:  # a shard with no replacement is its base's copy: one hash serves both
-                base_digest.update(data)
-            pending.result()
+            try:
+                _write_all(out, data)
+                if both:
+                    base_digest.update(data)
+            finally:
+                pending.result()
+
+        def keep(start: int, end: int) -> None:
+            """Base bytes that stay: copied by the kernel, hashed from the mapping meanwhile."""
+            for offset in range(start, end, COPY_CHUNK):
+                stop = min(offset + COPY_CHUNK, end)
+                with source.view(offset, stop) as view:
+                    pending = hasher.submit(out_digest.update, view)
+                    try:
+                        _kernel_copy_range(source_file.fileno(), out.fileno(), offset, stop - offset, shard.path)
+                        if hash_base:
+                            base_digest.update(view)
+                    finally:
+                        pending.result()  # the hash reads `view`: done before it is released
+                source.release(offset, stop)
 
         position = 0
         for info in sorted(shard.tensors.values(), key=lambda t: t.start):
             if info.name not in ours:
                 continue
-            _copy_range(source, position, info.start, emit)
-            original = source.view(info.start, info.end)
-            if hash_base:
-                base_digest.update(original)
-            base_sha = hashlib.sha256(original).hexdigest()
-            original.release()
+            keep(position, info.start)
+            with source.view(info.start, info.end) as original:
+                if hash_base:
+                    base_digest.update(original)
+                base_sha = hashlib.sha256(original).hexdigest()
             source.release(info.start, info.end)
             report.tensors[info.name] = {
                 "base_sha256": base_sha,
                 "sha256": _emit_replacement(ours[info.name], sources, emit),
             }
             position = info.end
-        _copy_range(source, position, shard.file_size, emit)
-        out.flush()
+        keep(position, shard.file_size)
         if durable:
             os.fsync(out.fileno())
     report.shards[shard_name] = out_digest.hexdigest()
     report.base_shards[shard_name] = known or (base_digest if ours else out_digest).hexdigest()
+
+
+def _write_all(out, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[out.write(view) :]
+
+
+def _kernel_copy_range(src_fd: int, out_fd: int, offset: int, count: int, path: Path) -> None:
+    """count bytes from src_fd at offset to out_fd's position, inside the kernel."""
+    while count:
+        copied = os.copy_file_range(src_fd, out_fd, count, offset)
+        if copied == 0:
+            raise SurgeonError(f"{path}: ended while copying")
+        offset, count = offset + copied, count - copied
 
 
 def _emit_replacement(data, sources: _Sources, emit) -> str:
@@ -253,9 +277,8 @@ class _Sources:
 def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:
     for offset in range(start, end, COPY_CHUNK):
         stop = min(offset + COPY_CHUNK, end)
-        view = source.view(offset, stop)
-        emit(view)
-        view.release()
+        with source.view(offset, stop) as view:
+            emit(view)
         source.release(offset, stop)
 
 
