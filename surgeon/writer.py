@@ -10,6 +10,7 @@ written, and renamed into place at the end: a failure or Ctrl-C leaves no output
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from surgeon.atomic import current_umask
 from surgeon.checkpoint import Checkpoint
-from surgeon.errors import SurgeonError
+from surgeon.errors import Cancelled, SurgeonError
 from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.hashing import default_workers
 from surgeon.parallel import check_stop, map_cancellable
@@ -107,6 +108,8 @@ def write_checkpoint(
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
         if durable:
             _fsync_dir(tmp)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
         _replace_dir(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -121,11 +124,16 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
         shard = base.shards[shard_name]
         target = folder / shard_name
         changed = any(n in replacements for n in shard.tensors)
-        known = hf_blob_sha256(shard.path) or cache.file_sha256(FileIdentity.of(shard.path))
-        if changed or not _kernel_copy(shard, target, known, part, durable):
-            _write_shard(base, shard_name, target, replacements, part, known, durable)
-            if not changed:  # the base file's hash, read anyway: the next copy can skip hashing
-                cache.store_file(FileIdentity.of(shard.path), part.base_shards[shard_name])
+        ident = FileIdentity.of(shard.path)  # taken once: the cache entry and the checks agree
+        known = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
+        if changed or known is None:
+            _write_shard(base, shard_name, target, replacements, part, known, durable, should_stop)
+        else:
+            _whole_copy(shard, target, known, part, durable, should_stop)
+        if FileIdentity.of(shard.path) != ident:
+            raise SurgeonError(f"{shard.path}: changed while it was being copied")
+        if not changed and known is None:  # the base file's hash, read anyway: the next copy skips it
+            cache.store_file(ident, part.base_shards[shard_name])
         return part
 
     names = sorted(base.shards, key=lambda n: -base.shards[n].file_size)
@@ -140,19 +148,16 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
     return report
 
 
-def _kernel_copy(shard: ShardHeader, target: Path, known: str | None, report: WriteReport, durable: bool) -> bool:
-    """Copy an unchanged shard in the kernel when its SHA256 is already known; False if not."""
-    ident = FileIdentity.of(shard.path)
-    if known is None:
-        return False
-    with open(shard.path, "rb") as source, open(target, "wb") as out:
-        _kernel_copy_range(source.fileno(), out.fileno(), 0, ident.size, shard.path)
+def _whole_copy(shard: ShardHeader, target: Path, known: str, report: WriteReport, durable, should_stop) -> None:
+    """An unchanged shard whose SHA256 the cache already knows: copied in the kernel."""
+    with open(shard.path, "rb") as source, open(target, "wb", buffering=0) as out:
+        for offset in range(0, shard.file_size, COPY_CHUNK * 8):
+            check_stop(should_stop)
+            count = min(COPY_CHUNK * 8, shard.file_size - offset)
+            _kernel_copy_range(source.fileno(), out, offset, count, shard.path)
         if durable:
             os.fsync(out.fileno())
-    if FileIdentity.of(shard.path) != ident:
-        raise SurgeonError(f"{shard.path}: changed while it was being copied")
     report.shards[shard.name] = report.base_shards[shard.name] = known
-    return True
 
 
 def _write_shard(
@@ -163,6 +168,7 @@ def _write_shard(
     report: WriteReport,
     known: str | None = None,
     durable: bool = False,
+    should_stop=None,
 ) -> None:
     """Write one shard, hashing the output; the base file is hashed in the same read unless
     its SHA256 is `known` (from the hash cache)."""
@@ -192,11 +198,12 @@ def _write_shard(
         def keep(start: int, end: int) -> None:
             """Base bytes that stay: copied by the kernel, hashed from the mapping meanwhile."""
             for offset in range(start, end, COPY_CHUNK):
+                check_stop(should_stop)
                 stop = min(offset + COPY_CHUNK, end)
                 with source.view(offset, stop) as view:
                     pending = hasher.submit(out_digest.update, view)
                     try:
-                        _kernel_copy_range(source_file.fileno(), out.fileno(), offset, stop - offset, shard.path)
+                        _kernel_copy_range(source_file.fileno(), out, offset, stop - offset, shard.path)
                         if hash_base:
                             base_digest.update(view)
                     finally:
@@ -204,7 +211,7 @@ def _write_shard(
                 source.release(offset, stop)
 
         position = 0
-        for info in sorted(shard.tensors.values(), key=lambda t: t.start):
+        for info in sorted(shard.tensors.values(), key=lambda t: (t.start, t.end)):
             if info.name not in ours:
                 continue
             keep(position, info.start)
@@ -217,7 +224,7 @@ def _write_shard(
                 "base_sha256": base_sha,
                 "sha256": _emit_replacement(ours[info.name], sources, emit),
             }
-            position = info.end
+            position = max(position, info.end)
         keep(position, shard.file_size)
         if durable:
             os.fsync(out.fileno())
@@ -231,13 +238,32 @@ def _write_all(out, data) -> None:
         view = view[out.write(view) :]
 
 
-def _kernel_copy_range(src_fd: int, out_fd: int, offset: int, count: int, path: Path) -> None:
-    """count bytes from src_fd at offset to out_fd's position, inside the kernel."""
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM}
+
+
+def _kernel_copy_range(src_fd: int, out, offset: int, count: int, path: Path) -> None:
+    """count bytes from src_fd at offset to the end of `out`: inside the kernel where it can
+    (copy_file_range), else through user space (another filesystem, another OS)."""
     while count:
-        copied = os.copy_file_range(src_fd, out_fd, count, offset)
+        try:
+            copied = os.copy_file_range(src_fd, out.fileno(), count, offset)
+        except (OSError, AttributeError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in _NO_KERNEL_COPY:
+                raise
+            _plain_copy_range(src_fd, out, offset, count, path)
+            return
         if copied == 0:
             raise SurgeonError(f"{path}: ended while copying")
         offset, count = offset + copied, count - copied
+
+
+def _plain_copy_range(src_fd: int, out, offset: int, count: int, path: Path) -> None:
+    while count:
+        data = os.pread(src_fd, min(count, COPY_CHUNK), offset)
+        if not data:
+            raise SurgeonError(f"{path}: ended while copying")
+        _write_all(out, data)
+        offset, count = offset + len(data), count - len(data)
 
 
 def _emit_replacement(data, sources: _Sources, emit) -> str:
@@ -300,10 +326,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _replace_dir(tmp: Path, output: Path) -> None:
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.rename(output, old)
+    if not output.exists():
         os.rename(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = output.with_name(f".{output.name}.old-{os.getpid()}")
+    os.rename(output, old)
+    try:
         os.rename(tmp, output)
+    except BaseException:
+        os.rename(old, output)  # the previous output stays where it was
+        raise
+    shutil.rmtree(old, ignore_errors=True)
