@@ -133,7 +133,18 @@ def _check_claims(manifest: dict, diff: DiffReport, report: VerifyReport) -> Non
     for name in sorted(set(claimed_tensors) - set(changed)):
         report.discrepancies.append(f"tensor {name}: listed as written but byte-identical to base")
     _check_heads(manifest, diff, report, set(actual))
+    _check_copied(written, diff, report)
     report.checks.append(f"claims checked against the base: weights differ in layers {layer_ranges(actual) or 'none'}")
+
+
+def _check_copied(written: dict, diff: DiffReport, report: VerifyReport) -> None:
+    """Shards the manifest calls byte-identical to the base must be, by the files' hashes."""
+    status = {s.name: s.status for s in diff.shards}
+    for name in written.get("copied_shards", []):
+        if status.get(name) != "identical":
+            report.discrepancies.append(
+                f"shard {name}: the manifest says it is the base's file, but it is {status.get(name, 'missing')}"
+            )
 
 
 def _check_heads(manifest: dict, diff: DiffReport, report: VerifyReport, actual: set[int]) -> None:

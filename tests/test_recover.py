@@ -120,9 +120,12 @@ def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
     forged = json.loads((out / "prune_manifest.json").read_text())
     forged["layers"] += [dict(forged["layers"][0], layer=i) for i in range(4, 8)]  # claims all 8 layers
     (out / "prune_manifest.json").write_text(json.dumps(forged))
+    forged["written"]["copied_shards"] = [SHARD1, SHARD2]  # and that shard 1 is the base's file
+    (out / "prune_manifest.json").write_text(json.dumps(forged))
     problems = verify(out).discrepancies
     assert problems == [
-        "manifest lists 8 pruned layers (0-7); weights differ from base in 4 (0-3); 4-7 are byte-identical to base"
+        "manifest lists 8 pruned layers (0-7); weights differ from base in 4 (0-3); 4-7 are byte-identical to base",
+        f"shard {SHARD1}: the manifest says it is the base's file, but it is changed",
     ]
     from surgeon.checkpoint import open_checkpoint
 
