@@ -92,7 +92,7 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
     @click.option("--base", "base", required=True, help="The unpruned checkpoint to compare with.")
     @click.option("--quant", type=click.Choice(["nf4"]), help="Load through bitsandbytes nf4.")
     @click.option("--no-cache", is_flag=True, help="Recompute the base's outputs.")
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.canary/1).")
     @canary_options
     @debug_option
     @handle_errors
@@ -121,15 +121,21 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
 
     @main.command()
     @click.argument("candidate")
-    @click.option("--base", "base", required=True)
+    @click.option("--base", "base", required=True, help="The checkpoint the rolled-back layers come from.")
     @click.option("--keep", default=None, help="Layers to keep from the candidate, e.g. 0-3 (or none).")
     @click.option("--auto", is_flag=True, help="Search the largest set of changed layers that passes the canary.")
     @click.option("--keep-non-layer", is_flag=True, help="Also take embeddings, norms and lm_head from the candidate.")
     @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
-    @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, file_okay=False))
-    @click.option("--force", is_flag=True)
+    @click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(path_type=Path, file_okay=False),
+        help="Folder to write (atomically).",
+    )
+    @click.option("--force", is_flag=True, help="Replace an existing output folder.")
     @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
     @canary_options
     @debug_option
     @handle_errors
@@ -165,7 +171,7 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
     @main.command()
     @click.argument("checkpoint")
     @click.option("--base", "base", help="Base to check the manifest's claims against (default: the recorded one).")
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.verify/1).")
     @debug_option
     @handle_errors
     def verify(checkpoint, base, as_json, debug) -> None:
