@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from surgeon.adapters import LayerSpec, ModelLayout, describe
+from surgeon.atomic import write_text_atomic
 from surgeon.calibration import DEFAULT_CORPUS, corpus_sha256, encode, load_tokenizer, read_corpus
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
@@ -35,7 +36,7 @@ from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.stream import Batch, LayerStream, resolve_device, resolve_dtype
 from surgeon.workdir import Workdir
-from surgeon.writer import WriteReport, write_checkpoint
+from surgeon.writer import MANIFEST_NAME, WriteReport, write_checkpoint
 
 MANIFEST_SCHEMA = "surgeon.prune_manifest/1"
 TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
@@ -170,22 +171,7 @@ class _Run:
     def execute(self, workdir_path: Path, output: Path, force: bool) -> PruneResult:
         started = time.perf_counter()
         tokenizer_path = Path(self.options.tokenizer) if self.options.tokenizer else self.ckpt.root
-        tokenizer = load_tokenizer(tokenizer_path)
-        texts = read_corpus(Path(self.options.calib) if self.options.calib else DEFAULT_CORPUS)
-        if self.options.calib_samples:
-            texts = texts[: self.options.calib_samples]
-        sequences = encode(tokenizer, texts, self.options.max_tokens)
-        if not sequences:
-            raise SurgeonError("the calibration corpus has no sequence of two tokens or more")
-        self._check_vocab(max(max(seq) for seq in sequences))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.calibration = {
-            "source": str(self.options.calib or DEFAULT_CORPUS),
-            "sha256": corpus_sha256(texts),
-            "samples": len(sequences),
-            "tokens": sum(map(len, sequences)),
-            "bos_token_id": tokenizer.bos_token_id,
-        }
+        sequences, pad_id = self._calibration(tokenizer_path)
         workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
         message = workdir.open()
         if message:
@@ -203,13 +189,41 @@ class _Run:
             del tensors
             if self.on_layer_done is not None:
                 self.on_layer_done(result)
-        write_started = time.perf_counter()
-        manifest_holder: dict = {}
+        passes = {"forward_calls": stream.forward_calls, "layer_passes": stream.forward_calls // len(batches)}
+        manifest = self._write(workdir, results, output, force, passes, start)
+        manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
+        write_text_atomic(output / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+        return PruneResult(output, results, manifest, stream.forward_calls, start)
+
+    def _calibration(self, tokenizer_path: Path) -> tuple[list[list[int]], int]:
+        """Token ids of the calibration corpus (one BOS each) and the pad id; records what
+        was used for the manifest."""
+        tokenizer = load_tokenizer(tokenizer_path)
+        texts = read_corpus(Path(self.options.calib) if self.options.calib else DEFAULT_CORPUS)
+        if self.options.calib_samples:
+            texts = texts[: self.options.calib_samples]
+        sequences = encode(tokenizer, texts, self.options.max_tokens)
+        if not sequences:
+            raise SurgeonError("the calibration corpus has no sequence of two tokens or more")
+        self._check_vocab(max(max(seq) for seq in sequences))
+        self.calibration = {
+            "source": str(self.options.calib or DEFAULT_CORPUS),
+            "sha256": corpus_sha256(texts),
+            "samples": len(sequences),
+            "tokens": sum(map(len, sequences)),
+            "bos_token_id": tokenizer.bos_token_id,
+        }
+        return sequences, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _write(self, workdir: Workdir, results, output: Path, force: bool, passes: dict, start: int) -> dict:
+        """The checkpoint, with the pruned tensors copied from the workdir's layer files."""
+        started = time.perf_counter()
+        holder: dict = {}
 
         def manifest(report: WriteReport) -> dict:
-            manifest_holder.update(self._manifest(report, results, stream.forward_calls, start))
-            manifest_holder["layer_passes"] = stream.forward_calls // len(batches)
-            return manifest_holder
+            holder.update(self._manifest(report, results, passes["forward_calls"], start))
+            holder["layer_passes"] = passes["layer_passes"]
+            return holder
 
         sources = {}
         for result in results:
@@ -225,10 +239,8 @@ class _Run:
             cache_dir=default_cache_dir(),
             durable=self.durable,
         )
-        self._time("write", write_started)
-        manifest_holder["timings"] = dict(self.timings, total=time.perf_counter() - started)
-        (output / "prune_manifest.json").write_text(json.dumps(manifest_holder, indent=2) + "\n")
-        return PruneResult(output, results, manifest_holder, stream.forward_calls, start)
+        self._time("write", started)
+        return holder
 
     def _check_vocab(self, largest_id: int) -> None:
         embed = next(
