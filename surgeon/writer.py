@@ -275,7 +275,10 @@ def _emit_replacement(data, sources: _Sources, emit) -> str:
         digest.update(chunk)  # the tensor's own hash, for the manifest
 
     if isinstance(data, TensorSource):
-        _copy_range(sources.open(data.path), data.start, data.end, both)
+        source = sources.open(data.path)
+        if source.size < data.end:
+            raise SurgeonError(f"{data.path}: {source.size} bytes, too short for a tensor ending at {data.end}")
+        _copy_range(source, data.start, data.end, both)
     else:
         both(data)
     return digest.hexdigest()

@@ -107,3 +107,15 @@ def test_force_replaces_an_existing_output(tmp_path):
     write_checkpoint(base, tmp_path / "out", {}, force=True)
     assert not (tmp_path / "out" / "old.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "surgeon-cache") == ["out"]
+
+
+def test_a_truncated_replacement_source_is_an_error(tmp_path):
+    from surgeon.writer import TensorSource
+
+    base = open_checkpoint(TRAINED)
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"\0" * 10)
+    size = base.tensors[Q0].nbytes
+    with pytest.raises(SurgeonError, match="too short"):
+        write_checkpoint(base, tmp_path / "out", {Q0: TensorSource(short, 0, size)})
+    assert not (tmp_path / "out").exists()
