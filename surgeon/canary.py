@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from surgeon.atomic import write_text_atomic
 from surgeon.calibration import with_one_bos
 from surgeon.errors import SurgeonError
+from surgeon.hashcache import user_cache_dir
 
 DEFAULT_PROMPTS = [
     "The capital of France is",
@@ -205,10 +205,7 @@ def cache_key(parts: dict) -> str:
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("SURGEON_CANARY_CACHE"):
-        return Path(os.environ["SURGEON_CANARY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "surgeon" / "canary"
+    return user_cache_dir("canary", "SURGEON_CANARY_CACHE")
 
 
 def cache_read(cache_dir: Path | None, key: str) -> dict | None:

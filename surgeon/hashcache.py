@@ -23,11 +23,16 @@ VERSION = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def default_cache_dir() -> Path:
-    if os.environ.get("SURGEON_CACHE_DIR"):
-        return Path(os.environ["SURGEON_CACHE_DIR"])
+def user_cache_dir(name: str, override_env: str) -> Path:
+    """$override_env if set, else $XDG_CACHE_HOME/surgeon/NAME (~/.cache by default)."""
+    if os.environ.get(override_env):
+        return Path(os.environ[override_env])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "surgeon" / "hashes"
+    return Path(base) / "surgeon" / name
+
+
+def default_cache_dir() -> Path:
+    return user_cache_dir("hashes", "SURGEON_CACHE_DIR")
 
 
 def hf_blob_sha256(path: Path) -> str | None:

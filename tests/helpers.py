@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -75,3 +76,7 @@ def encode(name: str, dtype: str, values: np.ndarray) -> TensorBytes:
     else:
         raise ValueError(dtype)
     return TensorBytes(name, dtype, tuple(values.shape), raw)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

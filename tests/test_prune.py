@@ -1,4 +1,3 @@
-import hashlib
 import json
 import shutil
 
@@ -14,14 +13,10 @@ from surgeon.heal import head_columns, heal_o_proj
 from surgeon.importance import mask_heads_hook, select_heads
 from surgeon.prune import PruneOptions, prune
 from surgeon.stream import Batch, LayerStream
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, sha
 
 TRAINED = FIXTURES / "gemma4-tiny-trained"
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_heal_from_gram_equals_least_squares_on_activations():

@@ -1,4 +1,3 @@
-import hashlib
 import json
 import shutil
 
@@ -10,15 +9,11 @@ from surgeon.canary import CanaryOptions, Prompt, cache_key, prompt_ids, read_pr
 from surgeon.canary_run import ComposedCanary, run_canary
 from surgeon.salvage import auto_plan, salvage
 from surgeon.verify import verify
-from tests.helpers import FIXTURES, make_variant, read_tensor
+from tests.helpers import FIXTURES, make_variant, read_tensor, sha
 
 TRAINED = FIXTURES / "gemma4-tiny-trained"
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 PROMPTS = read_prompts(None)
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def tokenizer_variant(add_bos: bool):

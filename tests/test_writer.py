@@ -1,5 +1,4 @@
 import errno
-import hashlib
 import os
 import threading
 
@@ -8,14 +7,10 @@ import pytest
 from surgeon.checkpoint import open_checkpoint
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.writer import write_checkpoint
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, sha
 
 TRAINED = FIXTURES / "gemma4-tiny-trained"
 Q0 = "model.layers.0.self_attn.q_proj.weight"
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def zeros_like(ckpt, name):
