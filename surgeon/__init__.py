@@ -1,11 +1,27 @@
 """surgeon: checkpoint surgery and diff toolkit for large language models.
 
 The engine is importable without Textual, and its cheap paths (diff, inspect) without torch.
+The public names load on first use, so a command pays only for the modules it runs.
 """
 
-from surgeon.checkpoint import Checkpoint, open_checkpoint
-from surgeon.diff import DiffOptions, DiffReport, diff_checkpoints
-from surgeon.errors import SurgeonError
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Checkpoint", "DiffOptions", "DiffReport", "SurgeonError", "diff_checkpoints", "open_checkpoint"]
+
+_EXPORTS = {
+    "Checkpoint": "surgeon.checkpoint",
+    "open_checkpoint": "surgeon.checkpoint",
+    "DiffOptions": "surgeon.diff",
+    "DiffReport": "surgeon.diff",
+    "diff_checkpoints": "surgeon.diff",
+    "SurgeonError": "surgeon.errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'surgeon' has no attribute {name!r}")

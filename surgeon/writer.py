@@ -127,7 +127,8 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
         ident = FileIdentity.of(shard.path)  # taken once: the cache entry and the checks agree
         known = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
         if changed or known is None:
-            _write_shard(base, shard_name, target, replacements, part, known, durable, should_stop)
+            base_tensor_shas = (cache.tensor_sha256(known) if known else None) or {}
+            _write_shard(base, shard_name, target, replacements, part, known, durable, should_stop, base_tensor_shas)
         else:
             _whole_copy(shard, target, known, part, durable, should_stop)
         if FileIdentity.of(shard.path) != ident:
@@ -169,9 +170,11 @@ def _write_shard(
     known: str | None = None,
     durable: bool = False,
     should_stop=None,
+    base_tensor_shas: dict[str, str] | None = None,
 ) -> None:
     """Write one shard, hashing the output; the base file is hashed in the same read unless
-    its SHA256 is `known` (from the hash cache)."""
+    its SHA256 is `known` (from the hash cache), and so are the replaced tensors' base bytes
+    unless the cache knows their hashes."""
     shard = base.shards[shard_name]
     ours = {n: replacements[n] for n in shard.tensors if n in replacements}
     out_digest, base_digest = hashlib.sha256(), hashlib.sha256()
@@ -184,14 +187,14 @@ def _write_shard(
         ThreadPoolExecutor(1) as hasher,
     ):
 
-        def emit(data, both: bool = hash_base) -> None:
-            # The output hash runs beside the write (both release the GIL); it must finish
-            # before the caller releases `data`.
+        def emit(data, also=None) -> None:
+            # The output hash runs beside the write and `also`'s hash (all release the GIL);
+            # it must finish before the caller releases `data`.
             pending = hasher.submit(out_digest.update, data)
             try:
                 _write_all(out, data)
-                if both:
-                    base_digest.update(data)
+                if also is not None:
+                    also.update(data)
             finally:
                 pending.result()
 
@@ -215,11 +218,13 @@ def _write_shard(
             if info.name not in ours:
                 continue
             keep(position, info.start)
-            with source.view(info.start, info.end) as original:
-                if hash_base:
-                    base_digest.update(original)
-                base_sha = hashlib.sha256(original).hexdigest()
-            source.release(info.start, info.end)
+            base_sha = (base_tensor_shas or {}).get(info.name)
+            if hash_base or base_sha is None:
+                with source.view(info.start, info.end) as original:
+                    if hash_base:
+                        base_digest.update(original)
+                    base_sha = base_sha or hashlib.sha256(original).hexdigest()
+                source.release(info.start, info.end)
             report.tensors[info.name] = {
                 "base_sha256": base_sha,
                 "sha256": _emit_replacement(ours[info.name], sources, emit),
@@ -268,11 +273,10 @@ def _plain_copy_range(src_fd: int, out, offset: int, count: int, path: Path) -> 
 
 def _emit_replacement(data, sources: _Sources, emit) -> str:
     """Write one replacement tensor; returns its SHA256."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()  # the tensor's own hash, for the manifest
 
     def both(chunk) -> None:
-        emit(chunk, both=False)
-        digest.update(chunk)  # the tensor's own hash, for the manifest
+        emit(chunk, also=digest)
 
     if isinstance(data, TensorSource):
         source = sources.open(data.path)
