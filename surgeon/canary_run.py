@@ -157,9 +157,17 @@ class BaseOutputs:
         return found
 
 
-def score(model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions) -> list[PromptResult]:
+def score(
+    model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions, cancel=None, progress=None
+) -> list[PromptResult]:
+    """Each prompt's checks; `cancel` (a threading.Event) is looked at between prompts."""
+    from surgeon.parallel import check_stop
+
     results = []
+    if progress is not None:
+        progress.start("canary", len(prompts), unit="prompts")
     for prompt, prompt_tokens, base in zip(prompts, ids, base_out, strict=True):
+        check_stop(cancel.is_set if cancel is not None else None)
         tokens = model.generate(prompt_tokens, options.max_new_tokens)
         on_base = model.nll(prompt_tokens, base["tokens"])
         on_own = model.nll(prompt_tokens, tokens)
@@ -177,6 +185,10 @@ def score(model: CanaryModel, tokenizer, prompts, ids, base_out, options: Canary
         )
         judge(result, options)
         results.append(result)
+        if progress is not None:
+            progress.advance(1)
+    if progress is not None:
+        progress.stop()
     return results
 
 
@@ -238,18 +250,25 @@ class ComposedCanary:
         self._base_tensors = _read(self.base, names)
         self._candidate_tensors = _read(self.candidate, names)
         self.runs = 0
+        self._reports: dict[frozenset[int], CanaryReport] = {}
 
-    def run(self, layers) -> CanaryReport:
-        """Canary of base + the candidate's changes in `layers`."""
-        keep = set(layers)
+    def run(self, layers, cancel=None, progress=None) -> CanaryReport:
+        """Canary of base + the candidate's changes in `layers`. Generation is deterministic
+        (greedy), so a plan already run is answered from memory."""
+        keep = frozenset(layers) & frozenset(self.changed)
+        if keep in self._reports:
+            return self._reports[keep]
         swap = {}
         for layer, names in self.changed.items():
             source = self._candidate_tensors if layer in keep else self._base_tensors
             swap.update({n: source[n] for n in names})
         self.model.apply(swap)
+        results = score(
+            self.model, self.tokenizer, self.prompts, self.ids, self.base_out, self.options, cancel, progress
+        )
         self.runs += 1
-        results = score(self.model, self.tokenizer, self.prompts, self.ids, self.base_out, self.options)
-        return _report(results, self.options, True)
+        self._reports[keep] = _report(results, self.options, True)
+        return self._reports[keep]
 
 
 def changed_by_layer(base: Checkpoint, candidate: Checkpoint) -> dict[int, list[str]]:

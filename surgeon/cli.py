@@ -261,6 +261,30 @@ def _render_inspect(data: dict, verbose: bool, console) -> None:
     render_inspect(data, console, verbose)
 
 
+@main.command()
+@click.argument("base", required=False)
+@click.argument("candidate", required=False)
+@debug_option
+@handle_errors
+def tui(base, candidate, debug) -> None:
+    """Interactive diff, rollback plan, canary, prune and write over BASE and CANDIDATE.
+
+    With no arguments it opens the bundled demo pair: the tiny trained model and its
+    all-layers prune, whose canary fails.
+    """
+    from surgeon.checkpoint import open_checkpoint
+    from surgeon.demo import FIXTURE
+
+    if (base is None) != (candidate is None):
+        raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
+    if base is None:
+        base, candidate = str(FIXTURE), str(FIXTURE.with_name(FIXTURE.name + "-pruned"))
+    roots = [open_checkpoint(path).root for path in (base, candidate)]  # bad input: one line, before the screen
+    from tui.app import SurgeonApp
+
+    SurgeonApp(*roots).run()
+
+
 def _register_commands() -> None:
     from surgeon import cli_prune, cli_recover
 

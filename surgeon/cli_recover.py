@@ -60,30 +60,10 @@ def _canary_settings(kw: dict):
 
 
 def render_canary(report, console) -> None:
-    from rich.table import Table
-    from rich.text import Text
+    from surgeon.render_recover import canary_table, canary_verdict
 
-    table = Table(title="Canary", title_justify="left", show_lines=True)
-    for column in ("prompt", "base", "model", "drift", "self/base", "rep", "agree", "verdict"):
-        table.add_column(column, overflow="fold")
-    for p in report.prompts:
-        verdict = Text("pass", style="green") if p.passed else Text("FAIL: " + "; ".join(p.failures), style="red")
-        table.add_row(
-            p.prompt,
-            p.base_text,
-            p.text,
-            f"{p.drift:.2f}",
-            f"{p.self_ratio:.2f}",
-            f"{p.repetition:.2f}",
-            str(p.agreement),
-            verdict,
-        )
-    console.print(table)
-    passed = sum(p.passed for p in report.prompts)
-    style = "bold green" if report.passed else "bold red"
-    console.print(
-        Text(f"canary {'passed' if report.passed else 'FAILED'}: {passed}/{len(report.prompts)} prompts", style=style)
-    )
+    console.print(canary_table(report))
+    console.print(canary_verdict(report))
 
 
 def register(main: click.Group, handle_errors, console_for, debug_option) -> None:
@@ -205,13 +185,9 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
 
 
 def render_verify(report, console) -> None:
-    against = f" against {report.base}" if report.base else ""
-    console.print(f"verify {report.checkpoint}{against}", highlight=False)
-    for check in report.checks:
-        console.print(f"[green]ok[/]   {check}")
-    for problem in report.discrepancies:
-        console.print(f"[red]FAIL[/] {problem}")
-    console.print("[bold green]verified[/]" if report.ok else f"[bold red]{len(report.discrepancies)} discrepancies[/]")
+    from surgeon.render_recover import verify_text
+
+    console.print(verify_text(report), highlight=False)
 
 
 def _composed(base, candidate, prompts, options, kw):

@@ -65,7 +65,8 @@ def describe_layers(layers: list[int] | set[int], count_them: bool = False) -> s
     return text
 
 
-def parse_layers(spec: str, num_layers: int) -> list[int]:
+def parse_layers(spec: str, num_layers: int, what: str = "--layers") -> list[int]:
+    """Layer indices from "all" or ranges like "0-3,7"; `what` names the input in errors."""
     if spec.strip() == "all":
         return list(range(num_layers))
     chosen: set[int] = set()
@@ -74,8 +75,8 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
             first, _, last = part.strip().partition("-")
             chosen.update(range(int(first), int(last or first) + 1))
     except ValueError:
-        raise SurgeonError(f"--layers {spec!r}: use 'all' or ranges like 0-3,7") from None
+        raise SurgeonError(f"{what} {spec!r}: use 'all' or ranges like 0-3,7") from None
     outside = sorted(i for i in chosen if not 0 <= i < num_layers)
     if outside:
-        raise SurgeonError(f"--layers {spec!r}: layer {outside[0]} does not exist (0-{num_layers - 1})")
+        raise SurgeonError(f"{what} {spec!r}: layer {outside[0]} does not exist (0-{num_layers - 1})")
     return sorted(chosen)

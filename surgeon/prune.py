@@ -128,9 +128,11 @@ def prune(
     cancel: threading.Event | None = None,
     on_layer_done=None,
     durable: bool = False,
+    on_phase=None,
 ) -> PruneResult:
-    """Prune `base` into `output`. `on_layer_done(result)` is called after each layer (the
-    TUI follows along with it; tests use it to kill a run midway)."""
+    """Prune `base` into `output`. `on_phase(layer, phase)` is called as each layer enters a
+    phase and `on_layer_done(result)` after each layer (the TUI follows along with them;
+    tests use the latter to kill a run midway)."""
     options.validate()
     return_freed_memory()
     progress = progress or NoProgress()
@@ -141,7 +143,7 @@ def prune(
 
     check_output_path(Path(output), [ckpt], force)
     run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)
-    run.durable = durable
+    run.durable, run.on_phase = durable, on_phase
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="surgeon-prune-") as scratch:
             return run.execute(Path(scratch), Path(output), force)
@@ -161,6 +163,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.messages: list[str] = []
         self.durable = False
+        self.on_phase = None
 
     def should_stop(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -309,6 +312,8 @@ class _Run:
 
     @contextlib.contextmanager
     def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):
+        if self.on_phase is not None:
+            self.on_phase(spec.index, name)
         self.progress.start(f"layer {spec.index}/{len(self.layout.layers) - 1} {name}", total, unit=unit)
         started = time.perf_counter()
         try:

@@ -69,6 +69,7 @@ def salvage(
     auto_steps: list[AutoStep] | None = None,
     cancel=None,
     durable: bool = False,
+    progress=None,
 ) -> tuple[WriteReport, dict]:
     """Write base + the candidate's layers in `keep`. `canary_after(output) -> dict` runs on
     the written result and is recorded in the manifest."""
@@ -93,6 +94,7 @@ def salvage(
         cancel=cancel,
         cache_dir=default_cache_dir(),
         durable=durable,
+        progress=progress,
     )
     if canary_after is not None:
         holder["salvage"]["canary_after"] = canary_after(Path(output))

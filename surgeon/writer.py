@@ -28,6 +28,7 @@ from surgeon.errors import Cancelled, SurgeonError
 from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.hashing import default_workers
 from surgeon.parallel import check_stop, map_cancellable
+from surgeon.progress import NoProgress, ProgressSink
 from surgeon.safetensors_format import ShardHeader
 from surgeon.tensor_io import MappedShard
 
@@ -81,6 +82,7 @@ def write_checkpoint(
     cancel: threading.Event | None = None,
     cache_dir: Path | None = None,
     durable: bool = False,
+    progress: ProgressSink | None = None,
 ) -> WriteReport:
     """Write base with `replacements` (tensor name -> raw bytes of the same dtype and shape,
     given in memory or as a byte range of another file). Shards are written in parallel.
@@ -102,7 +104,12 @@ def write_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         tmp.chmod(0o777 & ~current_umask())
-        report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel, durable)
+        progress = progress or NoProgress()
+        progress.start("writing", sum(s.file_size for s in base.shards.values()))
+        try:
+            report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel, durable, progress.advance)
+        finally:
+            progress.stop()
         _copy_side_files(base, tmp)
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
@@ -117,7 +124,7 @@ def write_checkpoint(
     return report
 
 
-def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache, cancel, durable) -> WriteReport:
+def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache, cancel, durable, advance):
     def work(shard_name: str, should_stop) -> WriteReport:
         check_stop(should_stop)
         part = WriteReport()
@@ -128,9 +135,11 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
         known = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
         if changed or known is None:
             base_tensor_shas = (cache.tensor_sha256(known) if known else None) or {}
-            _write_shard(base, shard_name, target, replacements, part, known, durable, should_stop, base_tensor_shas)
+            _write_shard(
+                base, shard_name, target, replacements, part, known, durable, should_stop, base_tensor_shas, advance
+            )
         else:
-            _whole_copy(shard, target, known, part, durable, should_stop)
+            _whole_copy(shard, target, known, part, durable, should_stop, advance)
         if FileIdentity.of(shard.path) != ident:
             raise SurgeonError(f"{shard.path}: changed while it was being copied")
         if not changed and known is None:  # the base file's hash, read anyway: the next copy skips it
@@ -149,13 +158,14 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
     return report
 
 
-def _whole_copy(shard: ShardHeader, target: Path, known: str, report: WriteReport, durable, should_stop) -> None:
+def _whole_copy(shard: ShardHeader, target: Path, known: str, report: WriteReport, durable, should_stop, advance):
     """An unchanged shard whose SHA256 the cache already knows: copied in the kernel."""
     with open(shard.path, "rb") as source, open(target, "wb", buffering=0) as out:
         for offset in range(0, shard.file_size, COPY_CHUNK * 8):
             check_stop(should_stop)
             count = min(COPY_CHUNK * 8, shard.file_size - offset)
             _kernel_copy_range(source.fileno(), out, offset, count, shard.path)
+            advance(count)
         if durable:
             os.fsync(out.fileno())
     report.shards[shard.name] = report.base_shards[shard.name] = known
@@ -171,6 +181,7 @@ def _write_shard(
     durable: bool = False,
     should_stop=None,
     base_tensor_shas: dict[str, str] | None = None,
+    advance=lambda _count: None,
 ) -> None:
     """Write one shard, hashing the output; the base file is hashed in the same read unless
     its SHA256 is `known` (from the hash cache), and so are the replaced tensors' base bytes
@@ -197,6 +208,7 @@ def _write_shard(
                     also.update(data)
             finally:
                 pending.result()
+            advance(memoryview(data).nbytes)
 
         def keep(start: int, end: int) -> None:
             """Base bytes that stay: copied by the kernel, hashed from the mapping meanwhile."""
@@ -212,6 +224,7 @@ def _write_shard(
                     finally:
                         pending.result()  # the hash reads `view`: done before it is released
                 source.release(offset, stop)
+                advance(stop - offset)
 
         position = 0
         for info in sorted(shard.tensors.values(), key=lambda t: (t.start, t.end)):

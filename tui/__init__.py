@@ -1,1 +1,1 @@
-"""surgeon's Textual app (built in a later issue); imports surgeon, never the reverse."""
+"""surgeon's Textual app (`surgeon tui`); it imports surgeon, never the reverse."""

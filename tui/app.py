@@ -1,0 +1,461 @@
+"""The surgeon TUI: diff, rollback plan, canary, prune and write over one base/candidate pair.
+
+The app holds the session (the pair, the diff report, the rollback plan, canary results per
+plan) and runs every engine call in a thread worker, one at a time, with a progress bar and
+a cancel key. Engine errors become dialogs; nothing here computes what is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Label, ProgressBar, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from tui.dialogs import ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
+from tui.jobs import Job
+from tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
+
+TABS = ("overview", "tensors", "plan", "canary", "prune")
+
+CSS = """
+#job-bar { height: 1; display: none; background: $boost; }
+#job-bar.running { display: block; }
+#job-label { width: auto; max-width: 40; padding: 0 1; }
+#job-progress { width: 1fr; }
+#job-hint { width: auto; padding: 0 1; color: $text-muted; }
+#summary, #plan-summary, #canary-status, #tensor-count { height: auto; padding: 0 1; }
+.section { padding: 0 1; text-style: bold; }
+#layer-map { height: 1fr; min-height: 5; }
+#shards { height: auto; max-height: 7; }
+#tensor-filters { height: 3; }
+#filter-text { width: 1fr; }
+#filter-status { width: 16; }
+#filter-layers { width: 14; }
+#filter-layers.invalid { border: tall $error; }
+#tensor-table { height: 1fr; }
+#plan-controls, #canary-controls { height: 3; }
+#plan-range { width: 1fr; }
+#plan-map { height: 1fr; }
+#canary-scroll { height: 1fr; }
+.form-row { height: 3; }
+.form-label { width: 11; padding: 1 1 0 0; text-align: right; }
+#prune-frac, #prune-layers, #prune-importance, #prune-heal { width: 1fr; }
+#prune-output { width: 1fr; }
+#prune-progress { height: auto; min-height: 4; }
+.dialog-screen { align: center middle; }
+#dialog { width: 90%; max-width: 100; height: auto; max-height: 90%; border: thick $primary; background: $surface;
+          padding: 0 1; }
+#dialog.error { border: thick $error; }
+#dialog-title { text-style: bold; padding-bottom: 1; }
+#dialog-body { height: auto; max-height: 16; }
+#dialog-buttons { height: 3; align: right middle; }
+#dialog-buttons Button { margin-left: 1; }
+#write-description { padding-bottom: 1; }
+"""
+
+
+class SurgeonApp(App):
+    TITLE = "surgeon"
+    CSS = CSS
+    BINDINGS = [
+        Binding("1", "show_tab('overview')", "Overview", show=False),
+        Binding("2", "show_tab('tensors')", "Tensors", show=False),
+        Binding("3", "show_tab('plan')", "Plan", show=False),
+        Binding("4", "show_tab('canary')", "Canary", show=False),
+        Binding("5", "show_tab('prune')", "Prune", show=False),
+        Binding("c", "canary", "Canary"),
+        Binding("w", "write", "Write"),
+        Binding("x", "cancel_job", "Cancel job"),
+        Binding("ctrl+z", "undo", "Undo"),
+        Binding("ctrl+y", "redo", "Redo"),
+        Binding("n", "toggle_non_layer", "Non-layer", show=False),
+        Binding("question_mark,f1", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, base: Path, candidate: Path):
+        super().__init__()
+        self.base, self.candidate = Path(base), Path(candidate)
+        self.report = None
+        self.plan = None
+        self.composed = None  # the canary's in-memory model, built once per candidate
+        self.canary_reports: dict[frozenset[int], object] = {}
+        self.job: Job | None = None
+        self.last_verify = None
+
+    # --- layout -------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="job-bar"):
+            yield Label("", id="job-label")
+            yield ProgressBar(id="job-progress", show_eta=False)
+            yield Label("x: cancel", id="job-hint")
+        with TabbedContent(initial="overview"):
+            with TabPane("1 Overview", id="overview"):
+                yield OverviewPane()
+            with TabPane("2 Tensors", id="tensors"):
+                yield TensorsPane()
+            with TabPane("3 Plan", id="plan"):
+                yield PlanPane()
+            with TabPane("4 Canary", id="canary"):
+                yield CanaryPane()
+            with TabPane("5 Prune", id="prune"):
+                yield PrunePane()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.base.name} → {self.candidate.name}"
+        self.set_interval(0.2, self._draw_job)
+        self.load_pair()
+
+    # --- loading the pair ---------------------------------------------------------------
+
+    def load_pair(self) -> None:
+        """Hash and diff base and candidate; the screens fill in when it is done."""
+        from surgeon.checkpoint import open_checkpoint
+        from surgeon.diff import DiffOptions, diff_checkpoints
+        from surgeon.hashcache import default_cache_dir
+
+        base, candidate = self.base, self.candidate
+
+        def work(job: Job):
+            options = DiffOptions(cache_dir=default_cache_dir())
+            pair = open_checkpoint(str(base)), open_checkpoint(str(candidate))
+            return diff_checkpoints(*pair, options, progress=job.progress, cancel=job.cancel)
+
+        self.start_job("hashing", work, self._loaded)
+
+    def _loaded(self, report) -> None:
+        from surgeon.plan import RollbackPlan
+
+        self.report, self.plan = report, RollbackPlan(report)
+        self.query_one(TensorsPane).show(report)
+        self.refresh_plan()
+        self.notify(f"{len(report.tensors)} tensors compared", timeout=3)
+
+    def refresh_plan(self) -> None:
+        if self.report is None:
+            return
+        self.query_one(OverviewPane).show(self.report, self.plan)
+        self.query_one(PlanPane).show(self.report, self.plan, self.candidate.name)
+        self.query_one(CanaryPane).show(self.plan_label(), self.canary_reports.get(self.plan_key()))
+
+    def plan_key(self) -> frozenset[int]:
+        return frozenset(self.plan.keep)
+
+    def plan_label(self) -> str:
+        return f"keep {self.plan.summary().keep_text}"
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def start_job(self, name: str, work: Callable[[Job], object], done: Callable[[object], None]) -> bool:
+        if self.job is not None:
+            self.notify(f"Busy: {self.job.name} is running (x cancels it)", severity="warning")
+            return False
+        job = Job(name)
+        job.progress.start(name, 0)
+        self.job = job
+        job.worker = self.run_worker(lambda: work(job), thread=True, exit_on_error=False, name=name, group="job")
+        job.done = done
+        self._draw_job()
+        return True
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        job = self.job
+        if job is None or event.worker is not job.worker or event.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            return
+        self.job = None
+        self._draw_job()
+        if event.state == WorkerState.SUCCESS:
+            job.done(event.worker.result)
+        elif event.state == WorkerState.ERROR:
+            self._job_failed(job, event.worker.error)
+        else:
+            self.notify(f"{job.name} cancelled", timeout=3)
+
+    def _job_failed(self, job: Job, error: BaseException | None) -> None:
+        from surgeon.errors import Cancelled, SurgeonError
+
+        if isinstance(error, Cancelled):
+            self.notify(f"{job.name} cancelled; nothing was written", timeout=4)
+        elif isinstance(error, SurgeonError):
+            self.show_error(f"{job.name} failed", str(error))
+        else:
+            self.show_error(f"{job.name} failed", f"{type(error).__name__}: {error}")
+
+    def _draw_job(self) -> None:
+        bar = self.query_one("#job-bar")
+        if self.job is None:
+            bar.remove_class("running")
+            return
+        bar.add_class("running")
+        state = self.job.progress.snapshot()
+        self.query_one("#job-label", Label).update(f"{self.job.name}: {state.description}")
+        progress = self.query_one("#job-progress", ProgressBar)
+        progress.update(total=state.total or None, progress=state.done)
+
+    def action_cancel_job(self) -> None:
+        if self.job is None:
+            self.notify("Nothing is running", timeout=2)
+            return
+        self.job.cancel.set()
+        self.notify(f"Cancelling {self.job.name}...", timeout=2)
+
+    # --- plan ---------------------------------------------------------------------------
+
+    def _need_report(self) -> bool:
+        if self.report is None:
+            self.notify("Still hashing the checkpoints", severity="warning")
+        return self.report is not None
+
+    def toggle_layer(self, layer: int) -> None:
+        self._plan_change(lambda: self.plan.toggle(layer))
+
+    def plan_range(self, how: str, spec: str) -> None:
+        if not spec.strip():
+            self.notify("Type layers first, e.g. 4-59", severity="warning")
+            return
+        self._plan_change(lambda: getattr(self.plan, how)(spec))
+
+    def action_toggle_non_layer(self) -> None:
+        self._plan_change(self.plan.toggle_non_layer if self.plan else None)
+
+    def action_undo(self) -> None:
+        if self._need_report() and not self.plan.undo():
+            self.notify("Nothing to undo", timeout=2)
+        self.refresh_plan()
+
+    def action_redo(self) -> None:
+        if self._need_report() and not self.plan.redo():
+            self.notify("Nothing to redo", timeout=2)
+        self.refresh_plan()
+
+    def _plan_change(self, change) -> None:
+        from surgeon.errors import SurgeonError
+
+        if not self._need_report():
+            return
+        try:
+            change()
+        except SurgeonError as exc:
+            self.show_error("Plan not changed", str(exc))
+            return
+        self.refresh_plan()
+
+    # --- canary -------------------------------------------------------------------------
+
+    def action_canary(self) -> None:
+        if not self._need_report():
+            return
+        self.action_show_tab("canary")
+        key = self.plan_key()
+        if key in self.canary_reports:
+            self.notify("This plan's canary is already known", timeout=2)
+            return
+        base, candidate, report = self.base, self.candidate, self.report
+
+        def work(job: Job):
+            if self.composed is None:
+                job.progress.start("loading the base model and its outputs", 0)
+                self.composed = _composed_canary(base, candidate, report)
+            return key, self.composed.run(key, cancel=job.cancel, progress=job.progress)
+
+        self.start_job("canary", work, self._canary_done)
+
+    def _canary_done(self, result) -> None:
+        key, report = result
+        self.canary_reports[key] = report
+        self.refresh_plan()
+
+    # --- write --------------------------------------------------------------------------
+
+    def action_write(self) -> None:
+        if not self._need_report():
+            return
+        summary = self.plan.summary()
+        if summary.problems:
+            self.show_error("Cannot write this pair", "\n".join(summary.problems))
+            return
+        from tui.views import plan_text
+
+        default = Path.cwd() / f"{self.candidate.name}-salvaged"
+        dialog = WriteDialog(default, plan_text(summary, self.candidate.name).plain)
+        self.push_screen(dialog, self._write_confirmed)
+
+    def _write_confirmed(self, answer) -> None:
+        if answer is None:
+            return
+        output, replace = answer
+        base, candidate, keep = self.base, self.candidate, self.plan.keep
+        keep_non_layer = self.plan.state.keep_non_layer
+
+        def work(job: Job):
+            from surgeon.salvage import salvage
+            from surgeon.verify import verify
+
+            salvage(
+                candidate,
+                base,
+                keep,
+                output,
+                keep_non_layer=keep_non_layer,
+                force=replace,
+                cancel=job.cancel,
+                progress=job.progress,
+            )
+            job.progress.start("verifying what was written", 0)
+            return verify(output, base)
+
+        self.start_job("write", work, self._written)
+
+    def _written(self, report) -> None:
+        from surgeon.render_recover import verify_text
+
+        self.last_verify = report
+        title = "Written and verified" if report.ok else "Written, but verify found discrepancies"
+        self.push_screen(MessageDialog(title, verify_text(report), error=not report.ok))
+
+    # --- prune --------------------------------------------------------------------------
+
+    def action_prune(self) -> None:
+        from surgeon.errors import SurgeonError
+
+        pane = self.query_one(PrunePane)
+        try:
+            options, output = _prune_request(pane.form(), self.base)
+        except SurgeonError as exc:
+            self.show_error("Prune options", str(exc))
+            return
+        base = self.base
+
+        def work(job: Job):
+            from surgeon.prune import prune
+
+            return prune(
+                base,
+                output,
+                options,
+                progress=job.progress,
+                cancel=job.cancel,
+                on_layer_done=lambda result: self.call_from_thread(pane.layer_done, result),
+                on_phase=lambda layer, phase: self.call_from_thread(pane.phase, layer, phase),
+            )
+
+        pane.reset_progress()
+        self.start_job("prune", work, self._pruned)
+
+    def _pruned(self, result) -> None:
+        self.notify(f"Pruned into {result.output}; it is now the candidate", timeout=5)
+        self.open_candidate(Path(result.output))
+
+    def open_candidate(self, candidate: Path) -> None:
+        self.candidate = candidate
+        self.sub_title = f"{self.base.name} → {self.candidate.name}"
+        self.report, self.plan, self.composed, self.canary_reports = None, None, None, {}
+        self.action_show_tab("overview")
+        self.load_pair()
+
+    # --- navigation, dialogs, quitting --------------------------------------------------
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def open_tensor(self, name: str) -> None:
+        tensor = next((t for t in self.report.tensors if t.name == name), None) if self.report else None
+        if tensor is not None:
+            self.push_screen(TensorDetail(tensor))
+
+    def show_error(self, title: str, message: str) -> None:
+        self.push_screen(MessageDialog(title, message, error=True))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        job = self.job
+        if job is None or job.name != "write":
+            if job is not None:
+                job.cancel.set()
+            self.exit()
+            return
+
+        def answered(quit_now: bool | None) -> None:
+            if quit_now:
+                job.cancel.set()
+                self.run_worker(self._exit_after(job), exclusive=False)
+
+        self.push_screen(ConfirmDialog("A write is running. Cancel it and quit?", "Cancel write and quit"), answered)
+
+    async def _exit_after(self, job: Job) -> None:
+        await job.worker.wait()
+        self.exit()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        commands = [
+            ("Overview", "Layer map, summary and shard verdicts", lambda: self.action_show_tab("overview")),
+            ("Tensors", "Every tensor: filter, sort, open one", lambda: self.action_show_tab("tensors")),
+            ("Rollback plan", "Choose the layers to keep", lambda: self.action_show_tab("plan")),
+            ("Canary tab", "Results of the canary per plan", lambda: self.action_show_tab("canary")),
+            ("Prune tab", "Prune the base into a new candidate", lambda: self.action_show_tab("prune")),
+            ("Run canary", "Canary on the current plan, in memory", self.action_canary),
+            ("Write plan", "Write the current plan to a folder and verify it", self.action_write),
+            ("Start prune", "Prune the base with the Prune tab's options", self.action_prune),
+            ("Undo plan change", "Undo the last rollback-plan change", self.action_undo),
+            ("Redo plan change", "Redo a rollback-plan change", self.action_redo),
+            ("Toggle non-layer tensors", "Embeddings, final norm, lm_head", self.action_toggle_non_layer),
+            ("Cancel job", "Stop the running hash, canary, prune or write", self.action_cancel_job),
+            ("Rehash", "Hash and compare base and candidate again", self.load_pair),
+            ("Help", "Keys and symbols", self.action_help),
+        ]
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+
+
+def _composed_canary(base: Path, candidate: Path, report):
+    """The canary's model: base weights in memory, the candidate's changed layers swappable.
+    The diff already knows which tensors changed, so nothing is hashed again."""
+    from surgeon.canary import CanaryOptions, default_cache_dir, read_prompts
+    from surgeon.canary_run import ComposedCanary
+    from surgeon.errors import SurgeonError
+
+    changed: dict[int, list[str]] = {}
+    for t in report.tensors:
+        if t.status == "identical":
+            continue
+        if t.layer is None or t.status != "changed":
+            raise SurgeonError(f"{t.name}: {t.status} outside a layer; the canary composes changed layers only")
+        changed.setdefault(t.layer, []).append(t.name)
+    prompts = read_prompts(None)
+    return ComposedCanary(base, candidate, prompts, CanaryOptions(), "auto", "auto", None, default_cache_dir(), changed)
+
+
+def _prune_request(form: dict, base: Path):
+    """PruneOptions and the output folder from the Prune tab's fields."""
+    from surgeon.errors import SurgeonError
+    from surgeon.prune import PruneOptions
+
+    try:
+        fraction = float(form["fraction"])
+    except ValueError:
+        raise SurgeonError(f"fraction {form['fraction']!r}: give a number in [0, 1), e.g. 0.125") from None
+    options = PruneOptions(prune_frac=fraction, layers=form["layers"], importance=form["importance"], heal=form["heal"])
+    options.validate()
+    output = Path(form["output"]).expanduser() if form["output"] else _free_folder(Path.cwd() / f"{base.name}-pruned")
+    if output.exists():
+        raise SurgeonError(f"{output}: already exists; choose another output folder")
+    return options, output
+
+
+def _free_folder(path: Path) -> Path:
+    candidate, number = path, 2
+    while candidate.exists():
+        candidate, number = path.with_name(f"{path.name}-{number}"), number + 1
+    return candidate

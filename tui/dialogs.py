@@ -1,0 +1,198 @@
+"""Modal screens: errors, confirmations, help, the write dialog and a tensor's detail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Markdown, Static
+
+
+class MessageDialog(ModalScreen[None]):
+    """An error, or a result to read (verify): dismissed with Enter or Escape."""
+
+    BINDINGS = [Binding("escape,enter", "dismiss", "Close")]
+
+    def __init__(self, title: str, body: str | Text, error: bool = False):
+        super().__init__(classes="dialog-screen")
+        self.title_text, self.body, self.error = title, body, error
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="error" if self.error else ""):
+            yield Label(self.title_text, id="dialog-title")
+            with VerticalScroll(id="dialog-body"):
+                yield Static(self.body, id="dialog-text")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("OK", id="ok", variant="primary")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
+
+    async def action_dismiss(self, result=None) -> None:
+        self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    BINDINGS = [Binding("escape", "no", "No"), Binding("y", "yes", "Yes")]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No"):
+        super().__init__(classes="dialog-screen")
+        self.question, self.yes_label, self.no_label = question, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.question, id="dialog-text")
+            with Horizontal(id="dialog-buttons"):
+                yield Button(self.yes_label, id="yes", variant="error")
+                yield Button(self.no_label, id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+
+class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
+    """Where to write the current plan, with what it will write; returns (path, replace)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, default_output: Path, description: str):
+        super().__init__(classes="dialog-screen")
+        self.default_output, self.description = default_output, description
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Write the rollback plan", id="dialog-title")
+            yield Static(self.description, id="write-description")
+            yield Label("Output folder")
+            yield Input(str(self.default_output), id="write-output")
+            yield Checkbox("Replace the folder if it exists", id="write-replace")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Write", id="write", variant="success")
+                yield Button("Cancel", id="cancel")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "write":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._submit()
+
+    def _submit(self) -> None:
+        text = self.query_one("#write-output", Input).value.strip()
+        if not text:
+            self.notify("Give an output folder", severity="error")
+            return
+        self.dismiss((Path(text).expanduser(), self.query_one("#write-replace", Checkbox).value))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+HELP = """\
+# surgeon
+
+Compare a **base** checkpoint with a **candidate** (a pruned one), choose which changed
+layers to keep, check the choice with the canary, and write it.
+
+| key | action |
+|---|---|
+| `1`-`5` | Overview, Tensors, Plan, Canary, Prune |
+| `space` | on a layer row: keep it from the candidate / roll it back to base |
+| `ctrl+z` / `ctrl+y` | undo / redo a plan change |
+| `n` | toggle non-layer tensors (embeddings, final norm, lm_head) |
+| `c` | run the canary on the current plan (in memory, nothing written) |
+| `w` | write the plan to a folder, then verify it |
+| `x` | cancel the running job |
+| `enter` | on a tensor: its hashes, stats and heads |
+| `ctrl+p` | command palette: every action by name |
+| `?` | this help |
+| `q` | quit (asks first while a write runs) |
+
+Layer map: `·` identical, `●` changed, `H` heads zeroed, `↺` rolled back to base.
+Shard verdicts come from file SHA256s: identical, header-only, changed.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def __init__(self):
+        super().__init__(classes="dialog-screen")
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Markdown(HELP, id="help-text")
+
+    async def action_dismiss(self, result=None) -> None:
+        self.dismiss(None)
+
+
+class TensorDetail(ModalScreen[None]):
+    BINDINGS = [Binding("escape,enter", "dismiss", "Close")]
+
+    def __init__(self, tensor):
+        super().__init__(classes="dialog-screen")
+        self.tensor = tensor
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="dialog"):
+            yield Label(self.tensor.name, id="dialog-title")
+            yield Static(tensor_detail(self.tensor), id="tensor-detail")
+
+    async def action_dismiss(self, result=None) -> None:
+        self.dismiss(None)
+
+
+def tensor_detail(t) -> Table:
+    """Everything the diff knows about one tensor."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("status", t.status)
+    grid.add_row("layer", "-" if t.layer is None else str(t.layer))
+    grid.add_row("family", t.family)
+    for label, side in (("base", t.base), ("candidate", t.other)):
+        if side is None:
+            grid.add_row(label, "(absent)")
+            continue
+        grid.add_row(label, f"{side.dtype} {list(side.shape)} in {side.shard}")
+        grid.add_row(f"{label} sha256", side.sha256 or "(not hashed)")
+    if t.stats is not None:
+        s = t.stats
+        grid.add_row("elements changed", f"{s.elements_changed} ({s.frac_changed:.2%})")
+        for label, value in (("max |delta|", s.max_abs_delta), ("relative", s.rel_frobenius), ("cosine", s.cosine)):
+            grid.add_row(label, "-" if value is None else f"{value:.6g}")
+    if t.heads is not None:
+        grid.add_row("heads", head_view(t.heads))
+    return grid
+
+
+def head_view(heads) -> Text:
+    """One mark per head along the projection's head axis."""
+    marks = {"unchanged": ("·", "dim"), "changed": ("●", "yellow"), "zeroed": ("0", "bold red")}
+    text = Text(f"{heads.projection} {heads.axis}, {heads.num_heads} heads of {heads.head_dim}\n")
+    for index, status in enumerate(heads.statuses):
+        mark, style = marks.get(status, ("?", "magenta"))
+        text.append(f"{index}:", style="dim").append(mark, style=style).append(" ")
+    zeroed = heads.heads_with("zeroed")
+    if zeroed:
+        text.append(f"\nzeroed: {', '.join(map(str, zeroed))}", style="red")
+    if heads.uniform_attention:
+        text.append(f"\nuniform attention (q zeroed, o kept): {heads.uniform_attention}", style="magenta")
+    return text

@@ -1,0 +1,266 @@
+"""The app's five tabs. They draw what the app's session holds and turn keys and clicks into
+app actions; none of them calls the engine."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
+
+from tui import views
+
+
+class LayerMap(DataTable):
+    """One row per layer; space keeps the layer from the candidate or rolls it back."""
+
+    BINDINGS = [Binding("space", "toggle", "Keep/roll back")]
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = True
+        self.add_column("layer", key="layer")
+        self.add_column("from", key="from", width=9)
+        for column in views.MAP_COLUMNS:
+            self.add_column(column, key=column)
+        self.add_column("heads 0", key="heads")
+
+    def show(self, rows: list[views.LayerRow]) -> None:
+        row_index = self.cursor_row
+        self.clear()
+        for row in rows:
+            self.add_row(*views.layer_cells(row), key=str(row.layer))
+        if rows:
+            self.move_cursor(row=min(row_index, len(rows) - 1))
+
+    def selected_layer(self) -> int | None:
+        if not self.row_count:
+            return None
+        return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+    def action_toggle(self) -> None:
+        layer = self.selected_layer()
+        if layer is not None:
+            self.app.toggle_layer(layer)
+
+
+class OverviewPane(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static("Hashing both checkpoints...", id="summary")
+        yield LayerMap(id="layer-map")
+        yield Label("Shard files", classes="section")
+        yield DataTable(id="shards", cursor_type="row")
+
+    def on_mount(self) -> None:
+        shards = self.query_one("#shards", DataTable)
+        shards.add_columns("shard", "verdict", "differ", "sha256")
+
+    def show(self, report, plan) -> None:
+        from surgeon.report import summary_line
+
+        self.query_one("#summary", Static).update(Text(summary_line(report)))
+        self.query_one("#layer-map", LayerMap).show(views.layer_rows(report, plan))
+        shards = self.query_one("#shards", DataTable)
+        shards.clear()
+        for shard in report.shards:
+            shards.add_row(*views.shard_cells(shard), key=shard.name)
+
+
+STATUS_CHOICES = [(s, s) for s in ("all", "changed", "identical", "added", "removed", "retyped")]
+
+
+class TensorsPane(Vertical):
+    BINDINGS = [Binding("s", "next_sort", "Sort")]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.tensors: list = []
+        self.shown: list = []
+        self.sort = "name"
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="tensor-filters"):
+            yield Input(placeholder="filter: words in the name", id="filter-text")
+            yield Select(STATUS_CHOICES, value="all", allow_blank=False, id="filter-status")
+            yield Input(placeholder="layers 0-3", id="filter-layers")
+        yield DataTable(id="tensor-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="tensor-count")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#tensor-table", DataTable)
+        for label in ("name", "layer", "family", "shape", "dtype", "status", "relative", "base", "candidate"):
+            table.add_column(label, key=label)
+
+    def show(self, report) -> None:
+        self.tensors = report.tensors
+        self.refilter()
+
+    def refilter(self) -> None:
+        text = self.query_one("#filter-text", Input).value
+        status = self.query_one("#filter-status", Select).value
+        layers = self._layers()
+        shown = views.filter_tensors(self.tensors, text, str(status), layers)
+        self.shown = sorted(shown, key=views.TENSOR_SORTS[self.sort])
+        table = self.query_one("#tensor-table", DataTable)
+        table.clear()
+        for t in self.shown:
+            table.add_row(*views.tensor_cells(t), key=t.name)
+        count = f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort} (s: next sort)"
+        self.query_one("#tensor-count", Static).update(count)
+
+    def _layers(self) -> set[int] | None:
+        from surgeon.errors import SurgeonError
+        from surgeon.layers import parse_layers
+
+        box = self.query_one("#filter-layers", Input)
+        spec = box.value.strip()
+        if not spec:
+            box.remove_class("invalid")
+            return None
+        try:
+            layers = set(parse_layers(spec, 1 << 20, what="layers"))
+        except SurgeonError:
+            box.add_class("invalid")
+            return None
+        box.remove_class("invalid")
+        return layers
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if self.tensors:
+            self.refilter()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if self.tensors:
+            self.refilter()
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = str(event.column_key.value)
+        if key in views.TENSOR_SORTS:
+            self.sort = key
+            self.refilter()
+
+    def action_next_sort(self) -> None:
+        names = list(views.TENSOR_SORTS)
+        self.sort = names[(names.index(self.sort) + 1) % len(names)]
+        self.refilter()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.app.open_tensor(str(event.row_key.value))
+
+
+class PlanPane(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static("", id="plan-summary")
+        with Horizontal(id="plan-controls"):
+            yield Input(placeholder="layers, e.g. 4-59", id="plan-range")
+            yield Button("Roll back", id="plan-roll-back", variant="primary")
+            yield Button("Keep", id="plan-restore")
+            yield Button("Keep only", id="plan-keep-only")
+        yield LayerMap(id="plan-map")
+
+    def show(self, report, plan, candidate_name: str) -> None:
+        self.query_one("#plan-summary", Static).update(views.plan_text(plan.summary(), candidate_name))
+        self.query_one("#plan-map", LayerMap).show(views.layer_rows(report, plan))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "plan-range":
+            self.app.plan_range("roll_back", event.value)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        how = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
+        if event.button.id in how:
+            self.app.plan_range(how[event.button.id], self.query_one("#plan-range", Input).value)
+
+
+class CanaryPane(Vertical):
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="canary-controls"):
+            yield Button("Run canary (c)", id="canary-run", variant="primary")
+            yield Button("Cancel (x)", id="canary-cancel")
+        yield Static("No canary run for this plan yet.", id="canary-status")
+        with VerticalScroll(id="canary-scroll"):
+            yield Static("", id="canary-result")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "canary-run":
+            self.app.action_canary()
+        elif event.button.id == "canary-cancel":
+            self.app.action_cancel_job()
+
+    def show(self, plan_label: str, report) -> None:
+        from surgeon.render_recover import canary_table, canary_verdict
+
+        status = self.query_one("#canary-status", Static)
+        result = self.query_one("#canary-result", Static)
+        if report is None:
+            status.update(f"Plan {plan_label}: no canary run yet. Press c to run it (in memory, nothing written).")
+            result.update("")
+            return
+        status.update(Text.assemble(f"Plan {plan_label}: ", canary_verdict(report)))
+        result.update(canary_table(report, title="", expand=True))
+
+
+IMPORTANCE_CHOICES = [(name, name) for name in ("recon", "norm", "loo-nll")]
+HEAL_CHOICES = [("lstsq (least-squares o_proj heal)", "lstsq"), ("none", "none")]
+
+
+class PrunePane(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="form-row"):
+            yield Label("fraction", classes="form-label")
+            yield Input("0.125", id="prune-frac")
+            yield Label("layers", classes="form-label")
+            yield Input("all", id="prune-layers")
+        with Horizontal(classes="form-row"):
+            yield Label("importance", classes="form-label")
+            yield Select(IMPORTANCE_CHOICES, value="recon", allow_blank=False, id="prune-importance")
+            yield Label("heal", classes="form-label")
+            yield Select(HEAL_CHOICES, value="lstsq", allow_blank=False, id="prune-heal")
+        with Horizontal(classes="form-row"):
+            yield Label("output", classes="form-label")
+            yield Input("", id="prune-output")
+            yield Button("Prune base", id="prune-run", variant="primary")
+        yield DataTable(id="prune-progress", cursor_type="row")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#prune-progress", DataTable)
+        for label in ("layer", "phase", "heads pruned", "rel residual", "seconds"):
+            table.add_column(label, key=label)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "prune-run":
+            self.app.action_prune()
+
+    def form(self) -> dict:
+        return {
+            "fraction": self.query_one("#prune-frac", Input).value.strip(),
+            "layers": self.query_one("#prune-layers", Input).value.strip() or "all",
+            "importance": str(self.query_one("#prune-importance", Select).value),
+            "heal": str(self.query_one("#prune-heal", Select).value),
+            "output": self.query_one("#prune-output", Input).value.strip(),
+        }
+
+    def reset_progress(self) -> None:
+        self.query_one("#prune-progress", DataTable).clear()
+
+    def phase(self, layer: int, phase: str) -> None:
+        table = self.query_one("#prune-progress", DataTable)
+        key = str(layer)
+        if key not in table.rows:
+            table.add_row(str(layer), phase, "", "", "", key=key)
+            table.move_cursor(row=table.row_count - 1)
+        else:
+            table.update_cell(key, "phase", phase)
+
+    def layer_done(self, result) -> None:
+        table = self.query_one("#prune-progress", DataTable)
+        key = str(result.layer)
+        if key not in table.rows:
+            self.phase(result.layer, "done")
+        table.update_cell(key, "phase", "pruned" if result.pruned else "forward only")
+        heads = ",".join(map(str, result.pruned_heads)) if result.pruned else "-"
+        table.update_cell(key, "heads pruned", heads or "none")
+        residual = (result.refit or {}).get("rel_residual")
+        table.update_cell(key, "rel residual", "-" if residual is None else f"{residual:.4f}")
+        table.update_cell(key, "seconds", f"{result.seconds:.2f}")

@@ -1,0 +1,150 @@
+"""What the tables show, as rows of rich Text: computed from engine reports, no widgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+
+MAP_COLUMNS = ("q", "k", "v", "o", "mlp", "norm", "other")
+CELL = {
+    "identical": ("·", "dim"),
+    "changed": ("●", "yellow"),
+    "heads": ("H", "bold red"),
+    "rolled back": ("↺", "bold cyan"),
+    "absent": (" ", ""),
+}
+SOURCE_STYLE = {"candidate": "yellow", "base": "cyan", "identical": "dim"}
+STATUS_STYLE = {"identical": "dim", "changed": "yellow", "header-only": "cyan", "added": "green", "removed": "red"}
+
+
+def map_column(family: str) -> str:
+    """A tensor family's column in the layer map (the map must fit 80 columns)."""
+    for projection in ("q", "k", "v", "o"):
+        if f"{projection}_proj" in family:
+            return projection
+    if "mlp" in family or "expert" in family:
+        return "mlp"
+    return "norm" if "norm" in family else "other"
+
+
+@dataclass
+class LayerRow:
+    layer: int
+    source: str  # candidate, base, identical
+    cells: dict[str, str]  # map column -> CELL key
+    changed: int  # tensors that differ
+    zeroed_heads: list[int]
+
+
+def layer_rows(report, plan) -> list[LayerRow]:
+    """One row per layer of the main stack, with the plan's choice applied."""
+    rows = {n: LayerRow(n, plan.source_of(n), {}, 0, []) for n in range(plan.num_layers)}
+    for t in report.tensors:
+        if t.layer is None or t.stack != report.main_stack or t.layer not in rows:
+            continue
+        row, column = rows[t.layer], map_column(t.family)
+        state = _cell_state(t)
+        if state != "identical":
+            row.changed += 1
+            if row.source == "base":
+                state = "rolled back"
+        if t.heads is not None and t.heads.projection == "q_proj":
+            row.zeroed_heads = t.heads.heads_with("zeroed")
+        previous = row.cells.get(column, "identical")
+        row.cells[column] = max(previous, state, key=_RANK.index)
+    return list(rows.values())
+
+
+_RANK = ["absent", "identical", "rolled back", "changed", "heads"]
+
+
+def _cell_state(t) -> str:
+    if t.status == "identical":
+        return "identical"
+    if t.heads is not None and t.heads.heads_with("zeroed"):
+        return "heads"
+    return "changed"
+
+
+def layer_cells(row: LayerRow) -> list[Text]:
+    out = [Text(str(row.layer), justify="right"), Text(row.source, style=SOURCE_STYLE[row.source])]
+    for column in MAP_COLUMNS:
+        mark, style = CELL[row.cells.get(column, "absent")]
+        out.append(Text(mark, style=style, justify="center"))
+    heads = ",".join(map(str, row.zeroed_heads))
+    out.append(Text(heads or "-", style="red" if heads else "dim"))
+    return out
+
+
+def shard_cells(shard) -> list[Text]:
+    sha = shard.sha256[1] or shard.sha256[0] or ""
+    return [
+        Text(shard.name, overflow="ellipsis"),
+        Text(shard.status, style=STATUS_STYLE.get(shard.status, "")),
+        Text(f"{shard.tensors_differing}/{shard.tensors}", justify="right"),
+        Text(sha[:12], style="dim"),
+    ]
+
+
+def short_sha(side) -> str:
+    return (side.sha256 or "")[:8] if side is not None else "-"
+
+
+def relative(t) -> float | None:
+    return t.stats.rel_frobenius if t.stats is not None else None
+
+
+def tensor_cells(t) -> list:
+    side = t.other or t.base
+    rel = relative(t)
+    return [
+        t.name,
+        "" if t.layer is None else t.layer,
+        t.family,
+        "x".join(map(str, side.shape)) if side else "",
+        side.dtype if side else "",
+        Text(t.status, style=STATUS_STYLE.get(t.status, "")),
+        "" if rel is None else f"{rel:.3g}",
+        short_sha(t.base),
+        short_sha(t.other),
+    ]
+
+
+TENSOR_SORTS = {
+    "name": lambda t: t.name,
+    "layer": lambda t: (t.layer is None, t.layer or 0, t.name),
+    "status": lambda t: (t.status, t.name),
+    "relative": lambda t: (-(relative(t) or 0.0), t.name),
+}
+
+
+def filter_tensors(tensors, text: str, status: str, layers: set[int] | None) -> list:
+    """Tensors whose name contains every word of `text`, with `status` ("all" for any) and a
+    layer in `layers` (None for any)."""
+    words = text.lower().split()
+    out = []
+    for t in tensors:
+        if status != "all" and t.status != status:
+            continue
+        if layers is not None and t.layer not in layers:
+            continue
+        if all(w in t.name.lower() for w in words):
+            out.append(t)
+    return out
+
+
+def plan_text(summary, candidate_name: str) -> Text:
+    text = Text()
+    text.append("keep from candidate: ", style="bold").append(summary.keep_text, style="yellow")
+    text.append("    rolled back to base: ", style="bold").append(summary.rolled_back_text, style="cyan")
+    non_layer = "candidate" if summary.keep_non_layer else "base"
+    text.append(f"\nnon-layer tensors (embeddings, norms, lm_head) from the {non_layer}\n")
+    text.append(f"{len(summary.from_candidate)} tensors from {candidate_name}, ")
+    text.append(f"{len(summary.from_base)} rolled back to base, {summary.identical_tensors} identical\n")
+    written = ", ".join(summary.shards_written) or "none"
+    text.append(f"shards written: {len(summary.shards_written)} ({written}); ")
+    text.append(f"{len(summary.shards_identical)} stay byte-identical to the base's files")
+    for problem in summary.problems:
+        text.append(f"\ncannot write: {problem}", style="red")
+    return text
