@@ -81,6 +81,10 @@ class RollbackPlan:
     def keep_only(self, spec: str) -> None:
         self._change(frozenset(self._parse(spec)), self.state.keep_non_layer)
 
+    def set_keep(self, layers) -> None:
+        """Keep exactly `layers` (an auto search's answer); one undoable change."""
+        self._change(frozenset(layers), self.state.keep_non_layer)
+
     def toggle_non_layer(self) -> None:
         self._change(self.state.keep, not self.state.keep_non_layer)
 

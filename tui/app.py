@@ -7,6 +7,7 @@ a cancel key. Engine errors become dialogs; nothing here computes what is shown.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from tui.dialogs import ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, 
 from tui.jobs import Job
 from tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
 
-TABS = ("overview", "tensors", "plan", "canary", "prune")
+FOCUS = {
+    "overview": "#layer-map",
+    "tensors": "#tensor-table",
+    "plan": "#plan-map",
+    "canary": "#canary-run",
+    "prune": "#prune-frac",
+}
+TYPE_HERE = {"tensors": "#filter-text", "plan": "#plan-range", "prune": "#prune-output"}
 
 CSS = """
 #job-bar { height: 1; display: none; background: $boost; }
@@ -29,10 +37,19 @@ CSS = """
 #job-label { width: auto; max-width: 40; padding: 0 1; }
 #job-progress { width: 1fr; }
 #job-hint { width: auto; padding: 0 1; color: $text-muted; }
-#summary, #plan-summary, #canary-status, #tensor-count { height: auto; padding: 0 1; }
+#summary, #plan-summary, #canary-status, #canary-auto-steps, #tensor-count { height: auto; padding: 0 1; }
 .section { padding: 0 1; text-style: bold; }
+#overview-body { height: 1fr; }
 #layer-map { height: 1fr; min-height: 5; }
+#shard-panel { height: auto; }
 #shards { height: auto; max-height: 7; }
+#files { height: auto; max-height: 5; }
+Screen.-narrow #files, Screen.-narrow #files-label { display: none; }
+Screen.-wide #overview-body { layout: horizontal; }
+Screen.-wide #layer-map { width: 1fr; }
+Screen.-wide #shard-panel { width: 1fr; height: 1fr; padding-left: 2; }
+Screen.-wide #shards { max-height: 50%; }
+Screen.-wide #files { max-height: 50%; }
 #tensor-filters { height: 3; }
 #filter-text { width: 1fr; }
 #filter-status { width: 16; }
@@ -63,6 +80,7 @@ CSS = """
 class SurgeonApp(App):
     TITLE = "surgeon"
     CSS = CSS
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # wide: map and shard tables side by side
     BINDINGS = [
         Binding("1", "show_tab('overview')", "Overview", show=False),
         Binding("2", "show_tab('tensors')", "Tensors", show=False),
@@ -70,11 +88,14 @@ class SurgeonApp(App):
         Binding("4", "show_tab('canary')", "Canary", show=False),
         Binding("5", "show_tab('prune')", "Prune", show=False),
         Binding("c", "canary", "Canary"),
+        Binding("a", "auto_plan", "Auto plan"),
         Binding("w", "write", "Write"),
-        Binding("x", "cancel_job", "Cancel job"),
+        Binding("x", "cancel_job", "Cancel job", show=False),
         Binding("ctrl+z", "undo", "Undo"),
-        Binding("ctrl+y", "redo", "Redo"),
+        Binding("ctrl+y", "redo", "Redo", show=False),
         Binding("n", "toggle_non_layer", "Non-layer", show=False),
+        Binding("slash", "type_here", "Type", show=False),
+        Binding("escape", "leave_box", "Leave box", show=False),
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
@@ -88,6 +109,7 @@ class SurgeonApp(App):
         self.canary_reports: dict[frozenset[int], object] = {}
         self.job: Job | None = None
         self.last_verify = None
+        self.auto_steps: list = []  # the last auto search's canary runs, shown on the Canary tab
 
     # --- layout -------------------------------------------------------------------------
 
@@ -113,6 +135,7 @@ class SurgeonApp(App):
     def on_mount(self) -> None:
         self.sub_title = f"{self.base.name} → {self.candidate.name}"
         self.set_interval(0.2, self._draw_job)
+        self._focus_tab("overview")
         self.load_pair()
 
     # --- loading the pair ---------------------------------------------------------------
@@ -145,7 +168,8 @@ class SurgeonApp(App):
             return
         self.query_one(OverviewPane).show(self.report, self.plan)
         self.query_one(PlanPane).show(self.report, self.plan, self.candidate.name)
-        self.query_one(CanaryPane).show(self.plan_label(), self.canary_reports.get(self.plan_key()))
+        canary = self.query_one(CanaryPane)
+        canary.show(self.plan_label(), self.canary_reports.get(self.plan_key()), self.auto_steps)
 
     def plan_key(self) -> frozenset[int]:
         return frozenset(self.plan.keep)
@@ -274,6 +298,40 @@ class SurgeonApp(App):
         self.canary_reports[key] = report
         self.refresh_plan()
 
+    def action_auto_plan(self) -> None:
+        """salvage --auto in memory: the largest set of changed layers whose canary passes,
+        by bisection over prefixes and then greedy addition; the answer becomes the plan."""
+        if not self._need_report():
+            return
+        self.action_show_tab("canary")
+        base, candidate, report = self.base, self.candidate, self.report
+
+        def work(job: Job):
+            from surgeon.salvage import auto_plan
+
+            if self.composed is None:
+                job.progress.start("loading the base model and its outputs", 0)
+                self.composed = _composed_canary(base, candidate, report)
+            composed = self.composed
+
+            def passes(layers) -> bool:
+                return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
+
+            plan = auto_plan(sorted(composed.changed), passes)
+            return plan, {frozenset(step.layers): composed.run(step.layers) for step in plan.steps}
+
+        self.start_job("auto plan", work, self._auto_done)
+
+    def _auto_done(self, result) -> None:
+        from surgeon.layers import layer_ranges
+
+        plan, reports = result
+        self.canary_reports.update(reports)
+        self.auto_steps = plan.steps
+        self.plan.set_keep(plan.keep)
+        self.refresh_plan()
+        self.notify(f"{len(plan.steps)} canary runs; keeping layers {layer_ranges(plan.keep) or 'none'}", timeout=6)
+
     # --- write --------------------------------------------------------------------------
 
     def action_write(self) -> None:
@@ -358,7 +416,7 @@ class SurgeonApp(App):
     def open_candidate(self, candidate: Path) -> None:
         self.candidate = candidate
         self.sub_title = f"{self.base.name} → {self.candidate.name}"
-        self.report, self.plan, self.composed, self.canary_reports = None, None, None, {}
+        self.report, self.plan, self.composed, self.canary_reports, self.auto_steps = None, None, None, {}, []
         self.action_show_tab("overview")
         self.load_pair()
 
@@ -366,6 +424,25 @@ class SurgeonApp(App):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        self._focus_tab(tab)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._focus_tab(event.pane.id)
+
+    def action_type_here(self) -> None:
+        """/ jumps to the tab's text box: the tensor filter, or the plan's layer range."""
+        box = TYPE_HERE.get(self.query_one(TabbedContent).active)
+        if box:
+            self.query_one(box).focus()
+
+    def action_leave_box(self) -> None:
+        self._focus_tab(self.query_one(TabbedContent).active)
+
+    def _focus_tab(self, tab: str | None) -> None:
+        """Keys go to the tab's main widget, not the tab strip: space on a map just works."""
+        target = FOCUS.get(tab or "")
+        if target:
+            self.query_one(target).focus()
 
     def open_tensor(self, name: str) -> None:
         tensor = next((t for t in self.report.tensors if t.name == name), None) if self.report else None
@@ -394,7 +471,10 @@ class SurgeonApp(App):
         self.push_screen(ConfirmDialog("A write is running. Cancel it and quit?", "Cancel write and quit"), answered)
 
     async def _exit_after(self, job: Job) -> None:
-        await job.worker.wait()
+        from textual.worker import WorkerFailed
+
+        with contextlib.suppress(WorkerFailed):  # a cancelled write ends by raising Cancelled
+            await job.worker.wait()
         self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -406,6 +486,7 @@ class SurgeonApp(App):
             ("Canary tab", "Results of the canary per plan", lambda: self.action_show_tab("canary")),
             ("Prune tab", "Prune the base into a new candidate", lambda: self.action_show_tab("prune")),
             ("Run canary", "Canary on the current plan, in memory", self.action_canary),
+            ("Auto plan", "Search the largest set of layers that passes the canary", self.action_auto_plan),
             ("Write plan", "Write the current plan to a folder and verify it", self.action_write),
             ("Start prune", "Prune the base with the Prune tab's options", self.action_prune),
             ("Undo plan change", "Undo the last rollback-plan change", self.action_undo),

@@ -116,7 +116,10 @@ layers to keep, check the choice with the canary, and write it.
 | `space` | on a layer row: keep it from the candidate / roll it back to base |
 | `ctrl+z` / `ctrl+y` | undo / redo a plan change |
 | `n` | toggle non-layer tensors (embeddings, final norm, lm_head) |
+| `/` | type: the tensor filter, or the plan's layer range (enter rolls those layers back) |
+| `s` | on the Tensors tab: next sort order (or click a column header) |
 | `c` | run the canary on the current plan (in memory, nothing written) |
+| `a` | auto plan: the largest set of changed layers that passes the canary |
 | `w` | write the plan to a folder, then verify it |
 | `x` | cancel the running job |
 | `enter` | on a tensor: its hashes, stats and heads |

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from tui import views
@@ -24,7 +24,7 @@ class LayerMap(DataTable):
         self.add_column("from", key="from", width=9)
         for column in views.MAP_COLUMNS:
             self.add_column(column, key=column)
-        self.add_column("heads 0", key="heads")
+        self.add_column("zeroed", key="heads")
 
     def show(self, rows: list[views.LayerRow]) -> None:
         row_index = self.cursor_row
@@ -48,13 +48,17 @@ class LayerMap(DataTable):
 class OverviewPane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("Hashing both checkpoints...", id="summary")
-        yield LayerMap(id="layer-map")
-        yield Label("Shard files", classes="section")
-        yield DataTable(id="shards", cursor_type="row")
+        with Container(id="overview-body"):
+            yield LayerMap(id="layer-map")
+            with Vertical(id="shard-panel"):
+                yield Label("Shard files", classes="section")
+                yield DataTable(id="shards", cursor_type="row")
+                yield Label("Other files", classes="section", id="files-label")
+                yield DataTable(id="files", cursor_type="row")
 
     def on_mount(self) -> None:
-        shards = self.query_one("#shards", DataTable)
-        shards.add_columns("shard", "verdict", "differ", "sha256")
+        self.query_one("#shards", DataTable).add_columns("shard", "verdict", "differ", "sha256")
+        self.query_one("#files", DataTable).add_columns("file", "verdict")
 
     def show(self, report, plan) -> None:
         from surgeon.report import summary_line
@@ -65,6 +69,10 @@ class OverviewPane(Vertical):
         shards.clear()
         for shard in report.shards:
             shards.add_row(*views.shard_cells(shard), key=shard.name)
+        files = self.query_one("#files", DataTable)
+        files.clear()
+        for item in report.files:
+            files.add_row(item.name, Text(item.status, style=views.STATUS_STYLE.get(item.status, "")), key=item.name)
 
 
 STATUS_CHOICES = [(s, s) for s in ("all", "changed", "identical", "added", "removed", "retyped")]
@@ -89,7 +97,7 @@ class TensorsPane(Vertical):
 
     def on_mount(self) -> None:
         table = self.query_one("#tensor-table", DataTable)
-        for label in ("name", "layer", "family", "shape", "dtype", "status", "relative", "base", "candidate"):
+        for label in views.TENSOR_COLUMNS:
             table.add_column(label, key=label)
 
     def show(self, report) -> None:
@@ -177,32 +185,37 @@ class CanaryPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="canary-controls"):
             yield Button("Run canary (c)", id="canary-run", variant="primary")
+            yield Button("Auto plan (a)", id="canary-auto")
             yield Button("Cancel (x)", id="canary-cancel")
         yield Static("No canary run for this plan yet.", id="canary-status")
+        yield Static("", id="canary-auto-steps")
         with VerticalScroll(id="canary-scroll"):
             yield Static("", id="canary-result")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "canary-run":
             self.app.action_canary()
+        elif event.button.id == "canary-auto":
+            self.app.action_auto_plan()
         elif event.button.id == "canary-cancel":
             self.app.action_cancel_job()
 
-    def show(self, plan_label: str, report) -> None:
-        from surgeon.render_recover import canary_table, canary_verdict
+    def show(self, plan_label: str, report, auto_steps=()) -> None:
+        from surgeon.render_recover import canary_verdict
 
+        self.query_one("#canary-auto-steps", Static).update(views.auto_steps_text(auto_steps))
         status = self.query_one("#canary-status", Static)
         result = self.query_one("#canary-result", Static)
         if report is None:
-            status.update(f"Plan {plan_label}: no canary run yet. Press c to run it (in memory, nothing written).")
+            status.update(f"Plan {plan_label}: no canary run yet. c runs it in memory (nothing written); a searches.")
             result.update("")
             return
         status.update(Text.assemble(f"Plan {plan_label}: ", canary_verdict(report)))
-        result.update(canary_table(report, title="", expand=True))
+        result.update(views.canary_blocks(report))
 
 
 IMPORTANCE_CHOICES = [(name, name) for name in ("recon", "norm", "loo-nll")]
-HEAL_CHOICES = [("lstsq (least-squares o_proj heal)", "lstsq"), ("none", "none")]
+HEAL_CHOICES = [("lstsq", "lstsq"), ("none", "none")]
 
 
 class PrunePane(VerticalScroll):
@@ -219,7 +232,7 @@ class PrunePane(VerticalScroll):
             yield Select(HEAL_CHOICES, value="lstsq", allow_blank=False, id="prune-heal")
         with Horizontal(classes="form-row"):
             yield Label("output", classes="form-label")
-            yield Input("", id="prune-output")
+            yield Input("", placeholder="empty: a new <base>-pruned folder here", id="prune-output")
             yield Button("Prune base", id="prune-run", variant="primary")
         yield DataTable(id="prune-progress", cursor_type="row")
 

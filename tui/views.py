@@ -101,14 +101,17 @@ def tensor_cells(t) -> list:
     return [
         t.name,
         "" if t.layer is None else t.layer,
-        t.family,
-        "x".join(map(str, side.shape)) if side else "",
-        side.dtype if side else "",
         Text(t.status, style=STATUS_STYLE.get(t.status, "")),
         "" if rel is None else f"{rel:.3g}",
         short_sha(t.base),
         short_sha(t.other),
+        "x".join(map(str, side.shape)) if side else "",
+        side.dtype if side else "",
+        t.family,
     ]
+
+
+TENSOR_COLUMNS = ("name", "layer", "status", "relative", "base", "candidate", "shape", "dtype", "family")
 
 
 TENSOR_SORTS = {
@@ -147,4 +150,44 @@ def plan_text(summary, candidate_name: str) -> Text:
     text.append(f"{len(summary.shards_identical)} stay byte-identical to the base's files")
     for problem in summary.problems:
         text.append(f"\ncannot write: {problem}", style="red")
+    return text
+
+
+def canary_blocks(report):
+    """Each prompt as a block: its verdict and four checks on one line, then the base's and
+    the candidate's continuations side by side (readable at 80 columns)."""
+    from rich.console import Group
+    from rich.table import Table
+
+    blocks = []
+    for p in report.prompts:
+        head = Text()
+        head.append("pass " if p.passed else "FAIL ", style="bold green" if p.passed else "bold red")
+        head.append(p.prompt, style="bold")
+        checks = f"drift {p.drift:.2f}  self/base {p.self_ratio:.2f}  repetition {p.repetition:.2f}  "
+        checks += f"agreement {p.agreement}  tokens {p.tokens}"
+        head.append(f"\n  {checks}", style="dim")
+        if p.failures:
+            head.append(f"\n  {'; '.join(p.failures)}", style="red")
+        pair = Table(expand=True, show_edge=False, box=None, padding=(0, 1))
+        pair.add_column("base", ratio=1, overflow="fold", header_style="cyan")
+        pair.add_column("candidate", ratio=1, overflow="fold", header_style="yellow")
+        pair.add_row(p.base_text.strip(), p.text.strip())
+        blocks.extend([head, pair, Text("")])
+    return Group(*blocks)
+
+
+def auto_steps_text(steps) -> Text:
+    """The auto search's canary runs on one line: what was tried, in order, and its verdict."""
+    from surgeon.layers import layer_ranges
+
+    text = Text()
+    if not steps:
+        return text
+    text.append(f"auto search, {len(steps)} canary runs: ", style="bold")
+    for n, step in enumerate(steps):
+        if n:
+            text.append(", ")
+        text.append(f"{step.how} {layer_ranges(step.layers) or 'none'} ")
+        text.append("pass" if step.passed else "fail", style="green" if step.passed else "red")
     return text

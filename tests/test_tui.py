@@ -1,0 +1,492 @@
+"""The TUI driven as a person would, through Textual's Pilot, on the bundled demo pair.
+
+Each flow asserts on what the widgets show and on the files written. Screenshots for people
+to look at are refreshed with:  SURGEON_SCREENSHOTS=1 python -m pytest tests/test_tui.py -k screenshots
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from surgeon.demo import FIXTURE as BASE
+from tests.helpers import sha
+
+CANDIDATE = BASE.with_name(BASE.name + "-pruned")
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+
+
+def run_app(flow, size=(100, 36), base=BASE, candidate=CANDIDATE):
+    """Start the app on the pair, wait for the hashing to finish, then run `flow(app, pilot)`."""
+    from tui.app import SurgeonApp
+
+    async def main():
+        app = SurgeonApp(base, candidate)
+        async with app.run_test(size=size) as pilot:
+            await settle(app, pilot)
+            await flow(app, pilot)
+
+    asyncio.run(main())
+
+
+async def settle(app, pilot) -> None:
+    """Until no job runs and every message it caused has been handled."""
+    for _ in range(600):
+        # A failed or cancelled job's worker raises from wait(); the app shows that itself.
+        await asyncio.gather(*(worker.wait() for worker in app.workers), return_exceptions=True)
+        await pilot.pause()
+        if app.job is None:
+            await pilot.pause()
+            return
+    raise AssertionError("a job never finished")
+
+
+def text_of(app, selector: str) -> str:
+    """What a Static or Label shows, as plain text (rich renderables drawn 200 wide)."""
+    return _render_plain(app.screen.query_one(selector))
+
+
+def table_rows(table) -> list[list[str]]:
+    return [[getattr(c, "plain", str(c)) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def type_into(pilot, selector: str, text: str) -> None:
+    box = pilot.app.screen.query_one(selector)
+    box.focus()
+    box.value = ""
+    await pilot.press(*text)
+    await pilot.pause()
+
+
+def test_load_and_hash_fills_the_overview():
+    async def flow(app, pilot):
+        assert "16 of 112 tensors differ" in text_of(app, "#summary")
+        rows = table_rows(app.query_one("#layer-map"))
+        assert [r[0] for r in rows] == [str(n) for n in range(8)]
+        assert all(r[1] == "candidate" for r in rows)
+        assert rows[0][2] == "H" and rows[0][3] == "·"  # q_proj heads zeroed, k_proj identical
+        zeroed = [r[-1] for r in rows]
+        assert all(z.isdigit() for z in zeroed)  # one zeroed head per layer
+        shards = table_rows(app.query_one("#shards"))
+        assert [r[1] for r in shards] == ["changed", "changed"]
+        assert shards[0][0] == "model-00001-of-00002.safetensors"
+
+    run_app(flow)
+
+
+def test_screen_is_usable_while_hashing(monkeypatch):
+    """The hashing worker is held mid-way: tabs switch and help opens meanwhile."""
+    import surgeon.diff as diff_module
+
+    release, entered = threading.Event(), threading.Event()
+    real = diff_module.diff_checkpoints
+
+    def slow(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diff_module, "diff_checkpoints", slow)
+    from tui.app import SurgeonApp
+
+    async def main():
+        app = SurgeonApp(BASE, CANDIDATE)
+        async with app.run_test(size=(100, 36)) as pilot:
+            await asyncio.to_thread(entered.wait, 30)
+            await pilot.pause(0.3)
+            assert app.job is not None and app.query_one("#job-bar").has_class("running")
+            assert "hashing" in text_of(app, "#job-label")
+            await pilot.press("2")
+            assert app.query_one("TabbedContent").active == "tensors"
+            await pilot.press("question_mark")
+            assert app.screen.__class__.__name__ == "HelpScreen"
+            await pilot.press("escape")
+            release.set()
+            await settle(app, pilot)
+            assert app.report is not None
+            assert not app.query_one("#job-bar").has_class("running")
+            assert "16 of 112 tensors" in text_of(app, "#tensor-count") or app.query_one("#tensor-table").row_count
+
+    asyncio.run(main())
+
+
+def test_filter_and_sort_tensors():
+    async def flow(app, pilot):
+        await pilot.press("2")
+        table = app.query_one("#tensor-table")
+        assert table.row_count == 112
+        await type_into(pilot, "#filter-text", "q_proj")
+        assert table.row_count == 8
+        assert "8 of 112 tensors" in text_of(app, "#tensor-count")
+        await type_into(pilot, "#filter-layers", "2-3")
+        assert [r[0] for r in table_rows(table)] == [
+            "model.layers.2.self_attn.q_proj.weight",
+            "model.layers.3.self_attn.q_proj.weight",
+        ]
+        await type_into(pilot, "#filter-layers", "2-x")
+        assert app.query_one("#filter-layers").has_class("invalid")
+        await type_into(pilot, "#filter-text", "")
+        await type_into(pilot, "#filter-layers", "")
+        app.query_one("#filter-status").value = "changed"
+        await pilot.pause()
+        assert table.row_count == 16
+        assert {r[2] for r in table_rows(table)} == {"changed"}
+        app.query_one("#tensor-table").focus()
+        while app.query_one("TensorsPane").sort != "relative":
+            await pilot.press("s")
+        rel = [float(r[3]) for r in table_rows(table)]
+        assert rel == sorted(rel, reverse=True)
+
+    run_app(flow)
+
+
+def test_open_a_tensor_shows_hashes_stats_and_heads():
+    async def flow(app, pilot):
+        await pilot.press("2")
+        await type_into(pilot, "#filter-text", "layers.0.self_attn.q_proj")
+        app.query_one("#tensor-table").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "TensorDetail"
+        detail = app.screen.query_one("#tensor-detail")
+        console_text = _render_plain(detail)
+        tensor = next(t for t in app.report.tensors if t.name == "model.layers.0.self_attn.q_proj.weight")
+        for full in (tensor.base.sha256, tensor.other.sha256):
+            assert full[:40] in console_text.replace("\n", "").replace(" ", "")
+        assert "elements changed" in console_text and "cosine" in console_text
+        zeroed = tensor.heads.heads_with("zeroed")
+        assert f"zeroed: {', '.join(map(str, zeroed))}" in console_text
+        await pilot.press("escape")
+        assert app.screen.__class__.__name__ != "TensorDetail"
+
+    run_app(flow)
+
+
+def _render_plain(widget) -> str:
+    from rich.console import Console
+
+    content = widget.content
+    if isinstance(content, str):
+        return content
+    with open(os.devnull, "w") as sink:
+        console = Console(width=200, record=True, file=sink)
+        console.print(content)
+    return console.export_text()
+
+
+def test_toggle_a_range_space_undo_redo():
+    async def flow(app, pilot):
+        await pilot.press("3")
+        await pilot.press("slash", *"4-7", "enter")
+        await pilot.pause()
+        summary = text_of(app, "#plan-summary")
+        assert "keep from candidate: 0-3" in summary and "rolled back to base: 4-7" in summary
+        assert "shards written: 1 (model-00001-of-00002.safetensors)" in summary
+        assert "1 stay byte-identical" in summary
+        rows = table_rows(app.query_one("#plan-map"))
+        assert [r[1] for r in rows] == ["candidate"] * 4 + ["base"] * 4
+        assert rows[5][2] == "↺"
+        await pilot.press("escape")  # back to the map
+        await pilot.press("home", "space")  # layer 0 goes back too
+        assert app.plan.keep == [1, 2, 3]
+        await pilot.press("ctrl+z")
+        assert app.plan.keep == [0, 1, 2, 3]
+        await pilot.press("ctrl+z")
+        assert app.plan.keep == list(range(8))
+        await pilot.press("ctrl+y")
+        assert app.plan.keep == [0, 1, 2, 3]
+        overview = table_rows(app.query_one("#layer-map"))
+        assert [r[1] for r in overview][4:] == ["base"] * 4  # both maps show the one plan
+
+    run_app(flow)
+
+
+def test_bad_range_shows_an_error_dialog():
+    async def flow(app, pilot):
+        await pilot.press("3")
+        await pilot.press("slash", *"9-12", "enter")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "MessageDialog"
+        assert "layer 9 does not exist" in _render_plain(app.screen.query_one("#dialog-text"))
+        await pilot.press("enter")
+        assert app.plan.keep == list(range(8))
+
+    run_app(flow)
+
+
+def test_canary_runs_on_the_plan_and_is_kept_per_plan():
+    async def flow(app, pilot):
+        await pilot.press("c")
+        await settle(app, pilot)
+        status = text_of(app, "#canary-status")
+        assert "Plan keep 0-7" in status and "canary FAILED" in status
+        result = _render_plain(app.query_one("#canary-result"))
+        assert "The capital of France is" in result and "Paris" in result and "drift" in result
+        assert app.composed.runs == 1
+        app.plan.keep_only("0")
+        app.refresh_plan()
+        await pilot.pause()
+        assert "no canary run yet" in text_of(app, "#canary-status")
+        await pilot.press("c")
+        await settle(app, pilot)
+        assert app.composed.runs == 2
+        assert "Plan keep 0:" in text_of(app, "#canary-status")
+        app.plan.undo()
+        app.refresh_plan()
+        await pilot.pause()
+        assert "canary FAILED" in text_of(app, "#canary-status")  # back to 0-7: shown at once
+        await pilot.press("c")  # already known: no run
+        await settle(app, pilot)
+        assert app.composed.runs == 2
+
+    run_app(flow)
+
+
+def test_auto_plan_searches_and_sets_the_plan():
+    async def flow(app, pilot):
+        await pilot.press("a")
+        await settle(app, pilot)
+        steps = app.auto_steps
+        assert steps and steps[0].layers == list(range(8)) and not steps[0].passed  # the full prune fails
+        assert len(steps) <= 2 * (8).bit_length() + 8 + 2  # the bound auto_plan promises
+        passing = [s.layers for s in steps if s.passed]
+        assert app.plan.keep == (max(passing, key=len) if passing else [])
+        assert all(frozenset(s.layers) in app.canary_reports for s in steps)
+        assert app.composed.runs == len(steps)  # each plan ran once; the rest came from memory
+        status = text_of(app, "#canary-status")
+        assert ("canary passed" in status) == bool(passing)
+        assert f"auto search, {len(steps)} canary runs" in text_of(app, "#canary-auto-steps")
+        await pilot.press("ctrl+z")
+        assert app.plan.keep == list(range(8))
+        assert "canary FAILED" in text_of(app, "#canary-status")  # the full plan's result, kept
+
+    run_app(flow)
+
+
+def test_cancel_a_running_canary(monkeypatch):
+    from surgeon import canary_run
+
+    entered, release = threading.Event(), threading.Event()
+    real = canary_run.CanaryModel.generate
+
+    def held(self, ids, max_new_tokens):
+        entered.set()
+        release.wait(30)
+        return real(self, ids, max_new_tokens)
+
+    async def flow(app, pilot):
+        monkeypatch.setattr(canary_run.CanaryModel, "generate", held)
+        await pilot.press("c")
+        await asyncio.to_thread(entered.wait, 30)
+        await pilot.press("x")
+        release.set()
+        await settle(app, pilot)
+        assert app.canary_reports == {}
+        assert "no canary run yet" in text_of(app, "#canary-status")
+        assert app.screen.__class__.__name__ != "MessageDialog"  # a cancel is not an error
+        monkeypatch.setattr(canary_run.CanaryModel, "generate", real)
+        await pilot.press("c")  # the app is still usable after a cancel
+        await settle(app, pilot)
+        assert len(app.canary_reports) == 1
+
+    run_app(flow)
+
+
+def test_write_and_verify(tmp_path):
+    output = tmp_path / "salvaged"
+
+    async def flow(app, pilot):
+        await pilot.press("3")
+        await pilot.press("slash", *"4-7", "enter", "escape")
+        await pilot.press("w")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "WriteDialog"
+        description = text_of(app, "#write-description")
+        assert "rolled back to base: 4-7" in description
+        await type_into(pilot, "#write-output", str(output))
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.screen.__class__.__name__ == "MessageDialog"
+        assert "verified" in _render_plain(app.screen.query_one("#dialog-text"))
+        assert app.last_verify.ok
+
+    run_app(flow)
+    manifest = json.loads((output / "prune_manifest.json").read_text())
+    assert manifest["salvage"]["kept_layers"] == [0, 1, 2, 3]
+    assert manifest["written"]["layers"] == [0, 1, 2, 3]
+    assert sha(output / "model-00002-of-00002.safetensors") == sha(BASE / "model-00002-of-00002.safetensors")
+    assert sha(output / "model-00001-of-00002.safetensors") != sha(BASE / "model-00001-of-00002.safetensors")
+
+
+def test_write_refuses_an_existing_folder_in_a_dialog(tmp_path):
+    output = tmp_path / "taken"
+    output.mkdir()
+    (output / "keep.txt").write_text("mine")
+
+    async def flow(app, pilot):
+        await pilot.press("w")
+        await type_into(pilot, "#write-output", str(output))
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.screen.__class__.__name__ == "MessageDialog"
+        assert "already exists" in _render_plain(app.screen.query_one("#dialog-text"))
+
+    run_app(flow)
+    assert (output / "keep.txt").read_text() == "mine"
+
+
+def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
+    from surgeon import writer
+
+    output = tmp_path / "out"
+    entered, release = threading.Event(), threading.Event()
+    real = writer._kernel_copy_range
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "_kernel_copy_range", held)
+
+    async def flow(app, pilot):
+        await pilot.press("w")
+        await type_into(pilot, "#write-output", str(output))
+        await pilot.press("enter")
+        await asyncio.to_thread(entered.wait, 30)
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmDialog"
+        await pilot.press("escape")  # "no": the write goes on
+        assert app.job is not None and app.job.name == "write"
+        await pilot.press("q")
+        await pilot.pause()
+        await pilot.press("y")
+        release.set()
+        for _ in range(100):
+            if not app.is_running:
+                break
+            await pilot.pause(0.05)
+
+    run_app(flow)
+    assert not output.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_prune_streams_layers_and_opens_the_result(tmp_path):
+    output = tmp_path / "pruned-again"
+
+    async def flow(app, pilot):
+        await pilot.press("5")
+        await type_into(pilot, "#prune-frac", "0.25")
+        await type_into(pilot, "#prune-layers", "0-1")
+        await type_into(pilot, "#prune-output", str(output))
+        app.query_one("#prune-run").press()
+        await settle(app, pilot)  # the prune, then the new pair's hashing
+        await settle(app, pilot)
+        rows = table_rows(app.query_one("#prune-progress"))
+        assert [r[0] for r in rows] == [str(n) for n in range(8)]
+        assert [r[1] for r in rows] == ["pruned"] * 2 + ["forward only"] * 6
+        assert all(len(r[2].split(",")) == 2 for r in rows[:2])  # 2 of 8 heads each
+        assert all(0 < float(r[3]) < 1 for r in rows[:2])
+        assert app.candidate == output
+        assert app.report is not None and app.report.layers_changed() == [0, 1]
+        assert app.query_one("TabbedContent").active == "overview"
+        assert app.plan.keep == [0, 1]
+
+    run_app(flow)
+    assert (output / "prune_manifest.json").is_file()
+
+
+def test_bad_prune_options_show_a_dialog(tmp_path):
+    async def flow(app, pilot):
+        await pilot.press("5")
+        await type_into(pilot, "#prune-frac", "half")
+        app.query_one("#prune-run").press()
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "MessageDialog"
+        assert "fraction 'half'" in _render_plain(app.screen.query_one("#dialog-text"))
+        assert app.job is None
+
+    run_app(flow)
+
+
+def test_command_palette_has_every_action():
+    async def flow(app, pilot):
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for title in ("Run canary", "Write plan", "Start prune", "Undo plan change", "Cancel job", "Rollback plan"):
+            assert title in titles
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "CommandPalette"
+        await pilot.press(*"Rollback plan")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.query_one("TabbedContent").active == "plan"
+
+    run_app(flow)
+
+
+def test_usable_at_80x24():
+    async def flow(app, pilot):
+        layer_map = app.query_one("#layer-map")
+        assert layer_map.size.height >= 8  # the whole tiny map is visible
+        assert layer_map.virtual_size.width <= 80
+        await pilot.press("3")
+        assert app.query_one("#plan-map").size.height >= 5
+        await pilot.press("c")
+        await settle(app, pilot)
+        assert app.query_one("#canary-scroll").size.height >= 8
+
+    run_app(flow, size=(80, 24))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)])
+def test_screenshots(tmp_path, size):
+    """SVGs for people to look at; written into tests/screenshots/ when SURGEON_SCREENSHOTS=1."""
+    folder = SCREENSHOTS if os.environ.get("SURGEON_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(exist_ok=True)
+    tag = f"{size[0]}x{size[1]}"
+
+    async def flow(app, pilot):
+        app.save_screenshot(filename=f"overview-{tag}.svg", path=str(folder))
+        await pilot.press("3")
+        await pilot.press("slash", *"4-7", "enter", "escape")
+        app.save_screenshot(filename=f"plan-{tag}.svg", path=str(folder))
+        await pilot.press("c")
+        await settle(app, pilot)
+        app.save_screenshot(filename=f"canary-{tag}.svg", path=str(folder))
+
+    run_app(flow, size=size)
+    for name in ("overview", "plan", "canary"):
+        svg = (folder / f"{name}-{tag}.svg").read_text()
+        assert svg.startswith("<svg") and "surgeon" in svg
+
+
+def test_importing_surgeon_never_imports_textual():
+    code = (
+        "import sys, surgeon, surgeon.cli, surgeon.plan, surgeon.salvage, surgeon.verify, surgeon.render_recover\n"
+        "assert 'textual' not in sys.modules, 'textual imported'\n"
+        "assert 'tui' not in sys.modules, 'tui imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tui_command_rejects_bad_input_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from surgeon.cli import main
+
+    result = CliRunner().invoke(main, ["tui", str(BASE)])
+    assert result.exit_code == 2 and "give both BASE and CANDIDATE" in result.output
+    result = CliRunner().invoke(main, ["tui", str(BASE), str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
