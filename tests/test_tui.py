@@ -65,6 +65,21 @@ async def type_into(pilot, selector: str, text: str) -> None:
     await pilot.pause()
 
 
+def hold(monkeypatch, owner, name: str) -> tuple[threading.Event, threading.Event]:
+    """Make owner.name wait until released, so a test can act while a job is mid-way.
+    Returns (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(owner, name)
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, held)
+    return entered, release
+
+
 def test_load_and_hash_fills_the_overview():
     async def flow(app, pilot):
         assert "16 of 112 tensors differ" in text_of(app, "#summary")
@@ -84,17 +99,9 @@ def test_load_and_hash_fills_the_overview():
 def test_screen_is_usable_while_hashing(monkeypatch):
     """The hashing worker is held mid-way: tabs switch and help opens meanwhile."""
     import surgeon.diff as diff_module
-
-    release, entered = threading.Event(), threading.Event()
-    real = diff_module.diff_checkpoints
-
-    def slow(*args, **kwargs):
-        entered.set()
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(diff_module, "diff_checkpoints", slow)
     from tui.app import SurgeonApp
+
+    entered, release = hold(monkeypatch, diff_module, "diff_checkpoints")
 
     async def main():
         app = SurgeonApp(BASE, CANDIDATE)
@@ -273,16 +280,10 @@ def test_auto_plan_searches_and_sets_the_plan():
 def test_cancel_a_running_canary(monkeypatch):
     from surgeon import canary_run
 
-    entered, release = threading.Event(), threading.Event()
     real = canary_run.CanaryModel.generate
 
-    def held(self, ids, max_new_tokens):
-        entered.set()
-        release.wait(30)
-        return real(self, ids, max_new_tokens)
-
     async def flow(app, pilot):
-        monkeypatch.setattr(canary_run.CanaryModel, "generate", held)
+        entered, release = hold(monkeypatch, canary_run.CanaryModel, "generate")
         await pilot.press("c")
         await asyncio.to_thread(entered.wait, 30)
         await pilot.press("x")
@@ -346,15 +347,7 @@ def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
     from surgeon import writer
 
     output = tmp_path / "out"
-    entered, release = threading.Event(), threading.Event()
-    real = writer._kernel_copy_range
-
-    def held(*args, **kwargs):
-        entered.set()
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(writer, "_kernel_copy_range", held)
+    entered, release = hold(monkeypatch, writer, "_kernel_copy_range")
 
     async def flow(app, pilot):
         await pilot.press("w")

@@ -198,7 +198,10 @@ class SurgeonApp(App):
         self.job = None
         self._draw_job()
         if event.state == WorkerState.SUCCESS:
-            job.done(event.worker.result)
+            try:
+                job.done(event.worker.result)
+            except Exception as exc:  # showing a result must not take the app down
+                self.show_error(f"showing the {job.name} result failed", f"{type(exc).__name__}: {exc}")
         elif event.state == WorkerState.ERROR:
             self._job_failed(job, event.worker.error)
         else:
