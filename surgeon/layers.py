@@ -73,7 +73,10 @@ def parse_layers(spec: str, num_layers: int, what: str = "--layers") -> list[int
     try:
         for part in spec.split(","):
             first, _, last = part.strip().partition("-")
-            chosen.update(range(int(first), int(last or first) + 1))
+            low, high = int(first), int(last or first)
+            if high < low:
+                raise ValueError(part)
+            chosen.update(range(low, high + 1))
     except ValueError:
         raise SurgeonError(f"{what} {spec!r}: use 'all' or ranges like 0-3,7") from None
     outside = sorted(i for i in chosen if not 0 <= i < num_layers)

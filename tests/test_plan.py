@@ -63,6 +63,8 @@ def test_ranges_undo_and_redo():
         plan.roll_back("99")
     with pytest.raises(SurgeonError, match="ranges like"):
         plan.roll_back("four")
+    with pytest.raises(SurgeonError, match="layers '5-3'"):
+        plan.roll_back("5-3")
 
 
 def test_non_layer_tensors_follow_their_toggle(tmp_path):

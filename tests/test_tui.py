@@ -88,7 +88,7 @@ def test_load_and_hash_fills_the_overview():
         assert all(r[1] == "candidate" for r in rows)
         assert rows[0][2] == "H" and rows[0][3] == "·"  # q_proj heads zeroed, k_proj identical
         zeroed = [r[-1] for r in rows]
-        assert all(z.isdigit() for z in zeroed)  # one zeroed head per layer
+        assert all(z.startswith("#") and z[1:].isdigit() for z in zeroed)  # one zeroed head per layer
         shards = table_rows(app.query_one("#shards"))
         assert [r[1] for r in shards] == ["changed", "changed"]
         assert shards[0][0] == "model-00001-of-00002.safetensors"
@@ -193,6 +193,7 @@ def test_toggle_a_range_space_undo_redo():
         await pilot.press("3")
         await pilot.press("slash", *"4-7", "enter")
         await pilot.pause()
+        assert app.focused.id == "plan-map"  # enter hands the keys back to the map
         summary = text_of(app, "#plan-summary")
         assert "keep from candidate: 0-3" in summary and "rolled back to base: 4-7" in summary
         assert "shards written: 1 (model-00001-of-00002.safetensors)" in summary
@@ -269,7 +270,9 @@ def test_auto_plan_searches_and_sets_the_plan():
         assert app.composed.runs == len(steps)  # each plan ran once; the rest came from memory
         status = text_of(app, "#canary-status")
         assert ("canary passed" in status) == bool(passing)
-        assert f"auto search, {len(steps)} canary runs" in text_of(app, "#canary-auto-steps")
+        found = "1-7" if app.plan.keep == list(range(1, 8)) else ""
+        assert f"), {len(steps)} canary runs" in text_of(app, "#canary-auto-steps")
+        assert f"last auto search (found keep {found}" in text_of(app, "#canary-auto-steps")
         await pilot.press("ctrl+z")
         assert app.plan.keep == list(range(8))
         assert "canary FAILED" in text_of(app, "#canary-status")  # the full plan's result, kept
@@ -326,7 +329,7 @@ def test_write_and_verify(tmp_path):
     assert sha(output / "model-00001-of-00002.safetensors") != sha(BASE / "model-00001-of-00002.safetensors")
 
 
-def test_write_refuses_an_existing_folder_in_a_dialog(tmp_path):
+def test_write_over_an_existing_folder_asks_first(tmp_path):
     output = tmp_path / "taken"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
@@ -335,12 +338,32 @@ def test_write_refuses_an_existing_folder_in_a_dialog(tmp_path):
         await pilot.press("w")
         await type_into(pilot, "#write-output", str(output))
         await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "WriteDialog"  # still open, to fix the path
+        assert app.job is None
+        app.screen.query_one("#write-replace").value = True
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmDialog"
+        question = _render_plain(app.screen.query_one("#dialog-text"))
+        assert "looks like NOT a checkpoint" in question and "Everything in it will be deleted" in question
+        await pilot.press("escape")  # no
+        assert app.screen.__class__.__name__ == "WriteDialog" and app.job is None
+        assert (output / "keep.txt").read_text() == "mine"
+        await type_into(pilot, "#write-output", str(BASE / "inside"))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "WriteDialog"  # refused: inside an input
+        await type_into(pilot, "#write-output", str(output))
+        await pilot.press("enter")
+        await pilot.pause()
+        await pilot.press("y")
         await settle(app, pilot)
-        assert app.screen.__class__.__name__ == "MessageDialog"
-        assert "already exists" in _render_plain(app.screen.query_one("#dialog-text"))
+        assert app.last_verify is not None and app.last_verify.ok
 
     run_app(flow)
-    assert (output / "keep.txt").read_text() == "mine"
+    assert not (output / "keep.txt").exists()
+    assert (output / "prune_manifest.json").is_file()
 
 
 def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
@@ -382,8 +405,10 @@ def test_prune_streams_layers_and_opens_the_result(tmp_path):
         await type_into(pilot, "#prune-layers", "0-1")
         await type_into(pilot, "#prune-output", str(output))
         app.query_one("#prune-run").press()
-        await settle(app, pilot)  # the prune, then the new pair's hashing
         await settle(app, pilot)
+        assert app.screen.__class__.__name__ == "ConfirmDialog"  # the old candidate's plan would go
+        await pilot.press("y")
+        await settle(app, pilot)  # the new pair's hashing
         rows = table_rows(app.query_one("#prune-progress"))
         assert [r[0] for r in rows] == [str(n) for n in range(8)]
         assert [r[1] for r in rows] == ["pruned"] * 2 + ["forward only"] * 6
@@ -398,17 +423,52 @@ def test_prune_streams_layers_and_opens_the_result(tmp_path):
     assert (output / "prune_manifest.json").is_file()
 
 
-def test_bad_prune_options_show_a_dialog(tmp_path):
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("#prune-frac", "half", "fraction 'half': give a number between 0 and 1"),
+        ("#prune-frac", "0", "fraction '0': give a number between 0 and 1"),
+        ("#prune-layers", "6-9", "layers '6-9': layer 8 does not exist (0-7)"),
+        ("#prune-layers", "5-3", "layers '5-3': use 'all' or ranges like 0-3,7"),
+    ],
+)
+def test_bad_prune_options_show_a_dialog(field, value, message):
     async def flow(app, pilot):
         await pilot.press("5")
-        await type_into(pilot, "#prune-frac", "half")
-        app.query_one("#prune-run").press()
+        await type_into(pilot, field, value)
+        await pilot.press("enter")  # enter in a prune field starts the prune
         await pilot.pause()
         assert app.screen.__class__.__name__ == "MessageDialog"
-        assert "fraction 'half'" in _render_plain(app.screen.query_one("#dialog-text"))
+        assert message in _render_plain(app.screen.query_one("#dialog-text"))
         assert app.job is None
 
     run_app(flow)
+
+
+def test_quit_during_a_prune_asks_first(tmp_path, monkeypatch):
+    from surgeon import prune as prune_module
+
+    output = tmp_path / "pruned"
+    entered, release = hold(monkeypatch, prune_module._Run, "_layer")
+
+    async def flow(app, pilot):
+        await pilot.press("5")
+        await type_into(pilot, "#prune-output", str(output))
+        await pilot.press("enter")
+        await asyncio.to_thread(entered.wait, 30)
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmDialog"
+        assert "A prune is running" in _render_plain(app.screen.query_one("#dialog-text"))
+        await pilot.press("y")
+        release.set()
+        for _ in range(200):
+            if not app.is_running:
+                break
+            await pilot.pause(0.05)
+
+    run_app(flow)
+    assert not output.exists()
 
 
 def test_command_palette_has_every_action():

@@ -88,7 +88,7 @@ class SurgeonApp(App):
         Binding("4", "show_tab('canary')", "Canary", show=False),
         Binding("5", "show_tab('prune')", "Prune", show=False),
         Binding("c", "canary", "Canary"),
-        Binding("a", "auto_plan", "Auto plan"),
+        Binding("a", "auto_plan", "Auto"),
         Binding("w", "write", "Write"),
         Binding("x", "cancel_job", "Cancel job", show=False),
         Binding("ctrl+z", "undo", "Undo"),
@@ -109,6 +109,7 @@ class SurgeonApp(App):
         self.canary_reports: dict[frozenset[int], object] = {}
         self.job: Job | None = None
         self.last_verify = None
+        self.last_output: Path | None = None  # the write dialog offers the last folder again
         self.auto_steps: list = []  # the last auto search's canary runs, shown on the Canary tab
 
     # --- layout -------------------------------------------------------------------------
@@ -290,7 +291,7 @@ class SurgeonApp(App):
 
         def work(job: Job):
             if self.composed is None:
-                job.progress.start("loading the base model and its outputs", 0)
+                job.progress.start("loading models", 0)
                 self.composed = _composed_canary(base, candidate, report)
             return key, self.composed.run(key, cancel=job.cancel, progress=job.progress)
 
@@ -313,7 +314,7 @@ class SurgeonApp(App):
             from surgeon.salvage import auto_plan
 
             if self.composed is None:
-                job.progress.start("loading the base model and its outputs", 0)
+                job.progress.start("loading models", 0)
                 self.composed = _composed_canary(base, candidate, report)
             composed = self.composed
 
@@ -346,14 +347,27 @@ class SurgeonApp(App):
             return
         from tui.views import plan_text
 
-        default = Path.cwd() / f"{self.candidate.name}-salvaged"
-        dialog = WriteDialog(default, plan_text(summary, self.candidate.name).plain)
-        self.push_screen(dialog, self._write_confirmed)
+        default = self.last_output or Path.cwd() / f"{self.candidate.name}-salvaged"
+        description = plan_text(summary, self.candidate.name)
+        description.append("\n").append_text(self._canary_note())
+        inputs = [self.base, self.candidate]
+        self.push_screen(WriteDialog(default, description, inputs), self._write_confirmed)
+
+    def _canary_note(self):
+        from rich.text import Text
+
+        report = self.canary_reports.get(self.plan_key())
+        if report is None:
+            return Text("The canary has not been run on this plan (c on the Canary tab).", style="yellow")
+        if report.passed:
+            return Text("The canary passed on this plan.", style="green")
+        return Text("The canary FAILED on this plan.", style="bold red")
 
     def _write_confirmed(self, answer) -> None:
         if answer is None:
             return
         output, replace = answer
+        self.last_output = output
         base, candidate, keep = self.base, self.candidate, self.plan.keep
         keep_non_layer = self.plan.state.keep_non_layer
 
@@ -371,7 +385,7 @@ class SurgeonApp(App):
                 cancel=job.cancel,
                 progress=job.progress,
             )
-            job.progress.start("verifying what was written", 0)
+            job.progress.start("verifying", 0)
             return verify(output, base)
 
         self.start_job("write", work, self._written)
@@ -389,8 +403,9 @@ class SurgeonApp(App):
         from surgeon.errors import SurgeonError
 
         pane = self.query_one(PrunePane)
+        num_layers = self.plan.num_layers if self.plan else None
         try:
-            options, output = _prune_request(pane.form(), self.base)
+            options, output = _prune_request(pane.form(), self.base, num_layers)
         except SurgeonError as exc:
             self.show_error("Prune options", str(exc))
             return
@@ -413,8 +428,19 @@ class SurgeonApp(App):
         self.start_job("prune", work, self._pruned)
 
     def _pruned(self, result) -> None:
-        self.notify(f"Pruned into {result.output}; it is now the candidate", timeout=5)
-        self.open_candidate(Path(result.output))
+        output = Path(result.output)
+
+        def answered(open_it: bool | None) -> None:
+            if open_it:
+                self.open_candidate(output)
+            else:
+                self.notify(f"Pruned into {output}; the candidate is unchanged", timeout=5)
+
+        question = (
+            f"Pruned into {output}.\n\nOpen it as the candidate? The current plan, its undo history "
+            f"and canary results belong to {self.candidate.name} and are dropped."
+        )
+        self.push_screen(ConfirmDialog(question, "Open as candidate", "Keep the current candidate"), answered)
 
     def open_candidate(self, candidate: Path) -> None:
         self.candidate = candidate
@@ -459,8 +485,10 @@ class SurgeonApp(App):
         self.push_screen(HelpScreen())
 
     async def action_quit(self) -> None:
+        """Quits at once unless a write or a prune would be lost: those ask, then cancel and
+        wait for the engine to clean up before the app goes."""
         job = self.job
-        if job is None or job.name != "write":
+        if job is None or job.name not in ("write", "prune"):
             if job is not None:
                 job.cancel.set()
             self.exit()
@@ -471,7 +499,8 @@ class SurgeonApp(App):
                 job.cancel.set()
                 self.run_worker(self._exit_after(job), exclusive=False)
 
-        self.push_screen(ConfirmDialog("A write is running. Cancel it and quit?", "Cancel write and quit"), answered)
+        question = f"A {job.name} is running. Cancel it and quit? Nothing it wrote will be left."
+        self.push_screen(ConfirmDialog(question, f"Cancel {job.name} and quit"), answered)
 
     async def _exit_after(self, job: Job) -> None:
         from textual.worker import WorkerFailed
@@ -521,15 +550,21 @@ def _composed_canary(base: Path, candidate: Path, report):
     return ComposedCanary(base, candidate, prompts, CanaryOptions(), "auto", "auto", None, default_cache_dir(), changed)
 
 
-def _prune_request(form: dict, base: Path):
-    """PruneOptions and the output folder from the Prune tab's fields."""
+def _prune_request(form: dict, base: Path, num_layers: int | None):
+    """PruneOptions and the output folder from the Prune tab's fields, checked in the tab's
+    own words before any work starts."""
     from surgeon.errors import SurgeonError
+    from surgeon.layers import parse_layers
     from surgeon.prune import PruneOptions
 
     try:
         fraction = float(form["fraction"])
     except ValueError:
-        raise SurgeonError(f"fraction {form['fraction']!r}: give a number in [0, 1), e.g. 0.125") from None
+        fraction = -1.0
+    if not 0 < fraction < 1:
+        raise SurgeonError(f"fraction {form['fraction']!r}: give a number between 0 and 1, e.g. 0.125")
+    if num_layers is not None:
+        parse_layers(form["layers"], num_layers, what="layers")
     options = PruneOptions(prune_frac=fraction, layers=form["layers"], importance=form["importance"], heal=form["heal"])
     options.validate()
     output = Path(form["output"]).expanduser() if form["output"] else _free_folder(Path.cwd() / f"{base.name}-pruned")

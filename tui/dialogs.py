@@ -69,9 +69,9 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, default_output: Path, description: str):
+    def __init__(self, default_output: Path, description, inputs: list[Path]):
         super().__init__(classes="dialog-screen")
-        self.default_output, self.description = default_output, description
+        self.default_output, self.description, self.inputs = default_output, description, inputs
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
@@ -94,14 +94,47 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
         self._submit()
 
     def _submit(self) -> None:
+        """Problems with the folder are shown here, with the dialog still open to fix them;
+        replacing an existing folder is confirmed first, since everything in it goes."""
+        from surgeon.checkpoint import open_checkpoint
+        from surgeon.errors import SurgeonError
+        from surgeon.writer import check_output_path
+
         text = self.query_one("#write-output", Input).value.strip()
+        replace = self.query_one("#write-replace", Checkbox).value
         if not text:
             self.notify("Give an output folder", severity="error")
             return
-        self.dismiss((Path(text).expanduser(), self.query_one("#write-replace", Checkbox).value))
+        output = Path(text).expanduser()
+        try:
+            check_output_path(output, [open_checkpoint(str(p)) for p in self.inputs], force=True)
+        except SurgeonError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        if not output.exists():
+            self.dismiss((output, False))
+        elif not replace:
+            self.notify(f"{output} already exists: tick Replace to replace it, or choose another", severity="error")
+        else:
+            question = f"{output} exists. Replace it? {_folder_note(output)} Everything in it will be deleted."
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.dismiss((output, True))
+
+            self.app.push_screen(ConfirmDialog(question, "Replace"), answered)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def _folder_note(folder: Path) -> str:
+    if not folder.is_dir():
+        return "It is a file, not a folder."
+    entries = list(folder.iterdir())
+    looks_like = any(e.suffix == ".safetensors" or e.name.endswith(".safetensors.index.json") for e in entries)
+    kind = "a checkpoint" if looks_like else "NOT a checkpoint"
+    return f"It holds {len(entries)} entries and looks like {kind}."
 
 
 HELP = """\
@@ -114,9 +147,10 @@ layers to keep, check the choice with the canary, and write it.
 |---|---|
 | `1`-`5` | Overview, Tensors, Plan, Canary, Prune |
 | `space` | on a layer row: keep it from the candidate / roll it back to base |
-| `ctrl+z` / `ctrl+y` | undo / redo a plan change |
+| `ctrl+z`, `ctrl+y` | undo, redo a plan change |
 | `n` | toggle non-layer tensors (embeddings, final norm, lm_head) |
 | `/` | type: the tensor filter, or the plan's layer range (enter rolls those layers back) |
+| `escape` | leave a text box, back to the tab's table |
 | `s` | on the Tensors tab: next sort order (or click a column header) |
 | `c` | run the canary on the current plan (in memory, nothing written) |
 | `a` | auto plan: the largest set of changed layers that passes the canary |
@@ -127,7 +161,9 @@ layers to keep, check the choice with the canary, and write it.
 | `?` | this help |
 | `q` | quit (asks first while a write runs) |
 
-Layer map: `·` identical, `●` changed, `H` heads zeroed, `↺` rolled back to base.
+Layer map: `·` identical, `●` changed, `H` heads zeroed, `↺` rolled back to base, blank: the
+layer has no such tensor (Gemma 4's full layers have no `v_proj`: k = v). "zeroed heads"
+lists the query heads that are all zeros in the candidate, by index (`#0` is the first).
 Shard verdicts come from file SHA256s: identical, header-only, changed.
 """
 

@@ -15,7 +15,7 @@ from tui import views
 class LayerMap(DataTable):
     """One row per layer; space keeps the layer from the candidate or rolls it back."""
 
-    BINDINGS = [Binding("space", "toggle", "Keep/roll back")]
+    BINDINGS = [Binding("space", "toggle", "Toggle")]
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
@@ -24,7 +24,7 @@ class LayerMap(DataTable):
         self.add_column("from", key="from", width=9)
         for column in views.MAP_COLUMNS:
             self.add_column(column, key=column)
-        self.add_column("zeroed", key="heads")
+        self.add_column("zeroed heads", key="heads")
 
     def show(self, rows: list[views.LayerRow]) -> None:
         row_index = self.cursor_row
@@ -114,7 +114,9 @@ class TensorsPane(Vertical):
         table.clear()
         for t in self.shown:
             table.add_row(*views.tensor_cells(t), key=t.name)
-        count = f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort} (s: next sort)"
+        count = f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort} (s: next sort, ←→ scroll)"
+        if self.query_one("#filter-layers", Input).has_class("invalid"):
+            count += "; the layer range is not understood (use 0-3,7), so it is ignored"
         self.query_one("#tensor-count", Static).update(count)
 
     def _layers(self) -> set[int] | None:
@@ -141,6 +143,9 @@ class TensorsPane(Vertical):
     def on_select_changed(self, event: Select.Changed) -> None:
         if self.tensors:
             self.refilter()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#tensor-table", DataTable).focus()
 
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         key = str(event.column_key.value)
@@ -172,8 +177,10 @@ class PlanPane(Vertical):
         self.query_one("#plan-map", LayerMap).show(views.layer_rows(report, plan))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter rolls the range back and returns to the map, where single keys work again."""
         if event.input.id == "plan-range":
             self.app.plan_range("roll_back", event.value)
+            self.query_one("#plan-map", LayerMap).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         how = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
@@ -244,6 +251,11 @@ class PrunePane(VerticalScroll):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "prune-run":
             self.app.action_prune()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in any field starts the prune; keys then go to the progress table, not the box."""
+        self.query_one("#prune-progress", DataTable).focus()
+        self.app.action_prune()
 
     def form(self) -> dict:
         return {

@@ -72,7 +72,7 @@ def layer_cells(row: LayerRow) -> list[Text]:
     for column in MAP_COLUMNS:
         mark, style = CELL[row.cells.get(column, "absent")]
         out.append(Text(mark, style=style, justify="center"))
-    heads = ",".join(map(str, row.zeroed_heads))
+    heads = " ".join(f"#{n}" for n in row.zeroed_heads)
     out.append(Text(heads or "-", style="red" if heads else "dim"))
     return out
 
@@ -184,7 +184,9 @@ def auto_steps_text(steps) -> Text:
     text = Text()
     if not steps:
         return text
-    text.append(f"auto search, {len(steps)} canary runs: ", style="bold")
+    found = [step.layers for step in steps if step.passed]
+    answer = layer_ranges(max(found, key=len)) if found else "none"
+    text.append(f"last auto search (found keep {answer}), {len(steps)} canary runs: ", style="bold")
     for n, step in enumerate(steps):
         if n:
             text.append(", ")
