@@ -148,7 +148,7 @@ def test_filter_and_sort_tensors():
         app.query_one("#tensor-table").focus()
         while app.query_one("TensorsPane").sort != "relative":
             await pilot.press("s")
-        rel = [float(r[3]) for r in table_rows(table)]
+        rel = [float(r[4]) for r in table_rows(table)]
         assert rel == sorted(rel, reverse=True)
 
     run_app(flow)
@@ -212,6 +212,12 @@ def test_toggle_a_range_space_undo_redo():
         assert app.plan.keep == [0, 1, 2, 3]
         overview = table_rows(app.query_one("#layer-map"))
         assert [r[1] for r in overview][4:] == ["base"] * 4  # both maps show the one plan
+        await pilot.press("2")
+        app.query_one("#filter-status").value = "plan:base"
+        await pilot.pause()
+        rolled_back = table_rows(app.query_one("#tensor-table"))
+        assert sorted(int(r[1]) for r in rolled_back) == [4, 4, 5, 5, 6, 6, 7, 7]
+        assert {r[3] for r in rolled_back} == {"base"}
 
     run_app(flow)
 

@@ -160,7 +160,6 @@ class SurgeonApp(App):
         from surgeon.plan import RollbackPlan
 
         self.report, self.plan = report, RollbackPlan(report)
-        self.query_one(TensorsPane).show(report)
         self.refresh_plan()
         self.notify(f"{len(report.tensors)} tensors compared", timeout=3)
 
@@ -169,6 +168,7 @@ class SurgeonApp(App):
             return
         self.query_one(OverviewPane).show(self.report, self.plan)
         self.query_one(PlanPane).show(self.report, self.plan, self.candidate.name)
+        self.query_one(TensorsPane).show(self.report, set(self.plan.summary().from_candidate))
         canary = self.query_one(CanaryPane)
         canary.show(self.plan_label(), self.canary_reports.get(self.plan_key()), self.auto_steps)
 

@@ -75,7 +75,10 @@ class OverviewPane(Vertical):
             files.add_row(item.name, Text(item.status, style=views.STATUS_STYLE.get(item.status, "")), key=item.name)
 
 
-STATUS_CHOICES = [(s, s) for s in ("all", "changed", "identical", "added", "removed", "retyped")]
+STATUS_CHOICES = [(s, s) for s in ("all", "changed", "identical", "added", "removed", "retyped")] + [
+    ("plan: kept", "plan:candidate"),
+    ("plan: rolled back", "plan:base"),
+]
 
 
 class TensorsPane(Vertical):
@@ -85,6 +88,7 @@ class TensorsPane(Vertical):
         super().__init__(**kwargs)
         self.tensors: list = []
         self.shown: list = []
+        self.from_candidate: set[str] = set()
         self.sort = "name"
 
     def compose(self) -> ComposeResult:
@@ -100,20 +104,24 @@ class TensorsPane(Vertical):
         for label in views.TENSOR_COLUMNS:
             table.add_column(label, key=label)
 
-    def show(self, report) -> None:
-        self.tensors = report.tensors
+    def show(self, report, from_candidate: set[str]) -> None:
+        """The report's tensors, with where the plan takes each from; called on every plan change."""
+        self.tensors, self.from_candidate = report.tensors, from_candidate
         self.refilter()
 
     def refilter(self) -> None:
         text = self.query_one("#filter-text", Input).value
         status = self.query_one("#filter-status", Select).value
         layers = self._layers()
-        shown = views.filter_tensors(self.tensors, text, str(status), layers)
+        shown = views.filter_tensors(self.tensors, text, str(status), layers, self.from_candidate)
         self.shown = sorted(shown, key=views.TENSOR_SORTS[self.sort])
         table = self.query_one("#tensor-table", DataTable)
+        row = table.cursor_row
         table.clear()
         for t in self.shown:
-            table.add_row(*views.tensor_cells(t), key=t.name)
+            table.add_row(*views.tensor_cells(t, self.from_candidate), key=t.name)
+        if self.shown:
+            table.move_cursor(row=min(row, len(self.shown) - 1))
         count = f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort} (s: next sort, ←→ scroll)"
         if self.query_one("#filter-layers", Input).has_class("invalid"):
             count += "; the layer range is not understood (use 0-3,7), so it is ignored"

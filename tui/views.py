@@ -95,13 +95,23 @@ def relative(t) -> float | None:
     return t.stats.rel_frobenius if t.stats is not None else None
 
 
-def tensor_cells(t) -> list:
+def plan_source(t, from_candidate: set[str]) -> str:
+    """Where the tensor comes from if the plan is written: "candidate", "base", or "either"
+    when both sides hold the same bytes."""
+    if t.status == "identical":
+        return "either"
+    return "candidate" if t.name in from_candidate else "base"
+
+
+def tensor_cells(t, from_candidate: set[str]) -> list:
     side = t.other or t.base
     rel = relative(t)
+    source = plan_source(t, from_candidate)
     return [
         t.name,
         "" if t.layer is None else t.layer,
         Text(t.status, style=STATUS_STYLE.get(t.status, "")),
+        Text(source, style=SOURCE_STYLE.get(source, "dim")),
         "" if rel is None else f"{rel:.3g}",
         short_sha(t.base),
         short_sha(t.other),
@@ -111,7 +121,7 @@ def tensor_cells(t) -> list:
     ]
 
 
-TENSOR_COLUMNS = ("name", "layer", "status", "relative", "base", "candidate", "shape", "dtype", "family")
+TENSOR_COLUMNS = ("name", "layer", "status", "plan", "relative", "base", "candidate", "shape", "dtype", "family")
 
 
 TENSOR_SORTS = {
@@ -122,13 +132,16 @@ TENSOR_SORTS = {
 }
 
 
-def filter_tensors(tensors, text: str, status: str, layers: set[int] | None) -> list:
-    """Tensors whose name contains every word of `text`, with `status` ("all" for any) and a
-    layer in `layers` (None for any)."""
+def filter_tensors(tensors, text: str, status: str, layers: set[int] | None, from_candidate: set[str]) -> list:
+    """Tensors whose name contains every word of `text`, with `status` ("all" for any; "plan:X"
+    for the plan's source X) and a layer in `layers` (None for any)."""
     words = text.lower().split()
     out = []
     for t in tensors:
-        if status != "all" and t.status != status:
+        if status.startswith("plan:"):
+            if plan_source(t, from_candidate) != status[5:]:
+                continue
+        elif status != "all" and t.status != status:
             continue
         if layers is not None and t.layer not in layers:
             continue
