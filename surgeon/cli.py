@@ -264,9 +264,14 @@ def _render_inspect(data: dict, verbose: bool, console) -> None:
 @main.command()
 @click.argument("base", required=False)
 @click.argument("candidate", required=False)
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Tokenizer folder for the canary and prune (default: the base's own).",
+)
 @debug_option
 @handle_errors
-def tui(base, candidate, debug) -> None:
+def tui(base, candidate, tokenizer, debug) -> None:
     """Interactive diff, rollback plan, canary, prune and write over BASE and CANDIDATE.
 
     With no arguments it opens the bundled demo pair: the tiny trained model and its
@@ -282,7 +287,7 @@ def tui(base, candidate, debug) -> None:
     roots = [open_checkpoint(path).root for path in (base, candidate)]  # bad input: one line, before the screen
     from tui.app import SurgeonApp
 
-    SurgeonApp(*roots).run()
+    SurgeonApp(*roots, tokenizer=tokenizer).run()
 
 
 def _register_commands() -> None:

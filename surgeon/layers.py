@@ -65,6 +65,14 @@ def describe_layers(layers: list[int] | set[int], count_them: bool = False) -> s
     return text
 
 
+def layers_phrase(layers) -> str:
+    """ "layer 3", "layers 0-3,7" or "no layers", for sentences."""
+    layers = sorted(layers)
+    if not layers:
+        return "no layers"
+    return f"layer{'s' if len(layers) > 1 else ''} {layer_ranges(layers)}"
+
+
 def parse_layers(spec: str, num_layers: int, what: str = "--layers") -> list[int]:
     """Layer indices from "all" or ranges like "0-3,7"; `what` names the input in errors."""
     if spec.strip() == "all":

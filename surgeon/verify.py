@@ -13,7 +13,7 @@ from surgeon.diff import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.errors import SurgeonError
 from surgeon.hashcache import HashCache, default_cache_dir
 from surgeon.hashing import hash_shards
-from surgeon.layers import layer_ranges
+from surgeon.layers import layer_ranges, layers_phrase
 from surgeon.writer import MANIFEST_NAME
 
 
@@ -134,7 +134,7 @@ def _check_claims(manifest: dict, diff: DiffReport, report: VerifyReport) -> Non
         report.discrepancies.append(f"tensor {name}: listed as written but byte-identical to base")
     _check_heads(manifest, diff, report, set(actual))
     _check_copied(written, diff, report)
-    report.checks.append(f"claims checked against the base: weights differ in layers {layer_ranges(actual) or 'none'}")
+    report.checks.append(f"claims checked against the base: weights differ in {layers_phrase(actual)}")
 
 
 def _check_copied(written: dict, diff: DiffReport, report: VerifyReport) -> None:

@@ -451,6 +451,53 @@ def test_bad_prune_options_show_a_dialog(field, value, message):
     run_app(flow)
 
 
+def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):
+    from surgeon import writer
+
+    output = tmp_path / "out"
+    entered, release = hold(monkeypatch, writer, "_kernel_copy_range")
+
+    async def flow(app, pilot):
+        await pilot.press("w")
+        await type_into(pilot, "#write-output", str(output))
+        await pilot.press("enter")
+        await asyncio.to_thread(entered.wait, 30)
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ConfirmDialog"
+        release.set()  # the write finishes while the question is up
+        await settle(app, pilot)
+        assert app.screen.__class__.__name__ == "MessageDialog"  # the verify result, not the stale question
+        assert "ConfirmDialog" not in [type(s).__name__ for s in app.screen_stack]
+        assert app.is_running and app.last_verify.ok
+
+    run_app(flow)
+    assert (output / "prune_manifest.json").is_file()
+
+
+def test_cancelled_hashing_says_how_to_start_again(monkeypatch):
+    import surgeon.diff as diff_module
+    from tui.app import SurgeonApp
+
+    entered, release = hold(monkeypatch, diff_module, "_hash_both")
+
+    async def main():
+        app = SurgeonApp(BASE, CANDIDATE)
+        async with app.run_test(size=(100, 36)) as pilot:
+            await asyncio.to_thread(entered.wait, 30)
+            await pilot.press("x")
+            release.set()
+            await settle(app, pilot)
+            assert app.report is None
+            assert "Press r to hash again" in text_of(app, "#summary")
+            monkeypatch.undo()
+            await pilot.press("r")
+            await settle(app, pilot)
+            assert app.report is not None and "16 of 112 tensors differ" in text_of(app, "#summary")
+
+    asyncio.run(main())
+
+
 def test_quit_during_a_prune_asks_first(tmp_path, monkeypatch):
     from surgeon import prune as prune_module
 

@@ -15,7 +15,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, ProgressBar, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Label, ProgressBar, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from tui.dialogs import ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
@@ -26,8 +26,8 @@ FOCUS = {
     "overview": "#layer-map",
     "tensors": "#tensor-table",
     "plan": "#plan-map",
-    "canary": "#canary-run",
-    "prune": "#prune-frac",
+    "canary": "#canary-scroll",
+    "prune": "#prune-progress",
 }
 TYPE_HERE = {"tensors": "#filter-text", "plan": "#plan-range", "prune": "#prune-output"}
 
@@ -95,14 +95,16 @@ class SurgeonApp(App):
         Binding("ctrl+y", "redo", "Redo", show=False),
         Binding("n", "toggle_non_layer", "Non-layer", show=False),
         Binding("slash", "type_here", "Type", show=False),
+        Binding("r", "rehash", "Rehash", show=False),
         Binding("escape", "leave_box", "Leave box", show=False),
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, base: Path, candidate: Path):
+    def __init__(self, base: Path, candidate: Path, tokenizer: Path | None = None):
         super().__init__()
         self.base, self.candidate = Path(base), Path(candidate)
+        self.tokenizer = Path(tokenizer) if tokenizer else None  # default: the base's own
         self.report = None
         self.plan = None
         self.composed = None  # the canary's in-memory model, built once per candidate
@@ -154,7 +156,11 @@ class SurgeonApp(App):
             pair = open_checkpoint(str(base)), open_checkpoint(str(candidate))
             return diff_checkpoints(*pair, options, progress=job.progress, cancel=job.cancel)
 
-        self.start_job("hashing", work, self._loaded)
+        if self.start_job("hashing", work, self._loaded):
+            self.query_one("#summary", Static).update("Hashing both checkpoints...")
+
+    def action_rehash(self) -> None:
+        self.load_pair()
 
     def _loaded(self, report) -> None:
         from surgeon.plan import RollbackPlan
@@ -198,6 +204,7 @@ class SurgeonApp(App):
             return
         self.job = None
         self._draw_job()
+        self._close_quit_question(job)
         if event.state == WorkerState.SUCCESS:
             try:
                 job.done(event.worker.result)
@@ -207,6 +214,8 @@ class SurgeonApp(App):
             self._job_failed(job, event.worker.error)
         else:
             self.notify(f"{job.name} cancelled", timeout=3)
+        if job.name == "hashing" and self.report is None:
+            self.query_one("#summary", Static).update("Hashing stopped before the end. Press r to hash again.")
 
     def _job_failed(self, job: Job, error: BaseException | None) -> None:
         from surgeon.errors import Cancelled, SurgeonError
@@ -292,7 +301,7 @@ class SurgeonApp(App):
         def work(job: Job):
             if self.composed is None:
                 job.progress.start("loading models", 0)
-                self.composed = _composed_canary(base, candidate, report)
+                self.composed = _composed_canary(base, candidate, report, self.tokenizer)
             return key, self.composed.run(key, cancel=job.cancel, progress=job.progress)
 
         self.start_job("canary", work, self._canary_done)
@@ -315,7 +324,7 @@ class SurgeonApp(App):
 
             if self.composed is None:
                 job.progress.start("loading models", 0)
-                self.composed = _composed_canary(base, candidate, report)
+                self.composed = _composed_canary(base, candidate, report, self.tokenizer)
             composed = self.composed
 
             def passes(layers) -> bool:
@@ -405,7 +414,7 @@ class SurgeonApp(App):
         pane = self.query_one(PrunePane)
         num_layers = self.plan.num_layers if self.plan else None
         try:
-            options, output = _prune_request(pane.form(), self.base, num_layers)
+            options, output = _prune_request(pane.form(), self.base, num_layers, self.tokenizer)
         except SurgeonError as exc:
             self.show_error("Prune options", str(exc))
             return
@@ -499,8 +508,17 @@ class SurgeonApp(App):
                 job.cancel.set()
                 self.run_worker(self._exit_after(job), exclusive=False)
 
-        question = f"A {job.name} is running. Cancel it and quit? Nothing it wrote will be left."
-        self.push_screen(ConfirmDialog(question, f"Cancel {job.name} and quit"), answered)
+        question = f"A {job.name} is running. Cancel it and quit? A cancelled {job.name} leaves nothing behind."
+        job.quit_question = ConfirmDialog(question, f"Cancel {job.name} and quit")
+        self.push_screen(job.quit_question, answered)
+
+    def _close_quit_question(self, job: Job) -> None:
+        """A job that ends while "cancel it and quit?" is up makes the question moot: it goes,
+        and the job's own result (a verify dialog, an error) is what the user sees."""
+        question = job.quit_question
+        if question is not None and question in self.screen_stack:
+            question.dismiss(None)
+            self.notify(f"The {job.name} finished before quitting; the app stays open", timeout=5)
 
     async def _exit_after(self, job: Job) -> None:
         from textual.worker import WorkerFailed
@@ -525,14 +543,14 @@ class SurgeonApp(App):
             ("Redo plan change", "Redo a rollback-plan change", self.action_redo),
             ("Toggle non-layer tensors", "Embeddings, final norm, lm_head", self.action_toggle_non_layer),
             ("Cancel job", "Stop the running hash, canary, prune or write", self.action_cancel_job),
-            ("Rehash", "Hash and compare base and candidate again", self.load_pair),
+            ("Rehash", "Hash and compare base and candidate again (r)", self.action_rehash),
             ("Help", "Keys and symbols", self.action_help),
         ]
         for title, help_text, callback in commands:
             yield SystemCommand(title, help_text, callback)
 
 
-def _composed_canary(base: Path, candidate: Path, report):
+def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None):
     """The canary's model: base weights in memory, the candidate's changed layers swappable.
     The diff already knows which tensors changed, so nothing is hashed again."""
     from surgeon.canary import CanaryOptions, default_cache_dir, read_prompts
@@ -547,10 +565,13 @@ def _composed_canary(base: Path, candidate: Path, report):
             raise SurgeonError(f"{t.name}: {t.status} outside a layer; the canary composes changed layers only")
         changed.setdefault(t.layer, []).append(t.name)
     prompts = read_prompts(None)
-    return ComposedCanary(base, candidate, prompts, CanaryOptions(), "auto", "auto", None, default_cache_dir(), changed)
+    tokenizer_path = str(tokenizer) if tokenizer else None
+    return ComposedCanary(
+        base, candidate, prompts, CanaryOptions(), "auto", "auto", tokenizer_path, default_cache_dir(), changed
+    )
 
 
-def _prune_request(form: dict, base: Path, num_layers: int | None):
+def _prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Path | None):
     """PruneOptions and the output folder from the Prune tab's fields, checked in the tab's
     own words before any work starts."""
     from surgeon.errors import SurgeonError
@@ -565,9 +586,16 @@ def _prune_request(form: dict, base: Path, num_layers: int | None):
         raise SurgeonError(f"fraction {form['fraction']!r}: give a number between 0 and 1, e.g. 0.125")
     if num_layers is not None:
         parse_layers(form["layers"], num_layers, what="layers")
-    options = PruneOptions(prune_frac=fraction, layers=form["layers"], importance=form["importance"], heal=form["heal"])
+    options = PruneOptions(
+        prune_frac=fraction,
+        layers=form["layers"],
+        importance=form["importance"],
+        heal=form["heal"],
+        tokenizer=str(tokenizer) if tokenizer else None,
+    )
     options.validate()
-    output = Path(form["output"]).expanduser() if form["output"] else _free_folder(Path.cwd() / f"{base.name}-pruned")
+    default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
+    output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
     if output.exists():
         raise SurgeonError(f"{output}: already exists; choose another output folder")
     return options, output

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, Markdown, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Markdown, Static
 
 
 class MessageDialog(ModalScreen[None]):
@@ -29,6 +29,7 @@ class MessageDialog(ModalScreen[None]):
                 yield Static(self.body, id="dialog-text")
             with Horizontal(id="dialog-buttons"):
                 yield Button("OK", id="ok", variant="primary")
+        yield Footer()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(None)
@@ -50,6 +51,7 @@ class ConfirmDialog(ModalScreen[bool]):
             with Horizontal(id="dialog-buttons"):
                 yield Button(self.yes_label, id="yes", variant="error")
                 yield Button(self.no_label, id="no", variant="primary")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -83,6 +85,7 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
             with Horizontal(id="dialog-buttons"):
                 yield Button("Write", id="write", variant="success")
                 yield Button("Cancel", id="cancel")
+        yield Footer()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "write":
@@ -156,6 +159,7 @@ layers to keep, check the choice with the canary, and write it.
 | `a` | auto plan: the largest set of changed layers that passes the canary |
 | `w` | write the plan to a folder, then verify it |
 | `x` | cancel the running job |
+| `r` | hash and compare the pair again (after a cancelled hashing, say) |
 | `enter` | on a tensor: its hashes, stats and heads |
 | `ctrl+p` | command palette: every action by name |
 | `?` | this help |
@@ -164,7 +168,10 @@ layers to keep, check the choice with the canary, and write it.
 Layer map: `·` identical, `●` changed, `H` heads zeroed, `↺` rolled back to base, blank: the
 layer has no such tensor (Gemma 4's full layers have no `v_proj`: k = v). "zeroed heads"
 lists the query heads that are all zeros in the candidate, by index (`#0` is the first).
-Shard verdicts come from file SHA256s: identical, header-only, changed.
+Shard verdicts come from file SHA256s: identical, header-only, changed. Other files (config,
+tokenizer, manifest) are listed beside them at 120 columns and wider; the summary line names
+any that differ at every width. The canary and prune use the base's tokenizer unless
+`surgeon tui --tokenizer DIR` names another.
 """
 
 
@@ -177,6 +184,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
             yield Markdown(HELP, id="help-text")
+        yield Footer()
 
     async def action_dismiss(self, result=None) -> None:
         self.dismiss(None)
@@ -193,6 +201,7 @@ class TensorDetail(ModalScreen[None]):
         with VerticalScroll(id="dialog"):
             yield Label(self.tensor.name, id="dialog-title")
             yield Static(tensor_detail(self.tensor), id="tensor-detail")
+        yield Footer()
 
     async def action_dismiss(self, result=None) -> None:
         self.dismiss(None)

@@ -57,7 +57,7 @@ class OverviewPane(Vertical):
                 yield DataTable(id="files", cursor_type="row")
 
     def on_mount(self) -> None:
-        self.query_one("#shards", DataTable).add_columns("shard", "verdict", "differ", "sha256")
+        self.query_one("#shards", DataTable).add_columns("shard", "verdict", "differ", "candidate sha256")
         self.query_one("#files", DataTable).add_columns("file", "verdict")
 
     def show(self, report, plan) -> None:
@@ -97,7 +97,7 @@ class TensorsPane(Vertical):
             yield Select(STATUS_CHOICES, value="all", allow_blank=False, id="filter-status")
             yield Input(placeholder="layers 0-3", id="filter-layers")
         yield DataTable(id="tensor-table", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="tensor-count")
+        yield Static("Hashing both checkpoints...", id="tensor-count")
 
     def on_mount(self) -> None:
         table = self.query_one("#tensor-table", DataTable)
@@ -172,7 +172,7 @@ class TensorsPane(Vertical):
 
 class PlanPane(Vertical):
     def compose(self) -> ComposeResult:
-        yield Static("", id="plan-summary")
+        yield Static("Hashing both checkpoints...", id="plan-summary")
         with Horizontal(id="plan-controls"):
             yield Input(placeholder="layers, e.g. 4-59", id="plan-range")
             yield Button("Roll back", id="plan-roll-back", variant="primary")
@@ -222,7 +222,7 @@ class CanaryPane(Vertical):
         status = self.query_one("#canary-status", Static)
         result = self.query_one("#canary-result", Static)
         if report is None:
-            status.update(f"Plan {plan_label}: no canary run yet. c runs it in memory (nothing written); a searches.")
+            status.update(f"Plan {plan_label}: no canary run yet. c: run it in memory; a: auto plan search.")
             result.update("")
             return
         status.update(Text.assemble(f"Plan {plan_label}: ", canary_verdict(report)))

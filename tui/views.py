@@ -73,7 +73,9 @@ def layer_cells(row: LayerRow) -> list[Text]:
         mark, style = CELL[row.cells.get(column, "absent")]
         out.append(Text(mark, style=style, justify="center"))
     heads = " ".join(f"#{n}" for n in row.zeroed_heads)
-    out.append(Text(heads or "-", style="red" if heads else "dim"))
+    if heads and row.source == "base":
+        heads = f"({heads})"  # zeroed in the candidate, but this plan takes the base's heads
+    out.append(Text(heads or "-", style="red" if heads and row.source == "candidate" else "dim"))
     return out
 
 
@@ -156,7 +158,7 @@ def plan_text(summary, candidate_name: str) -> Text:
     text.append("    rolled back to base: ", style="bold").append(summary.rolled_back_text, style="cyan")
     non_layer = "candidate" if summary.keep_non_layer else "base"
     text.append(f"\nnon-layer tensors (embeddings, norms, lm_head) from the {non_layer}\n")
-    text.append(f"{len(summary.from_candidate)} tensors from {candidate_name}, ")
+    text.append(f"{len(summary.from_candidate)} tensors from the candidate ({candidate_name}), ")
     text.append(f"{len(summary.from_base)} rolled back to base, {summary.identical_tensors} identical\n")
     written = ", ".join(summary.shards_written) or "none"
     text.append(f"shards written: {len(summary.shards_written)} ({written}); ")
