@@ -72,9 +72,15 @@ def encode(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
     return [ids for ids in encoded if len(ids) >= 2]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model")
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise SurgeonError(f"{path}: has no tokenizer files (tokenizer.json, tokenizer.model, ...); pass --tokenizer")
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:

@@ -228,3 +228,13 @@ def test_nf4_canary_through_bitsandbytes(tmp_path):
     assert nf4.passed
     assert not nf4.base_cache_hit  # nf4 base outputs are their own cache entries
     assert [p.base_text for p in nf4.prompts] != [p.base_text for p in full.prompts]  # really quantized
+
+
+def test_canary_without_a_tokenizer_says_so_in_one_line():
+    from surgeon.cli import main
+
+    random_pair = FIXTURES / "gemma4-tiny"  # built for diff: weights only, no tokenizer
+    result = CliRunner().invoke(main, ["canary", str(random_pair / "pruned"), "--base", str(random_pair / "base")])
+    assert result.exit_code == 2
+    assert "has no tokenizer files" in result.output and "pass --tokenizer" in result.output
+    assert len(result.output.strip().splitlines()) == 1
