@@ -172,17 +172,17 @@ class SurgeonApp(App):
     def refresh_plan(self) -> None:
         if self.report is None:
             return
-        self.query_one(OverviewPane).show(self.report, self.plan)
-        self.query_one(PlanPane).show(self.report, self.plan, self.candidate.name)
-        self.query_one(TensorsPane).show(self.report, set(self.plan.summary().from_candidate))
+        from tui.views import layer_rows
+
+        summary, rows = self.plan.summary(), layer_rows(self.report, self.plan)
+        self.query_one(OverviewPane).show(self.report, rows)
+        self.query_one(PlanPane).show(rows, summary, self.candidate.name)
+        self.query_one(TensorsPane).show(self.report, set(summary.from_candidate))
         canary = self.query_one(CanaryPane)
-        canary.show(self.plan_label(), self.canary_reports.get(self.plan_key()), self.auto_steps)
+        canary.show(f"keep {summary.keep_text}", self.canary_reports.get(self.plan_key()), self.auto_steps)
 
     def plan_key(self) -> frozenset[int]:
         return frozenset(self.plan.keep)
-
-    def plan_label(self) -> str:
-        return f"keep {self.plan.summary().keep_text}"
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -228,7 +228,10 @@ class SurgeonApp(App):
             self.show_error(f"{job.name} failed", f"{type(error).__name__}: {error}")
 
     def _draw_job(self) -> None:
-        bar = self.query_one("#job-bar")
+        bars = self.query("#job-bar")
+        if not bars:  # the app is closing: its widgets are gone before its timers
+            return
+        bar = bars.first()
         if self.job is None:
             bar.remove_class("running")
             return
@@ -440,8 +443,8 @@ class SurgeonApp(App):
         output = Path(result.output)
 
         def answered(open_it: bool | None) -> None:
-            if open_it:
-                self.open_candidate(output)
+            if open_it:  # after the dialog has gone and handed focus back, or it would pull the tab back
+                self.call_after_refresh(self.open_candidate, output)
             else:
                 self.notify(f"Pruned into {output}; the candidate is unchanged", timeout=5)
 
@@ -527,6 +530,17 @@ class SurgeonApp(App):
             await job.worker.wait()
         self.exit()
 
+    def _range_box(self) -> None:
+        self.action_show_tab("plan")
+        self.query_one("#plan-range").focus()
+
+    def _toggle_selected(self) -> None:
+        """The layer under the cursor of the map on screen (the Plan tab's, else the Overview's)."""
+        active = self.query_one(TabbedContent).active
+        layer = self.query_one("#plan-map" if active == "plan" else "#layer-map").selected_layer()
+        if layer is not None:
+            self.toggle_layer(layer)
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         commands = [
@@ -539,6 +553,8 @@ class SurgeonApp(App):
             ("Auto plan", "Search the largest set of layers that passes the canary", self.action_auto_plan),
             ("Write plan", "Write the current plan to a folder and verify it", self.action_write),
             ("Start prune", "Prune the base with the Prune tab's options", self.action_prune),
+            ("Roll back a layer range", "Type layers such as 4-59 on the Plan tab", self._range_box),
+            ("Toggle the selected layer", "Keep it from the candidate or roll it back", self._toggle_selected),
             ("Undo plan change", "Undo the last rollback-plan change", self.action_undo),
             ("Redo plan change", "Redo a rollback-plan change", self.action_redo),
             ("Toggle non-layer tensors", "Embeddings, final norm, lm_head", self.action_toggle_non_layer),

@@ -60,11 +60,11 @@ class OverviewPane(Vertical):
         self.query_one("#shards", DataTable).add_columns("shard", "verdict", "differ", "candidate sha256")
         self.query_one("#files", DataTable).add_columns("file", "verdict")
 
-    def show(self, report, plan) -> None:
+    def show(self, report, rows: list[views.LayerRow]) -> None:
         from surgeon.report import summary_line
 
         self.query_one("#summary", Static).update(Text(summary_line(report)))
-        self.query_one("#layer-map", LayerMap).show(views.layer_rows(report, plan))
+        self.query_one("#layer-map", LayerMap).show(rows)
         shards = self.query_one("#shards", DataTable)
         shards.clear()
         for shard in report.shards:
@@ -89,6 +89,7 @@ class TensorsPane(Vertical):
         self.tensors: list = []
         self.shown: list = []
         self.from_candidate: set[str] = set()
+        self.stale = False  # the plan changed while the tab was hidden
         self.sort = "name"
 
     def compose(self) -> ComposeResult:
@@ -105,11 +106,24 @@ class TensorsPane(Vertical):
             table.add_column(label, key=label)
 
     def show(self, report, from_candidate: set[str]) -> None:
-        """The report's tensors, with where the plan takes each from; called on every plan change."""
+        """The report's tensors, with where the plan takes each from; called on every plan
+        change. A table of thousands of rows is only rebuilt when it can be seen."""
+        changed = report.tensors is not self.tensors or from_candidate != self.from_candidate
         self.tensors, self.from_candidate = report.tensors, from_candidate
-        self.refilter()
+        self.stale = self.stale or changed
+        if self.stale and self.is_on_screen:
+            self.refilter()
+
+    @property
+    def is_on_screen(self) -> bool:
+        return self.display and self.parent is not None and self.parent.display
+
+    def on_show(self) -> None:
+        if self.stale and self.tensors:
+            self.refilter()
 
     def refilter(self) -> None:
+        self.stale = False
         text = self.query_one("#filter-text", Input).value
         status = self.query_one("#filter-status", Select).value
         layers = self._layers()
@@ -180,9 +194,9 @@ class PlanPane(Vertical):
             yield Button("Keep only", id="plan-keep-only")
         yield LayerMap(id="plan-map")
 
-    def show(self, report, plan, candidate_name: str) -> None:
-        self.query_one("#plan-summary", Static).update(views.plan_text(plan.summary(), candidate_name))
-        self.query_one("#plan-map", LayerMap).show(views.layer_rows(report, plan))
+    def show(self, rows: list[views.LayerRow], summary, candidate_name: str) -> None:
+        self.query_one("#plan-summary", Static).update(views.plan_text(summary, candidate_name))
+        self.query_one("#plan-map", LayerMap).show(rows)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Enter rolls the range back and returns to the map, where single keys work again."""
