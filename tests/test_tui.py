@@ -596,3 +596,23 @@ def test_tui_command_rejects_bad_input_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["tui", str(BASE), str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_a_pair_salvage_cannot_write_is_explained_not_written(tmp_path):
+    from tests.helpers import make_variant
+
+    candidate = make_variant(tmp_path / "dropped", src=CANDIDATE, drop=("model.norm.weight",))
+
+    async def flow(app, pilot):
+        assert "1 removed" in text_of(app, "#summary")
+        await pilot.press("w")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "MessageDialog"
+        assert "model.norm.weight: removed in the candidate" in text_of(app, "#dialog-text")
+        await pilot.press("enter")
+        await pilot.press("c")
+        await settle(app, pilot)
+        assert app.screen.__class__.__name__ == "MessageDialog"
+        assert "the canary composes changed layers only" in text_of(app, "#dialog-text")
+
+    run_app(flow, candidate=candidate)
