@@ -162,10 +162,11 @@ def score(
 ) -> list[PromptResult]:
     """Each prompt's checks; `cancel` (a threading.Event) is looked at between prompts."""
     from surgeon.parallel import check_stop
+    from surgeon.progress import NoProgress
 
+    progress = progress or NoProgress()
     results = []
-    if progress is not None:
-        progress.start("canary", len(prompts), unit="prompts")
+    progress.start("canary", len(prompts), unit="prompts")
     for prompt, prompt_tokens, base in zip(prompts, ids, base_out, strict=True):
         check_stop(cancel.is_set if cancel is not None else None)
         tokens = model.generate(prompt_tokens, options.max_new_tokens)
@@ -185,10 +186,8 @@ def score(
         )
         judge(result, options)
         results.append(result)
-        if progress is not None:
-            progress.advance(1)
-    if progress is not None:
-        progress.stop()
+        progress.advance(1)
+    progress.stop()
     return results
 
 
@@ -250,14 +249,14 @@ class ComposedCanary:
         self._base_tensors = _read(self.base, names)
         self._candidate_tensors = _read(self.candidate, names)
         self.runs = 0
-        self._reports: dict[frozenset[int], CanaryReport] = {}
+        self.reports: dict[frozenset[int], CanaryReport] = {}  # per set of kept layers
 
     def run(self, layers, cancel=None, progress=None) -> CanaryReport:
         """Canary of base + the candidate's changes in `layers`. Generation is deterministic
         (greedy), so a plan already run is answered from memory."""
         keep = frozenset(layers) & frozenset(self.changed)
-        if keep in self._reports:
-            return self._reports[keep]
+        if keep in self.reports:
+            return self.reports[keep]
         swap = {}
         for layer, names in self.changed.items():
             source = self._candidate_tensors if layer in keep else self._base_tensors
@@ -267,21 +266,27 @@ class ComposedCanary:
             self.model, self.tokenizer, self.prompts, self.ids, self.base_out, self.options, cancel, progress
         )
         self.runs += 1
-        self._reports[keep] = _report(results, self.options, True)
-        return self._reports[keep]
+        self.reports[keep] = _report(results, self.options, True)
+        return self.reports[keep]
 
 
 def changed_by_layer(base: Checkpoint, candidate: Checkpoint) -> dict[int, list[str]]:
     """Layer -> names of its tensors whose bytes differ between base and candidate."""
     from surgeon.diff import DiffOptions, diff_checkpoints
 
-    report = diff_checkpoints(base, candidate, DiffOptions(cache_dir=default_cache_dir(), stats=False))
+    return layer_changes(diff_checkpoints(base, candidate, DiffOptions(cache_dir=default_cache_dir(), stats=False)))
+
+
+def layer_changes(report) -> dict[int, list[str]]:
+    """Layer -> names of its changed tensors, from a diff already made; refuses what cannot
+    be composed (tensors added, removed or retyped, or changed outside any layer)."""
     out: dict[int, list[str]] = {}
     for t in report.tensors:
         if t.status == "changed" and t.layer is not None:
             out.setdefault(t.layer, []).append(t.name)
         elif t.status != "identical":
-            raise SurgeonError(f"{t.name}: {t.status} in the candidate; only changed tensors can be composed")
+            where = "in the candidate" if t.layer is not None else "outside any layer"
+            raise SurgeonError(f"{t.name}: {t.status} {where}; the canary composes changed layers only")
     return out
 
 

@@ -108,7 +108,6 @@ class SurgeonApp(App):
         self.report = None
         self.plan = None
         self.composed = None  # the canary's in-memory model, built once per candidate
-        self.canary_reports: dict[frozenset[int], object] = {}
         self.job: Job | None = None
         self.last_verify = None
         self.last_output: Path | None = None  # the write dialog offers the last folder again
@@ -184,17 +183,28 @@ class SurgeonApp(App):
     def plan_key(self) -> frozenset[int]:
         return frozenset(self.plan.keep)
 
+    @property
+    def canary_reports(self) -> dict:
+        """Canary results per set of kept layers: the composed canary's own memory."""
+        return dict(self.composed.reports) if self.composed is not None else {}
+
+    def _composed_canary(self, job: Job):
+        """The canary's model, loaded by the first canary job of this candidate."""
+        if self.composed is None:
+            job.progress.start("loading models", 0)
+            self.composed = _composed_canary(self.base, self.candidate, self.report, self.tokenizer)
+        return self.composed
+
     # --- jobs ---------------------------------------------------------------------------
 
     def start_job(self, name: str, work: Callable[[Job], object], done: Callable[[object], None]) -> bool:
         if self.job is not None:
             self.notify(f"Busy: {self.job.name} is running (x cancels it)", severity="warning")
             return False
-        job = Job(name)
+        job = Job(name, done=done)
         job.progress.start(name, 0)
         self.job = job
         job.worker = self.run_worker(lambda: work(job), thread=True, exit_on_error=False, name=name, group="job")
-        job.done = done
         self._draw_job()
         return True
 
@@ -299,20 +309,11 @@ class SurgeonApp(App):
         if key in self.canary_reports:
             self.notify("This plan's canary is already known", timeout=2)
             return
-        base, candidate, report = self.base, self.candidate, self.report
 
         def work(job: Job):
-            if self.composed is None:
-                job.progress.start("loading models", 0)
-                self.composed = _composed_canary(base, candidate, report, self.tokenizer)
-            return key, self.composed.run(key, cancel=job.cancel, progress=job.progress)
+            return self._composed_canary(job).run(key, cancel=job.cancel, progress=job.progress)
 
-        self.start_job("canary", work, self._canary_done)
-
-    def _canary_done(self, result) -> None:
-        key, report = result
-        self.canary_reports[key] = report
-        self.refresh_plan()
+        self.start_job("canary", work, lambda _report: self.refresh_plan())
 
     def action_auto_plan(self) -> None:
         """salvage --auto in memory: the largest set of changed layers whose canary passes,
@@ -320,29 +321,22 @@ class SurgeonApp(App):
         if not self._need_report():
             return
         self.action_show_tab("canary")
-        base, candidate, report = self.base, self.candidate, self.report
 
         def work(job: Job):
             from surgeon.salvage import auto_plan
 
-            if self.composed is None:
-                job.progress.start("loading models", 0)
-                self.composed = _composed_canary(base, candidate, report, self.tokenizer)
-            composed = self.composed
+            composed = self._composed_canary(job)
 
             def passes(layers) -> bool:
                 return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
 
-            plan = auto_plan(sorted(composed.changed), passes)
-            return plan, {frozenset(step.layers): composed.run(step.layers) for step in plan.steps}
+            return auto_plan(sorted(composed.changed), passes)
 
         self.start_job("auto plan", work, self._auto_done)
 
-    def _auto_done(self, result) -> None:
+    def _auto_done(self, plan) -> None:
         from surgeon.layers import layer_ranges
 
-        plan, reports = result
-        self.canary_reports.update(reports)
         self.auto_steps = plan.steps
         self.plan.set_keep(plan.keep)
         self.refresh_plan()
@@ -457,7 +451,7 @@ class SurgeonApp(App):
     def open_candidate(self, candidate: Path) -> None:
         self.candidate = candidate
         self.sub_title = f"{self.base.name} → {self.candidate.name}"
-        self.report, self.plan, self.composed, self.canary_reports, self.auto_steps = None, None, None, {}, []
+        self.report, self.plan, self.composed, self.auto_steps = None, None, None, []
         self.action_show_tab("overview")
         self.load_pair()
 
@@ -570,16 +564,9 @@ def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None
     """The canary's model: base weights in memory, the candidate's changed layers swappable.
     The diff already knows which tensors changed, so nothing is hashed again."""
     from surgeon.canary import CanaryOptions, default_cache_dir, read_prompts
-    from surgeon.canary_run import ComposedCanary
-    from surgeon.errors import SurgeonError
+    from surgeon.canary_run import ComposedCanary, layer_changes
 
-    changed: dict[int, list[str]] = {}
-    for t in report.tensors:
-        if t.status == "identical":
-            continue
-        if t.layer is None or t.status != "changed":
-            raise SurgeonError(f"{t.name}: {t.status} outside a layer; the canary composes changed layers only")
-        changed.setdefault(t.layer, []).append(t.name)
+    changed = layer_changes(report)
     prompts = read_prompts(None)
     tokenizer_path = str(tokenizer) if tokenizer else None
     return ComposedCanary(

@@ -48,8 +48,8 @@ class Job:
     """One engine call at a time: hashing, canary, prune or write."""
 
     name: str
+    done: object  # called on the UI thread with the result
     progress: ThreadProgress = field(default_factory=ThreadProgress)
     cancel: threading.Event = field(default_factory=threading.Event)
     worker: object | None = None
-    done: object | None = None  # called on the UI thread with the result
     quit_question: object | None = None  # the "cancel it and quit?" dialog, while it is up
