@@ -278,12 +278,12 @@ def tui(base, candidate, tokenizer, debug) -> None:
     all-layers prune, whose canary fails.
     """
     from surgeon.checkpoint import open_checkpoint
-    from surgeon.demo import FIXTURE
+    from surgeon.demo import DEMO_CANDIDATE, FIXTURE
 
     if (base is None) != (candidate is None):
         raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
     if base is None:
-        base, candidate = str(FIXTURE), str(FIXTURE.with_name(FIXTURE.name + "-pruned"))
+        base, candidate = str(FIXTURE), str(DEMO_CANDIDATE)
     roots = [open_checkpoint(path).root for path in (base, candidate)]  # bad input: one line, before the screen
     from tui.app import SurgeonApp
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from surgeon.errors import SurgeonError
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "gemma4-tiny-trained"
+DEMO_CANDIDATE = FIXTURE.with_name(FIXTURE.name + "-pruned")  # built by fixtures/build_demo_candidate.py
 
 
 def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:

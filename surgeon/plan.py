@@ -59,7 +59,7 @@ class RollbackPlan:
 
     @property
     def keep(self) -> list[int]:
-        return sorted(self.state.keep & set(self.changed_layers))
+        return sorted(self.state.keep)  # _change keeps it within the changed layers
 
     def source_of(self, layer: int) -> str:
         """ "candidate", "base" (rolled back) or "identical" (nothing to choose)."""
@@ -79,7 +79,7 @@ class RollbackPlan:
         self._change(self.state.keep | self._parse(spec), self.state.keep_non_layer)
 
     def keep_only(self, spec: str) -> None:
-        self._change(frozenset(self._parse(spec)), self.state.keep_non_layer)
+        self._change(self._parse(spec), self.state.keep_non_layer)
 
     def set_keep(self, layers) -> None:
         """Keep exactly `layers` (an auto search's answer); one undoable change."""
@@ -119,8 +119,7 @@ class RollbackPlan:
         return tensor.layer in keep
 
     def _parse(self, spec: str) -> frozenset[int]:
-        layers = frozenset(parse_layers(spec, self.num_layers, what="layers"))
-        return layers & frozenset(self.changed_layers)
+        return frozenset(parse_layers(spec, self.num_layers, what="layers"))
 
     def _change(self, keep: frozenset[int], keep_non_layer: bool) -> None:
         new = PlanState(frozenset(keep) & frozenset(self.changed_layers), keep_non_layer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -287,9 +288,7 @@ def _plain_copy_range(src_fd: int, out, offset: int, count: int, path: Path) -> 
 def _emit_replacement(data, sources: _Sources, emit) -> str:
     """Write one replacement tensor; returns its SHA256."""
     digest = hashlib.sha256()  # the tensor's own hash, for the manifest
-
-    def both(chunk) -> None:
-        emit(chunk, also=digest)
+    both = functools.partial(emit, also=digest)
 
     if isinstance(data, TensorSource):
         source = sources.open(data.path)

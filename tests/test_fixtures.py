@@ -40,9 +40,10 @@ def test_fixtures_load_in_stock_transformers():
 def test_demo_candidate_is_the_trained_model_pruned_and_verifies():
     """`surgeon tui`'s demo pair: every layer pruned, the manifest true to the bytes, and
     the base named relative to the repository (not the machine that built it)."""
+    from surgeon.demo import DEMO_CANDIDATE as candidate
+    from surgeon.demo import FIXTURE as base
     from surgeon.verify import verify
 
-    base, candidate = FIXTURES / "gemma4-tiny-trained", FIXTURES / "gemma4-tiny-trained-pruned"
     manifest = json.loads((candidate / "prune_manifest.json").read_text())
     assert manifest["base"]["path"] == "fixtures/gemma4-tiny-trained"
     assert manifest["written"]["layers"] == list(range(8))

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from surgeon.demo import DEMO_CANDIDATE as CANDIDATE
 from surgeon.demo import FIXTURE as BASE
 from tests.helpers import sha
 
-CANDIDATE = BASE.with_name(BASE.name + "-pruned")
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 
 
