@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from surgeon.arch import layer_geometry, text_config
+from surgeon.arch import check_config, config_int, layer_geometry, shown, text_config
 from surgeon.checkpoint import Checkpoint
 from surgeon.errors import SurgeonError
 from surgeon.layers import parse_name
@@ -65,34 +65,62 @@ class ModelLayout:
         return None
 
 
+def config_path(ckpt: Checkpoint) -> str:
+    """The config file's name in messages: the file itself, next to the shards."""
+    return str(ckpt.root / "config.json")
+
+
+def checked_config(ckpt: Checkpoint) -> dict:
+    """The checkpoint's config.json (or {}), every value surgeon reads checked (arch.check_config)."""
+    check_config(ckpt.config, config_path(ckpt))
+    return ckpt.config or {}
+
+
 def describe(ckpt: Checkpoint) -> ModelLayout:
-    config = ckpt.config or {}
+    config = checked_config(ckpt)
     model_type = config.get("model_type")
     family = FAMILIES.get(model_type)
     if family is None:
         supported = ", ".join(sorted({k for k in FAMILIES if not k.endswith("_text")}))
         raise SurgeonError(
-            f"{ckpt.source}: model_type {model_type!r} is not supported for pruning (supported: {supported})"
+            f"{ckpt.source}: model_type {shown(model_type)} is not supported for pruning (supported: {supported})"
         )
     stack = _decoder_stack(ckpt)
-    cfg = text_config(config, stack)
-    layers = [_layer_spec(ckpt, cfg, stack, i) for i in range(int(cfg["num_hidden_layers"]))]
+    if stack is None:
+        raise SurgeonError(f"{ckpt.source}: no decoder layers found in the tensor names")
+    count = check_layer_count(ckpt, stack)
+    if count is None:
+        raise SurgeonError(f"{config_path(ckpt)}: num_hidden_layers is missing")
+    layers = [_layer_spec(ckpt, config, stack, i) for i in range(count)]
     text_prefix = stack[: -len("layers")]
-    return ModelLayout(family, cfg, stack, text_prefix, layers)
+    return ModelLayout(family, text_config(config, stack), stack, text_prefix, layers)
 
 
-def _decoder_stack(ckpt: Checkpoint) -> str:
+def check_layer_count(ckpt: Checkpoint, stack: str | None = None) -> int | None:
+    """num_hidden_layers, checked to be the checkpoint's own layer count: transformers
+    builds that many layers, so fewer would leave layers out unseen and more would build
+    layers with random weights (or, with 10**12, exhaust memory). None where the config
+    does not say or no decoder stack is found (the canary leaves those to transformers)."""
+    stack = stack or _decoder_stack(ckpt)
+    count = config_int(text_config(ckpt.config, stack), "num_hidden_layers")
+    if stack is None or count is None:
+        return count
+    last = max(p.layer for p in map(parse_name, ckpt.tensors) if p.stack == stack)
+    if count != last + 1:
+        raise SurgeonError(f"{config_path(ckpt)}: num_hidden_layers is {count} but the checkpoint has layers 0-{last}")
+    return count
+
+
+def _decoder_stack(ckpt: Checkpoint) -> str | None:
     counts: dict[str, int] = {}
     for name in ckpt.tensors:
         parsed = parse_name(name)
         if parsed.stack and "vision" not in parsed.stack and "audio" not in parsed.stack:
             counts[parsed.stack] = counts.get(parsed.stack, 0) + 1
-    if not counts:
-        raise SurgeonError(f"{ckpt.source}: no decoder layers found in the tensor names")
-    return max(counts, key=counts.get)
+    return max(counts, key=counts.get) if counts else None
 
 
-def _layer_spec(ckpt: Checkpoint, cfg: dict, stack: str, index: int) -> LayerSpec:
+def _layer_spec(ckpt: Checkpoint, config: dict, stack: str, index: int) -> LayerSpec:
     prefix = f"{stack}.{index}."
     attn = prefix + "self_attn."
     names = {p: f"{attn}{p}_proj.weight" for p in "qkvo"}
@@ -100,7 +128,7 @@ def _layer_spec(ckpt: Checkpoint, cfg: dict, stack: str, index: int) -> LayerSpe
         if names[proj] not in ckpt.tensors:
             raise SurgeonError(f"{ckpt.source}: layer {index} has no {names[proj]}")
     family_tensors = {n[len(prefix) :]: t for n, t in ckpt.tensors.items() if n.startswith(prefix)}
-    geometry = layer_geometry({"text_config": cfg}, stack, index, family_tensors)
+    geometry = layer_geometry(config, stack, index, family_tensors)
     if geometry is None or not geometry.num_kv_heads:
         raise SurgeonError(f"{ckpt.source}: cannot tell the attention geometry of layer {index}")
     q_bias = f"{attn}q_proj.bias"

@@ -7,23 +7,39 @@ import json
 from pathlib import Path
 
 from surgeon.errors import SurgeonError
+from surgeon.jsonfile import parse_json, read_bounded
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "calibration.txt"
+# Calibration reads at most a few thousand samples; a corpus file past this is a mistake, not data.
+MAX_CORPUS_BYTES = 1 << 30
 
 
 def read_corpus(path: Path) -> list[str]:
     """A .jsonl file holds one {"text": ...} object (or string) a line; any other file is
     text with one sample a line, or a paragraph a sample where blank lines separate them."""
-    path = Path(path)
+    return load_corpus(path)[0]
+
+
+def load_corpus(path: Path | None) -> tuple[list[str], dict]:
+    """The samples of `path` (None: the bundled corpus) and how a manifest names it.
+
+    The record never holds the file's location: the bundled corpus is
+    "bundled:calibration.txt", a user's file is its name and the SHA256 of the bytes read.
+    A path would leak the user's folders into a checkpoint they share and mean nothing on
+    another machine; name and hash identify the file anywhere (`sha256sum corpus.txt`).
+    """
+    file = Path(path) if path is not None else DEFAULT_CORPUS
+    data = read_bounded(file, MAX_CORPUS_BYTES)  # a regular file: a FIFO or /dev/zero is one error line
     try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SurgeonError(f"{path}: cannot read the calibration corpus ({exc})") from None
-    texts = _jsonl(raw, path) if path.suffix == ".jsonl" else _plain(raw)
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SurgeonError(f"{file}: cannot read the calibration corpus ({exc})") from None
+    texts = _jsonl(raw, file) if file.suffix == ".jsonl" else _plain(raw)
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise SurgeonError(f"{path}: the calibration corpus is empty")
-    return texts
+        raise SurgeonError(f"{file}: the calibration corpus is empty")
+    source = f"bundled:{DEFAULT_CORPUS.name}" if path is None else file.name
+    return texts, {"source": source, "file_sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _plain(raw: str) -> list[str]:
@@ -37,10 +53,7 @@ def _jsonl(raw: str, path: Path) -> list[str]:
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            item = json.loads(line)
-        except ValueError:
-            raise SurgeonError(f"{path}:{number}: not valid JSON") from None
+        item = parse_json(line, f"{path}:{number}")
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
             raise SurgeonError(f'{path}:{number}: expected a string or an object with "text"')
@@ -76,13 +89,29 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 
 
 def load_tokenizer(path: Path):
+    """The tokenizer in folder `path`. Messages name the folder, not an option, because the
+    TUI shows them too; `error.option` lets the CLI add "; pass --tokenizer"."""
     from transformers import AutoTokenizer
+
+    from surgeon.arch import config_error
 
     folder = Path(path)
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise SurgeonError(f"{path}: has no tokenizer files (tokenizer.json, tokenizer.model, ...); pass --tokenizer")
+        raise tokenizer_error(f"{path}: has no tokenizer files (tokenizer.json, tokenizer.model, ...)")
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SurgeonError(f"{path}: cannot load a tokenizer ({first}); pass --tokenizer") from None
+        raise tokenizer_error(f"{path}: cannot load a tokenizer ({first})") from None
+    except Exception as exc:  # AutoTokenizer reads config.json too, and transformers checks its values
+        error = config_error(exc, str(folder / "config.json"))
+        if error is None:
+            raise
+        raise error from None
+
+
+def tokenizer_error(message: str) -> SurgeonError:
+    """A SurgeonError that another tokenizer would fix: the CLI adds "; pass --tokenizer"."""
+    error = SurgeonError(message)
+    error.option = "tokenizer"  # the option that names another tokenizer, for the CLI's hint
+    return error

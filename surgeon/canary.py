@@ -24,6 +24,10 @@ from surgeon.atomic import write_text_atomic
 from surgeon.calibration import with_one_bos
 from surgeon.errors import SurgeonError
 from surgeon.hashcache import user_cache_dir
+from surgeon.jsonfile import parse_json, read_bounded
+
+# Prompts are a few dozen lines; a file past this is a mistake (or /dev/zero), not prompts.
+MAX_PROMPTS_BYTES = 16 << 20
 
 DEFAULT_PROMPTS = [
     "The capital of France is",
@@ -82,15 +86,19 @@ class CanaryReport:
     prompts: list[PromptResult]
     options: dict
     base_cache_hit: bool
+    composed_layers: list[int] | None = None  # composed in memory: the candidate's layers put on the base
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "schema": SCHEMA,
             "passed": self.passed,
             "base_cache_hit": self.base_cache_hit,
             "options": self.options,
             "prompts": [asdict(p) | {"passed": p.passed} for p in self.prompts],
         }
+        if self.composed_layers is not None:  # a manifest then says which plan this canary judged
+            out["composed_layers"] = self.composed_layers
+        return out
 
 
 def read_prompts(path: Path | None) -> list[Prompt]:
@@ -98,9 +106,10 @@ def read_prompts(path: Path | None) -> list[Prompt]:
     {"messages": [...]} (chat, formatted by the tokenizer's template)."""
     if path is None:
         return [Prompt(text=t) for t in DEFAULT_PROMPTS]
+    data = read_bounded(Path(path), MAX_PROMPTS_BYTES)  # a regular file: a FIFO or /dev/zero is one error line
     try:
-        raw = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SurgeonError(f"{path}: cannot read prompts ({exc})") from None
     if Path(path).suffix != ".jsonl":
         prompts = [Prompt(text=line) for line in raw.splitlines() if line.strip()]
@@ -112,11 +121,10 @@ def read_prompts(path: Path | None) -> list[Prompt]:
 
 
 def _jsonl_prompt(line: str, path, number: int) -> Prompt:
-    try:
-        item = json.loads(line)
-    except ValueError:
-        raise SurgeonError(f"{path}:{number}: not valid JSON") from None
-    if isinstance(item, dict) and isinstance(item.get("messages"), list):
+    item = parse_json(line, f"{path}:{number}")
+    if isinstance(item, dict) and "messages" in item:
+        if not _is_conversation(item["messages"]):
+            raise SurgeonError(f'{path}:{number}: "messages" must be a list of {{"role": ..., "content": ...}} objects')
         return Prompt(messages=item["messages"])
     text = item.get("prompt", item.get("text")) if isinstance(item, dict) else item
     if not isinstance(text, str):
@@ -124,20 +132,46 @@ def _jsonl_prompt(line: str, path, number: int) -> Prompt:
     return Prompt(text=text)
 
 
+def _is_conversation(messages) -> bool:
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), (str, list))
+            for m in messages
+        )
+    )
+
+
 def prompt_ids(tokenizer, prompt: Prompt, bos: str) -> list[int]:
     """Token ids with exactly one BOS (or none with bos='none'). A chat prompt is formatted
     by the template once, never re-wrapped; a template that adds BOS itself is not doubled."""
     if prompt.messages is not None:
-        ids = tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        ids = list(ids)
+        ids = _chat_ids(tokenizer, prompt)
     else:
         ids = tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
     bos_id = tokenizer.bos_token_id
     if bos == "none" or bos_id is None:
         return [i for i in ids if i != bos_id] if bos == "none" and bos_id is not None else ids
     return with_one_bos(ids, bos_id)
+
+
+def _chat_ids(tokenizer, prompt: Prompt) -> list[int]:
+    """A chat prompt through the tokenizer's own template. No template, or one that fails
+    on these messages, is one line naming the tokenizer, found before any model is loaded."""
+    from jinja2 import TemplateError
+
+    where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    if not getattr(tokenizer, "chat_template", None):
+        raise SurgeonError(f'{where}: has no chat template; give plain prompts ("prompt", not "messages")')
+    try:
+        ids = tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True)
+    except (TemplateError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SurgeonError(f"{where}: the chat template failed on {prompt.label} ({first[:200]})") from None
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
 
 
 # -- the checks -------------------------------------------------------------------------
@@ -209,12 +243,25 @@ def default_cache_dir() -> Path:
 
 
 def cache_read(cache_dir: Path | None, key: str) -> dict | None:
+    """A cached base output, or None (a miss) for anything that is not one: the cache is a
+    folder others can write, so an entry must be a bounded regular file holding a list of
+    token ids and a finite NLL, and anything else is recomputed, never an error."""
     if cache_dir is None:
         return None
+    path = Path(cache_dir) / f"{key}.json"
     try:
-        return json.loads((Path(cache_dir) / f"{key}.json").read_text())
-    except (OSError, ValueError):
+        entry = parse_json(read_bounded(path, MAX_PROMPTS_BYTES), str(path))
+    except SurgeonError:
         return None
+    return entry if _is_base_output(entry) else None
+
+
+def _is_base_output(entry: object) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("tokens"), list):
+        return False
+    nll = entry.get("nll")
+    tokens_ok = all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in entry["tokens"])
+    return tokens_ok and isinstance(nll, (int, float)) and not isinstance(nll, bool) and math.isfinite(nll)
 
 
 def cache_write(cache_dir: Path | None, key: str, value: dict) -> None:

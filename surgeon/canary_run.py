@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from surgeon.adapters import check_layer_count, checked_config, config_path
+from surgeon.arch import config_error
 from surgeon.calibration import load_tokenizer
 from surgeon.canary import (
     CanaryOptions,
@@ -36,7 +38,6 @@ class CanaryModel:
     """A causal LM to generate with and score; `apply` swaps tensors in place."""
 
     def __init__(self, ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", quant: str | None = None):
-        from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # surgeon reports its own progress
@@ -52,11 +53,7 @@ class CanaryModel:
             )
         if self.device.type == "cuda":
             kwargs["device_map"] = "auto" if quant else {"": str(self.device)}
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(str(ckpt.root), **kwargs).eval()
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SurgeonError(f"{ckpt.source}: cannot load the model ({first})") from None
+        self.model = _from_pretrained(_checked(ckpt), kwargs)
         if self.device.type != "cuda" and not quant:
             self.model.to(self.device)
         self.eos = _eos_ids(self.model)
@@ -94,10 +91,54 @@ class CanaryModel:
     @torch.no_grad()
     def apply(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.quant:
-            raise SurgeonError("composing a model in memory needs full precision (no --quant)")
+            raise SurgeonError("composing a model in memory needs full precision, not a quantized model")
         for name, value in tensors.items():
             param = self.model.get_parameter(name)
             param.copy_(value.to(param.device, param.dtype))
+
+
+def _from_pretrained(ckpt: Checkpoint, kwargs: dict):
+    """transformers' model of `ckpt`, every failure one line. transformers' own load report
+    (a table on stderr) is silenced, so a weight it would have left random is refused here:
+    a canary of a model with random weights means nothing."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(ckpt.root), output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SurgeonError(f"{ckpt.source}: cannot load the model ({first})") from None
+    except Exception as exc:
+        raise _load_error(exc, ckpt) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SurgeonError(f"{ckpt.source}: the model needs {missing[0]}{more}, which the checkpoint lacks")
+    return model.eval()
+
+
+def _load_error(exc: Exception, ckpt: Checkpoint) -> Exception:
+    """A config transformers rejects, or one whose sizes do not fit the weights, as one line;
+    anything else as it is."""
+    error = config_error(exc, config_path(ckpt))  # transformers' checks of values surgeon does not read
+    if error is None and isinstance(exc, RuntimeError) and "mismatched_sizes" in str(exc):
+        error = SurgeonError(
+            f"{config_path(ckpt)}: does not fit the weights: tensor sizes differ from the model it describes"
+        )
+    return error if error is not None else exc
+
+
+def _checked(ckpt: Checkpoint) -> Checkpoint:
+    """`ckpt`, once every config value surgeon reads has the right type (one line naming the
+    key otherwise, before any model is loaded)."""
+    checked_config(ckpt)
+    check_layer_count(ckpt)
+    return ckpt
 
 
 def _eos_ids(model) -> set[int]:
@@ -203,7 +244,8 @@ def run_canary(
     cache_dir: Path | None = None,
 ) -> CanaryReport:
     """Canary of MODEL against BASE, one model in memory at a time."""
-    base, model_ckpt = open_checkpoint(base_path), open_checkpoint(model_path)
+    resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
+    base, model_ckpt = _checked(open_checkpoint(base_path)), _checked(open_checkpoint(model_path))
     tokenizer_dir = Path(tokenizer_path) if tokenizer_path else base.root
     tokenizer = load_tokenizer(tokenizer_dir)
     ids = [prompt_ids(tokenizer, p, options.bos) for p in prompts]
@@ -214,10 +256,10 @@ def run_canary(
     return _report(results, options, outputs.hits == len(prompts))
 
 
-def _report(results, options, cache_hit) -> CanaryReport:
+def _report(results, options, cache_hit, layers=None) -> CanaryReport:
     from dataclasses import asdict
 
-    return CanaryReport(all(r.passed for r in results), results, asdict(options), cache_hit)
+    return CanaryReport(all(r.passed for r in results), results, asdict(options), cache_hit, layers)
 
 
 class ComposedCanary:
@@ -236,7 +278,9 @@ class ComposedCanary:
         cache_dir=None,
         changed: dict[int, list[str]] | None = None,
     ):
-        self.base, self.candidate = open_checkpoint(base_path), open_checkpoint(candidate_path)
+        resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
+        self.base = _checked(open_checkpoint(base_path))
+        self.candidate = _checked(open_checkpoint(candidate_path))
         tokenizer_dir = Path(tokenizer_path) if tokenizer_path else self.base.root
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.prompts, self.options = prompts, options
@@ -266,7 +310,7 @@ class ComposedCanary:
             self.model, self.tokenizer, self.prompts, self.ids, self.base_out, self.options, cancel, progress
         )
         self.runs += 1
-        self.reports[keep] = _report(results, self.options, True)
+        self.reports[keep] = _report(results, self.options, True, sorted(keep))
         return self.reports[keep]
 
 

@@ -6,13 +6,13 @@ single `.safetensors` file, or a Hub repo id resolved through huggingface_hub.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgeon.errors import SurgeonError
+from surgeon.jsonfile import read_json_file, read_json_object
 from surgeon.safetensors_format import ShardHeader, TensorInfo, read_header
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -92,12 +92,10 @@ def resolve_hub_repo(repo_id: str, revision: str | None) -> str:
 
 
 def _load_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
-    except ValueError as exc:
-        raise SurgeonError(f"{path}: not valid JSON ({exc})") from None
+    """A side file of an untrusted folder: a regular file of bounded size (a FIFO would
+    hang the read, a link to /dev/zero would fill memory), parsed with deep nesting as one
+    "not valid JSON" error."""
+    return read_json_file(path)
 
 
 def _read_index(root: Path) -> tuple[str | None, dict[str, str] | None, dict]:
@@ -115,6 +113,8 @@ def _read_index(root: Path) -> tuple[str | None, dict[str, str] | None, dict]:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise SurgeonError(f"{root / name}: has no weight_map of tensor names to shard files")
+    if not weight_map:  # else the folder's shards would be silently ignored: an empty checkpoint
+        raise SurgeonError(f"{root / name}: its weight_map lists no tensors")
     for shard in set(weight_map.values()):
         if Path(shard).name != shard or shard in ("", ".", ".."):
             raise SurgeonError(f"{root / name}: shard name {shard!r} is not a plain file name")
@@ -172,9 +172,6 @@ def _merge_shards(
 
 def _read_config(root: Path) -> dict | None:
     path = root / "config.json"
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    config = _load_json(path)
-    if not isinstance(config, dict):
-        raise SurgeonError(f"{path}: not a JSON object")
-    return config
+    return read_json_object(path)  # a FIFO, a device or a dangling link here is an error, not "no config"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -65,22 +67,58 @@ def _progress(quiet: bool):
     return NoProgress() if quiet or not sys.stderr.isatty() else RichProgress()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what timeout, docker and Slurm send) or SIGHUP, raised in the main thread so
+    that a run cleans up exactly as it does on Ctrl-C: thread-pool workers stop at their next
+    chunk, temporary outputs are deleted."""
+
+
+def _on_signal(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM and SIGHUP raise Terminated while a command runs (not where they are ignored,
+    as under nohup); the previous handlers come back after, for callers that embed the CLI."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(number) == signal.SIG_DFL:
+                previous[number] = signal.signal(number, _on_signal)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def handle_errors(func):
-    """Errors become one line on stderr and exit code 2; --debug shows the traceback."""
+    """Errors become one line on stderr and exit code 2; --debug shows the traceback.
+    Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129 (128 + the signal), after cleaning up."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         debug = kwargs.get("debug", False)
         try:
-            return func(*args, **kwargs)
+            with _signals_interrupt():
+                return func(*args, **kwargs)
+        except Terminated as exc:
+            click.echo("surgeon: terminated", err=True)
+            sys.exit(128 + exc.args[0])
         except SurgeonError as exc:
-            _fail(str(exc), debug)
+            option = getattr(exc, "option", None)  # engine messages name no flag (the TUI shows them): added here
+            _fail(str(exc) + (f"; pass --{option}" if option else ""), debug)
         except (Cancelled, KeyboardInterrupt):
             click.echo("surgeon: interrupted", err=True)
             sys.exit(130)
         except BrokenPipeError:
             os._exit(EXIT_TROUBLE)  # the reader went away; nothing useful left to say
         except Exception as exc:
+            from surgeon.atomic import ENVIRONMENT_ERRNOS, describe_os_error
+
+            if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:  # a write no engine mapped
+                _fail(describe_os_error(exc, kwargs.get("output") or kwargs.get("folder")), debug)
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)", debug)
 
     return wrapper
@@ -91,31 +129,28 @@ def _fail(message: str, debug: bool) -> None:
         import traceback
 
         traceback.print_exc()
-    click.echo(f"surgeon: error: {message}", err=True)
+    from surgeon.text import inert
+
+    click.echo(f"surgeon: error: {inert(message)}", err=True)  # messages quote names from files
     sys.exit(EXIT_TROUBLE)
 
 
 def _check_output(output: Path | None, force: bool, inputs: list) -> None:
-    if output is None:
-        return
-    out = output.resolve()
-    for ckpt in inputs:
-        if out.is_relative_to(ckpt.root):
-            raise SurgeonError(f"{output}: refusing to write inside the input checkpoint {ckpt.root}")
-    if out.exists() and not force:
-        raise SurgeonError(f"{output}: already exists (use --force to replace it)")
-    if not out.parent.is_dir():
-        raise SurgeonError(f"{output}: folder {out.parent} does not exist")
+    """The writers' own guard (surgeon.writer.check_output_path), before any work starts."""
+    if output is not None:
+        from surgeon.writer import check_output_path
+
+        check_output_path(output, inputs, force)
 
 
-def _emit(text: str, output: Path | None) -> None:
+def _emit(text: str, output: Path | None, force: bool) -> None:
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from surgeon.atomic import write_text_atomic
+    from surgeon.atomic import write_output_text
 
-    write_text_atomic(output, text)
+    write_output_text(output, text, force)  # created exclusively: a concurrent writer loses
 
 
 debug_option = click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
@@ -193,10 +228,11 @@ def diff(
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         stats=not no_stats,
         workers=workers,
+        trust_blob_names=not markdown,  # Markdown's SHA256s are evidence: hashed from the bytes
     )
     cancel = threading.Event()
     report = diff_checkpoints(base_ckpt, other_ckpt, options, _progress(quiet), cancel)
-    _emit(_render_diff(report, as_json, markdown, verbose, output), output)
+    _emit(_render_diff(report, as_json, markdown, verbose, output), output, force)
     sys.exit(EXIT_SAME if report.identical else EXIT_DIFFERENT)
 
 
@@ -250,9 +286,9 @@ def inspect(checkpoint, revision, as_json, verbose, output, force, debug) -> Non
     _check_output(output, force, [ckpt])
     data = inspect_json(ckpt)
     if as_json:
-        _emit(json.dumps(data, indent=2) + "\n", output)
+        _emit(json.dumps(data, indent=2) + "\n", output, force)
         return
-    _emit(_render_rich(functools.partial(_render_inspect, data, verbose), output), output)
+    _emit(_render_rich(functools.partial(_render_inspect, data, verbose), output), output, force)
 
 
 def _render_inspect(data: dict, verbose: bool, console) -> None:

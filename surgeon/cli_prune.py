@@ -17,6 +17,8 @@ def _layer_frac(values: tuple[str, ...]) -> tuple[tuple[int, float], ...]:
     for value in values:
         layer, _, frac = value.partition("=")
         try:
+            if not (layer.isascii() and layer.isdigit() and len(layer) <= 9):
+                raise ValueError(layer)  # int() would also take other scripts' digits
             out.append((int(layer), float(frac)))
         except ValueError:
             raise SurgeonError(f"--layer-frac {value!r}: use LAYER=FRACTION, e.g. 5=0.25") from None
@@ -136,7 +138,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
             tokenizer=str(tokenizer) if tokenizer else None,
         )
         result = run_prune(
-            base,
+            _checked_layers(base, layers, options.layer_fracs),
             output,
             options,
             workdir=workdir,
@@ -151,14 +153,32 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         _summary(result, console_for())
 
 
+def _checked_layers(base: str, layers: str, layer_fracs: tuple[tuple[int, float], ...]):
+    """BASE opened, with --layers and --layer-frac checked against its decoder layers before
+    any work, so that a bad layer is reported under the option's own name."""
+    from surgeon.adapters import describe
+    from surgeon.checkpoint import open_checkpoint
+    from surgeon.layers import parse_layers
+
+    ckpt = open_checkpoint(base)
+    count = len(describe(ckpt).layers)
+    parse_layers(layers, count, what="--layers")
+    for layer, frac in layer_fracs:
+        if layer >= count:
+            raise SurgeonError(f"--layer-frac {layer}={frac:g}: layer {layer} does not exist (0-{count - 1})")
+    return ckpt
+
+
 def _summary(result, console) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from surgeon.layers import layer_ranges
+    from surgeon.text import inert
 
     manifest = result.manifest
     for message in manifest["messages"]:
-        console.print(message, style="yellow")
+        console.print(Text(inert(message), style="yellow"))  # messages and config values: never markup
     table = Table(title="Pruned layers", title_justify="left")
     for column in ("layer", "type", "heads", "pruned", "rel residual", "target rms", "ridge", "condition"):
         table.add_column(column, justify="right" if column not in ("type", "pruned") else "left")
@@ -166,7 +186,7 @@ def _summary(result, console) -> None:
         refit = layer["refit"] or {}
         table.add_row(
             str(layer["layer"]),
-            layer["layer_type"] or "",
+            Text(inert(layer["layer_type"] or "")),
             f"{layer['num_heads']}x{layer['head_dim']}",
             ", ".join(map(str, layer["pruned_heads"])) or "-",
             _fmt(refit.get("rel_residual")),
@@ -176,13 +196,14 @@ def _summary(result, console) -> None:
         )
     console.print(table)
     written = manifest["written"]
-    console.print(
-        f"wrote {result.output}: layers {layer_ranges(written['layers']) or '(none)'} changed, "
+    line = (
+        f"wrote {inert(result.output)}: layers {layer_ranges(written['layers']) or '(none)'} changed, "
         f"{len(written['tensors'])} tensors rewritten, {len(written['copied_shards'])} of "
         f"{len(written['shards'])} shards copied unchanged; {manifest['layer_passes']} layer passes "
         f"({result.forward_calls} forward calls)"
         + (f"; resumed at layer {result.resumed_at}" if result.resumed_at else "")
     )
+    console.print(Text(line))
 
 
 def _fmt(value) -> str:

@@ -102,7 +102,11 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
     @main.command()
     @click.argument("candidate")
     @click.option("--base", "base", required=True, help="The checkpoint the rolled-back layers come from.")
-    @click.option("--keep", default=None, help="Layers to keep from the candidate, e.g. 0-3 (or none).")
+    @click.option(
+        "--keep",
+        default=None,
+        help="Layers to keep from the candidate: ranges like 0-3,7, all (every changed layer) or none.",
+    )
     @click.option("--auto", is_flag=True, help="Search the largest set of changed layers that passes the canary.")
     @click.option("--keep-non-layer", is_flag=True, help="Also take embeddings, norms and lm_head from the candidate.")
     @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
@@ -138,7 +142,7 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
             plan, before = _auto(composed, console)
             layers, steps = plan.keep, plan.steps
         else:
-            layers = parse_keep(keep)
+            layers = parse_keep(keep, what="--keep")
         after = _canary_on_written(base, prompts, options, kw) if run_canary_after else None
         _, manifest = run_salvage(
             candidate, base, layers, output, keep_non_layer, force, before, after, steps, threading.Event(), durable
@@ -151,14 +155,26 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
     @main.command()
     @click.argument("checkpoint")
     @click.option("--base", "base", help="Base to check the manifest's claims against (default: the recorded one).")
+    @click.option(
+        "--trust-cache",
+        is_flag=True,
+        help="Take shard hashes from the hash cache (keyed by path, size, mtime, ctime, inode, device) "
+        "instead of reading the bytes.",
+    )
+    @click.option(
+        "--integrity-only", is_flag=True, help="Check the files against the index and hash them; no manifest needed."
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.verify/1).")
     @debug_option
     @handle_errors
-    def verify(checkpoint, base, as_json, debug) -> None:
-        """Check CHECKPOINT's files, its manifest's hashes, and its claims against the base."""
+    def verify(checkpoint, base, trust_cache, integrity_only, as_json, debug) -> None:
+        """Check CHECKPOINT's files, its manifest's hashes, and its claims against the base.
+
+        Exit status: 0 verified (or, with --integrity-only, the files are sound), 1 a check
+        failed or there is no manifest, 2 trouble (such as a malformed manifest)."""
         from surgeon.verify import verify as run_verify
 
-        report = run_verify(checkpoint, base)
+        report = run_verify(checkpoint, base, trust_cache=trust_cache, integrity_only=integrity_only)
         if as_json:
             sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
         else:
@@ -172,12 +188,15 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
     @handle_errors
     def demo(folder, force, debug) -> None:
         """The whole story on the bundled tiny model: prune, canary, salvage, diff, verify."""
+        from rich.text import Text
+
         from surgeon.demo import run_demo
+        from surgeon.text import inert
 
         console = console_for()
         run_demo(
             folder,
-            say=lambda text: console.print(text, highlight=False),
+            say=lambda text: console.print(Text(inert(text))),  # folder and file names, never markup
             show_canary=lambda report: render_canary(report, console),
             show_verify=lambda report: render_verify(report, console),
             force=force,
@@ -187,7 +206,7 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
 def render_verify(report, console) -> None:
     from surgeon.render_recover import verify_text
 
-    console.print(verify_text(report), highlight=False)
+    console.print(verify_text(report), highlight=False, soft_wrap=True)  # one finding, one line
 
 
 def _composed(base, candidate, prompts, options, kw):
@@ -234,16 +253,20 @@ def _auto(composed, console):
 
 
 def _salvage_summary(manifest: dict, output: Path, console) -> None:
+    from rich.text import Text
+
     from surgeon.layers import layer_ranges
+    from surgeon.text import inert
 
     info = manifest["salvage"]
     written = manifest["written"]
-    console.print(
-        f"wrote {output}: kept layers {layer_ranges(info['kept_layers']) or '(none)'}, rolled back "
+    line = (
+        f"wrote {inert(output)}: kept layers {layer_ranges(info['kept_layers']) or '(none)'}, rolled back "
         f"{layer_ranges(info['rolled_back_layers']) or '(none)'}; weights differ from base in "
         f"{layer_ranges(written['layers']) or '(none)'}; {len(written['copied_shards'])} of "
         f"{len(written['shards'])} shards are the base's files"
     )
+    console.print(Text(line))  # the folder's name is shown as it is, never as markup
     after = info.get("canary_after")
     if after is not None:
         console.print(f"canary on the result: {'passed' if after['passed'] else 'FAILED'}")

@@ -15,7 +15,10 @@ from surgeon.parallel import check_stop, map_cancellable
 from surgeon.safetensors_format import TensorInfo
 from surgeon.tensor_io import MappedShard, element_chunks, views_equal
 
-COMPARE_CHUNK_BYTES = 16 << 20
+# Read with pread (tensor_io.MappedShard) in chunks that stay in the CPU caches between the
+# copy and the compare. bench_diff's pair (0.85 GB per side), 2 threads, best wall of 3:
+# 16 MiB reads 0.36 s, 2 MiB 0.13 s, 256 KiB 0.22 s (syscalls); mmap views took 0.08 s.
+COMPARE_CHUNK_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ then diff and verify what was written. Each step prints what it found.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+from surgeon.atomic import check_output, output_errors, publish, temp_dir, write_text_atomic
 from surgeon.errors import SurgeonError
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "gemma4-tiny-trained"
@@ -28,55 +30,77 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
     from surgeon.report import summary_line
     from surgeon.salvage import auto_plan, salvage
     from surgeon.verify import verify
+    from surgeon.writer import MANIFEST_NAME
 
     folder = Path(folder)
-    if folder.exists():
-        if not force:
-            raise SurgeonError(f"{folder}: already exists (use --force to replace it)")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    base, pruned, salvaged = FIXTURE, folder / "pruned", folder / "salvaged"
-    prompts, options, cache = read_prompts(None), CanaryOptions(), default_cache_dir()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    target = check_output(folder, [FIXTURE, DEMO_CANDIDATE], force)
+    with output_errors(folder), temp_dir(target) as work, _named_as(work, folder):
+        # Built in a hidden folder that moves into place at the end, so an interrupted demo
+        # leaves nothing and --force never leaves FOLDER absent. The files name the final paths.
+        base, pruned, salvaged = FIXTURE, work / "pruned", work / "salvaged"
+        prompts, options, cache = read_prompts(None), CanaryOptions(), default_cache_dir()
 
-    say(f"1. prune: 1 of 8 query heads in every layer of {base.name} (recon importance, lstsq heal)")
-    result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all"))
-    say(f"   wrote {pruned}: layers {result.manifest['written']['layers_text']} changed")
+        say(f"1. prune: 1 of 8 query heads in every layer of {base.name} (recon importance, lstsq heal)")
+        result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all"))
+        say(f"   wrote {folder / 'pruned'}: layers {result.manifest['written']['layers_text']} changed")
 
-    say("2. canary: greedy generation of the pruned model against the base")
-    before = run_canary(str(pruned), str(base), prompts, options, "cpu", "float32", None, None, cache)
-    show_canary(before)
+        say("2. canary: greedy generation of the pruned model against the base")
+        before = run_canary(str(pruned), str(base), prompts, options, "cpu", "float32", None, None, cache)
+        show_canary(before)
 
-    say("3. salvage --auto: the largest set of pruned layers that passes the canary, composed in memory")
-    composed = ComposedCanary(base, pruned, prompts, options, "cpu", "float32", None, cache)
-    plan = auto_plan(sorted(composed.changed), lambda layers: composed.run(layers).passed)
-    for step in plan.steps:
-        verdict = "pass" if step.passed else "fail"
-        say(f"   canary {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<12} {verdict}")
-    say(f"   {len(plan.steps)} canary runs; keeping layers {layer_ranges(plan.keep) or '(none)'}")
+        say("3. salvage --auto: the largest set of pruned layers that passes the canary, composed in memory")
+        composed = ComposedCanary(base, pruned, prompts, options, "cpu", "float32", None, cache)
+        plan = auto_plan(sorted(composed.changed), lambda layers: composed.run(layers).passed)
+        for step in plan.steps:
+            verdict = "pass" if step.passed else "fail"
+            say(f"   canary {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<12} {verdict}")
+        say(f"   {len(plan.steps)} canary runs; keeping layers {layer_ranges(plan.keep) or '(none)'}")
 
-    def canary_after(output: Path) -> dict:
-        return run_canary(str(output), str(base), prompts, options, "cpu", "float32", None, None, cache).to_json()
+        def canary_after(output: Path) -> dict:
+            return run_canary(str(output), str(base), prompts, options, "cpu", "float32", None, None, cache).to_json()
 
-    _, manifest = salvage(
-        pruned,
-        base,
-        plan.keep,
-        salvaged,
-        canary_before=before.to_json(),
-        canary_after=canary_after,
-        auto_steps=plan.steps,
-    )
-    after = manifest["salvage"]["canary_after"]
-    say(f"   wrote {salvaged}; canary on the result: {'passed' if after['passed'] else 'FAILED'}")
+        _, manifest = salvage(
+            pruned,
+            base,
+            plan.keep,
+            salvaged,
+            canary_before=before.to_json(),
+            canary_after=canary_after,
+            auto_steps=plan.steps,
+        )
+        _name_candidate(salvaged / MANIFEST_NAME, folder / "pruned", target / "pruned")
+        after = manifest["salvage"]["canary_after"]
+        say(f"   wrote {folder / 'salvaged'}; canary on the result: {'passed' if after['passed'] else 'FAILED'}")
 
-    say("4. diff: what is actually different from base")
-    report = diff_checkpoints(open_checkpoint(base), open_checkpoint(salvaged), DiffOptions(cache_dir=hash_cache()))
-    say(f"   {summary_line(report)}")
-    card = folder / "MODEL_CARD_SECTIONS.md"
-    card.write_text(render_markdown(report))
-    say(f"   model-card sections written to {card}")
+        say("4. diff: what is actually different from base")
+        written = open_checkpoint(salvaged)
+        written.source = str(folder / "salvaged")  # where it will be: the card names it
+        report = diff_checkpoints(open_checkpoint(base), written, DiffOptions(cache_dir=hash_cache()))
+        say(f"   {summary_line(report)}")
+        write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report))
+        publish(work, target, replace=force, shown=folder)
+    say(f"   model-card sections written to {folder / 'MODEL_CARD_SECTIONS.md'}")
 
     say("5. verify: the files, the manifest's hashes, and its claims against the base")
-    for target in (pruned, salvaged):
-        show_verify(verify(target, base))
+    pruned, salvaged = folder / "pruned", folder / "salvaged"
+    for written_folder in (pruned, salvaged):
+        show_verify(verify(written_folder, base))
     return {"pruned": str(pruned), "salvaged": str(salvaged), "kept": plan.keep, "canary_runs": len(plan.steps)}
+
+
+def _name_candidate(manifest_path: Path, given: Path, resolved: Path) -> None:
+    """The salvage read its candidate in the hidden build folder; the record names where it is."""
+    manifest = json.loads(manifest_path.read_text())
+    manifest["salvage"]["candidate"].update(source=str(given), path=str(resolved))
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _named_as(work: Path, folder: Path):
+    """An error names FOLDER, not the hidden folder the demo is built in."""
+    try:
+        yield
+    except SurgeonError as exc:
+        exc.args = (str(exc).replace(str(work), str(folder)),)
+        raise

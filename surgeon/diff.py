@@ -69,6 +69,9 @@ class ShardDiff:
     tensors: int
     tensors_differing: int
     header_differences: list[str]
+    # Where each sha256 came from: "bytes", "cache" (hashed earlier, same stat key) or
+    # "hub-blob-name" (a hub cache blob's name, not hashed: not evidence); None: not hashed.
+    sha256_source: list[str | None] = field(default_factory=lambda: [None, None])
 
 
 @dataclass
@@ -99,7 +102,7 @@ class DiffReport:
     shards: list[ShardDiff]
     files: list[FileDiff]
     main_stack: str | None
-    num_layers: int
+    num_layers: int  # distinct layer numbers in the main stack (max+1 only when they are 0..n-1)
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tensors if t.status == status)
@@ -113,6 +116,11 @@ class DiffReport:
         stack = stack or self.main_stack
         return sorted({t.layer for t in self.tensors if t.stack == stack and t.status != "identical"})
 
+    def layer_numbers(self, stack: str | None = None) -> list[int]:
+        """The layers the stack has, sparse ones included: a list as long as the distinct
+        numbers the tensors carry, never one slot per number up to the largest."""
+        return _layer_numbers(self.tensors, stack or self.main_stack)
+
 
 @dataclass(frozen=True)
 class DiffOptions:
@@ -120,6 +128,8 @@ class DiffOptions:
     cache_dir: Path | None = None  # None: no persistent cache
     stats: bool = True
     workers: int | None = None
+    trust_cache: bool = True  # a stat-keyed cache entry may stand for a file's bytes
+    trust_blob_names: bool = True  # a real hub cache blob's name may stand for its SHA256
 
 
 def diff_checkpoints(
@@ -169,9 +179,10 @@ def _same_layout(base: Checkpoint, other: Checkpoint) -> list[str]:
 def _hash_both(base, other, options, progress, cancel):
     cache = HashCache(options.cache_dir)
     shards = list(base.shards.values()) + list(other.shards.values())
-    progress.start("hashing", bytes_to_hash(shards, cache))
+    trust = {"trust_cache": options.trust_cache, "trust_blob_names": options.trust_blob_names}
+    progress.start("hashing", bytes_to_hash(shards, cache, **trust))
     try:
-        hashes = hash_shards(shards, cache, progress.advance, cancel, options.workers)
+        hashes = hash_shards(shards, cache, progress.advance, cancel, options.workers, **trust)
     finally:
         progress.stop()
 
@@ -181,8 +192,9 @@ def _hash_both(base, other, options, progress, cancel):
             out.update(hashes[os.path.realpath(shard.path)].tensors)
         return out
 
-    def per_shard(ckpt: Checkpoint) -> dict[str, str]:
-        return {n: hashes[os.path.realpath(s.path)].file_sha256 for n, s in ckpt.shards.items()}
+    def per_shard(ckpt: Checkpoint) -> dict[str, tuple[str, str]]:
+        found = {n: hashes[os.path.realpath(s.path)] for n, s in ckpt.shards.items()}
+        return {n: (h.file_sha256, h.source) for n, h in found.items()}
 
     return per_tensor(base), per_tensor(other), (per_shard(base), per_shard(other))
 
@@ -322,12 +334,13 @@ def _shard_diffs(base, other, tensors: list[TensorDiff], shard_sha) -> list[Shar
     result = []
     for name in sorted(set(base.shards) | set(other.shards)):
         b, o = base.shards.get(name), other.shards.get(name)
-        sha = [sha_b.get(name), sha_o.get(name)]
+        found = [sha_b.get(name, (None, None)), sha_o.get(name, (None, None))]
+        sha, source = [found[0][0], found[1][0]], [found[0][1], found[1][1]]
         size = [b.file_size if b else None, o.file_size if o else None]
         if b is None or o is None:
             status = "added" if b is None else "removed"
             count = len((o or b).tensors)
-            result.append(ShardDiff(name, status, sha, size, count, count, []))
+            result.append(ShardDiff(name, status, sha, size, count, count, [], source))
             continue
         differing = sum(1 for n in set(b.tensors) | set(o.tensors) if status_of[n] != "identical")
         same_set = b.tensors.keys() == o.tensors.keys()
@@ -338,13 +351,13 @@ def _shard_diffs(base, other, tensors: list[TensorDiff], shard_sha) -> list[Shar
             status = "identical" if sha[0] == sha[1] else "header-only"
         else:
             status = "identical" if not header_diff else "header-only"
-        result.append(ShardDiff(name, status, sha, size, len(o.tensors), differing, header_diff))
+        result.append(ShardDiff(name, status, sha, size, len(o.tensors), differing, header_diff, source))
     return result
 
 
 def header_differences(base: ShardHeader, other: ShardHeader) -> list[str]:
     """What differs between two shard headers, in words: metadata keys, layout, padding."""
-    if base.header_bytes == other.header_bytes:
+    if base.header_sha256 == other.header_sha256:
         return []
     found = []
     meta_b, meta_o = base.metadata or {}, other.metadata or {}
@@ -426,7 +439,11 @@ def _main_stack(tensors: list[TensorDiff]) -> str | None:
     return max(counts, key=counts.get) if counts else None
 
 
+def _layer_numbers(tensors: list[TensorDiff], stack: str | None) -> list[int]:
+    return sorted({t.layer for t in tensors if t.stack == stack and t.layer is not None})
+
+
 def _num_layers(tensors: list[TensorDiff]) -> int:
-    stack = _main_stack(tensors)
-    layers = {t.layer for t in tensors if t.stack == stack and t.layer is not None}
-    return max(layers) + 1 if layers else 0
+    """How many layers, not the largest number plus one: one tensor named
+    `model.layers.999999999.x` makes a one-layer stack, not a billion-layer one."""
+    return len(_layer_numbers(tensors, _main_stack(tensors)))

@@ -1,11 +1,20 @@
 """Persistent SHA256 cache, so a second diff against the same base hashes only the other side.
 
 Two levels, both JSON files written atomically:
-- `files/<key>.json`: a file's SHA256, keyed by its real path, size, mtime, inode and device;
-  any change to the file gives a new key, so a stale entry is never used.
+- `files/<key>.json`: a file's SHA256, keyed by its real path, size, mtime, ctime, inode and
+  device. Any change to the file gives a new key, so a stale entry is never used: putting
+  the mtime back (`touch -r`, os.utime) still moves the ctime, which only the kernel sets.
 - `content/<sha256>.json`: the per-tensor SHA256s of a file with that content. A file in the
-  Hugging Face cache is named by its SHA256 (`blobs/<sha256>`), so it needs no file hash,
-  and its tensor hashes are found here if any copy of that content was hashed before.
+  Hugging Face cache is named by its SHA256 (`models--*/blobs/<sha256>`), so it needs no
+  file hash, and its tensor hashes are found here if any copy of that content was hashed.
+
+What this trusts, and where (docs/reliability.md): the stat key stands for "same bytes as
+when hashed", and a hub blob's name for its SHA256, in `diff` and the writer's base-side
+records, for speed only. `verify` hashes the bytes unless told `--trust-cache`, and never
+takes a blob's name; Markdown evidence says when a hash is a blob's name.
+
+Entries are read as untrusted files: regular files of bounded size, every hash a 64-hex
+string; anything else is a miss (the file is hashed again), never an error.
 """
 
 from __future__ import annotations
@@ -18,9 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from surgeon.atomic import atomic_output
+from surgeon.errors import SurgeonError
+from surgeon.jsonfile import parse_json, read_bounded
 
-VERSION = 1
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+VERSION = 2  # 2: the key has st_ctime_ns; version-1 entries (no ctime) are not read
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+FILE_ENTRY_MAX = 64 << 10
+# A content entry is ~150 bytes a tensor; the largest shards we know hold ~10k tensors.
+CONTENT_ENTRY_MAX = 64 << 20
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
 def user_cache_dir(name: str, override_env: str) -> Path:
@@ -36,11 +54,29 @@ def default_cache_dir() -> Path:
 
 
 def hf_blob_sha256(path: Path) -> str | None:
-    """The SHA256 a Hugging Face cache blob is named by, or None for any other file."""
+    """The SHA256 a Hugging Face cache blob is named by, or None for any other file.
+
+    Only `<hub cache>/models--*/blobs/<64 hex>` counts, with both sides resolved: a folder
+    that merely happens to be called `blobs` holds files named by anyone. Inside the real
+    cache, huggingface_hub names a blob by the SHA256 it verified on download; trusting
+    that name (not re-reading the file) is a speed-up for diff and the writer's base-side
+    records only. A blob edited in place keeps its name, so verify never uses this.
+    """
     real = Path(os.path.realpath(path))
-    if real.parent.name == "blobs" and _HEX64.match(real.name):
-        return real.name
-    return None
+    if real.parent.name != "blobs" or not _HEX64.fullmatch(real.name):
+        return None  # the common case decides without importing huggingface_hub
+    repo = real.parent.parent
+    if not repo.name.startswith("models--") or repo.parent != _hub_cache_dir():
+        return None
+    return real.name
+
+
+def _hub_cache_dir() -> Path | None:
+    try:
+        from huggingface_hub import constants  # deferred: ~6 ms, only for blob-shaped paths
+    except ImportError:
+        return None
+    return Path(os.path.realpath(constants.HF_HUB_CACHE))
 
 
 @dataclass(frozen=True)
@@ -48,6 +84,7 @@ class FileIdentity:
     real_path: str
     size: int
     mtime_ns: int
+    ctime_ns: int
     inode: int
     device: int
 
@@ -55,12 +92,12 @@ class FileIdentity:
     def of(cls, path: Path) -> FileIdentity:
         real = os.path.realpath(path)
         st = os.stat(real)
-        return cls(real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        return cls(real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
     @property
     def key(self) -> str:
-        text = f"{self.real_path}\0{self.size}\0{self.mtime_ns}\0{self.inode}\0{self.device}"
-        return hashlib.sha256(text.encode()).hexdigest()
+        fields = (self.real_path, self.size, self.mtime_ns, self.ctime_ns, self.inode, self.device)
+        return hashlib.sha256("\0".join(map(str, fields)).encode()).hexdigest()
 
 
 class HashCache:
@@ -68,15 +105,18 @@ class HashCache:
         self.root = Path(root) if root is not None else None
 
     def file_sha256(self, ident: FileIdentity) -> str | None:
-        entry = self._read(self._file_entry(ident))
-        if entry and entry.get("size") == ident.size and _HEX64.match(str(entry.get("sha256"))):
-            return entry["sha256"]
-        return None
+        entry = self._read(self._file_entry(ident), FILE_ENTRY_MAX)
+        if entry is None or entry.get("size") != ident.size or entry.get("path") != ident.real_path:
+            return None
+        sha = entry.get("sha256")
+        return sha if is_sha256(sha) else None
 
     def tensor_sha256(self, file_sha256: str) -> dict[str, str] | None:
-        entry = self._read(self._content_entry(file_sha256))
+        entry = self._read(self._content_entry(file_sha256), CONTENT_ENTRY_MAX)
         tensors = entry.get("tensors") if entry else None
-        return tensors if isinstance(tensors, dict) else None
+        if not isinstance(tensors, dict) or not all(isinstance(n, str) and is_sha256(h) for n, h in tensors.items()):
+            return None  # one damaged hash spoils the entry: every tensor is hashed again
+        return tensors
 
     def store_tensors(self, file_sha256: str, tensors: dict[str, str]) -> None:
         self._write(self._content_entry(file_sha256), {"version": VERSION, "tensors": tensors})
@@ -89,16 +129,16 @@ class HashCache:
         return self.root / "files" / f"{ident.key}.json" if self.root else None
 
     def _content_entry(self, sha: str) -> Path | None:
-        return self.root / "content" / f"{sha}.json" if self.root else None
+        return self.root / "content" / f"{sha}.json" if self.root and is_sha256(sha) else None
 
     @staticmethod
-    def _read(path: Path | None) -> dict | None:
-        if path is None:
+    def _read(path: Path | None, max_bytes: int) -> dict | None:
+        if path is None or not path.exists():
             return None
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
+            entry = parse_json(read_bounded(path, max_bytes), str(path))
+        except SurgeonError:
+            return None  # a damaged, oversized or non-regular entry only costs a re-hash
         return entry if isinstance(entry, dict) and entry.get("version") == VERSION else None
 
     @staticmethod

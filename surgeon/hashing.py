@@ -7,6 +7,7 @@ so both cores work. Memory stays at a few chunk buffers whatever the checkpoint 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -29,6 +30,9 @@ class FileHashes:
     file_sha256: str
     tensors: dict[str, str]
     bytes_read: int  # 0 when every hash came from the cache or the file's HF blob name
+    # Where file_sha256 came from: "bytes" (hashed now), "cache" (hashed earlier, found by the
+    # file's stat key) or "hub-blob-name" (the name huggingface_hub gave the blob; not hashed).
+    source: str = "bytes"
 
 
 def default_workers() -> int:
@@ -41,11 +45,15 @@ def hash_shards(
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     workers: int | None = None,
+    trust_cache: bool = True,
+    trust_blob_names: bool = True,
 ) -> dict[str, FileHashes]:
     """Hashes of each shard, keyed by the file's real path (a file named twice is read once).
 
     `progress` is called with each chunk's byte count as it is hashed; bytes_to_hash()
-    gives the total to expect.
+    gives the total to expect. `trust_cache` lets a stat-keyed cache entry stand for the
+    bytes, `trust_blob_names` a Hugging Face blob's name for its SHA256 (speed-ups for
+    diff); without them every byte is read. Fresh hashes are stored in the cache either way.
     """
     results: dict[str, FileHashes] = {}
     pending: dict[str, tuple[ShardHeader, FileIdentity, str | None]] = {}
@@ -53,11 +61,11 @@ def hash_shards(
         ident = _identity(shard)
         if ident.real_path in results or ident.real_path in pending:
             continue
-        cached = _from_cache(shard, ident, cache)
+        cached = _from_cache(shard, ident, cache, trust_blob_names) if trust_cache else None
         if cached is not None:
             results[ident.real_path] = cached
         else:
-            pending[ident.real_path] = (shard, ident, hf_blob_sha256(shard.path))
+            pending[ident.real_path] = (shard, ident, hf_blob_sha256(shard.path) if trust_blob_names else None)
     if not pending:
         return results
     workers = workers or default_workers()
@@ -74,15 +82,21 @@ def hash_shards(
     return results
 
 
-def bytes_to_hash(shards: list[ShardHeader], cache: HashCache) -> int:
+def bytes_to_hash(
+    shards: list[ShardHeader], cache: HashCache, trust_cache: bool = True, trust_blob_names: bool = True
+) -> int:
     """How many bytes hash_shards() will read for these shards: for sizing a progress bar."""
     seen: set[str] = set()
     total = 0
     for shard in shards:
         ident = _identity(shard)
-        if ident.real_path not in seen and _from_cache(shard, ident, cache) is None:
-            seen.add(ident.real_path)
-            total += shard.file_size - (shard.data_start if hf_blob_sha256(shard.path) else 0)
+        if ident.real_path in seen:
+            continue
+        seen.add(ident.real_path)
+        if trust_cache and _from_cache(shard, ident, cache, trust_blob_names) is not None:
+            continue
+        named = trust_blob_names and hf_blob_sha256(shard.path) is not None
+        total += shard.file_size - (shard.data_start if named else 0)
     return total
 
 
@@ -93,14 +107,17 @@ def _identity(shard: ShardHeader) -> FileIdentity:
         raise SurgeonError(f"{shard.path}: cannot stat ({exc.strerror})") from None
 
 
-def _from_cache(shard: ShardHeader, ident: FileIdentity, cache: HashCache) -> FileHashes | None:
-    file_sha = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
+def _from_cache(shard: ShardHeader, ident: FileIdentity, cache: HashCache, trust_blob_names: bool = True):
+    """The shard's hashes without reading it, or None. A blob's name stands for the file's
+    SHA256 only where hf_blob_sha256 says it is a real hub cache blob."""
+    named = hf_blob_sha256(shard.path) if trust_blob_names else None
+    file_sha = named or cache.file_sha256(ident)
     if file_sha is None:
         return None
     tensors = cache.tensor_sha256(file_sha)
     if tensors is None or tensors.keys() != shard.tensors.keys():
         return None
-    return FileHashes(file_sha, tensors, 0)
+    return FileHashes(file_sha, tensors, 0, "hub-blob-name" if named else "cache")
 
 
 def _hash_and_store(
@@ -116,8 +133,9 @@ def _hash_and_store(
     if FileIdentity.of(shard.path) != ident:
         raise SurgeonError(f"{shard.path}: changed while it was being read")
     cache.store_tensors(hashes.file_sha256, hashes.tensors)
-    if known_sha is None:  # a Hugging Face blob is named by its hash: no stat entry needed
-        cache.store_file(ident, hashes.file_sha256)
+    if known_sha is not None:  # a Hugging Face blob is named by its hash: no stat entry needed
+        return dataclasses.replace(hashes, source="hub-blob-name")
+    cache.store_file(ident, hashes.file_sha256)
     return hashes
 
 

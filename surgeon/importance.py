@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from surgeon.adapters import LayerSpec
+from surgeon.errors import SurgeonError
 from surgeon.heal import norm_scores, recon_scores
 from surgeon.parallel import StopCheck, check_stop
 from surgeon.stream import Batch, LayerStream
@@ -24,9 +25,23 @@ IMPORTANCE = ("recon", "norm", "loo-nll")
 
 
 def gram_scores(kind: str, weight: torch.Tensor, gram: torch.Tensor, spec: LayerSpec, ridge_rel: float):
+    _check_gram(gram, spec)
     if kind == "recon":
         return recon_scores(weight, gram, spec.head_dim, ridge_rel)
     return norm_scores(weight, gram, spec.head_dim)
+
+
+def _check_gram(gram: torch.Tensor, spec: LayerSpec) -> None:
+    """Heads are scored (and o_proj healed) from G: a G that is not finite (a float16
+    overflow, a config that does not fit the model) or all zero (no attention output at
+    all) cannot rank them, and would surface as a singular-matrix error."""
+    if not bool(torch.isfinite(gram).all()):
+        raise SurgeonError(
+            f"layer {spec.index}: the attention output on the calibration text is not finite (NaN or inf); "
+            "try float32 compute"
+        )
+    if not bool(torch.diagonal(gram).any()):
+        raise SurgeonError(f"layer {spec.index}: the attention output is zero on every calibration token")
 
 
 def select_heads(scores: list[float], spec: LayerSpec, fraction: float) -> list[int]:

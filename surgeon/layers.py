@@ -7,11 +7,22 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Collection
 from dataclasses import dataclass
+from itertools import islice
 
 from surgeon.errors import SurgeonError
 
-_LAYER = re.compile(r"^(?P<stack>(?:.*\.)?(?:layers|h|blocks))\.(?P<index>\d+)\.(?P<family>.+)$")
+# A layer index is 1-9 ASCII digits without a leading zero: `\d` and int() would also take
+# other scripts' digits (`layers.٣` is layer 3 to int()), a leading zero would give two
+# names for one layer, and 9 digits keep every index below 10**9. A longer or odd number
+# leaves the name outside any stack, as if it had no index. Layer numbers never size an
+# allocation anywhere: they are keys, counted by the tensors that carry them.
+MAX_LAYER_DIGITS = 9
+_INDEX = rf"0|[1-9][0-9]{{0,{MAX_LAYER_DIGITS - 1}}}"
+_LAYER = re.compile(rf"(?P<stack>(?:.*\.)?(?:layers|h|blocks))\.(?P<index>{_INDEX})\.(?P<family>.+)", re.DOTALL)
+_RANGE = re.compile(rf"\s*([0-9]{{1,{MAX_LAYER_DIGITS}}})\s*(?:-\s*([0-9]{{1,{MAX_LAYER_DIGITS}}})\s*)?")
 
 
 @dataclass(frozen=True)
@@ -22,7 +33,7 @@ class TensorName:
 
 
 def parse_name(name: str) -> TensorName:
-    match = _LAYER.match(name)
+    match = _LAYER.fullmatch(name)
     if match is None:
         return TensorName(None, None, name)
     return TensorName(match["stack"], int(match["index"]), match["family"])
@@ -73,21 +84,82 @@ def layers_phrase(layers) -> str:
     return f"layer{'s' if len(layers) > 1 else ''} {layer_ranges(layers)}"
 
 
-def parse_layers(spec: str, num_layers: int, what: str = "--layers") -> list[int]:
-    """Layer indices from "all" or ranges like "0-3,7"; `what` names the input in errors."""
-    if spec.strip() == "all":
-        return list(range(num_layers))
-    chosen: set[int] = set()
-    try:
-        for part in spec.split(","):
-            first, _, last = part.strip().partition("-")
-            low, high = int(first), int(last or first)
-            if high < low:
-                raise ValueError(part)
-            chosen.update(range(low, high + 1))
-    except ValueError:
-        raise SurgeonError(f"{what} {spec!r}: use 'all' or ranges like 0-3,7") from None
-    outside = sorted(i for i in chosen if not 0 <= i < num_layers)
-    if outside:
-        raise SurgeonError(f"{what} {spec!r}: layer {outside[0]} does not exist (0-{num_layers - 1})")
-    return sorted(chosen)
+@dataclass(frozen=True)
+class LayerSpec:
+    """A layer selection as typed ("all", "none" or ranges like "0-3,7"), parsed but not
+    yet checked against a model. Ranges stay (low, high) pairs until they are checked, so
+    "0-300000000" costs two integers, not a set of 300 million."""
+
+    text: str
+    what: str  # how messages name it: "--keep", "layers"
+    ranges: tuple[tuple[int, int], ...] | None  # None: all
+
+    def resolve(self, existing: int | Collection[int]) -> list[int]:
+        """The chosen layers, each checked to exist: `existing` is a layer count (layers
+        0..n-1) or the layer numbers a model has (sparse ones included)."""
+        present = range(existing) if isinstance(existing, int) else sorted(set(existing))
+        if self.ranges is None:
+            return list(present)
+        for low, high in self.ranges:
+            missing = _first_missing(present, low, high)
+            if missing is not None:
+                raise SurgeonError(
+                    f"{self.what} {_quote(self.text)}: layer {missing} does not exist ({_describe(present)})"
+                )
+        # Every chosen layer exists, so this set is no larger than the model's layer list.
+        return sorted({n for low, high in self.ranges for n in range(low, high + 1)})
+
+
+def parse_layer_spec(spec: str, what: str = "layers", allow_none: bool = False) -> LayerSpec:
+    """Parse "all", "none" (when allow_none) or ranges like "0-3,7"; `what` names the input
+    in messages. An empty spec is an error: "none" says no layers on purpose."""
+    text = spec.strip()
+    if text == "all":
+        return LayerSpec(spec, what, None)
+    if allow_none and text == "none":
+        return LayerSpec(spec, what, ())
+    usage = "use 'all'" + (", 'none'" if allow_none else "") + " or ranges like 0-3,7"
+    if not text:
+        raise SurgeonError(f"{what} is empty: {usage}")
+    ranges = []
+    for part in text.split(","):
+        match = _RANGE.fullmatch(part)
+        low = int(match[1]) if match else 0
+        high = int(match[2] or match[1]) if match else -1
+        if high < low:
+            raise SurgeonError(f"{what} {_quote(spec)}: {usage}")
+        ranges.append((low, high))
+    return LayerSpec(spec, what, tuple(ranges))
+
+
+def parse_layers(spec: str, num_layers: int | Collection[int], what: str = "layers") -> list[int]:
+    """Layer indices from "all" or ranges like "0-3,7", each checked against the model's
+    layers (a count, or the layer numbers it has); `what` names the input in errors."""
+    return parse_layer_spec(spec, what).resolve(num_layers)
+
+
+def _first_missing(present: range | list[int], low: int, high: int) -> int | None:
+    """The first number in low..high that is not in `present` (sorted), or None; the
+    work is bounded by len(present), not by the range's width."""
+    if isinstance(present, range):
+        return low if low >= len(present) else (len(present) if high >= len(present) else None)
+    expected = low
+    for value in islice(present, bisect_left(present, low), None):
+        if expected > high or value != expected:
+            break
+        expected += 1
+    return expected if expected <= high else None
+
+
+def _describe(present: range | list[int], parts: int = 6) -> str:
+    if not present:
+        return "the model has no numbered layers"
+    if isinstance(present, range):
+        return _span(0, len(present) - 1)
+    spans = layer_ranges(present).split(", ")
+    return ", ".join(spans[:parts]) + (f", ... {len(spans) - parts} more" if len(spans) > parts else "")
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    """The user's spec in a message, cut so that a pasted megabyte stays one line."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -51,7 +51,11 @@ class RollbackPlan:
         self.report = report
         self.differing = [t for t in report.tensors if t.status != "identical"]
         self.changed_layers = sorted({t.layer for t in self.differing if t.layer is not None})
-        self.num_layers = max(report.num_layers, max(self.changed_layers, default=-1) + 1)
+        # The layers a range may name: those the tensors carry (sparse numbers included),
+        # never range(largest + 1), which one tensor named `layers.999999999.x` would blow up.
+        self.layers = sorted(set(report.layer_numbers()) | set(self.changed_layers))
+        self.num_layers = len(self.layers)
+        self._changed = frozenset(self.changed_layers)
         non_layer_changed = any(t.layer is None for t in self.differing)
         self.state = PlanState(frozenset(self.changed_layers), non_layer_changed)
         self._undo: list[PlanState] = []
@@ -63,12 +67,12 @@ class RollbackPlan:
 
     def source_of(self, layer: int) -> str:
         """ "candidate", "base" (rolled back) or "identical" (nothing to choose)."""
-        if layer not in self.changed_layers:
+        if layer not in self._changed:
             return "identical"
         return "candidate" if layer in self.state.keep else "base"
 
     def toggle(self, layer: int) -> None:
-        if layer not in self.changed_layers:
+        if layer not in self._changed:
             raise SurgeonError(f"layer {layer} is identical in base and candidate: nothing to roll back")
         self._change(self.state.keep ^ {layer}, self.state.keep_non_layer)
 
@@ -119,10 +123,10 @@ class RollbackPlan:
         return tensor.layer in keep
 
     def _parse(self, spec: str) -> frozenset[int]:
-        return frozenset(parse_layers(spec, self.num_layers, what="layers"))
+        return frozenset(parse_layers(spec, self.layers, what="layers"))
 
     def _change(self, keep: frozenset[int], keep_non_layer: bool) -> None:
-        new = PlanState(frozenset(keep) & frozenset(self.changed_layers), keep_non_layer)
+        new = PlanState(frozenset(keep) & self._changed, keep_non_layer)
         if new != self.state:
             self._undo.append(self.state)
             self._redo.clear()

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from surgeon.adapters import LayerSpec, ModelLayout, describe
-from surgeon.atomic import write_text_atomic
-from surgeon.calibration import DEFAULT_CORPUS, corpus_sha256, encode, load_tokenizer, read_corpus
+from surgeon.atomic import output_errors, write_text_atomic
+from surgeon.calibration import corpus_sha256, encode, load_corpus, load_tokenizer, tokenizer_error
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
 from surgeon.hashcache import default_cache_dir
@@ -63,14 +63,14 @@ class PruneOptions:
 
     def validate(self) -> None:
         if not 0 <= self.prune_frac < 1 or any(not 0 <= f < 1 for _, f in self.layer_fracs):
-            raise SurgeonError("--prune-frac must be in [0, 1)")
+            raise SurgeonError("the fraction of heads to prune must be in [0, 1)")
         checks = [
-            (self.importance in IMPORTANCE, f"--importance must be one of {', '.join(IMPORTANCE)}"),
-            (self.heal in ("lstsq", "none"), "--heal must be lstsq or none"),
-            (self.propagate in ("pruned", "base"), "--propagate must be pruned or base"),
-            (self.importance_quant in (None, "nf4"), "--importance-quant must be nf4"),
-            (self.ridge_rel >= 0, "--ridge-rel must be >= 0"),
-            (self.max_tokens >= 2 and self.batch_size >= 1, "--max-tokens >= 2 and --batch-size >= 1"),
+            (self.importance in IMPORTANCE, f"importance must be one of {', '.join(IMPORTANCE)}"),
+            (self.heal in ("lstsq", "none"), "heal must be lstsq or none"),
+            (self.propagate in ("pruned", "base"), "propagate must be pruned or base"),
+            (self.importance_quant in (None, "nf4"), "the importance quantisation must be nf4"),
+            (self.ridge_rel >= 0, "the relative ridge must be >= 0"),
+            (self.max_tokens >= 2 and self.batch_size >= 1, "max tokens must be >= 2 and the batch size >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,10 +138,12 @@ def prune(
     progress = progress or NoProgress()
     ckpt = base if isinstance(base, Checkpoint) else open_checkpoint(base)
     layout = describe(ckpt)
-    selected = parse_layers(options.layers, len(layout.layers))
+    selected = parse_layers(options.layers, len(layout.layers), what="layers")
     from surgeon.writer import check_output_path
 
     check_output_path(Path(output), [ckpt], force)
+    if workdir is not None:  # it is written to, and emptied when the inputs change
+        check_output_path(Path(workdir), [ckpt], force=True)
     run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)
     run.durable, run.on_phase = durable, on_phase
     if workdir is None:
@@ -195,14 +197,15 @@ class _Run:
         passes = {"forward_calls": stream.forward_calls, "layer_passes": stream.forward_calls // len(batches)}
         manifest = self._write(workdir, results, output, force, passes, start)
         manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
-        write_text_atomic(output / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+        with output_errors(output):
+            write_text_atomic(output / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
         return PruneResult(output, results, manifest, stream.forward_calls, start)
 
     def _calibration(self, tokenizer_path: Path) -> tuple[list[list[int]], int]:
         """Token ids of the calibration corpus (one BOS each) and the pad id; records what
         was used for the manifest."""
         tokenizer = load_tokenizer(tokenizer_path)
-        texts = read_corpus(Path(self.options.calib) if self.options.calib else DEFAULT_CORPUS)
+        texts, record = load_corpus(self.options.calib)
         if self.options.calib_samples:
             texts = texts[: self.options.calib_samples]
         sequences = encode(tokenizer, texts, self.options.max_tokens)
@@ -210,7 +213,7 @@ class _Run:
             raise SurgeonError("the calibration corpus has no sequence of two tokens or more")
         self._check_vocab(max(max(seq) for seq in sequences))
         self.calibration = {
-            "source": str(self.options.calib or DEFAULT_CORPUS),
+            **record,  # the corpus by name and file hash, never by its path on this machine
             "sha256": corpus_sha256(texts),
             "samples": len(sequences),
             "tokens": sum(map(len, sequences)),
@@ -251,9 +254,9 @@ class _Run:
             None,
         )
         if embed is not None and largest_id >= embed.shape[0]:
-            raise SurgeonError(
+            raise tokenizer_error(
                 f"the tokenizer produced token id {largest_id} but the model's embedding has "
-                f"{embed.shape[0]} rows: pass the model's own tokenizer with --tokenizer"
+                f"{embed.shape[0]} rows: it is not the model's own tokenizer"
             )
 
     def _keep(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -263,7 +266,7 @@ class _Run:
         headers = {
             name: [
                 shard.file_size,
-                hashlib.sha256(shard.header_bytes).hexdigest(),
+                shard.header_sha256,
                 os.stat(shard.path).st_mtime_ns,
             ]
             for name, shard in self.ckpt.shards.items()
@@ -422,7 +425,7 @@ class _Run:
                 "revision": self.ckpt.revision,
                 "shards": report.base_shards,
             },
-            "options": asdict(self.options),
+            "options": dict(asdict(self.options), calib=self.options.calib and self.calibration["source"]),
             "device": str(self.device),
             "compute_dtype": str(self.dtype).replace("torch.", ""),
             "calibration": self.calibration,
@@ -433,6 +436,7 @@ class _Run:
                 "tensors": {n: report.tensors[n] for n in changed},
                 "shards": report.shards,
                 "copied_shards": report.copied_shards,
+                "files": report.files,  # side files (config, index, tokenizer), hashed as copied
             },
             "forward_calls": forward_calls,
             "resumed_at_layer": resumed_at,

@@ -1,12 +1,22 @@
-"""The `surgeon inspect` report for a terminal, with rich."""
+"""The `surgeon inspect` report for a terminal, with rich.
+
+Every string from the checkpoint (names, metadata, config values) goes in as
+`Text(inert(...))`: escaped control characters, never parsed as markup (see surgeon.text).
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from surgeon.inspect import attention_summary
 from surgeon.layers import describe_layers
+from surgeon.text import inert
+
+
+def _plain(value: object) -> Text:
+    return Text(inert(value))
 
 
 def _size(n: int) -> str:
@@ -19,18 +29,20 @@ def _size(n: int) -> str:
 
 def render_inspect(data: dict, console: Console, verbose: bool = False) -> None:
     kind = data["model_type"] or "unknown model type"
-    console.print(
-        f"[bold]{data['source']}[/]: {kind}, {data['parameters']:,} parameters, "
+    head = Text(inert(data["source"]), style="bold")
+    head.append(
+        f": {inert(kind)}, {data['parameters']:,} parameters, "
         f"{len(data['tensors'])} tensors, {len(data['shards'])} shard(s), {_size(data['bytes'])}"
     )
+    console.print(head)
     for line in attention_summary(data):
-        console.print(f"  attention {line}")
+        console.print(_plain(f"  attention {line}"))
     shards = Table(title="Shards", title_justify="left")
     for column in ("file", "size", "tensors", "header", "__metadata__"):
         shards.add_column(column)
     for s in data["shards"]:
         meta = ", ".join(f"{k}={v[:40]}" for k, v in (s["metadata"] or {}).items())
-        shards.add_row(s["name"], _size(s["size"]), str(s["tensors"]), f"{s['header_len']} B", meta)
+        shards.add_row(_plain(s["name"]), _size(s["size"]), str(s["tensors"]), f"{s['header_len']} B", _plain(meta))
     console.print(shards)
     families = Table(title="Parameters by family", title_justify="left")
     for column in ("family", "layers", "tensors", "parameters", "size", "dtype"):
@@ -38,12 +50,12 @@ def render_inspect(data: dict, console: Console, verbose: bool = False) -> None:
     for f in data["families"]:
         layers = describe_layers(f["layers"]) if f["stack"] else ""
         families.add_row(
-            f["family"],
+            _plain(f["family"]),
             layers,
             str(f["tensors"]),
             f"{f['parameters']:,}",
             _size(f["bytes"]),
-            ",".join(f["dtypes"]),
+            _plain(",".join(f["dtypes"])),
         )
     console.print(families)
     if verbose:
@@ -51,5 +63,5 @@ def render_inspect(data: dict, console: Console, verbose: bool = False) -> None:
         for column in ("tensor", "dtype", "shape", "shard"):
             tensors.add_column(column)
         for t in data["tensors"]:
-            tensors.add_row(t["name"], t["dtype"], str(t["shape"]), t["shard"])
+            tensors.add_row(_plain(t["name"]), _plain(t["dtype"]), str(t["shape"]), _plain(t["shard"]))
         console.print(tensors)

@@ -1,10 +1,16 @@
-"""The two model-card sections: "What's actually different from base" and "SHA256 evidence"."""
+"""The two model-card sections: "What's actually different from base" and "SHA256 evidence".
+
+Every string that comes from the checkpoints (tensor, family, shard and file names, metadata
+keys, sources) goes through surgeon.text: names as code spans (`md_code`), so that no name
+can add a table cell, start a line, close its code span or become HTML.
+"""
 
 from __future__ import annotations
 
 from surgeon.diff import DiffReport, ShardDiff, TensorDiff
 from surgeon.layers import describe_layers, layer_ranges
 from surgeon.report import FamilyRow, differing, family_rows
+from surgeon.text import md_code, md_text
 
 WEIGHT_SUFFIXES = ("weight", "bias")
 
@@ -13,16 +19,17 @@ def render_markdown(report: DiffReport) -> str:
     lines = ["## What's actually different from base", ""]
     lines.append(
         f"Verified with a per-tensor {'SHA256' if report.hashed else 'byte'} comparison "
-        f"(`surgeon diff`) of `{report.other.source}` against `{report.base.source}`."
+        f"(`surgeon diff`) of {md_code(report.other.source, table=False)} against "
+        f"{md_code(report.base.source, table=False)}."
     )
     lines += ["", "| Tensor | Layers changed | Layers unchanged |", "|---|---|---|"]
     lines += [f"| {label} | {changed} | {unchanged} |" for label, changed, unchanged in _table(report)]
     lines += ["", _count_sentence(report)]
     lines += _head_sentences(report)
     lines += ["", "## SHA256 evidence", ""]
-    lines += [_shard_bullet(s, report) for s in report.shards]
+    lines += [_shard_bullet(s, report) + _blob_name_note(s) for s in report.shards]
     lines += [
-        f"- `{f.name}`: "
+        f"- {md_code(f.name, table=False)}: "
         + ("byte-identical to the base." if f.status == "identical" else f"{f.status} ({_sha_pair(f.sha256)}).")
         for f in report.files
     ]
@@ -90,7 +97,22 @@ def _brace(prefix: str, leaves: list[str], suffix: str) -> str:
 
 
 def _code(text: str) -> str:
-    return f"`{text}`"
+    """A name in a table cell."""
+    return md_code(text)
+
+
+def _names(names) -> str:
+    """Names in a sentence, as code spans."""
+    return ", ".join(md_code(name, table=False) for name in names)
+
+
+def _header_difference(difference: str) -> str:
+    """`__metadata__.KEY added` with the key (from the file) as a code span; the other
+    differences are surgeon's own words."""
+    head, _, verb = difference.rpartition(" ")
+    if head.startswith("__metadata__."):
+        return f"{md_code(head, table=False)} {md_text(verb)}"
+    return md_text(difference)
 
 
 def _count_sentence(report: DiffReport) -> str:
@@ -101,7 +123,7 @@ def _count_sentence(report: DiffReport) -> str:
     families = sorted({t.family.split(".")[-2] if "." in t.family else t.family for t in diff})
     layers = sorted({t.layer for t in diff if t.layer is not None})
     where = f" for layers {layer_ranges(layers)}" if layers else ""
-    return f"Of the {total} tensors, {len(diff)} differ from the base model: {', '.join(families)}{where}."
+    return f"Of the {total} tensors, {len(diff)} differ from the base model: {_names(families)}{where}."
 
 
 def _head_sentences(report: DiffReport) -> list[str]:
@@ -131,13 +153,13 @@ def _sha_pair(sha: list[str | None]) -> str:
 
 
 def _shard_bullet(shard: ShardDiff, report: DiffReport) -> str:
-    head = f"- `{shard.name}`: "
+    head = f"- {md_code(shard.name, table=False)}: "
     if shard.status == "identical":
         return head + f"{_short(shard.sha256[1])} = base — byte-identical."
     if shard.status == "header-only":
         return head + (
             f"{_sha_pair(shard.sha256)} — all {shard.tensors} tensors are byte-identical to the base; "
-            f"only the header differs ({'; '.join(shard.header_differences)})."
+            f"only the header differs ({'; '.join(map(_header_difference, shard.header_differences))})."
         )
     if shard.status in ("added", "removed"):
         sha = shard.sha256[1] if shard.status == "added" else shard.sha256[0]
@@ -145,12 +167,20 @@ def _shard_bullet(shard: ShardDiff, report: DiffReport) -> str:
     return head + f"{_sha_pair(shard.sha256)} — differs ({_what_changed(shard, report)})."
 
 
+def _blob_name_note(shard: ShardDiff) -> str:
+    """A hub cache blob's name is taken for its SHA256 for speed; it was not hashed, so it is
+    not evidence, and the bullet says so (surgeon diff --markdown hashes the bytes)."""
+    if "hub-blob-name" not in shard.sha256_source:
+        return ""
+    return " (SHA256 from the Hugging Face cache's blob name, not hashed from the bytes: not evidence.)"
+
+
 def _what_changed(shard: ShardDiff, report: DiffReport) -> str:
     inside = [t for t in differing(report) if _in_shard(t, shard.name)]
     layers = sorted({t.layer for t in inside if t.layer is not None})
     names = sorted({t.family.split(".")[-2] if "." in t.family else t.family for t in inside})
     where = f"L{layer_ranges(layers)} " if layers else ""
-    return f"{where}{', '.join(names)}; {shard.tensors_differing} of {shard.tensors} tensors"
+    return f"{where}{_names(names)}; {shard.tensors_differing} of {shard.tensors} tensors"
 
 
 def _in_shard(t: TensorDiff, shard: str) -> bool:

@@ -5,17 +5,20 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from surgeon.text import inert, inert_lines
+
 
 def canary_table(report, title: str = "Canary", expand: bool = False) -> Table:
     table = Table(title=title, title_justify="left", show_lines=True, expand=expand)
     for column in ("prompt", "base", "model", "drift", "self/base", "rep", "agree", "verdict"):
         table.add_column(column, overflow="fold")
     for p in report.prompts:
-        verdict = Text("pass", style="green") if p.passed else Text("FAIL: " + "; ".join(p.failures), style="red")
-        table.add_row(
-            p.prompt,
-            p.base_text,
-            p.text,
+        failures = inert("; ".join(p.failures))
+        verdict = Text("pass", style="green") if p.passed else Text("FAIL: " + failures, style="red")
+        table.add_row(  # prompts and generated text keep their line breaks, nothing else raw
+            Text(inert_lines(p.prompt)),
+            Text(inert_lines(p.base_text)),
+            Text(inert_lines(p.text)),
             f"{p.drift:.2f}",
             f"{p.self_ratio:.2f}",
             f"{p.repetition:.2f}",
@@ -33,14 +36,27 @@ def canary_verdict(report) -> Text:
 
 
 def verify_text(report) -> Text:
-    against = f" against {report.base}" if report.base else ""
-    text = Text(f"verify {report.checkpoint}{against}\n")
+    """ok only for what was checked and held; notes (not checked, or warnings) neutral;
+    FAIL for what failed. Names come from files: shown inert, never as markup."""
+    against = f" against {inert(report.base)}" if report.base else ""
+    text = Text(f"verify {inert(report.checkpoint)}{against}\n")
     for check in report.checks:
-        text.append("ok   ", style="green").append(f"{check}\n")
+        text.append("ok   ", style="green").append(f"{inert(check)}\n")
+    for note in report.notes:
+        text.append("note ", style="yellow").append(f"{inert(note)}\n")
     for problem in report.discrepancies:
-        text.append("FAIL ", style="red").append(f"{problem}\n")
-    if report.ok:
-        text.append("verified", style="bold green")
+        text.append("FAIL ", style="red").append(f"{inert(problem)}\n")
+    count = len(report.discrepancies)
+    if not report.ok:
+        text.append(f"not verified: {count} problem{'s' if count != 1 else ''}", style="bold red")
+    elif report.integrity_only:
+        text.append("integrity only: the files agree with the index; no manifest was checked", style="bold yellow")
+    elif report.foreign:
+        text.append(report.verdict, style="bold yellow").append(
+            ": its claims are true of these bytes, but it records no hashes to prove they are the files it describes"
+        )
+    elif report.manifest and not report.claims_checked:
+        text.append("verified", style="bold green").append(" (the claims against the base were not checked)")
     else:
-        text.append(f"{len(report.discrepancies)} discrepancies", style="bold red")
+        text.append("verified", style="bold green")
     return text

@@ -1,4 +1,8 @@
-"""The default `surgeon diff` report for a terminal, with rich."""
+"""The default `surgeon diff` report for a terminal, with rich.
+
+Names and other strings from the checkpoints go in as `Text(inert(...))`: escaped control
+characters, never parsed as markup or emoji codes (see surgeon.text).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from rich.text import Text
 from surgeon.diff import DiffReport, TensorDiff
 from surgeon.layers import describe_layers
 from surgeon.report import differing, family_rows, summary_line
+from surgeon.text import inert
 
 STATUS_STYLE = {
     "identical": "green",
@@ -23,8 +28,8 @@ MAX_TENSOR_ROWS = 200
 
 def render_terminal(report: DiffReport, console: Console, verbose: bool = False) -> None:
     style = "green" if report.identical else "yellow"
-    console.print(Text(summary_line(report), style=f"bold {style}"))
-    console.print(f"base:  {report.base.source}\nother: {report.other.source}", style="dim")
+    console.print(Text(inert(summary_line(report)), style=f"bold {style}"))
+    console.print(Text(f"base:  {inert(report.base.source)}\nother: {inert(report.other.source)}", style="dim"))
     console.print(_families_table(report))
     console.print(_shards_table(report))
     if report.files:
@@ -33,19 +38,26 @@ def render_terminal(report: DiffReport, console: Console, verbose: bool = False)
     if rows:
         console.print(_tensors_table(rows if verbose else rows[:MAX_TENSOR_ROWS], report.hashed))
         if len(rows) > MAX_TENSOR_ROWS and not verbose:
-            console.print(f"… {len(rows) - MAX_TENSOR_ROWS} more (use --verbose or --json)", style="dim")
+            console.print(Text(f"… {len(rows) - MAX_TENSOR_ROWS} more (use --verbose or --json)", style="dim"))
     for t in rows:
         if t.heads and t.heads.uniform_attention:
             heads = ", ".join(map(str, t.heads.uniform_attention))
             console.print(
-                f"warning: {t.name}: heads {heads} have zero q_proj rows but non-zero o_proj "
-                "columns; they attend uniformly and are not removed",
-                style="bold red",
+                Text(
+                    f"warning: {inert(t.name)}: heads {heads} have zero q_proj rows but non-zero o_proj "
+                    "columns; they attend uniformly and are not removed",
+                    style="bold red",
+                )
             )
 
 
 def _status(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def _plain(value: object) -> Text:
+    """A string from a file, as a table cell: shown as it is, never as markup."""
+    return Text(inert(value))
 
 
 def _families_table(report: DiffReport) -> Table:
@@ -56,7 +68,7 @@ def _families_table(report: DiffReport) -> Table:
     table.add_column("statuses")
     stacks = {r.stack for r in family_rows(report) if r.stack}
     for row in family_rows(report):
-        label = row.family if len(stacks) < 2 or row.stack is None else f"{row.stack}.{row.family}"
+        label = _plain(row.family if len(stacks) < 2 or row.stack is None else f"{row.stack}.{row.family}")
         statuses = Text(", ").join(Text(f"{n} {s}", style=STATUS_STYLE[s]) for s, n in sorted(row.statuses.items()))
         if row.stack is None:
             table.add_row(label, "", "", statuses)
@@ -65,14 +77,14 @@ def _families_table(report: DiffReport) -> Table:
             table.add_row(
                 label,
                 Text(changed, style="yellow" if row.layers_changed else "dim"),
-                describe_layers(row.layers_unchanged, count_them=True),
+                Text(describe_layers(row.layers_unchanged, count_them=True)),
                 statuses,
             )
     return table
 
 
-def _short(sha: str | None) -> str:
-    return sha[:12] if sha else "-"
+def _short(sha: str | None) -> Text:
+    return _plain(sha[:12] if sha else "-")
 
 
 def _shards_table(report: DiffReport) -> Table:
@@ -81,12 +93,12 @@ def _shards_table(report: DiffReport) -> Table:
         table.add_column(column)
     for s in report.shards:
         table.add_row(
-            s.name,
+            _plain(s.name),
             _status(s.status),
             _short(s.sha256[0]),
             _short(s.sha256[1]),
             f"{s.tensors_differing}/{s.tensors}",
-            "; ".join(s.header_differences),
+            _plain("; ".join(s.header_differences)),
         )
     return table
 
@@ -96,7 +108,7 @@ def _files_table(report: DiffReport) -> Table:
     for column in ("file", "status", "base sha256", "other sha256"):
         table.add_column(column)
     for f in report.files:
-        table.add_row(f.name, _status(f.status), _short(f.sha256[0]), _short(f.sha256[1]))
+        table.add_row(_plain(f.name), _status(f.status), _short(f.sha256[0]), _short(f.sha256[1]))
     return table
 
 
@@ -115,8 +127,8 @@ def _tensors_table(rows: list[TensorDiff], hashed: bool) -> Table:
                 f"{stats.frac_changed:.1%}",
             ]
         if t.status == "retyped":
-            cells[0] = f"{t.base.dtype}{t.base.shape} → {t.other.dtype}{t.other.shape}"
-        table.add_row(t.name, _status(t.status), *cells, _heads_cell(t))
+            cells[0] = _plain(f"{t.base.dtype}{t.base.shape} → {t.other.dtype}{t.other.shape}")
+        table.add_row(_plain(t.name), _status(t.status), *cells, _heads_cell(t))
     return table
 
 

@@ -75,7 +75,7 @@ def uniform_attention(report: DiffReport) -> list[dict]:
 
 def to_json(report: DiffReport) -> dict:
     layers = report.layers_changed()
-    all_layers = set(range(report.num_layers))
+    changed = set(layers)
     return {
         "schema": SCHEMA,
         "base": asdict(report.base),
@@ -89,7 +89,7 @@ def to_json(report: DiffReport) -> dict:
             "layer_stack": report.main_stack,
             "num_layers": report.num_layers,
             "layers_changed": layers,
-            "layers_unchanged": sorted(all_layers - set(layers)),
+            "layers_unchanged": [n for n in report.layer_numbers() if n not in changed],
             "uniform_attention": uniform_attention(report),
         },
         "families": [asdict(row) for row in family_rows(report)],

@@ -9,6 +9,7 @@ what salvage did; which layers were written comes from the writer's own hashes.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
 from surgeon.hashcache import default_cache_dir
-from surgeon.layers import layer_ranges, parse_layers, parse_name
+from surgeon.layers import LayerSpec, layer_ranges, parse_layer_spec, parse_name
 from surgeon.writer import MANIFEST_NAME, TensorSource, WriteReport, write_checkpoint
 
 
@@ -33,8 +34,26 @@ class SalvagePlan:
     steps: list[AutoStep] = field(default_factory=list)
 
 
-def parse_keep(spec: str) -> list[int]:
-    return parse_layers(spec, 1 << 30) if spec.strip() not in ("", "none") else []
+def parse_keep(spec: str, what: str = "layers to keep") -> LayerSpec:
+    """A keep list as typed: "all" (every changed layer), "none" (on purpose) or ranges like
+    "0-3,7". Checked only for form here; salvage() checks the layers against the model once
+    it has opened it. `what` names the input in messages (the CLI passes its option)."""
+    return parse_layer_spec(spec, what, allow_none=True)
+
+
+def check_keep(keep: list[int] | LayerSpec, tensors) -> list[int] | None:
+    """The kept layers, each one a layer the checkpoint has (`tensors`: its names), or None
+    for "all"; a layer that does not exist is an error, not a silent no-op."""
+    existing = layers_of(tensors)
+    if not isinstance(keep, LayerSpec):
+        ordered = sorted(set(keep))
+        keep = LayerSpec(layer_ranges(ordered) or "none", "layers to keep", tuple((n, n) for n in ordered))
+    return None if keep.ranges is None else keep.resolve(existing)
+
+
+def layers_of(names) -> set[int]:
+    """The layer numbers in some tensor names: as many as there are names, whatever the numbers."""
+    return {layer for name in names if (layer := parse_name(name).layer) is not None}
 
 
 def layer_tensors(base: Checkpoint, candidate: Checkpoint, keep: set[int], keep_non_layer: bool) -> dict:
@@ -60,7 +79,7 @@ def layer_tensors(base: Checkpoint, candidate: Checkpoint, keep: set[int], keep_
 def salvage(
     candidate: str | Path,
     base: str | Path,
-    keep: list[int],
+    keep: list[int] | LayerSpec,
     output: Path,
     keep_non_layer: bool = False,
     force: bool = False,
@@ -71,20 +90,26 @@ def salvage(
     durable: bool = False,
     progress=None,
 ) -> tuple[WriteReport, dict]:
-    """Write base + the candidate's layers in `keep`. `canary_after(output) -> dict` runs on
-    the written result and is recorded in the manifest."""
+    """Write base + the candidate's layers in `keep` (a list, or a parse_keep() spec whose
+    "all" means every changed layer). `canary_after(output) -> dict` runs on the written
+    result and is recorded in the manifest."""
     base_ckpt, cand_ckpt = open_checkpoint(base), open_checkpoint(candidate)
-    sources = _differing(base_ckpt, layer_tensors(base_ckpt, cand_ckpt, set(keep), keep_non_layer), cand_ckpt)
+    chosen = check_keep(keep, base_ckpt.tensors)
+    every = layers_of(base_ckpt.tensors) if chosen is None else set(chosen)
+    sources = _differing(base_ckpt, layer_tensors(base_ckpt, cand_ckpt, every, keep_non_layer), cand_ckpt)
+    keep = sorted(layers_of(sources)) if chosen is None else chosen
     previous = _candidate_manifest(cand_ckpt)
     holder: dict = {}
 
     def manifest(report: WriteReport) -> dict:
-        holder.update(_manifest(previous, base_ckpt, cand_ckpt, keep, report, canary_before, auto_steps))
+        record = _manifest(previous, base_ckpt, cand_ckpt, keep, report, canary_before, auto_steps, hashes)
+        holder.update(record)
         return holder
 
     from surgeon.writer import check_output_path
 
     check_output_path(Path(output), [base_ckpt, cand_ckpt], force)
+    hashes = _input_hashes(base_ckpt, cand_ckpt, cancel, progress)
     report = write_checkpoint(
         base_ckpt,
         Path(output),
@@ -118,21 +143,52 @@ def _differing(base: Checkpoint, sources: dict, candidate: Checkpoint) -> dict:
 
 
 def _candidate_manifest(candidate: Checkpoint) -> dict:
-    path = candidate.root / MANIFEST_NAME
-    if not path.is_file():
+    """The candidate's manifest, to carry forward: surgeon's own merged (its prune record
+    stays true of the kept layers), anyone else's kept whole under `candidate_manifest`,
+    as a record, never as surgeon's claims. A malformed one is one line, exit 2."""
+    from surgeon.verify import is_surgeon_manifest, read_manifest
+
+    previous = read_manifest(candidate.root / MANIFEST_NAME)
+    if previous is None:
         return {}
+    return previous if is_surgeon_manifest(previous) else {"candidate_manifest": previous}
+
+
+def _input_hashes(base: Checkpoint, candidate: Checkpoint, cancel, progress) -> dict:
+    """Both inputs' shard and tensor hashes (the hash cache makes them free after a diff of
+    the two): which layers the candidate really changed, and its shards, for the record."""
+    from surgeon.hashcache import HashCache
+    from surgeon.hashing import bytes_to_hash, hash_shards
+    from surgeon.progress import NoProgress
+
+    cache = HashCache(default_cache_dir())
+    shards = [*base.shards.values(), *candidate.shards.values()]
+    progress = progress or NoProgress()
+    progress.start("hashing", bytes_to_hash(shards, cache))
     try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise SurgeonError(f"{path}: not valid JSON") from None
+        return hash_shards(shards, cache, progress.advance, cancel)
+    finally:
+        progress.stop()
 
 
-def _manifest(previous, base, candidate, keep, report: WriteReport, canary_before, auto_steps) -> dict:
+def _changed_layers(base: Checkpoint, candidate: Checkpoint, hashes: dict) -> set[int]:
+    """The layers where some tensor of the candidate differs from the base's."""
+
+    def tensor_sha(ckpt: Checkpoint) -> dict[str, str]:
+        found = {}
+        for shard in ckpt.shards.values():
+            found.update(hashes[os.path.realpath(shard.path)].tensors)
+        return found
+
+    base_sha, cand_sha = tensor_sha(base), tensor_sha(candidate)
+    return {parse_name(n).layer for n, sha in cand_sha.items() if base_sha.get(n) != sha} - {None}
+
+
+def _manifest(previous, base, candidate, keep, report: WriteReport, canary_before, auto_steps, hashes) -> dict:
     from surgeon import __version__
 
     changed = report.changed_tensors()
     written = sorted({parse_name(n).layer for n in changed} - {None})
-    candidate_layers = sorted({parse_name(n).layer for n in candidate.tensors} - {None})
     manifest = dict(previous)
     manifest.setdefault("schema", "surgeon.prune_manifest/1")
     manifest["written"] = {
@@ -141,14 +197,17 @@ def _manifest(previous, base, candidate, keep, report: WriteReport, canary_befor
         "tensors": {n: report.tensors[n] for n in changed},
         "shards": report.shards,
         "copied_shards": report.copied_shards,
+        "files": report.files,
     }
+    candidate_shards = {n: hashes[os.path.realpath(s.path)].file_sha256 for n, s in candidate.shards.items()}
     manifest["salvage"] = {
         "tool": {"name": "surgeon", "version": __version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kept_layers": sorted(keep),
-        "rolled_back_layers": [i for i in candidate_layers if i not in set(keep)],
+        # only layers the candidate really changed and salvage put back to the base's bytes
+        "rolled_back_layers": sorted(_changed_layers(base, candidate, hashes) - set(keep)),
         "base": {"source": base.source, "path": str(base.root), "shards": report.base_shards},
-        "candidate": {"source": candidate.source, "path": str(candidate.root)},
+        "candidate": {"source": candidate.source, "path": str(candidate.root), "shards": candidate_shards},
         "canary_before": canary_before,
         "auto": [vars(step) for step in auto_steps] if auto_steps is not None else None,
     }
@@ -163,7 +222,7 @@ def auto_plan(layers: list[int], passes, max_runs: int | None = None) -> Salvage
 
     def check(candidate: list[int], how: str) -> bool:
         if len(steps) >= limit:
-            raise SurgeonError(f"--auto stopped after {limit} canary runs")
+            raise SurgeonError(f"the automatic search stopped after {limit} canary runs")
         passed = bool(passes(candidate))
         steps.append(AutoStep(sorted(candidate), passed, how))
         return passed

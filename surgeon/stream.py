@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from surgeon.adapters import ModelLayout
+from surgeon.adapters import ModelLayout, config_path
+from surgeon.arch import config_error, shown
 from surgeon.checkpoint import Checkpoint
 from surgeon.errors import SurgeonError
 
@@ -38,28 +39,47 @@ TORCH_DTYPES = {
 }
 
 
+DEVICES = "cpu, cuda, cuda:0, mps, auto"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
 def resolve_device(device: str) -> torch.device:
+    """The torch device a user named, checked up front: a name torch does not parse, a
+    backend this machine lacks, or a GPU index past the last is one line before any model
+    is loaded, not a RuntimeError from the first tensor moved. Messages name the device,
+    not the option: the TUI shows them too."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SurgeonError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SurgeonError(f"device {shown(device)}: not a device torch knows ({DEVICES})") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    backend = getattr(torch, dev.type, None)
+    if not callable(getattr(backend, "is_available", None)):
+        raise SurgeonError(f"device {shown(device)}: not a device surgeon can compute on ({DEVICES})")
+    if not backend.is_available():
+        raise SurgeonError(f"device {shown(device)}: {dev.type.upper()} is not available on this machine")
+    count = backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
+    if dev.index is not None and dev.index >= count:
+        raise SurgeonError(f"device {shown(device)}: this machine has {count} {dev.type} device(s), 0-{count - 1}")
+    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in table:
-        raise SurgeonError(f"--dtype {dtype}: use auto, float32, bfloat16 or float16")
-    return table[dtype]
+    if dtype not in DTYPES:
+        raise SurgeonError(f"dtype {shown(dtype)}: use auto, float32, bfloat16 or float16 (or fp32, bf16, fp16)")
+    return DTYPES[dtype]
 
 
 class _Recorder(nn.Module):
@@ -92,7 +112,9 @@ class Batch:
 class LayerStream:
     def __init__(self, ckpt: Checkpoint, layout: ModelLayout, device: torch.device, dtype: torch.dtype):
         self.ckpt, self.layout, self.device, self.dtype = ckpt, layout, device, dtype
-        self.model, self._layers = _skeleton(layout)
+        self.model, self._layers = _skeleton(layout, config_path(ckpt))
+        params = self.model.named_parameters(remove_duplicate=False)
+        self._shapes = {name: tuple(p.shape) for name, p in params}  # as the config builds them
         self.forward_calls = 0
         self._outside = self._outside_layers()
         self._head_ready = False
@@ -157,8 +179,8 @@ class LayerStream:
 
     def _materialise(self, module_names: list[str]) -> None:
         for module_name in module_names:
-            value = self.read_as(self._outside[module_name], self.dtype).to(self.device)
-            _set_parameter(self.model, module_name, value)
+            value = self._checked(self._outside[module_name], self._shapes[module_name], {})
+            _set_parameter(self.model, module_name, value.to(self.device))
 
     def _evict(self, module_names: list[str]) -> None:
         for module_name in module_names:
@@ -176,11 +198,24 @@ class LayerStream:
         layer = copy.deepcopy(self._layers[index])
         prefix = self.layout.layers[index].prefix
         replace = replace or {}
-        for key in list(layer.state_dict().keys()):
-            stored = replace.get(prefix + key)
-            value = self.read_as(prefix + key, self.dtype) if stored is None else stored.to(self.dtype)
-            layer.load_state_dict({key: value.to(self.device)}, strict=False, assign=True)
+        for key, value in layer.state_dict().items():
+            tensor = self._checked(prefix + key, tuple(value.shape), replace)
+            layer.load_state_dict({key: tensor.to(self.device)}, strict=False, assign=True)
         return layer.to(self.device).eval()
+
+    def _checked(self, name: str, shape: tuple, replace: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One tensor in the compute dtype, checked against the module the config built: a
+        config whose values have the right types but not the weights' sizes (16 heads where
+        q_proj holds 8) is one line naming the config and the tensor."""
+        where = f"{config_path(self.ckpt)}: does not fit the weights:"
+        if name not in replace and name not in self.ckpt.tensors:
+            raise SurgeonError(f"{where} the model it describes has {name}, which the checkpoint lacks")
+        value = replace[name].to(self.dtype) if name in replace else self.read_as(name, self.dtype)
+        if tuple(value.shape) != shape:
+            raise SurgeonError(
+                f"{where} {name} is {list(value.shape)} in the checkpoint but {list(shape)} by the config"
+            )
+        return value
 
     # -- running ------------------------------------------------------------------
     @torch.no_grad()
@@ -276,7 +311,7 @@ def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(model.get_submodule(owner), leaf, nn.Parameter(value, requires_grad=False))
 
 
-def _skeleton(layout: ModelLayout):
+def _skeleton(layout: ModelLayout, where: str):
     """The text-only *ForCausalLM with meta weights and real buffers; layers kept aside."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -284,7 +319,13 @@ def _skeleton(layout: ModelLayout):
     cfg = dict(layout.config)
     cfg["model_type"] = layout.family
     model_type = cfg.pop("model_type")
-    config = AutoConfig.for_model(model_type, **cfg)
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+    except Exception as exc:  # transformers' own type checks of values surgeon does not read
+        error = config_error(exc, where)
+        if error is None:
+            raise
+        raise error from None
     config._attn_implementation = "sdpa"
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)

@@ -3,6 +3,7 @@ generated text) are data, never markup or terminal commands.
 
 - `inert` escapes every control and format character (ESC, CR, bidi overrides, zero-width
   marks): a hostile name cannot move the cursor, recolour the screen or hide its own end.
+  `inert_lines` keeps line breaks, for generated text and messages of several lines.
 - `markup_safe` also escapes Rich/Textual markup, for the rare f-string that mixes our
   own markup with a file's string; everywhere else pass `Text(inert(s))`, which Rich and
   Textual never parse.
@@ -38,27 +39,52 @@ def inert(value: object) -> str:
     return "".join(_escape_char(c) if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
 
 
+def inert_lines(value: object) -> str:
+    """inert text that keeps its line breaks, for a message of several lines (a dialog's body)."""
+    return "\n".join(inert(line) for line in str(value).split("\n"))
+
+
 def markup_safe(value: object) -> str:
-    """inert text that Rich and Textual markup show literally (`[/]` stays `[/]`)."""
+    """inert text that Rich markup shows literally (`[/]` stays `[/]`).
+
+    Rich's escape only: Textual's own markup has more tags (`[$accent]`), so in the TUI pass
+    `Text(inert(s))` or `markup=False` instead.
+    """
     from rich.markup import escape  # deferred: rich is only needed by the renderers
 
     return escape(inert(value))
 
 
 def md_text(value: object) -> str:
-    """inert text for Markdown prose or a table cell: every ASCII punctuation backslash-escaped."""
-    return _MD_PUNCTUATION.sub(r"\\\1", inert(value))
+    """inert text for Markdown prose or a table cell: every ASCII punctuation backslash-escaped,
+    and spaces at either end written as `&#32;`, which Markdown would otherwise trim."""
+    text = _MD_PUNCTUATION.sub(r"\\\1", inert(value))
+    core = text.strip(" ")
+    if core == text:
+        return text
+    start = text.index(core) if core else len(text)
+    return "&#32;" * start + core + "&#32;" * (len(text) - start - len(core))
 
 
-def md_code(value: object) -> str:
-    """inert text as a Markdown code span, safe inside a table cell too.
+def md_code(value: object, table: bool = True) -> str:
+    """inert text as a Markdown code span; with `table`, safe inside a GFM table cell too.
 
-    The fence is one backtick longer than the longest run inside, with spaces where the
-    text starts or ends with a backtick (CommonMark's rule), and `|` is escaped, because
-    GFM splits table cells before it parses code spans.
+    The fence is one backtick longer than the longest run inside, with a space inside each
+    end where the text starts or ends with a backtick or CommonMark would strip one (it
+    starts and ends with a space). In a table `|` is escaped, because GFM splits cells before
+    it parses code spans; a backslash right before a `|` is read differently by GitHub
+    (cmark-gfm: an escaped backslash, so the pipe splits) and markdown-it (an escaped pipe),
+    so such a name is written as escaped text instead, which both read the same way.
     """
-    text = inert(value).replace("|", "\\|")
+    text = inert(value)
+    if table:
+        if "\\|" in text:
+            return md_text(text)
+        text = text.replace("|", "\\|")
+    if not text:
+        return "` `"  # CommonMark has no empty code span; one space is the closest
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip(" ") else ""
+    stripped = text.startswith(" ") and text.endswith(" ") and text.strip(" ")
+    pad = " " if text.startswith("`") or text.endswith("`") or stripped else ""
     return f"{fence}{pad}{text}{pad}{fence}"

@@ -8,13 +8,14 @@ The folder holds a fingerprint of the inputs and options, one result per finishe
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save
 
-from surgeon.atomic import atomic_output, write_text_atomic
+from surgeon.atomic import atomic_output, output_errors, remove_entry, sweep, write_text_atomic
+
+OWN_FILES = ("layers", "stream.safetensors", "stream.json", "fingerprint.json")
 
 
 class Workdir:
@@ -26,6 +27,8 @@ class Workdir:
         """Prepare the folder; returns a message when earlier work was discarded."""
         stamp = self.path / "fingerprint.json"
         message = None
+        for folder in (self.path, self.path / "layers"):
+            sweep(folder)  # files a killed run was writing
         if stamp.exists():
             try:
                 previous = json.loads(stamp.read_text())
@@ -35,16 +38,23 @@ class Workdir:
                 return None
             changed = sorted(k for k in self.fingerprint if (previous or {}).get(k) != self.fingerprint[k])
             message = f"{self.path}: inputs or options changed ({', '.join(changed)}); starting fresh"
-            shutil.rmtree(self.path)
-        (self.path / "layers").mkdir(parents=True, exist_ok=True)
-        write_text_atomic(stamp, json.dumps(self.fingerprint, indent=2, sort_keys=True))
+            self._discard()
+        with output_errors(self.path):
+            (self.path / "layers").mkdir(parents=True, exist_ok=True)
+            write_text_atomic(stamp, json.dumps(self.fingerprint, indent=2, sort_keys=True))
         return message
+
+    def _discard(self) -> None:
+        """Delete the earlier work, and only that: the folder is the user's (--workdir)."""
+        for name in OWN_FILES:
+            remove_entry(self.path / name)
 
     def save_layer(self, index: int, record: dict, tensors: dict[str, torch.Tensor]) -> None:
         base = self.path / "layers" / f"{index:05d}"
-        with atomic_output(base.with_suffix(".safetensors")) as handle:
-            handle.write(_safetensors_bytes(tensors))
-        write_text_atomic(base.with_suffix(".json"), json.dumps(record, indent=2))
+        with output_errors(self.path):
+            with atomic_output(base.with_suffix(".safetensors")) as handle:
+                handle.write(_safetensors_bytes(tensors))
+            write_text_atomic(base.with_suffix(".json"), json.dumps(record, indent=2))
 
     def layer_record(self, index: int) -> dict | None:
         """A finished layer's record, or None if the layer has not finished."""
@@ -65,9 +75,10 @@ class Workdir:
 
     def save_stream(self, next_layer: int, hidden: list[torch.Tensor]) -> None:
         tensors = {f"batch.{k}": h.detach().contiguous().cpu() for k, h in enumerate(hidden)}
-        with atomic_output(self.path / "stream.safetensors") as handle:
-            handle.write(_safetensors_bytes(tensors))
-        write_text_atomic(self.path / "stream.json", json.dumps({"next_layer": next_layer}))
+        with output_errors(self.path):
+            with atomic_output(self.path / "stream.safetensors") as handle:
+                handle.write(_safetensors_bytes(tensors))
+            write_text_atomic(self.path / "stream.json", json.dumps({"next_layer": next_layer}))
 
     def load_stream(self) -> tuple[int, list[torch.Tensor]] | None:
         meta, data = self.path / "stream.json", self.path / "stream.safetensors"

@@ -15,15 +15,14 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgeon.atomic import current_umask
+from surgeon.atomic import check_output, output_errors, publish, temp_dir
 from surgeon.checkpoint import Checkpoint
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
@@ -57,21 +56,25 @@ class WriteReport:
     base_shards: dict[str, str] = field(default_factory=dict)  # the base's shard -> SHA256, same read
     copied_shards: list[str] = field(default_factory=list)  # written byte-identical to the base's file
     tensors: dict[str, dict[str, str]] = field(default_factory=dict)  # replaced -> base/out SHA256
+    files: dict[str, str] = field(default_factory=dict)  # side file written (config, index...) -> SHA256
 
     def changed_tensors(self) -> list[str]:
         return sorted(n for n, h in self.tensors.items() if h["base_sha256"] != h["sha256"])
 
 
-def check_output_path(output: Path, inputs: list[Checkpoint], force: bool) -> None:
-    out = Path(os.path.abspath(output))
-    for ckpt in inputs:
-        root = Path(os.path.realpath(ckpt.root))
-        if out == root or out.is_relative_to(root) or root.is_relative_to(out):
-            raise SurgeonError(f"{output}: refusing to write into (or over) the input checkpoint {ckpt.root}")
-    if out.exists() and not force:
-        raise SurgeonError(f"{output}: already exists (use --force to replace it)")
-    if not out.parent.is_dir():
-        raise SurgeonError(f"{output}: folder {out.parent} does not exist")
+def check_output_path(output: Path, inputs: list[Checkpoint], force: bool) -> Path:
+    """The output guard of every writer (surgeon.atomic.check_output) over these checkpoints;
+    returns the resolved output to write."""
+    return check_output(output, [path for ckpt in inputs for path in input_paths(ckpt)], force)
+
+
+def input_paths(ckpt: Checkpoint) -> list[Path]:
+    """What an output must not be over or inside: the checkpoint's folder (only its file, for
+    a single .safetensors file given by path) and each shard's real file (a Hub snapshot's
+    shards are links into the cache's blobs folder)."""
+    given = Path(ckpt.source).expanduser()
+    own = [given] if given.is_file() else [ckpt.root]
+    return own + [Path(os.path.realpath(shard.path)) for shard in ckpt.shards.values()]
 
 
 def write_checkpoint(
@@ -88,9 +91,10 @@ def write_checkpoint(
     """Write base with `replacements` (tensor name -> raw bytes of the same dtype and shape,
     given in memory or as a byte range of another file). Shards are written in parallel.
 
-    A shard with no replacement is copied by the kernel (copy_file_range) when the hash
-    cache in `cache_dir` already knows its SHA256 (keyed by path, size, mtime and inode);
-    otherwise it is hashed as it is copied. Every other byte written is hashed as written.
+    A shard with no replacement is copied by the kernel (copy_file_range) and read back to
+    hash what was written; every other byte is hashed as it is written, so the manifest's
+    hashes are of the output. The hash cache in `cache_dir` only gives the base's own
+    hashes (a record) for shards that change.
 
     The output appears atomically (a renamed temporary folder) either way; `durable` also
     waits for every file to reach the disk before the rename (fsync), which cp and
@@ -100,28 +104,22 @@ def write_checkpoint(
         info = base.tensors.get(name)
         if info is None or info.nbytes != len(data):
             raise SurgeonError(f"{name}: a replacement must match a base tensor's byte size")
-    output = Path(output)
-    check_output_path(output, [base], force)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
-        tmp.chmod(0o777 & ~current_umask())
-        progress = progress or NoProgress()
+    target = check_output_path(output, [base], force)
+    progress = progress or NoProgress()
+    with output_errors(output), temp_dir(target) as tmp:
         progress.start("writing", sum(s.file_size for s in base.shards.values()))
         try:
             report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel, durable, progress.advance)
         finally:
             progress.stop()
-        _copy_side_files(base, tmp)
+        report.files = _copy_side_files(base, tmp)
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
         if durable:
             _fsync_dir(tmp)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        _replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, target, replace=force, shown=output)  # a new output never replaces; --force exchanges
     return report
 
 
@@ -133,18 +131,20 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
         target = folder / shard_name
         changed = any(n in replacements for n in shard.tensors)
         ident = FileIdentity.of(shard.path)  # taken once: the cache entry and the checks agree
-        known = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
-        if changed or known is None:
+        if changed:
+            # The base's own hashes are a record, not what was written: the cache may give them.
+            known = hf_blob_sha256(shard.path) or cache.file_sha256(ident)
             base_tensor_shas = (cache.tensor_sha256(known) if known else None) or {}
             _write_shard(
                 base, shard_name, target, replacements, part, known, durable, should_stop, base_tensor_shas, advance
             )
         else:
-            _whole_copy(shard, target, known, part, durable, should_stop, advance)
+            _whole_copy(shard, target, part, durable, should_stop, advance)
         if FileIdentity.of(shard.path) != ident:
             raise SurgeonError(f"{shard.path}: changed while it was being copied")
-        if not changed and known is None:  # the base file's hash, read anyway: the next copy skips it
-            cache.store_file(ident, part.base_shards[shard_name])
+        copied_sha = part.base_shards[shard_name]
+        if not changed and hf_blob_sha256(shard.path) is None and cache.file_sha256(ident) != copied_sha:
+            cache.store_file(ident, copied_sha)  # the copy's hash is the file's: the next diff skips it
         return part
 
     names = sorted(base.shards, key=lambda n: -base.shards[n].file_size)
@@ -159,17 +159,44 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
     return report
 
 
-def _whole_copy(shard: ShardHeader, target: Path, known: str, report: WriteReport, durable, should_stop, advance):
-    """An unchanged shard whose SHA256 the cache already knows: copied in the kernel."""
-    with open(shard.path, "rb") as source, open(target, "wb", buffering=0) as out:
-        for offset in range(0, shard.file_size, COPY_CHUNK * 8):
+def _whole_copy(shard: ShardHeader, target: Path, report: WriteReport, durable, should_stop, advance):
+    """An unchanged shard: copied in the kernel, and the output read back and hashed, a chunk
+    behind the copy on a helper thread, so the manifest's SHA256 is of the bytes written (not
+    a cached hash of the source). The chunk just written is still in the page cache, so the
+    read-back costs the SHA256, not a disk read, except where copy_file_range shares extents
+    (btrfs, XFS reflinks): there the output's bytes are read from the disk, once."""
+    digest = hashlib.sha256()
+    buffer = bytearray(min(COPY_CHUNK, shard.file_size))
+    with (
+        open(shard.path, "rb") as source,
+        open(target, "wb+", buffering=0) as out,
+        ThreadPoolExecutor(1) as hasher,
+    ):
+        pending = None
+        for offset in range(0, shard.file_size, COPY_CHUNK):
             check_stop(should_stop)
-            count = min(COPY_CHUNK * 8, shard.file_size - offset)
+            count = min(COPY_CHUNK, shard.file_size - offset)
             _kernel_copy_range(source.fileno(), out, offset, count, shard.path)
+            if pending is not None:
+                pending.result()  # one chunk in flight: `buffer` is free again
+            pending = hasher.submit(_hash_written, digest, out.fileno(), offset, count, buffer, target)
             advance(count)
+        if pending is not None:
+            pending.result()
         if durable:
             os.fsync(out.fileno())
-    report.shards[shard.name] = report.base_shards[shard.name] = known
+    report.shards[shard.name] = report.base_shards[shard.name] = digest.hexdigest()
+
+
+def _hash_written(digest, fd: int, offset: int, count: int, buffer: bytearray, path: Path) -> None:
+    """Feed `digest` the bytes [offset, offset + count) of the output file itself."""
+    view = memoryview(buffer)
+    while count:
+        got = os.preadv(fd, [view[: min(count, len(view))]], offset)
+        if got == 0:
+            raise SurgeonError(f"{path}: shorter than what was copied into it")
+        digest.update(view[:got])
+        offset, count = offset + got, count - got
 
 
 def _write_shard(
@@ -234,11 +261,9 @@ def _write_shard(
             keep(position, info.start)
             base_sha = (base_tensor_shas or {}).get(info.name)
             if hash_base or base_sha is None:
-                with source.view(info.start, info.end) as original:
-                    if hash_base:
-                        base_digest.update(original)
-                    base_sha = base_sha or hashlib.sha256(original).hexdigest()
-                source.release(info.start, info.end)
+                own = None if base_sha else hashlib.sha256()
+                _hash_range(source, info.start, info.end, [d for d in (own, base_digest if hash_base else None) if d])
+                base_sha = base_sha or own.hexdigest()
             report.tensors[info.name] = {
                 "base_sha256": base_sha,
                 "sha256": _emit_replacement(ours[info.name], sources, emit),
@@ -249,6 +274,16 @@ def _write_shard(
             os.fsync(out.fileno())
     report.shards[shard_name] = out_digest.hexdigest()
     report.base_shards[shard_name] = known or (base_digest if ours else out_digest).hexdigest()
+
+
+def _hash_range(source: MappedShard, start: int, end: int, digests: list) -> None:
+    """Feed each digest the bytes [start, end) of `source`, a chunk at a time: a tensor can be
+    gigabytes."""
+    for offset in range(start, end, COPY_CHUNK):
+        stop = min(offset + COPY_CHUNK, end)
+        with source.view(offset, stop) as view:
+            for digest in digests:
+                digest.update(view)
 
 
 def _write_all(out, data) -> None:
@@ -272,7 +307,7 @@ def _kernel_copy_range(src_fd: int, out, offset: int, count: int, path: Path) ->
             _plain_copy_range(src_fd, out, offset, count, path)
             return
         if copied == 0:
-            raise SurgeonError(f"{path}: ended while copying")
+            raise SurgeonError(f"{path}: changed while it was being read (it ended at {offset})")
         offset, count = offset + copied, count - copied
 
 
@@ -280,7 +315,7 @@ def _plain_copy_range(src_fd: int, out, offset: int, count: int, path: Path) -> 
     while count:
         data = os.pread(src_fd, min(count, COPY_CHUNK), offset)
         if not data:
-            raise SurgeonError(f"{path}: ended while copying")
+            raise SurgeonError(f"{path}: changed while it was being read (it ended at {offset})")
         _write_all(out, data)
         offset, count = offset + len(data), count - len(data)
 
@@ -301,14 +336,19 @@ def _emit_replacement(data, sources: _Sources, emit) -> str:
 
 
 class _Sources:
-    """Candidate shards mapped on first use, closed together."""
+    """Candidate shards opened on first use, closed together. They share one read buffer (a
+    replacement is copied whole before the next starts): a prune's shard can draw on one
+    file per layer."""
 
     def __init__(self):
         self._open: dict[Path, MappedShard] = {}
+        self._buffer: bytearray | None = None
 
     def open(self, path: Path) -> MappedShard:
         if path not in self._open:
-            self._open[path] = MappedShard(path)
+            if self._buffer is None:
+                self._buffer = bytearray(COPY_CHUNK)
+            self._open[path] = MappedShard(path, buffer=self._buffer)
         return self._open[path]
 
     def __enter__(self) -> _Sources:
@@ -327,12 +367,34 @@ def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:
         source.release(offset, stop)
 
 
-def _copy_side_files(base: Checkpoint, tmp: Path) -> None:
+def _copy_side_files(base: Checkpoint, tmp: Path) -> dict[str, str]:
+    """Copy the base's config, index, tokenizer and template files; return each one's SHA256,
+    hashed from the bytes as they were copied, for the manifest (verify checks them: an
+    edited config or tokenizer must not pass)."""
+    written = {}
     for path in sorted(base.root.iterdir()):
         if path.name in base.shards or path.name == MANIFEST_NAME or path.name.startswith("."):
             continue
         if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
-            shutil.copyfile(path, tmp / path.name)
+            sha = _copy_hashing(path, tmp / path.name)
+            if sha is not None:
+                written[path.name] = sha
+    return written
+
+
+def _copy_hashing(source: Path, target: Path) -> str | None:
+    """Copy a regular file, hashing the bytes copied; None (nothing written) if `source` is
+    not a regular file once opened (a FIFO swapped in would block the copy forever)."""
+    digest = hashlib.sha256()
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as src:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            return None
+        with open(target, "wb") as out:
+            while block := src.read(COPY_CHUNK):
+                digest.update(block)
+                out.write(block)
+    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -342,17 +404,3 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _replace_dir(tmp: Path, output: Path) -> None:
-    if not output.exists():
-        os.rename(tmp, output)
-        return
-    old = output.with_name(f".{output.name}.old-{os.getpid()}")
-    os.rename(output, old)
-    try:
-        os.rename(tmp, output)
-    except BaseException:
-        os.rename(old, output)  # the previous output stays where it was
-        raise
-    shutil.rmtree(old, ignore_errors=True)

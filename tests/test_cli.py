@@ -56,7 +56,7 @@ def test_markdown_has_the_two_model_card_sections():
     assert "| `self_attn.o_proj.weight` | 0-3 | 4-7 (all 4) |" in text
     assert "| `mlp.{down_proj, gate_proj, up_proj}.weight` | (none) | 0-7 (all 8) |" in text
     assert "Of the 112 tensors, 8 differ from the base model" in text
-    assert "only the header differs (__metadata__.surgeon_build added)" in text
+    assert "only the header differs (`__metadata__.surgeon_build` added)" in text  # a code span, not bold
 
 
 def test_terminal_report_names_what_changed():

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import re
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -49,3 +50,43 @@ def test_demo_candidate_is_the_trained_model_pruned_and_verifies():
     assert manifest["written"]["layers"] == list(range(8))
     report = verify(candidate, base)
     assert report.ok, report.discrepancies
+
+
+# Folders of a machine, never of a repository: a committed file naming one leaks where it
+# was built and points nowhere on anyone else's machine. JSON writes C:\ as C:\\.
+MACHINE_PATH = re.compile(rb"(?<![\w.~-])/(?:work|home|root|tmp|Users|private/var)/|\b[A-Za-z]:\\\\?[\w$]")
+
+
+def committed_files():
+    for path in sorted(FIXTURES.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            yield path
+
+
+def test_no_committed_fixture_names_a_machine_path():
+    files = list(committed_files())
+    assert any(p.name == "prune_manifest.json" for p in files) and any(p.suffix == ".safetensors" for p in files)
+    leaks = {str(p.relative_to(FIXTURES)): m[0] for p in files if (m := MACHINE_PATH.search(p.read_bytes()))}
+    assert leaks == {}
+    assert MACHINE_PATH.search(b'"source": "/work/main/fixtures/calibration.txt"')  # what it caught
+    assert MACHINE_PATH.search(b'"path": "C:\\\\Users\\\\me\\\\corpus.txt"')
+    assert not MACHINE_PATH.search(b'"source": "fixtures/gemma4-tiny-trained", "unit": "tok/s"')
+
+
+def test_prune_manifest_names_the_corpus_by_name_and_hash_not_path(tmp_path):
+    """A user's corpus is recorded by its file name, the SHA256 of its bytes and the token
+    count: the folder it sits in (often the user's home) stays out of the manifest."""
+    from surgeon.prune import PruneOptions, prune
+    from tests.helpers import sha
+
+    corpus = tmp_path / "private" / "corpus.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("The sun rises in the east.\nWater boils at one hundred degrees.\n")
+    options = PruneOptions(layers="0", device="cpu", dtype="float32", calib=str(corpus))
+    manifest = prune(FIXTURES / "gemma4-tiny-trained", tmp_path / "out", options).manifest
+    calibration = manifest["calibration"]
+    assert calibration["source"] == "corpus.txt" and manifest["options"]["calib"] == "corpus.txt"
+    assert calibration["file_sha256"] == sha(corpus)
+    assert calibration["samples"] == 2 and calibration["tokens"] > 2
+    assert str(tmp_path) not in json.dumps({k: v for k, v in manifest.items() if k != "base"})
+    assert manifest["base"]["path"] == str((FIXTURES / "gemma4-tiny-trained").resolve())  # verify finds the base

@@ -100,7 +100,10 @@ def test_same_file_named_twice_is_read_once(tmp_path, monkeypatch):
 
 
 def test_hf_blob_name_is_the_file_hash(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     snapshot = make_hub_cache(tmp_path / "hub")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # a real hub cache layout
     cache = HashCache(tmp_path / "cache")
     shards = list(open_checkpoint(snapshot).shards.values())
     result = hash_shards(shards, cache)

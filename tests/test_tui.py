@@ -335,6 +335,66 @@ def test_write_and_verify(tmp_path):
     assert sha(output / "model-00001-of-00002.safetensors") != sha(BASE / "model-00001-of-00002.safetensors")
 
 
+async def write_plan(app, pilot, output: Path) -> dict:
+    """Write the current plan to `output` through the dialog; its manifest."""
+    await pilot.press("w")
+    await type_into(pilot, "#write-output", str(output))
+    await pilot.press("enter")
+    await settle(app, pilot)
+    assert app.last_verify is not None and app.last_verify.ok
+    await pilot.press("escape")  # the verify dialog
+    return json.loads((output / "prune_manifest.json").read_text())
+
+
+def test_write_records_the_plans_canary_and_the_auto_search(tmp_path):
+    """A TUI write records what `salvage --auto` records: the canary the plan was judged by
+    (null only when none ran on that plan) and the search's steps when the search found it."""
+
+    async def flow(app, pilot):
+        await pilot.press("c")  # the canary on the plan as it opens: every changed layer kept
+        await settle(app, pilot)
+        judged = app.canary_reports[frozenset(range(8))].to_json()
+        record = (await write_plan(app, pilot, tmp_path / "full"))["salvage"]
+        assert record["canary_before"] == judged and not record["canary_before"]["passed"]
+        assert record["canary_before"]["composed_layers"] == list(range(8))
+        assert record["auto"] is None  # no search found this plan
+
+        await pilot.press("a")
+        await settle(app, pilot)
+        found, steps = app.plan.keep, app.auto_steps
+        record = (await write_plan(app, pilot, tmp_path / "auto"))["salvage"]
+        assert record["kept_layers"] == found
+        assert record["auto"] == [{"layers": s.layers, "passed": s.passed, "how": s.how} for s in steps]
+        assert record["auto"][0] == {"layers": list(range(8)), "passed": False, "how": "prefix"}
+        known = app.canary_reports.get(frozenset(found))  # the empty plan is the base: never run
+        assert record["canary_before"] == (known.to_json() if known is not None else None)
+        assert not found or record["canary_before"]["passed"]  # the search keeps only a plan that passed
+
+        app.plan.keep_only("0,2")  # a plan neither the canary nor the search has seen
+        app.refresh_plan()
+        assert frozenset({0, 2}) not in app.canary_reports
+        record = (await write_plan(app, pilot, tmp_path / "manual"))["salvage"]
+        assert record["kept_layers"] == [0, 2]
+        assert record["canary_before"] is None and record["auto"] is None
+
+    run_app(flow)
+
+
+def test_an_engine_error_gets_the_tuis_own_hint():
+    """Engine messages name no CLI option; the TUI adds how to fix it here."""
+    pair = BASE.parent / "gemma4-tiny"  # weights only: no tokenizer
+
+    async def flow(app, pilot):
+        await pilot.press("c")
+        await settle(app, pilot)
+        assert app.screen.__class__.__name__ == "MessageDialog"
+        text = text_of(app, "#dialog-text")
+        assert "has no tokenizer files" in text and "; pass --tokenizer" not in text
+        assert "surgeon tui --tokenizer DIR" in text
+
+    run_app(flow, base=pair / "base", candidate=pair / "pruned")
+
+
 def test_write_over_an_existing_folder_asks_first(tmp_path):
     output = tmp_path / "taken"
     output.mkdir()

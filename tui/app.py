@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, ProgressBar, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
+from surgeon.text import inert
 from tui.dialogs import ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
 from tui.jobs import Job
 from tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
@@ -30,6 +31,8 @@ FOCUS = {
     "prune": "#prune-progress",
 }
 TYPE_HERE = {"tensors": "#filter-text", "plan": "#plan-range", "prune": "#prune-output"}
+# What the TUI adds to an engine error that another option would fix (the CLI adds "; pass --x").
+TUI_HINTS = {"tokenizer": "\n\nStart the TUI with `surgeon tui --tokenizer DIR` to use another tokenizer."}
 
 CSS = """
 #job-bar { height: 1; display: none; background: $boost; }
@@ -112,6 +115,7 @@ class SurgeonApp(App):
         self.last_verify = None
         self.last_output: Path | None = None  # the write dialog offers the last folder again
         self.auto_steps: list = []  # the last auto search's canary runs, shown on the Canary tab
+        self.auto_found: frozenset[int] | None = None  # the layers that search found
 
     # --- layout -------------------------------------------------------------------------
 
@@ -135,7 +139,7 @@ class SurgeonApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"{self.base.name} → {self.candidate.name}"
+        self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
         self.set_interval(0.2, self._draw_job)
         self._focus_tab("overview")
         self.load_pair()
@@ -233,7 +237,8 @@ class SurgeonApp(App):
         if isinstance(error, Cancelled):
             self.notify(f"{job.name} cancelled; nothing was written", timeout=4)
         elif isinstance(error, SurgeonError):
-            self.show_error(f"{job.name} failed", str(error))
+            hint = TUI_HINTS.get(getattr(error, "option", None), "")  # engine messages name no option
+            self.show_error(f"{job.name} failed", str(error) + hint)
         else:
             self.show_error(f"{job.name} failed", f"{type(error).__name__}: {error}")
 
@@ -337,7 +342,7 @@ class SurgeonApp(App):
     def _auto_done(self, plan) -> None:
         from surgeon.layers import layer_ranges
 
-        self.auto_steps = plan.steps
+        self.auto_steps, self.auto_found = plan.steps, frozenset(plan.keep)
         self.plan.set_keep(plan.keep)
         self.refresh_plan()
         self.notify(f"{len(plan.steps)} canary runs; keeping layers {layer_ranges(plan.keep) or 'none'}", timeout=6)
@@ -376,6 +381,7 @@ class SurgeonApp(App):
         self.last_output = output
         base, candidate, keep = self.base, self.candidate, self.plan.keep
         keep_non_layer = self.plan.state.keep_non_layer
+        canary_before, auto_steps = self._write_record()
 
         def work(job: Job):
             from surgeon.salvage import salvage
@@ -388,6 +394,8 @@ class SurgeonApp(App):
                 output,
                 keep_non_layer=keep_non_layer,
                 force=replace,
+                canary_before=canary_before,
+                auto_steps=auto_steps,
                 cancel=job.cancel,
                 progress=job.progress,
             )
@@ -395,6 +403,14 @@ class SurgeonApp(App):
             return verify(output, base)
 
         self.start_job("write", work, self._written)
+
+    def _write_record(self) -> tuple[dict | None, list | None]:
+        """What the manifest records, as `salvage --auto` does: the canary this plan passed
+        or failed here (None only if it was not run on it), and the auto search's steps if
+        that search found this plan."""
+        report = self.canary_reports.get(self.plan_key())
+        found = self.auto_found is not None and self.auto_found == self.plan_key()
+        return (report.to_json() if report is not None else None), (list(self.auto_steps) if found else None)
 
     def _written(self, report) -> None:
         from surgeon.render_recover import verify_text
@@ -440,7 +456,7 @@ class SurgeonApp(App):
             if open_it:  # after the dialog has gone and handed focus back, or it would pull the tab back
                 self.call_after_refresh(self.open_candidate, output)
             else:
-                self.notify(f"Pruned into {output}; the candidate is unchanged", timeout=5)
+                self.notify(f"Pruned into {inert(output)}; the candidate is unchanged", timeout=5, markup=False)
 
         question = (
             f"Pruned into {output}.\n\nOpen it as the candidate? The current plan, its undo history "
@@ -450,8 +466,8 @@ class SurgeonApp(App):
 
     def open_candidate(self, candidate: Path) -> None:
         self.candidate = candidate
-        self.sub_title = f"{self.base.name} → {self.candidate.name}"
-        self.report, self.plan, self.composed, self.auto_steps = None, None, None, []
+        self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
+        self.report, self.plan, self.composed, self.auto_steps, self.auto_found = None, None, None, [], None
         self.action_show_tab("overview")
         self.load_pair()
 
@@ -601,6 +617,9 @@ def _prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pa
     output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
     if output.exists():
         raise SurgeonError(f"{output}: already exists; choose another output folder")
+    from surgeon.atomic import check_output
+
+    check_output(output, [base], force=False)  # the writers' guard, in the tab before any work
     return options, output
 
 

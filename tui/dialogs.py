@@ -12,6 +12,14 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Markdown, Static
 
+from surgeon.text import inert, inert_lines
+
+
+def plain(message: str | Text) -> Text:
+    """A message for a Label or Static: its strings may quote names from files (an error, a
+    folder), so a str is shown as it is, never parsed as markup, and keeps only its line breaks."""
+    return message if isinstance(message, Text) else Text(inert_lines(message))
+
 
 class MessageDialog(ModalScreen[None]):
     """An error, or a result to read (verify): dismissed with Enter or Escape."""
@@ -24,9 +32,9 @@ class MessageDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="error" if self.error else ""):
-            yield Label(self.title_text, id="dialog-title")
+            yield Label(plain(self.title_text), id="dialog-title")
             with VerticalScroll(id="dialog-body"):
-                yield Static(self.body, id="dialog-text")
+                yield Static(plain(self.body), id="dialog-text")
             with Horizontal(id="dialog-buttons"):
                 yield Button("OK", id="ok", variant="primary")
         yield Footer()
@@ -47,7 +55,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question, id="dialog-text")
+            yield Static(plain(self.question), id="dialog-text")
             with Horizontal(id="dialog-buttons"):
                 yield Button(self.yes_label, id="yes", variant="error")
                 yield Button(self.no_label, id="no", variant="primary")
@@ -112,12 +120,13 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
         try:
             check_output_path(output, [open_checkpoint(str(p)) for p in self.inputs], force=True)
         except SurgeonError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(inert(exc), severity="error", timeout=8, markup=False)
             return
         if not output.exists():
             self.dismiss((output, False))
         elif not replace:
-            self.notify(f"{output} already exists: tick Replace to replace it, or choose another", severity="error")
+            message = f"{inert(output)} already exists: tick Replace to replace it, or choose another"
+            self.notify(message, severity="error", markup=False)
         else:
             question = f"{output} exists. Replace it? {_folder_note(output)} Everything in it will be deleted."
 
@@ -199,7 +208,7 @@ class TensorDetail(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
-            yield Label(self.tensor.name, id="dialog-title")
+            yield Label(Text(inert(self.tensor.name)), id="dialog-title")
             yield Static(tensor_detail(self.tensor), id="tensor-detail")
         yield Footer()
 
@@ -214,13 +223,13 @@ def tensor_detail(t) -> Table:
     grid.add_column(overflow="fold")
     grid.add_row("status", t.status)
     grid.add_row("layer", "-" if t.layer is None else str(t.layer))
-    grid.add_row("family", t.family)
+    grid.add_row("family", Text(inert(t.family)))
     for label, side in (("base", t.base), ("candidate", t.other)):
         if side is None:
             grid.add_row(label, "(absent)")
             continue
-        grid.add_row(label, f"{side.dtype} {list(side.shape)} in {side.shard}")
-        grid.add_row(f"{label} sha256", side.sha256 or "(not hashed)")
+        grid.add_row(label, Text(inert(f"{side.dtype} {list(side.shape)} in {side.shard}")))
+        grid.add_row(f"{label} sha256", Text(inert(side.sha256 or "(not hashed)")))
     if t.stats is not None:
         s = t.stats
         grid.add_row("elements changed", f"{s.elements_changed} ({s.frac_changed:.2%})")

@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
+from surgeon.text import inert
 from tui import views
 
 
@@ -63,7 +64,7 @@ class OverviewPane(Vertical):
     def show(self, report, rows: list[views.LayerRow]) -> None:
         from surgeon.report import summary_line
 
-        self.query_one("#summary", Static).update(Text(summary_line(report)))
+        self.query_one("#summary", Static).update(Text(inert(summary_line(report))))
         self.query_one("#layer-map", LayerMap).show(rows)
         shards = self.query_one("#shards", DataTable)
         shards.clear()
@@ -72,7 +73,8 @@ class OverviewPane(Vertical):
         files = self.query_one("#files", DataTable)
         files.clear()
         for item in report.files:
-            files.add_row(item.name, Text(item.status, style=views.STATUS_STYLE.get(item.status, "")), key=item.name)
+            status = Text(item.status, style=views.STATUS_STYLE.get(item.status, ""))
+            files.add_row(Text(inert(item.name)), status, key=item.name)
 
 
 STATUS_CHOICES = [(s, s) for s in ("all", "changed", "identical", "added", "removed", "retyped")] + [
@@ -143,7 +145,7 @@ class TensorsPane(Vertical):
 
     def _layers(self) -> set[int] | None:
         from surgeon.errors import SurgeonError
-        from surgeon.layers import parse_layers
+        from surgeon.layers import parse_layer_spec
 
         box = self.query_one("#filter-layers", Input)
         spec = box.value.strip()
@@ -151,12 +153,17 @@ class TensorsPane(Vertical):
             box.remove_class("invalid")
             return None
         try:
-            layers = set(parse_layers(spec, 1 << 20, what="layers"))
+            ranges = parse_layer_spec(spec, what="layers").ranges
         except SurgeonError:
             box.add_class("invalid")
             return None
         box.remove_class("invalid")
-        return layers
+        # A filter is lenient about layers the model lacks, and is matched against the layers
+        # the tensors have: "0-99999999" must not build a set of a hundred million numbers.
+        present = {t.layer for t in self.tensors if t.layer is not None}
+        if ranges is None:
+            return present
+        return {n for n in present if any(low <= n <= high for low, high in ranges)}
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if self.tensors:
@@ -236,7 +243,7 @@ class CanaryPane(Vertical):
         status = self.query_one("#canary-status", Static)
         result = self.query_one("#canary-result", Static)
         if report is None:
-            status.update(f"Plan {plan_label}: no canary run yet. c: run it in memory; a: auto plan search.")
+            status.update(Text(f"Plan {plan_label}: no canary run yet. c: run it in memory; a: auto plan search."))
             result.update("")
             return
         status.update(Text.assemble(f"Plan {plan_label}: ", canary_verdict(report)))

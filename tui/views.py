@@ -1,10 +1,16 @@
-"""What the tables show, as rows of rich Text: computed from engine reports, no widgets."""
+"""What the tables show, as rows of rich Text: computed from engine reports, no widgets.
+
+Strings from the checkpoints (names, prompts, generated text) are `Text(inert(...))`: a
+DataTable parses a plain str cell as markup, so no file string reaches one as a str.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from rich.text import Text
+
+from surgeon.text import inert, inert_lines
 
 MAP_COLUMNS = ("q", "k", "v", "o", "mlp", "norm", "other")
 CELL = {
@@ -39,7 +45,7 @@ class LayerRow:
 
 def layer_rows(report, plan) -> list[LayerRow]:
     """One row per layer of the main stack, with the plan's choice applied."""
-    rows = {n: LayerRow(n, plan.source_of(n), {}, 0, []) for n in range(plan.num_layers)}
+    rows = {n: LayerRow(n, plan.source_of(n), {}, 0, []) for n in plan.layers}
     for t in report.tensors:
         if t.layer is None or t.stack != report.main_stack or t.layer not in rows:
             continue
@@ -82,10 +88,10 @@ def layer_cells(row: LayerRow) -> list[Text]:
 def shard_cells(shard) -> list[Text]:
     sha = shard.sha256[1] or shard.sha256[0] or ""
     return [
-        Text(shard.name, overflow="ellipsis"),
+        Text(inert(shard.name), overflow="ellipsis"),
         Text(shard.status, style=STATUS_STYLE.get(shard.status, "")),
         Text(f"{shard.tensors_differing}/{shard.tensors}", justify="right"),
-        Text(sha[:12], style="dim"),
+        Text(inert(sha[:12]), style="dim"),
     ]
 
 
@@ -110,16 +116,16 @@ def tensor_cells(t, from_candidate: set[str]) -> list:
     rel = relative(t)
     source = plan_source(t, from_candidate)
     return [
-        t.name,
+        Text(inert(t.name)),
         "" if t.layer is None else t.layer,
         Text(t.status, style=STATUS_STYLE.get(t.status, "")),
         Text(source, style=SOURCE_STYLE.get(source, "dim")),
         "" if rel is None else f"{rel:.3g}",
-        short_sha(t.base),
-        short_sha(t.other),
+        Text(inert(short_sha(t.base))),
+        Text(inert(short_sha(t.other))),
         "x".join(map(str, side.shape)) if side else "",
-        side.dtype if side else "",
-        t.family,
+        Text(inert(side.dtype)) if side else "",
+        Text(inert(t.family)),
     ]
 
 
@@ -158,13 +164,13 @@ def plan_text(summary, candidate_name: str) -> Text:
     text.append("    rolled back to base: ", style="bold").append(summary.rolled_back_text, style="cyan")
     non_layer = "candidate" if summary.keep_non_layer else "base"
     text.append(f"\nnon-layer tensors (embeddings, norms, lm_head) from the {non_layer}\n")
-    text.append(f"{len(summary.from_candidate)} tensors from the candidate ({candidate_name}), ")
+    text.append(f"{len(summary.from_candidate)} tensors from the candidate ({inert(candidate_name)}), ")
     text.append(f"{len(summary.from_base)} rolled back to base, {summary.identical_tensors} identical\n")
-    written = ", ".join(summary.shards_written) or "none"
+    written = inert(", ".join(summary.shards_written)) or "none"
     text.append(f"shards written: {len(summary.shards_written)} ({written}); ")
     text.append(f"{len(summary.shards_identical)} stay byte-identical to the base's files")
     for problem in summary.problems:
-        text.append(f"\ncannot write: {problem}", style="red")
+        text.append(f"\ncannot write: {inert(problem)}", style="red")
     return text
 
 
@@ -178,16 +184,16 @@ def canary_blocks(report):
     for p in report.prompts:
         head = Text()
         head.append("pass " if p.passed else "FAIL ", style="bold green" if p.passed else "bold red")
-        head.append(p.prompt, style="bold")
+        head.append(inert_lines(p.prompt), style="bold")
         checks = f"drift {p.drift:.2f}  self/base {p.self_ratio:.2f}  repetition {p.repetition:.2f}  "
         checks += f"agreement {p.agreement}  tokens {p.tokens}"
         head.append(f"\n  {checks}", style="dim")
         if p.failures:
-            head.append(f"\n  {'; '.join(p.failures)}", style="red")
+            head.append(f"\n  {inert('; '.join(p.failures))}", style="red")
         pair = Table(expand=True, show_edge=False, box=None, padding=(0, 1))
         pair.add_column("base", ratio=1, overflow="fold", header_style="cyan")
         pair.add_column("candidate", ratio=1, overflow="fold", header_style="yellow")
-        pair.add_row(p.base_text.strip(), p.text.strip())
+        pair.add_row(Text(inert_lines(p.base_text.strip())), Text(inert_lines(p.text.strip())))
         blocks.extend([head, pair, Text("")])
     return Group(*blocks)
 
