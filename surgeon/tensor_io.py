@@ -35,7 +35,8 @@ class ShardReader:
         self.size = os.fstat(self.fd).st_size
         if expected_size is not None and self.size != expected_size:
             os.close(self.fd)
-            raise SurgeonError(f"{path}: file is {self.size} bytes, its header says {expected_size}")
+            # The header was read from this file a moment ago: another size means it changed since.
+            raise SurgeonError(f"{path}: changed while it was being read ({self.size} bytes, was {expected_size})")
         self.buffer = buffer if buffer is not None else bytearray(chunk_bytes)
 
     def read(self, offset: int, size: int) -> memoryview:
