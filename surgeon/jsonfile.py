@@ -9,10 +9,11 @@ A checkpoint folder comes from the internet, so the file is checked before it is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from surgeon.errors import SurgeonError
@@ -22,17 +23,30 @@ from surgeon.errors import SurgeonError
 MAX_JSON_BYTES = 256 << 20
 
 
-def read_bounded(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`; SurgeonError otherwise."""
+@contextlib.contextmanager
+def open_regular(path: Path, where: str | None = None) -> Iterator[tuple[int, os.stat_result]]:
+    """(fd, stat) of a regular file, closed afterwards; SurgeonError naming `where` (default
+    the path) for anything else. O_NONBLOCK: opening a FIFO must not wait for a writer; it is
+    refused just after, like a device (`/dev/zero` would never end)."""
+    where = where or str(path)
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
+        raise SurgeonError(f"{where}: cannot read ({exc.strerror})") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise SurgeonError(f"{path}: not a regular file")
+            raise SurgeonError(f"{where}: not a regular file")
+        yield fd, info
+    except OSError as exc:
+        raise SurgeonError(f"{where}: cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def read_bounded(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; SurgeonError otherwise."""
+    with open_regular(path) as (fd, info):
         if info.st_size > max_bytes:
             raise SurgeonError(f"{path}: {info.st_size} bytes, more than the {max_bytes} allowed for this file")
         chunks, total = [], 0
@@ -45,10 +59,6 @@ def read_bounded(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
             if total > max_bytes:
                 raise SurgeonError(f"{path}: grew past the {max_bytes} bytes allowed for this file while read")
         return b"".join(chunks)
-    except OSError as exc:
-        raise SurgeonError(f"{path}: cannot read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
 
 
 def parse_json(raw: bytes | str, where: str, object_pairs_hook: Callable | None = None) -> object:

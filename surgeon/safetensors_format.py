@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import struct
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -21,6 +20,7 @@ from pathlib import Path
 from surgeon.atomic import atomic_output
 from surgeon.dtypes import DTYPES, DType
 from surgeon.errors import SurgeonError
+from surgeon.jsonfile import open_regular
 
 MAX_HEADER_SIZE = 100_000_000
 METADATA_KEY = "__metadata__"
@@ -226,14 +226,7 @@ def read_header(path: Path, name: str | None = None) -> ShardHeader:
 def _read_header_bytes(path: Path, where: str) -> tuple[int, int, bytearray]:
     """(file size, header length, header bytes) of a regular file; a FIFO or a device
     named *.safetensors is refused before anything waits on it or reads it forever."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise SurgeonError(f"{where}: cannot read ({exc.strerror})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SurgeonError(f"{where}: not a regular file")
+    with open_regular(path, where) as (fd, info):
         size = info.st_size
         prefix = os.pread(fd, 8, 0)
         if len(prefix) < 8:
@@ -247,10 +240,6 @@ def _read_header_bytes(path: Path, where: str) -> tuple[int, int, bytearray]:
         if len(raw) != header_len:
             raise SurgeonError(f"{where}: changed while it was being read (header cut short)")
         return size, header_len, raw
-    except OSError as exc:
-        raise SurgeonError(f"{where}: cannot read ({exc.strerror})") from None
-    finally:
-        os.close(fd)
 
 
 def _read_exactly(fd: int, length: int, offset: int) -> bytearray:

@@ -80,3 +80,18 @@ def encode(name: str, dtype: str, values: np.ndarray) -> TensorBytes:
 
 def sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def count_reads(monkeypatch) -> list[str]:
+    """The shard files hash_one_file reads from now on, by name, in order."""
+    from surgeon import hashing
+
+    calls = []
+    real = hashing.hash_one_file
+
+    def counting(shard, *args, **kwargs):
+        calls.append(shard.path.name)
+        return real(shard, *args, **kwargs)
+
+    monkeypatch.setattr(hashing, "hash_one_file", counting)
+    return calls

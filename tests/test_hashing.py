@@ -10,7 +10,7 @@ from surgeon.checkpoint import open_checkpoint
 from surgeon.diff import DiffOptions, diff_checkpoints
 from surgeon.hashcache import HashCache
 from surgeon.hashing import hash_one_file, hash_shards
-from tests.helpers import BASE, PRUNED
+from tests.helpers import BASE, PRUNED, count_reads
 from tests.test_checkpoint import make_hub_cache
 
 
@@ -36,18 +36,6 @@ def test_known_file_hash_skips_the_header(monkeypatch):
     assert got.file_sha256 == "f" * 64
     assert got.tensors == expected_hashes(shard)[1]
     assert got.bytes_read == shard.file_size - shard.data_start
-
-
-def count_reads(monkeypatch):
-    calls = []
-    real = hashing.hash_one_file
-
-    def counting(shard, *args, **kwargs):
-        calls.append(shard.path.name)
-        return real(shard, *args, **kwargs)
-
-    monkeypatch.setattr(hashing, "hash_one_file", counting)
-    return calls
 
 
 def test_warm_cache_reads_nothing(tmp_path, monkeypatch):

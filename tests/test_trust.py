@@ -24,7 +24,7 @@ from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.hashing import hash_shards
 from surgeon.salvage import salvage
 from surgeon.verify import verify
-from tests.helpers import BASE, FIXTURES, PRUNED, make_variant, read_tensor, sha
+from tests.helpers import BASE, FIXTURES, PRUNED, count_reads, make_variant, read_tensor, sha
 
 TRAINED = FIXTURES / "gemma4-tiny-trained"
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -97,18 +97,6 @@ def test_file_identity_has_ctime_and_device(tmp_path):
     assert FileIdentity.of(path).key != ident.key
 
 
-def reads(monkeypatch) -> list[str]:
-    calls = []
-    real = hashing.hash_one_file
-
-    def counting(shard, *args, **kwargs):
-        calls.append(shard.path.name)
-        return real(shard, *args, **kwargs)
-
-    monkeypatch.setattr(hashing, "hash_one_file", counting)
-    return calls
-
-
 @pytest.mark.parametrize(
     "file_sha",
     ["0" * 63, "G" * 64, "A" * 64, "a" * 64 + "\n", 12345, None, ["a" * 64], {"sha": "a" * 64}, "../../x"],
@@ -120,7 +108,7 @@ def test_damaged_file_entry_is_a_miss(tmp_path, monkeypatch, file_sha):
     entry = cache._file_entry(FileIdentity.of(shard.path))
     record = json.loads(entry.read_text())
     entry.write_text(json.dumps(record | {"sha256": file_sha}))
-    calls = reads(monkeypatch)
+    calls = count_reads(monkeypatch)
     again = hash_shards([shard], cache)[os.path.realpath(shard.path)]
     assert calls == [SHARD2] and again.file_sha256 == truth.file_sha256 and again.source == "bytes"
 
@@ -139,7 +127,7 @@ def test_damaged_content_entry_is_a_miss(tmp_path, monkeypatch, damage):
     else:
         record["tensors"] = [] if damage == "not a dict" else None
     entry.write_text(json.dumps(record))
-    calls = reads(monkeypatch)
+    calls = count_reads(monkeypatch)
     again = hash_shards([shard], cache)[os.path.realpath(shard.path)]
     assert calls == [SHARD2] and again.tensors == truth.tensors
 
@@ -164,7 +152,7 @@ def test_cache_entries_must_be_regular_and_bounded(tmp_path, monkeypatch, kind):
         entry.write_text("[" * 100_000 + "]" * 100_000)
     else:
         entry.mkdir()
-    calls = reads(monkeypatch)
+    calls = count_reads(monkeypatch)
     hash_shards([shard], cache)
     assert calls == [SHARD2]
 
