@@ -228,7 +228,10 @@ def diff(
         cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
         stats=not no_stats,
         workers=workers,
-        trust_blob_names=not markdown,  # Markdown's SHA256s are evidence: hashed from the bytes
+        # Markdown's SHA256s are evidence for a model card: hashed from the bytes, never taken
+        # from the stat cache or a blob's name (both are trusted for speed only).
+        trust_cache=not markdown,
+        trust_blob_names=not markdown,
     )
     cancel = threading.Event()
     report = diff_checkpoints(base_ckpt, other_ckpt, options, _progress(quiet), cancel)

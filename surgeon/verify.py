@@ -466,8 +466,10 @@ def _base_matches(actual: dict[str, str], record: dict, given: bool, report: Ver
     """Is this the base the manifest was written against? One line from the recorded base
     shard hashes, instead of a discrepancy for every tensor of a wrong base."""
     recorded = record.get("shards") or {}
-    if not recorded:
-        report.notes.append("the manifest records no base shard hashes: the base was not confirmed as the one used")
+    if not recorded:  # surgeon always records them: an edited manifest, and nothing ties it to a base
+        report.discrepancies.append(
+            "the manifest records no base shard hashes: the base cannot be confirmed as the one it was written against"
+        )
         return True
     matching = sum(actual.get(name) == sha for name, sha in recorded.items())
     if matching == len(recorded):
@@ -514,8 +516,36 @@ def _check_claims(manifest: dict, diff: DiffReport, report: VerifyReport) -> Non
         report.discrepancies.append(f"tensor {name}: listed as written but byte-identical to base")
     _check_heads(manifest, diff, report, set(actual))
     _check_copied(written, diff, report)
+    _check_salvage_record(manifest.get("salvage"), set(actual), report)
     if len(report.discrepancies) == failures:
         report.checks.append(f"the manifest's claims hold against the base: weights differ in {layers_phrase(actual)}")
+
+
+def _check_salvage_record(salvage: dict | None, actual: set[int], report: VerifyReport) -> None:
+    """A salvage's record of which layers it kept and which it rolled back must agree with
+    the weights: every layer that differs from the base was kept, none rolled back differs."""
+    if not salvage:
+        return
+    kept, rolled_back = salvage.get("kept_layers"), salvage.get("rolled_back_layers")
+    if kept is None or rolled_back is None:
+        report.discrepancies.append("the salvage record lacks kept_layers or rolled_back_layers")
+        return
+    both = set(kept) & set(rolled_back)
+    not_kept = actual - set(kept)
+    restored_but_differ = actual & set(rolled_back)
+    if both:
+        report.discrepancies.append(
+            f"the salvage record says layers {layer_ranges(both)} were both kept and rolled back"
+        )
+    if not_kept:
+        report.discrepancies.append(
+            f"weights differ from base in {layers_phrase(not_kept)}, which the salvage record does not list as kept"
+        )
+    if restored_but_differ:
+        report.discrepancies.append(
+            f"the salvage record says {layers_phrase(restored_but_differ)} were rolled back to base, "
+            "but the weights differ from it"
+        )
 
 
 def _check_copied(written: dict, diff: DiffReport, report: VerifyReport) -> None:
@@ -551,29 +581,33 @@ def _check_remote_code(root: Path, report: VerifyReport) -> None:
     found = len(report.discrepancies)
     seen = 0
     for folder, dirs, files in os.walk(root):  # links are not followed
+        dirs.sort()
         seen += len(dirs) + len(files)
         for name in sorted(files):
+            path = Path(folder, name)
             if name.endswith(".py"):
-                where = os.path.relpath(os.path.join(folder, name), root)
+                where = os.path.relpath(path, root)
                 report.discrepancies.append(f"file {where}: Python code in the checkpoint folder (remote code)")
+            elif name.endswith("config.json"):  # a subfolder's too: transformers loads it with subfolder=
+                _check_auto_map(path, root, report)
         if seen > _WALK_LIMIT:
-            report.notes.append(f"stopped looking for Python files after {_WALK_LIMIT} folder entries")
+            report.discrepancies.append(
+                f"more than {_WALK_LIMIT} folder entries: the search for remote code stopped, so it is not ruled out"
+            )
             break
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.endswith("config.json") and entry.is_file():
-            _check_auto_map(Path(entry.path), report)
     if len(report.discrepancies) == found:
         report.checks.append("no remote code: no .py file, no auto_map in the configs")
 
 
-def _check_auto_map(path: Path, report: VerifyReport) -> None:
+def _check_auto_map(path: Path, root: Path, report: VerifyReport) -> None:
     try:
-        config = read_json_file(path)
+        config = read_json_file(path)  # a link is read (a Hub snapshot's config is one); a FIFO is refused
     except SurgeonError as exc:
         report.discrepancies.append(f"{exc}: cannot be checked for auto_map")
         return
+    where = os.path.relpath(path, root)
     for key in _remote_code_keys(config):
-        report.discrepancies.append(f"file {path.name}: {key} names code for transformers to import (remote code)")
+        report.discrepancies.append(f"file {where}: {key} names code for transformers to import (remote code)")
 
 
 def _remote_code_keys(value: object, where: str = "", budget: list[int] | None = None) -> Iterator[str]:

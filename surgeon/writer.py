@@ -13,6 +13,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import itertools
 import json
 import os
 import stat
@@ -73,8 +74,22 @@ def input_paths(ckpt: Checkpoint) -> list[Path]:
     a single .safetensors file given by path) and each shard's real file (a Hub snapshot's
     shards are links into the cache's blobs folder)."""
     given = Path(ckpt.source).expanduser()
-    own = [given] if given.is_file() else [ckpt.root]
-    return own + [Path(os.path.realpath(shard.path)) for shard in ckpt.shards.values()]
+    if given.is_file():
+        return [given, Path(os.path.realpath(given))]
+    return [ckpt.root, *_real_files(ckpt.root)] + [Path(os.path.realpath(shard.path)) for shard in ckpt.shards.values()]
+
+
+def _real_files(root: Path, limit: int = 10_000) -> list[Path]:
+    """Where the folder's side files really are: a Hub snapshot's config.json and index are
+    links into the cache's blobs folder, and a report written with --force over such a blob
+    would replace the input's config. A checkpoint folder holds tens of entries; `limit`
+    bounds a hostile one."""
+    found = []
+    with os.scandir(root) as entries:
+        for entry in itertools.islice(entries, limit):
+            if entry.is_symlink():
+                found.append(Path(os.path.realpath(entry.path)))
+    return found
 
 
 def write_checkpoint(

@@ -548,3 +548,23 @@ def test_a_folder_that_cannot_be_created_names_the_output(tmp_path, monkeypatch,
     report = tmp_path / "diff.json"
     result = invoke("inspect", TRAINED, "--json", "-o", report)
     _assert_names_the_output(result, report, os.strerror(code))
+
+
+def test_a_report_never_replaces_an_inputs_linked_side_file(tmp_path):
+    """A Hub snapshot's config.json and index are links into the cache's blobs: `-o` on the
+    blob with --force must be refused like `-o` on the folder's own file."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    snapshot.mkdir()
+    for path in TRAINED.iterdir():
+        if path.suffix == ".safetensors":
+            shutil.copy(path, snapshot / path.name)
+        else:
+            shutil.copy(path, blobs / path.name)
+            (snapshot / path.name).symlink_to(blobs / path.name)
+    before = hashes(blobs)
+    for command in (["diff", snapshot, CANDIDATE], ["inspect", snapshot]):
+        for name in ("config.json", "model.safetensors.index.json"):
+            result = CliRunner().invoke(main, [str(a) for a in [*command, "-o", blobs / name, "--force"]])
+            assert result.exit_code == 2 and "refusing to write over the input" in result.stderr, result.output
+    assert hashes(blobs) == before

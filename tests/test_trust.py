@@ -545,3 +545,59 @@ def test_a_foreign_candidate_manifest_is_kept_as_a_record(candidate, tmp_path):
     assert manifest["candidate_manifest"] == {"pruned_layers": [[0, "x"]], "prune_mode": "mask"}
     assert "pruned_layers" not in manifest and manifest["schema"].startswith("surgeon.")
     assert verify(tmp_path / "out").ok
+
+
+def test_markdown_evidence_is_hashed_from_the_bytes_not_a_poisoned_cache(tmp_path):
+    """A stat-cache entry naming the base's hash for a changed shard must not reach the card."""
+    a, b = shutil.copytree(BASE, tmp_path / "a"), shutil.copytree(BASE, tmp_path / "b")
+    flip_in_place(b / SHARD2, keep_times=False)
+    assert invoke("diff", a, b, "-q").exit_code == 1  # caches b's real identity
+    poison_cache_for(b / SHARD2, sha(a / SHARD2))
+    assert invoke("diff", a, b, "-q").exit_code == 0  # the plain diff trusts the cache: for speed only
+    card = invoke("diff", a, b, "-q", "--markdown")
+    assert (
+        card.exit_code == 1
+        and sha(b / SHARD2)[:8] in card.output
+        and "byte-identical" not in card.output.split(f"`{SHARD2}`")[1].splitlines()[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"kept_layers": [2, 3], "rolled_back_layers": [0, 1]},
+        {"kept_layers": []},
+        {"rolled_back_layers": [0, 1, 2, 3], "kept_layers": [0, 1]},
+        {"kept_layers": None},
+    ],
+    ids=["swapped", "nothing-kept", "kept-and-rolled-back", "no-kept-record"],
+)
+def test_the_salvage_record_must_agree_with_the_weights(salvaged, edit):
+    manifest = json.loads((salvaged / MANIFEST).read_text())
+    for key, value in edit.items():
+        if value is None:
+            del manifest["salvage"][key]
+        else:
+            manifest["salvage"][key] = value
+    (salvaged / MANIFEST).write_text(json.dumps(manifest))
+    result = invoke("verify", salvaged)
+    assert result.exit_code == 1 and lines_of(result)[-1].startswith("not verified"), result.output
+    assert any("salvage record" in line for line in lines_of(result) if line.startswith("FAIL"))
+
+
+def test_a_manifest_without_base_hashes_is_not_verified(salvaged):
+    manifest = json.loads((salvaged / MANIFEST).read_text())
+    manifest["salvage"]["base"]["shards"] = {}
+    (salvaged / MANIFEST).write_text(json.dumps(manifest))
+    result = invoke("verify", salvaged)
+    assert result.exit_code == 1 and any("records no base shard hashes" in line for line in lines_of(result))
+
+
+def test_auto_map_in_a_subfolders_config_fails(salvaged):
+    """transformers loads `sub/config.json` with subfolder="sub": its auto_map is remote code too."""
+    (salvaged / "sub").mkdir()
+    (salvaged / "sub" / "config.json").write_text('{"nested": {"auto_map": {"AutoModel": "evil.M"}}}')
+    result = invoke("verify", salvaged)
+    assert result.exit_code == 1
+    assert any("sub/config.json" in line and "auto_map" in line for line in lines_of(result) if "FAIL" in line)
+    assert not any(line.startswith("ok   no remote code") for line in lines_of(result))
