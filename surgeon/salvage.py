@@ -102,7 +102,9 @@ def salvage(
     holder: dict = {}
 
     def manifest(report: WriteReport) -> dict:
-        record = _manifest(previous, base_ckpt, cand_ckpt, keep, report, canary_before, auto_steps, hashes)
+        record = _manifest(
+            previous, base_ckpt, cand_ckpt, keep, keep_non_layer, report, canary_before, auto_steps, hashes
+        )
         holder.update(record)
         return holder
 
@@ -184,7 +186,9 @@ def _changed_layers(base: Checkpoint, candidate: Checkpoint, hashes: dict) -> se
     return {parse_name(n).layer for n, sha in cand_sha.items() if base_sha.get(n) != sha} - {None}
 
 
-def _manifest(previous, base, candidate, keep, report: WriteReport, canary_before, auto_steps, hashes) -> dict:
+def _manifest(
+    previous, base, candidate, keep, keep_non_layer, report: WriteReport, canary_before, auto_steps, hashes
+) -> dict:
     from surgeon import __version__
 
     changed = report.changed_tensors()
@@ -204,6 +208,7 @@ def _manifest(previous, base, candidate, keep, report: WriteReport, canary_befor
         "tool": {"name": "surgeon", "version": __version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kept_layers": sorted(keep),
+        "keep_non_layer": keep_non_layer,  # verify fails on a non-layer change when this is false
         # only layers the candidate really changed and salvage put back to the base's bytes
         "rolled_back_layers": sorted(_changed_layers(base, candidate, hashes) - set(keep)),
         "base": {"source": base.source, "path": str(base.root), "shards": report.base_shards},

@@ -323,6 +323,10 @@ def _without_manifest(ckpt: Checkpoint, base, cache: HashCache, report: VerifyRe
 def _verify_surgeon(ckpt, manifest: dict, base, cache: HashCache, report: VerifyReport, trusted, folder) -> None:
     given = base is not None
     record = _base_record(manifest)
+    if not record.get("shards"):  # surgeon always records them: an edited manifest, tied to no base
+        report.discrepancies.append(
+            "the manifest records no base shard hashes: the base cannot be confirmed as the one it was written against"
+        )
     base_ckpt, base_spec = _open_base(base, record, report)
     hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
@@ -466,10 +470,7 @@ def _base_matches(actual: dict[str, str], record: dict, given: bool, report: Ver
     """Is this the base the manifest was written against? One line from the recorded base
     shard hashes, instead of a discrepancy for every tensor of a wrong base."""
     recorded = record.get("shards") or {}
-    if not recorded:  # surgeon always records them: an edited manifest, and nothing ties it to a base
-        report.discrepancies.append(
-            "the manifest records no base shard hashes: the base cannot be confirmed as the one it was written against"
-        )
+    if not recorded:  # already a discrepancy (_verify_surgeon): the claims are still worth checking
         return True
     matching = sum(actual.get(name) == sha for name, sha in recorded.items())
     if matching == len(recorded):
@@ -516,12 +517,15 @@ def _check_claims(manifest: dict, diff: DiffReport, report: VerifyReport) -> Non
         report.discrepancies.append(f"tensor {name}: listed as written but byte-identical to base")
     _check_heads(manifest, diff, report, set(actual))
     _check_copied(written, diff, report)
-    _check_salvage_record(manifest.get("salvage"), set(actual), report)
+    non_layer = sorted(t.name for t in diff.tensors if t.status != "identical" and t.layer is None)
+    _check_salvage_record(manifest.get("salvage"), set(actual), diff.layer_numbers(), non_layer, report)
     if len(report.discrepancies) == failures:
         report.checks.append(f"the manifest's claims hold against the base: weights differ in {layers_phrase(actual)}")
 
 
-def _check_salvage_record(salvage: dict | None, actual: set[int], report: VerifyReport) -> None:
+def _check_salvage_record(
+    salvage: dict | None, actual: set[int], layers: list[int], non_layer_changed: list[str], report: VerifyReport
+) -> None:
     """A salvage's record of which layers it kept and which it rolled back must agree with
     the weights: every layer that differs from the base was kept, none rolled back differs."""
     if not salvage:
@@ -533,6 +537,20 @@ def _check_salvage_record(salvage: dict | None, actual: set[int], report: Verify
     both = set(kept) & set(rolled_back)
     not_kept = actual - set(kept)
     restored_but_differ = actual & set(rolled_back)
+    missing = sorted((set(kept) | set(rolled_back)) - set(layers))
+    if missing or len(set(kept)) != len(kept) or len(set(rolled_back)) != len(rolled_back):
+        shown = ", ".join(str(n) for n in missing[:5]) + (" …" if len(missing) > 5 else "")
+        report.discrepancies.append(
+            f"the salvage record names layers the model does not have ({shown})"
+            if missing
+            else "the salvage record names a layer twice"
+        )
+    if salvage.get("keep_non_layer") is False and non_layer_changed:
+        report.discrepancies.append(
+            f"tensor {non_layer_changed[0]}"
+            + (f" (and {len(non_layer_changed) - 1} more)" if len(non_layer_changed) > 1 else "")
+            + ": outside any layer, differs from base, but the salvage record says non-layer tensors stayed the base's"
+        )
     if both:
         report.discrepancies.append(
             f"the salvage record says layers {layer_ranges(both)} were both kept and rolled back"
@@ -583,6 +601,10 @@ def _check_remote_code(root: Path, report: VerifyReport) -> None:
     for folder, dirs, files in os.walk(root):  # links are not followed
         dirs.sort()
         seen += len(dirs) + len(files)
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):  # transformers follows it (subfolder=); we do not
+                where = os.path.relpath(os.path.join(folder, name), root)
+                report.discrepancies.append(f"{where}: a link to a folder, not searched: remote code not ruled out")
         for name in sorted(files):
             path = Path(folder, name)
             if name.endswith(".py"):
@@ -610,23 +632,24 @@ def _check_auto_map(path: Path, root: Path, report: VerifyReport) -> None:
         report.discrepancies.append(f"file {where}: {key} names code for transformers to import (remote code)")
 
 
-def _remote_code_keys(value: object, where: str = "", budget: list[int] | None = None) -> Iterator[str]:
-    """Where auto_map / custom_pipelines keys are, at any depth (sub-configs have their own)."""
-    budget = budget if budget is not None else [100_000]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            budget[0] -= 1
-            if budget[0] < 0:
-                return
-            path = f"{where}.{key}" if where else str(key)
-            if key in REMOTE_CODE_KEYS:
-                yield path
-            else:
-                yield from _remote_code_keys(item, path, budget)
-    elif isinstance(value, list):
-        for item in value[: max(budget[0], 0)]:
-            budget[0] -= 1
-            yield from _remote_code_keys(item, where, budget)
+def _remote_code_keys(value: object) -> Iterator[str]:
+    """Where auto_map / custom_pipelines keys are, at any depth (sub-configs have their own).
+
+    Every key and item is visited: the file was read with a size bound, so this is bounded
+    too, and a budget would let padding before the key hide it. An explicit stack, not
+    recursion: nesting as deep as the JSON parser allows must not raise here."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                path = f"{where}.{key}" if where else str(key)
+                if key in REMOTE_CODE_KEYS:
+                    yield path
+                else:
+                    stack.append((child, path))
+        elif isinstance(item, list):
+            stack.extend((child, where) for child in item)
 
 
 # ---------- a manifest surgeon did not write ----------

@@ -76,7 +76,18 @@ def input_paths(ckpt: Checkpoint) -> list[Path]:
     given = Path(ckpt.source).expanduser()
     if given.is_file():
         return [given, Path(os.path.realpath(given))]
-    return [ckpt.root, *_real_files(ckpt.root)] + [Path(os.path.realpath(shard.path)) for shard in ckpt.shards.values()]
+    shards = [Path(os.path.realpath(shard.path)) for shard in ckpt.shards.values()]
+    return [ckpt.root, *_hub_repo(ckpt.root), *_real_files(ckpt.root), *shards]
+
+
+def _hub_repo(root: Path) -> list[Path]:
+    """A Hub snapshot (`models--org--name/snapshots/REV`) lives on its repo folder: its
+    `refs/` and `blobs/` are what resolve it, so an output anywhere in that folder is over
+    the input."""
+    snapshots = root.parent
+    if snapshots.name == "snapshots" and snapshots.parent.name.startswith(("models--", "datasets--", "spaces--")):
+        return [snapshots.parent]
+    return []
 
 
 def _real_files(root: Path, limit: int = 10_000) -> list[Path]:

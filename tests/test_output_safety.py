@@ -568,3 +568,22 @@ def test_a_report_never_replaces_an_inputs_linked_side_file(tmp_path):
             result = CliRunner().invoke(main, [str(a) for a in [*command, "-o", blobs / name, "--force"]])
             assert result.exit_code == 2 and "refusing to write over the input" in result.stderr, result.output
     assert hashes(blobs) == before
+
+
+def test_an_output_in_the_hub_repo_folder_of_an_input_is_refused(tmp_path, monkeypatch):
+    """refs/main resolves a Hub id: replacing it (or anything in models--org--name) loses the input."""
+    from huggingface_hub import constants
+
+    from tests.test_checkpoint import make_hub_cache
+
+    snapshot = make_hub_cache(tmp_path / "hub", src=TRAINED)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = snapshot.parent.parent
+    ref = (repo / "refs" / "main").read_text()
+    for args in (
+        ["diff", "acme/tiny", CANDIDATE, "-o", repo / "refs" / "main", "--force"],
+        ["salvage", CANDIDATE, "--base", "acme/tiny", "--keep", "0", "-o", repo / "refs", "--force"],
+    ):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2 and "refusing to write" in result.stderr, result.output
+    assert (repo / "refs" / "main").read_text() == ref

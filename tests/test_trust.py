@@ -601,3 +601,59 @@ def test_auto_map_in_a_subfolders_config_fails(salvaged):
     assert result.exit_code == 1
     assert any("sub/config.json" in line and "auto_map" in line for line in lines_of(result) if "FAIL" in line)
     assert not any(line.startswith("ok   no remote code") for line in lines_of(result))
+
+
+# ---------- found by a second hostile review ----------
+
+
+def test_padding_cannot_hide_auto_map(salvaged):
+    """Every key of a config is looked at: 100k list items before `auto_map` do not hide it."""
+    (salvaged / "sub").mkdir()
+    (salvaged / "sub" / "config.json").write_text(json.dumps({"pad": [0] * 100_001, "auto_map": {"A": "x--m.M"}}))
+    result = invoke("verify", salvaged, "--integrity-only")
+    assert result.exit_code == 1 and any("auto_map" in line for line in lines_of(result) if "FAIL" in line)
+
+
+def test_a_linked_subfolder_is_not_called_free_of_remote_code(salvaged, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "config.json").write_text('{"auto_map": {"AutoModel": "evil--m.M"}}')
+    (salvaged / "sub").symlink_to(outside)
+    result = invoke("verify", salvaged, "--integrity-only")
+    assert result.exit_code == 1 and any("sub: a link to a folder" in line for line in lines_of(result))
+    assert not any(line.startswith("ok   no remote code") for line in lines_of(result))
+
+
+def test_a_manifest_with_no_base_record_is_not_verified(salvaged):
+    """Deleting the base record must not turn a check against the base into "not checked"."""
+    manifest = json.loads((salvaged / MANIFEST).read_text())
+    del manifest["salvage"]
+    manifest.pop("base", None)
+    (salvaged / MANIFEST).write_text(json.dumps(manifest))
+    result = invoke("verify", salvaged)
+    assert result.exit_code == 1 and any("records no base shard hashes" in line for line in lines_of(result))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [{"kept_layers": [0, 1, 99]}, {"rolled_back_layers": [2, 1_000_000_000]}, {"kept_layers": [0, 1, 1]}],
+    ids=["kept-missing-layer", "rolled-back-missing-layer", "duplicate"],
+)
+def test_the_salvage_record_names_only_layers_the_model_has(salvaged, edit):
+    manifest = json.loads((salvaged / MANIFEST).read_text())
+    manifest["salvage"].update(edit)
+    (salvaged / MANIFEST).write_text(json.dumps(manifest))
+    result = invoke("verify", salvaged)
+    assert result.exit_code == 1 and any("salvage record names" in line for line in lines_of(result))
+
+
+def test_a_non_layer_change_needs_keep_non_layer(tmp_path):
+    norm = "model.norm.weight"
+    changed = make_variant(tmp_path / "cand", src=TRAINED, replace={norm: read_tensor(TRAINED, norm) * 1.5})
+    _, manifest = salvage(changed, TRAINED, [0], tmp_path / "out", keep_non_layer=True)
+    assert manifest["salvage"]["keep_non_layer"] is True
+    assert invoke("verify", tmp_path / "out").exit_code == 0
+    manifest["salvage"]["keep_non_layer"] = False
+    (tmp_path / "out" / MANIFEST).write_text(json.dumps(manifest))
+    result = invoke("verify", tmp_path / "out")
+    assert result.exit_code == 1 and any(f"tensor {norm}: outside any layer" in line for line in lines_of(result))
