@@ -163,7 +163,31 @@ output_option = click.option(
 force_option = click.option("--force", is_flag=True, help="Replace an existing --output file.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """click's own errors (an unknown option, a path of the wrong kind) as one line naming
+    the problem, exit 2, like every other bad input; `-h` names the usage."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False  # click's exceptions reach us instead of its 3-line usage block
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            from surgeon.text import inert
+
+            if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):  # bare `surgeon`: the help
+                click.echo(exc.format_message(), err=True)
+                sys.exit(exc.exit_code)
+
+            hint = f" (see {exc.ctx.command_path} -h)" if isinstance(exc, click.UsageError) and exc.ctx else ""
+            click.echo(f"surgeon: error: {inert(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:  # Ctrl-C at a prompt, outside any command
+            click.echo("surgeon: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code or 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="surgeon")
 def main() -> None:
     """Checkpoint surgery and diff toolkit for large language models."""

@@ -157,3 +157,25 @@ def test_inspect_terminal():
     text = invoke("inspect", BASE).stdout
     assert "gemma4_text" in text and "342,248 parameters" in text
     assert "8 heads x 16, 2 kv heads (full_attention)" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["diff", "--bogus", "a", "b"], "No such option '--bogus'"),
+        (["diff"], "Missing argument 'BASE'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["salvage", "x", "--base", "y", "--keep", "0", "-o", __file__], "is a file"),
+    ],
+)
+def test_clicks_own_errors_are_one_line(args, message):
+    """An unknown option or a path of the wrong kind is bad input like any other: one line, exit 2."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("surgeon: error: ") and message in lines[0], result.stderr
+
+
+def test_bare_surgeon_shows_the_help():
+    result = CliRunner().invoke(main, [])
+    assert result.exit_code == 2 and "Commands:" in result.stderr and "surgeon: error" not in result.stderr
