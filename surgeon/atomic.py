@@ -32,7 +32,6 @@ import functools
 import hashlib
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -81,9 +80,9 @@ def resolved_output(output: str | os.PathLike) -> Path:
     return Path(os.path.realpath(head)) / name
 
 
-def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], force: bool) -> Path:
-    """Refuse an output over or inside an input, or one that exists unless `force`; returns
-    the resolved output, the path to write (the one that was checked)."""
+def refuse_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> Path:
+    """The resolved output, unless it is over or inside an input: the half of check_output
+    that may run before the output's parent folder exists (nothing is created first)."""
     target = resolved_output(output)
     for given in inputs:
         real = Path(os.path.realpath(given))
@@ -91,6 +90,13 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike],
             raise SurgeonError(f"{output}: refusing to write over the input checkpoint {given}")
         if target.is_relative_to(real):
             raise SurgeonError(f"{output}: refusing to write inside the input checkpoint {given}")
+    return target
+
+
+def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], force: bool) -> Path:
+    """Refuse an output over or inside an input, or one that exists unless `force`; returns
+    the resolved output, the path to write (the one that was checked)."""
+    target = refuse_inputs(output, inputs)
     if os.path.lexists(target) and not force:
         raise OutputExists(f"{output}: already exists")
     if not target.parent.is_dir():
@@ -176,7 +182,7 @@ def _alive(pid: int, start: int) -> bool:
 def temp_sibling(target: Path, kind: str = "tmp") -> Path:
     """A hidden name next to `target` that says who made it (see sweep)."""
     name = target.name[:NAME_KEPT] if kind == "tmp" else target.name  # an aside must name its output in full
-    return target.parent / f".{name}.surgeon-{kind}-{_owner()}-{secrets.token_hex(4)}"
+    return target.parent / f".{name}.surgeon-{kind}-{_owner()}-{os.urandom(4).hex()}"
 
 
 def sweep(parent: Path) -> None:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from surgeon.atomic import check_output, output_errors, publish, temp_dir, write_text_atomic
+from surgeon.atomic import check_output, output_errors, publish, refuse_inputs, temp_dir, write_text_atomic
 from surgeon.errors import SurgeonError
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "gemma4-tiny-trained"
@@ -33,6 +33,7 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
     from surgeon.writer import MANIFEST_NAME
 
     folder = Path(folder)
+    refuse_inputs(folder, [FIXTURE, DEMO_CANDIDATE])  # before anything is created, inside an input or not
     folder.parent.mkdir(parents=True, exist_ok=True)
     target = check_output(folder, [FIXTURE, DEMO_CANDIDATE], force)
     with output_errors(folder), temp_dir(target) as work, _named_as(work, folder):
@@ -76,7 +77,9 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
         say("4. diff: what is actually different from base")
         written = open_checkpoint(salvaged)
         written.source = str(folder / "salvaged")  # where it will be: the card names it
-        report = diff_checkpoints(open_checkpoint(base), written, DiffOptions(cache_dir=hash_cache()))
+        # The card's SHA256s are evidence: hashed from the bytes, as `diff --markdown` does.
+        evidence = DiffOptions(cache_dir=hash_cache(), trust_cache=False, trust_blob_names=False)
+        report = diff_checkpoints(open_checkpoint(base), written, evidence)
         say(f"   {summary_line(report)}")
         write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report))
         publish(work, target, replace=force, shown=folder)

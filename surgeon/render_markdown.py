@@ -168,11 +168,14 @@ def _shard_bullet(shard: ShardDiff, report: DiffReport) -> str:
 
 
 def _blob_name_note(shard: ShardDiff) -> str:
-    """A hub cache blob's name is taken for its SHA256 for speed; it was not hashed, so it is
-    not evidence, and the bullet says so (surgeon diff --markdown hashes the bytes)."""
-    if "hub-blob-name" not in shard.sha256_source:
-        return ""
-    return " (SHA256 from the Hugging Face cache's blob name, not hashed from the bytes: not evidence.)"
+    """A hash taken from a hub cache blob's name or from the stat cache was not computed
+    from these bytes, so it is not evidence, and the bullet says so. `surgeon diff --markdown`
+    and the demo hash the bytes; this guards any other caller of render_markdown."""
+    if "hub-blob-name" in shard.sha256_source:
+        return " (SHA256 from the Hugging Face cache's blob name, not hashed from the bytes: not evidence.)"
+    if "cache" in shard.sha256_source:
+        return " (SHA256 from surgeon's hash cache, not hashed from the bytes in this run: not evidence.)"
+    return ""
 
 
 def _what_changed(shard: ShardDiff, report: DiffReport) -> str:

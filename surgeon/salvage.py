@@ -96,7 +96,12 @@ def salvage(
     base_ckpt, cand_ckpt = open_checkpoint(base), open_checkpoint(candidate)
     chosen = check_keep(keep, base_ckpt.tensors)
     every = layers_of(base_ckpt.tensors) if chosen is None else set(chosen)
-    sources = _differing(base_ckpt, layer_tensors(base_ckpt, cand_ckpt, every, keep_non_layer), cand_ckpt)
+    chosen_sources = layer_tensors(base_ckpt, cand_ckpt, every, keep_non_layer)
+    from surgeon.writer import check_output_path
+
+    check_output_path(Path(output), [base_ckpt, cand_ckpt], force)  # before any input is read
+    hashes = _input_hashes(base_ckpt, cand_ckpt, cancel, progress)
+    sources = _differing(chosen_sources, *(_tensor_sha(c, hashes) for c in (base_ckpt, cand_ckpt)))
     keep = sorted(layers_of(sources)) if chosen is None else chosen
     previous = _candidate_manifest(cand_ckpt)
     holder: dict = {}
@@ -108,10 +113,6 @@ def salvage(
         holder.update(record)
         return holder
 
-    from surgeon.writer import check_output_path
-
-    check_output_path(Path(output), [base_ckpt, cand_ckpt], force)
-    hashes = _input_hashes(base_ckpt, cand_ckpt, cancel, progress)
     report = write_checkpoint(
         base_ckpt,
         Path(output),
@@ -131,24 +132,26 @@ def salvage(
     return report, holder
 
 
-def _differing(base: Checkpoint, sources: dict, candidate: Checkpoint) -> dict:
-    """Only the kept tensors whose bytes differ from the base's: a shard whose kept tensors
-    all match is then copied whole, and the manifest lists real changes only."""
-    from surgeon.compare import Pair, compare_pairs
+def _differing(sources: dict, base_sha: dict[str, str], candidate_sha: dict[str, str]) -> dict:
+    """Only the kept tensors whose bytes differ from the base's, by their SHA256s (which
+    salvage reads anyway for its record): a shard whose kept tensors all match is then
+    copied whole, and the manifest lists real changes only."""
+    return {n: src for n, src in sources.items() if base_sha[n] != candidate_sha[n]}
 
-    pairs = [
-        Pair(n, base.shard_path(base.tensors[n].file), base.tensors[n], src.path, candidate.tensors[n])
-        for n, src in sources.items()
-    ]
-    equal = compare_pairs(pairs)
-    return {n: src for n, src in sources.items() if not equal[n]}
+
+def _tensor_sha(ckpt: Checkpoint, hashes: dict) -> dict[str, str]:
+    found = {}
+    for shard in ckpt.shards.values():
+        found.update(hashes[os.path.realpath(shard.path)].tensors)
+    return found
 
 
 def _candidate_manifest(candidate: Checkpoint) -> dict:
     """The candidate's manifest, to carry forward: surgeon's own merged (its prune record
     stays true of the kept layers), anyone else's kept whole under `candidate_manifest`,
     as a record, never as surgeon's claims. A malformed one is one line, exit 2."""
-    from surgeon.verify import is_surgeon_manifest, read_manifest
+    from surgeon.foreign_manifest import is_surgeon_manifest
+    from surgeon.verify import read_manifest
 
     previous = read_manifest(candidate.root / MANIFEST_NAME)
     if previous is None:
@@ -175,14 +178,7 @@ def _input_hashes(base: Checkpoint, candidate: Checkpoint, cancel, progress) -> 
 
 def _changed_layers(base: Checkpoint, candidate: Checkpoint, hashes: dict) -> set[int]:
     """The layers where some tensor of the candidate differs from the base's."""
-
-    def tensor_sha(ckpt: Checkpoint) -> dict[str, str]:
-        found = {}
-        for shard in ckpt.shards.values():
-            found.update(hashes[os.path.realpath(shard.path)].tensors)
-        return found
-
-    base_sha, cand_sha = tensor_sha(base), tensor_sha(candidate)
+    base_sha, cand_sha = _tensor_sha(base, hashes), _tensor_sha(candidate, hashes)
     return {parse_name(n).layer for n, sha in cand_sha.items() if base_sha.get(n) != sha} - {None}
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.diff import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.errors import SurgeonError
+from surgeon.foreign_manifest import is_omnimergekit_manifest, is_surgeon_manifest, verify_foreign
 from surgeon.hashcache import HashCache, default_cache_dir, hf_blob_sha256, is_sha256
 from surgeon.hashing import FileHashes, hash_shards
 from surgeon.jsonfile import read_json_file
@@ -128,11 +129,6 @@ def read_manifest(path: Path) -> dict | None:
     if problem is not None:
         raise SurgeonError(f"{path}: manifest is malformed ({problem})")
     return manifest
-
-
-def is_surgeon_manifest(manifest: dict) -> bool:
-    schema = manifest.get("schema")
-    return isinstance(schema, str) and schema.startswith("surgeon.")
 
 
 def manifest_problem(manifest: object) -> str | None:
@@ -659,13 +655,9 @@ def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, re
     """surgeon.foreign_manifest checks the claims of a format it knows against the diff with
     the base (given, else the `source` the manifest names, if this machine has it)."""
     given = base is not None
-    try:
-        from surgeon.foreign_manifest import is_omnimergekit_manifest, verify_foreign
-    except ImportError:  # being written alongside; until then a foreign manifest is simply not verified
-        is_omnimergekit_manifest = verify_foreign = None
     source = manifest.get("source")
     record = {"source": source} if isinstance(source, str) and source else {}
-    known = is_omnimergekit_manifest is not None and is_omnimergekit_manifest(manifest)
+    known = is_omnimergekit_manifest(manifest)
     base_ckpt, base_spec = _open_base(base, record, report) if known and (given or record) else (None, None)
     hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
@@ -674,9 +666,8 @@ def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, re
         report.base = base_spec
         diff = diff_checkpoints(base_ckpt, ckpt, DiffOptions(cache_dir=cache.root, trust_blob_names=False))
     failures = len(report.discrepancies)
-    if verify_foreign is not None:
-        verify_foreign(manifest, report, diff, given)
-        report.claims_checked = diff is not None
-    if len(report.discrepancies) == failures and (verify_foreign is None or diff is None):
+    verify_foreign(manifest, report, diff, given)
+    report.claims_checked = diff is not None
+    if len(report.discrepancies) == failures and diff is None:
         report.discrepancies.append(f"{MANIFEST_NAME} was not written by surgeon: its claims were not checked")
     report.notes.append("side files not checked: a manifest surgeon did not write records no SHA256s for them")

@@ -246,7 +246,6 @@ def _write_shard(
     hash_base = bool(ours) and known is None
     with (
         MappedShard(shard.path, shard.file_size) as source,
-        open(shard.path, "rb") as source_file,
         open(target, "wb", buffering=0) as out,
         _Sources() as sources,
         ThreadPoolExecutor(1) as hasher,
@@ -265,20 +264,14 @@ def _write_shard(
             advance(memoryview(data).nbytes)
 
         def keep(start: int, end: int) -> None:
-            """Base bytes that stay: copied by the kernel, hashed from the mapping meanwhile."""
+            """Base bytes that stay: read once, and the bytes hashed are the bytes written (a
+            kernel copy beside a hash of a second read would vouch for what was read, not
+            for what was written)."""
+            also = base_digest if hash_base else None
             for offset in range(start, end, COPY_CHUNK):
                 check_stop(should_stop)
                 stop = min(offset + COPY_CHUNK, end)
-                with source.view(offset, stop) as view:
-                    pending = hasher.submit(out_digest.update, view)
-                    try:
-                        _kernel_copy_range(source_file.fileno(), out, offset, stop - offset, shard.path)
-                        if hash_base:
-                            base_digest.update(view)
-                    finally:
-                        pending.result()  # the hash reads `view`: done before it is released
-                source.release(offset, stop)
-                advance(stop - offset)
+                emit(source.view(offset, stop), also=also)
 
         position = 0
         for info in sorted(shard.tensors.values(), key=lambda t: (t.start, t.end)):

@@ -129,10 +129,12 @@ def test_demo_force_never_deletes_its_own_input(tmp_path):
 
     (tmp_path / "via").symlink_to(FIXTURE.parent)
     before = hashes(FIXTURE), hashes(DEMO_CANDIDATE)
-    for folder in (FIXTURE.parent, FIXTURE, DEMO_CANDIDATE / "x", tmp_path / "via" / FIXTURE.name):
+    nested = DEMO_CANDIDATE / "new" / "x"  # its parent must not be created inside the input either
+    for folder in (FIXTURE.parent, FIXTURE, DEMO_CANDIDATE / "x", nested, tmp_path / "via" / FIXTURE.name):
         with pytest.raises(SurgeonError, match="refusing to write"):
             run_demo(folder, print, print, print, force=True)
     assert (hashes(FIXTURE), hashes(DEMO_CANDIDATE)) == before
+    assert not (DEMO_CANDIDATE / "new").exists()
 
 
 def test_a_report_may_sit_beside_a_single_file_input_but_not_over_it(tmp_path):

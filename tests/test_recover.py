@@ -142,7 +142,7 @@ def test_killed_salvage_leaves_nothing_and_the_base_untouched(planted, tmp_path,
 
     before = {p.name: sha(p) for p in TRAINED.iterdir()}
     calls = []
-    real = writer._kernel_copy_range
+    real = writer._write_all  # every write of the changed shard goes through it
 
     def dying(*args):
         calls.append(1)
@@ -150,7 +150,7 @@ def test_killed_salvage_leaves_nothing_and_the_base_untouched(planted, tmp_path,
             raise KeyboardInterrupt()
         return real(*args)
 
-    monkeypatch.setattr(writer, "_kernel_copy_range", dying)
+    monkeypatch.setattr(writer, "_write_all", dying)
     with pytest.raises(KeyboardInterrupt):
         salvage(planted, TRAINED, [0], tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -657,3 +657,17 @@ def test_a_non_layer_change_needs_keep_non_layer(tmp_path):
     (tmp_path / "out" / MANIFEST).write_text(json.dumps(manifest))
     result = invoke("verify", tmp_path / "out")
     assert result.exit_code == 1 and any(f"tensor {norm}: outside any layer" in line for line in lines_of(result))
+
+
+def test_a_card_built_from_cached_hashes_says_they_are_not_evidence(tmp_path):
+    """render_markdown guards every caller, not only the CLI: a hash the stat cache supplied
+    is marked as not computed from the bytes in this run."""
+    from surgeon.render_markdown import render_markdown
+
+    a, b = shutil.copytree(BASE, tmp_path / "a"), shutil.copytree(PRUNED, tmp_path / "b")
+    options = DiffOptions(cache_dir=tmp_path / "cache")
+    diff_checkpoints(open_checkpoint(a), open_checkpoint(b), options)  # fills the cache
+    cached = render_markdown(diff_checkpoints(open_checkpoint(a), open_checkpoint(b), options))
+    assert "from surgeon's hash cache, not hashed from the bytes in this run: not evidence" in cached
+    fresh = DiffOptions(cache_dir=tmp_path / "cache", trust_cache=False, trust_blob_names=False)
+    assert "not evidence" not in render_markdown(diff_checkpoints(open_checkpoint(a), open_checkpoint(b), fresh))

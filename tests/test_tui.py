@@ -454,7 +454,7 @@ def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
     from surgeon import writer
 
     output = tmp_path / "out"
-    entered, release = hold(monkeypatch, writer, "_kernel_copy_range")
+    entered, release = hold(monkeypatch, writer, "_write_all")
 
     async def flow(app, pilot):
         await write_then_ask_to_quit(app, pilot, output, entered)
@@ -524,7 +524,7 @@ def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):
     from surgeon import writer
 
     output = tmp_path / "out"
-    entered, release = hold(monkeypatch, writer, "_kernel_copy_range")
+    entered, release = hold(monkeypatch, writer, "_write_all")
 
     async def flow(app, pilot):
         await write_then_ask_to_quit(app, pilot, output, entered)
