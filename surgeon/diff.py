@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from surgeon.arch import AttentionGeometry, geometry_by_layer, head_axis
 from surgeon.checkpoint import Checkpoint
 from surgeon.compare import Pair, compare_pairs
 from surgeon.hashcache import HashCache
-from surgeon.hashing import bytes_to_hash, default_workers, hash_shards
+from surgeon.hashing import bytes_to_hash, default_workers, file_sha256, hash_shards
 from surgeon.layers import parse_name
 from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
@@ -396,8 +395,8 @@ def _file_diffs(base: Checkpoint, other: Checkpoint) -> list[FileDiff]:
     result = []
     for name in sorted(set(names_b) | set(names_o)):
         sha = [
-            _file_sha(base.root / name) if name in names_b else None,
-            _file_sha(other.root / name) if name in names_o else None,
+            file_sha256(base.root / name) if name in names_b else None,
+            file_sha256(other.root / name) if name in names_o else None,
         ]
         if sha[0] is None or sha[1] is None:
             status = "added" if sha[0] is None else "removed"
@@ -421,14 +420,6 @@ def _side_files(ckpt: Checkpoint) -> set[str]:
         and p.suffix != ".safetensors"
         and p.stat().st_size <= SIDE_FILE_LIMIT
     }
-
-
-def _file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _main_stack(tensors: list[TensorDiff]) -> str | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from surgeon.errors import SurgeonError
 from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
+from surgeon.jsonfile import open_regular
 from surgeon.parallel import StopCheck, check_stop, map_cancellable
 from surgeon.safetensors_format import ShardHeader
 from surgeon.tensor_io import MappedShard
@@ -194,3 +195,13 @@ def _feed_tensors(spans, index: int, hashers, block: memoryview, position: int) 
             break
         index += 1
     return index
+
+
+def file_sha256(path: os.PathLike) -> str:
+    """A side file's SHA256 (config, tokenizer, index), read to the end: a regular file only
+    (a FIFO or device swapped in after the folder was listed is one SurgeonError, not a hang)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as (fd, _):
+        while block := os.read(fd, 1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

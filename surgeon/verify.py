@@ -23,10 +23,8 @@ opened): the CLI's one-line error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from surgeon.diff import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.errors import SurgeonError
 from surgeon.foreign_manifest import is_omnimergekit_manifest, is_surgeon_manifest, verify_foreign
 from surgeon.hashcache import HashCache, default_cache_dir, hf_blob_sha256, is_sha256
-from surgeon.hashing import FileHashes, hash_shards
+from surgeon.hashing import FileHashes, file_sha256, hash_shards
 from surgeon.jsonfile import read_json_file
 from surgeon.layers import layer_ranges, layers_phrase
 from surgeon.writer import MANIFEST_NAME
@@ -450,16 +448,9 @@ def _check_files(ckpt: Checkpoint, written: dict, report: VerifyReport) -> None:
 def _file_sha256(path: Path) -> str | None:
     """A regular file's SHA256 (following a hub snapshot's links), None if there is none."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        return file_sha256(path)
+    except SurgeonError:
         return None
-    with open(fd, "rb", closefd=True) as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            return None
-        digest = hashlib.sha256()
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _base_matches(actual: dict[str, str], record: dict, given: bool, report: VerifyReport) -> bool:
