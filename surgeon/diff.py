@@ -129,6 +129,7 @@ class DiffOptions:
     workers: int | None = None
     trust_cache: bool = True  # a stat-keyed cache entry may stand for a file's bytes
     trust_blob_names: bool = True  # a real hub cache blob's name may stand for its SHA256
+    files: bool = True  # compare the side files (verify checks them against its manifest instead)
 
 
 def diff_checkpoints(
@@ -154,7 +155,7 @@ def diff_checkpoints(
         hashed=options.hash,
         tensors=tensors,
         shards=_shard_diffs(base, other, tensors, shard_sha),
-        files=_file_diffs(base, other),
+        files=_file_diffs(base, other) if options.files else [],
         main_stack=_main_stack(tensors),
         num_layers=_num_layers(tensors),
     )

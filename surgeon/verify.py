@@ -332,7 +332,8 @@ def _verify_surgeon(ckpt, manifest: dict, base, cache: HashCache, report: Verify
     report.base = base_spec
     if not _base_matches(_shard_sha(base_ckpt, hashes), record, given, report):
         return
-    options = DiffOptions(cache_dir=cache.root, trust_blob_names=False)  # the cache holds this run's hashes
+    # The cache holds this run's hashes; side files are checked against the manifest, not hashed again here.
+    options = DiffOptions(cache_dir=cache.root, trust_blob_names=False, files=False)
     _check_claims(manifest, diff_checkpoints(base_ckpt, ckpt, options), report)
     report.claims_checked = True
 

@@ -229,3 +229,13 @@ def test_a_changed_config_alone_makes_checkpoints_differ(tmp_path):
     from surgeon.report import summary_line
 
     assert summary_line(report).endswith("files: config.json changed")
+
+
+def test_side_files_can_be_left_to_the_caller(tmp_path):
+    """verify checks side files against its manifest: its diff need not hash them again."""
+    base, pruned = open_checkpoint(BASE), open_checkpoint(PRUNED)
+    assert [f.name for f in diff_checkpoints(base, pruned, DiffOptions()).files] == [
+        "config.json",
+        "model.safetensors.index.json",
+    ]
+    assert diff_checkpoints(base, pruned, DiffOptions(files=False)).files == []
