@@ -46,11 +46,20 @@ _TABLE = [
 DTYPES: dict[str, DType] = {d.name: d for d in _TABLE}
 
 
-def nbytes_for(dtype: DType, shape: tuple[int, ...]) -> int | None:
-    """Byte size of a tensor, or None when its bit count is not a whole number of bytes."""
+TOO_BIG = -1  # nbytes_for's answer past 2**128 bits: more than any file holds
+
+
+def nbytes_for(dtype: DType, shape: tuple[int, ...] | list[int]) -> int | None:
+    """Byte size of a tensor; None when its bit count is not a whole number of bytes, TOO_BIG
+    past 2**128 bits: a shape of a thousand 4000-digit numbers (from a hostile header) must
+    not turn into hours of big-int products."""
+    if 0 in shape:
+        return 0
     bits = dtype.bits
     for dim in shape:
         bits *= dim
+        if bits >> 128:
+            return TOO_BIG
     return bits // 8 if bits % 8 == 0 else None
 
 

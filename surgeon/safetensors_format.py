@@ -18,7 +18,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from surgeon.atomic import atomic_output
-from surgeon.dtypes import DTYPES, DType
+from surgeon.dtypes import DTYPES, TOO_BIG, DType, nbytes_for
 from surgeon.errors import SurgeonError
 from surgeon.jsonfile import open_regular
 
@@ -156,29 +156,13 @@ def _parse_entry(name: str, entry: object, where: str) -> tuple[DType, tuple[int
     begin, end = offsets
     if end < begin:
         raise SurgeonError(f"{where}: tensor {name!r} ends before it begins {offsets}")
-    expected = _nbytes(dtype, shape)
+    expected = nbytes_for(dtype, shape)
     if expected != end - begin:
-        needs = {_TOO_BIG: "more than any file holds", None: "a fraction of a byte"}.get(expected, expected)
+        needs = {TOO_BIG: "more than any file holds", None: "a fraction of a byte"}.get(expected, expected)
         raise SurgeonError(
             f"{where}: tensor {name!r} holds {end - begin} bytes but {dtype.name} x {shape} needs {needs}"
         )
     return dtype, tuple(shape), begin, end
-
-
-_TOO_BIG = -1
-
-
-def _nbytes(dtype: DType, shape: list[int]) -> int | None:
-    """The tensor's byte size; None when not whole bytes, _TOO_BIG past 2**128 bits: a shape
-    of a thousand 4000-digit numbers must not turn into hours of big-int products."""
-    if 0 in shape:
-        return 0
-    bits = dtype.bits
-    for dim in shape:
-        bits *= dim
-        if bits >> 128:
-            return _TOO_BIG
-    return bits // 8 if bits % 8 == 0 else None
 
 
 def _is_uint(value: object) -> bool:
