@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from surgeon.arch import head_axis
 from surgeon.diff import DiffReport, TensorDiff
-from surgeon.layers import layer_ranges, layers_phrase
+from surgeon.layers import few_ranges, layer_ranges, layers_phrase
 from surgeon.text import inert
 
 UNKNOWN = "prune_manifest.json was not written by surgeon and its format is unknown: none of its claims were checked"
@@ -221,13 +221,13 @@ def _quote(text: str, limit: int = 60) -> str:
 
 def _check_layers(claims: _Claims, diff: DiffReport, report) -> set[int]:
     """The layers the manifest lists as pruned differ from the base, and no others do."""
-    present = {t.layer for t in diff.tensors if t.stack == diff.main_stack and t.layer is not None}
+    present = set(diff.layer_numbers())
     named = claims.pruned | set(claims.keep_q) | set(claims.keep_kv)
     absent = sorted(n for n in named if n not in present)  # bounded by the manifest's size
     if absent:
         report.discrepancies.append(
             f"manifest names {_few_layers(absent)} that the model does not have "
-            f"(its layers: {_few_ranges(sorted(present)) or 'none'})"
+            f"(its layers: {few_ranges(sorted(present)) or 'none'})"
         )
     claimed = sorted(claims.pruned & present)
     actual = diff.layers_changed()
@@ -251,17 +251,11 @@ def _check_layers(claims: _Claims, diff: DiffReport, report) -> set[int]:
     return set(actual)
 
 
-def _few_ranges(numbers: list[int], parts: int = 6) -> str:
-    spans = layer_ranges(numbers).split(", ") if numbers else []
-    more = f", ... {len(spans) - parts} more" if len(spans) > parts else ""
-    return ", ".join(spans[:parts]) + more
-
-
 def _few_layers(numbers: list[int]) -> str:
     """`layers 8, 12` or `layer 9 and 2 numbers of 10 or more digits`: no layer index has
     more than 9 digits, and a 4000-digit number is not worth printing."""
     small = [n for n in numbers if n < HUGE]
-    text = f"layer{'s' if len(small) > 1 else ''} {_few_ranges(small)}" if small else ""
+    text = f"layer{'s' if len(small) > 1 else ''} {few_ranges(small)}" if small else ""
     huge = len(numbers) - len(small)
     if huge:
         text += (" and " if text else "") + f"{huge} layer number{'s' if huge > 1 else ''} of 10 or more digits"

@@ -156,7 +156,12 @@ def _describe(present: range | list[int], parts: int = 6) -> str:
         return "the model has no numbered layers"
     if isinstance(present, range):
         return _span(0, len(present) - 1)
-    spans = layer_ranges(present).split(", ")
+    return few_ranges(present, parts)
+
+
+def few_ranges(numbers: list[int], parts: int = 6) -> str:
+    """layer_ranges() cut after `parts` spans: `0-3, 7, ... 12 more` stays one short line."""
+    spans = layer_ranges(numbers).split(", ") if numbers else []
     return ", ".join(spans[:parts]) + (f", ... {len(spans) - parts} more" if len(spans) > parts else "")
 
 
