@@ -615,11 +615,12 @@ def _prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pa
     options.validate()
     default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
     output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
-    if output.exists():
-        raise SurgeonError(f"{output}: already exists; choose another output folder")
-    from surgeon.atomic import check_output
+    from surgeon.atomic import OutputExists, check_output
 
-    check_output(output, [base], force=False)  # the writers' guard, in the tab before any work
+    try:
+        check_output(output, [base], force=False)  # the writers' guard, in the tab before any work
+    except OutputExists:
+        raise SurgeonError(f"{output}: already exists; choose another output folder") from None
     return options, output
 
 
