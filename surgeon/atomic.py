@@ -62,7 +62,7 @@ ENVIRONMENT_ERRNOS = {
 class OutputExists(SurgeonError):
     """The output is already there and replacing it was not asked for."""
 
-    option = "force"  # the CLI adds "; pass --force" (engine messages name no flag)
+    option = "force"
 
 
 # ---------------------------------------------------------------------------- the guard

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, TokenizerError
 from surgeon.jsonfile import parse_json, read_bounded
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "calibration.txt"
@@ -112,6 +112,4 @@ def load_tokenizer(path: Path):
 
 def tokenizer_error(message: str) -> SurgeonError:
     """A SurgeonError that another tokenizer would fix: the CLI adds "; pass --tokenizer"."""
-    error = SurgeonError(message)
-    error.option = "tokenizer"  # the option that names another tokenizer, for the CLI's hint
-    return error
+    return TokenizerError(message)

@@ -107,8 +107,7 @@ def handle_errors(func):
             click.echo("surgeon: terminated", err=True)
             sys.exit(128 + exc.args[0])
         except SurgeonError as exc:
-            option = getattr(exc, "option", None)  # engine messages name no flag (the TUI shows them): added here
-            _fail(str(exc) + (f"; pass --{option}" if option else ""), debug)
+            _fail(str(exc) + (f"; pass --{exc.option}" if exc.option else ""), debug)
         except (Cancelled, KeyboardInterrupt):
             click.echo("surgeon: interrupted", err=True)
             sys.exit(130)

@@ -237,7 +237,7 @@ class SurgeonApp(App):
         if isinstance(error, Cancelled):
             self.notify(f"{job.name} cancelled; nothing was written", timeout=4)
         elif isinstance(error, SurgeonError):
-            hint = TUI_HINTS.get(getattr(error, "option", None), "")  # engine messages name no option
+            hint = TUI_HINTS.get(error.option, "")
             self.show_error(f"{job.name} failed", str(error) + hint)
         else:
             self.show_error(f"{job.name} failed", f"{type(error).__name__}: {error}")
