@@ -70,8 +70,6 @@ def _equal(pair: Pair, a: MappedShard, b: MappedShard, same_file, scratch, progr
         start_a, start_b = pair.base.start + offset, pair.other.start + offset
         with a.view(start_a, start_a + size) as view_a, b.view(start_b, start_b + size) as view_b:
             same = views_equal(view_a, view_b, scratch)
-        a.release(start_a, start_a + size)
-        b.release(start_b, start_b + size)
         if progress:
             progress(size)
         if not same:

@@ -162,8 +162,7 @@ def hash_one_file(
                     next_span = _feed_tensors(spans, next_span, tensor_hashers, block, position)
                 finally:
                     if side is not None:
-                        side.result()  # the file hash reads `block`: done before it is released
-            mapped.release(position, end)
+                        side.result()  # the file hash reads `block`: done before the next read reuses it
             if progress:
                 progress(end - position)
             check_stop(should_stop)

@@ -67,17 +67,13 @@ class ShardReader:
 
 class MappedShard(ShardReader):
     """The byte-range view of a shard that hashing, compare and the writer use. The name is
-    older than the pread (see ShardReader): a view is valid until the next one, and
-    release() has nothing left to do."""
+    older than the pread (see ShardReader): a view is valid until the next one."""
 
     def __init__(self, path: Path, expected_size: int | None = None, buffer=None):
         super().__init__(path, expected_size=expected_size, buffer=buffer)
 
     def view(self, start: int, end: int) -> memoryview:
         return self.read(start, end - start)
-
-    def release(self, start: int, end: int) -> None:
-        pass
 
 
 def row_chunks(info: TensorInfo, max_bytes: int, row_multiple: int = 1) -> Iterator[tuple[int, int]]:

@@ -253,7 +253,7 @@ def _write_shard(
 
         def emit(data, also=None) -> None:
             # The output hash runs beside the write and `also`'s hash (all release the GIL);
-            # it must finish before the caller releases `data`.
+            # it must finish before the caller reads into `data`'s buffer again.
             pending = hasher.submit(out_digest.update, data)
             try:
                 _write_all(out, data)
@@ -383,7 +383,6 @@ def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:
         stop = min(offset + COPY_CHUNK, end)
         with source.view(offset, stop) as view:
             emit(view)
-        source.release(offset, stop)
 
 
 def _copy_side_files(base: Checkpoint, tmp: Path) -> dict[str, str]:
