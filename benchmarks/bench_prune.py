@@ -108,11 +108,11 @@ def naive_capture(fixture: Path) -> None:
 
 def calibration_batches(fixture: Path):
     """The calibration batches exactly as `surgeon prune` makes them with its defaults."""
-    from surgeon.calibration import DEFAULT_CORPUS, encode, load_tokenizer, read_corpus
+    from surgeon.calibration import encode, load_corpus, load_tokenizer
     from surgeon.prune import _make_batches
 
     tokenizer = load_tokenizer(fixture)
-    sequences = encode(tokenizer, read_corpus(DEFAULT_CORPUS), CALIB_MAX_TOKENS)
+    sequences = encode(tokenizer, load_corpus(None)[0], CALIB_MAX_TOKENS)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return _make_batches(sequences, CALIB_BATCH, pad)
 

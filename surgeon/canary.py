@@ -1,23 +1,34 @@
 """`surgeon canary`: does the model still generate like the base?
 
 Greedy generation per prompt, for the model and the base, with exactly one BOS at the
-start whatever the tokenizer does. Four checks per prompt:
+start whatever the tokenizer does. Every check compares the model with the base on the
+same prompt, never with an absolute bar, because a small real model repeats itself and
+stops early on its own (SmolLM2-135M failed 4 of 5 prompts against itself when repetition
+was judged against a fixed 0.5):
   drift      the model's NLL on the base's continuation over the base's own NLL on it
-  shape      bigram repetition, non-printable characters, an early end
   self_ratio the model's NLL on the base's continuation over its NLL on its own (a model
              confident in its own loop scores high)
-  agreement  tokens generated before the first divergence from the base
-The base's outputs are cached, keyed by everything that could change them.
+  repetition bigram repetition above the base's on the same prompt, plus a margin
+  nonprintable non-printable characters above the base's, plus a margin
+  early end  fewer tokens than min_tokens where the base went on
+  agreement  tokens generated before the first divergence from the base (reported; a
+             check only when min_agreement > 0)
+A prompt fails when any check fails; the canary fails when more than max_fail_frac of
+the prompts fail. Before any verdict the base is judged against itself with the same
+checks (greedy generation is deterministic, so it must pass); a base that fails gets no
+verdict. The base's outputs and that self-check are cached, keyed by everything that
+could change them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from surgeon.atomic import write_text_atomic
@@ -29,20 +40,18 @@ from surgeon.jsonfile import parse_json, read_bounded
 # Prompts are a few dozen lines; a file past this is a mistake (or /dev/zero), not prompts.
 MAX_PROMPTS_BYTES = 16 << 20
 
-DEFAULT_PROMPTS = [
-    "The capital of France is",
-    "Water boils at",
-    "The sun rises in the",
-    "A week has seven days. A year has",
-    "To make tea, boil the water,",
-]
-SCHEMA = "surgeon.canary/1"
+# The bundled prompt set: facts, instructions, code, lists, reasoning, stories, and
+# multi-turn chats that are used only where the tokenizer has a chat template.
+BUNDLED_PROMPTS = "canary_prompts.jsonl"
+SCHEMA = "surgeon.canary/2"
 
 
 @dataclass(frozen=True)
 class Prompt:
     text: str | None = None
     messages: list | None = None  # a chat conversation, formatted by the tokenizer's template
+    kind: str = ""  # what the prompt exercises (fact, code, chat, ...), shown in the report
+    needs_template: bool = False  # a bundled chat prompt: skipped where there is no chat template
 
     @property
     def label(self) -> str:
@@ -54,12 +63,21 @@ class CanaryOptions:
     max_new_tokens: int = 24
     max_drift: float = 3.0
     max_self_ratio: float = 8.0
-    max_repetition: float = 0.5
-    max_nonprintable: float = 0.1
-    min_tokens: int = 5
-    min_agreement: int = 1
+    repetition_margin: float = 0.25  # over the base's own repetition on the prompt
+    nonprintable_margin: float = 0.05  # over the base's own fraction on the prompt
+    min_tokens: int = 5  # an end before this many tokens fails only where the base went on
+    min_agreement: int = 0  # tokens matching the base before the first divergence; 0: reported only
+    max_fail_frac: float = 0.25  # the canary fails when more than this fraction of prompts fail
     nll_floor: float = 0.05  # nats added to both NLLs of a ratio so near-zero NLLs compare sanely
     bos: str = "auto"  # auto: the tokenizer's BOS, exactly once; none: no BOS
+
+    def validate(self) -> None:
+        if not 0 <= self.max_fail_frac < 1:
+            raise SurgeonError("the fraction of prompts allowed to fail must be in [0, 1)")
+        if min(self.max_drift, self.max_self_ratio) < 1:
+            raise SurgeonError("drift and self-ratio limits below 1 fail the base against itself")
+        if min(self.repetition_margin, self.nonprintable_margin) < 0:
+            raise SurgeonError("the repetition and non-printable margins must be >= 0")
 
 
 @dataclass
@@ -73,6 +91,10 @@ class PromptResult:
     nonprintable: float
     tokens: int
     agreement: int
+    base_repetition: float = 0.0
+    base_nonprintable: float = 0.0
+    base_tokens: int = 0
+    kind: str = ""
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -87,12 +109,26 @@ class CanaryReport:
     options: dict
     base_cache_hit: bool
     composed_layers: list[int] | None = None  # composed in memory: the candidate's layers put on the base
+    self_check: dict | None = None  # the base judged against itself: {"passed", "failed", "prompts", "cached"}
+
+    @property
+    def failed(self) -> int:
+        return sum(not p.passed for p in self.prompts)
+
+    @property
+    def fail_frac(self) -> float:
+        return self.failed / len(self.prompts) if self.prompts else 0.0
 
     def to_json(self) -> dict:
         out = {
             "schema": SCHEMA,
             "passed": self.passed,
+            "failed_prompts": self.failed,
+            "prompts_total": len(self.prompts),
+            "fail_frac": self.fail_frac,
+            "max_fail_frac": self.options.get("max_fail_frac"),
             "base_cache_hit": self.base_cache_hit,
+            "base_self_check": self.self_check,
             "options": self.options,
             "prompts": [asdict(p) | {"passed": p.passed} for p in self.prompts],
         }
@@ -101,35 +137,64 @@ class CanaryReport:
         return out
 
 
-def read_prompts(path: Path | None) -> list[Prompt]:
-    """Built-in prompts, or a file: one prompt a line, or JSONL of {"prompt": ...} or
-    {"messages": [...]} (chat, formatted by the tokenizer's template)."""
-    if path is None:
-        return [Prompt(text=t) for t in DEFAULT_PROMPTS]
-    data = read_bounded(Path(path), MAX_PROMPTS_BYTES)  # a regular file: a FIFO or /dev/zero is one error line
+def verdict(results: list[PromptResult], options: CanaryOptions) -> bool:
+    """Pass when at most max_fail_frac of the prompts failed a check."""
+    failed = sum(not r.passed for r in results)
+    return bool(results) and failed <= options.max_fail_frac * len(results) + 1e-9
+
+
+def read_prompts(path: Path | None, add: Path | None = None) -> list[Prompt]:
+    """The bundled prompts (path None) or a file's, and then `add`'s after them. A file holds
+    one prompt a line, or JSONL of {"prompt": ...} or {"messages": [...]} (chat, formatted by
+    the tokenizer's template), each with an optional "kind"."""
+    prompts = _bundled_prompts() if path is None else _file_prompts(Path(path))
+    return prompts + (_file_prompts(Path(add)) if add is not None else [])
+
+
+def _bundled_prompts() -> list[Prompt]:
+    raw = importlib.resources.files("surgeon").joinpath("_data", BUNDLED_PROMPTS).read_text("utf-8")
+    prompts = _parse_prompts(raw, Path(BUNDLED_PROMPTS))
+    return [replace(p, needs_template=p.messages is not None) for p in prompts]
+
+
+def _file_prompts(path: Path) -> list[Prompt]:
+    data = read_bounded(path, MAX_PROMPTS_BYTES)  # a regular file: a FIFO or /dev/zero is one error line
     try:
         raw = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SurgeonError(f"{path}: cannot read prompts ({exc})") from None
-    if Path(path).suffix != ".jsonl":
-        prompts = [Prompt(text=line) for line in raw.splitlines() if line.strip()]
-    else:
-        prompts = [_jsonl_prompt(line, path, n) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+    prompts = _parse_prompts(raw, path)
     if not prompts:
         raise SurgeonError(f"{path}: no prompts")
     return prompts
 
 
+def _parse_prompts(raw: str, path: Path) -> list[Prompt]:
+    if path.suffix != ".jsonl":
+        return [Prompt(text=line) for line in raw.splitlines() if line.strip()]
+    return [_jsonl_prompt(line, path, n) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+
+
+def usable_prompts(prompts: list[Prompt], tokenizer) -> list[Prompt]:
+    """The prompts this tokenizer can take: bundled chat prompts need a chat template (a
+    user's chat prompt without one is still an error, from prompt_ids)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    return [p for p in prompts if has_template or not p.needs_template]
+
+
 def _jsonl_prompt(line: str, path, number: int) -> Prompt:
     item = parse_json(line, f"{path}:{number}")
+    kind = item.get("kind", "") if isinstance(item, dict) else ""
+    if not isinstance(kind, str):
+        raise SurgeonError(f'{path}:{number}: "kind" must be text')
     if isinstance(item, dict) and "messages" in item:
         if not _is_conversation(item["messages"]):
             raise SurgeonError(f'{path}:{number}: "messages" must be a list of {{"role": ..., "content": ...}} objects')
-        return Prompt(messages=item["messages"])
+        return Prompt(messages=item["messages"], kind=kind or "chat")
     text = item.get("prompt", item.get("text")) if isinstance(item, dict) else item
     if not isinstance(text, str):
         raise SurgeonError(f'{path}:{number}: expected "prompt" text or "messages"')
-    return Prompt(text=text)
+    return Prompt(text=text, kind=kind)
 
 
 def _is_conversation(messages) -> bool:
@@ -206,6 +271,10 @@ def agreement(a: list[int], b: list[int]) -> int:
 
 
 def judge(result: PromptResult, options: CanaryOptions) -> None:
+    """The prompt's failures, each against the base's own value on the same prompt."""
+    repetition_bar = result.base_repetition + options.repetition_margin
+    nonprintable_bar = result.base_nonprintable + options.nonprintable_margin
+    early = result.tokens < min(options.min_tokens, result.base_tokens)
     rules = [
         (result.drift > options.max_drift, f"drift {result.drift:.2f} > {options.max_drift}"),
         (
@@ -213,14 +282,15 @@ def judge(result: PromptResult, options: CanaryOptions) -> None:
             f"self-vs-base {result.self_ratio:.2f} > {options.max_self_ratio}",
         ),
         (
-            result.repetition > options.max_repetition,
-            f"repetition {result.repetition:.2f} > {options.max_repetition}",
+            result.repetition > repetition_bar,
+            f"repetition {result.repetition:.2f} > base {result.base_repetition:.2f} + {options.repetition_margin}",
         ),
         (
-            result.nonprintable > options.max_nonprintable,
-            f"non-printable {result.nonprintable:.2f} > {options.max_nonprintable}",
+            result.nonprintable > nonprintable_bar,
+            f"non-printable {result.nonprintable:.2f} > base {result.base_nonprintable:.2f} "
+            f"+ {options.nonprintable_margin}",
         ),
-        (result.tokens < options.min_tokens, f"ended after {result.tokens} tokens (< {options.min_tokens})"),
+        (early, f"ended after {result.tokens} tokens where the base went on to {result.base_tokens}"),
         (result.agreement < options.min_agreement, f"agreement {result.agreement} < {options.min_agreement}"),
     ]
     result.failures = [message for failed, message in rules if failed]
@@ -242,7 +312,7 @@ def default_cache_dir() -> Path:
     return user_cache_dir("canary", "SURGEON_CANARY_CACHE")
 
 
-def cache_read(cache_dir: Path | None, key: str) -> dict | None:
+def cache_read(cache_dir: Path | None, key: str, valid=None) -> dict | None:
     """A cached base output, or None (a miss) for anything that is not one: the cache is a
     folder others can write, so an entry must be a bounded regular file holding a list of
     token ids and a finite NLL, and anything else is recomputed, never an error."""
@@ -253,7 +323,7 @@ def cache_read(cache_dir: Path | None, key: str) -> dict | None:
         entry = parse_json(read_bounded(path, MAX_PROMPTS_BYTES), str(path))
     except SurgeonError:
         return None
-    return entry if _is_base_output(entry) else None
+    return entry if (valid or _is_base_output)(entry) else None
 
 
 def _is_base_output(entry: object) -> bool:

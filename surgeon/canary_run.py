@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,6 +27,8 @@ from surgeon.canary import (
     nonprintable_fraction,
     prompt_ids,
     ratio,
+    usable_prompts,
+    verdict,
 )
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
@@ -167,7 +170,8 @@ def tokenizer_hash(path: Path) -> str:
 
 
 class BaseOutputs:
-    """The base's greedy continuation and its NLL per prompt, from the cache or computed."""
+    """The base's greedy continuation and its NLL per prompt, and the base judged against
+    itself, from the cache or computed."""
 
     def __init__(self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, device, dtype, quant, cache_dir):
         self.base, self.options, self.cache_dir = base, options, cache_dir
@@ -183,19 +187,58 @@ class BaseOutputs:
             "quant": quant,
         }
         self.hits = 0
+        self.self_check: dict | None = None
 
-    def get(self, prompts: list[Prompt], ids: list[list[int]], model: CanaryModel | None = None) -> list[dict]:
+    def get(self, prompts: list[Prompt], ids: list[list[int]], tokenizer, model: CanaryModel | None = None):
+        """The base's outputs per prompt, once the base has passed against itself (a
+        SurgeonError otherwise: a canary measured against such a base means nothing)."""
         keys = [cache_key(self.key_parts | {"prompt": p.label, "ids": i}) for p, i in zip(prompts, ids, strict=True)]
         found = [cache_read(self.cache_dir, key) for key in keys]
         missing = [n for n, value in enumerate(found) if value is None]
         self.hits = len(prompts) - len(missing)
-        if missing:
-            base_model = model or CanaryModel(self.base, self.device, self.dtype, self.quant)
-            for n in missing:
-                tokens = base_model.generate(ids[n], self.options.max_new_tokens)
-                found[n] = {"tokens": tokens, "nll": base_model.nll(ids[n], tokens)}
-                cache_write(self.cache_dir, keys[n], found[n])
+        check_key = cache_key(self.key_parts | {"self_check": keys, "options": asdict(self.options)})
+        cached_check = cache_read(self.cache_dir, check_key, valid=_is_self_check)
+        if missing or cached_check is None:
+            model = model or CanaryModel(self.base, self.device, self.dtype, self.quant)
+        for n in missing:
+            tokens = model.generate(ids[n], self.options.max_new_tokens)
+            found[n] = {"tokens": tokens, "nll": model.nll(ids[n], tokens)}
+            cache_write(self.cache_dir, keys[n], found[n])
+        if cached_check is None:
+            results = score(model, tokenizer, prompts, ids, found, self.options)
+            cached_check = _self_check_record(results, self.options)
+            cache_write(self.cache_dir, check_key, cached_check)
+            self.self_check = cached_check | {"cached": False}
+        else:
+            self.self_check = cached_check | {"cached": True}
+        if not self.self_check["passed"]:
+            raise SurgeonError(
+                f"{self.base.source}: the base fails the canary against itself ({self.self_check['failed']} of "
+                f"{self.self_check['prompts']} prompts; {self.self_check['first_failure']}): no verdict can be "
+                "given against it (its generation is not deterministic here, or the limits are tighter than "
+                "its own variation)"
+            )
         return found
+
+
+def _self_check_record(results: list[PromptResult], options: CanaryOptions) -> dict:
+    failing = [r for r in results if not r.passed]
+    first = f"{failing[0].prompt[:60]!r}: {failing[0].failures[0]}" if failing else ""
+    return {
+        "passed": verdict(results, options),
+        "failed": len(failing),
+        "prompts": len(results),
+        "first_failure": first,
+    }
+
+
+def _is_self_check(entry: object) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("passed"), bool)
+        and all(isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) for k in ("failed", "prompts"))
+        and isinstance(entry.get("first_failure"), str)
+    )
 
 
 def score(
@@ -210,26 +253,35 @@ def score(
     progress.start("canary", len(prompts), unit="prompts")
     for prompt, prompt_tokens, base in zip(prompts, ids, base_out, strict=True):
         check_stop(cancel.is_set if cancel is not None else None)
-        tokens = model.generate(prompt_tokens, options.max_new_tokens)
-        on_base = model.nll(prompt_tokens, base["tokens"])
-        on_own = model.nll(prompt_tokens, tokens)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        result = PromptResult(
-            prompt=prompt.label,
-            base_text=tokenizer.decode(base["tokens"], skip_special_tokens=True),
-            text=text,
-            drift=ratio(on_base, base["nll"], options.nll_floor),
-            self_ratio=ratio(on_base, on_own, options.nll_floor),
-            repetition=bigram_repetition(tokens),
-            nonprintable=nonprintable_fraction(text),
-            tokens=len(tokens),
-            agreement=agreement(tokens, base["tokens"]),
-        )
-        judge(result, options)
-        results.append(result)
+        results.append(_score_one(model, tokenizer, prompt, prompt_tokens, base, options))
         progress.advance(1)
     progress.stop()
     return results
+
+
+def _score_one(model: CanaryModel, tokenizer, prompt: Prompt, prompt_tokens, base: dict, options) -> PromptResult:
+    tokens = model.generate(prompt_tokens, options.max_new_tokens)
+    on_base = model.nll(prompt_tokens, base["tokens"])
+    on_own = on_base if tokens == base["tokens"] else model.nll(prompt_tokens, tokens)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    base_text = tokenizer.decode(base["tokens"], skip_special_tokens=True)
+    result = PromptResult(
+        prompt=prompt.label,
+        base_text=base_text,
+        text=text,
+        drift=ratio(on_base, base["nll"], options.nll_floor),
+        self_ratio=ratio(on_base, on_own, options.nll_floor),
+        repetition=bigram_repetition(tokens),
+        nonprintable=nonprintable_fraction(text),
+        tokens=len(tokens),
+        agreement=agreement(tokens, base["tokens"]),
+        base_repetition=bigram_repetition(base["tokens"]),
+        base_nonprintable=nonprintable_fraction(base_text),
+        base_tokens=len(base["tokens"]),
+        kind=prompt.kind,
+    )
+    judge(result, options)
+    return result
 
 
 def run_canary(
@@ -244,22 +296,22 @@ def run_canary(
     cache_dir: Path | None = None,
 ) -> CanaryReport:
     """Canary of MODEL against BASE, one model in memory at a time."""
+    options.validate()
     resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
     base, model_ckpt = _checked(open_checkpoint(base_path)), _checked(open_checkpoint(model_path))
     tokenizer_dir = Path(tokenizer_path) if tokenizer_path else base.root
     tokenizer = load_tokenizer(tokenizer_dir)
+    prompts = usable_prompts(prompts, tokenizer)
     ids = [prompt_ids(tokenizer, p, options.bos) for p in prompts]
     outputs = BaseOutputs(base, tokenizer_dir, options, device, dtype, quant, cache_dir)
-    base_out = outputs.get(prompts, ids)
+    base_out = outputs.get(prompts, ids, tokenizer)
     model = CanaryModel(model_ckpt, device, dtype, quant)
     results = score(model, tokenizer, prompts, ids, base_out, options)
-    return _report(results, options, outputs.hits == len(prompts))
+    return _report(results, options, outputs.hits == len(prompts), self_check=outputs.self_check)
 
 
-def _report(results, options, cache_hit, layers=None) -> CanaryReport:
-    from dataclasses import asdict
-
-    return CanaryReport(all(r.passed for r in results), results, asdict(options), cache_hit, layers)
+def _report(results, options, cache_hit, layers=None, self_check=None) -> CanaryReport:
+    return CanaryReport(verdict(results, options), results, asdict(options), cache_hit, layers, self_check)
 
 
 class ComposedCanary:
@@ -278,16 +330,17 @@ class ComposedCanary:
         cache_dir=None,
         changed: dict[int, list[str]] | None = None,
     ):
+        options.validate()
         resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
         self.base = _checked(open_checkpoint(base_path))
         self.candidate = _checked(open_checkpoint(candidate_path))
         tokenizer_dir = Path(tokenizer_path) if tokenizer_path else self.base.root
         self.tokenizer = load_tokenizer(tokenizer_dir)
-        self.prompts, self.options = prompts, options
-        self.ids = [prompt_ids(self.tokenizer, p, options.bos) for p in prompts]
+        self.prompts, self.options = usable_prompts(prompts, self.tokenizer), options
+        self.ids = [prompt_ids(self.tokenizer, p, options.bos) for p in self.prompts]
         self.model = CanaryModel(self.base, device, dtype)
         self.outputs = BaseOutputs(self.base, tokenizer_dir, options, device, dtype, None, cache_dir)
-        self.base_out = self.outputs.get(prompts, self.ids, model=self.model)
+        self.base_out = self.outputs.get(self.prompts, self.ids, self.tokenizer, model=self.model)
         self.changed = changed if changed is not None else changed_by_layer(self.base, self.candidate)
         names = [n for layer_names in self.changed.values() for n in layer_names]
         self._base_tensors = _read(self.base, names)
@@ -310,7 +363,7 @@ class ComposedCanary:
             self.model, self.tokenizer, self.prompts, self.ids, self.base_out, self.options, cancel, progress
         )
         self.runs += 1
-        self.reports[keep] = _report(results, self.options, True, sorted(keep))
+        self.reports[keep] = _report(results, self.options, True, sorted(keep), self.outputs.self_check)
         return self.reports[keep]
 
 

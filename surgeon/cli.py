@@ -268,9 +268,10 @@ def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -
 
         return json.dumps(to_json(report), indent=2) + "\n"
     if markdown:
+        from surgeon.quality import recorded_quality
         from surgeon.render_markdown import render_markdown
 
-        return render_markdown(report)
+        return render_markdown(report, recorded_quality(report))
     return _render_rich(functools.partial(_render_terminal, report, verbose), output)
 
 
@@ -353,9 +354,10 @@ def tui(base, candidate, tokenizer, debug) -> None:
 
 
 def _register_commands() -> None:
-    from surgeon import cli_prune, cli_recover
+    from surgeon import cli_eval, cli_prune, cli_recover
 
     cli_prune.register(main, handle_errors, _progress, _console, debug_option)
+    cli_eval.register(main, handle_errors, _progress, _console, debug_option)
     cli_recover.register(main, handle_errors, _console, debug_option)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from surgeon.errors import SurgeonError
+from surgeon.prune_options import PRUNE_DEFAULTS
 
 
 def _layer_frac(values: tuple[str, ...]) -> tuple[tuple[int, float], ...]:
@@ -64,11 +65,27 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
     @click.option(
         "--calib",
         type=click.Path(path_type=Path, dir_okay=False, exists=True),
-        help="Calibration corpus (.txt or .jsonl); default: fixtures/calibration.txt.",
+        help="Calibration corpus (.txt or .jsonl); default: the bundled corpus (60k tokens of varied text).",
     )
-    @click.option("--calib-samples", type=click.IntRange(1), help="Use only the first N samples.")
-    @click.option("--max-tokens", type=click.IntRange(2), default=128, show_default=True)
-    @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+    @click.option(
+        "--calib-dataset",
+        metavar="NAME[:CONFIG][:SPLIT]",
+        help="A Hugging Face dataset (from the local cache when offline) instead of --calib.",
+    )
+    @click.option(
+        "--calib-tokens",
+        type=click.IntRange(2),
+        help="Calibration tokens to use [default: 8 per column of the widest layer, at least 8192].",
+    )
+    @click.option("--calib-samples", type=click.IntRange(1), help="Use only the first N texts.")
+    @click.option(
+        "--max-tokens",
+        type=click.IntRange(2),
+        default=PRUNE_DEFAULTS.max_tokens,
+        show_default=True,
+        help="Tokens per calibration sample (longer texts are cut into several).",
+    )
+    @click.option("--batch-size", type=click.IntRange(1), default=PRUNE_DEFAULTS.batch_size, show_default=True)
     @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
     @click.option(
         "--dtype",
@@ -85,6 +102,18 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
     )
     @click.option("--force", is_flag=True, help="Replace an existing output folder.")
     @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
+    @click.option(
+        "--eval",
+        "run_eval",
+        is_flag=True,
+        help="Measure the result against BASE (perplexity, KL, top-1; see surgeon eval) into the manifest.",
+    )
+    @click.option(
+        "--eval-text",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Text for --eval (.txt or .jsonl; default: the bundled held-out text).",
+    )
+    @click.option("--eval-tokens", type=click.IntRange(2), default=8192, show_default=True, help="Tokens for --eval.")
     @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
     @debug_option
@@ -101,6 +130,8 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         ridge_rel,
         propagate,
         calib,
+        calib_dataset,
+        calib_tokens,
         calib_samples,
         max_tokens,
         batch_size,
@@ -111,6 +142,9 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         workdir,
         force,
         durable,
+        run_eval,
+        eval_text,
+        eval_tokens,
         as_json,
         quiet,
         debug,
@@ -129,6 +163,8 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
             ridge_rel=ridge_rel,
             propagate=propagate,
             calib=str(calib) if calib else None,
+            calib_dataset=calib_dataset,
+            calib_tokens=calib_tokens,
             max_tokens=max_tokens,
             calib_samples=calib_samples,
             batch_size=batch_size,
@@ -146,11 +182,42 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
             progress=progress_for(quiet),
             cancel=threading.Event(),
             durable=durable,
+            on_warning=_warn,
         )
+        if run_eval:
+            eval_options = eval_settings(eval_text, eval_tokens, device, dtype, tokenizer)
+            result.manifest = record_quality(result.output, base, eval_options, quiet)
         if as_json:
             sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
             return
         _summary(result, console_for())
+
+
+def eval_settings(text, tokens, device, dtype, tokenizer):
+    from surgeon.evaluate import EvalOptions
+
+    return EvalOptions(
+        text=str(text) if text else None,
+        max_tokens=tokens,
+        device=device,
+        dtype=dtype,
+        tokenizer=str(tokenizer) if tokenizer else None,
+    )
+
+
+def record_quality(output: Path, base: str, options, quiet: bool = False) -> dict:
+    """OUTPUT measured against BASE, recorded in its manifest; the new manifest."""
+    from surgeon.cli import _progress
+    from surgeon.quality import attach, measure
+
+    record = measure(output, base, options, progress=_progress(quiet)) | {"how": "measured after writing (--eval)"}
+    return attach(output, record)
+
+
+def _warn(message: str) -> None:
+    from surgeon.text import inert
+
+    click.echo(f"surgeon: warning: {inert(message)}", err=True)
 
 
 def _checked_layers(base: str, layers: str, layer_fracs: tuple[tuple[int, float], ...]):

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import click
 
+from surgeon.canary import CanaryOptions
 from surgeon.errors import SurgeonError
 
 EXIT_CANARY_FAILED = 3
+CANARY_DEFAULTS = CanaryOptions()  # the options' defaults are the engine's, stated once
 
 
 def canary_options(func):
@@ -20,14 +22,44 @@ def canary_options(func):
         click.option(
             "--prompts",
             type=click.Path(path_type=Path, dir_okay=False, exists=True),
-            help="Prompts: one a line, or JSONL with prompt or messages.",
+            help="Prompts instead of the bundled set: one a line, or JSONL with prompt or messages.",
+        ),
+        click.option(
+            "--add-prompts",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="Prompts to run after the bundled set (or --prompts), same formats.",
         ),
         click.option("--max-new-tokens", type=click.IntRange(1), default=24, show_default=True),
-        click.option("--max-drift", type=float, default=3.0, show_default=True),
-        click.option("--max-self-ratio", type=float, default=8.0, show_default=True),
-        click.option("--max-repetition", type=float, default=0.5, show_default=True),
-        click.option("--min-tokens", type=click.IntRange(0), default=5, show_default=True),
-        click.option("--min-agreement", type=click.IntRange(0), default=1, show_default=True),
+        click.option(
+            "--max-fail-frac",
+            type=float,
+            default=CANARY_DEFAULTS.max_fail_frac,
+            show_default=True,
+            help="The canary fails when more than this fraction of prompts fail.",
+        ),
+        click.option("--max-drift", type=float, default=CANARY_DEFAULTS.max_drift, show_default=True),
+        click.option("--max-self-ratio", type=float, default=CANARY_DEFAULTS.max_self_ratio, show_default=True),
+        click.option(
+            "--repetition-margin",
+            type=float,
+            default=CANARY_DEFAULTS.repetition_margin,
+            show_default=True,
+            help="Allowed bigram repetition above the base's on the same prompt.",
+        ),
+        click.option(
+            "--min-tokens",
+            type=click.IntRange(0),
+            default=CANARY_DEFAULTS.min_tokens,
+            show_default=True,
+            help="An end before this many tokens fails where the base went on.",
+        ),
+        click.option(
+            "--min-agreement",
+            type=click.IntRange(0),
+            default=CANARY_DEFAULTS.min_agreement,
+            show_default=True,
+            help="Tokens equal to the base's before they diverge (0: reported, not checked).",
+        ),
         click.option(
             "--bos",
             type=click.Choice(["auto", "none"]),
@@ -51,12 +83,14 @@ def _canary_settings(kw: dict):
         max_new_tokens=kw["max_new_tokens"],
         max_drift=kw["max_drift"],
         max_self_ratio=kw["max_self_ratio"],
-        max_repetition=kw["max_repetition"],
+        repetition_margin=kw["repetition_margin"],
         min_tokens=kw["min_tokens"],
         min_agreement=kw["min_agreement"],
+        max_fail_frac=kw["max_fail_frac"],
         bos=kw["bos"],
     )
-    return read_prompts(kw["prompts"]), options
+    options.validate()
+    return read_prompts(kw["prompts"], kw["add_prompts"]), options
 
 
 def render_canary(report, console) -> None:
@@ -108,6 +142,23 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
         help="Layers to keep from the candidate: ranges like 0-3,7, all (every changed layer) or none.",
     )
     @click.option("--auto", is_flag=True, help="Search the largest set of changed layers that passes the canary.")
+    @click.option(
+        "--max-kl",
+        type=float,
+        help="With --auto: keep the most layers whose composed model stays within this mean KL from the base.",
+    )
+    @click.option("--max-ppl-ratio", type=float, help="With --auto: ... within this perplexity ratio to the base.")
+    @click.option(
+        "--eval-text",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="Text the budget is measured on (.txt or .jsonl; default: the bundled held-out text).",
+    )
+    @click.option(
+        "--eval-tokens", type=click.IntRange(2), default=4096, show_default=True, help="Tokens of it to score."
+    )
+    @click.option(
+        "--eval", "run_eval", is_flag=True, help="Measure the result against BASE (see surgeon eval) into the manifest."
+    )
     @click.option("--keep-non-layer", is_flag=True, help="Also take embeddings, norms and lm_head from the candidate.")
     @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
     @click.option(
@@ -124,29 +175,73 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
     @debug_option
     @handle_errors
     def salvage(
-        candidate, base, keep, auto, keep_non_layer, run_canary_after, output, force, durable, as_json, debug, **kw
+        candidate,
+        base,
+        keep,
+        auto,
+        max_kl,
+        max_ppl_ratio,
+        eval_text,
+        eval_tokens,
+        run_eval,
+        keep_non_layer,
+        run_canary_after,
+        output,
+        force,
+        durable,
+        as_json,
+        debug,
+        **kw,
     ):
-        """Keep CANDIDATE's changes in some layers, roll the others back to BASE, write OUT."""
-        from surgeon.salvage import parse_keep
+        """Keep CANDIDATE's changes in some layers, roll the others back to BASE, write OUT.
+
+        --auto alone searches the largest set of changed layers that passes the canary. With
+        --max-kl or --max-ppl-ratio it ranks the layers by their KL from the base measured
+        alone, adds them cheapest first while the composed model stays within the budget
+        (teacher-forced on the eval text, nothing written), then confirms with the canary."""
+        from surgeon.salvage import QualityBudget, parse_keep
         from surgeon.salvage import salvage as run_salvage
 
         if auto == (keep is not None):
             raise SurgeonError("give exactly one of --keep LAYERS or --auto")
+        budget = QualityBudget(max_kl, max_ppl_ratio) if (max_kl, max_ppl_ratio) != (None, None) else None
+        if budget is not None and not auto:
+            raise SurgeonError("--max-kl and --max-ppl-ratio choose layers: give them with --auto, not --keep")
+        if budget is not None:
+            budget.validate()
         console = console_for()
         prompts, options = _canary_settings(kw)
-        steps = None
-        before = None
+        steps, before, quality = None, None, None
         if auto:
             composed = _composed(base, candidate, prompts, options, kw)
-        if auto:
+        if auto and budget is not None:
+            plan, quality = _budget(base, candidate, composed, budget, eval_text, eval_tokens, kw, console)
+            layers, steps = plan.keep, plan.steps
+        elif auto:
             plan, before = _auto(composed, console)
             layers, steps = plan.keep, plan.steps
         else:
             layers = parse_keep(keep, what="--keep")
         after = _canary_on_written(base, prompts, options, kw) if run_canary_after else None
         _, manifest = run_salvage(
-            candidate, base, layers, output, keep_non_layer, force, before, after, steps, threading.Event(), durable
+            candidate,
+            base,
+            layers,
+            output,
+            keep_non_layer,
+            force,
+            before,
+            after,
+            steps,
+            threading.Event(),
+            durable,
+            quality=quality,
         )
+        if run_eval and quality is None:  # a budget search has measured the kept plan already
+            from surgeon.cli_prune import eval_settings, record_quality
+
+            eval_options = eval_settings(eval_text, eval_tokens, kw["device"], kw["dtype"], kw["tokenizer"])
+            manifest = record_quality(Path(output), base, eval_options)
         if as_json:
             sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
             return
@@ -252,6 +347,42 @@ def _auto(composed, console):
     return plan, before.to_json()
 
 
+def _budget(base, candidate, composed, budget, eval_text, eval_tokens, kw, console):
+    """The quality-budget search, each step printed; (plan, the record for the manifest)."""
+    from surgeon.evaluate import EvalOptions, EvalSession
+    from surgeon.layers import layer_ranges
+    from surgeon.salvage import budget_plan
+
+    eval_options = EvalOptions(
+        text=str(eval_text) if eval_text else None,
+        max_tokens=eval_tokens,
+        device=kw["device"],
+        dtype=kw["dtype"],
+        tokenizer=str(kw["tokenizer"]) if kw["tokenizer"] else None,
+    )
+    session = EvalSession(base, candidate, eval_options)
+
+    def evaluate(plans):
+        return [report.summary() for report in session.evaluate_plans(plans)]
+
+    console.print(f"  quality budget: {budget.text()} on {session.text['tokens']} tokens of {session.text['source']}")
+    plan = budget_plan(sorted(session.changed_layers), evaluate, budget, lambda layers: composed.run(layers).passed)
+    for step in plan.steps:
+        verdict = "[green]within[/]" if step.passed else "[red]over[/]"
+        if step.how == "canary":
+            verdict = "[green]canary pass[/]" if step.passed else "[red]canary fail[/]"
+        numbers = f"KL {step.kl_mean:.4f}  ppl x{step.ppl_ratio:.4f}" if step.kl_mean is not None else ""
+        console.print(f"  {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<20} {numbers:<28} {verdict}")
+    record = {
+        "how": "salvage --auto with a quality budget (the kept plan, composed in memory)",
+        "budget": {"max_kl": budget.max_kl, "max_ppl_ratio": budget.max_ppl_ratio},
+        "text": session.text,
+        "eval": plan.quality,
+        "layer_kl": {str(k): v for k, v in (plan.layer_kl or {}).items()},
+    }
+    return plan, (record if plan.quality is not None else None)
+
+
 def _salvage_summary(manifest: dict, output: Path, console) -> None:
     from rich.text import Text
 
@@ -267,6 +398,12 @@ def _salvage_summary(manifest: dict, output: Path, console) -> None:
         f"{len(written['shards'])} shards are the base's files"
     )
     console.print(Text(line))  # the folder's name is shown as it is, never as markup
+    quality = (manifest.get("quality") or {}).get("eval")
+    if quality:
+        console.print(
+            f"quality against base: perplexity x{quality['ppl_ratio']:.4f}, KL {quality['kl_mean']:.4f} "
+            f"(p99 {quality['kl_p99']:.4f}), top-1 {quality['top1']:.1%}"
+        )
     after = info.get("canary_after")
     if after is not None:
         console.print(f"canary on the result: {'passed' if after['passed'] else 'FAILED'}")

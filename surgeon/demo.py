@@ -1,7 +1,13 @@
 """`surgeon demo`: the whole story on the bundled tiny trained model.
 
-Prune every layer, watch the canary fail, let salvage find the layers that can stay,
-then diff and verify what was written. Each step prints what it found.
+Prune every layer, measure it against the base, watch the canary fail, let salvage keep
+the layers that fit a quality budget, then diff and verify what was written. Each step
+prints what it found.
+
+The tiny model knows only the text it was trained on (fixtures/calibration.txt, one-line
+sentences), so the demo calibrates and measures on that text and asks it prompts of that
+kind (surgeon/_data/demo_prompts.txt): on the bundled English corpus and prompts, meant
+for real models, its numbers would say nothing.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ from pathlib import Path
 
 from surgeon.atomic import check_output, output_errors, publish, refuse_inputs, temp_dir, write_text_atomic
 from surgeon.errors import SurgeonError
+from surgeon.layers import layer_ranges
+from surgeon.writer import MANIFEST_NAME
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "gemma4-tiny-trained"
 DEMO_CANDIDATE = FIXTURE.with_name(FIXTURE.name + "-pruned")  # built by fixtures/build_demo_candidate.py
+DEMO_TEXT = FIXTURE.parent / "calibration.txt"  # what the tiny model was trained on
+DEMO_MAX_KL = 0.05
 
 
 def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:
@@ -23,14 +33,14 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
     from surgeon.canary_run import ComposedCanary, run_canary
     from surgeon.checkpoint import open_checkpoint
     from surgeon.diff import DiffOptions, diff_checkpoints
+    from surgeon.evaluate import EvalOptions, EvalSession
     from surgeon.hashcache import default_cache_dir as hash_cache
-    from surgeon.layers import layer_ranges
     from surgeon.prune import PruneOptions, prune
+    from surgeon.quality import recorded_quality
     from surgeon.render_markdown import render_markdown
     from surgeon.report import summary_line
-    from surgeon.salvage import auto_plan, salvage
+    from surgeon.salvage import QualityBudget, budget_plan, salvage
     from surgeon.verify import verify
-    from surgeon.writer import MANIFEST_NAME
 
     folder = Path(folder)
     refuse_inputs(folder, [FIXTURE, DEMO_CANDIDATE])  # before anything is created, inside an input or not
@@ -40,27 +50,44 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
         # Built in a hidden folder that moves into place at the end, so an interrupted demo
         # leaves nothing and --force never leaves FOLDER absent. The files name the final paths.
         base, pruned, salvaged = FIXTURE, work / "pruned", work / "salvaged"
-        prompts, options, cache = read_prompts(None), CanaryOptions(), default_cache_dir()
+        prompts, options, cache = read_prompts(_demo_prompts()), CanaryOptions(), default_cache_dir()
+        measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, device="cpu", dtype="float32")
 
         say(f"1. prune: 1 of 8 query heads in every layer of {base.name} (recon importance, lstsq heal)")
-        result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all"))
+        result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all", calib=str(DEMO_TEXT)))
         say(f"   wrote {folder / 'pruned'}: layers {result.manifest['written']['layers_text']} changed")
 
-        say("2. canary: greedy generation of the pruned model against the base")
+        say(f"2. eval: teacher-forced against the base on {DEMO_TEXT.name}, the text the model learned")
+        session = EvalSession(base, pruned, measure)
+        say(f"   {_quality_line(session.evaluate_plans([sorted(session.changed_layers)])[0].summary())}")
+
+        say("3. canary: greedy generation of the pruned model against the base")
         before = run_canary(str(pruned), str(base), prompts, options, "cpu", "float32", None, None, cache)
         show_canary(before)
 
-        say("3. salvage --auto: the largest set of pruned layers that passes the canary, composed in memory")
+        say(f"4. salvage --auto --max-kl {DEMO_MAX_KL}: the most layers within the budget, then the canary")
         composed = ComposedCanary(base, pruned, prompts, options, "cpu", "float32", None, cache)
-        plan = auto_plan(sorted(composed.changed), lambda layers: composed.run(layers).passed)
+        plan = budget_plan(
+            sorted(session.changed_layers),
+            lambda plans: [report.summary() for report in session.evaluate_plans(plans)],
+            QualityBudget(max_kl=DEMO_MAX_KL),
+            lambda layers: composed.run(layers).passed,
+        )
         for step in plan.steps:
-            verdict = "pass" if step.passed else "fail"
-            say(f"   canary {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<12} {verdict}")
-        say(f"   {len(plan.steps)} canary runs; keeping layers {layer_ranges(plan.keep) or '(none)'}")
+            numbers = f"KL {step.kl_mean:.4f}" if step.kl_mean is not None else ""
+            verdict = (
+                ("within" if step.passed else "over")
+                if step.kl_mean is not None
+                else ("pass" if step.passed else "fail")
+            )
+            say(f"   {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<12} {numbers:<12} {verdict}")
+        say(f"   {len(plan.steps)} steps; keeping layers {layer_ranges(plan.keep) or '(none)'}")
+        say(f"   {_quality_line(plan.quality)}" if plan.quality else "   nothing kept")
 
         def canary_after(output: Path) -> dict:
             return run_canary(str(output), str(base), prompts, options, "cpu", "float32", None, None, cache).to_json()
 
+        quality = {"how": "salvage --auto with a quality budget", "budget": {"max_kl": DEMO_MAX_KL}}
         _, manifest = salvage(
             pruned,
             base,
@@ -69,27 +96,41 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
             canary_before=before.to_json(),
             canary_after=canary_after,
             auto_steps=plan.steps,
+            quality=quality | {"text": session.text, "eval": plan.quality} if plan.quality else None,
         )
         _name_candidate(salvaged / MANIFEST_NAME, folder / "pruned", target / "pruned")
         after = manifest["salvage"]["canary_after"]
         say(f"   wrote {folder / 'salvaged'}; canary on the result: {'passed' if after['passed'] else 'FAILED'}")
 
-        say("4. diff: what is actually different from base")
+        say("5. diff: what is actually different from base")
         written = open_checkpoint(salvaged)
         written.source = str(folder / "salvaged")  # where it will be: the card names it
         # The card's SHA256s are evidence: hashed from the bytes, as `diff --markdown` does.
         evidence = DiffOptions(cache_dir=hash_cache(), trust_cache=False, trust_blob_names=False)
         report = diff_checkpoints(open_checkpoint(base), written, evidence)
         say(f"   {summary_line(report)}")
-        write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report))
+        write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report, recorded_quality(report)))
         publish(work, target, replace=force, shown=folder)
     say(f"   model-card sections written to {folder / 'MODEL_CARD_SECTIONS.md'}")
 
-    say("5. verify: the files, the manifest's hashes, and its claims against the base")
+    say("6. verify: the files, the manifest's hashes, and its claims against the base")
     pruned, salvaged = folder / "pruned", folder / "salvaged"
     for written_folder in (pruned, salvaged):
         show_verify(verify(written_folder, base))
-    return {"pruned": str(pruned), "salvaged": str(salvaged), "kept": plan.keep, "canary_runs": len(plan.steps)}
+    return {"pruned": str(pruned), "salvaged": str(salvaged), "kept": plan.keep, "steps": len(plan.steps)}
+
+
+def _demo_prompts():
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("surgeon").joinpath("_data", "demo_prompts.txt")))
+
+
+def _quality_line(summary: dict) -> str:
+    return (
+        f"perplexity {summary['ppl_base']:.2f} -> {summary['ppl']:.2f} ({summary['ppl_ratio'] - 1:+.1%}), "
+        f"KL {summary['kl_mean']:.4f}, top-1 agreement {summary['top1']:.1%}"
+    )
 
 
 def _name_candidate(manifest_path: Path, given: Path, resolved: Path) -> None:

@@ -15,7 +15,8 @@ from surgeon.text import md_code, md_text
 WEIGHT_SUFFIXES = ("weight", "bias")
 
 
-def render_markdown(report: DiffReport) -> str:
+def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None = None) -> str:
+    """The sections; `quality` (surgeon.quality.recorded_quality) adds "Quality against base"."""
     lines = ["## What's actually different from base", ""]
     lines.append(
         f"Verified with a per-tensor {'SHA256' if report.hashed else 'byte'} comparison "
@@ -33,6 +34,15 @@ def render_markdown(report: DiffReport) -> str:
         + ("byte-identical to the base." if f.status == "identical" else f"{f.status} ({_sha_pair(f.sha256)}).")
         for f in report.files
     ]
+    if quality is not None:
+        from surgeon.render_eval import quality_markdown
+
+        summary, text = quality
+        lines += ["", *quality_markdown(summary, text)]
+        lines.append(
+            f"Recorded in {md_code('prune_manifest.json', table=False)} when surgeon wrote this checkpoint; its "
+            "shard hashes are the ones above, so it was measured on these bytes. `surgeon eval` measures it again."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ from surgeon.text import inert, inert_lines
 
 def canary_table(report, title: str = "Canary", expand: bool = False) -> Table:
     table = Table(title=title, title_justify="left", show_lines=True, expand=expand)
-    for column in ("prompt", "base", "model", "drift", "self/base", "rep", "agree", "verdict"):
+    for column in ("prompt", "base", "model", "drift", "self/base", "rep (base)", "agree", "verdict"):
         table.add_column(column, overflow="fold")
     for p in report.prompts:
         failures = inert("; ".join(p.failures))
@@ -21,7 +21,7 @@ def canary_table(report, title: str = "Canary", expand: bool = False) -> Table:
             Text(inert_lines(p.text)),
             f"{p.drift:.2f}",
             f"{p.self_ratio:.2f}",
-            f"{p.repetition:.2f}",
+            f"{p.repetition:.2f} ({p.base_repetition:.2f})",
             str(p.agreement),
             verdict,
         )
@@ -29,10 +29,28 @@ def canary_table(report, title: str = "Canary", expand: bool = False) -> Table:
 
 
 def canary_verdict(report) -> Text:
-    passed = sum(p.passed for p in report.prompts)
+    """One line: the verdict, how many prompts failed against the allowed fraction, and
+    which checks failed how often."""
+    total, failed = len(report.prompts), report.failed
+    allowed = report.options.get("max_fail_frac", 0.0)
     style = "bold green" if report.passed else "bold red"
     verdict = "passed" if report.passed else "FAILED"
-    return Text(f"canary {verdict}: {passed}/{len(report.prompts)} prompts", style=style)
+    text = Text(f"canary {verdict}: {failed}/{total} prompts failed ({report.fail_frac:.0%}; ", style=style)
+    text.append(f"the limit is {allowed:.0%})", style=style)
+    counts = failure_counts(report)
+    if counts:
+        text.append("; " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    return text
+
+
+def failure_counts(report) -> dict[str, int]:
+    """How many prompts failed each kind of check ("drift", "repetition", ...)."""
+    counts: dict[str, int] = {}
+    for p in report.prompts:
+        for failure in p.failures:
+            name = failure.split(" ", 1)[0]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def verify_text(report) -> Text:

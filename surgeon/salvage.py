@@ -25,13 +25,45 @@ from surgeon.writer import MANIFEST_NAME, TensorSource, WriteReport, write_check
 class AutoStep:
     layers: list[int]
     passed: bool
-    how: str  # "prefix" or "add"
+    # canary search: "prefix", "add"; quality budget: "all", "alone", "budget", "canary"
+    how: str
+    kl_mean: float | None = None  # the composed plan's numbers against the base (budget steps)
+    ppl_ratio: float | None = None
 
 
 @dataclass
 class SalvagePlan:
     keep: list[int]
     steps: list[AutoStep] = field(default_factory=list)
+    quality: dict | None = None  # the kept plan's eval summary (budget search)
+    layer_kl: dict[int, float] | None = None  # each changed layer's KL measured alone
+
+
+@dataclass(frozen=True)
+class QualityBudget:
+    """How far a salvaged model may be from the base, teacher-forced on the eval text."""
+
+    max_kl: float | None = None  # mean KL(base || model) per token, in nats
+    max_ppl_ratio: float | None = None  # perplexity over the base's
+
+    def validate(self) -> None:
+        if self.max_kl is None and self.max_ppl_ratio is None:
+            raise SurgeonError("a quality budget needs --max-kl or --max-ppl-ratio")
+        if (self.max_kl is not None and not self.max_kl >= 0) or (
+            self.max_ppl_ratio is not None and not self.max_ppl_ratio >= 1
+        ):
+            raise SurgeonError("--max-kl must be >= 0 and --max-ppl-ratio >= 1")
+
+    def within(self, summary: dict) -> bool:
+        kl, ratio = summary.get("kl_mean"), summary.get("ppl_ratio")
+        if self.max_kl is not None and (kl is None or kl > self.max_kl):
+            return False
+        return self.max_ppl_ratio is None or (ratio is not None and ratio <= self.max_ppl_ratio)
+
+    def text(self) -> str:
+        parts = [f"KL <= {self.max_kl:g}" if self.max_kl is not None else ""]
+        parts.append(f"perplexity ratio <= {self.max_ppl_ratio:g}" if self.max_ppl_ratio is not None else "")
+        return " and ".join(p for p in parts if p)
 
 
 def parse_keep(spec: str, what: str = "layers to keep") -> LayerSpec:
@@ -89,10 +121,12 @@ def salvage(
     cancel=None,
     durable: bool = False,
     progress=None,
+    quality: dict | None = None,
 ) -> tuple[WriteReport, dict]:
     """Write base + the candidate's layers in `keep` (a list, or a parse_keep() spec whose
     "all" means every changed layer). `canary_after(output) -> dict` runs on the written
-    result and is recorded in the manifest."""
+    result and is recorded in the manifest, as is `quality` (this output's eval against the
+    base: surgeon.quality.measure's record, with the budget it was searched under)."""
     base_ckpt, cand_ckpt = open_checkpoint(base), open_checkpoint(candidate)
     chosen = check_keep(keep, base_ckpt.tensors)
     every = layers_of(base_ckpt.tensors) if chosen is None else set(chosen)
@@ -110,6 +144,9 @@ def salvage(
         record = _manifest(
             previous, base_ckpt, cand_ckpt, keep, keep_non_layer, report, canary_before, auto_steps, hashes
         )
+        record.pop("quality", None)  # the candidate's own quality record does not describe this output
+        if quality is not None:
+            record["quality"] = quality
         holder.update(record)
         return holder
 
@@ -242,3 +279,52 @@ def auto_plan(layers: list[int], passes, max_runs: int | None = None) -> Salvage
         if check([*keep, layer], "add"):
             keep.append(layer)
     return SalvagePlan(sorted(keep), steps)
+
+
+def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passes=None) -> SalvagePlan:
+    """The largest set of changed layers whose composed model stays within `budget`.
+
+    `evaluate(plans) -> summaries` scores "base + the candidate's layers K" for each plan
+    (EvalSession.evaluate_plans, summarised). All layers first: within budget, that is the
+    answer. Otherwise each layer alone gives its KL contribution, the layers are added
+    cheapest first while the composed model stays within budget (a layer over budget alone
+    is never tried), and `canary_passes(layers) -> bool`, when given, confirms the result:
+    while it fails, the kept layer added last (the costliest) goes back to the base.
+    """
+    budget.validate()
+    steps: list[AutoStep] = []
+    scored: dict[tuple[int, ...], dict] = {}
+
+    def score(plans: list[list[int]], how: str) -> list[bool]:
+        summaries = evaluate(plans)
+        verdicts = []
+        for plan, summary in zip(plans, summaries, strict=True):
+            scored[tuple(sorted(plan))] = summary
+            verdicts.append(budget.within(summary))
+            steps.append(AutoStep(sorted(plan), verdicts[-1], how, summary.get("kl_mean"), summary.get("ppl_ratio")))
+        return verdicts
+
+    keep: list[int] = []
+    layer_kl: dict[int, float] = {}
+    if layers and score([list(layers)], "all")[0]:
+        keep = list(layers)
+    elif layers:
+        alone_ok = dict(zip(layers, score([[layer] for layer in layers], "alone"), strict=True))
+        layer_kl = {layer: scored[(layer,)].get("kl_mean") for layer in layers}
+        for layer in sorted(layers, key=lambda n: (_sort_key(layer_kl[n]), n)):
+            if alone_ok[layer] and score([[*keep, layer]], "budget")[0]:
+                keep.append(layer)
+    while keep and canary_passes is not None:
+        passed = bool(canary_passes(sorted(keep)))
+        steps.append(AutoStep(sorted(keep), passed, "canary"))
+        if passed:
+            break
+        keep.pop()
+    if keep and tuple(sorted(keep)) not in scored:
+        score([sorted(keep)], "budget")
+    quality = scored.get(tuple(sorted(keep))) if keep else None
+    return SalvagePlan(sorted(keep), steps, quality, layer_kl or None)
+
+
+def _sort_key(kl: float | None) -> float:
+    return float("inf") if kl is None else kl

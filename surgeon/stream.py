@@ -123,6 +123,21 @@ class LayerStream:
             for name, buffer in module._buffers.items():
                 if buffer is not None:
                     module._buffers[name] = buffer.to(self.device)
+        self._check_layer_shapes()
+
+    def _check_layer_shapes(self) -> None:
+        """Every decoder layer's tensors against the shapes the config builds, from the
+        headers alone, before any work: a config that misdescribes layer 5 is one line even
+        when only layer 0 is to be run (prune stops after its last pruned layer)."""
+        where = f"{config_path(self.ckpt)}: does not fit the weights:"
+        for spec, layer in zip(self.layout.layers, self._layers, strict=False):
+            for key, value in layer.state_dict().items():
+                info = self.ckpt.tensors.get(spec.prefix + key)
+                if info is not None and tuple(info.shape) != tuple(value.shape):
+                    raise SurgeonError(
+                        f"{where} {spec.prefix + key} is {list(info.shape)} in the checkpoint but "
+                        f"{list(value.shape)} by the config"
+                    )
 
     # -- weights ------------------------------------------------------------------
     def read_tensor(self, name: str) -> torch.Tensor:
@@ -170,6 +185,8 @@ class LayerStream:
             module_name = self.layout.module_name(name)
             if module_name is not None and not module_name.startswith("model.layers."):
                 wanted[module_name] = name
+        if EMBEDDING not in wanted and "lm_head.weight" in wanted and self.layout.config.get("tie_word_embeddings"):
+            wanted[EMBEDDING] = wanted["lm_head.weight"]  # tied, stored under the head's name (GGUF conversions)
         expected = {n for n, _ in self.model.named_parameters()}
         self._tied = "lm_head.weight" in expected and "lm_head.weight" not in wanted
         missing = sorted(n for n in expected if n not in wanted and n != "lm_head.weight")

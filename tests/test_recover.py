@@ -218,8 +218,10 @@ def test_demo_tells_the_whole_story(tmp_path):
     salvaged = json.loads((tmp_path / "demo" / "salvaged" / "prune_manifest.json").read_text())
     assert salvaged["salvage"]["canary_after"]["passed"] is True
     assert salvaged["written"]["layers"] == summary["kept"]
-    assert (tmp_path / "demo" / "MODEL_CARD_SECTIONS.md").read_text().startswith("## What's actually different")
-    assert any("canary runs; keeping layers" in line for line in lines)
+    card = (tmp_path / "demo" / "MODEL_CARD_SECTIONS.md").read_text()
+    assert card.startswith("## What's actually different") and "## Quality against base" in card
+    assert any("steps; keeping layers" in line for line in lines)
+    assert salvaged["quality"]["eval"]["kl_mean"] <= 0.05  # the budget the demo searched under
 
 
 def test_nf4_canary_through_bitsandbytes(tmp_path):

@@ -1,0 +1,167 @@
+"""Salvage by a quality budget, and the quality record a manifest carries to the model card
+(issue 10, sections 2 and 3)."""
+
+import itertools
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from surgeon.checkpoint import open_checkpoint
+from surgeon.cli import main
+from surgeon.diff import DiffOptions, diff_checkpoints
+from surgeon.errors import SurgeonError
+from surgeon.evaluate import EvalOptions, EvalSession
+from surgeon.quality import recorded_quality
+from surgeon.salvage import QualityBudget, budget_plan
+from tests.helpers import FIXTURES
+
+BASE = FIXTURES / "gemma4-tiny-trained"
+CANDIDATE = FIXTURES / "gemma4-tiny-trained-pruned"  # every layer pruned; layer 0 is the costly one
+TEXT = FIXTURES / "calibration.txt"
+EVAL = ["--eval-text", str(TEXT), "--eval-tokens", "512", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def session():
+    return EvalSession(BASE, CANDIDATE, EvalOptions(text=str(TEXT), max_tokens=512, device="cpu"))
+
+
+def summaries(session):
+    return lambda plans: [report.summary() for report in session.evaluate_plans(plans)]
+
+
+def test_budget_keeps_the_cheap_layers_and_lands_within_it(session):
+    plan = budget_plan(sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=0.05))
+    assert plan.keep == [1, 2, 3, 4, 5, 6, 7]
+    assert plan.quality["kl_mean"] <= 0.05
+    assert max(plan.layer_kl, key=plan.layer_kl.get) == 0  # layer 0 costs the most alone
+    hows = [step.how for step in plan.steps]
+    assert hows[0] == "all" and not plan.steps[0].passed
+    assert hows.count("alone") == 8
+    # layer 0 is over budget alone, so it is never tried in a composed plan
+    assert all(0 not in step.layers for step in plan.steps if step.how == "budget")
+    # added cheapest first: each budget step keeps the layers before it
+    adds = [step for step in plan.steps if step.how == "budget"]
+    assert all(set(a.layers) < set(b.layers) for a, b in itertools.pairwise(adds))
+
+
+def test_a_generous_budget_keeps_everything_in_one_evaluation(session):
+    plan = budget_plan(sorted(session.changed_layers), summaries(session), QualityBudget(max_ppl_ratio=100.0))
+    assert plan.keep == list(range(8)) and [s.how for s in plan.steps] == ["all"]
+    assert plan.layer_kl is None
+
+
+def test_a_failing_canary_takes_back_the_costliest_kept_layer(session):
+    seen = []
+
+    def canary(layers):  # the canary's answer is an input of the search; this one rejects layer 1
+        seen.append(layers)
+        return 1 not in layers
+
+    plan = budget_plan(sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=0.05), canary)
+    assert plan.keep == [2, 3, 4, 5, 6, 7] and seen[-1] == plan.keep
+    canary_steps = [s for s in plan.steps if s.how == "canary"]
+    assert [s.passed for s in canary_steps] == [False, True]
+    assert plan.quality["kl_mean"] <= 0.05  # the final plan's own numbers, measured
+
+
+@pytest.mark.parametrize("budget", [QualityBudget(), QualityBudget(max_kl=-1), QualityBudget(max_ppl_ratio=0.5)])
+def test_budgets_that_mean_nothing_are_one_line(budget):
+    with pytest.raises(SurgeonError):
+        budget.validate()
+
+
+def test_cli_salvage_by_budget_records_every_step_and_the_result(tmp_path):
+    out = tmp_path / "salvaged"
+    prompts = tmp_path / "prompts.txt"  # the canary's confirmation, kept short
+    prompts.write_text("The capital of France is\nWater boils at\nTo make tea, boil the water,\n")
+    args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--max-kl", "0.05", "--prompts", str(prompts)]
+    result = CliRunner().invoke(main, [*args, "-o", str(out), *EVAL])
+    assert result.exit_code == 0, result.output
+    assert "alone  layers 0 " in result.stdout and "canary pass" in result.stdout
+    assert "quality against base: perplexity x" in result.stdout
+    manifest = json.loads((out / "prune_manifest.json").read_text())
+    quality = manifest["quality"]
+    assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
+    assert quality["eval"]["kl_mean"] <= 0.05 and quality["text"]["source"] == "calibration.txt"
+    assert set(quality["layer_kl"]) == {str(n) for n in range(8)}
+    assert manifest["salvage"]["kept_layers"] == [1, 2, 3, 4, 5, 6, 7]
+    assert {s["how"] for s in manifest["salvage"]["auto"]} == {"all", "alone", "budget", "canary"}
+    assert CliRunner().invoke(main, ["verify", str(out), "--base", str(BASE)]).exit_code == 0
+    # the composed plan's numbers are the written checkpoint's
+    written = EvalSession(BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, device="cpu")).evaluate_model()
+    assert written.summary()["kl_mean"] == pytest.approx(quality["eval"]["kl_mean"], rel=1e-5, abs=1e-9)
+    card = CliRunner().invoke(main, ["diff", str(BASE), str(out), "--markdown"])
+    assert "## Quality against base" in card.stdout and "calibration.txt" in card.stdout
+
+
+def test_budget_options_need_auto(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["salvage", str(CANDIDATE), "--base", str(BASE), "--keep", "1", "--max-kl", "0.1", "-o", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 2 and "give them with --auto" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A prune measured with --eval: its manifest's quality record matches its bytes."""
+    out = tmp_path_factory.mktemp("evaluated") / "pruned"
+    result = CliRunner().invoke(main, ["prune", str(BASE), "-o", str(out), "--layers", "0-1", "-q", "--eval", *EVAL])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def card(base, other) -> tuple:
+    evidence = DiffOptions(trust_cache=False, trust_blob_names=False)
+    return recorded_quality(diff_checkpoints(open_checkpoint(base), open_checkpoint(other), evidence))
+
+
+def test_prune_eval_records_quality_and_the_card_shows_it(evaluated):
+    manifest = json.loads((evaluated / "prune_manifest.json").read_text())
+    assert 400 < manifest["quality"]["eval"]["tokens"] < 512 and manifest["quality"]["eval"]["ppl_ratio"] > 1
+    summary, source = card(BASE, evaluated)
+    assert summary == manifest["quality"]["eval"] and source == "calibration.txt"
+
+
+def test_the_card_ignores_a_record_not_measured_on_these_bytes(evaluated, tmp_path):
+    moved = tmp_path / "other"
+    shutil.copytree(CANDIDATE, moved)  # other weights, with the evaluated prune's manifest
+    shutil.copy(evaluated / "prune_manifest.json", moved / "prune_manifest.json")
+    assert card(BASE, moved) is None
+    assert card(CANDIDATE, evaluated) is None  # the right model against another base
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ppl": "1e999"},
+        {"kl_mean": float("nan")},
+        {"tokens": True},
+        {"tokens": 0},
+        {"extra": 1},
+        {"top1": [0.5]},
+    ],
+)
+def test_the_card_ignores_a_malformed_record(evaluated, tmp_path, bad):
+    copy = tmp_path / "copy"
+    shutil.copytree(evaluated, copy)
+    manifest = json.loads((copy / "prune_manifest.json").read_text())
+    manifest["quality"]["eval"] |= bad
+    (copy / "prune_manifest.json").write_text(json.dumps(manifest))
+    assert card(BASE, copy) is None
+
+
+def test_salvage_drops_the_candidates_quality_record(evaluated, tmp_path):
+    out = tmp_path / "kept"
+    result = CliRunner().invoke(main, ["salvage", str(evaluated), "--base", str(BASE), "--keep", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "quality" not in json.loads((out / "prune_manifest.json").read_text())
+    measured = tmp_path / "measured"
+    result = CliRunner().invoke(
+        main, ["salvage", str(evaluated), "--base", str(BASE), "--keep", "0", "-o", str(measured), "--eval", *EVAL]
+    )
+    assert result.exit_code == 0, result.output
+    assert 400 < card(BASE, measured)[0]["tokens"] < 512

@@ -1,0 +1,146 @@
+"""The calibration corpus: the bundled text, samples cut (not truncated), the token budget,
+the too-few-tokens warnings, and Hugging Face datasets from the local cache (issue 10)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from surgeon.calibration import (
+    AUTO_MIN_TOKENS,
+    auto_token_budget,
+    bundled_corpus,
+    encode,
+    load_corpus,
+    load_tokenizer,
+    parse_dataset_spec,
+)
+from surgeon.cli import main
+from surgeon.errors import SurgeonError
+from surgeon.prune import PruneOptions, prune
+from tests.helpers import FIXTURES
+
+TRAINED = FIXTURES / "gemma4-tiny-trained"
+
+
+def test_the_bundled_corpus_is_large_varied_and_interleaved():
+    texts, record = bundled_corpus()
+    assert record["source"] == "bundled:calibration" and len(record["file_sha256"]) == 64
+    assert len(texts) >= 60 and sum(map(len, texts)) > 200_000
+    assert load_corpus(None) == (texts, record)
+    tok = load_tokenizer(TRAINED)
+    # any prefix mixes genres: the first dozen documents are not all of one kind
+    firsts = {t.split()[0] for t in texts[:12]}
+    assert len(firsts) >= 8
+    assert len(tok(" ".join(texts[:12]), add_special_tokens=False)["input_ids"]) > AUTO_MIN_TOKENS // 4
+
+
+def test_long_texts_are_cut_into_samples_each_with_one_bos():
+    tok = load_tokenizer(TRAINED)
+    text = "The river runs past the mill and the bridge. " * 40
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    samples = encode(tok, [text], max_tokens=64)
+    assert len(samples) > 1 and all(len(s) <= 64 and s[0] == tok.bos_token_id for s in samples)
+    assert all(s.count(tok.bos_token_id) == 1 for s in samples)
+    assert [i for s in samples for i in s[1:]] == ids  # every token counts, none dropped
+    capped = encode(tok, [text, text], max_tokens=64, budget=100)
+    assert sum(map(len, capped)) == 100 and capped[:1] == samples[:1]
+
+
+def test_the_default_budget_follows_the_widest_layer():
+    assert auto_token_budget(128) == AUTO_MIN_TOKENS
+    assert auto_token_budget(8192) == 8 * 8192
+
+
+def test_prune_defaults_take_the_budget_and_record_it(tmp_path):
+    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", device="cpu"))
+    calibration = result.manifest["calibration"]
+    assert calibration["source"] == "bundled:calibration"
+    assert calibration["tokens"] == calibration["token_budget"] == AUTO_MIN_TOKENS
+    assert calibration["max_width"] == 64 and calibration["tokens_per_width"] == AUTO_MIN_TOKENS / 64
+    assert result.manifest["options"]["max_tokens"] == 512 and result.manifest["messages"] == []
+    assert max(layer["tokens"] for layer in result.manifest["layers"]) == AUTO_MIN_TOKENS
+
+
+def test_too_few_tokens_for_the_width_warns_in_one_line_and_is_recorded(tmp_path):
+    warnings = []
+    result = prune(
+        TRAINED,
+        tmp_path / "out",
+        PruneOptions(layers="0", calib_tokens=40, device="cpu"),
+        on_warning=warnings.append,
+    )
+    assert warnings == result.manifest["messages"]
+    assert warnings[0].startswith("calibration: 40 tokens for layers of width 64, fewer than 4 per column")
+    assert any(w.startswith("layer 0: G is rank-deficient (40 calibration tokens, width 64)") for w in warnings)
+    assert all("\n" not in w for w in warnings)
+    cli = CliRunner().invoke(
+        main, ["prune", str(TRAINED), "-o", str(tmp_path / "cli"), "--layers", "0", "--calib-tokens", "40", "-q"]
+    )
+    assert cli.exit_code == 0 and "surgeon: warning: calibration: 40 tokens" in cli.stderr
+
+
+def test_enough_tokens_gives_no_rank_warning(tmp_path):
+    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", calib_tokens=1024, device="cpu"))
+    assert result.manifest["messages"] == []
+
+
+@pytest.mark.parametrize("spec", ["", ":x", "a::b", "a:b:c:d", "name:"])
+def test_bad_dataset_specs_are_one_line(spec):
+    with pytest.raises(SurgeonError, match="use NAME, NAME:CONFIG or NAME:CONFIG:SPLIT"):
+        parse_dataset_spec(spec)
+
+
+def test_dataset_spec_parts():
+    assert parse_dataset_spec("prose") == ("prose", None, "train")
+    assert parse_dataset_spec("prose:default:validation") == ("prose", "default", "validation")
+
+
+@pytest.fixture
+def cached_dataset(tmp_path, monkeypatch):
+    """A dataset named "prose" in a real `datasets` cache, built by datasets' own Parquet
+    builder, laid out as `load_dataset("prose")` finds it offline."""
+    datasets = pytest.importorskip("datasets")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    lines = (FIXTURES / "calibration.txt").read_text().splitlines()
+    rows = [" ".join(lines[i : i + 8]) for i in range(0, len(lines), 8)]
+    pq.write_table(pa.table({"id": list(range(len(rows))), "body": rows}), tmp_path / "train.parquet")
+    cache = tmp_path / "datasets-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    builder = Parquet(
+        dataset_name="prose",
+        hash="0" * 16,
+        cache_dir=str(cache),
+        data_files={"train": [str(tmp_path / "train.parquet")]},
+    )
+    builder.download_and_prepare()
+    (cache / "prose" / builder.config_id).rename(cache / "prose" / "default")  # as a Hub download names it
+    return rows
+
+
+def test_prune_takes_a_cached_hugging_face_dataset(cached_dataset, tmp_path):
+    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", calib_dataset="prose", device="cpu"))
+    calibration = result.manifest["calibration"]
+    assert calibration["source"] == "dataset:prose" and calibration["split"] == "train"
+    assert calibration["rows"] == len(cached_dataset) and calibration["tokens"] > 0
+    assert str(tmp_path / "datasets-cache") not in json.dumps(calibration)  # named, never located
+
+
+def test_a_missing_dataset_or_both_sources_are_one_line(cached_dataset, tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["prune", str(TRAINED), "-o", str(tmp_path / "a"), "--calib-dataset", "nope", "-q"])
+    assert missing.exit_code == 2 and "calibration dataset 'nope': cannot load it" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    split = runner.invoke(
+        main, ["prune", str(TRAINED), "-o", str(tmp_path / "b"), "--calib-dataset", "prose:default:test", "-q"]
+    )
+    assert split.exit_code == 2 and "cannot load it" in split.stderr
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Some text here.\n")
+    both = runner.invoke(
+        main, ["prune", str(TRAINED), "-o", str(tmp_path / "c"), "--calib", str(corpus), "--calib-dataset", "prose"]
+    )
+    assert both.exit_code == 2 and "not both" in both.stderr

@@ -1,0 +1,163 @@
+"""The calibrated canary: relative checks, the base's self-check, the prompt set, the verdict
+by fraction of prompts (issue 10)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from surgeon.canary import (
+    CanaryOptions,
+    Prompt,
+    PromptResult,
+    judge,
+    read_prompts,
+    usable_prompts,
+    verdict,
+)
+from surgeon.canary_run import run_canary
+from surgeon.cli import main
+from surgeon.errors import SurgeonError
+from tests.helpers import FIXTURES
+
+TRAINED = FIXTURES / "gemma4-tiny-trained"
+
+
+def result(**values) -> PromptResult:
+    fields = dict(prompt="p", base_text="b", text="t", drift=1.0, self_ratio=1.0, repetition=0.0, nonprintable=0.0)
+    fields |= dict(tokens=24, agreement=24, base_repetition=0.0, base_nonprintable=0.0, base_tokens=24)
+    out = PromptResult(**(fields | values))
+    judge(out, CanaryOptions())
+    return out
+
+
+def test_repetition_is_judged_against_the_base_on_the_same_prompt():
+    # SmolLM2-135M repeats itself 0.61 on "The sun rises in the" against itself: an absolute
+    # 0.5 failed the base; against the base's own 0.61 plus the margin it passes.
+    assert result(repetition=0.61, base_repetition=0.61).passed
+    assert result(repetition=0.80, base_repetition=0.61).passed  # within the 0.25 margin
+    looping = result(repetition=0.90, base_repetition=0.61)
+    assert not looping.passed and "repetition 0.90 > base 0.61 + 0.25" in looping.failures[0]
+    assert not result(repetition=0.3, base_repetition=0.0).passed
+
+
+def test_an_early_end_fails_only_where_the_base_went_on():
+    assert result(tokens=2, base_tokens=2).passed  # the base itself stops there
+    stopped = result(tokens=2, base_tokens=20)
+    assert not stopped.passed and "where the base went on to 20" in stopped.failures[0]
+    assert result(tokens=7, base_tokens=20).passed  # past min_tokens: a shorter answer is not a failure
+
+
+def test_nonprintable_is_relative_and_agreement_is_reported_not_judged_by_default():
+    assert result(nonprintable=0.2, base_nonprintable=0.2).passed
+    assert not result(nonprintable=0.3, base_nonprintable=0.2).passed
+    assert result(agreement=0).passed
+    strict = result(agreement=0)
+    judge(strict, CanaryOptions(min_agreement=1))
+    assert strict.failures == ["agreement 0 < 1"]
+
+
+def test_the_verdict_is_a_fraction_of_prompts():
+    good, bad = result(), result(drift=9.0)
+    options = CanaryOptions(max_fail_frac=0.25)
+    assert verdict([good] * 3 + [bad], options)  # 1 of 4 = 25%: at the limit, passes
+    assert not verdict([good] * 2 + [bad], options)  # 1 of 3 = 33%
+    assert not verdict([], options)  # no evidence is no pass
+    assert verdict([good] * 3 + [bad], CanaryOptions(max_fail_frac=0.0)) is False
+
+
+@pytest.mark.parametrize(
+    "options", [CanaryOptions(max_fail_frac=1.0), CanaryOptions(max_drift=0.9), CanaryOptions(repetition_margin=-0.1)]
+)
+def test_options_that_cannot_judge_are_one_line(options):
+    with pytest.raises(SurgeonError):
+        options.validate()
+
+
+def test_bundled_prompts_cover_the_kinds_the_issue_names():
+    prompts = read_prompts(None)
+    plain = [p for p in prompts if p.messages is None]
+    assert len(plain) >= 24
+    kinds = {p.kind for p in prompts}
+    assert {"fact", "instruction", "code", "list", "chat"} <= kinds
+    chats = [p for p in prompts if p.messages is not None]
+    assert chats and all(p.needs_template for p in chats)
+    assert any(len(p.messages) >= 3 for p in chats)  # multi-turn
+
+
+def test_chat_prompts_are_used_only_with_a_chat_template(tmp_path):
+    from surgeon.calibration import load_tokenizer
+
+    tok = load_tokenizer(TRAINED)
+    prompts = read_prompts(None)
+    assert not tok.chat_template
+    assert all(p.messages is None for p in usable_prompts(prompts, tok))
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    assert usable_prompts(prompts, tok) == prompts
+    # a user's own chat prompt is never dropped silently: it reaches prompt_ids, which refuses it
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n")
+    assert not read_prompts(mine)[0].needs_template
+
+
+def test_prompts_file_replaces_and_add_prompts_extends(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("First prompt\nSecond prompt\n")
+    bundled = read_prompts(None)
+    assert [p.text for p in read_prompts(mine)] == ["First prompt", "Second prompt"]
+    extended = read_prompts(None, add=mine)
+    assert extended[: len(bundled)] == bundled and [p.text for p in extended[len(bundled) :]] == [
+        "First prompt",
+        "Second prompt",
+    ]
+    kinds = tmp_path / "kinds.jsonl"
+    kinds.write_text(json.dumps({"prompt": "x", "kind": 3}) + "\n")
+    with pytest.raises(SurgeonError, match='"kind" must be text'):
+        read_prompts(kinds)
+
+
+PROMPTS = [Prompt(text=t) for t in ("The capital of France is", "Water boils at", "To make tea, boil the water,")]
+
+
+def test_base_against_itself_passes_and_the_self_check_is_cached(tmp_path):
+    first = run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=tmp_path)
+    assert first.passed and first.failed == 0
+    assert first.self_check == {"passed": True, "failed": 0, "prompts": 3, "first_failure": "", "cached": False}
+    again = run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=tmp_path)
+    assert again.self_check["cached"] and again.base_cache_hit
+    assert first.to_json()["base_self_check"]["passed"] is True
+
+
+def test_a_base_that_fails_its_own_checks_gets_no_verdict(tmp_path):
+    # Agreement with the base can never exceed the tokens generated: a limit above that
+    # fails the base against itself, so no model can be judged with it.
+    options = CanaryOptions(max_new_tokens=6, min_agreement=7)
+    with pytest.raises(SurgeonError, match="the base fails the canary against itself"):
+        run_canary(TRAINED, TRAINED, PROMPTS, options, cache_dir=tmp_path)
+    result = CliRunner().invoke(
+        main, ["canary", str(TRAINED), "--base", str(TRAINED), "--max-new-tokens", "6", "--min-agreement", "7"]
+    )
+    assert result.exit_code == 2 and "no verdict can be given" in result.stderr
+
+
+def test_cli_reports_failed_prompts_and_checks(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(p.text for p in PROMPTS) + "\n")
+    masked = tmp_path / "masked"
+    from tests.helpers import make_variant, read_tensor
+
+    o_proj = "model.layers.{}.self_attn.o_proj.weight"
+    make_variant(
+        masked, src=TRAINED, replace={o_proj.format(i): read_tensor(TRAINED, o_proj.format(i)) * 0 for i in range(8)}
+    )
+    result = CliRunner().invoke(main, ["canary", str(masked), "--base", str(TRAINED), "--prompts", str(prompts)])
+    assert result.exit_code == 3
+    assert "canary FAILED: 3/3 prompts failed (100%; the limit is 25%)" in result.stdout
+    assert "drift 3" in result.stdout  # which checks failed, how often
+    data = json.loads(
+        CliRunner()
+        .invoke(main, ["canary", str(masked), "--base", str(TRAINED), "--prompts", str(prompts), "--json"])
+        .stdout
+    )
+    assert data["schema"] == "surgeon.canary/2" and data["failed_prompts"] == 3 and data["prompts_total"] == 3
+    assert all(p["failures"] for p in data["prompts"])
