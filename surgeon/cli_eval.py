@@ -36,12 +36,30 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         type=click.Path(path_type=Path, exists=True, file_okay=False),
         help="Tokenizer folder (default: BASE).",
     )
+    @click.option(
+        "--layers",
+        help="Score BASE with only these layers of MODEL put on it (ranges like 0-3,7), composed in memory: "
+        "what salvage --keep would write.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.eval/1).")
     @click.option("--no-progress", is_flag=True, help="No progress bar.")
     @debug_option
     @handle_errors
     def eval_command(
-        model, base, text, jsonl, window, max_tokens, batch_size, device, dtype, tokenizer, as_json, no_progress, debug
+        model,
+        base,
+        text,
+        jsonl,
+        window,
+        max_tokens,
+        batch_size,
+        device,
+        dtype,
+        tokenizer,
+        layers,
+        as_json,
+        no_progress,
+        debug,
     ) -> None:
         """Score MODEL against BASE on the same text, teacher-forced, one layer at a time.
 
@@ -50,6 +68,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
         and per window.
         """
         from surgeon.evaluate import EvalOptions, EvalSession
+        from surgeon.layers import parse_layers
 
         if text is not None and jsonl is not None:
             raise SurgeonError("--text and --jsonl are exclusive: pick one")
@@ -65,7 +84,11 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
             cache_budget_bytes=0,  # one call: a cache of the base's stream would only add to the peak
         )
         session = EvalSession(base, model, options, progress=progress_for(no_progress), cancel=threading.Event())
-        data = session.evaluate_model().to_json()
+        if layers is None:
+            data = session.evaluate_model().to_json()
+        else:
+            plan = parse_layers(layers, len(session.base_layout.layers), what="--layers")
+            data = session.evaluate_plans([plan])[0].to_json()
         if as_json:
             sys.stdout.write(json.dumps(data, indent=2) + "\n")
             return

@@ -95,3 +95,16 @@ def count_reads(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(hashing, "hash_one_file", counting)
     return calls
+
+
+TINY_CORPUS = FIXTURES / "calibration.txt"  # what the tiny trained model learned: ~1k tokens
+
+
+def tiny_prune_options(**options):
+    """PruneOptions for the tiny fixtures, calibrated on their own training text (~1k
+    tokens) unless a test says otherwise: the bundled corpus (8192 tokens taken) is meant for
+    real models, makes each prune 8x slower here, and is noise to a model that knows only its
+    training sentences."""
+    from surgeon.prune import PruneOptions
+
+    return PruneOptions(**({"calib": str(TINY_CORPUS)} | options))

@@ -165,3 +165,15 @@ def test_salvage_drops_the_candidates_quality_record(evaluated, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert 400 < card(BASE, measured)[0]["tokens"] < 512
+
+
+def test_cli_eval_of_a_composed_plan(session):
+    args = ["eval", str(CANDIDATE), "--base", str(BASE), "--text", str(TEXT), "--max-tokens", "512", "--device", "cpu"]
+    result = CliRunner().invoke(main, [*args, "--layers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["plan"] == [0]
+    alone = session.evaluate_plans([[0]])[0].summary()
+    assert data["totals"]["kl_mean"] == pytest.approx(alone["kl_mean"], rel=1e-5)
+    bad = CliRunner().invoke(main, [*args, "--layers", "9"])
+    assert bad.exit_code == 2 and "--layers" in bad.stderr

@@ -11,9 +11,9 @@ from surgeon.diff import DiffOptions, diff_checkpoints
 from surgeon.evaluate import corpus_nll
 from surgeon.heal import head_columns, heal_o_proj
 from surgeon.importance import mask_heads_hook, select_heads
-from surgeon.prune import PruneOptions, prune
+from surgeon.prune import prune
 from surgeon.stream import Batch, LayerStream
-from tests.helpers import FIXTURES, sha
+from tests.helpers import FIXTURES, sha, tiny_prune_options
 
 TRAINED = FIXTURES / "gemma4-tiny-trained"
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -82,7 +82,7 @@ def test_select_heads_keeps_one_query_head_per_kv_head():
 @pytest.fixture(scope="module")
 def pruned_0_3(tmp_path_factory):
     out = tmp_path_factory.mktemp("p") / "out"
-    result = prune(TRAINED, out, PruneOptions(prune_frac=0.25, layers="0-3"))
+    result = prune(TRAINED, out, tiny_prune_options(prune_frac=0.25, layers="0-3"))
     return out, result
 
 
@@ -125,8 +125,8 @@ def test_heal_lowers_calibration_nll(tmp_path):
     # the tiny model knows only its training text: calibrate and score on that
     corpus = FIXTURES / "calibration.txt"
     options = dict(prune_frac=0.25, layers="all", importance="recon", calib=str(corpus))
-    healed = prune(TRAINED, tmp_path / "healed", PruneOptions(heal="lstsq", **options)).output
-    unhealed = prune(TRAINED, tmp_path / "unhealed", PruneOptions(heal="none", **options)).output
+    healed = prune(TRAINED, tmp_path / "healed", tiny_prune_options(heal="lstsq", **options)).output
+    unhealed = prune(TRAINED, tmp_path / "unhealed", tiny_prune_options(heal="none", **options)).output
     base_nll, healed_nll, unhealed_nll = (corpus_nll(m, corpus) for m in (TRAINED, healed, unhealed))
     assert base_nll < healed_nll < unhealed_nll
 
@@ -139,7 +139,7 @@ def test_killed_run_resumes_with_byte_identical_output(tmp_path, pruned_0_3):
         if result.layer == 1:
             raise Killed()
 
-    options = PruneOptions(prune_frac=0.25, layers="0-3")
+    options = tiny_prune_options(prune_frac=0.25, layers="0-3")
     with pytest.raises(Killed):
         prune(TRAINED, tmp_path / "out", options, workdir=tmp_path / "work", on_layer_done=kill_after_layer_1)
     assert not (tmp_path / "out").exists()
@@ -152,10 +152,10 @@ def test_killed_run_resumes_with_byte_identical_output(tmp_path, pruned_0_3):
 
 def test_changed_options_start_fresh(tmp_path):
     work = tmp_path / "work"
-    prune(TRAINED, tmp_path / "a", PruneOptions(layers="7"), workdir=work)
-    again = prune(TRAINED, tmp_path / "b", PruneOptions(layers="7"), workdir=work)
+    prune(TRAINED, tmp_path / "a", tiny_prune_options(layers="7"), workdir=work)
+    again = prune(TRAINED, tmp_path / "b", tiny_prune_options(layers="7"), workdir=work)
     assert again.resumed_at == 8 and again.manifest["messages"] == []
-    changed = prune(TRAINED, tmp_path / "c", PruneOptions(layers="7", ridge_rel=0.1), workdir=work)
+    changed = prune(TRAINED, tmp_path / "c", tiny_prune_options(layers="7", ridge_rel=0.1), workdir=work)
     assert changed.resumed_at == 0
     assert "options changed" in " ".join(changed.manifest["messages"])
     assert sha(tmp_path / "a" / SHARD2) == sha(tmp_path / "b" / SHARD2)
@@ -165,7 +165,7 @@ def test_loo_nll_on_nf4_weights_scores_every_head(tmp_path):
     result = prune(
         TRAINED,
         tmp_path / "o",
-        PruneOptions(layers="7", importance="loo-nll", importance_quant="nf4", prune_frac=0.25),
+        tiny_prune_options(layers="7", importance="loo-nll", importance_quant="nf4", prune_frac=0.25),
     )
     scores = result.layers[7].scores
     assert len(scores) == 8 and all(map(lambda s: s == s, scores))
@@ -180,7 +180,7 @@ def test_qwen2_bias_of_pruned_heads_is_zeroed(tmp_path):
     base = save_tiny("qwen2", tmp_path / "qwen2", vocab_size=512)
     shutil.copy(TRAINED / "tokenizer.json", base)  # any tokenizer will do for calibration
     shutil.copy(TRAINED / "tokenizer_config.json", base)
-    out = prune(base, tmp_path / "out", PruneOptions(prune_frac=0.5, layers="0")).output
+    out = prune(base, tmp_path / "out", tiny_prune_options(prune_frac=0.5, layers="0")).output
     pruned = describe(open_checkpoint(out)).layers[0]
     weights = load_file(out / "model.safetensors")
     heads = json.loads((out / "prune_manifest.json").read_text())["layers"][0]["pruned_heads"]
@@ -213,7 +213,7 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     shutil.copy(TRAINED / "tokenizer.json", base)
     shutil.copy(TRAINED / "tokenizer_config.json", base)
     with pytest.raises(SurgeonError, match="embedding has 128 rows"):
-        prune(base, tmp_path / "out", PruneOptions(layers="0"))
+        prune(base, tmp_path / "out", tiny_prune_options(layers="0"))
 
 
 def test_recon_scores_equal_refitting_without_each_head():
@@ -251,9 +251,9 @@ def test_gram_excludes_padding_tokens():
 
 def test_propagate_base_and_offloaded_activations(tmp_path):
     options = dict(prune_frac=0.25, layers="0-3")
-    pruned_stream = prune(TRAINED, tmp_path / "a", PruneOptions(**options))
-    base_stream = prune(TRAINED, tmp_path / "b", PruneOptions(propagate="base", **options))
-    prune(TRAINED, tmp_path / "c", PruneOptions(offload_activations=True, **options))
+    pruned_stream = prune(TRAINED, tmp_path / "a", tiny_prune_options(**options))
+    base_stream = prune(TRAINED, tmp_path / "b", tiny_prune_options(propagate="base", **options))
+    prune(TRAINED, tmp_path / "c", tiny_prune_options(offload_activations=True, **options))
     # Layer 0 sees the same input either way; later layers see different streams.
     assert base_stream.layers[0].scores == pruned_stream.layers[0].scores
     assert base_stream.layers[3].scores != pruned_stream.layers[3].scores

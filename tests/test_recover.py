@@ -9,7 +9,7 @@ from surgeon.canary import CanaryOptions, Prompt, cache_key, prompt_ids, read_pr
 from surgeon.canary_run import ComposedCanary, run_canary
 from surgeon.salvage import auto_plan, salvage
 from surgeon.verify import verify
-from tests.helpers import FIXTURES, make_variant, read_tensor, sha
+from tests.helpers import FIXTURES, make_variant, read_tensor, sha, tiny_prune_options
 
 TRAINED = FIXTURES / "gemma4-tiny-trained"
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -108,9 +108,9 @@ def test_durable_salvage_writes_the_same_bytes(planted, tmp_path):
 
 
 def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
-    from surgeon.prune import PruneOptions, prune
+    from surgeon.prune import prune
 
-    out = prune(TRAINED, tmp_path / "p", PruneOptions(layers="0-3")).output
+    out = prune(TRAINED, tmp_path / "p", tiny_prune_options(layers="0-3")).output
     assert verify(out).ok
     forged = json.loads((out / "prune_manifest.json").read_text())
     forged["layers"] += [dict(forged["layers"][0], layer=i) for i in range(4, 8)]  # claims all 8 layers

@@ -24,7 +24,7 @@ from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.hashing import hash_shards
 from surgeon.salvage import salvage
 from surgeon.verify import verify
-from tests.helpers import BASE, FIXTURES, PRUNED, count_reads, make_variant, read_tensor, sha
+from tests.helpers import BASE, FIXTURES, PRUNED, count_reads, make_variant, read_tensor, sha, tiny_prune_options
 
 TRAINED = FIXTURES / "gemma4-tiny-trained"
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -410,9 +410,9 @@ def test_a_wrong_base_is_one_line(salvaged):
 
 
 def test_recorded_base_hashes_come_from_a_prune_too(tmp_path):
-    from surgeon.prune import PruneOptions, prune
+    from surgeon.prune import prune
 
-    out = prune(TRAINED, tmp_path / "p", PruneOptions(layers="0-1")).output
+    out = prune(TRAINED, tmp_path / "p", tiny_prune_options(layers="0-1")).output
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["base"]["shards"] == {SHARD1: sha(TRAINED / SHARD1), SHARD2: sha(TRAINED / SHARD2)}
     assert set(manifest["written"]["files"]) >= {"config.json", "tokenizer.json", "model.safetensors.index.json"}
