@@ -332,25 +332,30 @@ def _render_inspect(data: dict, verbose: bool, console) -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Tokenizer folder for the canary and prune (default: the base's own).",
 )
+@click.option(
+    "--eval-text",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Text the eval (e) scores plans on (default: the bundled held-out text; the demo pair: its training text).",
+)
 @debug_option
 @handle_errors
-def tui(base, candidate, tokenizer, debug) -> None:
-    """Interactive diff, rollback plan, canary, prune and write over BASE and CANDIDATE.
+def tui(base, candidate, tokenizer, eval_text, debug) -> None:
+    """Interactive diff, rollback plan, canary, eval, prune and write over BASE and CANDIDATE.
 
     With no arguments it opens the bundled demo pair: the tiny trained model and its
     all-layers prune, whose canary fails.
     """
     from surgeon.checkpoint import open_checkpoint
-    from surgeon.demo import DEMO_CANDIDATE, FIXTURE
+    from surgeon.demo import DEMO_CANDIDATE, DEMO_TEXT, FIXTURE
 
     if (base is None) != (candidate is None):
         raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
-    if base is None:
-        base, candidate = str(FIXTURE), str(DEMO_CANDIDATE)
+    if base is None:  # the tiny model knows only its training text: English prose is noise to it
+        base, candidate, eval_text = str(FIXTURE), str(DEMO_CANDIDATE), eval_text or DEMO_TEXT
     roots = [open_checkpoint(path).root for path in (base, candidate)]  # bad input: one line, before the screen
     from tui.app import SurgeonApp
 
-    SurgeonApp(*roots, tokenizer=tokenizer).run()
+    SurgeonApp(*roots, tokenizer=tokenizer, eval_text=eval_text).run()
 
 
 def _register_commands() -> None:

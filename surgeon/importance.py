@@ -22,9 +22,8 @@ from surgeon.adapters import LayerSpec
 from surgeon.errors import SurgeonError
 from surgeon.heal import norm_scores, recon_scores
 from surgeon.parallel import StopCheck, check_stop
+from surgeon.prune_options import IMPORTANCE  # noqa: F401  (the methods, named once with the options)
 from surgeon.stream import Batch, LayerStream
-
-IMPORTANCE = ("recon", "norm", "loo-nll")
 
 
 def gram_scores(kind: str, weight: torch.Tensor, gram: torch.Tensor, spec: LayerSpec, ridge_rel: float):

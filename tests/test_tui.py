@@ -23,13 +23,16 @@ from tests.helpers import sha
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 
 
+EVAL_TOKENS = 256  # the eval's token budget in tests: a few seconds for the 9 plans of the demo pair
+
+
 def run_app(flow, size=(100, 36), base=BASE, candidate=CANDIDATE, hashed=True):
     """Start the app on the pair, wait for the hashing to finish (unless `hashed` is False),
     then run `flow(app, pilot)`."""
     from tui.app import SurgeonApp
 
     async def main():
-        app = SurgeonApp(base, candidate)
+        app = SurgeonApp(base, candidate, eval_tokens=EVAL_TOKENS)
         async with app.run_test(size=size) as pilot:
             if hashed:
                 await settle(app, pilot)
@@ -200,7 +203,7 @@ def test_toggle_a_range_space_undo_redo():
         assert "1 stay byte-identical" in summary
         rows = table_rows(app.query_one("#plan-map"))
         assert [r[1] for r in rows] == ["candidate"] * 4 + ["base"] * 4
-        assert rows[5][2] == "↺"
+        assert rows[5][2] == "-" and rows[5][3] == "↺"  # KL alone not measured yet; q_proj rolled back
         await pilot.press("escape")  # back to the map
         await pilot.press("home", "space")  # layer 0 goes back too
         assert app.plan.keep == [1, 2, 3]
@@ -309,6 +312,139 @@ def test_cancel_a_running_canary(monkeypatch):
     run_app(flow)
 
 
+def test_eval_shows_the_plan_and_each_layer_alone(monkeypatch):
+    """e scores the plan and each changed layer alone in one pass; the numbers belong to
+    exactly that plan, and the per-layer costs are measured once per pair."""
+    from surgeon.evaluate import EvalSession
+
+    calls = []
+    real = EvalSession.evaluate_plans
+
+    def counted(self, plans):
+        plans = [list(plan) for plan in plans]
+        calls.append(plans)
+        return real(self, plans)
+
+    monkeypatch.setattr(EvalSession, "evaluate_plans", counted)
+
+    async def flow(app, pilot):
+        await pilot.press("3")
+        assert "eval: not evaluated (press e)" in text_of(app, "#plan-eval")
+        assert "KL alone: not evaluated (press e)" in text_of(app, "#plan-costs")
+        await pilot.press("e")
+        await settle(app, pilot)
+        assert calls == [[list(range(8)), *[[n] for n in range(8)]]]
+        full = app.eval_reports[frozenset(range(8))]
+        assert 0 < full["tokens"] < EVAL_TOKENS  # the app's token budget reached the engine
+        shown = text_of(app, "#plan-eval")
+        assert f"ppl x{full['ppl_ratio']:.4f}  KL {full['kl_mean']:.4f}  p99 {full['kl_p99']:.4f}" in shown
+        assert f"top-1 {full['top1']:.1%}" in shown and f"({full['tokens']} tokens)" in shown
+
+        kl = app.layer_kl
+        assert sorted(kl) == list(range(8)) and all(value > 0 for value in kl.values())
+        assert max(kl, key=kl.get) == 0  # the demo's costly layer
+        costliest = sorted(kl, key=kl.get, reverse=True)
+        listed = text_of(app, "#plan-costs").removeprefix("KL alone: costliest first ").split(", ")
+        assert [int(item.split()[0]) for item in listed] == costliest
+        rows = table_rows(app.query_one("#plan-map"))
+        assert [r[2].split()[0] for r in rows] == [f"{kl[n]:.4f}" for n in range(8)]
+        assert rows[0][2] == f"{kl[0]:.4f} ██████"  # the costliest layer's bar is full
+        assert all(len(r[2].strip()) < len(rows[0][2]) for r in rows[4:])  # cheap layers: a short bar or none
+
+        await pilot.press("home", "space")  # layer 0 goes back to the base: a plan not yet evaluated
+        assert app.plan.keep == list(range(1, 8))
+        assert "eval: not evaluated (press e)" in text_of(app, "#plan-eval")
+        assert text_of(app, "#plan-costs").startswith("KL alone: costliest first 0 ")  # per layer: still known
+        assert "eval: not evaluated (press e)" in text_of(app, "#canary-status")
+        session = app.eval_session
+        await pilot.press("e")
+        await settle(app, pilot)
+        assert calls[1:] == [[list(range(1, 8))]] and app.eval_session is session  # only the new plan
+        rest = app.eval_reports[frozenset(range(1, 8))]
+        assert f"KL {rest['kl_mean']:.4f}" in text_of(app, "#plan-eval")
+        assert rest["kl_mean"] < full["kl_mean"]
+        await pilot.press("4")
+        assert f"eval: ppl x{rest['ppl_ratio']:.4f}  KL {rest['kl_mean']:.4f}" in text_of(app, "#canary-status")
+
+        await pilot.press("ctrl+z")  # back to every layer: its numbers at once, no job
+        assert app.job is None and f"KL {full['kl_mean']:.4f}" in text_of(app, "#canary-status")
+        await pilot.press("e")  # already known
+        await settle(app, pilot)
+        assert len(calls) == 2
+
+    run_app(flow)
+
+
+def test_cancel_a_running_eval(monkeypatch):
+    from surgeon.evaluate import EvalSession
+
+    real = EvalSession.evaluate_plans
+
+    async def flow(app, pilot):
+        entered, release = hold(monkeypatch, EvalSession, "evaluate_plans")
+        await pilot.press("e")
+        await asyncio.to_thread(entered.wait, 30)
+        await pilot.pause(0.3)
+        assert text_of(app, "#job-label").startswith("eval")
+        await pilot.press("x")
+        release.set()
+        await settle(app, pilot)
+        assert app.eval_reports == {} and app.layer_kl is None
+        assert app.screen.__class__.__name__ != "MessageDialog"  # a cancel is not an error
+        assert "not evaluated (press e)" in text_of(app, "#plan-eval")
+        monkeypatch.setattr(EvalSession, "evaluate_plans", real)
+        await pilot.press("e")  # the same session, usable after a cancel
+        await settle(app, pilot)
+        assert frozenset(range(8)) in app.eval_reports and sorted(app.layer_kl) == list(range(8))
+
+    run_app(flow)
+
+
+def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
+    async def flow(app, pilot):
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Evaluate plan", "Auto plan by quality budget"} <= titles
+        app.action_budget_plan()
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "BudgetDialog"
+        await type_into(pilot, "#budget-kl", "much")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "BudgetDialog" and app.job is None  # refused in the dialog
+        await type_into(pilot, "#budget-kl", "0.05")
+        await pilot.press("enter")
+        await settle(app, pilot)
+
+        steps, keep = app.auto_steps, app.plan.keep
+        assert (steps[0].how, steps[0].layers, steps[0].passed) == ("all", list(range(8)), False)
+        assert sorted(s.layers[0] for s in steps if s.how == "alone") == list(range(8))
+        assert keep and 0 not in keep  # the costly layer goes back to the base
+        assert app.eval_reports[frozenset(keep)]["kl_mean"] <= 0.05
+        assert (steps[-1].how, steps[-1].layers, steps[-1].passed) == ("canary", keep, True)
+        found = text_of(app, "#canary-auto-steps")
+        assert "last budget search (KL <= 0.05; found keep" in found and "8 layers alone" in found
+        assert "eval: ppl x" in text_of(app, "#plan-eval")  # the plan it found has its numbers
+
+        manifest = await write_plan(app, pilot, tmp_path / "budget")
+        record, quality = manifest["salvage"], manifest["quality"]
+        assert record["kept_layers"] == keep
+        assert [s["how"] for s in record["auto"]] == [s.how for s in steps]
+        assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
+        assert quality["eval"] == app.eval_reports[frozenset(keep)]
+        assert quality["layer_kl"] == {str(n): app.layer_kl[n] for n in range(8)}
+        assert quality["text"]["source"] == "bundled:heldout"
+
+        app.plan.keep_only("0,2")  # a plan not evaluated: the manifest claims no quality for it
+        app.refresh_plan()
+        assert "quality" not in await write_plan(app, pilot, tmp_path / "unmeasured")
+        await pilot.press("e")
+        await settle(app, pilot)
+        quality = (await write_plan(app, pilot, tmp_path / "measured"))["quality"]
+        assert quality["budget"] is None and quality["eval"] == app.eval_reports[frozenset({0, 2})]
+
+    run_app(flow)
+
+
 def test_write_and_verify(tmp_path):
     output = tmp_path / "salvaged"
 
@@ -364,8 +500,9 @@ def test_write_records_the_plans_canary_and_the_auto_search(tmp_path):
         found, steps = app.plan.keep, app.auto_steps
         record = (await write_plan(app, pilot, tmp_path / "auto"))["salvage"]
         assert record["kept_layers"] == found
-        assert record["auto"] == [{"layers": s.layers, "passed": s.passed, "how": s.how} for s in steps]
-        assert record["auto"][0] == {"layers": list(range(8)), "passed": False, "how": "prefix"}
+        none = {"kl_mean": None, "ppl_ratio": None}  # a canary search measures no eval numbers
+        assert record["auto"] == [{"layers": s.layers, "passed": s.passed, "how": s.how, **none} for s in steps]
+        assert record["auto"][0] == {"layers": list(range(8)), "passed": False, "how": "prefix", **none}
         known = app.canary_reports.get(frozenset(found))  # the empty plan is the base: never run
         assert record["canary_before"] == (known.to_json() if known is not None else None)
         assert not found or record["canary_before"]["passed"]  # the search keeps only a plan that passed
@@ -485,8 +622,8 @@ def test_prune_streams_layers_and_opens_the_result(tmp_path):
         await pilot.press("y")
         await settle(app, pilot)  # the new pair's hashing
         rows = table_rows(app.query_one("#prune-progress"))
-        assert [r[0] for r in rows] == [str(n) for n in range(8)]
-        assert [r[1] for r in rows] == ["pruned"] * 2 + ["forward only"] * 6
+        assert [r[0] for r in rows] == ["0", "1"]  # no layer after the last pruned one runs
+        assert [r[1] for r in rows] == ["pruned"] * 2
         assert all(len(r[2].split(",")) == 2 for r in rows[:2])  # 2 of 8 heads each
         assert all(0 < float(r[3]) < 1 for r in rows[:2])
         assert app.candidate == output
@@ -605,6 +742,12 @@ def test_usable_at_80x24():
         assert layer_map.virtual_size.width <= 80
         await pilot.press("3")
         assert app.query_one("#plan-map").size.height >= 5
+        await pilot.press("e")
+        await settle(app, pilot)
+        plan_map = app.query_one("#plan-map")
+        assert plan_map.size.height >= plan_map.row_count + 1  # every layer and its KL, with the header
+        assert plan_map.virtual_size.width <= 80
+        assert app.query_one("#plan-costs").size.height == 1
         await pilot.press("c")
         await settle(app, pilot)
         assert app.query_one("#canary-scroll").size.height >= 8

@@ -19,7 +19,7 @@ from textual.widgets import Footer, Header, Label, ProgressBar, Static, TabbedCo
 from textual.worker import Worker, WorkerState
 
 from surgeon.text import inert
-from tui.dialogs import ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
+from tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
 from tui.jobs import Job
 from tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
 
@@ -31,6 +31,10 @@ FOCUS = {
     "prune": "#prune-progress",
 }
 TYPE_HERE = {"tensors": "#filter-text", "plan": "#plan-range", "prune": "#prune-output"}
+# Teacher-forced eval in the TUI: a small token budget, so that the plan and each changed
+# layer alone are scored in seconds on a tiny model (30 s for 9 plans of the 8-layer demo at
+# 2048 tokens on a busy 2-core CPU) and in minutes on a 135M one; `surgeon eval` does more.
+EVAL_TOKENS = 2048
 # What the TUI adds to an engine error that another option would fix (the CLI adds "; pass --x").
 TUI_HINTS = {"tokenizer": "\n\nStart the TUI with `surgeon tui --tokenizer DIR` to use another tokenizer."}
 
@@ -40,7 +44,8 @@ CSS = """
 #job-label { width: auto; max-width: 40; padding: 0 1; }
 #job-progress { width: 1fr; }
 #job-hint { width: auto; padding: 0 1; color: $text-muted; }
-#summary, #plan-summary, #canary-status, #canary-auto-steps, #tensor-count { height: auto; padding: 0 1; }
+#plan-costs { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+#summary, #plan-summary, #plan-eval, #canary-status, #canary-auto-steps, #tensor-count { height: auto; padding: 0 1; }
 .section { padding: 0 1; text-style: bold; }
 #overview-body { height: 1fr; }
 #layer-map { height: 1fr; min-height: 5; }
@@ -92,6 +97,7 @@ class SurgeonApp(App):
         Binding("5", "show_tab('prune')", "Prune", show=False),
         Binding("c", "canary", "Canary"),
         Binding("a", "auto_plan", "Auto"),
+        Binding("e", "eval", "Eval"),
         Binding("w", "write", "Write"),
         Binding("x", "cancel_job", "Cancel job", show=False),
         Binding("ctrl+z", "undo", "Undo"),
@@ -104,10 +110,19 @@ class SurgeonApp(App):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, base: Path, candidate: Path, tokenizer: Path | None = None):
+    def __init__(
+        self,
+        base: Path,
+        candidate: Path,
+        tokenizer: Path | None = None,
+        eval_tokens: int = EVAL_TOKENS,
+        eval_text: Path | None = None,
+    ):
         super().__init__()
         self.base, self.candidate = Path(base), Path(candidate)
         self.tokenizer = Path(tokenizer) if tokenizer else None  # default: the base's own
+        self.eval_tokens = eval_tokens
+        self.eval_text = Path(eval_text) if eval_text else None  # default: the bundled held-out text
         self.report = None
         self.plan = None
         self.composed = None  # the canary's in-memory model, built once per candidate
@@ -116,6 +131,15 @@ class SurgeonApp(App):
         self.last_output: Path | None = None  # the write dialog offers the last folder again
         self.auto_steps: list = []  # the last auto search's canary runs, shown on the Canary tab
         self.auto_found: frozenset[int] | None = None  # the layers that search found
+        self.auto_budget = None  # the QualityBudget of the last search, None for a canary search
+        self._reset_eval()
+
+    def _reset_eval(self) -> None:
+        """Eval results belong to one pair: a new candidate starts with none."""
+        self.eval_session = None  # EvalSession over the pair, made by the first eval job
+        self.eval_reports: dict[frozenset[int], dict] = {}  # kept layers -> eval summary
+        self.layer_kl: dict[int, float | None] | None = None  # each changed layer's KL alone
+        self.eval_record: dict | None = None  # the eval text, as the manifest's quality record names it
 
     # --- layout -------------------------------------------------------------------------
 
@@ -136,7 +160,7 @@ class SurgeonApp(App):
                 yield CanaryPane()
             with TabPane("5 Prune", id="prune"):
                 yield PrunePane()
-        yield Footer()
+        yield Footer(compact=True)  # every key of the footer fits 80 columns
 
     def on_mount(self) -> None:
         self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
@@ -175,14 +199,23 @@ class SurgeonApp(App):
     def refresh_plan(self) -> None:
         if self.report is None:
             return
-        from tui.views import layer_rows
+        from tui.views import eval_text, layer_rows
 
         summary, rows = self.plan.summary(), layer_rows(self.report, self.plan)
+        plan_eval = self.eval_reports.get(self.plan_key())
         self.query_one(OverviewPane).show(self.report, rows)
-        self.query_one(PlanPane).show(rows, summary, self.candidate.name)
+        self.query_one(PlanPane).show(rows, summary, self.candidate.name, plan_eval, self.layer_kl)
         self.query_one(TensorsPane).show(self.report, set(summary.from_candidate))
         canary = self.query_one(CanaryPane)
-        canary.show(f"keep {summary.keep_text}", self.canary_reports.get(self.plan_key()), self.auto_steps)
+        report = self.canary_reports.get(self.plan_key())
+        canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval))
+
+    def _steps_text(self):
+        from tui.views import auto_steps_text, budget_steps_text
+
+        if self.auto_budget is None:
+            return auto_steps_text(self.auto_steps)
+        return budget_steps_text(self.auto_steps, sorted(self.auto_found or ()), self.auto_budget.text())
 
     def plan_key(self) -> frozenset[int]:
         return frozenset(self.plan.keep)
@@ -342,10 +375,124 @@ class SurgeonApp(App):
     def _auto_done(self, plan) -> None:
         from surgeon.layers import layer_ranges
 
-        self.auto_steps, self.auto_found = plan.steps, frozenset(plan.keep)
+        self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), None
         self.plan.set_keep(plan.keep)
         self.refresh_plan()
         self.notify(f"{len(plan.steps)} canary runs; keeping layers {layer_ranges(plan.keep) or 'none'}", timeout=6)
+
+    # --- eval ---------------------------------------------------------------------------
+
+    def action_eval(self) -> None:
+        """Teacher-forced eval of the current plan against the base, and (once per pair) of
+        each changed layer alone: which layers cost quality. In memory; nothing is written."""
+        if not self._need_report():
+            return
+        key = self.plan_key()
+        if key in self.eval_reports and self.layer_kl is not None:
+            self.notify("This plan's eval is already known", timeout=2)
+            return
+
+        def work(job: Job):
+            session = self._eval_session(job)
+            alone = [[layer] for layer in sorted(session.changed_layers)] if self.layer_kl is None else []
+            return self._evaluate(session, [sorted(key), *alone])
+
+        self.start_job("eval", work, lambda found: self._evaluated(key, found))
+
+    def _eval_session(self, job: Job):
+        """The pair's EvalSession, made by the first eval job: its windows and the base's
+        stream are reused by every later call. It reports to the job that is using it."""
+        if self.eval_session is None:
+            from surgeon.evaluate import EvalOptions, EvalSession
+
+            job.progress.start("loading the eval text", 0)
+            tokenizer = str(self.tokenizer) if self.tokenizer else None
+            text = str(self.eval_text) if self.eval_text else None
+            options = EvalOptions(
+                text=text, max_tokens=self.eval_tokens, device="auto", dtype="auto", tokenizer=tokenizer
+            )
+            self.eval_session = EvalSession(self.base, self.candidate, options)
+        self.eval_session.progress, self.eval_session.cancel = job.progress, job.cancel
+        return self.eval_session
+
+    def _evaluate(self, session, plans: list[list[int]], known: dict | None = None) -> dict[frozenset[int], dict]:
+        """Summaries of the plans not yet known (here or in `known`), scored in one
+        layer-major pass. It runs in the worker, so it only reads the app's results; the
+        job's `done` stores them."""
+        changed = set(session.changed_layers)
+        keys = list(dict.fromkeys(frozenset(plan) & changed for plan in plans))
+        missing = [k for k in keys if k not in self.eval_reports and k not in (known or {})]
+        reports = session.evaluate_plans([sorted(k) for k in missing])
+        return {k: report.summary() for k, report in zip(missing, reports, strict=True)}
+
+    def _store_eval(self, found: dict[frozenset[int], dict]) -> None:
+        self.eval_reports.update(found)
+        session = self.eval_session
+        changed = sorted(session.changed_layers)
+        self.eval_record = dict(session.text)
+        if self.layer_kl is None and all(frozenset({n}) in self.eval_reports for n in changed):
+            self.layer_kl = {n: self.eval_reports[frozenset({n})].get("kl_mean") for n in changed}
+
+    def _evaluated(self, key: frozenset[int], found: dict[frozenset[int], dict]) -> None:
+        """Shows the results; `key` is the plan evaluated, which the user may have changed since."""
+        from surgeon.layers import layer_ranges
+        from tui.views import eval_numbers, kl_format, kl_order
+
+        self._store_eval(found)
+        self.refresh_plan()
+        message = f"Keep {layer_ranges(key) or 'none'}: {eval_numbers(self.eval_reports[key])}"
+        if self.layer_kl:
+            worst = max(self.layer_kl, key=lambda n: kl_order(self.layer_kl[n]))
+            message += f"\nLayer {worst} costs most alone (KL {kl_format(self.layer_kl[worst])})"
+        self.notify(message, timeout=6)
+
+    def action_budget_plan(self) -> None:
+        """Auto plan by a quality budget: the largest set of changed layers whose composed
+        model stays within the budget on the eval text, confirmed by the canary."""
+        if self._need_report():
+            self.push_screen(BudgetDialog(), self._budget_chosen)
+
+    def _budget_chosen(self, limits) -> None:
+        if limits is None:
+            return
+        from surgeon.errors import SurgeonError
+        from surgeon.salvage import QualityBudget
+
+        budget = QualityBudget(*limits)
+        try:
+            budget.validate()
+        except SurgeonError as exc:
+            self.show_error("Quality budget", str(exc))
+            return
+        self.action_show_tab("plan")
+
+        def work(job: Job):
+            from surgeon.salvage import budget_plan
+
+            session, composed = self._eval_session(job), self._composed_canary(job)
+            found: dict[frozenset[int], dict] = {}
+
+            def evaluate(plans):
+                found.update(self._evaluate(session, plans, found))
+                known = {**self.eval_reports, **found}
+                return [known[frozenset(plan) & set(session.changed_layers)] for plan in plans]
+
+            def passes(layers) -> bool:
+                return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
+
+            return budget_plan(sorted(session.changed_layers), evaluate, budget, passes), found, budget
+
+        self.start_job("budget plan", work, self._budget_done)
+
+    def _budget_done(self, result) -> None:
+        from surgeon.layers import layer_ranges
+
+        plan, found, budget = result
+        self._store_eval(found)
+        self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), budget
+        self.plan.set_keep(plan.keep)
+        self.refresh_plan()
+        self.notify(f"{budget.text()}: keeping layers {layer_ranges(plan.keep) or 'none'}", timeout=6)
 
     # --- write --------------------------------------------------------------------------
 
@@ -356,11 +503,12 @@ class SurgeonApp(App):
         if summary.problems:
             self.show_error("Cannot write this pair", "\n".join(summary.problems))
             return
-        from tui.views import plan_text
+        from tui.views import eval_text, plan_text
 
         default = self.last_output or Path.cwd() / f"{self.candidate.name}-salvaged"
         description = plan_text(summary, self.candidate.name)
         description.append("\n").append_text(self._canary_note())
+        description.append("\n").append_text(eval_text(self.eval_reports.get(self.plan_key())))
         inputs = [self.base, self.candidate]
         self.push_screen(WriteDialog(default, description, inputs), self._write_confirmed)
 
@@ -381,7 +529,7 @@ class SurgeonApp(App):
         self.last_output = output
         base, candidate, keep = self.base, self.candidate, self.plan.keep
         keep_non_layer = self.plan.state.keep_non_layer
-        canary_before, auto_steps = self._write_record()
+        canary_before, auto_steps, quality = self._write_record()
 
         def work(job: Job):
             from surgeon.salvage import salvage
@@ -398,19 +546,34 @@ class SurgeonApp(App):
                 auto_steps=auto_steps,
                 cancel=job.cancel,
                 progress=job.progress,
+                quality=quality,
             )
             job.progress.start("verifying", 0)
             return verify(output, base)
 
         self.start_job("write", work, self._written)
 
-    def _write_record(self) -> tuple[dict | None, list | None]:
+    def _write_record(self) -> tuple[dict | None, list | None, dict | None]:
         """What the manifest records, as `salvage --auto` does: the canary this plan passed
-        or failed here (None only if it was not run on it), and the auto search's steps if
-        that search found this plan."""
-        report = self.canary_reports.get(self.plan_key())
-        found = self.auto_found is not None and self.auto_found == self.plan_key()
-        return (report.to_json() if report is not None else None), (list(self.auto_steps) if found else None)
+        or failed here (None only if it was not run on it), the auto search's steps if that
+        search found this plan, and the plan's eval (with the budget it was searched under)
+        if it was evaluated here."""
+        key = self.plan_key()
+        report = self.canary_reports.get(key)
+        found = self.auto_found is not None and self.auto_found == key
+        steps = list(self.auto_steps) if found else None
+        summary = self.eval_reports.get(key)
+        if summary is None:
+            return (report.to_json() if report is not None else None), steps, None
+        budget = self.auto_budget if found else None
+        quality = {  # the record `salvage --auto --max-kl` writes, read back by the model card
+            "how": "surgeon tui: the kept plan, composed in memory",
+            "budget": {"max_kl": budget.max_kl, "max_ppl_ratio": budget.max_ppl_ratio} if budget else None,
+            "text": self.eval_record,
+            "eval": summary,
+            "layer_kl": {str(k): v for k, v in (self.layer_kl or {}).items()},
+        }
+        return (report.to_json() if report is not None else None), steps, quality
 
     def _written(self, report) -> None:
         from surgeon.render_recover import verify_text
@@ -468,6 +631,8 @@ class SurgeonApp(App):
         self.candidate = candidate
         self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
         self.report, self.plan, self.composed, self.auto_steps, self.auto_found = None, None, None, [], None
+        self.auto_budget = None
+        self._reset_eval()
         self.action_show_tab("overview")
         self.load_pair()
 
@@ -561,6 +726,12 @@ class SurgeonApp(App):
             ("Prune tab", "Prune the base into a new candidate", lambda: self.action_show_tab("prune")),
             ("Run canary", "Canary on the current plan, in memory", self.action_canary),
             ("Auto plan", "Search the largest set of layers that passes the canary", self.action_auto_plan),
+            ("Evaluate plan", "Perplexity, KL and top-1 of the plan and of each layer alone (e)", self.action_eval),
+            (
+                "Auto plan by quality budget",
+                "The largest set of layers within a KL budget, confirmed by the canary",
+                self.action_budget_plan,
+            ),
             ("Write plan", "Write the current plan to a folder and verify it", self.action_write),
             ("Start prune", "Prune the base with the Prune tab's options", self.action_prune),
             ("Roll back a layer range", "Type layers such as 4-59 on the Plan tab", self._range_box),
@@ -568,7 +739,7 @@ class SurgeonApp(App):
             ("Undo plan change", "Undo the last rollback-plan change", self.action_undo),
             ("Redo plan change", "Redo a rollback-plan change", self.action_redo),
             ("Toggle non-layer tensors", "Embeddings, final norm, lm_head", self.action_toggle_non_layer),
-            ("Cancel job", "Stop the running hash, canary, prune or write", self.action_cancel_job),
+            ("Cancel job", "Stop the running hash, canary, eval, prune or write", self.action_cancel_job),
             ("Rehash", "Hash and compare base and candidate again (r)", self.action_rehash),
             ("Help", "Keys and symbols", self.action_help),
         ]

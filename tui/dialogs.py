@@ -140,6 +140,63 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
         self.dismiss(None)
 
 
+class BudgetDialog(ModalScreen["tuple[float | None, float | None] | None"]):
+    """The quality budget of an auto plan: a mean KL and, optionally, a perplexity ratio.
+    Returns (max_kl, max_ppl_ratio), an empty box being None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, max_kl: str = "0.05"):
+        super().__init__(classes="dialog-screen")
+        self.max_kl = max_kl
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Auto plan by quality budget", id="dialog-title")
+            yield Static(
+                "Keep the largest set of changed layers whose composed model stays within the budget "
+                "on the eval text, then confirm it with the canary. Layers are added cheapest first.",
+                id="budget-description",
+            )
+            yield Label("Max mean KL per token (nats)")
+            yield Input(self.max_kl, id="budget-kl")
+            yield Label("Max perplexity ratio (empty: no limit)")
+            yield Input("", placeholder="e.g. 1.02", id="budget-ppl")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Search", id="search", variant="success")
+                yield Button("Cancel", id="cancel")
+        yield Footer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "search":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._submit()
+
+    def _submit(self) -> None:
+        limits = []
+        for box, what, low in (("#budget-kl", "the KL", 0.0), ("#budget-ppl", "the perplexity ratio", 1.0)):
+            text = self.query_one(box, Input).value.strip()
+            try:
+                value = float(text) if text else None
+            except ValueError:
+                value = -1.0
+            if value is not None and not low <= value < float("inf"):
+                self.notify(f"{what}: give a number >= {low:g}, or leave it empty", severity="error", markup=False)
+                return
+            limits.append(value)
+        if limits == [None, None]:
+            self.notify("Give a KL or a perplexity ratio", severity="error")
+            return
+        self.dismiss(tuple(limits))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 def _folder_note(folder: Path) -> str:
     if not folder.is_dir():
         return "It is a file, not a folder."
@@ -166,6 +223,7 @@ layers to keep, check the choice with the canary, and write it.
 | `s` | on the Tensors tab: next sort order (or click a column header) |
 | `c` | run the canary on the current plan (in memory, nothing written) |
 | `a` | auto plan: the largest set of changed layers that passes the canary |
+| `e` | eval the plan against the base (perplexity ratio, KL, top-1), and each changed layer alone |
 | `w` | write the plan to a folder, then verify it |
 | `x` | cancel the running job |
 | `r` | hash and compare the pair again (after a cancelled hashing, say) |
@@ -177,6 +235,9 @@ layers to keep, check the choice with the canary, and write it.
 Layer map: `·` identical, `●` changed, `H` heads zeroed, `↺` rolled back to base, blank: the
 layer has no such tensor (Gemma 4's full layers have no `v_proj`: k = v). "zeroed heads"
 lists the query heads that are all zeros in the candidate, by index (`#0` is the first).
+"KL alone" (Plan tab) is each changed layer's cost measured alone: the mean KL(base ‖ base +
+that layer) per token of the bundled held-out text, with a bar scaled to the costliest layer.
+The command palette's "Auto plan by quality budget" keeps the largest set within a KL budget.
 Shard verdicts come from file SHA256s: identical, header-only, changed. Other files (config,
 tokenizer, manifest) are listed beside them at 120 columns and wider; the summary line names
 any that differ at every width. The canary and prune use the base's tokenizer unless

@@ -14,24 +14,40 @@ from tui import views
 
 
 class LayerMap(DataTable):
-    """One row per layer; space keeps the layer from the candidate or rolls it back."""
+    """One row per layer; space keeps the layer from the candidate or rolls it back. The
+    Plan tab's map also shows each changed layer's KL measured alone (`kl_column`)."""
 
     BINDINGS = [Binding("space", "toggle", "Toggle")]
+
+    def __init__(self, kl_column: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.kl_column = kl_column
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = True
         self.add_column("layer", key="layer")
         self.add_column("from", key="from", width=9)
+        if self.kl_column:
+            self.add_column("KL alone", key="kl", width=6 + 1 + views.BAR_WIDTH)
         for column in views.MAP_COLUMNS:
             self.add_column(column, key=column)
         self.add_column("zeroed heads", key="heads")
 
-    def show(self, rows: list[views.LayerRow]) -> None:
+    def show(self, rows: list[views.LayerRow], layer_kl: dict[int, float | None] | None = None) -> None:
         row_index = self.cursor_row
         self.clear()
+        largest = max((kl for kl in (layer_kl or {}).values() if kl is not None), default=0.0)
         for row in rows:
-            self.add_row(*views.layer_cells(row), key=str(row.layer))
+            cells = views.layer_cells(row)
+            if self.kl_column:
+                if row.source == "identical" or (layer_kl is not None and row.layer not in layer_kl):
+                    kl = Text("")
+                else:
+                    measured = layer_kl is not None
+                    kl = views.kl_cell(layer_kl.get(row.layer) if measured else None, largest, measured)
+                cells.insert(2, kl)
+            self.add_row(*cells, key=str(row.layer))
         if rows:
             self.move_cursor(row=min(row_index, len(rows) - 1))
 
@@ -194,16 +210,22 @@ class TensorsPane(Vertical):
 class PlanPane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("Hashing both checkpoints...", id="plan-summary")
+        yield Static("", id="plan-eval")
+        yield Static("", id="plan-costs")  # one line, cut at the screen's edge: the map has every value
         with Horizontal(id="plan-controls"):
             yield Input(placeholder="layers, e.g. 4-59", id="plan-range")
             yield Button("Roll back", id="plan-roll-back", variant="primary")
             yield Button("Keep", id="plan-restore")
             yield Button("Keep only", id="plan-keep-only")
-        yield LayerMap(id="plan-map")
+        yield LayerMap(kl_column=True, id="plan-map")
 
-    def show(self, rows: list[views.LayerRow], summary, candidate_name: str) -> None:
+    def show(self, rows: list[views.LayerRow], summary, candidate_name: str, plan_eval=None, layer_kl=None) -> None:
+        """`plan_eval`: this plan's eval summary, None when not evaluated; `layer_kl`: each
+        changed layer's KL alone, None before it is measured."""
         self.query_one("#plan-summary", Static).update(views.plan_text(summary, candidate_name))
-        self.query_one("#plan-map", LayerMap).show(rows)
+        self.query_one("#plan-eval", Static).update(views.eval_text(plan_eval))
+        self.query_one("#plan-costs", Static).update(views.layer_cost_text(layer_kl))
+        self.query_one("#plan-map", LayerMap).show(rows, layer_kl)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Enter rolls the range back and returns to the map, where single keys work again."""
@@ -236,18 +258,22 @@ class CanaryPane(Vertical):
         elif event.button.id == "canary-cancel":
             self.app.action_cancel_job()
 
-    def show(self, plan_label: str, report, auto_steps=()) -> None:
+    def show(self, plan_label: str, report, auto_steps=(), plan_eval: Text | None = None) -> None:
+        """`auto_steps`: the last search's steps as Text, or a canary search's steps;
+        `plan_eval`: the plan's eval line, shown under the verdict."""
         from surgeon.render_recover import canary_verdict
 
-        self.query_one("#canary-auto-steps", Static).update(views.auto_steps_text(auto_steps))
+        steps = auto_steps if isinstance(auto_steps, Text) else views.auto_steps_text(auto_steps)
+        self.query_one("#canary-auto-steps", Static).update(steps)
         status = self.query_one("#canary-status", Static)
         result = self.query_one("#canary-result", Static)
         if report is None:
-            status.update(Text(f"Plan {plan_label}: no canary run yet. c: run it in memory; a: auto plan search."))
+            line = Text(f"Plan {plan_label}: no canary run yet. c: run it in memory; a: auto plan search.")
             result.update("")
-            return
-        status.update(Text.assemble(f"Plan {plan_label}: ", canary_verdict(report)))
-        result.update(views.canary_blocks(report))
+        else:
+            line = Text.assemble(f"Plan {plan_label}: ", canary_verdict(report))
+            result.update(views.canary_blocks(report))
+        status.update(line.append("\n").append_text(plan_eval) if plan_eval is not None else line)
 
 
 IMPORTANCE_CHOICES = [(name, name) for name in ("recon", "norm", "loo-nll")]

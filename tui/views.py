@@ -185,7 +185,8 @@ def canary_blocks(report):
         head = Text()
         head.append("pass " if p.passed else "FAIL ", style="bold green" if p.passed else "bold red")
         head.append(inert_lines(p.prompt), style="bold")
-        checks = f"drift {p.drift:.2f}  self/base {p.self_ratio:.2f}  repetition {p.repetition:.2f}  "
+        checks = f"drift {p.drift:.2f}  self/base {p.self_ratio:.2f}  "
+        checks += f"repetition {p.repetition:.2f} (base {p.base_repetition:.2f})  "
         checks += f"agreement {p.agreement}  tokens {p.tokens}"
         head.append(f"\n  {checks}", style="dim")
         if p.failures:
@@ -214,3 +215,105 @@ def auto_steps_text(steps) -> Text:
         text.append(f"{step.how} {layer_ranges(step.layers) or 'none'} ")
         text.append("pass" if step.passed else "fail", style="green" if step.passed else "red")
     return text
+
+
+# --- teacher-forced eval -----------------------------------------------------------------
+
+NOT_EVALUATED = "not evaluated (press e)"
+BAR_WIDTH = 6
+BAR_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def eval_numbers(summary: dict) -> str:
+    """A plan's eval against the base on one line, in the CLI's formats."""
+
+    def number(key: str, form: str) -> str:
+        value = summary.get(key)
+        return "n/a" if value is None else format(value, form)  # null: the logits overflowed
+
+    return (
+        f"ppl x{number('ppl_ratio', '.4f')}  KL {number('kl_mean', '.4f')}  "
+        f"p99 {number('kl_p99', '.4f')}  top-1 {number('top1', '.1%')}"
+    )
+
+
+def eval_text(summary: dict | None) -> Text:
+    """ "eval: <numbers> (N tokens)" for the current plan, or that it has not been evaluated."""
+    text = Text("eval: ", style="bold")
+    if summary is None:
+        return text.append(NOT_EVALUATED, style="yellow")
+    return text.append(eval_numbers(summary)).append(f"  ({summary['tokens']} tokens)", style="dim")
+
+
+def layer_cost_text(layer_kl: dict[int, float | None] | None) -> Text:
+    """Each changed layer's KL measured alone, costliest first, on one line (the Plan tab's
+    map shows every layer's value and bar; this names the ones that cost most)."""
+    text = Text("KL alone: ", style="bold", no_wrap=True, overflow="ellipsis")
+    if layer_kl is None:
+        return text.append(NOT_EVALUATED, style="yellow")
+    if not layer_kl:
+        return text.append("the candidate changed no layer", style="dim")
+    ordered = sorted(layer_kl.items(), key=lambda item: (-kl_order(item[1]), item[0]))
+    text.append("costliest first ", style="dim")
+    for n, (layer, kl) in enumerate(ordered):
+        text.append(", " if n else "")
+        text.append(f"{layer}", style="bold").append(f" {kl_format(kl)}")
+    return text
+
+
+def kl_cell(kl: float | None, largest: float, measured: bool) -> Text:
+    """A layer's KL alone as a number and a bar scaled to the costliest layer; blank for a
+    layer the candidate did not change, "-" before the per-layer eval has run."""
+    if not measured:
+        return Text("-", style="dim")
+    if kl is None:
+        return Text("n/a", style="red")
+    eighths = round(BAR_WIDTH * 8 * kl / largest) if largest > 0 else 0
+    bar = "█" * (eighths // 8) + (BAR_EIGHTHS[eighths % 8] if eighths % 8 else "")
+    style = "bold red" if largest > 0 and kl >= largest / 2 else "yellow"
+    return Text.assemble(f"{kl:.4f} ", (bar.ljust(BAR_WIDTH), style))
+
+
+def kl_order(kl: float | None) -> float:
+    return float("inf") if kl is None else kl  # an overflowed layer sorts first: it costs most
+
+
+def kl_format(kl: float | None) -> str:
+    return "n/a" if kl is None else f"{kl:.4f}"
+
+
+def budget_steps_text(steps, found, budget_label: str) -> Text:
+    """The quality-budget search in a few words, short for 60 layers too: the whole
+    candidate, how many layers were measured alone (their values are on the Plan tab), the
+    layers added cheapest first (green within the budget, red over), then the canary."""
+    from surgeon.layers import layer_ranges
+
+    text = Text()
+    if not steps:
+        return text
+    text.append(f"last budget search ({budget_label}; found keep {layer_ranges(found) or 'none'}): ", style="bold")
+    parts = [_budget_step(step) for step in steps if step.how == "all"]
+    alone = sum(step.how == "alone" for step in steps)
+    if alone:
+        parts.append(Text(f"{alone} layers alone"))
+    added, kept, last_kl = Text("added cheapest first:"), set(), None
+    for step in steps:
+        if step.how == "budget":
+            layers = layer_ranges(set(step.layers) - kept) or "none"
+            added.append(f" +{layers}", style="green" if step.passed else "red")
+            if step.passed:
+                kept, last_kl = set(step.layers), step.kl_mean
+    if len(added) > len("added cheapest first:"):
+        parts.append(added.append(f" (KL {last_kl:.4f})" if last_kl is not None else ""))
+    parts.extend(_budget_step(step) for step in steps if step.how == "canary")
+    return text.append_text(Text("; ").join(parts))
+
+
+def _budget_step(step) -> Text:
+    from surgeon.layers import layer_ranges
+
+    text = Text(f"{step.how} {layer_ranges(step.layers) or 'none'} ")
+    if step.how == "canary":
+        return text.append("pass" if step.passed else "fail", style="green" if step.passed else "red")
+    text.append("within" if step.passed else "over", style="green" if step.passed else "red")
+    return text.append(f" (KL {step.kl_mean:.4f})" if step.kl_mean is not None else "")
