@@ -142,7 +142,7 @@ def encode(tokenizer, texts: list[str], max_tokens: int, budget: int | None = No
             if len(piece) >= 2:
                 samples.append(piece)
                 total += len(piece)
-            if budget is not None and total >= budget:
+            if budget is not None and budget - total < 2:  # no sample of two tokens fits any more
                 return samples
     return samples
 

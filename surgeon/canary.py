@@ -27,6 +27,7 @@ import importlib.resources
 import itertools
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -72,6 +73,11 @@ class CanaryOptions:
     bos: str = "auto"  # auto: the tokenizer's BOS, exactly once; none: no BOS
 
     def validate(self) -> None:
+        limits = (self.max_drift, self.max_self_ratio, self.repetition_margin, self.nonprintable_margin)
+        if not all(math.isfinite(v) for v in (*limits, self.max_fail_frac, self.nll_floor)):
+            raise SurgeonError("canary limits must be finite numbers")
+        if self.min_agreement > self.max_new_tokens:
+            raise SurgeonError("the agreement asked for is more tokens than are generated")
         if not 0 <= self.max_fail_frac < 1:
             raise SurgeonError("the fraction of prompts allowed to fail must be in [0, 1)")
         if min(self.max_drift, self.max_self_ratio) < 1:
@@ -217,8 +223,12 @@ def prompt_ids(tokenizer, prompt: Prompt, bos: str) -> list[int]:
         ids = tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
     bos_id = tokenizer.bos_token_id
     if bos == "none" or bos_id is None:
-        return [i for i in ids if i != bos_id] if bos == "none" and bos_id is not None else ids
-    return with_one_bos(ids, bos_id)
+        ids = [i for i in ids if i != bos_id] if bos == "none" and bos_id is not None else ids
+    else:
+        ids = with_one_bos(ids, bos_id)
+    if not ids:
+        raise SurgeonError(f"prompt {prompt.label[:60]!r}: no tokens to generate from")
+    return ids
 
 
 def _chat_ids(tokenizer, prompt: Prompt) -> list[int]:
@@ -291,7 +301,10 @@ def judge(result: PromptResult, options: CanaryOptions) -> None:
             f"+ {options.nonprintable_margin}",
         ),
         (early, f"ended after {result.tokens} tokens where the base went on to {result.base_tokens}"),
-        (result.agreement < options.min_agreement, f"agreement {result.agreement} < {options.min_agreement}"),
+        (
+            result.agreement < min(options.min_agreement, result.base_tokens),  # the base may stop sooner
+            f"agreement {result.agreement} < {min(options.min_agreement, result.base_tokens)}",
+        ),
     ]
     result.failures = [message for failed, message in rules if failed]
 
@@ -313,17 +326,30 @@ def default_cache_dir() -> Path:
 
 
 def cache_read(cache_dir: Path | None, key: str, valid=None) -> dict | None:
-    """A cached base output, or None (a miss) for anything that is not one: the cache is a
-    folder others can write, so an entry must be a bounded regular file holding a list of
-    token ids and a finite NLL, and anything else is recomputed, never an error."""
-    if cache_dir is None:
+    """A cached base output, or None (a miss) for anything that is not one: an entry must
+    be a bounded regular file holding a list of token ids and a finite NLL, in a folder and
+    a file that only this user can write (an entry another user could have written is a
+    verdict someone else chose), and anything else is recomputed, never an error. The base's
+    self-check then compares the entries with what the base generates."""
+    if cache_dir is None or not _private(Path(cache_dir)):
         return None
     path = Path(cache_dir) / f"{key}.json"
+    if not _private(path):
+        return None
     try:
         entry = parse_json(read_bounded(path, MAX_PROMPTS_BYTES), str(path))
     except SurgeonError:
         return None
     return entry if (valid or _is_base_output)(entry) else None
+
+
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by nobody else (no group or other write bit)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def _is_base_output(entry: object) -> bool:
@@ -338,7 +364,7 @@ def cache_write(cache_dir: Path | None, key: str, value: dict) -> None:
     if cache_dir is None:
         return
     try:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        Path(cache_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         write_text_atomic(Path(cache_dir) / f"{key}.json", json.dumps(value))
     except OSError:
         pass

@@ -4,6 +4,7 @@ generating greedily and scoring continuations. Torch and transformers live here.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -176,7 +177,10 @@ class BaseOutputs:
     def __init__(self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, device, dtype, quant, cache_dir):
         self.base, self.options, self.cache_dir = base, options, cache_dir
         self.device, self.dtype, self.quant = device, dtype, quant
+        import transformers
+
         self.key_parts = {
+            "versions": [torch.__version__, transformers.__version__],  # generation can change with them
             "weights": weights_hash(base),
             "tokenizer": tokenizer_hash(tokenizer_dir),
             "bos": options.bos,
@@ -196,15 +200,21 @@ class BaseOutputs:
         found = [cache_read(self.cache_dir, key) for key in keys]
         missing = [n for n, value in enumerate(found) if value is None]
         self.hits = len(prompts) - len(missing)
-        check_key = cache_key(self.key_parts | {"self_check": keys, "options": asdict(self.options)})
-        cached_check = cache_read(self.cache_dir, check_key, valid=_is_self_check)
-        if missing or cached_check is None:
+        if missing:
             model = model or CanaryModel(self.base, self.device, self.dtype, self.quant)
         for n in missing:
             tokens = model.generate(ids[n], self.options.max_new_tokens)
             found[n] = {"tokens": tokens, "nll": model.nll(ids[n], tokens)}
             cache_write(self.cache_dir, keys[n], found[n])
+        # The self-check is keyed by the outputs themselves: an entry changed since it was
+        # checked (tampered, or left by another version) is checked again.
+        outputs = hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
+        check_key = cache_key(
+            self.key_parts | {"self_check": keys, "outputs": outputs, "options": asdict(self.options)}
+        )
+        cached_check = cache_read(self.cache_dir, check_key, valid=_is_self_check)
         if cached_check is None:
+            model = model or CanaryModel(self.base, self.device, self.dtype, self.quant)
             results = score(model, tokenizer, prompts, ids, found, self.options)
             cached_check = _self_check_record(results, self.options)
             cache_write(self.cache_dir, check_key, cached_check)
@@ -222,10 +232,15 @@ class BaseOutputs:
 
 
 def _self_check_record(results: list[PromptResult], options: CanaryOptions) -> dict:
+    """The base against its recorded outputs: every check, and the tokens themselves (greedy
+    generation is deterministic, so the base must generate exactly what was recorded)."""
+    differing = [r for r in results if r.agreement < r.base_tokens or r.tokens != r.base_tokens]
+    for r in differing:
+        r.failures.append(f"generated {r.agreement} of the {r.base_tokens} recorded tokens before differing")
     failing = [r for r in results if not r.passed]
     first = f"{failing[0].prompt[:60]!r}: {failing[0].failures[0]}" if failing else ""
     return {
-        "passed": verdict(results, options),
+        "passed": verdict(results, options) and not differing,  # any difference: not deterministic, or tampered
         "failed": len(failing),
         "prompts": len(results),
         "first_failure": first,

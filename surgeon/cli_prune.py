@@ -173,6 +173,7 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
             offload_activations=offload_activations,
             tokenizer=str(tokenizer) if tokenizer else None,
         )
+        check_eval_text(eval_text, run_eval)
         result = run_prune(
             _checked_layers(base, layers, options.layer_fracs),
             output,
@@ -191,6 +192,16 @@ def register(main: click.Group, handle_errors, progress_for, console_for, debug_
             sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
             return
         _summary(result, console_for())
+
+
+def check_eval_text(text: Path | None, measured: bool) -> None:
+    """--eval-text read before any work: a bad file is found before a long prune, not after."""
+    if text is not None and not measured:
+        raise SurgeonError("--eval-text is the text --eval measures on: give --eval too")
+    if text is not None:
+        from surgeon.evaluate import load_eval_text
+
+        load_eval_text(Path(text))
 
 
 def eval_settings(text, tokens, device, dtype, tokenizer):

@@ -209,6 +209,9 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
             raise SurgeonError("--max-kl and --max-ppl-ratio choose layers: give them with --auto, not --keep")
         if budget is not None:
             budget.validate()
+        from surgeon.cli_prune import check_eval_text
+
+        check_eval_text(eval_text, run_eval or budget is not None)
         console = console_for()
         prompts, options = _canary_settings(kw)
         steps, before, quality = None, None, None
@@ -371,7 +374,7 @@ def _budget(base, candidate, composed, budget, eval_text, eval_tokens, kw, conso
         verdict = "[green]within[/]" if step.passed else "[red]over[/]"
         if step.how == "canary":
             verdict = "[green]canary pass[/]" if step.passed else "[red]canary fail[/]"
-        numbers = f"KL {step.kl_mean:.4f}  ppl x{step.ppl_ratio:.4f}" if step.kl_mean is not None else ""
+        numbers = f"KL {_num(step.kl_mean)}  ppl x{_num(step.ppl_ratio)}" if step.how != "canary" else ""
         console.print(f"  {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<20} {numbers:<28} {verdict}")
     record = {
         "how": "salvage --auto with a quality budget (the kept plan, composed in memory)",
@@ -381,6 +384,11 @@ def _budget(base, candidate, composed, budget, eval_text, eval_tokens, kw, conso
         "layer_kl": {str(k): v for k, v in (plan.layer_kl or {}).items()},
     }
     return plan, (record if plan.quality is not None else None)
+
+
+def _num(value, spec: str = ".4f") -> str:
+    """A measured number, or n/a for one that is not finite (recorded as null)."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def _salvage_summary(manifest: dict, output: Path, console) -> None:
@@ -401,8 +409,8 @@ def _salvage_summary(manifest: dict, output: Path, console) -> None:
     quality = (manifest.get("quality") or {}).get("eval")
     if quality:
         console.print(
-            f"quality against base: perplexity x{quality['ppl_ratio']:.4f}, KL {quality['kl_mean']:.4f} "
-            f"(p99 {quality['kl_p99']:.4f}), top-1 {quality['top1']:.1%}"
+            f"quality against base: perplexity x{_num(quality['ppl_ratio'])}, KL {_num(quality['kl_mean'])} "
+            f"(p99 {_num(quality['kl_p99'])}), top-1 {_num(quality['top1'], '.1%')}"
         )
     after = info.get("canary_after")
     if after is not None:

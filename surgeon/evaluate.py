@@ -413,14 +413,22 @@ class EvalSession:
         return frozenset(layers & set(changed))
 
     def _check_vocab(self, largest_id: int) -> None:
+        vocab = {}
         for ckpt, layout in ((self.base, self.base_layout), (self.other, self.other_layout)):
             rows = {layout.module_name(n): t.shape[0] for n, t in ckpt.tensors.items()}
-            rows = rows.get(EMBEDDING, rows.get("lm_head.weight"))  # a tied embedding may be stored as the head
+            # the head gives the distribution compared; a tied embedding may be stored as the head
+            rows = rows.get("lm_head.weight", rows.get(EMBEDDING))
             if rows is not None and largest_id >= rows:
                 raise tokenizer_error(
                     f"the tokenizer produced token id {largest_id} but the embedding of {ckpt.source} has "
                     f"{rows} rows: it is not the model's own tokenizer"
                 )
+            vocab[ckpt.source] = rows
+        if len(set(vocab.values())) > 1:  # KL needs one distribution over the same tokens
+            (base, base_rows), (other, other_rows) = vocab.items()
+            raise SurgeonError(
+                f"{other} predicts {other_rows} tokens and {base} {base_rows}: they do not share a vocabulary"
+            )
 
     def _label(self, index: int) -> str:
         return f"eval layer {index}/{max(len(self.base_layout.layers), len(self.other_layout.layers)) - 1}"

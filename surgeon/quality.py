@@ -47,17 +47,32 @@ def recorded_quality(report) -> tuple[dict, str] | None:
 
 
 def _same_bytes(manifest: dict, report) -> bool:
-    base = (manifest.get("base") or {}).get("shards") if isinstance(manifest.get("base"), dict) else None
-    written = (manifest.get("written") or {}).get("shards") if isinstance(manifest.get("written"), dict) else None
-    if not isinstance(base, dict) or not isinstance(written, dict) or not report.shards:
+    """The weights on both sides and the files the model is read with (config, tokenizer,
+    index) are the ones the manifest records: a config edited afterwards (a softcap, a
+    rope scale) changes what the weights compute, so it voids the record too."""
+    base_record, written_record = manifest.get("base"), manifest.get("written")
+    base = base_record.get("shards") if isinstance(base_record, dict) else None
+    written = written_record.get("shards") if isinstance(written_record, dict) else None
+    files = written_record.get("files") if isinstance(written_record, dict) else None
+    if not isinstance(base, dict) or not isinstance(written, dict) or not isinstance(files, dict) or not report.shards:
         return False
     for shard in report.shards:
         base_sha, other_sha = shard.sha256
-        if base_sha is None or other_sha is None or "hub-blob-name" in shard.sha256_source:
-            return False  # not hashed from the bytes: nothing to match a claim against
+        if base_sha is None or other_sha is None or shard.sha256_source != ["bytes", "bytes"]:
+            return False  # not hashed from the bytes by this diff: nothing to match a claim against
         if base.get(shard.name) != base_sha or written.get(shard.name) != other_sha:
             return False
-    return len(base) == len(written) == len(report.shards)
+    return len(base) == len(written) == len(report.shards) and _same_side_files(files, report.files)
+
+
+def _same_side_files(recorded: dict, files) -> bool:
+    """Every side file the writer recorded is there with that SHA256, and config.json is
+    the base's own (a prune or salvage never changes it)."""
+    other = {f.name: f.sha256[1] for f in files}
+    if not recorded or any(other.get(name) != sha for name, sha in recorded.items()):
+        return False
+    config = next((f for f in files if f.name == "config.json"), None)
+    return config is not None and config.status == "identical"
 
 
 def _valid_summary(summary) -> bool:

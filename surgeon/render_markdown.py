@@ -40,8 +40,9 @@ def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None 
         summary, text = quality
         lines += ["", *quality_markdown(summary, text)]
         lines.append(
-            f"Recorded in {md_code('prune_manifest.json', table=False)} when surgeon wrote this checkpoint; its "
-            "shard hashes are the ones above, so it was measured on these bytes. `surgeon eval` measures it again."
+            f"As recorded in {md_code('prune_manifest.json', table=False)} when surgeon wrote this checkpoint, "
+            "whose shard, config and tokenizer hashes are those of the files above; not measured again by this "
+            "diff (`surgeon eval` does that)."
         )
     return "\n".join(lines) + "\n"
 

@@ -285,11 +285,12 @@ def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passe
     """The largest set of changed layers whose composed model stays within `budget`.
 
     `evaluate(plans) -> summaries` scores "base + the candidate's layers K" for each plan
-    (EvalSession.evaluate_plans, summarised). All layers first: within budget, that is the
-    answer. Otherwise each layer alone gives its KL contribution, the layers are added
-    cheapest first while the composed model stays within budget (a layer over budget alone
-    is never tried), and `canary_passes(layers) -> bool`, when given, confirms the result:
-    while it fails, the kept layer added last (the costliest) goes back to the base.
+    (EvalSession.evaluate_plans, summarised); `canary_passes(layers) -> bool`, when given,
+    confirms a result. All layers first: within budget and confirmed, that is the answer.
+    Otherwise each layer alone gives its KL contribution, the layers are added cheapest
+    first while the composed model stays within budget (a layer over budget alone is never
+    tried), and while the canary rejects the result, the kept layer added last (the
+    costliest) goes back to the base.
     """
     budget.validate()
     steps: list[AutoStep] = []
@@ -304,22 +305,25 @@ def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passe
             steps.append(AutoStep(sorted(plan), verdicts[-1], how, summary.get("kl_mean"), summary.get("ppl_ratio")))
         return verdicts
 
+    def confirmed(plan: list[int]) -> bool:
+        if canary_passes is None:
+            return True
+        passed = bool(canary_passes(sorted(plan)))
+        steps.append(AutoStep(sorted(plan), passed, "canary"))
+        return passed
+
     keep: list[int] = []
     layer_kl: dict[int, float] = {}
-    if layers and score([list(layers)], "all")[0]:
-        keep = list(layers)
-    elif layers:
+    if layers and score([list(layers)], "all")[0] and confirmed(list(layers)):
+        return SalvagePlan(sorted(layers), steps, scored[tuple(sorted(layers))], None)
+    if layers:  # over budget, or within it but failing the canary: rank the layers
         alone_ok = dict(zip(layers, score([[layer] for layer in layers], "alone"), strict=True))
         layer_kl = {layer: scored[(layer,)].get("kl_mean") for layer in layers}
         for layer in sorted(layers, key=lambda n: (_sort_key(layer_kl[n]), n)):
             if alone_ok[layer] and score([[*keep, layer]], "budget")[0]:
                 keep.append(layer)
-    while keep and canary_passes is not None:
-        passed = bool(canary_passes(sorted(keep)))
-        steps.append(AutoStep(sorted(keep), passed, "canary"))
-        if passed:
-            break
-        keep.pop()
+    while keep and not confirmed(keep):
+        keep.pop()  # the last added: the costliest kept layer
     if keep and tuple(sorted(keep)) not in scored:
         score([sorted(keep)], "budget")
     quality = scored.get(tuple(sorted(keep))) if keep else None

@@ -67,6 +67,14 @@ def test_a_failing_canary_takes_back_the_costliest_kept_layer(session):
     assert plan.quality["kl_mean"] <= 0.05  # the final plan's own numbers, measured
 
 
+def test_a_budget_met_by_all_layers_but_failed_by_the_canary_ranks_them(session):
+    plan = budget_plan(
+        sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=10.0), lambda layers: 0 not in layers
+    )
+    assert plan.keep == [1, 2, 3, 4, 5, 6, 7]  # layer 0, the costliest, goes back; not the last-numbered
+    assert [s.how for s in plan.steps][:3] == ["all", "canary", "alone"]
+
+
 @pytest.mark.parametrize("budget", [QualityBudget(), QualityBudget(max_kl=-1), QualityBudget(max_ppl_ratio=0.5)])
 def test_budgets_that_mean_nothing_are_one_line(budget):
     with pytest.raises(SurgeonError):
@@ -152,6 +160,40 @@ def test_the_card_ignores_a_malformed_record(evaluated, tmp_path, bad):
     manifest["quality"]["eval"] |= bad
     (copy / "prune_manifest.json").write_text(json.dumps(manifest))
     assert card(BASE, copy) is None
+
+
+def test_the_card_ignores_a_record_once_the_config_changed(evaluated, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(evaluated, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["final_logit_softcapping"] = 0.5  # same weights, another model
+    (copy / "config.json").write_text(json.dumps(config))
+    assert card(BASE, copy) is None
+
+
+def test_eval_text_without_eval_and_a_bad_eval_text_are_refused_before_pruning(tmp_path):
+    runner = CliRunner()
+    alone = runner.invoke(main, ["prune", str(BASE), "-o", str(tmp_path / "a"), "--eval-text", str(TEXT)])
+    assert alone.exit_code == 2 and "give --eval too" in alone.stderr
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe")
+    early = runner.invoke(main, ["prune", str(BASE), "-o", str(tmp_path / "b"), "--eval", "--eval-text", str(bad)])
+    assert early.exit_code == 2 and not (tmp_path / "b").exists()
+
+
+def test_eval_refuses_models_that_do_not_share_a_vocabulary(tmp_path):
+    import numpy as np
+
+    from tests.helpers import make_variant, read_tensor
+
+    name = "model.embed_tokens.weight"
+    wider = read_tensor(BASE, name)
+    grown = make_variant(tmp_path / "grown", src=BASE, replace={name: np.concatenate([wider, wider[:8]])})
+    config = json.loads((grown / "config.json").read_text())
+    config.get("text_config", config)["vocab_size"] = wider.shape[0] + 8
+    (grown / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["eval", str(grown), "--base", str(BASE), "--max-tokens", "64"])
+    assert result.exit_code == 2 and "do not share a vocabulary" in result.stderr
 
 
 def test_salvage_drops_the_candidates_quality_record(evaluated, tmp_path):

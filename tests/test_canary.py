@@ -67,7 +67,15 @@ def test_the_verdict_is_a_fraction_of_prompts():
 
 
 @pytest.mark.parametrize(
-    "options", [CanaryOptions(max_fail_frac=1.0), CanaryOptions(max_drift=0.9), CanaryOptions(repetition_margin=-0.1)]
+    "options",
+    [
+        CanaryOptions(max_fail_frac=1.0),
+        CanaryOptions(max_drift=0.9),
+        CanaryOptions(repetition_margin=-0.1),
+        CanaryOptions(max_drift=float("nan")),
+        CanaryOptions(repetition_margin=float("nan")),
+        CanaryOptions(min_agreement=30),
+    ],
 )
 def test_options_that_cannot_judge_are_one_line(options):
     with pytest.raises(SurgeonError):
@@ -128,16 +136,50 @@ def test_base_against_itself_passes_and_the_self_check_is_cached(tmp_path):
     assert first.to_json()["base_self_check"]["passed"] is True
 
 
-def test_a_base_that_fails_its_own_checks_gets_no_verdict(tmp_path):
-    # Agreement with the base can never exceed the tokens generated: a limit above that
-    # fails the base against itself, so no model can be judged with it.
-    options = CanaryOptions(max_new_tokens=6, min_agreement=7)
+def test_a_base_that_does_not_regenerate_its_recorded_outputs_gets_no_verdict(tmp_path):
+    # A cached base output that the base does not generate (a tampered entry, or a device
+    # where generation is not deterministic) fails the base against itself: no verdict.
+    cache = tmp_path / "cache"
+    assert run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=cache).passed
+    entries = [f for f in cache.iterdir() if "tokens" in json.loads(f.read_text())]
+    assert len(entries) == len(PROMPTS)
+    entry = json.loads(entries[0].read_text())
+    entries[0].write_text(json.dumps({"tokens": [5, 6, 7, 8, 9, 10, 11], "nll": entry["nll"]}))
     with pytest.raises(SurgeonError, match="the base fails the canary against itself"):
-        run_canary(TRAINED, TRAINED, PROMPTS, options, cache_dir=tmp_path)
+        run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=cache)
+
+
+def test_a_cache_others_can_write_is_not_read(tmp_path):
+    cache = tmp_path / "cache"
+    run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=cache)
+    assert run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=cache).base_cache_hit
+    cache.chmod(0o777)  # anyone could have chosen these outputs
+    shared = run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=cache)
+    assert not shared.base_cache_hit and not shared.self_check["cached"]
+
+
+def test_the_agreement_check_stops_where_the_base_stopped():
+    stopped = result(agreement=3, base_tokens=3, tokens=3)
+    judge(stopped, CanaryOptions(min_agreement=5))
+    assert stopped.passed  # it agreed on every token the base generated
+    early = result(agreement=2, base_tokens=3, tokens=3)
+    judge(early, CanaryOptions(min_agreement=5))
+    assert early.failures == ["agreement 2 < 3"]
+
+
+@pytest.mark.parametrize("args", [["--min-agreement", "7", "--max-new-tokens", "6"], ["--max-drift", "nan"]])
+def test_limits_that_cannot_judge_are_refused_before_any_work(args):
+    result = CliRunner().invoke(main, ["canary", str(TRAINED), "--base", str(TRAINED), *args])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_prompt_with_no_tokens_is_one_line(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("<bos>\n")
     result = CliRunner().invoke(
-        main, ["canary", str(TRAINED), "--base", str(TRAINED), "--max-new-tokens", "6", "--min-agreement", "7"]
+        main, ["canary", str(TRAINED), "--base", str(TRAINED), "--prompts", str(prompts), "--bos", "none"]
     )
-    assert result.exit_code == 2 and "no verdict can be given" in result.stderr
+    assert result.exit_code == 2 and "no tokens to generate from" in result.stderr
 
 
 def test_cli_reports_failed_prompts_and_checks(tmp_path):
