@@ -68,7 +68,11 @@ class CanaryOptions:
     nonprintable_margin: float = 0.05  # over the base's own fraction on the prompt
     min_tokens: int = 5  # an end before this many tokens fails only where the base went on
     min_agreement: int = 0  # tokens matching the base before the first divergence; 0: reported only
-    max_fail_frac: float = 0.25  # the canary fails when more than this fraction of prompts fail
+    # The canary fails when more than this fraction of prompts fail. On SmolLM2-135M
+    # (benchmarks/bench_real.py, 31 prompts) builds up to +5.8% perplexity (KL <= 0.059)
+    # failed 0-3 prompts (<= 10%) and the 3-of-9-heads build (+25%, KL 0.24) 8 (26%):
+    # 0.2 sits between them.
+    max_fail_frac: float = 0.2
     nll_floor: float = 0.05  # nats added to both NLLs of a ratio so near-zero NLLs compare sanely
     bos: str = "auto"  # auto: the tokenizer's BOS, exactly once; none: no BOS
 

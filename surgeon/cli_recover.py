@@ -212,7 +212,7 @@ def register(main: click.Group, handle_errors, console_for, debug_option) -> Non
         from surgeon.cli_prune import check_eval_text
 
         check_eval_text(eval_text, run_eval or budget is not None)
-        console = console_for()
+        console = console_for(stderr=as_json)  # with --json, stdout holds the manifest alone
         prompts, options = _canary_settings(kw)
         steps, before, quality = None, None, None
         if auto:

@@ -289,8 +289,10 @@ def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passe
     confirms a result. All layers first: within budget and confirmed, that is the answer.
     Otherwise each layer alone gives its KL contribution, the layers are added cheapest
     first while the composed model stays within budget (a layer over budget alone is never
-    tried), and while the canary rejects the result, the kept layer added last (the
-    costliest) goes back to the base.
+    tried), and when the canary rejects the result, the longest prefix of the layers in the
+    order they were added (cheapest first) that it accepts is kept, found by bisection: the
+    costliest layers go back to the base, in log2(layers) canary runs, not one run a layer
+    (31 s to 90 s each for SmolLM2-135M on 2 cores).
     """
     budget.validate()
     steps: list[AutoStep] = []
@@ -322,12 +324,25 @@ def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passe
         for layer in sorted(layers, key=lambda n: (_sort_key(layer_kl[n]), n)):
             if alone_ok[layer] and score([[*keep, layer]], "budget")[0]:
                 keep.append(layer)
-    while keep and not confirmed(keep):
-        keep.pop()  # the last added: the costliest kept layer
+    if keep and not confirmed(keep):
+        keep = _confirmed_prefix(keep, confirmed)
     if keep and tuple(sorted(keep)) not in scored:
         score([sorted(keep)], "budget")
     quality = scored.get(tuple(sorted(keep))) if keep else None
     return SalvagePlan(sorted(keep), steps, quality, layer_kl or None)
+
+
+def _confirmed_prefix(added: list[int], confirmed) -> list[int]:
+    """The longest prefix of `added` that `confirmed` accepts, knowing the whole is rejected
+    and the empty prefix (the base) passes."""
+    low, high = 0, len(added)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if confirmed(added[:middle]):
+            low = middle
+        else:
+            high = middle
+    return added[:low]
 
 
 def _sort_key(kl: float | None) -> float:

@@ -194,7 +194,7 @@ def test_cli_reports_failed_prompts_and_checks(tmp_path):
     )
     result = CliRunner().invoke(main, ["canary", str(masked), "--base", str(TRAINED), "--prompts", str(prompts)])
     assert result.exit_code == 3
-    assert "canary FAILED: 3/3 prompts failed (100%; the limit is 25%)" in result.stdout
+    assert "canary FAILED: 3/3 prompts failed (100%; the limit is 20%)" in result.stdout
     assert "drift 3" in result.stdout  # which checks failed, how often
     data = json.loads(
         CliRunner()
