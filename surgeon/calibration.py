@@ -39,19 +39,48 @@ def auto_token_budget(width: int) -> int:
 def bundled_corpus() -> tuple[list[str], dict]:
     """The bundled documents, interleaved by genre (the file name before "-NN") so that any
     prefix of them (a token budget takes one) mixes every kind of text."""
-    folder = importlib.resources.files("surgeon").joinpath("_data", BUNDLED_CORPUS)
-    files = sorted((f for f in folder.iterdir() if f.name.endswith(".txt")), key=lambda f: f.name)
     by_genre: dict[str, list] = {}
-    for file in files:
+    for file in bundled_files(BUNDLED_CORPUS):
         by_genre.setdefault(file.name.rsplit("-", 1)[0], []).append(file)
     ordered = [f for group in _round_robin(list(by_genre.values())) for f in group]
+    texts, digest = read_documents(ordered)
+    return texts, {"source": f"bundled:{BUNDLED_CORPUS}", "file_sha256": digest}
+
+
+def bundled_files(name: str) -> list:
+    """The *.txt files of surgeon/_data/NAME, by name; one line if the installation lacks them."""
+    folder = importlib.resources.files("surgeon").joinpath("_data", name)
+    listed = folder.iterdir() if folder.is_dir() else ()
+    files = sorted((f for f in listed if f.name.endswith(".txt")), key=lambda f: f.name)
+    if not files:
+        raise SurgeonError(f"the bundled text (surgeon/_data/{name}/*.txt) is missing from the installation")
+    return files
+
+
+def read_documents(files) -> tuple[list[str], str]:
+    """Each file's text, one document each, and one SHA256 over their names and bytes."""
     digest = hashlib.sha256()
     texts = []
-    for file in ordered:
+    for file in files:
         data = file.read_bytes()
         digest.update(file.name.encode() + b"\0" + data + b"\0")
         texts.append(data.decode("utf-8").strip())
-    return texts, {"source": f"bundled:{BUNDLED_CORPUS}", "file_sha256": digest.hexdigest()}
+    return [t for t in texts if t], digest.hexdigest()
+
+
+def read_text_file(path: Path, what: str, jsonl: bool) -> tuple[list[str], dict]:
+    """A user's text file as documents (JSON lines of {"text": ...}, else plain text) and its
+    record (name and SHA256 of the bytes read, never its path); `what` names it in errors."""
+    file = Path(path)
+    data = read_bounded(file, MAX_CORPUS_BYTES)  # a regular file: a FIFO or /dev/zero is one error line
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SurgeonError(f"{file}: cannot read the {what} ({exc})") from None
+    texts = [t for t in (_jsonl(raw, file) if jsonl else _plain(raw)) if t.strip()]
+    if not texts:
+        raise SurgeonError(f"{file}: the {what} is empty")
+    return texts, {"source": file.name, "file_sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _round_robin(groups: list[list]) -> list[list]:
@@ -77,17 +106,7 @@ def load_corpus(path: Path | None) -> tuple[list[str], dict]:
     """
     if path is None:
         return bundled_corpus()
-    file = Path(path)
-    data = read_bounded(file, MAX_CORPUS_BYTES)  # a regular file: a FIFO or /dev/zero is one error line
-    try:
-        raw = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SurgeonError(f"{file}: cannot read the calibration corpus ({exc})") from None
-    texts = _jsonl(raw, file) if file.suffix == ".jsonl" else _plain(raw)
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise SurgeonError(f"{file}: the calibration corpus is empty")
-    return texts, {"source": file.name, "file_sha256": hashlib.sha256(data).hexdigest()}
+    return read_text_file(Path(path), "calibration corpus", Path(path).suffix == ".jsonl")
 
 
 def _plain(raw: str) -> list[str]:

@@ -17,8 +17,6 @@ kept layer.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
 import math
 import threading
 from collections.abc import Iterable
@@ -29,18 +27,17 @@ import torch
 
 from surgeon.adapters import describe
 from surgeon.calibration import (
-    MAX_CORPUS_BYTES,
-    _jsonl,
-    _plain,
+    bundled_files,
     encode,
     load_corpus,
     load_tokenizer,
+    read_documents,
+    read_text_file,
     tokenizer_error,
     with_one_bos,
 )
 from surgeon.checkpoint import Checkpoint, open_checkpoint
 from surgeon.errors import SurgeonError
-from surgeon.jsonfile import read_bounded
 from surgeon.memory import return_freed_memory
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
@@ -76,35 +73,13 @@ def load_eval_text(path: Path | None, text_format: str = "auto") -> tuple[list[s
         raise SurgeonError(f"text format {text_format!r}: use {', '.join(TEXT_FORMATS)}")
     if path is None:
         return _bundled()
-    file = Path(path)
-    data = read_bounded(file, MAX_CORPUS_BYTES)  # a regular file: a FIFO or /dev/zero is one error line
-    try:
-        raw = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SurgeonError(f"{file}: cannot read the evaluation text ({exc})") from None
-    jsonl = text_format == "jsonl" or (text_format == "auto" and file.suffix == ".jsonl")
-    documents = [d for d in (_jsonl(raw, file) if jsonl else _plain(raw)) if d.strip()]
-    if not documents:
-        raise SurgeonError(f"{file}: the evaluation text is empty")
-    return documents, {"source": file.name, "file_sha256": hashlib.sha256(data).hexdigest()}
+    jsonl = text_format == "jsonl" or (text_format == "auto" and Path(path).suffix == ".jsonl")
+    return read_text_file(Path(path), "evaluation text", jsonl)
 
 
 def _bundled() -> tuple[list[str], dict]:
-    folder = importlib.resources.files("surgeon") / "_data" / "heldout"
-    files = (
-        sorted((f for f in folder.iterdir() if f.name.endswith(".txt")), key=lambda f: f.name)
-        if folder.is_dir()
-        else []
-    )
-    if not files:
-        raise SurgeonError("the bundled held-out text (surgeon/_data/heldout/*.txt) is missing from the installation")
-    digest = hashlib.sha256()
-    documents = []
-    for file in files:
-        data = file.read_bytes()
-        digest.update(file.name.encode() + b"\0" + data + b"\0")
-        documents.append(data.decode("utf-8").strip())
-    return [d for d in documents if d], {"source": BUNDLED, "file_sha256": digest.hexdigest()}
+    documents, digest = read_documents(bundled_files("heldout"))
+    return documents, {"source": BUNDLED, "file_sha256": digest}
 
 
 def make_windows(tokenizer, documents: list[str], window: int, max_tokens: int) -> list[list[int]]:
