@@ -144,7 +144,7 @@ def llama_config(num_layers: int) -> dict:
 
 def value_pool() -> np.ndarray:
     """bf16 bits of N(0, 0.02) samples: realistic, finite weights, generated once."""
-    from surgeon.dtypes import float32_to_bf16_bits
+    from surgeon.format.dtypes import float32_to_bf16_bits
 
     rng = np.random.Generator(np.random.PCG64(0))
     return float32_to_bf16_bits(rng.standard_normal(POOL_ELEMENTS, dtype=np.float32) * 0.02)
@@ -166,7 +166,7 @@ def tensor_bits(pool: np.ndarray, index: int, numel: int) -> np.ndarray:
 
 def pruned(name: str, bits: np.ndarray, shape: tuple[int, ...], layer: int, head: int) -> np.ndarray:
     """The OTHER side of a changed tensor: a mask-mode head prune, o_proj also 'healed'."""
-    from surgeon.dtypes import float32_to_bf16_bits
+    from surgeon.format.dtypes import float32_to_bf16_bits
 
     head_span = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
     if name.endswith("q_proj.weight"):
@@ -182,7 +182,7 @@ def pruned(name: str, bits: np.ndarray, shape: tuple[int, ...], layer: int, head
 
 
 def write_shard_pair(plan: Plan, shard: int, pool: np.ndarray, base: Path, other: Path) -> None:
-    from surgeon.safetensors_format import TensorBytes, write_safetensors
+    from surgeon.format.safetensors import TensorBytes, write_safetensors
 
     base_tensors, other_tensors = [], []
     for index, (name, shape, where) in enumerate(plan.tensors):

@@ -8,7 +8,7 @@ Run: python benchmarks/bench_prune.py [--size-gb 2.0] [--parts passes,rss,heal] 
 2. rss: builds (once, then reuses) a llama-like bf16 checkpoint of --size-gb GiB under
    --data-dir, prunes every layer of it on the CPU in a child under GNU time, checks the output
    with `surgeon diff`, and compares the peak RSS with the model's size.
-3. heal: the o_proj heal from G = X^T X (surgeon.heal.heal_o_proj) against torch.linalg.lstsq
+3. heal: the o_proj heal from G = X^T X (surgeon.prune.heal.heal_o_proj) against torch.linalg.lstsq
    on the stored activations, each in its own child (the --heal-child sub-mode).
 
 Goals failing is a result, not an error: the exit status is 0 unless something crashed or a
@@ -49,7 +49,7 @@ from bench_diff import (
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-FIXTURE = REPO / "fixtures" / "gemma4-tiny-trained"
+FIXTURE = REPO / "surgeon" / "_data" / "demo" / "model"  # the tiny trained model, shipped as package data
 BUILD_VERSION = 1  # bump when the generated model changes, so old data folders get rebuilt
 SHARD_BYTES = 1 << 30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -108,8 +108,8 @@ def naive_capture(fixture: Path) -> None:
 
 def calibration_batches(fixture: Path):
     """The calibration batches exactly as `surgeon prune` makes them with its defaults."""
-    from surgeon.calibration import encode, load_corpus, load_tokenizer
-    from surgeon.prune import _make_batches
+    from surgeon.prune.calibration import encode, load_corpus, load_tokenizer
+    from surgeon.prune.engine import _make_batches
 
     tokenizer = load_tokenizer(fixture)
     sequences = encode(tokenizer, load_corpus(None)[0], CALIB_MAX_TOKENS)
@@ -336,14 +336,14 @@ def big_config(num_layers: int) -> dict:
 
 def norm_bits(pool: np.ndarray, index: int, numel: int) -> np.ndarray:
     """RMSNorm weights near 1.0 (1 + N(0, 0.02)): zero-centred ones would kill the stream."""
-    from surgeon.dtypes import float32_to_bf16_bits
+    from surgeon.format.dtypes import float32_to_bf16_bits
 
     noise = (tensor_bits(pool, index, numel).astype(np.uint32) << 16).view(np.float32)
     return float32_to_bf16_bits(1.0 + noise)
 
 
 def write_big_shard(plan: BigPlan, shard: int, pool: np.ndarray, folder: Path) -> None:
-    from surgeon.safetensors_format import TensorBytes, write_safetensors
+    from surgeon.format.safetensors import TensorBytes, write_safetensors
 
     tensors = []
     for index, (name, shape, where) in enumerate(plan.tensors):
@@ -502,7 +502,7 @@ def heal_gram(mode: str, weight, scale, mixing, tokens: int):
     """The engine's way: a hook adds each chunk's X^T X to G; X itself is never kept."""
     import torch
 
-    from surgeon.heal import heal_o_proj
+    from surgeon.prune.heal import heal_o_proj
 
     dtype = torch.float32 if mode == "gram32" else torch.float64
     gram, seconds = torch.zeros(HEAL_WIDTH, HEAL_WIDTH, dtype=dtype), 0.0
@@ -527,7 +527,7 @@ def heal_lstsq(mode: str, weight, scale, mixing, tokens: int):
     solve min ||X W^T - X_K B|| with LAPACK's gelsy (torch's CPU default)."""
     import torch
 
-    from surgeon.heal import head_columns
+    from surgeon.prune.heal import head_columns
 
     x = torch.empty(tokens, HEAL_WIDTH, dtype=torch.float64)
     for k in range(tokens // HEAL_CHUNK):

@@ -56,7 +56,7 @@ BUILDS = [
 
 
 def surgeon(*args: str) -> list[str]:
-    return [sys.executable, "-m", "surgeon.cli", *args]
+    return [sys.executable, "-m", "surgeon.cli.main", *args]
 
 
 def timed(args: list[str]) -> tuple[int, str, float, float]:
@@ -129,7 +129,7 @@ def salvage(model: Path, path: Path, max_kl: float, tokens: int) -> dict:
 
 
 def table(model: Path, base_canary: dict, rows: list[dict], max_kl: float) -> str:
-    from surgeon.layers import layer_ranges
+    from surgeon.model.names import layer_ranges
 
     lines = [
         "| build | prune | perplexity | KL | canary | salvage (`--auto --max-kl " + f"{max_kl:g}`) |",

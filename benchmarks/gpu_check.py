@@ -30,7 +30,7 @@ class _StopAfterFirst(Exception):
 def prune_layers(model: Path, device: str, layers: str, first_only: bool) -> dict:
     import torch
 
-    from surgeon.prune import PruneOptions, prune
+    from surgeon.prune.engine import PruneOptions, prune
 
     per_layer, peaks = [], []
 

@@ -11,11 +11,11 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Checkpoint": "surgeon.checkpoint",
-    "open_checkpoint": "surgeon.checkpoint",
-    "DiffOptions": "surgeon.diff",
-    "DiffReport": "surgeon.diff",
-    "diff_checkpoints": "surgeon.diff",
+    "Checkpoint": "surgeon.format.checkpoint",
+    "open_checkpoint": "surgeon.format.checkpoint",
+    "DiffOptions": "surgeon.diff.engine",
+    "DiffReport": "surgeon.diff.engine",
+    "diff_checkpoints": "surgeon.diff.engine",
     "SurgeonError": "surgeon.errors",
 }
 __all__ = sorted(_EXPORTS)

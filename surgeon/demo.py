@@ -4,9 +4,9 @@ Prune every layer, measure it against the base, watch the canary fail, let salva
 the layers that fit a quality budget, then diff and verify what was written. Each step
 prints what it found.
 
-The tiny model knows only the text it was trained on (fixtures/calibration.txt, one-line
+The tiny model knows only the text it was trained on (surgeon/_data/demo/training.txt, one-line
 sentences), so the demo calibrates and measures on that text and asks it prompts of that
-kind (surgeon/_data/demo_prompts.txt): on the bundled English corpus and prompts, meant
+kind (surgeon/_data/demo/prompts.txt): on the bundled English corpus and prompts, meant
 for real models, its numbers would say nothing.
 """
 
@@ -18,39 +18,42 @@ from collections.abc import Callable
 from pathlib import Path
 
 from surgeon.atomic import check_output, output_errors, publish, refuse_inputs, temp_dir, write_text_atomic
+from surgeon.bundled import bundled_path
 from surgeon.errors import SurgeonError
-from surgeon.layers import layer_ranges
-from surgeon.writer import MANIFEST_NAME
+from surgeon.format.writer import MANIFEST_NAME
+from surgeon.model.names import layer_ranges
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "gemma4-tiny-trained"
-DEMO_CANDIDATE = FIXTURE.with_name(FIXTURE.name + "-pruned")  # built by fixtures/build_demo_candidate.py
-DEMO_TEXT = FIXTURE.parent / "calibration.txt"  # what the tiny model was trained on
+# Package data (surgeon/_data/demo), built by fixtures/build_trained.py and build_demo_candidate.py.
+DEMO_MODEL = bundled_path("demo", "model")  # the tiny trained Gemma 4
+DEMO_CANDIDATE = bundled_path("demo", "candidate")  # its all-layers prune, whose canary fails
+DEMO_TEXT = bundled_path("demo", "training.txt")  # what the tiny model was trained on
+DEMO_PROMPTS = bundled_path("demo", "prompts.txt")  # prompts of that kind, for its canary
 DEMO_MAX_KL = 0.05
 
 
 def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:
-    from surgeon.canary import CanaryOptions, default_cache_dir, read_prompts
-    from surgeon.canary_run import ComposedCanary, run_canary
-    from surgeon.checkpoint import open_checkpoint
-    from surgeon.diff import DiffOptions, diff_checkpoints
-    from surgeon.evaluate import EvalOptions, EvalSession
-    from surgeon.hashcache import default_cache_dir as hash_cache
-    from surgeon.prune import PruneOptions, prune
-    from surgeon.quality import recorded_quality
-    from surgeon.render_markdown import render_markdown
-    from surgeon.report import summary_line
-    from surgeon.salvage import QualityBudget, budget_plan, salvage
-    from surgeon.verify import verify
+    from surgeon.diff.engine import DiffOptions, diff_checkpoints
+    from surgeon.diff.render_markdown import render_markdown
+    from surgeon.diff.report import summary_line
+    from surgeon.format.checkpoint import open_checkpoint
+    from surgeon.format.hashcache import default_cache_dir as hash_cache
+    from surgeon.prune.engine import PruneOptions, prune
+    from surgeon.quality.evaluate import EvalOptions, EvalSession
+    from surgeon.quality.record import recorded_quality
+    from surgeon.recover.canary.checks import CanaryOptions, default_cache_dir, read_prompts
+    from surgeon.recover.canary.runner import ComposedCanary, run_canary
+    from surgeon.recover.salvage import QualityBudget, budget_plan, salvage
+    from surgeon.recover.verify import verify
 
     folder = Path(folder)
-    refuse_inputs(folder, [FIXTURE, DEMO_CANDIDATE])  # before anything is created, inside an input or not
+    refuse_inputs(folder, [DEMO_MODEL, DEMO_CANDIDATE])  # before anything is created, inside an input or not
     folder.parent.mkdir(parents=True, exist_ok=True)
-    target = check_output(folder, [FIXTURE, DEMO_CANDIDATE], force)
+    target = check_output(folder, [DEMO_MODEL, DEMO_CANDIDATE], force)
     with output_errors(folder), temp_dir(target) as work, _named_as(work, folder):
         # Built in a hidden folder that moves into place at the end, so an interrupted demo
         # leaves nothing and --force never leaves FOLDER absent. The files name the final paths.
-        base, pruned, salvaged = FIXTURE, work / "pruned", work / "salvaged"
-        prompts, options, cache = read_prompts(_demo_prompts()), CanaryOptions(), default_cache_dir()
+        base, pruned, salvaged = DEMO_MODEL, work / "pruned", work / "salvaged"
+        prompts, options, cache = read_prompts(DEMO_PROMPTS), CanaryOptions(), default_cache_dir()
         measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, device="cpu", dtype="float32")
 
         say(f"1. prune: 1 of 8 query heads in every layer of {base.name} (recon importance, lstsq heal)")
@@ -118,12 +121,6 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
     for written_folder in (pruned, salvaged):
         show_verify(verify(written_folder, base))
     return {"pruned": str(pruned), "salvaged": str(salvaged), "kept": plan.keep, "steps": len(plan.steps)}
-
-
-def _demo_prompts():
-    import importlib.resources
-
-    return Path(str(importlib.resources.files("surgeon").joinpath("_data", "demo_prompts.txt")))
 
 
 def _quality_line(summary: dict) -> str:

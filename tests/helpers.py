@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.dtypes import float32_to_bf16_bits, raw_view, to_float64
-from surgeon.safetensors_format import TensorBytes, write_safetensors
+from surgeon.demo import DEMO_TEXT
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.dtypes import float32_to_bf16_bits, raw_view, to_float64
+from surgeon.format.safetensors import TensorBytes, write_safetensors
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 BASE = FIXTURES / "gemma4-tiny" / "base"
@@ -84,7 +85,7 @@ def sha(path: Path) -> str:
 
 def count_reads(monkeypatch) -> list[str]:
     """The shard files hash_one_file reads from now on, by name, in order."""
-    from surgeon import hashing
+    from surgeon.format import hashing
 
     calls = []
     real = hashing.hash_one_file
@@ -97,7 +98,7 @@ def count_reads(monkeypatch) -> list[str]:
     return calls
 
 
-TINY_CORPUS = FIXTURES / "calibration.txt"  # what the tiny trained model learned: ~1k tokens
+TINY_CORPUS = DEMO_TEXT  # what the tiny trained model learned: ~1k tokens
 
 
 def tiny_prune_options(**options):
@@ -105,6 +106,6 @@ def tiny_prune_options(**options):
     tokens) unless a test says otherwise: the bundled corpus (8192 tokens taken) is meant for
     real models, makes each prune 8x slower here, and is noise to a model that knows only its
     training sentences."""
-    from surgeon.prune import PruneOptions
+    from surgeon.prune.engine import PruneOptions
 
     return PruneOptions(**({"calib": str(TINY_CORPUS)} | options))

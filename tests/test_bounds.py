@@ -23,16 +23,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.cli import main
-from surgeon.diff import DiffOptions, diff_checkpoints
+from surgeon.cli.main import main
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.diff.inspection import inspect_json
+from surgeon.diff.report import to_json
 from surgeon.errors import SurgeonError
-from surgeon.inspect import inspect_json
-from surgeon.layers import parse_layer_spec, parse_layers, parse_name
-from surgeon.plan import RollbackPlan
-from surgeon.report import to_json
-from surgeon.safetensors_format import TensorBytes, read_header, write_safetensors
-from surgeon.salvage import parse_keep, salvage
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.safetensors import TensorBytes, read_header, write_safetensors
+from surgeon.model.names import parse_layer_spec, parse_layers, parse_name
+from surgeon.recover.plan import RollbackPlan
+from surgeon.recover.salvage import parse_keep, salvage
 from tests.helpers import BASE, PRUNED
 
 MB = 1 << 20
@@ -101,7 +101,7 @@ def test_sparse_layer_numbers_allocate_nothing_per_number(tmp_path):
         report = diff_checkpoints(open_checkpoint(base), open_checkpoint(candidate), DiffOptions(cache_dir=None))
         data = to_json(report)
         plan = RollbackPlan(report)
-        from tui.views import layer_rows
+        from surgeon.tui.views import layer_rows
 
         rows = layer_rows(report, plan)
         inspected = inspect_json(open_checkpoint(candidate))
@@ -132,7 +132,7 @@ def test_cli_diff_inspect_and_verify_on_sparse_layers(tmp_path):
         diff = runner.invoke(main, ["diff", str(base), str(candidate), "--json"])
         inspected = runner.invoke(main, ["inspect", str(candidate)])
         _, manifest = salvage(candidate, base, [0, 999999999], tmp_path / "out")
-        from surgeon.verify import verify
+        from surgeon.recover.verify import verify
 
         report = verify(tmp_path / "out", base)
     assert diff.exit_code == 1 and json.loads(diff.stdout)["summary"]["layers_changed"] == [0, 999999999]
@@ -201,7 +201,7 @@ def test_layer_ranges_are_checked_before_they_are_built():
 
 
 def test_cli_prune_names_its_own_options(tmp_path):
-    import surgeon.prune  # noqa: F401 - torch is imported here, outside the measured block
+    import surgeon.prune.engine  # noqa: F401 - torch is imported here, outside the measured block
 
     runner = CliRunner()
     for args, message in [
@@ -328,8 +328,8 @@ def test_a_huge_shape_costs_no_big_int_products(tmp_path):
 def test_prompts_corpus_and_canary_cache_are_bounded_regular_files(tmp_path):
     """A FIFO or a link to /dev/zero named as prompts or corpus is one line, not a hang or
     an endless read; a canary cache entry that is not a base output is a miss."""
-    from surgeon.calibration import load_corpus
-    from surgeon.canary import cache_read, read_prompts
+    from surgeon.prune.calibration import load_corpus
+    from surgeon.recover.canary.checks import cache_read, read_prompts
 
     fifo = tmp_path / "prompts.txt"
     os.mkfifo(fifo)

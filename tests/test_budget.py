@@ -8,18 +8,18 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.cli import main
-from surgeon.diff import DiffOptions, diff_checkpoints
+from surgeon.cli.main import main
+from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.errors import SurgeonError
-from surgeon.evaluate import EvalOptions, EvalSession
-from surgeon.quality import recorded_quality
-from surgeon.salvage import QualityBudget, budget_plan
-from tests.helpers import FIXTURES
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.quality.evaluate import EvalOptions, EvalSession
+from surgeon.quality.record import recorded_quality
+from surgeon.recover.salvage import QualityBudget, budget_plan
 
-BASE = FIXTURES / "gemma4-tiny-trained"
-CANDIDATE = FIXTURES / "gemma4-tiny-trained-pruned"  # every layer pruned; layer 0 is the costly one
-TEXT = FIXTURES / "calibration.txt"
+BASE = DEMO_MODEL
+CANDIDATE = DEMO_CANDIDATE  # every layer pruned; layer 0 is the costly one
+TEXT = DEMO_TEXT
 EVAL = ["--eval-text", str(TEXT), "--eval-tokens", "512", "--device", "cpu"]
 
 
@@ -95,7 +95,7 @@ def test_cli_salvage_by_budget_records_every_step_and_the_result(tmp_path):
     manifest = json.loads((out / "prune_manifest.json").read_text())
     quality = manifest["quality"]
     assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
-    assert quality["eval"]["kl_mean"] <= 0.05 and quality["text"]["source"] == "calibration.txt"
+    assert quality["eval"]["kl_mean"] <= 0.05 and quality["text"]["source"] == DEMO_TEXT.name
     assert set(quality["layer_kl"]) == {str(n) for n in range(8)}
     assert manifest["salvage"]["kept_layers"] == [1, 2, 3, 4, 5, 6, 7]
     assert {s["how"] for s in manifest["salvage"]["auto"]} == {"all", "alone", "budget", "canary"}
@@ -104,7 +104,7 @@ def test_cli_salvage_by_budget_records_every_step_and_the_result(tmp_path):
     written = EvalSession(BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, device="cpu")).evaluate_model()
     assert written.summary()["kl_mean"] == pytest.approx(quality["eval"]["kl_mean"], rel=1e-5, abs=1e-9)
     card = CliRunner().invoke(main, ["diff", str(BASE), str(out), "--markdown"])
-    assert "## Quality against base" in card.stdout and "calibration.txt" in card.stdout
+    assert "## Quality against base" in card.stdout and DEMO_TEXT.name in card.stdout
 
 
 def test_budget_options_need_auto(tmp_path):
@@ -133,7 +133,7 @@ def test_prune_eval_records_quality_and_the_card_shows_it(evaluated):
     manifest = json.loads((evaluated / "prune_manifest.json").read_text())
     assert 400 < manifest["quality"]["eval"]["tokens"] < 512 and manifest["quality"]["eval"]["ppl_ratio"] > 1
     summary, source = card(BASE, evaluated)
-    assert summary == manifest["quality"]["eval"] and source == "calibration.txt"
+    assert summary == manifest["quality"]["eval"] and source == DEMO_TEXT.name
 
 
 def test_the_card_ignores_a_record_not_measured_on_these_bytes(evaluated, tmp_path):

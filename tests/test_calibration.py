@@ -6,7 +6,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from surgeon.calibration import (
+from surgeon.cli.main import main
+from surgeon.demo import DEMO_MODEL, DEMO_TEXT
+from surgeon.errors import SurgeonError
+from surgeon.prune.calibration import (
     AUTO_MIN_TOKENS,
     auto_token_budget,
     bundled_corpus,
@@ -15,12 +18,9 @@ from surgeon.calibration import (
     load_tokenizer,
     parse_dataset_spec,
 )
-from surgeon.cli import main
-from surgeon.errors import SurgeonError
-from surgeon.prune import PruneOptions, prune
-from tests.helpers import FIXTURES
+from surgeon.prune.engine import PruneOptions, prune
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 
 
 def test_the_bundled_corpus_is_large_varied_and_interleaved():
@@ -105,7 +105,7 @@ def cached_dataset(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
     from datasets.packaged_modules.parquet.parquet import Parquet
 
-    lines = (FIXTURES / "calibration.txt").read_text().splitlines()
+    lines = (DEMO_TEXT).read_text().splitlines()
     rows = [" ".join(lines[i : i + 8]) for i in range(0, len(lines), 8)]
     pq.write_table(pa.table({"id": list(range(len(rows))), "body": rows}), tmp_path / "train.parquet")
     cache = tmp_path / "datasets-cache"

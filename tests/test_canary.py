@@ -6,7 +6,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from surgeon.canary import (
+from surgeon.cli.main import main
+from surgeon.demo import DEMO_MODEL
+from surgeon.errors import SurgeonError
+from surgeon.recover.canary.checks import (
     CanaryOptions,
     Prompt,
     PromptResult,
@@ -15,12 +18,9 @@ from surgeon.canary import (
     usable_prompts,
     verdict,
 )
-from surgeon.canary_run import run_canary
-from surgeon.cli import main
-from surgeon.errors import SurgeonError
-from tests.helpers import FIXTURES
+from surgeon.recover.canary.runner import run_canary
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 
 
 def result(**values) -> PromptResult:
@@ -94,7 +94,7 @@ def test_bundled_prompts_cover_the_kinds_the_issue_names():
 
 
 def test_chat_prompts_are_used_only_with_a_chat_template(tmp_path):
-    from surgeon.calibration import load_tokenizer
+    from surgeon.prune.calibration import load_tokenizer
 
     tok = load_tokenizer(TRAINED)
     prompts = read_prompts(None)

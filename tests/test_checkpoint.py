@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from surgeon.checkpoint import open_checkpoint
 from surgeon.errors import SurgeonError
+from surgeon.format.checkpoint import open_checkpoint
 from tests.helpers import BASE, make_variant
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from surgeon.cli import main
+from surgeon.cli.main import main
 from tests.helpers import BASE, PRUNED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def test_output_inside_an_input_checkpoint_is_refused(tmp_path):
 def test_errors_are_one_line_without_traceback(args, message):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "surgeon.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "surgeon.cli.main", *args], capture_output=True, text=True, env=env, cwd=ROOT
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
@@ -126,7 +126,7 @@ def test_no_hash_reports_statuses_without_hashes():
 def test_diff_and_inspect_do_not_import_torch():
     code = (
         "import sys\n"
-        "from surgeon.cli import main\n"
+        "from surgeon.cli.main import main\n"
         "for args in (['diff', '--help'], ['diff', sys.argv[1], sys.argv[2], '--json'],"
         " ['diff', sys.argv[1], sys.argv[2], '--markdown', '--no-hash'], ['inspect', sys.argv[1]]):\n"
         "    try:\n"

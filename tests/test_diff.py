@@ -4,9 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.diff import DiffOptions, diff_checkpoints
-from surgeon.report import family_rows, to_json
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.diff.report import family_rows, to_json
+from surgeon.format.checkpoint import open_checkpoint
 from tests.helpers import BASE, PRUNED, make_variant, read_tensor
 
 PRUNED_HEAD = {layer: (layer * 3 + 1) % 8 for layer in range(4)}  # as fixtures/build_fixtures.py
@@ -135,7 +135,7 @@ def test_shard_added_and_removed(tmp_path):
 def test_header_only_with_reordered_tensors(tmp_path):
     other = make_variant(tmp_path / "meta", shard_metadata={"model-00001-of-00002.safetensors": {"format": "np"}})
     shard = other / "model-00002-of-00002.safetensors"
-    from surgeon.safetensors_format import TensorBytes, read_header, write_safetensors
+    from surgeon.format.safetensors import TensorBytes, read_header, write_safetensors
 
     header = read_header(shard)
     data = shard.read_bytes()
@@ -226,7 +226,7 @@ def test_a_changed_config_alone_makes_checkpoints_differ(tmp_path):
     assert {t.status for t in report.tensors} == {"identical"}
     assert not report.identical
     assert {f.name: f.status for f in report.files}["config.json"] == "changed"
-    from surgeon.report import summary_line
+    from surgeon.diff.report import summary_line
 
     assert summary_line(report).endswith("files: config.json changed")
 

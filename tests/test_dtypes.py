@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from surgeon.dtypes import DTYPES, float32_to_bf16_bits, raw_view, to_float64
+from surgeon.format.dtypes import DTYPES, float32_to_bf16_bits, raw_view, to_float64
 
 
 def decode(tensor: torch.Tensor, dtype: str) -> np.ndarray:

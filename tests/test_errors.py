@@ -17,10 +17,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from surgeon.cli import main
+from surgeon.cli.main import main
+from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
 from tests.helpers import FIXTURES
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 SURGEON = Path(__file__).resolve().parent.parent / "surgeon"
 
 
@@ -167,7 +168,6 @@ BAD_FOR_LABELS = [
 def test_diff_and_inspect_still_work_with_a_bad_config(tmp_path, edit):
     """diff and inspect only label heads with the config: a bad value reads as absent and
     the tensor shapes decide, so the comparison goes on, heads and all."""
-    from surgeon.demo import DEMO_CANDIDATE
 
     other = broken_copy(tmp_path, edit, src=DEMO_CANDIDATE)  # one head pruned in every layer
     for args in (
@@ -249,16 +249,16 @@ def test_a_bad_dtype_is_one_line(tmp_path):
 # -- engine messages --------------------------------------------------------------------
 
 ENGINE = [
-    "arch",
-    "adapters",
-    "calibration",
-    "canary",
-    "canary_run",
-    "evaluate",
-    "heal",
-    "importance",
-    "memory",
-    "stream",
+    "model/geometry",
+    "model/families",
+    "prune/calibration",
+    "recover/canary/checks",
+    "recover/canary/runner",
+    "quality/evaluate",
+    "prune/heal",
+    "prune/importance",
+    "prune/memory",
+    "prune/stream",
 ]
 
 
@@ -277,13 +277,13 @@ def test_engine_messages_name_no_cli_flag(module):
     a config key), never an option such as --tokenizer; the CLI adds the option."""
     tree = ast.parse((SURGEON / f"{module}.py").read_text())
     texts = list(_message_texts(tree))
-    assert texts or module in ("evaluate", "heal", "importance", "memory")
+    assert texts or module in ("quality/evaluate", "prune/heal", "prune/importance", "prune/memory")
     assert [t for t in texts if "--" in t] == []
 
 
 def test_the_cli_adds_the_option_an_engine_message_leaves_out(tmp_path):
-    from surgeon.calibration import load_tokenizer
     from surgeon.errors import SurgeonError
+    from surgeon.prune.calibration import load_tokenizer
 
     bare = tmp_path / "weights-only"
     bare.mkdir()

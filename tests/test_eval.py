@@ -14,20 +14,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from surgeon.calibration import load_tokenizer
-from surgeon.cli import main
+from surgeon.cli.main import main
+from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
 from surgeon.errors import Cancelled, SurgeonError
-from surgeon.evaluate import EvalOptions, EvalSession, load_eval_text, make_windows, quantile
-from surgeon.render_eval import outliers, quality_markdown, render_eval
-from surgeon.salvage import salvage
-from surgeon.stream import LayerStream
-from tests.helpers import FIXTURES, make_variant, read_tensor
+from surgeon.prune.calibration import load_tokenizer
+from surgeon.prune.stream import LayerStream
+from surgeon.quality.evaluate import EvalOptions, EvalSession, load_eval_text, make_windows, quantile
+from surgeon.quality.render import outliers, quality_markdown, render_eval
+from surgeon.recover.salvage import salvage
+from tests.helpers import make_variant, read_tensor
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
-PRUNED = FIXTURES / "gemma4-tiny-trained-pruned"
+TRAINED = DEMO_MODEL
+PRUNED = DEMO_CANDIDATE
 ROOT = Path(__file__).resolve().parent.parent
 # Sentences the tiny model was trained on, and some it was not: windows that differ in KL.
-LINES = (FIXTURES / "calibration.txt").read_text().splitlines()
+LINES = (DEMO_TEXT).read_text().splitlines()
 TEXT = "\n\n".join([" ".join(LINES[:12]), " ".join(LINES[12:20]), "Stars flicker because the air above us moves."])
 
 
@@ -337,6 +338,6 @@ def test_quality_markdown_and_no_torch_for_it():
     assert "| perplexity | 18.08 | 18.28 (+1.1%) |" in lines
     assert "| top-1 agreement with base | | 97.3% |" in lines
     assert any("`a|b.txt`" in line for line in lines)  # a code span in a sentence: inert
-    code = "import sys, surgeon.render_eval\nprint('torch' in sys.modules)"
+    code = "import sys, surgeon.quality.render\nprint('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.stdout.strip() == "False", proc.stderr

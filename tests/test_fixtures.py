@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fixtures.build_fixtures import build
+from surgeon.demo import DEMO_MODEL
 from tests.helpers import BASE, FIXTURES, PRUNED
 
 
@@ -42,11 +43,11 @@ def test_demo_candidate_is_the_trained_model_pruned_and_verifies():
     """`surgeon tui`'s demo pair: every layer pruned, the manifest true to the bytes, and
     the base named relative to the repository (not the machine that built it)."""
     from surgeon.demo import DEMO_CANDIDATE as candidate
-    from surgeon.demo import FIXTURE as base
-    from surgeon.verify import verify
+    from surgeon.demo import DEMO_MODEL as base
+    from surgeon.recover.verify import verify
 
     manifest = json.loads((candidate / "prune_manifest.json").read_text())
-    assert manifest["base"]["path"] == "fixtures/gemma4-tiny-trained"
+    assert manifest["base"]["path"] == "surgeon/_data/demo/model"
     assert manifest["written"]["layers"] == list(range(8))
     report = verify(candidate, base)
     assert report.ok, report.discrepancies
@@ -57,8 +58,11 @@ def test_demo_candidate_is_the_trained_model_pruned_and_verifies():
 MACHINE_PATH = re.compile(rb"(?<![\w.~-])/(?:work|home|root|tmp|Users|private/var)/|\b[A-Za-z]:\\\\?[\w$]")
 
 
+DATA = FIXTURES.parent / "surgeon" / "_data" / "demo"  # the demo checkpoints ship as package data
+
+
 def committed_files():
-    for path in sorted(FIXTURES.rglob("*")):
+    for path in sorted([*FIXTURES.rglob("*"), *DATA.rglob("*")]):
         if path.is_file() and "__pycache__" not in path.parts:
             yield path
 
@@ -66,7 +70,7 @@ def committed_files():
 def test_no_committed_fixture_names_a_machine_path():
     files = list(committed_files())
     assert any(p.name == "prune_manifest.json" for p in files) and any(p.suffix == ".safetensors" for p in files)
-    leaks = {str(p.relative_to(FIXTURES)): m[0] for p in files if (m := MACHINE_PATH.search(p.read_bytes()))}
+    leaks = {str(p.relative_to(FIXTURES.parent)): m[0] for p in files if (m := MACHINE_PATH.search(p.read_bytes()))}
     assert leaks == {}
     assert MACHINE_PATH.search(b'"source": "/work/main/fixtures/calibration.txt"')  # what it caught
     assert MACHINE_PATH.search(b'"path": "C:\\\\Users\\\\me\\\\corpus.txt"')
@@ -76,17 +80,17 @@ def test_no_committed_fixture_names_a_machine_path():
 def test_prune_manifest_names_the_corpus_by_name_and_hash_not_path(tmp_path):
     """A user's corpus is recorded by its file name, the SHA256 of its bytes and the token
     count: the folder it sits in (often the user's home) stays out of the manifest."""
-    from surgeon.prune import PruneOptions, prune
+    from surgeon.prune.engine import PruneOptions, prune
     from tests.helpers import sha
 
     corpus = tmp_path / "private" / "corpus.txt"
     corpus.parent.mkdir()
     corpus.write_text("The sun rises in the east.\nWater boils at one hundred degrees.\n")
     options = PruneOptions(layers="0", device="cpu", dtype="float32", calib=str(corpus))
-    manifest = prune(FIXTURES / "gemma4-tiny-trained", tmp_path / "out", options).manifest
+    manifest = prune(DEMO_MODEL, tmp_path / "out", options).manifest
     calibration = manifest["calibration"]
     assert calibration["source"] == "corpus.txt" and manifest["options"]["calib"] == "corpus.txt"
     assert calibration["file_sha256"] == sha(corpus)
     assert calibration["samples"] == 2 and calibration["tokens"] > 2
     assert str(tmp_path) not in json.dumps({k: v for k, v in manifest.items() if k != "base"})
-    assert manifest["base"]["path"] == str((FIXTURES / "gemma4-tiny-trained").resolve())  # verify finds the base
+    assert manifest["base"]["path"] == str((DEMO_MODEL).resolve())  # verify finds the base

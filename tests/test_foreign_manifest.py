@@ -14,10 +14,10 @@ import shutil
 
 import pytest
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.diff import DiffOptions, diff_checkpoints
-from surgeon.foreign_manifest import NEEDS_BASE, UNKNOWN, is_surgeon_manifest, verify_foreign
-from surgeon.verify import VerifyReport
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.diff.foreign_manifest import NEEDS_BASE, UNKNOWN, is_surgeon_manifest, verify_foreign
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.recover.verify import VerifyReport
 from tests.helpers import BASE, make_variant, read_tensor
 
 HEAD, HEAD_DIM, N_Q = 2, 8, 8
@@ -206,7 +206,7 @@ def test_strings_from_the_manifest_stay_inert(diff):
 def test_cli_verify_fails_on_the_cards_lie(candidate, tmp_path):
     from click.testing import CliRunner
 
-    from surgeon.cli import main
+    from surgeon.cli.main import main
 
     lying = shutil.copytree(candidate, tmp_path / "he1")
     (lying / "prune_manifest.json").write_text(json.dumps(omk_manifest(range(8), canary_failed=True), indent=2))
@@ -222,7 +222,7 @@ def test_cli_an_honest_foreign_manifest_holds_but_is_not_verified(candidate, tmp
     """Its claims are proven from the bytes, but it records no hashes: "claims hold", never "verified"."""
     from click.testing import CliRunner
 
-    from surgeon.cli import main
+    from surgeon.cli.main import main
 
     honest = shutil.copytree(candidate, tmp_path / "honest")
     (honest / "prune_manifest.json").write_text(json.dumps(omk_manifest(WRITTEN), indent=2))

@@ -19,11 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.dtypes import DTYPES
 from surgeon.errors import SurgeonError
-from surgeon.layers import MAX_LAYER_DIGITS, parse_layer_spec, parse_name
-from surgeon.safetensors_format import (
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.dtypes import DTYPES
+from surgeon.format.safetensors import (
     METADATA_KEY,
     _check_coverage,
     _parse_entry,
@@ -31,6 +30,7 @@ from surgeon.safetensors_format import (
     _reject_duplicates,
     read_header,
 )
+from surgeon.model.names import MAX_LAYER_DIGITS, parse_layer_spec, parse_name
 
 FUZZ = settings(
     max_examples=150,
@@ -183,7 +183,7 @@ def oracle(raw: bytes, data_len: int):
         metadata = _parse_metadata(parsed.pop(METADATA_KEY), "") if METADATA_KEY in parsed else None
         start = 8 + len(raw)
         entries = {n: _parse_entry(n, e, "") for n, e in parsed.items()}
-        from surgeon.safetensors_format import TensorInfo
+        from surgeon.format.safetensors import TensorInfo
 
         infos = [TensorInfo(n, d, s, "f", start + b, start + e) for n, (d, s, b, e) in entries.items()]
         _check_coverage(infos, data_len, start, "")

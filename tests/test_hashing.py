@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from surgeon import hashing
-from surgeon.checkpoint import open_checkpoint
-from surgeon.diff import DiffOptions, diff_checkpoints
-from surgeon.hashcache import HashCache
-from surgeon.hashing import hash_one_file, hash_shards
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.format import hashing
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.hashcache import HashCache
+from surgeon.format.hashing import hash_one_file, hash_shards
 from tests.helpers import BASE, PRUNED, count_reads
 from tests.test_checkpoint import make_hub_cache
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from rich.console import Console
 
-from surgeon.cli import main
+from surgeon.cli.main import main
 from surgeon.text import inert, inert_lines, markup_safe, md_code, md_text
 from tests.helpers import BASE, make_variant
 
@@ -112,11 +112,11 @@ def test_diff_terminal_shows_names_escaped_and_literal(hostile, verbose):
 
 def test_render_terminal_on_a_real_terminal_has_no_hyperlink_or_foreign_escape(hostile):
     """Drawn for a colour terminal, the only escapes are Rich's colours."""
-    from surgeon.checkpoint import open_checkpoint
-    from surgeon.diff import DiffOptions, diff_checkpoints
-    from surgeon.inspect import inspect_json
-    from surgeon.render_inspect import render_inspect
-    from surgeon.render_terminal import render_terminal
+    from surgeon.diff.engine import DiffOptions, diff_checkpoints
+    from surgeon.diff.inspection import inspect_json
+    from surgeon.diff.render_inspection import render_inspect
+    from surgeon.diff.render_terminal import render_terminal
+    from surgeon.format.checkpoint import open_checkpoint
 
     report = diff_checkpoints(open_checkpoint(BASE), open_checkpoint(hostile), DiffOptions(cache_dir=None))
     buffer = io.StringIO()
@@ -305,7 +305,7 @@ def test_markup_safe_shows_markup_literally_in_rich():
 
 
 def hostile_canary(tmp_path):
-    from surgeon.canary import CanaryReport, PromptResult, read_prompts
+    from surgeon.recover.canary.checks import CanaryReport, PromptResult, read_prompts
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("[/] \x1b[2J prompt [link=https://evil]x[/link]\n:smile: \u202eevil\n", encoding="utf-8")
@@ -335,8 +335,9 @@ def draw(renderable) -> str:
 
 
 def test_canary_table_and_tui_blocks_keep_prompts_and_outputs_inert(tmp_path):
-    from surgeon.render_recover import canary_table
-    from tui.views import canary_blocks
+    from surgeon.tui.views import canary_blocks
+
+    from surgeon.recover.render import canary_table
 
     report = hostile_canary(tmp_path)
     for out in (draw(canary_table(report)), draw(canary_blocks(report))):
@@ -350,7 +351,7 @@ def test_canary_table_and_tui_blocks_keep_prompts_and_outputs_inert(tmp_path):
 
 
 def test_salvage_summary_shows_the_folder_inert(tmp_path):
-    from surgeon.cli_recover import _salvage_summary
+    from surgeon.cli.recover import _salvage_summary
 
     manifest = {
         "salvage": {"kept_layers": [0], "rolled_back_layers": [1], "canary_after": None},
@@ -365,7 +366,7 @@ def test_salvage_summary_shows_the_folder_inert(tmp_path):
 def test_prune_summary_shows_config_values_and_messages_inert():
     from types import SimpleNamespace
 
-    from surgeon.cli_prune import _summary
+    from surgeon.cli.prune import _summary
 
     manifest = {
         "messages": ["note about [/] \x1b[2J"],
@@ -387,8 +388,9 @@ def test_prune_summary_shows_config_values_and_messages_inert():
 
 
 def test_tui_shows_hostile_names_escaped_in_tables_detail_and_dialogs(tmp_path):
+    from surgeon.tui.app import SurgeonApp
+
     from tests.test_tui import _render_plain, settle, table_rows
-    from tui.app import SurgeonApp
 
     candidate = make_variant(
         tmp_path / "cand[/]\x1b[2J",

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from surgeon.arch import config_geometry, geometry_by_layer, layer_geometry, text_config
-from surgeon.checkpoint import open_checkpoint
-from surgeon.dtypes import DTYPES
-from surgeon.layers import describe_layers, layer_ranges, parse_name
-from surgeon.safetensors_format import TensorInfo
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.dtypes import DTYPES
+from surgeon.format.safetensors import TensorInfo
+from surgeon.model.geometry import config_geometry, geometry_by_layer, layer_geometry, text_config
+from surgeon.model.names import describe_layers, layer_ranges, parse_name
 from tests.helpers import BASE
 
 

@@ -6,17 +6,24 @@ import math
 import pytest
 import torch
 
-from surgeon import importance
-from surgeon.adapters import describe
-from surgeon.checkpoint import open_checkpoint
+from surgeon.demo import DEMO_MODEL
 from surgeon.errors import Cancelled
-from surgeon.importance import copy_bytes, held_bytes, loo_nll_scores, mask_heads_hook, nf4_round_trip, stack_batch
-from surgeon.prune import _make_batches
-from surgeon.stream import LayerStream
-from tests.helpers import FIXTURES
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.model.families import describe
+from surgeon.prune import importance
+from surgeon.prune.engine import _make_batches
+from surgeon.prune.importance import (
+    copy_bytes,
+    held_bytes,
+    loo_nll_scores,
+    mask_heads_hook,
+    nf4_round_trip,
+    stack_batch,
+)
+from surgeon.prune.stream import LayerStream
 from tests.tiny_models import save_tiny
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 
 
 def reference_loo_nll(stream, spec, batches, quant, should_stop=None):
@@ -225,7 +232,7 @@ def test_nll_in_row_chunks_equals_the_full_logits_nll(gemma4, monkeypatch):
 def test_stacking_repeats_per_batch_tensors_and_copies_shared_mappings():
     from transformers.cache_utils import KVSharingDict
 
-    from surgeon.stream import Batch
+    from surgeon.prune.stream import Batch
 
     ids = torch.tensor([[2, 5, 6], [2, 7, 0]])
     kv = torch.arange(2 * 3.0).reshape(2, 3, 1)
@@ -252,7 +259,7 @@ def test_stacking_repeats_per_batch_tensors_and_copies_shared_mappings():
 
 def test_copy_bytes_grows_with_the_batch(gemma4):
     """Wider and taller batches take fewer copies per forward under the same budget."""
-    from surgeon.stream import Batch
+    from surgeon.prune.stream import Batch
 
     stream, _ = gemma4
     small = Batch(torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))

@@ -19,15 +19,16 @@ import pytest
 from click.testing import CliRunner
 
 from surgeon import atomic
-from surgeon.checkpoint import open_checkpoint
-from surgeon.cli import main
+from surgeon.cli.main import main
+from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
 from surgeon.errors import SurgeonError
-from surgeon.writer import write_checkpoint
-from tests.helpers import FIXTURES, sha
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.writer import write_checkpoint
+from tests.helpers import sha
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINED = FIXTURES / "gemma4-tiny-trained"
-CANDIDATE = FIXTURES / "gemma4-tiny-trained-pruned"
+TRAINED = DEMO_MODEL
+CANDIDATE = DEMO_CANDIDATE
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 
 
@@ -112,8 +113,9 @@ def test_an_output_reached_through_a_linked_folder_is_refused(linked_inputs, arg
 
 
 def test_the_tui_write_and_prune_use_the_same_guard(linked_inputs):
-    from surgeon.writer import check_output_path
-    from tui.app import _prune_request
+    from surgeon.tui.app import _prune_request
+
+    from surgeon.format.writer import check_output_path
 
     base = linked_inputs / "inputs" / "base"
     ckpts = [open_checkpoint(base), open_checkpoint(linked_inputs / "inputs" / "candidate")]
@@ -125,15 +127,15 @@ def test_the_tui_write_and_prune_use_the_same_guard(linked_inputs):
 
 
 def test_demo_force_never_deletes_its_own_input(tmp_path):
-    from surgeon.demo import DEMO_CANDIDATE, FIXTURE, run_demo
+    from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, run_demo
 
-    (tmp_path / "via").symlink_to(FIXTURE.parent)
-    before = hashes(FIXTURE), hashes(DEMO_CANDIDATE)
+    (tmp_path / "via").symlink_to(DEMO_MODEL.parent)
+    before = hashes(DEMO_MODEL), hashes(DEMO_CANDIDATE)
     nested = DEMO_CANDIDATE / "new" / "x"  # its parent must not be created inside the input either
-    for folder in (FIXTURE.parent, FIXTURE, DEMO_CANDIDATE / "x", nested, tmp_path / "via" / FIXTURE.name):
+    for folder in (DEMO_MODEL.parent, DEMO_MODEL, DEMO_CANDIDATE / "x", nested, tmp_path / "via" / DEMO_MODEL.name):
         with pytest.raises(SurgeonError, match="refusing to write"):
             run_demo(folder, print, print, print, force=True)
-    assert (hashes(FIXTURE), hashes(DEMO_CANDIDATE)) == before
+    assert (hashes(DEMO_MODEL), hashes(DEMO_CANDIDATE)) == before
     assert not (DEMO_CANDIDATE / "new").exists()
 
 
@@ -221,7 +223,7 @@ def test_a_report_file_is_created_exclusively(tmp_path, renames):
 TWO_PROCESS_BARRIER = """
 import os, sys, time
 from pathlib import Path
-from surgeon import cli
+from surgeon.cli import main as cli
 
 meeting = Path(sys.argv[1])
 real_emit = cli._emit
@@ -286,8 +288,8 @@ def test_force_replaces_in_one_step_the_output_is_never_absent(tmp_path, monkeyp
 CRASH_BETWEEN_RENAMES = """
 import os, signal, sys
 from surgeon import atomic
-from surgeon.checkpoint import open_checkpoint
-from surgeon.writer import write_checkpoint
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.writer import write_checkpoint
 
 atomic.renameat2 = lambda *args: False  # as where the OS has no renameat2
 real = os.rename
@@ -330,8 +332,8 @@ def test_an_old_output_a_dead_run_moved_aside_is_deleted_once_replaced(tmp_path)
 
 SLOW_WRITER = """
 import sys, time
-from surgeon import writer
-from surgeon.cli import main
+from surgeon.format import writer
+from surgeon.cli.main import main
 
 writer.COPY_CHUNK = 4096
 real = writer._kernel_copy_range
@@ -403,7 +405,9 @@ def test_only_temp_folders_whose_owner_is_gone_are_removed(tmp_path):
 
 TRUNCATING = """
 import os, sys
-from surgeon import cli, hashing, writer
+from surgeon.cli import main as cli
+from surgeon.format import hashing
+from surgeon.format import writer
 
 shard = sys.argv[1]
 

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.diff import DiffOptions, diff_checkpoints
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.errors import SurgeonError
-from surgeon.plan import RollbackPlan
-from surgeon.salvage import salvage
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.recover.plan import RollbackPlan
+from surgeon.recover.salvage import salvage
 from tests.helpers import BASE, PRUNED, make_variant, read_tensor, sha
 
 

@@ -5,17 +5,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from surgeon.adapters import describe
-from surgeon.checkpoint import open_checkpoint
-from surgeon.diff import DiffOptions, diff_checkpoints
-from surgeon.evaluate import corpus_nll
-from surgeon.heal import head_columns, heal_o_proj
-from surgeon.importance import mask_heads_hook, select_heads
-from surgeon.prune import prune
-from surgeon.stream import Batch, LayerStream
-from tests.helpers import FIXTURES, sha, tiny_prune_options
+from surgeon.demo import DEMO_MODEL, DEMO_TEXT
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.model.families import describe
+from surgeon.prune.engine import prune
+from surgeon.prune.heal import head_columns, heal_o_proj
+from surgeon.prune.importance import mask_heads_hook, select_heads
+from surgeon.prune.stream import Batch, LayerStream
+from surgeon.quality.evaluate import corpus_nll
+from tests.helpers import sha, tiny_prune_options
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 
 
@@ -123,7 +124,7 @@ def test_written_checkpoint_loads_in_transformers(pruned_0_3):
 
 def test_heal_lowers_calibration_nll(tmp_path):
     # the tiny model knows only its training text: calibrate and score on that
-    corpus = FIXTURES / "calibration.txt"
+    corpus = DEMO_TEXT
     options = dict(prune_frac=0.25, layers="all", importance="recon", calib=str(corpus))
     healed = prune(TRAINED, tmp_path / "healed", tiny_prune_options(heal="lstsq", **options)).output
     unhealed = prune(TRAINED, tmp_path / "unhealed", tiny_prune_options(heal="none", **options)).output
@@ -191,7 +192,7 @@ def test_qwen2_bias_of_pruned_heads_is_zeroed(tmp_path):
 
 
 def test_cli_prune_and_its_errors(tmp_path):
-    from surgeon.cli import main
+    from surgeon.cli.main import main
 
     runner = CliRunner()
     result = runner.invoke(main, ["prune", str(TRAINED), "-o", str(tmp_path / "o"), "--layers", "2", "-q"])
@@ -219,7 +220,7 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
 def test_recon_scores_equal_refitting_without_each_head():
     import math
 
-    from surgeon.heal import recon_scores, ridge_objective
+    from surgeon.prune.heal import recon_scores, ridge_objective
 
     torch.manual_seed(2)
     heads, dim = 6, 8
@@ -236,7 +237,7 @@ def test_recon_scores_equal_refitting_without_each_head():
 
 
 def test_gram_excludes_padding_tokens():
-    from surgeon.prune import _Gram
+    from surgeon.prune.engine import _Gram
 
     torch.manual_seed(3)
     x = torch.randn(2, 5, 16)

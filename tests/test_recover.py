@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from surgeon.canary import CanaryOptions, Prompt, cache_key, prompt_ids, read_prompts
-from surgeon.canary_run import ComposedCanary, run_canary
-from surgeon.salvage import auto_plan, salvage
-from surgeon.verify import verify
+from surgeon.demo import DEMO_MODEL
+from surgeon.recover.canary.checks import CanaryOptions, Prompt, cache_key, prompt_ids, read_prompts
+from surgeon.recover.canary.runner import ComposedCanary, run_canary
+from surgeon.recover.salvage import auto_plan, salvage
+from surgeon.recover.verify import verify
 from tests.helpers import FIXTURES, make_variant, read_tensor, sha, tiny_prune_options
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 PROMPTS = read_prompts(None)
 
@@ -108,7 +109,7 @@ def test_durable_salvage_writes_the_same_bytes(planted, tmp_path):
 
 
 def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
-    from surgeon.prune import prune
+    from surgeon.prune.engine import prune
 
     out = prune(TRAINED, tmp_path / "p", tiny_prune_options(layers="0-3")).output
     assert verify(out).ok
@@ -122,7 +123,7 @@ def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
         "manifest lists 8 pruned layers (0-7); weights differ from base in 4 (0-3); 4-7 are byte-identical to base",
         f"shard {SHARD1}: the manifest says it is the base's file, but it is changed",
     ]
-    from surgeon.checkpoint import open_checkpoint
+    from surgeon.format.checkpoint import open_checkpoint
 
     o_proj = "model.layers.2.self_attn.o_proj.weight"
     data = bytearray((out / SHARD1).read_bytes())
@@ -138,7 +139,7 @@ def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
 
 
 def test_killed_salvage_leaves_nothing_and_the_base_untouched(planted, tmp_path, monkeypatch):
-    from surgeon import writer
+    from surgeon.format import writer
 
     before = {p.name: sha(p) for p in TRAINED.iterdir()}
     calls = []
@@ -190,7 +191,7 @@ def test_missing_bos_reproduces_the_gotcha():
 
 
 def test_cli_canary_salvage_verify(planted, tmp_path):
-    from surgeon.cli import main
+    from surgeon.cli.main import main
 
     runner = CliRunner()
     result = runner.invoke(main, ["canary", str(planted), "--base", str(TRAINED)])
@@ -233,7 +234,7 @@ def test_nf4_canary_through_bitsandbytes(tmp_path):
 
 
 def test_canary_without_a_tokenizer_says_so_in_one_line():
-    from surgeon.cli import main
+    from surgeon.cli.main import main
 
     random_pair = FIXTURES / "gemma4-tiny"  # built for diff: weights only, no tokenizer
     result = CliRunner().invoke(main, ["canary", str(random_pair / "pruned"), "--base", str(random_pair / "base")])

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from surgeon.errors import SurgeonError
-from surgeon.safetensors_format import MAX_HEADER_SIZE, TensorBytes, read_header, write_safetensors
+from surgeon.format.safetensors import MAX_HEADER_SIZE, TensorBytes, read_header, write_safetensors
 
 
 def raw_file(path, header: dict | str | bytes | None, data: bytes = b"", length: int | None = None):

@@ -2,10 +2,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from surgeon.adapters import describe
-from surgeon.checkpoint import open_checkpoint
 from surgeon.errors import SurgeonError
-from surgeon.stream import Batch, LayerStream
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.model.families import describe
+from surgeon.prune.stream import Batch, LayerStream
 from tests.helpers import BASE
 from tests.tiny_models import FAMILIES, as_multimodal_gemma4, save_tiny
 

@@ -16,17 +16,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from surgeon import hashing
-from surgeon.checkpoint import open_checkpoint
-from surgeon.cli import main
-from surgeon.diff import DiffOptions, diff_checkpoints
-from surgeon.hashcache import FileIdentity, HashCache, hf_blob_sha256
-from surgeon.hashing import hash_shards
-from surgeon.salvage import salvage
-from surgeon.verify import verify
-from tests.helpers import BASE, FIXTURES, PRUNED, count_reads, make_variant, read_tensor, sha, tiny_prune_options
+from surgeon.cli.main import main
+from surgeon.demo import DEMO_MODEL
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.format import hashing
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256
+from surgeon.format.hashing import hash_shards
+from surgeon.recover.salvage import salvage
+from surgeon.recover.verify import verify
+from tests.helpers import BASE, PRUNED, count_reads, make_variant, read_tensor, sha, tiny_prune_options
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 MANIFEST = "prune_manifest.json"
 
@@ -134,7 +135,7 @@ def test_damaged_content_entry_is_a_miss(tmp_path, monkeypatch, damage):
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge", "deep", "directory"])
 def test_cache_entries_must_be_regular_and_bounded(tmp_path, monkeypatch, kind):
-    from surgeon import hashcache
+    from surgeon.format import hashcache
 
     shard = open_checkpoint(BASE).shards[SHARD2]
     cache = HashCache(tmp_path / "cache")
@@ -221,7 +222,7 @@ def test_a_tampered_hub_blob_is_caught_by_verify_and_not_shown_as_evidence(hub, 
     report = diff_checkpoints(open_checkpoint(base), open_checkpoint(pruned), DiffOptions(cache_dir=None))
     shard = next(s for s in report.shards if s.name == SHARD1)
     assert shard.sha256[1] == named and shard.sha256_source[1] == "hub-blob-name"
-    from surgeon.render_markdown import render_markdown
+    from surgeon.diff.render_markdown import render_markdown
 
     assert "not evidence" in render_markdown(report)
     # `diff --markdown` hashes the bytes: the evidence is the real SHA256, never the name
@@ -410,7 +411,7 @@ def test_a_wrong_base_is_one_line(salvaged):
 
 
 def test_recorded_base_hashes_come_from_a_prune_too(tmp_path):
-    from surgeon.prune import prune
+    from surgeon.prune.engine import prune
 
     out = prune(TRAINED, tmp_path / "p", tiny_prune_options(layers="0-1")).output
     manifest = json.loads((out / MANIFEST).read_text())
@@ -504,7 +505,7 @@ def test_an_unknown_foreign_manifest_is_not_verified(tmp_path):
 
 
 def test_a_recipe_manifest_is_checked_against_the_base(tmp_path):
-    pytest.importorskip("surgeon.foreign_manifest")
+    pytest.importorskip("surgeon.diff.foreign_manifest")
     o_proj = "model.layers.{}.self_attn.o_proj.weight"
     replace = {}
     for i in range(2):
@@ -662,7 +663,7 @@ def test_a_non_layer_change_needs_keep_non_layer(tmp_path):
 def test_a_card_built_from_cached_hashes_says_they_are_not_evidence(tmp_path):
     """render_markdown guards every caller, not only the CLI: a hash the stat cache supplied
     is marked as not computed from the bytes in this run."""
-    from surgeon.render_markdown import render_markdown
+    from surgeon.diff.render_markdown import render_markdown
 
     a, b = shutil.copytree(BASE, tmp_path / "a"), shutil.copytree(PRUNED, tmp_path / "b")
     options = DiffOptions(cache_dir=tmp_path / "cache")

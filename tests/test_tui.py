@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from surgeon.demo import DEMO_CANDIDATE as CANDIDATE
-from surgeon.demo import FIXTURE as BASE
-from tests.helpers import sha
+from surgeon.demo import DEMO_MODEL as BASE
+from tests.helpers import FIXTURES, sha
 
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 
@@ -29,7 +29,7 @@ EVAL_TOKENS = 256  # the eval's token budget in tests: a few seconds for the 9 p
 def run_app(flow, size=(100, 36), base=BASE, candidate=CANDIDATE, hashed=True):
     """Start the app on the pair, wait for the hashing to finish (unless `hashed` is False),
     then run `flow(app, pilot)`."""
-    from tui.app import SurgeonApp
+    from surgeon.tui.app import SurgeonApp
 
     async def main():
         app = SurgeonApp(base, candidate, eval_tokens=EVAL_TOKENS)
@@ -103,7 +103,7 @@ def test_load_and_hash_fills_the_overview():
 
 def test_screen_is_usable_while_hashing(monkeypatch):
     """The hashing worker is held mid-way: tabs switch and help opens meanwhile."""
-    import surgeon.diff as diff_module
+    import surgeon.diff.engine as diff_module
 
     entered, release = hold(monkeypatch, diff_module, "diff_checkpoints")
 
@@ -290,7 +290,7 @@ def test_auto_plan_searches_and_sets_the_plan():
 
 
 def test_cancel_a_running_canary(monkeypatch):
-    from surgeon import canary_run
+    from surgeon.recover.canary import runner as canary_run
 
     real = canary_run.CanaryModel.generate
 
@@ -315,7 +315,7 @@ def test_cancel_a_running_canary(monkeypatch):
 def test_eval_shows_the_plan_and_each_layer_alone(monkeypatch):
     """e scores the plan and each changed layer alone in one pass; the numbers belong to
     exactly that plan, and the per-layer costs are measured once per pair."""
-    from surgeon.evaluate import EvalSession
+    from surgeon.quality.evaluate import EvalSession
 
     calls = []
     real = EvalSession.evaluate_plans
@@ -376,7 +376,7 @@ def test_eval_shows_the_plan_and_each_layer_alone(monkeypatch):
 
 
 def test_cancel_a_running_eval(monkeypatch):
-    from surgeon.evaluate import EvalSession
+    from surgeon.quality.evaluate import EvalSession
 
     real = EvalSession.evaluate_plans
 
@@ -519,7 +519,7 @@ def test_write_records_the_plans_canary_and_the_auto_search(tmp_path):
 
 def test_an_engine_error_gets_the_tuis_own_hint():
     """Engine messages name no CLI option; the TUI adds how to fix it here."""
-    pair = BASE.parent / "gemma4-tiny"  # weights only: no tokenizer
+    pair = FIXTURES / "gemma4-tiny"  # weights only: no tokenizer
 
     async def flow(app, pilot):
         await pilot.press("c")
@@ -588,7 +588,7 @@ async def wait_until_closed(app, pilot) -> None:
 
 
 def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
-    from surgeon import writer
+    from surgeon.format import writer
 
     output = tmp_path / "out"
     entered, release = hold(monkeypatch, writer, "_write_all")
@@ -658,7 +658,7 @@ def test_bad_prune_options_show_a_dialog(field, value, message):
 
 
 def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):
-    from surgeon import writer
+    from surgeon.format import writer
 
     output = tmp_path / "out"
     entered, release = hold(monkeypatch, writer, "_write_all")
@@ -676,7 +676,7 @@ def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):
 
 
 def test_cancelled_hashing_says_how_to_start_again(monkeypatch):
-    import surgeon.diff as diff_module
+    import surgeon.diff.engine as diff_module
 
     entered, release = hold(monkeypatch, diff_module, "_hash_both")
 
@@ -696,7 +696,7 @@ def test_cancelled_hashing_says_how_to_start_again(monkeypatch):
 
 
 def test_quit_during_a_prune_asks_first(tmp_path, monkeypatch):
-    from surgeon import prune as prune_module
+    from surgeon.prune import engine as prune_module
 
     output = tmp_path / "pruned"
     entered, release = hold(monkeypatch, prune_module._Run, "_layer")
@@ -779,7 +779,8 @@ def test_screenshots(tmp_path, size):
 
 def test_importing_surgeon_never_imports_textual():
     code = (
-        "import sys, surgeon, surgeon.cli, surgeon.plan, surgeon.salvage, surgeon.verify, surgeon.render_recover\n"
+        "import sys, surgeon, surgeon.cli.main, surgeon.recover.plan, surgeon.recover.salvage\n"
+        "import surgeon.recover.verify, surgeon.recover.render\n"
         "assert 'textual' not in sys.modules, 'textual imported'\n"
         "assert 'tui' not in sys.modules, 'tui imported'\n"
     )
@@ -789,7 +790,7 @@ def test_importing_surgeon_never_imports_textual():
 def test_tui_command_rejects_bad_input_in_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from surgeon.cli import main
+    from surgeon.cli.main import main
 
     result = CliRunner().invoke(main, ["tui", str(BASE)])
     assert result.exit_code == 2 and "give both BASE and CANDIDATE" in result.output

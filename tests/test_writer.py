@@ -4,12 +4,13 @@ import threading
 
 import pytest
 
-from surgeon.checkpoint import open_checkpoint
+from surgeon.demo import DEMO_MODEL
 from surgeon.errors import Cancelled, SurgeonError
-from surgeon.writer import write_checkpoint
-from tests.helpers import FIXTURES, sha
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.writer import write_checkpoint
+from tests.helpers import sha
 
-TRAINED = FIXTURES / "gemma4-tiny-trained"
+TRAINED = DEMO_MODEL
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 
 
@@ -32,7 +33,7 @@ def test_falls_back_to_plain_copies_across_filesystems(tmp_path, monkeypatch):
 
 
 def test_cancel_during_the_write_leaves_no_output(tmp_path, monkeypatch):
-    from surgeon import writer
+    from surgeon.format import writer
 
     cancel = threading.Event()
     real = writer._kernel_copy_range
@@ -52,7 +53,7 @@ def test_cancel_during_the_write_leaves_no_output(tmp_path, monkeypatch):
 def test_a_base_file_changed_during_the_write_is_an_error(tmp_path, monkeypatch):
     import shutil
 
-    from surgeon import writer
+    from surgeon.format import writer
 
     src = shutil.copytree(TRAINED, tmp_path / "base")
     base = open_checkpoint(src)
@@ -105,7 +106,7 @@ def test_force_replaces_an_existing_output(tmp_path):
 
 
 def test_a_truncated_replacement_source_is_an_error(tmp_path):
-    from surgeon.writer import TensorSource
+    from surgeon.format.writer import TensorSource
 
     base = open_checkpoint(TRAINED)
     short = tmp_path / "short.bin"

@@ -48,8 +48,8 @@ def save_tiny(family: str, out: Path, seed: int = 0, **overrides) -> Path:
 
 def as_multimodal_gemma4(text_ckpt: Path, out: Path) -> Path:
     """The tiny Gemma 4 text checkpoint renamed the way multimodal Gemma 4 stores it."""
-    from surgeon.checkpoint import open_checkpoint
-    from surgeon.safetensors_format import TensorBytes, write_safetensors
+    from surgeon.format.checkpoint import open_checkpoint
+    from surgeon.format.safetensors import TensorBytes, write_safetensors
 
     ckpt = open_checkpoint(text_ckpt)
     out.mkdir(parents=True)

@@ -11,6 +11,9 @@ import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
+from surgeon.tui.jobs import Job
+from surgeon.tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -19,9 +22,6 @@ from textual.widgets import Footer, Header, Label, ProgressBar, Static, TabbedCo
 from textual.worker import Worker, WorkerState
 
 from surgeon.text import inert
-from tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
-from tui.jobs import Job
-from tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
 
 FOCUS = {
     "overview": "#layer-map",
@@ -172,9 +172,9 @@ class SurgeonApp(App):
 
     def load_pair(self) -> None:
         """Hash and diff base and candidate; the screens fill in when it is done."""
-        from surgeon.checkpoint import open_checkpoint
-        from surgeon.diff import DiffOptions, diff_checkpoints
-        from surgeon.hashcache import default_cache_dir
+        from surgeon.diff.engine import DiffOptions, diff_checkpoints
+        from surgeon.format.checkpoint import open_checkpoint
+        from surgeon.format.hashcache import default_cache_dir
 
         base, candidate = self.base, self.candidate
 
@@ -190,7 +190,7 @@ class SurgeonApp(App):
         self.load_pair()
 
     def _loaded(self, report) -> None:
-        from surgeon.plan import RollbackPlan
+        from surgeon.recover.plan import RollbackPlan
 
         self.report, self.plan = report, RollbackPlan(report)
         self.refresh_plan()
@@ -199,7 +199,7 @@ class SurgeonApp(App):
     def refresh_plan(self) -> None:
         if self.report is None:
             return
-        from tui.views import eval_text, layer_rows
+        from surgeon.tui.views import eval_text, layer_rows
 
         summary, rows = self.plan.summary(), layer_rows(self.report, self.plan)
         plan_eval = self.eval_reports.get(self.plan_key())
@@ -211,7 +211,7 @@ class SurgeonApp(App):
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval))
 
     def _steps_text(self):
-        from tui.views import auto_steps_text, budget_steps_text
+        from surgeon.tui.views import auto_steps_text, budget_steps_text
 
         if self.auto_budget is None:
             return auto_steps_text(self.auto_steps)
@@ -361,7 +361,7 @@ class SurgeonApp(App):
         self.action_show_tab("canary")
 
         def work(job: Job):
-            from surgeon.salvage import auto_plan
+            from surgeon.recover.salvage import auto_plan
 
             composed = self._composed_canary(job)
 
@@ -373,7 +373,7 @@ class SurgeonApp(App):
         self.start_job("auto plan", work, self._auto_done)
 
     def _auto_done(self, plan) -> None:
-        from surgeon.layers import layer_ranges
+        from surgeon.model.names import layer_ranges
 
         self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), None
         self.plan.set_keep(plan.keep)
@@ -403,7 +403,7 @@ class SurgeonApp(App):
         """The pair's EvalSession, made by the first eval job: its windows and the base's
         stream are reused by every later call. It reports to the job that is using it."""
         if self.eval_session is None:
-            from surgeon.evaluate import EvalOptions, EvalSession
+            from surgeon.quality.evaluate import EvalOptions, EvalSession
 
             job.progress.start("loading the eval text", 0)
             tokenizer = str(self.tokenizer) if self.tokenizer else None
@@ -435,8 +435,9 @@ class SurgeonApp(App):
 
     def _evaluated(self, key: frozenset[int], found: dict[frozenset[int], dict]) -> None:
         """Shows the results; `key` is the plan evaluated, which the user may have changed since."""
-        from surgeon.layers import layer_ranges
-        from tui.views import eval_numbers, kl_format, kl_order
+        from surgeon.tui.views import eval_numbers, kl_format, kl_order
+
+        from surgeon.model.names import layer_ranges
 
         self._store_eval(found)
         self.refresh_plan()
@@ -456,7 +457,7 @@ class SurgeonApp(App):
         if limits is None:
             return
         from surgeon.errors import SurgeonError
-        from surgeon.salvage import QualityBudget
+        from surgeon.recover.salvage import QualityBudget
 
         budget = QualityBudget(*limits)
         try:
@@ -467,7 +468,7 @@ class SurgeonApp(App):
         self.action_show_tab("plan")
 
         def work(job: Job):
-            from surgeon.salvage import budget_plan
+            from surgeon.recover.salvage import budget_plan
 
             session, composed = self._eval_session(job), self._composed_canary(job)
             found: dict[frozenset[int], dict] = {}
@@ -485,7 +486,7 @@ class SurgeonApp(App):
         self.start_job("budget plan", work, self._budget_done)
 
     def _budget_done(self, result) -> None:
-        from surgeon.layers import layer_ranges
+        from surgeon.model.names import layer_ranges
 
         plan, found, budget = result
         self._store_eval(found)
@@ -503,7 +504,7 @@ class SurgeonApp(App):
         if summary.problems:
             self.show_error("Cannot write this pair", "\n".join(summary.problems))
             return
-        from tui.views import eval_text, plan_text
+        from surgeon.tui.views import eval_text, plan_text
 
         default = self.last_output or Path.cwd() / f"{self.candidate.name}-salvaged"
         description = plan_text(summary, self.candidate.name)
@@ -532,8 +533,8 @@ class SurgeonApp(App):
         canary_before, auto_steps, quality = self._write_record()
 
         def work(job: Job):
-            from surgeon.salvage import salvage
-            from surgeon.verify import verify
+            from surgeon.recover.salvage import salvage
+            from surgeon.recover.verify import verify
 
             salvage(
                 candidate,
@@ -576,7 +577,7 @@ class SurgeonApp(App):
         return (report.to_json() if report is not None else None), steps, quality
 
     def _written(self, report) -> None:
-        from surgeon.render_recover import verify_text
+        from surgeon.recover.render import verify_text
 
         self.last_verify = report
         title = "Written and verified" if report.ok else "Written, but verify found discrepancies"
@@ -597,7 +598,7 @@ class SurgeonApp(App):
         base = self.base
 
         def work(job: Job):
-            from surgeon.prune import prune
+            from surgeon.prune.engine import prune
 
             return prune(
                 base,
@@ -750,8 +751,8 @@ class SurgeonApp(App):
 def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None):
     """The canary's model: base weights in memory, the candidate's changed layers swappable.
     The diff already knows which tensors changed, so nothing is hashed again."""
-    from surgeon.canary import CanaryOptions, default_cache_dir, read_prompts
-    from surgeon.canary_run import ComposedCanary, layer_changes
+    from surgeon.recover.canary.checks import CanaryOptions, default_cache_dir, read_prompts
+    from surgeon.recover.canary.runner import ComposedCanary, layer_changes
 
     changed = layer_changes(report)
     prompts = read_prompts(None)
@@ -765,8 +766,8 @@ def _prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pa
     """PruneOptions and the output folder from the Prune tab's fields, checked in the tab's
     own words before any work starts."""
     from surgeon.errors import SurgeonError
-    from surgeon.layers import parse_layers
-    from surgeon.prune import PruneOptions
+    from surgeon.model.names import parse_layers
+    from surgeon.prune.engine import PruneOptions
 
     try:
         fraction = float(form["fraction"])

@@ -107,9 +107,9 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
     def _submit(self) -> None:
         """Problems with the folder are shown here, with the dialog still open to fix them;
         replacing an existing folder is confirmed first, since everything in it goes."""
-        from surgeon.checkpoint import open_checkpoint
         from surgeon.errors import SurgeonError
-        from surgeon.writer import check_output_path
+        from surgeon.format.checkpoint import open_checkpoint
+        from surgeon.format.writer import check_output_path
 
         text = self.query_one("#write-output", Input).value.strip()
         replace = self.query_one("#write-replace", Checkbox).value

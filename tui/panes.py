@@ -4,13 +4,13 @@ app actions; none of them calls the engine."""
 from __future__ import annotations
 
 from rich.text import Text
+from surgeon.tui import views
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from surgeon.text import inert
-from tui import views
 
 
 class LayerMap(DataTable):
@@ -78,7 +78,7 @@ class OverviewPane(Vertical):
         self.query_one("#files", DataTable).add_columns("file", "verdict")
 
     def show(self, report, rows: list[views.LayerRow]) -> None:
-        from surgeon.report import summary_line
+        from surgeon.diff.report import summary_line
 
         self.query_one("#summary", Static).update(Text(inert(summary_line(report))))
         self.query_one("#layer-map", LayerMap).show(rows)
@@ -161,7 +161,7 @@ class TensorsPane(Vertical):
 
     def _layers(self) -> set[int] | None:
         from surgeon.errors import SurgeonError
-        from surgeon.layers import parse_layer_spec
+        from surgeon.model.names import parse_layer_spec
 
         box = self.query_one("#filter-layers", Input)
         spec = box.value.strip()
@@ -261,7 +261,7 @@ class CanaryPane(Vertical):
     def show(self, plan_label: str, report, auto_steps=(), plan_eval: Text | None = None) -> None:
         """`auto_steps`: the last search's steps as Text, or a canary search's steps;
         `plan_eval`: the plan's eval line, shown under the verdict."""
-        from surgeon.render_recover import canary_verdict
+        from surgeon.recover.render import canary_verdict
 
         steps = auto_steps if isinstance(auto_steps, Text) else views.auto_steps_text(auto_steps)
         self.query_one("#canary-auto-steps", Static).update(steps)

@@ -201,7 +201,7 @@ def canary_blocks(report):
 
 def auto_steps_text(steps) -> Text:
     """The auto search's canary runs on one line: what was tried, in order, and its verdict."""
-    from surgeon.layers import layer_ranges
+    from surgeon.model.names import layer_ranges
 
     text = Text()
     if not steps:
@@ -286,7 +286,7 @@ def budget_steps_text(steps, found, budget_label: str) -> Text:
     """The quality-budget search in a few words, short for 60 layers too: the whole
     candidate, how many layers were measured alone (their values are on the Plan tab), the
     layers added cheapest first (green within the budget, red over), then the canary."""
-    from surgeon.layers import layer_ranges
+    from surgeon.model.names import layer_ranges
 
     text = Text()
     if not steps:
@@ -310,7 +310,7 @@ def budget_steps_text(steps, found, budget_label: str) -> Text:
 
 
 def _budget_step(step) -> Text:
-    from surgeon.layers import layer_ranges
+    from surgeon.model.names import layer_ranges
 
     text = Text(f"{step.how} {layer_ranges(step.layers) or 'none'} ")
     if step.how == "canary":

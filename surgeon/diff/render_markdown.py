@@ -1,0 +1,201 @@
+"""The two model-card sections: "What's actually different from base" and "SHA256 evidence".
+
+Every string that comes from the checkpoints (tensor, family, shard and file names, metadata
+keys, sources) goes through surgeon.text: names as code spans (`md_code`), so that no name
+can add a table cell, start a line, close its code span or become HTML.
+"""
+
+from __future__ import annotations
+
+from surgeon.diff.engine import DiffReport, ShardDiff, TensorDiff
+from surgeon.diff.report import FamilyRow, differing, family_rows
+from surgeon.model.names import describe_layers, layer_ranges
+from surgeon.text import md_code, md_text
+
+WEIGHT_SUFFIXES = ("weight", "bias")
+
+
+def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None = None) -> str:
+    """The sections; `quality` (surgeon.quality.record.recorded_quality) adds "Quality against base"."""
+    lines = ["## What's actually different from base", ""]
+    lines.append(
+        f"Verified with a per-tensor {'SHA256' if report.hashed else 'byte'} comparison "
+        f"(`surgeon diff`) of {md_code(report.other.source, table=False)} against "
+        f"{md_code(report.base.source, table=False)}."
+    )
+    lines += ["", "| Tensor | Layers changed | Layers unchanged |", "|---|---|---|"]
+    lines += [f"| {label} | {changed} | {unchanged} |" for label, changed, unchanged in _table(report)]
+    lines += ["", _count_sentence(report)]
+    lines += _head_sentences(report)
+    lines += ["", "## SHA256 evidence", ""]
+    lines += [_shard_bullet(s, report) + _blob_name_note(s) for s in report.shards]
+    lines += [
+        f"- {md_code(f.name, table=False)}: "
+        + ("byte-identical to the base." if f.status == "identical" else f"{f.status} ({_sha_pair(f.sha256)}).")
+        for f in report.files
+    ]
+    if quality is not None:
+        from surgeon.quality.render import quality_markdown
+
+        summary, text = quality
+        lines += ["", *quality_markdown(summary, text)]
+        lines.append(
+            f"As recorded in {md_code('prune_manifest.json', table=False)} when surgeon wrote this checkpoint, "
+            "whose shard, config and tokenizer hashes are those of the files above; not measured again by this "
+            "diff (`surgeon eval` does that)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _table(report: DiffReport) -> list[tuple[str, str, str]]:
+    rows = family_rows(report)
+    stacks = {r.stack for r in rows if r.stack is not None}
+    rows_out = []
+    for row in rows:
+        if row.stack is not None and row.changed:
+            rows_out.append((_code(_label(row, stacks)), *_layer_cells(row)))
+    unchanged_groups: dict[tuple, list[FamilyRow]] = {}
+    for row in rows:
+        if row.stack is not None and not row.changed:
+            key = (row.stack, _brace_key(row.family), tuple(row.layers_unchanged))
+            unchanged_groups.setdefault(key, []).append(row)
+    for (stack, (prefix, suffix), _), group in unchanged_groups.items():
+        leaves = [_brace_key_leaf(r.family) for r in group]
+        family = _brace(prefix, leaves, suffix)
+        label = family if len(stacks) < 2 else f"{stack}.{family}"
+        rows_out.append((_code(label), *_layer_cells(group[0])))
+    outside = [r for r in rows if r.stack is None]
+    for changed in (True, False):
+        names = [r.family for r in outside if r.changed == changed]
+        if names:
+            rows_out.append(
+                (
+                    ", ".join(map(_code, names)),
+                    "changed" if changed else "(none)",
+                    "—" if changed else "unchanged",
+                )
+            )
+    return rows_out
+
+
+def _label(row: FamilyRow, stacks: set[str]) -> str:
+    return row.family if len(stacks) < 2 else f"{row.stack}.{row.family}"
+
+
+def _layer_cells(row: FamilyRow) -> tuple[str, str]:
+    return describe_layers(row.layers_changed), describe_layers(row.layers_unchanged, count_them=True)
+
+
+def _split_family(family: str) -> tuple[str, str, str]:
+    parts = family.split(".")
+    suffix = parts.pop() if len(parts) > 1 and parts[-1] in WEIGHT_SUFFIXES else ""
+    leaf = parts.pop()
+    return ".".join(parts), leaf, suffix
+
+
+def _brace_key(family: str) -> tuple[str, str]:
+    prefix, _, suffix = _split_family(family)
+    return prefix, suffix
+
+
+def _brace_key_leaf(family: str) -> str:
+    return _split_family(family)[1]
+
+
+def _brace(prefix: str, leaves: list[str], suffix: str) -> str:
+    middle = leaves[0] if len(leaves) == 1 else "{" + ", ".join(sorted(leaves)) + "}"
+    return ".".join(p for p in (prefix, middle, suffix) if p)
+
+
+def _code(text: str) -> str:
+    """A name in a table cell."""
+    return md_code(text)
+
+
+def _names(names) -> str:
+    """Names in a sentence, as code spans."""
+    return ", ".join(md_code(name, table=False) for name in names)
+
+
+def _header_difference(difference: str) -> str:
+    """`__metadata__.KEY added` with the key (from the file) as a code span; the other
+    differences are surgeon's own words."""
+    head, _, verb = difference.rpartition(" ")
+    if head.startswith("__metadata__."):
+        return f"{md_code(head, table=False)} {md_text(verb)}"
+    return md_text(difference)
+
+
+def _count_sentence(report: DiffReport) -> str:
+    diff = differing(report)
+    total = len(report.tensors)
+    if not diff:
+        return f"All {total} tensors are byte-identical to the base model."
+    families = sorted({t.family.split(".")[-2] if "." in t.family else t.family for t in diff})
+    layers = sorted({t.layer for t in diff if t.layer is not None})
+    where = f" for layers {layer_ranges(layers)}" if layers else ""
+    return f"Of the {total} tensors, {len(diff)} differ from the base model: {_names(families)}{where}."
+
+
+def _head_sentences(report: DiffReport) -> list[str]:
+    lines = []
+    zeroed = [(t, t.heads.heads_with("zeroed")) for t in report.tensors if t.heads]
+    removed = [(t.layer, heads) for t, heads in zeroed if heads and t.heads.projection == "o_proj"]
+    if removed:
+        parts = [f"L{layer}: {', '.join(map(str, heads))}" for layer, heads in removed]
+        lines += ["", f"Heads removed (o_proj input columns zeroed): {'; '.join(parts)}."]
+    for t in report.tensors:
+        if t.heads and t.heads.uniform_attention:
+            lines += [
+                "",
+                f"Warning: in layer {t.layer}, heads {', '.join(map(str, t.heads.uniform_attention))} "
+                "have zero q_proj rows but non-zero o_proj columns: "
+                "they attend uniformly and are not removed.",
+            ]
+    return lines
+
+
+def _short(sha: str | None) -> str:
+    return f"{sha[:8]}…{sha[-10:]}" if sha else "(not hashed)"
+
+
+def _sha_pair(sha: list[str | None]) -> str:
+    return f"this {_short(sha[1])} vs base {_short(sha[0])}"
+
+
+def _shard_bullet(shard: ShardDiff, report: DiffReport) -> str:
+    head = f"- {md_code(shard.name, table=False)}: "
+    if shard.status == "identical":
+        return head + f"{_short(shard.sha256[1])} = base — byte-identical."
+    if shard.status == "header-only":
+        return head + (
+            f"{_sha_pair(shard.sha256)} — all {shard.tensors} tensors are byte-identical to the base; "
+            f"only the header differs ({'; '.join(map(_header_difference, shard.header_differences))})."
+        )
+    if shard.status in ("added", "removed"):
+        sha = shard.sha256[1] if shard.status == "added" else shard.sha256[0]
+        return head + f"{shard.status} ({_short(sha)})."
+    return head + f"{_sha_pair(shard.sha256)} — differs ({_what_changed(shard, report)})."
+
+
+def _blob_name_note(shard: ShardDiff) -> str:
+    """A hash taken from a hub cache blob's name or from the stat cache was not computed
+    from these bytes, so it is not evidence, and the bullet says so. `surgeon diff --markdown`
+    and the demo hash the bytes; this guards any other caller of render_markdown."""
+    if "hub-blob-name" in shard.sha256_source:
+        return " (SHA256 from the Hugging Face cache's blob name, not hashed from the bytes: not evidence.)"
+    if "cache" in shard.sha256_source:
+        return " (SHA256 from surgeon's hash cache, not hashed from the bytes in this run: not evidence.)"
+    return ""
+
+
+def _what_changed(shard: ShardDiff, report: DiffReport) -> str:
+    inside = [t for t in differing(report) if _in_shard(t, shard.name)]
+    layers = sorted({t.layer for t in inside if t.layer is not None})
+    names = sorted({t.family.split(".")[-2] if "." in t.family else t.family for t in inside})
+    where = f"L{layer_ranges(layers)} " if layers else ""
+    return f"{where}{_names(names)}; {shard.tensors_differing} of {shard.tensors} tensors"
+
+
+def _in_shard(t: TensorDiff, shard: str) -> bool:
+    return any(side is not None and side.shard == shard for side in (t.base, t.other))

@@ -1,0 +1,132 @@
+"""Views of a DiffReport shared by every output: family rows, summary words, the JSON form.
+
+JSON schema `surgeon.diff/1` is documented in docs/diff-json.md; fields are only ever
+added within a schema version, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from surgeon.diff.engine import SHARD_STATUSES, STATUSES, DiffReport, TensorDiff
+from surgeon.model.names import layer_ranges
+
+SCHEMA = "surgeon.diff/1"
+
+
+@dataclass
+class FamilyRow:
+    stack: str | None
+    family: str
+    layers_changed: list[int]
+    layers_unchanged: list[int]
+    statuses: dict[str, int]
+
+    @property
+    def changed(self) -> bool:
+        return any(n for status, n in self.statuses.items() if status != "identical")
+
+
+def family_rows(report: DiffReport) -> list[FamilyRow]:
+    """One row per (layer stack, family), plus one per tensor outside any stack."""
+    rows: dict[tuple[str | None, str], FamilyRow] = {}
+    for t in report.tensors:
+        row = rows.setdefault((t.stack, t.family), FamilyRow(t.stack, t.family, [], [], {}))
+        row.statuses[t.status] = row.statuses.get(t.status, 0) + 1
+        if t.layer is not None:
+            (row.layers_unchanged if t.status == "identical" else row.layers_changed).append(t.layer)
+    return list(rows.values())
+
+
+def differing(report: DiffReport) -> list[TensorDiff]:
+    return [t for t in report.tensors if t.status != "identical"]
+
+
+def summary_line(report: DiffReport) -> str:
+    total = len(report.tensors)
+    diff = differing(report)
+    if report.identical:
+        return f"identical: all {total} tensors and {len(report.shards)} shard files match"
+    counts = ", ".join(f"{report.count(s)} {s}" for s in STATUSES[1:] if report.count(s))
+    text = f"{len(diff)} of {total} tensors differ" + (f" ({counts})" if counts else "")
+    layers = report.layers_changed()
+    if layers:
+        text += f" in layers {layer_ranges(layers)}"
+    shard_counts = [f"{n} {s}" for s in SHARD_STATUSES if (n := _shard_count(report, s)) and s != "identical"]
+    if shard_counts:
+        text += f"; shards: {', '.join(shard_counts)} of {len(report.shards)}"
+    files = [f"{f.name} {f.status}" for f in report.files if f.status != "identical"]
+    if files:
+        text += f"; files: {', '.join(files)}"
+    return text
+
+
+def _shard_count(report: DiffReport, status: str) -> int:
+    return sum(1 for s in report.shards if s.status == status)
+
+
+def uniform_attention(report: DiffReport) -> list[dict]:
+    return [
+        {"tensor": t.name, "layer": t.layer, "heads": t.heads.uniform_attention}
+        for t in report.tensors
+        if t.heads is not None and t.heads.uniform_attention
+    ]
+
+
+def to_json(report: DiffReport) -> dict:
+    layers = report.layers_changed()
+    changed = set(layers)
+    return {
+        "schema": SCHEMA,
+        "base": asdict(report.base),
+        "other": asdict(report.other),
+        "hashed": report.hashed,
+        "summary": {
+            "identical": report.identical,
+            "text": summary_line(report),
+            "tensors": {"total": len(report.tensors)} | {s: report.count(s) for s in STATUSES},
+            "shards": {"total": len(report.shards)} | {s: _shard_count(report, s) for s in SHARD_STATUSES},
+            "layer_stack": report.main_stack,
+            "num_layers": report.num_layers,
+            "layers_changed": layers,
+            "layers_unchanged": [n for n in report.layer_numbers() if n not in changed],
+            "uniform_attention": uniform_attention(report),
+        },
+        "families": [asdict(row) for row in family_rows(report)],
+        "shards": [asdict(s) for s in report.shards],
+        "files": [asdict(f) for f in report.files],
+        "tensors": [_tensor_json(t) for t in report.tensors],
+    }
+
+
+def _tensor_json(t: TensorDiff) -> dict:
+    sides = (t.base, t.other)
+    return {
+        "name": t.name,
+        "status": t.status,
+        "stack": t.stack,
+        "layer": t.layer,
+        "family": t.family,
+        "sha256": [s.sha256 if s else None for s in sides],
+        "dtype": [s.dtype if s else None for s in sides],
+        "shape": [s.shape if s else None for s in sides],
+        "shard": [s.shard if s else None for s in sides],
+        "stats": asdict(t.stats) if t.stats else None,
+        "heads": _heads_json(t) if t.heads else None,
+    }
+
+
+def _heads_json(t: TensorDiff) -> dict:
+    h = t.heads
+    return {
+        "projection": h.projection,
+        "axis": h.axis,
+        "num_heads": h.num_heads,
+        "head_dim": h.head_dim,
+        "statuses": h.statuses,
+        "zeroed": h.heads_with("zeroed"),
+        "changed": h.heads_with("changed"),
+        "unchanged": h.heads_with("unchanged"),
+        "all_zero": [i for i, z in enumerate(h.other_zero) if z],
+        "uniform_attention": h.uniform_attention,
+    }

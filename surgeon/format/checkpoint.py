@@ -1,0 +1,177 @@
+"""A checkpoint as surgeon sees it: shard headers, tensor byte ranges and config, no data.
+
+A checkpoint is a local directory (one `model.safetensors`, or shards plus an index), a
+single `.safetensors` file, or a Hub repo id resolved through huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from surgeon.errors import SurgeonError
+from surgeon.format.safetensors import ShardHeader, TensorInfo, read_header
+from surgeon.jsonfile import read_json_file, read_json_object
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.model"]
+
+
+@dataclass
+class Checkpoint:
+    source: str  # what the user named: a path or a repo id
+    root: Path
+    shards: dict[str, ShardHeader]
+    tensors: dict[str, TensorInfo]
+    index_name: str | None = None
+    config: dict | None = None
+    revision: str | None = None
+    metadata: dict = field(default_factory=dict)  # the index's "metadata" block
+
+    def shard_path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(shard.file_size for shard in self.shards.values())
+
+
+def open_checkpoint(spec: str | os.PathLike, revision: str | None = None) -> Checkpoint:
+    """Resolve `spec` and read every shard header, validating the shard map."""
+    source = str(spec)
+    root, only_file = _resolve(source, revision)
+    index_name, weight_map, index_meta = _read_index(root) if only_file is None else (None, None, {})
+    shard_names = _shard_names(root, only_file, weight_map)
+    shards = {name: read_header(root / name, name) for name in shard_names}
+    tensors = _merge_shards(shards, weight_map, index_name)
+    return Checkpoint(
+        source=source,
+        root=root,
+        shards=shards,
+        tensors=tensors,
+        index_name=index_name,
+        config=_read_config(root),
+        revision=revision,
+        metadata=index_meta,
+    )
+
+
+def _resolve(source: str, revision: str | None) -> tuple[Path, str | None]:
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise SurgeonError(f"{source}: not a .safetensors file or a checkpoint directory")
+        return path.resolve().parent, path.name
+    if path.is_dir():
+        return path.resolve(), None
+    if REPO_ID.match(source) and not source.startswith((".", "/")):
+        return Path(resolve_hub_repo(source, revision)), None
+    raise SurgeonError(f"{source}: no such checkpoint directory, file or Hub repo id")
+
+
+def resolve_hub_repo(repo_id: str, revision: str | None) -> str:
+    """The local snapshot folder of a Hub repo; downloads only when not offline."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise SurgeonError(
+                f"{repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set"
+            ) from None
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SurgeonError(f"{repo_id}: cannot fetch from the Hub ({first_line})") from None
+
+
+def _load_json(path: Path) -> object:
+    """A side file of an untrusted folder: a regular file of bounded size (a FIFO would
+    hang the read, a link to /dev/zero would fill memory), parsed with deep nesting as one
+    "not valid JSON" error."""
+    return read_json_file(path)
+
+
+def _read_index(root: Path) -> tuple[str | None, dict[str, str] | None, dict]:
+    candidates = sorted(p.name for p in root.glob("*.safetensors.index.json"))
+    if not candidates:
+        return None, None, {}
+    name = "model.safetensors.index.json" if "model.safetensors.index.json" in candidates else None
+    if name is None:
+        if len(candidates) > 1:
+            raise SurgeonError(f"{root}: several shard indexes ({', '.join(candidates)})")
+        name = candidates[0]
+    index = _load_json(root / name)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise SurgeonError(f"{root / name}: has no weight_map of tensor names to shard files")
+    if not weight_map:  # else the folder's shards would be silently ignored: an empty checkpoint
+        raise SurgeonError(f"{root / name}: its weight_map lists no tensors")
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise SurgeonError(f"{root / name}: shard name {shard!r} is not a plain file name")
+    meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
+    return name, weight_map, meta
+
+
+def _shard_names(root: Path, only_file: str | None, weight_map: dict | None) -> list[str]:
+    if only_file is not None:
+        return [only_file]
+    if weight_map is not None:
+        names = sorted(set(weight_map.values()))
+        for name in names:
+            if not (root / name).is_file():
+                raise SurgeonError(f"{root}: the index names shard {name} which is missing")
+        return names
+    if (root / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    names = sorted(p.name for p in root.glob("*.safetensors"))
+    if names:
+        return names
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise SurgeonError(
+            f"{root}: only pickle weights ({pickles[0]}); surgeon never unpickles, convert to safetensors first"
+        )
+    raise SurgeonError(f"{root}: no .safetensors files")
+
+
+def _merge_shards(
+    shards: dict[str, ShardHeader], weight_map: dict[str, str] | None, index_name: str | None
+) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for shard in shards.values():
+        for name, info in shard.tensors.items():
+            if name in tensors:
+                raise SurgeonError(
+                    f"{shard.path.parent}: tensor {name!r} is in both {tensors[name].file} and {shard.name}"
+                )
+            tensors[name] = info
+    if weight_map is None:
+        return tensors
+    for name, shard_name in weight_map.items():
+        info = tensors.get(name)
+        if info is None or info.file != shard_name:
+            raise SurgeonError(f"{index_name}: places tensor {name!r} in {shard_name}, whose header lacks it")
+    unlisted = sorted(set(tensors) - set(weight_map))
+    if unlisted:
+        raise SurgeonError(
+            f"{index_name}: does not list tensor {unlisted[0]!r} of {tensors[unlisted[0]].file}"
+            + (f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else "")
+        )
+    return tensors
+
+
+def _read_config(root: Path) -> dict | None:
+    path = root / "config.json"
+    if not os.path.lexists(path):
+        return None
+    return read_json_object(path)  # a FIFO, a device or a dangling link here is an error, not "no config"
