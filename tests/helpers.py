@@ -14,7 +14,8 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.dtypes import float32_to_bf16_bits, raw_view, to_float64
 from surgeon.format.safetensors import TensorBytes, write_safetensors
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+FIXTURES = ROOT / "fixtures"
 BASE = FIXTURES / "gemma4-tiny" / "base"
 PRUNED = FIXTURES / "gemma4-tiny" / "pruned"
 

@@ -390,7 +390,7 @@ def test_prune_summary_shows_config_values_and_messages_inert():
 def test_tui_shows_hostile_names_escaped_in_tables_detail_and_dialogs(tmp_path):
     from surgeon.tui.app import SurgeonApp
 
-    from tests.test_tui import _render_plain, settle, table_rows
+    from tests.tui.test_tui import _render_plain, settle, table_rows
 
     candidate = make_variant(
         tmp_path / "cand[/]\x1b[2J",

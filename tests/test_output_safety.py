@@ -24,9 +24,8 @@ from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.writer import write_checkpoint
-from tests.helpers import sha
+from tests.helpers import ROOT, sha
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAINED = DEMO_MODEL
 CANDIDATE = DEMO_CANDIDATE
 Q0 = "model.layers.0.self_attn.q_proj.weight"
@@ -580,7 +579,7 @@ def test_an_output_in_the_hub_repo_folder_of_an_input_is_refused(tmp_path, monke
     """refs/main resolves a Hub id: replacing it (or anything in models--org--name) loses the input."""
     from huggingface_hub import constants
 
-    from tests.test_checkpoint import make_hub_cache
+    from tests.format.test_checkpoint import make_hub_cache
 
     snapshot = make_hub_cache(tmp_path / "hub", src=TRAINED)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

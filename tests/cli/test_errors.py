@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 from surgeon.cli.main import main
 from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, ROOT
 
 TRAINED = DEMO_MODEL
-SURGEON = Path(__file__).resolve().parent.parent / "surgeon"
+SURGEON = ROOT / "surgeon"
 
 
 def broken_copy(tmp_path: Path, edit: dict, name: str = "model", src: Path = TRAINED) -> Path:

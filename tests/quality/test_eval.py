@@ -22,11 +22,10 @@ from surgeon.prune.stream import LayerStream
 from surgeon.quality.evaluate import EvalOptions, EvalSession, load_eval_text, make_windows, quantile
 from surgeon.quality.render import outliers, quality_markdown, render_eval
 from surgeon.recover.salvage import salvage
-from tests.helpers import make_variant, read_tensor
+from tests.helpers import ROOT, make_variant, read_tensor
 
 TRAINED = DEMO_MODEL
 PRUNED = DEMO_CANDIDATE
-ROOT = Path(__file__).resolve().parent.parent
 # Sentences the tiny model was trained on, and some it was not: windows that differ in KL.
 LINES = (DEMO_TEXT).read_text().splitlines()
 TEXT = "\n\n".join([" ".join(LINES[:12]), " ".join(LINES[12:20]), "Stars flicker because the air above us moves."])

@@ -2,15 +2,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from surgeon.cli.main import main
-from tests.helpers import BASE, PRUNED
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import BASE, PRUNED, ROOT
 
 
 def invoke(*args):

@@ -192,7 +192,7 @@ def hub(tmp_path, monkeypatch):
     """A real Hugging Face cache layout under a temporary HF_HUB_CACHE."""
     from huggingface_hub import constants
 
-    from tests.test_checkpoint import make_hub_cache
+    from tests.format.test_checkpoint import make_hub_cache
 
     root = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))

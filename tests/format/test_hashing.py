@@ -10,8 +10,8 @@ from surgeon.format import hashing
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import HashCache
 from surgeon.format.hashing import hash_one_file, hash_shards
+from tests.format.test_checkpoint import make_hub_cache
 from tests.helpers import BASE, PRUNED, count_reads
-from tests.test_checkpoint import make_hub_cache
 
 
 def expected_hashes(shard):

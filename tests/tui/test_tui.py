@@ -1,7 +1,7 @@
 """The TUI driven as a person would, through Textual's Pilot, on the bundled demo pair.
 
 Each flow asserts on what the widgets show and on the files written. Screenshots for people
-to look at are refreshed with:  SURGEON_SCREENSHOTS=1 python -m pytest tests/test_tui.py -k screenshots
+to look at are refreshed with:  SURGEON_SCREENSHOTS=1 python -m pytest tests/tui/test_tui.py -k screenshots
 """
 
 from __future__ import annotations
