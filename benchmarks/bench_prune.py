@@ -109,12 +109,12 @@ def naive_capture(fixture: Path) -> None:
 def calibration_batches(fixture: Path):
     """The calibration batches exactly as `surgeon prune` makes them with its defaults."""
     from surgeon.prune.calibration import encode, load_corpus, load_tokenizer
-    from surgeon.prune.engine import _make_batches
+    from surgeon.prune.stream import make_batches
 
     tokenizer = load_tokenizer(fixture)
     sequences = encode(tokenizer, load_corpus(None)[0], CALIB_MAX_TOKENS)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return _make_batches(sequences, CALIB_BATCH, pad)
+    return make_batches(sequences, CALIB_BATCH, pad)
 
 
 class _StopForward(Exception):

@@ -27,7 +27,9 @@ from here. SIGINT and SIGTERM clean up at once (the CLI turns both into Keyboard
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import functools
 import hashlib
 import os
@@ -148,7 +150,7 @@ def _space() -> str:
         try:
             parts.append(os.readlink(source) if source.endswith("/pid") else Path(source).read_text().strip())
         except OSError:
-            import socket
+            import socket  # deferred: only without /proc (not Linux); 3.5 ms measured
 
             parts.append(socket.gethostname())
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
@@ -232,8 +234,6 @@ def remove_entry(path: Path) -> None:
 
 @functools.cache
 def _libc_renameat2():
-    import ctypes
-
     try:
         function = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):
@@ -248,8 +248,6 @@ def renameat2(source: Path, target: Path, flags: int) -> bool:
     function = _libc_renameat2()
     if function is None:
         return False
-    import ctypes
-
     if function(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), flags) == 0:
         return True
     code = ctypes.get_errno()
@@ -330,8 +328,6 @@ def _replace_aside(tmp: Path, target: Path) -> None:
 def _lock(target: Path) -> Iterator[None]:
     """Hold `.NAME.surgeon-lock` next to target. The file is unlinked by its holder before
     the lock is released; a waiter that then holds a lock on an unlinked file tries again."""
-    import fcntl
-
     path = target.parent / f".{target.name}.surgeon-lock"
     while True:
         fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)

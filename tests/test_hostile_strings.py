@@ -389,6 +389,7 @@ def test_prune_summary_shows_config_values_and_messages_inert():
 
 def test_tui_shows_hostile_names_escaped_in_tables_detail_and_dialogs(tmp_path):
     from surgeon.tui.app import SurgeonApp
+    from surgeon.tui.dialogs import TensorDetail
 
     from tests.tui.test_tui import _render_plain, settle, table_rows
 
@@ -416,7 +417,7 @@ def test_tui_shows_hostile_names_escaped_in_tables_detail_and_dialogs(tmp_path):
         table.move_cursor(row=[t.name for t in pane.shown].index(ESC_NAME))
         await pilot.press("enter")
         await pilot.pause()
-        assert app.screen.__class__.__name__ == "TensorDetail"
+        assert isinstance(app.screen, TensorDetail)
         assert _render_plain(app.screen.query_one("#dialog-title")).strip() == inert(ESC_NAME)
         detail = _render_plain(app.screen.query_one("#tensor-detail"))
         assert_inert(detail)

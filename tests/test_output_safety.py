@@ -112,7 +112,7 @@ def test_an_output_reached_through_a_linked_folder_is_refused(linked_inputs, arg
 
 
 def test_the_tui_write_and_prune_use_the_same_guard(linked_inputs):
-    from surgeon.tui.app import _prune_request
+    from surgeon.tui.panes import prune_request
 
     from surgeon.format.writer import check_output_path
 
@@ -122,7 +122,7 @@ def test_the_tui_write_and_prune_use_the_same_guard(linked_inputs):
         check_output_path(linked_inputs / "via" / "base", ckpts, force=True)  # the write dialog's check
     form = {"fraction": "0.125", "layers": "0", "importance": "recon", "heal": "lstsq"}
     with pytest.raises(SurgeonError, match="refusing to write inside the input checkpoint"):
-        _prune_request(form | {"output": str(linked_inputs / "via" / "base" / "pruned")}, base, 8, None)
+        prune_request(form | {"output": str(linked_inputs / "via" / "base" / "pruned")}, base, 8, None)
 
 
 def test_demo_force_never_deletes_its_own_input(tmp_path):
@@ -133,7 +133,7 @@ def test_demo_force_never_deletes_its_own_input(tmp_path):
     nested = DEMO_CANDIDATE / "new" / "x"  # its parent must not be created inside the input either
     for folder in (DEMO_MODEL.parent, DEMO_MODEL, DEMO_CANDIDATE / "x", nested, tmp_path / "via" / DEMO_MODEL.name):
         with pytest.raises(SurgeonError, match="refusing to write"):
-            run_demo(folder, print, print, print, force=True)
+            run_demo(folder, say=print, show_canary=print, show_verify=print, force=True)
     assert (hashes(DEMO_MODEL), hashes(DEMO_CANDIDATE)) == before
     assert not (DEMO_CANDIDATE / "new").exists()
 
@@ -222,10 +222,11 @@ def test_a_report_file_is_created_exclusively(tmp_path, renames):
 TWO_PROCESS_BARRIER = """
 import os, sys, time
 from pathlib import Path
-from surgeon.cli import main as cli
+from surgeon.cli import diff as commands
+from surgeon.cli.main import main
 
 meeting = Path(sys.argv[1])
-real_emit = cli._emit
+real_emit = commands.emit
 
 
 def emit_when_both_are_here(*args):  # both have passed every check; now both write
@@ -236,8 +237,8 @@ def emit_when_both_are_here(*args):  # both have passed every check; now both wr
     real_emit(*args)
 
 
-cli._emit = emit_when_both_are_here
-cli.main(sys.argv[2:], prog_name="surgeon")
+commands.emit = emit_when_both_are_here  # inspect's own reference to it
+main(sys.argv[2:], prog_name="surgeon")
 """
 
 
@@ -404,7 +405,8 @@ def test_only_temp_folders_whose_owner_is_gone_are_removed(tmp_path):
 
 TRUNCATING = """
 import os, sys
-from surgeon.cli import main as cli
+from surgeon.cli import diff as commands
+from surgeon.cli.main import main
 from surgeon.format import hashing
 from surgeon.format import writer
 
@@ -427,9 +429,9 @@ class Truncator:
 
 
 hashing.CHUNK_BYTES = writer.COPY_CHUNK = 4096
-cli._progress = lambda quiet: Truncator()
+commands.progress_for = lambda quiet: Truncator()
 writer.NoProgress = Truncator
-cli.main(sys.argv[2:], prog_name="surgeon")
+main(sys.argv[2:], prog_name="surgeon")
 """
 
 

@@ -1,36 +1,55 @@
 """The surgeon TUI: diff, rollback plan, canary, prune and write over one base/candidate pair.
 
-The app holds the session (the pair, the diff report, the rollback plan, canary results per
-plan) and runs every engine call in a thread worker, one at a time, with a progress bar and
-a cancel key. Engine errors become dialogs; nothing here computes what is shown.
+The app holds the session (the pair, the diff report, the rollback plan, canary and eval
+results per plan). Messages go up, calls go down: the panes post what the user asks for
+(`LayerMap.ToggleRequested`, `PlanPane.RangeRequested`, `PrunePane.PruneSubmitted`, ...), the
+app handles them with `@on` and tells the panes what to show. Every engine call is a job of
+the JobRunner, in a thread worker, one at a time, with a progress bar and a cancel key.
+Engine errors become dialogs; nothing here computes what is shown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from rich.text import Text
 from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
-from surgeon.tui.jobs import Job
-from surgeon.tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
+from surgeon.tui.jobs import Job, JobBar, JobRunner
+from surgeon.tui.panes import CanaryPane, LayerMap, OverviewPane, PlanPane, PrunePane, TensorsPane
+from surgeon.tui.tabs import TAB, TABS
+from surgeon.tui.views import (
+    auto_steps_text,
+    budget_steps_text,
+    eval_numbers,
+    eval_text,
+    kl_format,
+    kl_order,
+    layer_rows,
+    plan_text,
+)
+from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, ProgressBar, Static, TabbedContent, TabPane
-from textual.worker import Worker, WorkerState
+from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerFailed, WorkerState
 
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.errors import Cancelled, SurgeonError
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.hashcache import hash_cache_dir
+from surgeon.model.names import layer_ranges
+from surgeon.quality.options import EvalOptions
+from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
+from surgeon.recover.plan import RollbackPlan
+from surgeon.recover.render import verify_text
+from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, salvage
+from surgeon.recover.verify import verify
 from surgeon.text import inert
 
-FOCUS = {
-    "overview": "#layer-map",
-    "tensors": "#tensor-table",
-    "plan": "#plan-map",
-    "canary": "#canary-scroll",
-    "prune": "#prune-progress",
-}
-TYPE_HERE = {"tensors": "#filter-text", "plan": "#plan-range", "prune": "#prune-output"}
 # Teacher-forced eval in the TUI: a small token budget, so that the plan and each changed
 # layer alone are scored in seconds on a tiny model (30 s for 9 plans of the 8-layer demo at
 # 2048 tokens on a busy 2-core CPU) and in minutes on a 135M one; `surgeon eval` does more.
@@ -38,63 +57,13 @@ EVAL_TOKENS = 2048
 # What the TUI adds to an engine error that another option would fix (the CLI adds "; pass --x").
 TUI_HINTS = {"tokenizer": "\n\nStart the TUI with `surgeon tui --tokenizer DIR` to use another tokenizer."}
 
-CSS = """
-#job-bar { height: 1; display: none; background: $boost; }
-#job-bar.running { display: block; }
-#job-label { width: auto; max-width: 40; padding: 0 1; }
-#job-progress { width: 1fr; }
-#job-hint { width: auto; padding: 0 1; color: $text-muted; }
-#plan-costs { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
-#summary, #plan-summary, #plan-eval, #canary-status, #canary-auto-steps, #tensor-count { height: auto; padding: 0 1; }
-.section { padding: 0 1; text-style: bold; }
-#overview-body { height: 1fr; }
-#layer-map { height: 1fr; min-height: 5; }
-#shard-panel { height: auto; }
-#shards { height: auto; max-height: 7; }
-#files { height: auto; max-height: 5; }
-Screen.-narrow #files, Screen.-narrow #files-label { display: none; }
-Screen.-wide #overview-body { layout: horizontal; }
-Screen.-wide #layer-map { width: 1fr; }
-Screen.-wide #shard-panel { width: 1fr; height: 1fr; padding-left: 2; }
-Screen.-wide #shards { max-height: 50%; }
-Screen.-wide #files { max-height: 50%; }
-#tensor-filters { height: 3; }
-#filter-text { width: 1fr; }
-#filter-status { width: 16; }
-#filter-layers { width: 14; }
-#filter-layers.invalid { border: tall $error; }
-#tensor-table { height: 1fr; }
-#plan-controls, #canary-controls { height: 3; }
-#plan-range { width: 1fr; }
-#plan-map { height: 1fr; }
-#canary-scroll { height: 1fr; }
-.form-row { height: 3; }
-.form-label { width: 11; padding: 1 1 0 0; text-align: right; }
-#prune-frac, #prune-layers, #prune-importance, #prune-heal { width: 1fr; }
-#prune-output { width: 1fr; }
-#prune-progress { height: auto; min-height: 4; }
-.dialog-screen { align: center middle; }
-#dialog { width: 90%; max-width: 100; height: auto; max-height: 90%; border: thick $primary; background: $surface;
-          padding: 0 1; }
-#dialog.error { border: thick $error; }
-#dialog-title { text-style: bold; padding-bottom: 1; }
-#dialog-body { height: auto; max-height: 16; }
-#dialog-buttons { height: 3; align: right middle; }
-#dialog-buttons Button { margin-left: 1; }
-#write-description { padding-bottom: 1; }
-"""
-
 
 class SurgeonApp(App):
     TITLE = "surgeon"
-    CSS = CSS
+    CSS_PATH = "app.tcss"  # the screen's layout; each pane and dialog carries its own CSS
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # wide: map and shard tables side by side
     BINDINGS = [
-        Binding("1", "show_tab('overview')", "Overview", show=False),
-        Binding("2", "show_tab('tensors')", "Tensors", show=False),
-        Binding("3", "show_tab('plan')", "Plan", show=False),
-        Binding("4", "show_tab('canary')", "Canary", show=False),
-        Binding("5", "show_tab('prune')", "Prune", show=False),
+        *(Binding(tab.key, f"show_tab('{tab.id}')", tab.title, show=False) for tab in TABS),
         Binding("c", "canary", "Canary"),
         Binding("a", "auto_plan", "Auto"),
         Binding("e", "eval", "Eval"),
@@ -126,7 +95,7 @@ class SurgeonApp(App):
         self.report = None
         self.plan = None
         self.composed = None  # the canary's in-memory model, built once per candidate
-        self.job: Job | None = None
+        self.jobs = JobRunner(self)
         self.last_verify = None
         self.last_output: Path | None = None  # the write dialog offers the last folder again
         self.auto_steps: list = []  # the last auto search's canary runs, shown on the Canary tab
@@ -145,41 +114,26 @@ class SurgeonApp(App):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal(id="job-bar"):
-            yield Label("", id="job-label")
-            yield ProgressBar(id="job-progress", show_eta=False)
-            yield Label("x: cancel", id="job-hint")
-        with TabbedContent(initial="overview"):
-            with TabPane("1 Overview", id="overview"):
-                yield OverviewPane()
-            with TabPane("2 Tensors", id="tensors"):
-                yield TensorsPane()
-            with TabPane("3 Plan", id="plan"):
-                yield PlanPane()
-            with TabPane("4 Canary", id="canary"):
-                yield CanaryPane()
-            with TabPane("5 Prune", id="prune"):
-                yield PrunePane()
+        yield JobBar(self.jobs, id="job-bar")
+        with TabbedContent(initial=TABS[0].id):
+            for tab in TABS:
+                with TabPane(tab.label, id=tab.id):
+                    yield tab.pane()
         yield Footer(compact=True)  # every key of the footer fits 80 columns
 
     def on_mount(self) -> None:
         self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
-        self.set_interval(0.2, self._draw_job)
-        self._focus_tab("overview")
+        self._focus_tab(TABS[0].id)
         self.load_pair()
 
     # --- loading the pair ---------------------------------------------------------------
 
     def load_pair(self) -> None:
         """Hash and diff base and candidate; the screens fill in when it is done."""
-        from surgeon.diff.engine import DiffOptions, diff_checkpoints
-        from surgeon.format.checkpoint import open_checkpoint
-        from surgeon.format.hashcache import default_cache_dir
-
         base, candidate = self.base, self.candidate
 
         def work(job: Job):
-            options = DiffOptions(cache_dir=default_cache_dir())
+            options = DiffOptions(cache_dir=hash_cache_dir())
             pair = open_checkpoint(str(base)), open_checkpoint(str(candidate))
             return diff_checkpoints(*pair, options, progress=job.progress, cancel=job.cancel)
 
@@ -190,8 +144,6 @@ class SurgeonApp(App):
         self.load_pair()
 
     def _loaded(self, report) -> None:
-        from surgeon.recover.plan import RollbackPlan
-
         self.report, self.plan = report, RollbackPlan(report)
         self.refresh_plan()
         self.notify(f"{len(report.tensors)} tensors compared", timeout=3)
@@ -199,8 +151,6 @@ class SurgeonApp(App):
     def refresh_plan(self) -> None:
         if self.report is None:
             return
-        from surgeon.tui.views import eval_text, layer_rows
-
         summary, rows = self.plan.summary(), layer_rows(self.report, self.plan)
         plan_eval = self.eval_reports.get(self.plan_key())
         self.query_one(OverviewPane).show(self.report, rows)
@@ -211,8 +161,6 @@ class SurgeonApp(App):
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval))
 
     def _steps_text(self):
-        from surgeon.tui.views import auto_steps_text, budget_steps_text
-
         if self.auto_budget is None:
             return auto_steps_text(self.auto_steps)
         return budget_steps_text(self.auto_steps, sorted(self.auto_found or ()), self.auto_budget.text())
@@ -234,22 +182,20 @@ class SurgeonApp(App):
 
     # --- jobs ---------------------------------------------------------------------------
 
+    @property
+    def job(self) -> Job | None:
+        """The running job, None when none runs."""
+        return self.jobs.job
+
     def start_job(self, name: str, work: Callable[[Job], object], done: Callable[[object], None]) -> bool:
-        if self.job is not None:
-            self.notify(f"Busy: {self.job.name} is running (x cancels it)", severity="warning")
-            return False
-        job = Job(name, done=done)
-        job.progress.start(name, 0)
-        self.job = job
-        job.worker = self.run_worker(lambda: work(job), thread=True, exit_on_error=False, name=name, group="job")
+        started = self.jobs.start(name, work, done)
         self._draw_job()
-        return True
+        return started
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        job = self.job
-        if job is None or event.worker is not job.worker or event.state in (WorkerState.PENDING, WorkerState.RUNNING):
+        job = self.jobs.ended(event)
+        if job is None:
             return
-        self.job = None
         self._draw_job()
         self._close_quit_question(job)
         if event.state == WorkerState.SUCCESS:
@@ -265,8 +211,6 @@ class SurgeonApp(App):
             self.query_one("#summary", Static).update("Hashing stopped before the end. Press r to hash again.")
 
     def _job_failed(self, job: Job, error: BaseException | None) -> None:
-        from surgeon.errors import Cancelled, SurgeonError
-
         if isinstance(error, Cancelled):
             self.notify(f"{job.name} cancelled; nothing was written", timeout=4)
         elif isinstance(error, SurgeonError):
@@ -276,25 +220,16 @@ class SurgeonApp(App):
             self.show_error(f"{job.name} failed", f"{type(error).__name__}: {error}")
 
     def _draw_job(self) -> None:
-        bars = self.query("#job-bar")
-        if not bars:  # the app is closing: its widgets are gone before its timers
-            return
-        bar = bars.first()
-        if self.job is None:
-            bar.remove_class("running")
-            return
-        bar.add_class("running")
-        state = self.job.progress.snapshot()
-        self.query_one("#job-label", Label).update(f"{self.job.name}: {state.description}")
-        progress = self.query_one("#job-progress", ProgressBar)
-        progress.update(total=state.total or None, progress=state.done)
+        """Now, not at the bar's next tick: a job that starts or ends shows at once."""
+        for bar in self.query(JobBar):  # none when the app is closing: its widgets go before its workers
+            bar.draw()
 
     def action_cancel_job(self) -> None:
-        if self.job is None:
+        job = self.jobs.cancel()
+        if job is None:
             self.notify("Nothing is running", timeout=2)
-            return
-        self.job.cancel.set()
-        self.notify(f"Cancelling {self.job.name}...", timeout=2)
+        else:
+            self.notify(f"Cancelling {job.name}...", timeout=2)
 
     # --- plan ---------------------------------------------------------------------------
 
@@ -326,8 +261,6 @@ class SurgeonApp(App):
         self.refresh_plan()
 
     def _plan_change(self, change) -> None:
-        from surgeon.errors import SurgeonError
-
         if not self._need_report():
             return
         try:
@@ -361,20 +294,16 @@ class SurgeonApp(App):
         self.action_show_tab("canary")
 
         def work(job: Job):
-            from surgeon.recover.salvage import auto_plan
-
             composed = self._composed_canary(job)
 
             def passes(layers) -> bool:
                 return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
 
-            return auto_plan(sorted(composed.changed), passes)
+            return canary_search(sorted(composed.changed), passes)
 
         self.start_job("auto plan", work, self._auto_done)
 
     def _auto_done(self, plan) -> None:
-        from surgeon.model.names import layer_ranges
-
         self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), None
         self.plan.set_keep(plan.keep)
         self.refresh_plan()
@@ -403,7 +332,7 @@ class SurgeonApp(App):
         """The pair's EvalSession, made by the first eval job: its windows and the base's
         stream are reused by every later call. It reports to the job that is using it."""
         if self.eval_session is None:
-            from surgeon.quality.evaluate import EvalOptions, EvalSession
+            from surgeon.quality.evaluate import EvalSession  # torch: loaded by the first eval, not at start
 
             job.progress.start("loading the eval text", 0)
             tokenizer = str(self.tokenizer) if self.tokenizer else None
@@ -435,10 +364,6 @@ class SurgeonApp(App):
 
     def _evaluated(self, key: frozenset[int], found: dict[frozenset[int], dict]) -> None:
         """Shows the results; `key` is the plan evaluated, which the user may have changed since."""
-        from surgeon.tui.views import eval_numbers, kl_format, kl_order
-
-        from surgeon.model.names import layer_ranges
-
         self._store_eval(found)
         self.refresh_plan()
         message = f"Keep {layer_ranges(key) or 'none'}: {eval_numbers(self.eval_reports[key])}"
@@ -456,9 +381,6 @@ class SurgeonApp(App):
     def _budget_chosen(self, limits) -> None:
         if limits is None:
             return
-        from surgeon.errors import SurgeonError
-        from surgeon.recover.salvage import QualityBudget
-
         budget = QualityBudget(*limits)
         try:
             budget.validate()
@@ -468,8 +390,6 @@ class SurgeonApp(App):
         self.action_show_tab("plan")
 
         def work(job: Job):
-            from surgeon.recover.salvage import budget_plan
-
             session, composed = self._eval_session(job), self._composed_canary(job)
             found: dict[frozenset[int], dict] = {}
 
@@ -481,13 +401,11 @@ class SurgeonApp(App):
             def passes(layers) -> bool:
                 return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
 
-            return budget_plan(sorted(session.changed_layers), evaluate, budget, passes), found, budget
+            return budget_search(sorted(session.changed_layers), evaluate, budget, canary_passes=passes), found, budget
 
         self.start_job("budget plan", work, self._budget_done)
 
     def _budget_done(self, result) -> None:
-        from surgeon.model.names import layer_ranges
-
         plan, found, budget = result
         self._store_eval(found)
         self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), budget
@@ -504,8 +422,6 @@ class SurgeonApp(App):
         if summary.problems:
             self.show_error("Cannot write this pair", "\n".join(summary.problems))
             return
-        from surgeon.tui.views import eval_text, plan_text
-
         default = self.last_output or Path.cwd() / f"{self.candidate.name}-salvaged"
         description = plan_text(summary, self.candidate.name)
         description.append("\n").append_text(self._canary_note())
@@ -513,9 +429,7 @@ class SurgeonApp(App):
         inputs = [self.base, self.candidate]
         self.push_screen(WriteDialog(default, description, inputs), self._write_confirmed)
 
-    def _canary_note(self):
-        from rich.text import Text
-
+    def _canary_note(self) -> Text:
         report = self.canary_reports.get(self.plan_key())
         if report is None:
             return Text("The canary has not been run on this plan (c on the Canary tab).", style="yellow")
@@ -533,9 +447,6 @@ class SurgeonApp(App):
         canary_before, auto_steps, quality = self._write_record()
 
         def work(job: Job):
-            from surgeon.recover.salvage import salvage
-            from surgeon.recover.verify import verify
-
             salvage(
                 candidate,
                 base,
@@ -577,8 +488,6 @@ class SurgeonApp(App):
         return (report.to_json() if report is not None else None), steps, quality
 
     def _written(self, report) -> None:
-        from surgeon.recover.render import verify_text
-
         self.last_verify = report
         title = "Written and verified" if report.ok else "Written, but verify found discrepancies"
         self.push_screen(MessageDialog(title, verify_text(report), error=not report.ok))
@@ -586,19 +495,17 @@ class SurgeonApp(App):
     # --- prune --------------------------------------------------------------------------
 
     def action_prune(self) -> None:
-        from surgeon.errors import SurgeonError
-
         pane = self.query_one(PrunePane)
         num_layers = self.plan.num_layers if self.plan else None
         try:
-            options, output = _prune_request(pane.form(), self.base, num_layers, self.tokenizer)
+            options, output = pane.request(self.base, num_layers, self.tokenizer)
         except SurgeonError as exc:
             self.show_error("Prune options", str(exc))
             return
         base = self.base
 
         def work(job: Job):
-            from surgeon.prune.engine import prune
+            from surgeon.prune.engine import prune  # torch: loaded by the first prune, not at start
 
             return prune(
                 base,
@@ -637,6 +544,36 @@ class SurgeonApp(App):
         self.action_show_tab("overview")
         self.load_pair()
 
+    # --- what the panes ask for -------------------------------------------------------
+
+    @on(LayerMap.ToggleRequested)
+    def _toggle_requested(self, event: LayerMap.ToggleRequested) -> None:
+        self.toggle_layer(event.layer)
+
+    @on(PlanPane.RangeRequested)
+    def _range_requested(self, event: PlanPane.RangeRequested) -> None:
+        self.plan_range(event.how, event.spec)
+
+    @on(TensorsPane.DetailRequested)
+    def _detail_requested(self, event: TensorsPane.DetailRequested) -> None:
+        self.open_tensor(event.name)
+
+    @on(CanaryPane.RunRequested)
+    def _canary_requested(self) -> None:
+        self.action_canary()
+
+    @on(CanaryPane.AutoPlanRequested)
+    def _auto_plan_requested(self) -> None:
+        self.action_auto_plan()
+
+    @on(CanaryPane.CancelRequested)
+    def _cancel_requested(self) -> None:
+        self.action_cancel_job()
+
+    @on(PrunePane.PruneSubmitted)
+    def _prune_submitted(self) -> None:
+        self.action_prune()
+
     # --- navigation, dialogs, quitting --------------------------------------------------
 
     def action_show_tab(self, tab: str) -> None:
@@ -648,18 +585,17 @@ class SurgeonApp(App):
 
     def action_type_here(self) -> None:
         """/ jumps to the tab's text box: the tensor filter, or the plan's layer range."""
-        box = TYPE_HERE.get(self.query_one(TabbedContent).active)
-        if box:
-            self.query_one(box).focus()
+        tab = TAB.get(self.query_one(TabbedContent).active)
+        if tab is not None and tab.type_here:
+            self.query_one(tab.type_here).focus()
 
     def action_leave_box(self) -> None:
         self._focus_tab(self.query_one(TabbedContent).active)
 
     def _focus_tab(self, tab: str | None) -> None:
         """Keys go to the tab's main widget, not the tab strip: space on a map just works."""
-        target = FOCUS.get(tab or "")
-        if target:
-            self.query_one(target).focus()
+        if tab in TAB:
+            self.query_one(TAB[tab].focus).focus()
 
     def open_tensor(self, name: str) -> None:
         tensor = next((t for t in self.report.tensors if t.name == name), None) if self.report else None
@@ -700,8 +636,6 @@ class SurgeonApp(App):
             self.notify(f"The {job.name} finished before quitting; the app stays open", timeout=5)
 
     async def _exit_after(self, job: Job) -> None:
-        from textual.worker import WorkerFailed
-
         with contextlib.suppress(WorkerFailed):  # a cancelled write ends by raising Cancelled
             await job.worker.wait()
         self.exit()
@@ -719,12 +653,9 @@ class SurgeonApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        for tab in TABS:
+            yield SystemCommand(tab.command, tab.help, functools.partial(self.action_show_tab, tab.id))
         commands = [
-            ("Overview", "Layer map, summary and shard verdicts", lambda: self.action_show_tab("overview")),
-            ("Tensors", "Every tensor: filter, sort, open one", lambda: self.action_show_tab("tensors")),
-            ("Rollback plan", "Choose the layers to keep", lambda: self.action_show_tab("plan")),
-            ("Canary tab", "Results of the canary per plan", lambda: self.action_show_tab("canary")),
-            ("Prune tab", "Prune the base into a new candidate", lambda: self.action_show_tab("prune")),
             ("Run canary", "Canary on the current plan, in memory", self.action_canary),
             ("Auto plan", "Search the largest set of layers that passes the canary", self.action_auto_plan),
             ("Evaluate plan", "Perplexity, KL and top-1 of the plan and of each layer alone (e)", self.action_eval),
@@ -751,53 +682,17 @@ class SurgeonApp(App):
 def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None):
     """The canary's model: base weights in memory, the candidate's changed layers swappable.
     The diff already knows which tensors changed, so nothing is hashed again."""
-    from surgeon.recover.canary.checks import CanaryOptions, default_cache_dir, read_prompts
-    from surgeon.recover.canary.runner import ComposedCanary, layer_changes
+    from surgeon.recover.canary.runner import ComposedCanary, layer_changes  # torch: the first canary loads it
 
     changed = layer_changes(report)
     prompts = read_prompts(None)
     tokenizer_path = str(tokenizer) if tokenizer else None
     return ComposedCanary(
-        base, candidate, prompts, CanaryOptions(), "auto", "auto", tokenizer_path, default_cache_dir(), changed
+        base,
+        candidate,
+        prompts,
+        CanaryOptions(),
+        tokenizer_path=tokenizer_path,
+        cache_dir=canary_cache_dir(),
+        changed=changed,
     )
-
-
-def _prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Path | None):
-    """PruneOptions and the output folder from the Prune tab's fields, checked in the tab's
-    own words before any work starts."""
-    from surgeon.errors import SurgeonError
-    from surgeon.model.names import parse_layers
-    from surgeon.prune.engine import PruneOptions
-
-    try:
-        fraction = float(form["fraction"])
-    except ValueError:
-        fraction = -1.0
-    if not 0 < fraction < 1:
-        raise SurgeonError(f"fraction {form['fraction']!r}: give a number between 0 and 1, e.g. 0.125")
-    if num_layers is not None:
-        parse_layers(form["layers"], num_layers, what="layers")
-    options = PruneOptions(
-        prune_frac=fraction,
-        layers=form["layers"],
-        importance=form["importance"],
-        heal=form["heal"],
-        tokenizer=str(tokenizer) if tokenizer else None,
-    )
-    options.validate()
-    default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
-    output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
-    from surgeon.atomic import OutputExists, check_output
-
-    try:
-        check_output(output, [base], force=False)  # the writers' guard, in the tab before any work
-    except OutputExists:
-        raise SurgeonError(f"{output}: already exists; choose another output folder") from None
-    return options, output
-
-
-def _free_folder(path: Path) -> Path:
-    candidate, number = path, 2
-    while candidate.exists():
-        candidate, number = path.with_name(f"{path.name}-{number}"), number + 1
-    return candidate

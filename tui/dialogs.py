@@ -1,4 +1,5 @@
-"""Modal screens: errors, confirmations, help, the write dialog and a tensor's detail."""
+"""Modal screens: errors, confirmations, help, the write dialog and a tensor's detail. Each
+is a `Dialog`: a box in the middle of the screen, styled by the Dialog's own CSS."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
+from surgeon.tui.tabs import TABS
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, ScreenResultType
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Markdown, Static
 
+from surgeon.errors import SurgeonError
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.writer import check_output_path
 from surgeon.text import inert, inert_lines
 
 
@@ -21,13 +26,30 @@ def plain(message: str | Text) -> Text:
     return message if isinstance(message, Text) else Text(inert_lines(message))
 
 
-class MessageDialog(ModalScreen[None]):
+class Dialog(ModalScreen[ScreenResultType]):
+    """A modal box (`#dialog`) over the dimmed app: a title, a body, buttons on the right."""
+
+    DEFAULT_CSS = """
+    Dialog { align: center middle; }
+    #dialog {
+        width: 90%; max-width: 100; height: auto; max-height: 90%; border: thick $primary; background: $surface;
+        padding: 0 1;
+    }
+    #dialog.error { border: thick $error; }
+    #dialog-title { text-style: bold; padding-bottom: 1; }
+    #dialog-body { height: auto; max-height: 16; }
+    #dialog-buttons { height: 3; align: right middle; }
+    #dialog-buttons Button { margin-left: 1; }
+    """
+
+
+class MessageDialog(Dialog[None]):
     """An error, or a result to read (verify): dismissed with Enter or Escape."""
 
     BINDINGS = [Binding("escape,enter", "dismiss", "Close")]
 
     def __init__(self, title: str, body: str | Text, error: bool = False):
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.title_text, self.body, self.error = title, body, error
 
     def compose(self) -> ComposeResult:
@@ -46,11 +68,11 @@ class MessageDialog(ModalScreen[None]):
         self.dismiss(None)
 
 
-class ConfirmDialog(ModalScreen[bool]):
+class ConfirmDialog(Dialog[bool]):
     BINDINGS = [Binding("escape", "no", "No"), Binding("y", "yes", "Yes")]
 
     def __init__(self, question: str, yes: str = "Yes", no: str = "No"):
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.question, self.yes_label, self.no_label = question, yes, no
 
     def compose(self) -> ComposeResult:
@@ -74,13 +96,16 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
+class WriteDialog(Dialog["tuple[Path, bool] | None"]):
     """Where to write the current plan, with what it will write; returns (path, replace)."""
 
+    DEFAULT_CSS = """
+    #write-description { padding-bottom: 1; }
+    """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, default_output: Path, description, inputs: list[Path]):
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.default_output, self.description, self.inputs = default_output, description, inputs
 
     def compose(self) -> ComposeResult:
@@ -107,10 +132,6 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
     def _submit(self) -> None:
         """Problems with the folder are shown here, with the dialog still open to fix them;
         replacing an existing folder is confirmed first, since everything in it goes."""
-        from surgeon.errors import SurgeonError
-        from surgeon.format.checkpoint import open_checkpoint
-        from surgeon.format.writer import check_output_path
-
         text = self.query_one("#write-output", Input).value.strip()
         replace = self.query_one("#write-replace", Checkbox).value
         if not text:
@@ -134,20 +155,21 @@ class WriteDialog(ModalScreen["tuple[Path, bool] | None"]):
                 if yes:
                     self.dismiss((output, True))
 
+            # A question of the dialog's own, stacked over it: the app's session is not involved.
             self.app.push_screen(ConfirmDialog(question, "Replace"), answered)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
 
 
-class BudgetDialog(ModalScreen["tuple[float | None, float | None] | None"]):
+class BudgetDialog(Dialog["tuple[float | None, float | None] | None"]):
     """The quality budget of an auto plan: a mean KL and, optionally, a perplexity ratio.
     Returns (max_kl, max_ppl_ratio), an empty box being None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, max_kl: str = "0.05"):
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.max_kl = max_kl
 
     def compose(self) -> ComposeResult:
@@ -206,7 +228,12 @@ def _folder_note(folder: Path) -> str:
     return f"It holds {len(entries)} entries and looks like {kind}."
 
 
-HELP = """\
+def tab_keys() -> str:
+    """The help table's row for the tab keys: "| `1`-`5` | Overview, Tensors, Plan, Canary, Prune |"."""
+    return f"| `{TABS[0].key}`-`{TABS[-1].key}` | {', '.join(tab.title for tab in TABS)} |"
+
+
+HELP = f"""\
 # surgeon
 
 Compare a **base** checkpoint with a **candidate** (a pruned one), choose which changed
@@ -214,7 +241,7 @@ layers to keep, check the choice with the canary, and write it.
 
 | key | action |
 |---|---|
-| `1`-`5` | Overview, Tensors, Plan, Canary, Prune |
+{tab_keys()}
 | `space` | on a layer row: keep it from the candidate / roll it back to base |
 | `ctrl+z`, `ctrl+y` | undo, redo a plan change |
 | `n` | toggle non-layer tensors (embeddings, final norm, lm_head) |
@@ -245,11 +272,8 @@ any that differ at every width. The canary and prune use the base's tokenizer un
 """
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(Dialog[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
-
-    def __init__(self):
-        super().__init__(classes="dialog-screen")
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
@@ -260,11 +284,11 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-class TensorDetail(ModalScreen[None]):
+class TensorDetail(Dialog[None]):
     BINDINGS = [Binding("escape,enter", "dismiss", "Close")]
 
     def __init__(self, tensor):
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.tensor = tensor
 
     def compose(self) -> ComposeResult:

@@ -1,14 +1,21 @@
-"""Engine calls run in thread workers; this is how they report back without blocking.
+"""Engine calls run in thread workers, one at a time; this is how they start, report back
+without blocking, and stop.
 
 An engine loop calls `advance` thousands of times from worker threads. Each call only bumps
-a counter under a lock; the app reads a snapshot a few times a second and draws it, so a
+a counter under a lock; the job bar reads a snapshot a few times a second and draws it, so a
 fast hash never waits on the screen.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from textual.app import App, ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Label, ProgressBar
+from textual.worker import Worker, WorkerState
 
 
 @dataclass
@@ -53,3 +60,72 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     worker: object | None = None
     quit_question: object | None = None  # the "cancel it and quit?" dialog, while it is up
+
+
+class JobRunner:
+    """The app's jobs: one engine call at a time (hashing, canary, auto plan, eval, budget
+    plan, write or prune), each in a thread worker with its own progress and cancel event.
+    A second job while one runs is refused with a notice: the engine calls share the
+    session's models and files. The runner keeps the books; the app shows the results."""
+
+    def __init__(self, app: App):
+        self._app = app  # it runs the workers and hears how they end
+        self.job: Job | None = None
+
+    def start(self, name: str, work: Callable[[Job], object], done: Callable[[object], None]) -> bool:
+        """Runs `work(job)` in a thread; `done(result)` is called on the UI thread if it succeeds."""
+        if self.job is not None:
+            self._app.notify(f"Busy: {self.job.name} is running (x cancels it)", severity="warning")
+            return False
+        job = Job(name, done=done)
+        job.progress.start(name, 0)
+        self.job = job
+        job.worker = self._app.run_worker(lambda: work(job), thread=True, exit_on_error=False, name=name, group="job")
+        return True
+
+    def ended(self, event: Worker.StateChanged) -> Job | None:
+        """The job whose worker `event` says has ended (it is no longer running), else None."""
+        job = self.job
+        if job is None or event.worker is not job.worker or event.state in (WorkerState.PENDING, WorkerState.RUNNING):
+            return None
+        self.job = None
+        return job
+
+    def cancel(self) -> Job | None:
+        """Asks the running job to stop (the engine checks between steps); the job, or None."""
+        if self.job is not None:
+            self.job.cancel.set()
+        return self.job
+
+
+class JobBar(Horizontal):
+    """One line over the tabs while a job runs: its name, what it is doing, its progress."""
+
+    DEFAULT_CSS = """
+    JobBar { height: 1; display: none; background: $boost; }
+    JobBar.running { display: block; }
+    #job-label { width: auto; max-width: 40; padding: 0 1; }
+    #job-progress { width: 1fr; }
+    #job-hint { width: auto; padding: 0 1; color: $text-muted; }
+    """
+
+    def __init__(self, jobs: JobRunner, **kwargs):
+        super().__init__(**kwargs)
+        self.jobs = jobs
+
+    def compose(self) -> ComposeResult:
+        yield Label("", id="job-label")
+        yield ProgressBar(id="job-progress", show_eta=False)
+        yield Label("x: cancel", id="job-hint")
+
+    def on_mount(self) -> None:
+        self.set_interval(0.2, self.draw)
+
+    def draw(self) -> None:
+        job = self.jobs.job
+        self.set_class(job is not None, "running")
+        if job is None:
+            return
+        state = job.progress.snapshot()
+        self.query_one("#job-label", Label).update(f"{job.name}: {state.description}")
+        self.query_one("#job-progress", ProgressBar).update(total=state.total or None, progress=state.done)

@@ -1,15 +1,24 @@
-"""The app's five tabs. They draw what the app's session holds and turn keys and clicks into
-app actions; none of them calls the engine."""
+"""The app's five tabs. They draw what the app's session holds (the app calls their `show`)
+and turn keys and clicks into messages that the app handles; none of them calls the engine
+or the app. Each carries its own CSS; how the screen lays them out is in app.tcss."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.text import Text
 from surgeon.tui import views
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
+from surgeon.atomic import OutputExists, check_output
+from surgeon.diff.report import summary_line
+from surgeon.errors import SurgeonError
+from surgeon.model.names import parse_layer_spec, parse_layers
+from surgeon.prune.options import HEALS, IMPORTANCE, PruneOptions
 from surgeon.text import inert
 
 
@@ -18,6 +27,13 @@ class LayerMap(DataTable):
     Plan tab's map also shows each changed layer's KL measured alone (`kl_column`)."""
 
     BINDINGS = [Binding("space", "toggle", "Toggle")]
+
+    class ToggleRequested(Message):
+        """Keep this layer from the candidate, or roll it back to the base."""
+
+        def __init__(self, layer: int):
+            super().__init__()
+            self.layer = layer
 
     def __init__(self, kl_column: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -59,10 +75,20 @@ class LayerMap(DataTable):
     def action_toggle(self) -> None:
         layer = self.selected_layer()
         if layer is not None:
-            self.app.toggle_layer(layer)
+            self.post_message(self.ToggleRequested(layer))
 
 
 class OverviewPane(Vertical):
+    DEFAULT_CSS = """
+    #summary { height: auto; padding: 0 1; }
+    .section { padding: 0 1; text-style: bold; }
+    #overview-body { height: 1fr; }
+    #layer-map { height: 1fr; min-height: 5; }
+    #shard-panel { height: auto; }
+    #shards { height: auto; max-height: 7; }
+    #files { height: auto; max-height: 5; }
+    """
+
     def compose(self) -> ComposeResult:
         yield Static("Hashing both checkpoints...", id="summary")
         with Container(id="overview-body"):
@@ -78,8 +104,6 @@ class OverviewPane(Vertical):
         self.query_one("#files", DataTable).add_columns("file", "verdict")
 
     def show(self, report, rows: list[views.LayerRow]) -> None:
-        from surgeon.diff.report import summary_line
-
         self.query_one("#summary", Static).update(Text(inert(summary_line(report))))
         self.query_one("#layer-map", LayerMap).show(rows)
         shards = self.query_one("#shards", DataTable)
@@ -100,7 +124,23 @@ STATUS_CHOICES = [(s, s) for s in ("all", "changed", "identical", "added", "remo
 
 
 class TensorsPane(Vertical):
+    DEFAULT_CSS = """
+    #tensor-filters { height: 3; }
+    #filter-text { width: 1fr; }
+    #filter-status { width: 16; }
+    #filter-layers { width: 14; }
+    #filter-layers.invalid { border: tall $error; }
+    #tensor-table { height: 1fr; }
+    #tensor-count { height: auto; padding: 0 1; }
+    """
     BINDINGS = [Binding("s", "next_sort", "Sort")]
+
+    class DetailRequested(Message):
+        """Open a tensor's detail: its hashes, stats and heads."""
+
+        def __init__(self, name: str):
+            super().__init__()
+            self.name = name
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -160,9 +200,6 @@ class TensorsPane(Vertical):
         self.query_one("#tensor-count", Static).update(count)
 
     def _layers(self) -> set[int] | None:
-        from surgeon.errors import SurgeonError
-        from surgeon.model.names import parse_layer_spec
-
         box = self.query_one("#filter-layers", Input)
         spec = box.value.strip()
         if not spec:
@@ -204,10 +241,28 @@ class TensorsPane(Vertical):
         self.refilter()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.app.open_tensor(str(event.row_key.value))
+        event.stop()  # the pane's own table: what it means goes up as a DetailRequested
+        self.post_message(self.DetailRequested(str(event.row_key.value)))
 
 
 class PlanPane(Vertical):
+    DEFAULT_CSS = """
+    #plan-summary, #plan-eval { height: auto; padding: 0 1; }
+    #plan-costs { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    #plan-controls { height: 3; }
+    #plan-range { width: 1fr; }
+    #plan-map { height: 1fr; }
+    """
+    RANGE_BUTTONS = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
+
+    class RangeRequested(Message):
+        """Change the plan over typed layers: `how` is a RollbackPlan method (roll_back,
+        restore or keep_only) and `spec` the layers, e.g. "4-59"."""
+
+        def __init__(self, how: str, spec: str):
+            super().__init__()
+            self.how, self.spec = how, spec
+
     def compose(self) -> ComposeResult:
         yield Static("Hashing both checkpoints...", id="plan-summary")
         yield Static("", id="plan-eval")
@@ -230,16 +285,33 @@ class PlanPane(Vertical):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Enter rolls the range back and returns to the map, where single keys work again."""
         if event.input.id == "plan-range":
-            self.app.plan_range("roll_back", event.value)
+            self.post_message(self.RangeRequested("roll_back", event.value))
             self.query_one("#plan-map", LayerMap).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        how = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
-        if event.button.id in how:
-            self.app.plan_range(how[event.button.id], self.query_one("#plan-range", Input).value)
+        how = self.RANGE_BUTTONS.get(event.button.id or "")
+        if how is not None:
+            self.post_message(self.RangeRequested(how, self.query_one("#plan-range", Input).value))
 
 
 class CanaryPane(Vertical):
+    DEFAULT_CSS = """
+    #canary-controls { height: 3; }
+    #canary-status, #canary-auto-steps { height: auto; padding: 0 1; }
+    #canary-scroll { height: 1fr; }
+    """
+
+    class RunRequested(Message):
+        """Run the canary on the current plan."""
+
+    class AutoPlanRequested(Message):
+        """Search the largest set of changed layers that passes the canary."""
+
+    class CancelRequested(Message):
+        """Cancel the running job."""
+
+    BUTTONS = {"canary-run": RunRequested, "canary-auto": AutoPlanRequested, "canary-cancel": CancelRequested}
+
     def compose(self) -> ComposeResult:
         with Horizontal(id="canary-controls"):
             yield Button("Run canary (c)", id="canary-run", variant="primary")
@@ -251,12 +323,9 @@ class CanaryPane(Vertical):
             yield Static("", id="canary-result")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "canary-run":
-            self.app.action_canary()
-        elif event.button.id == "canary-auto":
-            self.app.action_auto_plan()
-        elif event.button.id == "canary-cancel":
-            self.app.action_cancel_job()
+        request = self.BUTTONS.get(event.button.id or "")
+        if request is not None:
+            self.post_message(request())
 
     def show(self, plan_label: str, report, auto_steps=(), plan_eval: Text | None = None) -> None:
         """`auto_steps`: the last search's steps as Text, or a canary search's steps;
@@ -276,11 +345,22 @@ class CanaryPane(Vertical):
         status.update(line.append("\n").append_text(plan_eval) if plan_eval is not None else line)
 
 
-IMPORTANCE_CHOICES = [(name, name) for name in ("recon", "norm", "loo-nll")]
-HEAL_CHOICES = [("lstsq", "lstsq"), ("none", "none")]
+IMPORTANCE_CHOICES = [(name, name) for name in IMPORTANCE]  # the prune options own the names
+HEAL_CHOICES = [(name, name) for name in HEALS]
 
 
 class PrunePane(VerticalScroll):
+    DEFAULT_CSS = """
+    .form-row { height: 3; }
+    .form-label { width: 11; padding: 1 1 0 0; text-align: right; }
+    #prune-frac, #prune-layers, #prune-importance, #prune-heal { width: 1fr; }
+    #prune-output { width: 1fr; }
+    #prune-progress { height: auto; min-height: 4; }
+    """
+
+    class PruneSubmitted(Message):
+        """Prune the base with the form's options (`request` checks them)."""
+
     def compose(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
             yield Label("fraction", classes="form-label")
@@ -305,12 +385,12 @@ class PrunePane(VerticalScroll):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "prune-run":
-            self.app.action_prune()
+            self.post_message(self.PruneSubmitted())
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Enter in any field starts the prune; keys then go to the progress table, not the box."""
         self.query_one("#prune-progress", DataTable).focus()
-        self.app.action_prune()
+        self.post_message(self.PruneSubmitted())
 
     def form(self) -> dict:
         return {
@@ -320,6 +400,11 @@ class PrunePane(VerticalScroll):
             "heal": str(self.query_one("#prune-heal", Select).value),
             "output": self.query_one("#prune-output", Input).value.strip(),
         }
+
+    def request(self, base: Path, num_layers: int | None, tokenizer: Path | None):
+        """The form as (PruneOptions, output folder) for pruning `base`; a SurgeonError in the
+        tab's words if a field is wrong."""
+        return prune_request(self.form(), base, num_layers, tokenizer)
 
     def reset_progress(self) -> None:
         self.query_one("#prune-progress", DataTable).clear()
@@ -344,3 +429,38 @@ class PrunePane(VerticalScroll):
         residual = (result.refit or {}).get("rel_residual")
         table.update_cell(key, "rel residual", "-" if residual is None else f"{residual:.4f}")
         table.update_cell(key, "seconds", f"{result.seconds:.2f}")
+
+
+def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Path | None):
+    """PruneOptions and the output folder from the Prune tab's fields, checked in the tab's
+    own words before any work starts."""
+    try:
+        fraction = float(form["fraction"])
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction < 1:
+        raise SurgeonError(f"fraction {form['fraction']!r}: give a number between 0 and 1, e.g. 0.125")
+    if num_layers is not None:
+        parse_layers(form["layers"], num_layers, what="layers")
+    options = PruneOptions(
+        prune_frac=fraction,
+        layers=form["layers"],
+        importance=form["importance"],
+        heal=form["heal"],
+        tokenizer=str(tokenizer) if tokenizer else None,
+    )
+    options.validate()
+    default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
+    output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
+    try:
+        check_output(output, [base], force=False)  # the writers' guard, in the tab before any work
+    except OutputExists:
+        raise SurgeonError(f"{output}: already exists; choose another output folder") from None
+    return options, output
+
+
+def _free_folder(path: Path) -> Path:
+    candidate, number = path, 2
+    while candidate.exists():
+        candidate, number = path.with_name(f"{path.name}-{number}"), number + 1
+    return candidate

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
+from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.text import inert, inert_lines
 
 MAP_COLUMNS = ("q", "k", "v", "o", "mlp", "norm", "other")
@@ -21,7 +22,6 @@ CELL = {
     "absent": (" ", ""),
 }
 SOURCE_STYLE = {"candidate": "yellow", "base": "cyan", "identical": "dim"}
-STATUS_STYLE = {"identical": "dim", "changed": "yellow", "header-only": "cyan", "added": "green", "removed": "red"}
 
 
 def map_column(family: str) -> str:

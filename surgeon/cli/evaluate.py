@@ -1,4 +1,5 @@
-"""`surgeon eval`: perplexity, KL and top-1 agreement of a model against its base."""
+"""`surgeon eval`: perplexity, KL and top-1 agreement of a model against its base; and the
+--eval options that prune and salvage share to record that measurement in a manifest."""
 
 from __future__ import annotations
 
@@ -9,89 +10,115 @@ from pathlib import Path
 
 import click
 
+from surgeon.cli.common import console_for, handle_errors, progress_for
+from surgeon.cli.options import build, options_from
 from surgeon.errors import SurgeonError
+from surgeon.model.names import parse_layers
+from surgeon.quality.options import EvalOptions
+from surgeon.quality.record import attach
+from surgeon.quality.render import render_eval
 
 
-def register(main: click.Group, handle_errors, progress_for, console_for, debug_option) -> None:
-    @main.command("eval")
-    @click.argument("model")
-    @click.option("--base", required=True, help="The model MODEL is compared with (its tokenizer is used).")
-    @click.option(
-        "--text",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Text to score, documents separated by blank lines (default: the bundled held-out text).",
-    )
-    @click.option(
-        "--jsonl", type=click.Path(path_type=Path, dir_okay=False), help='JSON lines, one {"text": ...} each.'
-    )
-    @click.option("--window", type=click.IntRange(2), default=512, show_default=True, help="Tokens per window.")
-    @click.option("--max-tokens", type=click.IntRange(2), default=8192, show_default=True, help="Tokens in all.")
-    @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Windows per forward.")
-    @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
-    @click.option(
-        "--dtype", default="auto", show_default=True, help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32."
-    )
-    @click.option(
-        "--tokenizer",
-        type=click.Path(path_type=Path, exists=True, file_okay=False),
-        help="Tokenizer folder (default: BASE).",
-    )
-    @click.option(
-        "--layers",
-        help="Score BASE with only these layers of MODEL put on it (ranges like 0-3,7), composed in memory: "
-        "what salvage --keep would write.",
-    )
-    @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.eval/1).")
-    @click.option("--no-progress", is_flag=True, help="No progress bar.")
-    @debug_option
-    @handle_errors
-    def eval_command(
-        model,
-        base,
-        text,
-        jsonl,
-        window,
-        max_tokens,
-        batch_size,
-        device,
-        dtype,
-        tokenizer,
-        layers,
-        as_json,
-        no_progress,
-        debug,
-    ) -> None:
-        """Score MODEL against BASE on the same text, teacher-forced, one layer at a time.
+@click.command("eval")
+@click.argument("model")
+@click.option("--base", required=True, help="The model MODEL is compared with (its tokenizer is used).")
+@options_from(EvalOptions, only=["text"], text={"type": click.Path(path_type=Path, dir_okay=False)})
+@click.option("--jsonl", type=click.Path(path_type=Path, dir_okay=False), help='JSON lines, one {"text": ...} each.')
+@options_from(EvalOptions, skip=["text"])
+@click.option(
+    "--layers",
+    help="Score BASE with only these layers of MODEL put on it (ranges like 0-3,7), composed in memory: "
+    "what salvage --keep would write.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.eval/1).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@handle_errors
+def eval_command(model, base, jsonl, layers, as_json, no_progress, **kw) -> None:
+    """Score MODEL against BASE on the same text, teacher-forced, one layer at a time.
 
-        Reports the perplexity of both, the KL divergence of MODEL's next-token distribution
-        from BASE's (mean and 99th percentile) and how often their top token agrees, in total
-        and per window.
-        """
-        from surgeon.model.names import parse_layers
-        from surgeon.quality.evaluate import EvalOptions, EvalSession
+    Reports the perplexity of both, the KL divergence of MODEL's next-token distribution
+    from BASE's (mean and 99th percentile) and how often their top token agrees, in total
+    and per window.
+    """
+    # Deferred: the engine imports torch, which --help and the light install do without.
+    from surgeon.quality.evaluate import EvalSession
 
-        if text is not None and jsonl is not None:
-            raise SurgeonError("--text and --jsonl are exclusive: pick one")
-        options = EvalOptions(
-            text=str(jsonl or text) if (jsonl or text) else None,
-            text_format="jsonl" if jsonl else "auto",
-            window=window,
-            max_tokens=max_tokens,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            tokenizer=str(tokenizer) if tokenizer else None,
-            cache_budget_bytes=0,  # one call: a cache of the base's stream would only add to the peak
-        )
-        session = EvalSession(base, model, options, progress=progress_for(no_progress), cancel=threading.Event())
-        if layers is None:
-            data = session.evaluate_model().to_json()
-        else:
-            plan = parse_layers(layers, len(session.base_layout.layers), what="--layers")
-            data = session.evaluate_plans([plan])[0].to_json()
-        if as_json:
-            sys.stdout.write(json.dumps(data, indent=2) + "\n")
-            return
-        from surgeon.quality.render import render_eval
+    if kw["text"] is not None and jsonl is not None:
+        raise SurgeonError("--text and --jsonl are exclusive: pick one")
+    if jsonl is not None:
+        kw["text"] = jsonl
+    options = build(
+        EvalOptions,
+        kw,
+        text_format="jsonl" if jsonl else "auto",
+        cache_budget_bytes=0,  # one call: a cache of the base's stream would only add to the peak
+    )
+    session = EvalSession(base, model, options, progress=progress_for(no_progress), cancel=threading.Event())
+    if layers is None:
+        data = session.evaluate_model().to_json()
+    else:
+        plan = parse_layers(layers, len(session.base_layout.layers), what="--layers")
+        data = session.evaluate_plans([plan])[0].to_json()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    render_eval(data, console_for())
 
-        render_eval(data, console_for())
+
+def quality_options(default_tokens: int):
+    """--eval, --eval-text and --eval-tokens: measure what a command wrote against its base."""
+    options = [
+        click.option(
+            "--eval",
+            "run_eval",
+            is_flag=True,
+            help="Measure the result against BASE (perplexity, KL, top-1; see surgeon eval) into the manifest.",
+        ),
+        click.option(
+            "--eval-text",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="Text to measure on (.txt or .jsonl; default: the bundled held-out text).",
+        ),
+        click.option(
+            "--eval-tokens",
+            type=click.IntRange(2),
+            default=default_tokens,
+            show_default=True,
+            help="Tokens of it to score.",
+        ),
+    ]
+
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def check_eval_text(text: Path | None, measured: bool) -> None:
+    """--eval-text read before any work: a bad file is found before a long prune, not after."""
+    if text is not None and not measured:
+        raise SurgeonError("--eval-text is the text --eval measures on: give --eval too")
+    if text is not None:
+        from surgeon.quality.evaluate import load_eval_text  # deferred: torch, as above
+
+        load_eval_text(Path(text))
+
+
+def eval_settings(text, tokens: int, device: str, dtype: str, tokenizer) -> EvalOptions:
+    return EvalOptions(
+        text=str(text) if text else None,
+        max_tokens=tokens,
+        device=device,
+        dtype=dtype,
+        tokenizer=str(tokenizer) if tokenizer else None,
+    )
+
+
+def record_quality(output: Path, base: str, options: EvalOptions, quiet: bool = False) -> dict:
+    """OUTPUT measured against BASE, recorded in its manifest; the new manifest."""
+    from surgeon.quality.evaluate import measure  # deferred: torch, as above
+
+    record = measure(output, base, options, progress=progress_for(quiet)) | {"how": "measured after writing (--eval)"}
+    return attach(output, record)

@@ -30,7 +30,7 @@ class Pair:
     other: TensorInfo
 
 
-def compare_pairs(
+def compare_bytes(
     pairs: list[Pair],
     progress: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,

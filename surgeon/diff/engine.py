@@ -9,8 +9,8 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
-from surgeon.diff.bytes import Pair, compare_pairs
-from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, compare_tensors, zero_heads
+from surgeon.diff.bytes import Pair, compare_bytes
+from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.hashcache import HashCache
 from surgeon.format.hashing import bytes_to_hash, default_workers, file_sha256, hash_shards
@@ -136,6 +136,7 @@ def diff_checkpoints(
     base: Checkpoint,
     other: Checkpoint,
     options: DiffOptions = DiffOptions(),
+    *,
     progress: ProgressSink | None = None,
     cancel: threading.Event | None = None,
 ) -> DiffReport:
@@ -145,7 +146,7 @@ def diff_checkpoints(
         equal = {n: sha_b[n] == sha_o[n] for n in _same_layout(base, other)}
     else:
         sha_b, sha_o, shard_sha = {}, {}, ({}, {})
-        equal = _compare_bytes(base, other, options, progress, cancel)
+        equal = _bytes_equal(base, other, options, progress, cancel)
     tensors = _tensor_statuses(base, other, sha_b, sha_o, equal)
     if options.stats:
         _add_stats(base, other, tensors, options, cancel)
@@ -182,7 +183,7 @@ def _hash_both(base, other, options, progress, cancel):
     trust = {"trust_cache": options.trust_cache, "trust_blob_names": options.trust_blob_names}
     progress.start("hashing", bytes_to_hash(shards, cache, **trust))
     try:
-        hashes = hash_shards(shards, cache, progress.advance, cancel, options.workers, **trust)
+        hashes = hash_shards(shards, cache, progress=progress.advance, cancel=cancel, workers=options.workers, **trust)
     finally:
         progress.stop()
 
@@ -199,7 +200,7 @@ def _hash_both(base, other, options, progress, cancel):
     return per_tensor(base), per_tensor(other), (per_shard(base), per_shard(other))
 
 
-def _compare_bytes(base, other, options, progress, cancel) -> dict[str, bool]:
+def _bytes_equal(base, other, options, progress, cancel) -> dict[str, bool]:
     pairs = [
         Pair(
             n,
@@ -212,7 +213,7 @@ def _compare_bytes(base, other, options, progress, cancel) -> dict[str, bool]:
     ]
     progress.start("comparing", sum(p.base.nbytes for p in pairs))
     try:
-        return compare_pairs(pairs, progress.advance, cancel, options.workers)
+        return compare_bytes(pairs, progress.advance, cancel, options.workers)
     finally:
         progress.stop()
 
@@ -279,7 +280,7 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
         check_stop(should_stop)
         layout = _layout(diff, geometry)
         b, o = base.tensors[diff.name], other.tensors[diff.name]
-        stats, scan = compare_tensors(
+        stats, scan = tensor_stats(
             base.shard_path(b.file), b, other.shard_path(o.file), o, layout[1] if layout else None
         )
         diff.stats = stats

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from surgeon.diff.inspection import attention_summary
-from surgeon.model.names import describe_layers
+from surgeon.model.names import layers_cell
 from surgeon.text import inert
 
 
@@ -48,7 +48,7 @@ def render_inspect(data: dict, console: Console, verbose: bool = False) -> None:
     for column in ("family", "layers", "tensors", "parameters", "size", "dtype"):
         families.add_column(column, justify="right" if column in ("tensors", "parameters", "size") else "left")
     for f in data["families"]:
-        layers = describe_layers(f["layers"]) if f["stack"] else ""
+        layers = layers_cell(f["layers"]) if f["stack"] else ""
         families.add_row(
             _plain(f["family"]),
             layers,

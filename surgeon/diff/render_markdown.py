@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from surgeon.diff.engine import DiffReport, ShardDiff, TensorDiff
 from surgeon.diff.report import FamilyRow, differing, family_rows
-from surgeon.model.names import describe_layers, layer_ranges
+from surgeon.model.names import layer_ranges, layers_cell
 from surgeon.text import md_code, md_text
 
 WEIGHT_SUFFIXES = ("weight", "bias")
@@ -35,6 +35,8 @@ def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None 
         for f in report.files
     ]
     if quality is not None:
+        # deferred: quality.render brings rich's tables (40 ms measured), and only a
+        # checkpoint whose manifest holds a matching quality record gets this section
         from surgeon.quality.render import quality_markdown
 
         summary, text = quality
@@ -83,7 +85,7 @@ def _label(row: FamilyRow, stacks: set[str]) -> str:
 
 
 def _layer_cells(row: FamilyRow) -> tuple[str, str]:
-    return describe_layers(row.layers_changed), describe_layers(row.layers_unchanged, count_them=True)
+    return layers_cell(row.layers_changed), layers_cell(row.layers_unchanged, count_them=True)
 
 
 def _split_family(family: str) -> tuple[str, str, str]:

@@ -12,17 +12,10 @@ from rich.text import Text
 
 from surgeon.diff.engine import DiffReport, TensorDiff
 from surgeon.diff.report import differing, family_rows, summary_line
-from surgeon.model.names import describe_layers
+from surgeon.diff.statuses import STATUS_STYLE
+from surgeon.model.names import layers_cell
 from surgeon.text import inert
 
-STATUS_STYLE = {
-    "identical": "green",
-    "changed": "yellow",
-    "header-only": "cyan",
-    "added": "blue",
-    "removed": "red",
-    "retyped": "magenta",
-}
 MAX_TENSOR_ROWS = 200
 
 
@@ -73,11 +66,11 @@ def _families_table(report: DiffReport) -> Table:
         if row.stack is None:
             table.add_row(label, "", "", statuses)
         else:
-            changed = describe_layers(row.layers_changed)
+            changed = layers_cell(row.layers_changed)
             table.add_row(
                 label,
                 Text(changed, style="yellow" if row.layers_changed else "dim"),
-                Text(describe_layers(row.layers_unchanged, count_them=True)),
+                Text(layers_cell(row.layers_unchanged, count_them=True)),
                 statuses,
             )
     return table

@@ -173,7 +173,7 @@ def _spans(info: TensorInfo, layout: HeadLayout | None):
         yield first * row_bytes, rows * row_bytes, rows
 
 
-def compare_tensors(
+def tensor_stats(
     base_path: Path,
     base: TensorInfo,
     other_path: Path,
@@ -198,5 +198,5 @@ def zero_heads(path: Path, info: TensorInfo, layout: HeadLayout) -> list[bool] |
     """Which heads of one tensor are entirely zero, or None if the layout does not fit."""
     if not layout.fits(info):
         return None
-    scan = compare_tensors(path, info, path, info, layout)[1]
+    scan = tensor_stats(path, info, path, info, layout)[1]
     return scan.other_zero

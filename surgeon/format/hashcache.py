@@ -49,7 +49,8 @@ def user_cache_dir(name: str, override_env: str) -> Path:
     return Path(base) / "surgeon" / name
 
 
-def default_cache_dir() -> Path:
+def hash_cache_dir() -> Path:
+    """The hash cache's folder (SURGEON_CACHE_DIR overrides it)."""
     return user_cache_dir("hashes", "SURGEON_CACHE_DIR")
 
 

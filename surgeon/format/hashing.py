@@ -43,6 +43,7 @@ def default_workers() -> int:
 def hash_shards(
     shards: list[ShardHeader],
     cache: HashCache,
+    *,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
     workers: int | None = None,
@@ -84,7 +85,7 @@ def hash_shards(
 
 
 def bytes_to_hash(
-    shards: list[ShardHeader], cache: HashCache, trust_cache: bool = True, trust_blob_names: bool = True
+    shards: list[ShardHeader], cache: HashCache, *, trust_cache: bool = True, trust_blob_names: bool = True
 ) -> int:
     """How many bytes hash_shards() will read for these shards: for sizing a progress bar."""
     seen: set[str] = set()
@@ -130,7 +131,7 @@ def _hash_and_store(
     progress: Progress | None,
     should_stop: StopCheck | None,
 ) -> FileHashes:
-    hashes = hash_one_file(shard, known_sha, side_pool, progress, should_stop)
+    hashes = hash_one_file(shard, known_sha=known_sha, side_pool=side_pool, progress=progress, should_stop=should_stop)
     if FileIdentity.of(shard.path) != ident:
         raise SurgeonError(f"{shard.path}: changed while it was being read")
     cache.store_tensors(hashes.file_sha256, hashes.tensors)
@@ -142,6 +143,7 @@ def _hash_and_store(
 
 def hash_one_file(
     shard: ShardHeader,
+    *,
     known_sha: str | None = None,
     side_pool: Executor | None = None,
     progress: Progress | None = None,

@@ -107,6 +107,7 @@ def write_checkpoint(
     base: Checkpoint,
     output: Path,
     replacements: dict[str, bytes | TensorSource],
+    *,
     manifest: Callable[[WriteReport], dict] | None = None,
     force: bool = False,
     cancel: threading.Event | None = None,

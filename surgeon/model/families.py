@@ -1,4 +1,4 @@
-"""Architecture adapters: each decoder layer's attention, named and sized, per family.
+"""Model families: each decoder layer's attention, named and sized, per family.
 
 Torch-free: from config.json and the checkpoint's tensor names and shapes only. The prune
 engine uses it to know which tensors to read, capture, heal and zero.
@@ -71,12 +71,13 @@ def config_path(ckpt: Checkpoint) -> str:
 
 
 def checked_config(ckpt: Checkpoint) -> dict:
-    """The checkpoint's config.json (or {}), every value surgeon reads checked (arch.check_config)."""
+    """The checkpoint's config.json (or {}), every value surgeon reads checked (geometry.check_config)."""
     check_config(ckpt.config, config_path(ckpt))
     return ckpt.config or {}
 
 
-def describe(ckpt: Checkpoint) -> ModelLayout:
+def model_layout(ckpt: Checkpoint) -> ModelLayout:
+    """The checkpoint's family, text config, layer stack and each layer's attention tensors."""
     config = checked_config(ckpt)
     model_type = config.get("model_type")
     family = FAMILIES.get(model_type)

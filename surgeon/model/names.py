@@ -61,7 +61,7 @@ def _span(start: int, end: int) -> str:
     return str(start) if start == end else f"{start}-{end}"
 
 
-def describe_layers(layers: list[int] | set[int], count_them: bool = False) -> str:
+def layers_cell(layers: list[int] | set[int], count_them: bool = False) -> str:
     """Ranges for a report cell: `0-3`, `(none)`, or with count_them `4-59 (all 56)`."""
     if not layers:
         return "(none)"
@@ -85,7 +85,7 @@ def layers_phrase(layers) -> str:
 
 
 @dataclass(frozen=True)
-class LayerSpec:
+class LayerSelection:
     """A layer selection as typed ("all", "none" or ranges like "0-3,7"), parsed but not
     yet checked against a model. Ranges stay (low, high) pairs until they are checked, so
     "0-300000000" costs two integers, not a set of 300 million."""
@@ -104,20 +104,20 @@ class LayerSpec:
             missing = _first_missing(present, low, high)
             if missing is not None:
                 raise SurgeonError(
-                    f"{self.what} {_quote(self.text)}: layer {missing} does not exist ({_describe(present)})"
+                    f"{self.what} {_quote(self.text)}: layer {missing} does not exist ({_existing_layers(present)})"
                 )
         # Every chosen layer exists, so this set is no larger than the model's layer list.
         return sorted({n for low, high in self.ranges for n in range(low, high + 1)})
 
 
-def parse_layer_spec(spec: str, what: str = "layers", allow_none: bool = False) -> LayerSpec:
+def parse_layer_spec(spec: str, what: str = "layers", allow_none: bool = False) -> LayerSelection:
     """Parse "all", "none" (when allow_none) or ranges like "0-3,7"; `what` names the input
     in messages. An empty spec is an error: "none" says no layers on purpose."""
     text = spec.strip()
     if text == "all":
-        return LayerSpec(spec, what, None)
+        return LayerSelection(spec, what, None)
     if allow_none and text == "none":
-        return LayerSpec(spec, what, ())
+        return LayerSelection(spec, what, ())
     usage = "use 'all'" + (", 'none'" if allow_none else "") + " or ranges like 0-3,7"
     if not text:
         raise SurgeonError(f"{what} is empty: {usage}")
@@ -129,7 +129,7 @@ def parse_layer_spec(spec: str, what: str = "layers", allow_none: bool = False) 
         if high < low:
             raise SurgeonError(f"{what} {_quote(spec)}: {usage}")
         ranges.append((low, high))
-    return LayerSpec(spec, what, tuple(ranges))
+    return LayerSelection(spec, what, tuple(ranges))
 
 
 def parse_layers(spec: str, num_layers: int | Collection[int], what: str = "layers") -> list[int]:
@@ -151,7 +151,7 @@ def _first_missing(present: range | list[int], low: int, high: int) -> int | Non
     return expected if expected <= high else None
 
 
-def _describe(present: range | list[int], parts: int = 6) -> str:
+def _existing_layers(present: range | list[int], parts: int = 6) -> str:
     if not present:
         return "the model has no numbered layers"
     if isinstance(present, range):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from surgeon.errors import SurgeonError, TokenizerError
 from surgeon.jsonfile import parse_json, read_bounded
+from surgeon.model.geometry import config_error
 
 BUNDLED_CORPUS = "calibration"  # the folder under surgeon/_data
 # Calibration reads at most a few thousand samples; a corpus file past this is a mistake, not data.
@@ -172,9 +173,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 def load_tokenizer(path: Path):
     """The tokenizer in folder `path`. Messages name the folder, not an option, because the
     TUI shows them too; `error.option` lets the CLI add "; pass --tokenizer"."""
+    # deferred: this module is torch-free (canary.checks, on salvage's light path, uses
+    # with_one_bos); transformers (1.7 s) is needed only to load a tokenizer
     from transformers import AutoTokenizer
-
-    from surgeon.model.geometry import config_error
 
     folder = Path(path)
     if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from surgeon import __version__
 from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.format.hashcache import default_cache_dir
-from surgeon.format.writer import MANIFEST_NAME, WriteReport, write_checkpoint
-from surgeon.model.families import LayerSpec, ModelLayout, describe
+from surgeon.format.hashcache import hash_cache_dir
+from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_path, write_checkpoint
+from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import layer_ranges, parse_layers
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
@@ -45,7 +46,8 @@ from surgeon.prune.heal import head_columns, heal_o_proj
 from surgeon.prune.importance import gram_scores, loo_nll_scores, select_heads
 from surgeon.prune.memory import return_freed_memory
 from surgeon.prune.options import PruneOptions
-from surgeon.prune.stream import Batch, LayerStream, resolve_device, resolve_dtype
+from surgeon.prune.stream import Batch, LayerStream, make_batches, resolve_device, resolve_dtype
+from surgeon.prune.threads import use_cpu_threads
 from surgeon.prune.workdir import Workdir
 
 MANIFEST_SCHEMA = "surgeon.prune_manifest/1"
@@ -97,6 +99,7 @@ def prune(
     base: str | Path | Checkpoint,
     output: Path,
     options: PruneOptions = PruneOptions(),
+    *,
     workdir: Path | None = None,
     force: bool = False,
     progress: ProgressSink | None = None,
@@ -113,9 +116,8 @@ def prune(
     return_freed_memory()
     progress = progress or NoProgress()
     ckpt = base if isinstance(base, Checkpoint) else open_checkpoint(base)
-    layout = describe(ckpt)
+    layout = model_layout(ckpt)
     selected = parse_layers(options.layers, len(layout.layers), what="layers")
-    from surgeon.format.writer import check_output_path
 
     check_output_path(Path(output), [ckpt], force)
     if workdir is not None:  # it is written to, and emptied when the inputs change
@@ -138,6 +140,7 @@ class _Run:
         self.progress, self.cancel, self.on_layer_done = progress, cancel, on_layer_done
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
+        use_cpu_threads(self.device, layout.config.get("hidden_size"))
         self.timings: dict[str, float] = {}
         self.messages: list[str] = []
         self.durable = False
@@ -159,7 +162,7 @@ class _Run:
         if message:
             self.messages.append(message)
         stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
-        batches = _make_batches(sequences, self.options.batch_size, pad_id)
+        batches = make_batches(sequences, self.options.batch_size, pad_id)
         self._time("load", started)
         results, start = self._resume(workdir, stream, batches)
         # Layers after the last pruned one are never run: nothing downstream reads their
@@ -247,10 +250,10 @@ class _Run:
             self.ckpt,
             output,
             sources,
-            manifest,
+            manifest=manifest,
             force=force,
             cancel=self.cancel,
-            cache_dir=default_cache_dir(),
+            cache_dir=hash_cache_dir(),
             durable=self.durable,
         )
         self._time("write", started)
@@ -283,8 +286,6 @@ class _Run:
         tok_hash = hashlib.sha256(b"".join(p.read_bytes() for p in tokenizer_files)).hexdigest()
         options = asdict(self.options)
         options["device"], options["dtype"] = self.device.type, str(self.dtype)
-        from surgeon import __version__
-
         fingerprint = {
             "base": headers,
             "options": options,
@@ -394,7 +395,9 @@ class _Run:
 
     def _scores(self, stream, spec, batches, o_weight, gram) -> list[float]:
         if self.options.importance == "loo-nll":
-            return loo_nll_scores(stream, spec, batches, self.options.importance_quant, self.should_stop)
+            return loo_nll_scores(
+                stream, spec, batches, quant=self.options.importance_quant, should_stop=self.should_stop
+            )
         return gram_scores(self.options.importance, o_weight, gram.matrix, spec, self.options.ridge_rel)
 
     def _materialise(self, stream: LayerStream, spec: LayerSpec, heads: list[int], gram: _Gram):
@@ -424,8 +427,6 @@ class _Run:
         return out, refit
 
     def _manifest(self, report: WriteReport, results: list[LayerResult], forward_calls: int, resumed_at: int):
-        from surgeon import __version__
-
         changed = report.changed_tensors()
         written_layers = sorted({self._layer_of(n) for n in changed} - {None})
         return {
@@ -473,17 +474,3 @@ def _full_rank(gram: torch.Tensor) -> bool:
 
 def _result(spec: LayerSpec, pruned: bool) -> LayerResult:
     return LayerResult(spec.index, spec.layer_type, spec.num_heads, spec.num_kv_heads, spec.head_dim, pruned)
-
-
-def _make_batches(sequences: list[list[int]], batch_size: int, pad_id: int) -> list[Batch]:
-    batches = []
-    for first in range(0, len(sequences), batch_size):
-        group = sequences[first : first + batch_size]
-        width = max(map(len, group))
-        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, seq in enumerate(group):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        batches.append(Batch(ids, mask))
-    return batches

@@ -76,6 +76,7 @@ def mask_heads_hook(o_proj: nn.Module, heads: list[int], head_dim: int):
 
 def nf4_round_trip(layer: nn.Module) -> nn.Module:
     """Round every Linear weight of a layer to nf4 and back, through bitsandbytes."""
+    # deferred: bitsandbytes is x86-only (see the prune extra) and only nf4 scoring needs it
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
     for module in layer.modules():
@@ -113,7 +114,8 @@ def loo_nll_scores(
     stream: LayerStream,
     spec: LayerSpec,
     batches: list[Batch],
-    quant: str | None,
+    *,
+    quant: str | None = None,
     should_stop: StopCheck | None = None,
     budget: int | None = None,
 ) -> list[float]:

@@ -1,43 +1,77 @@
-"""`surgeon prune`'s options, apart from the engine: the CLI reads their defaults without
-importing torch (which `surgeon diff` must never load)."""
+"""`surgeon prune`'s options, apart from the engine: the CLI builds its options from these
+fields (surgeon.cli.options) without importing torch (which `surgeon diff` must never load).
+
+The names of the importance scorers and heal methods are owned here, as Literal types; the
+torch implementations register under the same names (surgeon.prune.importance.SCORERS,
+surgeon.prune.heal.HEALERS), and a test holds the two in step.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from surgeon.errors import SurgeonError
+from surgeon.options import DEVICE_HELP, DTYPE_HELP, TOKENIZER_HELP, option
 
-IMPORTANCE = ("recon", "norm", "loo-nll")
+Importance = Literal["recon", "norm", "loo-nll"]
+Heal = Literal["lstsq", "none"]
+Propagate = Literal["pruned", "base"]
+Quant = Literal["nf4"]
+IMPORTANCE: tuple[str, ...] = get_args(Importance)
+HEALS: tuple[str, ...] = get_args(Heal)
+PROPAGATE: tuple[str, ...] = get_args(Propagate)
 
 
 @dataclass(frozen=True)
 class PruneOptions:
-    prune_frac: float = 0.125
-    layers: str = "all"  # "all" or ranges such as "0-3,7"
-    layer_fracs: tuple[tuple[int, float], ...] = ()  # per-layer overrides of prune_frac
-    importance: str = "recon"
-    importance_quant: str | None = None  # "nf4": loo-nll on weights rounded to nf4
-    heal: str = "lstsq"
-    ridge_rel: float = 0.01
-    propagate: str = "pruned"
-    calib: str | None = None  # None: the corpus bundled in surgeon/_data/calibration
-    calib_dataset: str | None = None  # NAME[:CONFIG][:SPLIT] of a Hugging Face dataset, instead of calib
-    calib_tokens: int | None = None  # None: auto_token_budget(the widest pruned layer's width)
-    max_tokens: int = 512  # per sample: long enough for attention to look far back
-    calib_samples: int | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    offload_activations: bool = False
-    tokenizer: str | None = None
+    prune_frac: float = option(0.125, "Fraction of query heads to remove per layer.", minimum=0, below=1)
+    layers: str = option("all", "Layers to prune: all, or ranges like 0-3,7.")
+    layer_fracs: tuple[tuple[int, float], ...] = option(
+        (), "Per-layer override of --prune-frac, e.g. 5=0.25; repeatable.", flag="--layer-frac", metavar="L=FRAC"
+    )
+    importance: Importance = option(
+        "recon",
+        "How heads are scored: recon (o_proj output error left after removing the head and refitting the others), "
+        "norm (the head's output energy through o_proj), "
+        "loo-nll (calibration loss increase with the head masked; slow).",
+    )
+    importance_quant: Quant | None = option(None, "Score loo-nll on weights rounded to nf4 (bitsandbytes).")
+    heal: Heal = option(
+        "lstsq", "How o_proj is refit: lstsq (ridge least squares on the calibration stream) or none (zero only)."
+    )
+    ridge_rel: float = option(
+        0.01, "Ridge of the heal, relative to the mean diagonal of the kept heads' Gram matrix.", minimum=0
+    )
+    propagate: Propagate = option("pruned", "Feed each layer the pruned stream (pruned) or the unpruned one (base).")
+    calib: str | None = option(
+        None, "Calibration text (.txt or .jsonl); default: the bundled corpus (60k tokens of varied text).", path="file"
+    )
+    calib_dataset: str | None = option(
+        None,
+        "A Hugging Face dataset (from the local cache when offline) instead of --calib.",
+        metavar="NAME[:CONFIG][:SPLIT]",
+    )
+    calib_tokens: int | None = option(
+        None, "Calibration tokens [default: 8 per column of the widest pruned layer, at least 8192].", minimum=2
+    )
+    max_tokens: int = option(
+        512, "Tokens per calibration sample; longer texts are cut into several.", minimum=2
+    )  # long enough for attention to look far back
+    calib_samples: int | None = option(None, "Use only the first N texts.", minimum=1)
+    batch_size: int = option(8, "Calibration samples per forward pass.", minimum=1)
+    device: str = option("auto", DEVICE_HELP)
+    dtype: str = option("auto", DTYPE_HELP)
+    offload_activations: bool = option(False, "Keep the calibration stream in CPU memory.")
+    tokenizer: str | None = option(None, TOKENIZER_HELP, path="any")
 
     def validate(self) -> None:
         if not 0 <= self.prune_frac < 1 or any(not 0 <= f < 1 for _, f in self.layer_fracs):
             raise SurgeonError("the fraction of heads to prune must be in [0, 1)")
         checks = [
             (self.importance in IMPORTANCE, f"importance must be one of {', '.join(IMPORTANCE)}"),
-            (self.heal in ("lstsq", "none"), "heal must be lstsq or none"),
-            (self.propagate in ("pruned", "base"), "propagate must be pruned or base"),
+            (self.heal in HEALS, f"heal must be one of {', '.join(HEALS)}"),
+            (self.propagate in PROPAGATE, f"propagate must be one of {', '.join(PROPAGATE)}"),
             (self.importance_quant in (None, "nf4"), "the importance quantisation must be nf4"),
             (self.ridge_rel >= 0, "the relative ridge must be >= 0"),
             (self.max_tokens >= 2 and self.batch_size >= 1, "max tokens must be >= 2 and the batch size >= 1"),

@@ -109,6 +109,21 @@ class Batch:
         return self.attention_mask.bool()
 
 
+def make_batches(sequences: list[list[int]], batch_size: int, pad_id: int) -> list[Batch]:
+    """Right-padded micro-batches of token sequences, `batch_size` sequences each."""
+    batches = []
+    for first in range(0, len(sequences), batch_size):
+        group = sequences[first : first + batch_size]
+        width = max(map(len, group))
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, seq in enumerate(group):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        batches.append(Batch(ids, mask))
+    return batches
+
+
 class LayerStream:
     def __init__(self, ckpt: Checkpoint, layout: ModelLayout, device: torch.device, dtype: torch.dtype):
         self.ckpt, self.layout, self.device, self.dtype = ckpt, layout, device, dtype
@@ -330,6 +345,8 @@ def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 def _skeleton(layout: ModelLayout, where: str):
     """The text-only *ForCausalLM with meta weights and real buffers; layers kept aside."""
+    # deferred: transformers costs 1.7 s on top of torch (measured); a bad option or
+    # checkpoint is reported before it, and resolve_device/make_batches users skip it
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 

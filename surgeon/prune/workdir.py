@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save
 
 from surgeon.atomic import atomic_output, output_errors, remove_entry, sweep, write_text_atomic
+from surgeon.format.safetensors import read_header
+from surgeon.format.writer import TensorSource
 
 OWN_FILES = ("layers", "stream.safetensors", "stream.json", "fingerprint.json")
 
@@ -66,9 +68,6 @@ class Workdir:
     def layer_sources(self, index: int) -> dict:
         """The layer's new tensors as byte ranges of its file, for the writer to copy from:
         the pruned tensors of every layer never have to be in memory together."""
-        from surgeon.format.safetensors import read_header
-        from surgeon.format.writer import TensorSource
-
         path = self.path / "layers" / f"{index:05d}.safetensors"
         header = read_header(path)
         return {name: TensorSource(path, info.start, info.end) for name, info in header.tensors.items()}

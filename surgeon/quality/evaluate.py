@@ -27,7 +27,7 @@ import torch
 
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.model.families import describe
+from surgeon.model.families import model_layout
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.prune.calibration import (
@@ -41,11 +41,13 @@ from surgeon.prune.calibration import (
     with_one_bos,
 )
 from surgeon.prune.memory import return_freed_memory
-from surgeon.prune.stream import EMBEDDING, LayerStream, resolve_device, resolve_dtype
+from surgeon.prune.stream import EMBEDDING, LayerStream, make_batches, resolve_device, resolve_dtype
+from surgeon.prune.threads import use_cpu_threads
+from surgeon.quality.options import TEXT_FORMATS, EvalOptions
+from surgeon.recover.canary.runner import changed_by_layer
 
 SCHEMA = "surgeon.eval/1"
 BUNDLED = "bundled:heldout"
-TEXT_FORMATS = ("auto", "text", "jsonl")
 # One float32 row-chunk of logits is at most this big; four such arrays (the base's log-probs
 # and probabilities, the model's log-probs, the KL term) live at once. On the CPU: 170 rows
 # of a 49k vocabulary, 32 of Gemma's 262k (256 rows took 0.2 GB more peak RSS on
@@ -125,31 +127,6 @@ def _prefix_ids(tokenizer, text: str, need: int) -> list[int]:
 # -- options and reports ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EvalOptions:
-    text: str | None = None  # None: the bundled held-out text
-    text_format: str = "auto"  # auto (a .jsonl suffix means JSON lines), text or jsonl
-    window: int = 512
-    max_tokens: int = 8192
-    batch_size: int = 4
-    device: str = "auto"
-    dtype: str = "auto"
-    tokenizer: str | None = None  # None: the base's own
-    cache_budget_bytes: int = 2 << 30  # the base's per-layer stream, see EvalSession._cache_fits
-
-    def validate(self) -> None:
-        checks = [
-            (self.text_format in TEXT_FORMATS, f"the text format must be one of {', '.join(TEXT_FORMATS)}"),
-            (self.window >= 2, "the window must be at least 2 tokens"),
-            (self.max_tokens >= 2, "the token budget must be at least 2 tokens"),
-            (self.batch_size >= 1, "the batch size must be at least 1"),
-            (self.cache_budget_bytes >= 0, "the cache budget must be >= 0 bytes"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise SurgeonError(message)
-
-
 @dataclass
 class WindowStats:
     index: int
@@ -207,6 +184,20 @@ def _finite(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
+def measure(
+    model: str | Path,
+    base: str | Path,
+    options: EvalOptions,
+    *,
+    progress: ProgressSink | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """The manifest's quality record of MODEL against BASE: the eval text and the summary
+    numbers (surgeon.quality.record reads it back)."""
+    session = EvalSession(base, model, options, progress=progress, cancel=cancel)
+    return {"text": session.text, "eval": session.evaluate_model().summary()}
+
+
 # -- the engine ---------------------------------------------------------------------
 
 
@@ -224,6 +215,7 @@ class EvalSession:
         base: str | Path | Checkpoint,
         other: str | Path | Checkpoint,
         options: EvalOptions = EvalOptions(),
+        *,
         progress: ProgressSink | None = None,
         cancel: threading.Event | None = None,
     ):
@@ -236,7 +228,8 @@ class EvalSession:
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
         self.other = other if isinstance(other, Checkpoint) else open_checkpoint(other)
-        self.base_layout, self.other_layout = describe(self.base), describe(self.other)
+        self.base_layout, self.other_layout = model_layout(self.base), model_layout(self.other)
+        use_cpu_threads(self.device, self.base_layout.config.get("hidden_size"))
         tokenizer = load_tokenizer(Path(options.tokenizer) if options.tokenizer else self.base.root)
         documents, record = load_eval_text(Path(options.text) if options.text else None, options.text_format)
         self.windows = make_windows(tokenizer, documents, options.window, options.max_tokens)
@@ -264,8 +257,6 @@ class EvalSession:
         """Layer -> names of the tensors the candidate changed in it (from the bytes). A
         change outside the layers is refused: a composed plan cannot express it."""
         if self._changed is None:
-            from surgeon.recover.canary.runner import changed_by_layer
-
             self._changed = changed_by_layer(self.base, self.other)
         return self._changed
 
@@ -350,9 +341,7 @@ class EvalSession:
             self._embedded = [b.hidden for b in self._batches]
 
     def _batches_for(self, stream: LayerStream):
-        from surgeon.prune.engine import _make_batches
-
-        batches = _make_batches(self.windows, self.options.batch_size, self.pad_id)
+        batches = make_batches(self.windows, self.options.batch_size, self.pad_id)
         for batch in batches:
             self._check()
             stream.trace(batch)
@@ -562,6 +551,7 @@ def _on_cpu(hidden: list[torch.Tensor]) -> list[torch.Tensor]:
 def corpus_nll(
     checkpoint: str | Path,
     corpus: Path | None = None,
+    *,
     max_tokens: int = 128,
     device: str = "cpu",
     dtype: str = "float32",
@@ -569,14 +559,12 @@ def corpus_nll(
 ) -> float:
     """Mean next-token NLL of a checkpoint on a calibration corpus (None: the bundled one),
     each sample truncated to `max_tokens`."""
-    from surgeon.prune.engine import _make_batches
-
     ckpt = open_checkpoint(checkpoint)
     tok = load_tokenizer(tokenizer or ckpt.root)
     sequences = encode(tok, load_corpus(corpus)[0], max_tokens)
     dev = resolve_device(device)
-    stream = LayerStream(ckpt, describe(ckpt), dev, resolve_dtype(dtype, dev))
-    batches = _make_batches(sequences, 64, tok.pad_token_id or 0)
+    stream = LayerStream(ckpt, model_layout(ckpt), dev, resolve_dtype(dtype, dev))
+    batches = make_batches(sequences, 64, tok.pad_token_id or 0)
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:

@@ -5,31 +5,28 @@ or salvage writes it (`--eval`, or a salvage quality budget), and read back by
 The record is a claim in a file that came with the checkpoint, so the card shows it only
 when the manifest's shard hashes are those of the bytes the diff just hashed, on both
 sides: then it was measured on exactly this pair. Every value is type-checked first.
+
+Torch-free: measuring is surgeon.quality.evaluate.measure's; this module reads and writes
+the record, so `diff --markdown` can show it with the light install.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+from surgeon.atomic import output_errors, write_text_atomic
+from surgeon.errors import SurgeonError
+from surgeon.format.writer import MANIFEST_NAME
+from surgeon.recover.verify import read_manifest
+
 SUMMARY_KEYS = ("tokens", "ppl_base", "ppl", "ppl_ratio", "kl_mean", "kl_p99", "top1")
-
-
-def measure(model: str | Path, base: str | Path, options, progress=None, cancel=None) -> dict:
-    """The manifest record of MODEL against BASE: the eval text and the summary numbers."""
-    from surgeon.quality.evaluate import EvalSession  # deferred: torch, only when a measure is asked for
-
-    session = EvalSession(base, model, options, progress, cancel)
-    return {"text": session.text, "eval": session.evaluate_model().summary()}
 
 
 def recorded_quality(report) -> tuple[dict, str] | None:
     """(summary, text source) from the OTHER checkpoint's manifest, when it holds a valid
     quality record measured against exactly these bytes; None otherwise."""
-    from surgeon.errors import SurgeonError
-    from surgeon.format.writer import MANIFEST_NAME
-    from surgeon.recover.verify import read_manifest
-
     root = report.other.path  # the folder whose shards were just hashed
     try:
         manifest = read_manifest(Path(root) / MANIFEST_NAME)
@@ -90,12 +87,6 @@ def _valid_summary(summary) -> bool:
 
 def attach(folder: Path, record: dict) -> dict:
     """Put `record` under "quality" in FOLDER's manifest (rewritten atomically); the manifest."""
-    import json
-
-    from surgeon.atomic import output_errors, write_text_atomic
-    from surgeon.format.writer import MANIFEST_NAME
-    from surgeon.recover.verify import read_manifest
-
     path = Path(folder) / MANIFEST_NAME
     manifest = read_manifest(path) or {}
     manifest["quality"] = record

@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 import statistics
 
+from rich.table import Table
+from rich.text import Text
+
 from surgeon.text import inert, md_code
 
 OUTLIER_FACTOR = 3.0  # a window whose mean KL is this many times the median window's is marked
@@ -29,8 +32,6 @@ def outliers(windows: list[dict]) -> set[int]:
 
 def render_eval(data: dict, console) -> None:
     """Both tables, each under 80 columns; names from the command line or files are inert."""
-    from rich.text import Text
-
     text = data["text"]
     console.print(
         Text(f"{inert(data['model'])} against base {inert(data['base'])}", style="bold"),
@@ -45,9 +46,6 @@ def render_eval(data: dict, console) -> None:
 
 
 def _summary_table(totals: dict):
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table(title=Text("Quality against base"), title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -61,9 +59,6 @@ def _summary_table(totals: dict):
 
 
 def _window_table(windows: list[dict]):
-    from rich.table import Table
-    from rich.text import Text
-
     marked = outliers(windows)
     shown, notes = windows, []
     if marked:

@@ -14,15 +14,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from surgeon import __version__
+from surgeon.atomic import write_text_atomic
+from surgeon.diff.foreign_manifest import is_surgeon_manifest
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.format.hashcache import default_cache_dir
-from surgeon.format.writer import MANIFEST_NAME, TensorSource, WriteReport, write_checkpoint
-from surgeon.model.names import LayerSpec, layer_ranges, parse_layer_spec, parse_name
+from surgeon.format.hashcache import HashCache, hash_cache_dir
+from surgeon.format.hashing import bytes_to_hash, hash_shards
+from surgeon.format.writer import MANIFEST_NAME, TensorSource, WriteReport, check_output_path, write_checkpoint
+from surgeon.model.names import LayerSelection, layer_ranges, parse_layer_spec, parse_name
+from surgeon.options import option
+from surgeon.progress import NoProgress
+from surgeon.recover.verify import read_manifest
 
 
 @dataclass
-class AutoStep:
+class SearchStep:
+    """One try of an automatic search: a plan (the candidate's layers kept) and its verdict."""
+
     layers: list[int]
     passed: bool
     # canary search: "prefix", "add"; quality budget: "all", "alone", "budget", "canary"
@@ -32,9 +41,15 @@ class AutoStep:
 
 
 @dataclass
-class SalvagePlan:
+class PlanSearch:
+    """What salvage --auto found: the plan it keeps (`keep`) and the steps that led there.
+
+    A "plan" is one thing everywhere: the set of the candidate's changed layers that stay on
+    the base (surgeon.recover.plan.RollbackPlan edits one, EvalSession.evaluate_plans scores
+    some); a search is how one is chosen."""
+
     keep: list[int]
-    steps: list[AutoStep] = field(default_factory=list)
+    steps: list[SearchStep] = field(default_factory=list)
     quality: dict | None = None  # the kept plan's eval summary (budget search)
     layer_kl: dict[int, float] | None = None  # each changed layer's KL measured alone
 
@@ -43,8 +58,14 @@ class SalvagePlan:
 class QualityBudget:
     """How far a salvaged model may be from the base, teacher-forced on the eval text."""
 
-    max_kl: float | None = None  # mean KL(base || model) per token, in nats
-    max_ppl_ratio: float | None = None  # perplexity over the base's
+    max_kl: float | None = option(
+        None,
+        "With --auto: keep the most layers whose composed model stays within this mean KL, in nats per token.",
+        minimum=0,
+    )
+    max_ppl_ratio: float | None = option(
+        None, "With --auto: ... within this perplexity over the base's (a ratio, e.g. 1.02).", minimum=1
+    )
 
     def validate(self) -> None:
         if self.max_kl is None and self.max_ppl_ratio is None:
@@ -66,20 +87,20 @@ class QualityBudget:
         return " and ".join(p for p in parts if p)
 
 
-def parse_keep(spec: str, what: str = "layers to keep") -> LayerSpec:
+def parse_keep(spec: str, what: str = "layers to keep") -> LayerSelection:
     """A keep list as typed: "all" (every changed layer), "none" (on purpose) or ranges like
     "0-3,7". Checked only for form here; salvage() checks the layers against the model once
     it has opened it. `what` names the input in messages (the CLI passes its option)."""
     return parse_layer_spec(spec, what, allow_none=True)
 
 
-def check_keep(keep: list[int] | LayerSpec, tensors) -> list[int] | None:
+def check_keep(keep: list[int] | LayerSelection, tensors) -> list[int] | None:
     """The kept layers, each one a layer the checkpoint has (`tensors`: its names), or None
     for "all"; a layer that does not exist is an error, not a silent no-op."""
     existing = layers_of(tensors)
-    if not isinstance(keep, LayerSpec):
+    if not isinstance(keep, LayerSelection):
         ordered = sorted(set(keep))
-        keep = LayerSpec(layer_ranges(ordered) or "none", "layers to keep", tuple((n, n) for n in ordered))
+        keep = LayerSelection(layer_ranges(ordered) or "none", "layers to keep", tuple((n, n) for n in ordered))
     return None if keep.ranges is None else keep.resolve(existing)
 
 
@@ -111,13 +132,14 @@ def layer_tensors(base: Checkpoint, candidate: Checkpoint, keep: set[int], keep_
 def salvage(
     candidate: str | Path,
     base: str | Path,
-    keep: list[int] | LayerSpec,
+    keep: list[int] | LayerSelection,
     output: Path,
+    *,
     keep_non_layer: bool = False,
     force: bool = False,
     canary_before: dict | None = None,
     canary_after=None,
-    auto_steps: list[AutoStep] | None = None,
+    auto_steps: list[SearchStep] | None = None,
     cancel=None,
     durable: bool = False,
     progress=None,
@@ -126,13 +148,11 @@ def salvage(
     """Write base + the candidate's layers in `keep` (a list, or a parse_keep() spec whose
     "all" means every changed layer). `canary_after(output) -> dict` runs on the written
     result and is recorded in the manifest, as is `quality` (this output's eval against the
-    base: surgeon.quality.record.measure's record, with the budget it was searched under)."""
+    base: surgeon.quality.evaluate.measure's record, with the budget it was searched under)."""
     base_ckpt, cand_ckpt = open_checkpoint(base), open_checkpoint(candidate)
     chosen = check_keep(keep, base_ckpt.tensors)
     every = layers_of(base_ckpt.tensors) if chosen is None else set(chosen)
     chosen_sources = layer_tensors(base_ckpt, cand_ckpt, every, keep_non_layer)
-    from surgeon.format.writer import check_output_path
-
     check_output_path(Path(output), [base_ckpt, cand_ckpt], force)  # before any input is read
     hashes = _input_hashes(base_ckpt, cand_ckpt, cancel, progress)
     sources = _differing(chosen_sources, *(_tensor_sha(c, hashes) for c in (base_ckpt, cand_ckpt)))
@@ -154,17 +174,15 @@ def salvage(
         base_ckpt,
         Path(output),
         sources,
-        manifest,
+        manifest=manifest,
         force=force,
         cancel=cancel,
-        cache_dir=default_cache_dir(),
+        cache_dir=hash_cache_dir(),
         durable=durable,
         progress=progress,
     )
     if canary_after is not None:
         holder["salvage"]["canary_after"] = canary_after(Path(output))
-        from surgeon.atomic import write_text_atomic
-
         write_text_atomic(Path(output) / MANIFEST_NAME, json.dumps(holder, indent=2) + "\n")
     return report, holder
 
@@ -187,9 +205,6 @@ def _candidate_manifest(candidate: Checkpoint) -> dict:
     """The candidate's manifest, to carry forward: surgeon's own merged (its prune record
     stays true of the kept layers), anyone else's kept whole under `candidate_manifest`,
     as a record, never as surgeon's claims. A malformed one is one line, exit 2."""
-    from surgeon.diff.foreign_manifest import is_surgeon_manifest
-    from surgeon.recover.verify import read_manifest
-
     previous = read_manifest(candidate.root / MANIFEST_NAME)
     if previous is None:
         return {}
@@ -199,16 +214,12 @@ def _candidate_manifest(candidate: Checkpoint) -> dict:
 def _input_hashes(base: Checkpoint, candidate: Checkpoint, cancel, progress) -> dict:
     """Both inputs' shard and tensor hashes (the hash cache makes them free after a diff of
     the two): which layers the candidate really changed, and its shards, for the record."""
-    from surgeon.format.hashcache import HashCache
-    from surgeon.format.hashing import bytes_to_hash, hash_shards
-    from surgeon.progress import NoProgress
-
-    cache = HashCache(default_cache_dir())
+    cache = HashCache(hash_cache_dir())
     shards = [*base.shards.values(), *candidate.shards.values()]
     progress = progress or NoProgress()
     progress.start("hashing", bytes_to_hash(shards, cache))
     try:
-        return hash_shards(shards, cache, progress.advance, cancel)
+        return hash_shards(shards, cache, progress=progress.advance, cancel=cancel)
     finally:
         progress.stop()
 
@@ -222,8 +233,6 @@ def _changed_layers(base: Checkpoint, candidate: Checkpoint, hashes: dict) -> se
 def _manifest(
     previous, base, candidate, keep, keep_non_layer, report: WriteReport, canary_before, auto_steps, hashes
 ) -> dict:
-    from surgeon import __version__
-
     changed = report.changed_tensors()
     written = sorted({parse_name(n).layer for n in changed} - {None})
     manifest = dict(previous)
@@ -252,21 +261,21 @@ def _manifest(
     return manifest
 
 
-def auto_plan(layers: list[int], passes, max_runs: int | None = None) -> SalvagePlan:
+def canary_search(layers: list[int], passes, *, max_runs: int | None = None) -> PlanSearch:
     """The largest set of changed layers that passes: bisection over prefixes of `layers`,
     then greedy addition of single layers. `passes(layers) -> bool` runs the canary."""
-    steps: list[AutoStep] = []
+    steps: list[SearchStep] = []
     limit = max_runs if max_runs is not None else 2 * len(layers).bit_length() + len(layers) + 2
 
     def check(candidate: list[int], how: str) -> bool:
         if len(steps) >= limit:
             raise SurgeonError(f"the automatic search stopped after {limit} canary runs")
         passed = bool(passes(candidate))
-        steps.append(AutoStep(sorted(candidate), passed, how))
+        steps.append(SearchStep(sorted(candidate), passed, how))
         return passed
 
     if layers and check(layers, "prefix"):
-        return SalvagePlan(sorted(layers), steps)
+        return PlanSearch(sorted(layers), steps)
     low, high = 0, len(layers)  # the prefix of length low passes (empty always does); high fails
     while high - low > 1:
         middle = (low + high) // 2
@@ -278,10 +287,10 @@ def auto_plan(layers: list[int], passes, max_runs: int | None = None) -> Salvage
     for layer in layers[low + 1 :]:
         if check([*keep, layer], "add"):
             keep.append(layer)
-    return SalvagePlan(sorted(keep), steps)
+    return PlanSearch(sorted(keep), steps)
 
 
-def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passes=None) -> SalvagePlan:
+def budget_search(layers: list[int], evaluate, budget: QualityBudget, *, canary_passes=None) -> PlanSearch:
     """The largest set of changed layers whose composed model stays within `budget`.
 
     `evaluate(plans) -> summaries` scores "base + the candidate's layers K" for each plan
@@ -295,7 +304,7 @@ def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passe
     (31 s to 90 s each for SmolLM2-135M on 2 cores).
     """
     budget.validate()
-    steps: list[AutoStep] = []
+    steps: list[SearchStep] = []
     scored: dict[tuple[int, ...], dict] = {}
 
     def score(plans: list[list[int]], how: str) -> list[bool]:
@@ -304,20 +313,20 @@ def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passe
         for plan, summary in zip(plans, summaries, strict=True):
             scored[tuple(sorted(plan))] = summary
             verdicts.append(budget.within(summary))
-            steps.append(AutoStep(sorted(plan), verdicts[-1], how, summary.get("kl_mean"), summary.get("ppl_ratio")))
+            steps.append(SearchStep(sorted(plan), verdicts[-1], how, summary.get("kl_mean"), summary.get("ppl_ratio")))
         return verdicts
 
     def confirmed(plan: list[int]) -> bool:
         if canary_passes is None:
             return True
         passed = bool(canary_passes(sorted(plan)))
-        steps.append(AutoStep(sorted(plan), passed, "canary"))
+        steps.append(SearchStep(sorted(plan), passed, "canary"))
         return passed
 
     keep: list[int] = []
     layer_kl: dict[int, float] = {}
     if layers and score([list(layers)], "all")[0] and confirmed(list(layers)):
-        return SalvagePlan(sorted(layers), steps, scored[tuple(sorted(layers))], None)
+        return PlanSearch(sorted(layers), steps, scored[tuple(sorted(layers))], None)
     if layers:  # over budget, or within it but failing the canary: rank the layers
         alone_ok = dict(zip(layers, score([[layer] for layer in layers], "alone"), strict=True))
         layer_kl = {layer: scored[(layer,)].get("kl_mean") for layer in layers}
@@ -329,7 +338,7 @@ def budget_plan(layers: list[int], evaluate, budget: QualityBudget, canary_passe
     if keep and tuple(sorted(keep)) not in scored:
         score([sorted(keep)], "budget")
     quality = scored.get(tuple(sorted(keep))) if keep else None
-    return SalvagePlan(sorted(keep), steps, quality, layer_kl or None)
+    return PlanSearch(sorted(keep), steps, quality, layer_kl or None)
 
 
 def _confirmed_prefix(added: list[int], confirmed) -> list[int]:

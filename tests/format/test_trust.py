@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,12 @@ def test_file_identity_has_ctime_and_device(tmp_path):
     ident = FileIdentity.of(path)
     st = os.stat(path)
     assert (ident.ctime_ns, ident.device) == (st.st_ctime_ns, st.st_dev)
+    time.sleep(0.02)  # past the filesystem's timestamp tick
     os.chmod(path, 0o600)  # metadata only: the ctime moves, so does the key
-    assert FileIdentity.of(path).key != ident.key
+    st = os.stat(path)
+    assert st.st_ctime_ns != ident.ctime_ns and st.st_mtime_ns == ident.mtime_ns
+    fields = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    assert FileIdentity.of(path).key == hashlib.sha256("\0".join(map(str, fields)).encode()).hexdigest()
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.dtypes import DTYPES
 from surgeon.format.safetensors import TensorInfo
 from surgeon.model.geometry import config_geometry, geometry_by_layer, layer_geometry, text_config
-from surgeon.model.names import describe_layers, layer_ranges, parse_name
+from surgeon.model.names import layer_ranges, layers_cell, parse_name
 from tests.helpers import BASE
 
 
@@ -39,10 +39,10 @@ def test_parse_name(name, stack, layer, family):
 def test_layer_ranges_and_descriptions():
     assert layer_ranges([3, 0, 1, 2, 7, 9, 10]) == "0-3, 7, 9-10"
     assert layer_ranges([]) == ""
-    assert describe_layers([0, 1, 2, 3]) == "0-3"
-    assert describe_layers(range(4, 60), count_them=True) == "4-59 (all 56)"
-    assert describe_layers([0, 1, 2, 3, 5], count_them=True) == "0-3, 5 (5 layers)"
-    assert describe_layers([]) == "(none)"
+    assert layers_cell([0, 1, 2, 3]) == "0-3"
+    assert layers_cell(range(4, 60), count_them=True) == "4-59 (all 56)"
+    assert layers_cell([0, 1, 2, 3, 5], count_them=True) == "0-3, 5 (5 layers)"
+    assert layers_cell([]) == "(none)"
 
 
 def fake(shape):

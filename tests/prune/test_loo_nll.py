@@ -9,9 +9,8 @@ import torch
 from surgeon.demo import DEMO_MODEL
 from surgeon.errors import Cancelled
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.model.families import describe
+from surgeon.model.families import model_layout
 from surgeon.prune import importance
-from surgeon.prune.engine import _make_batches
 from surgeon.prune.importance import (
     copy_bytes,
     held_bytes,
@@ -20,7 +19,7 @@ from surgeon.prune.importance import (
     nf4_round_trip,
     stack_batch,
 )
-from surgeon.prune.stream import LayerStream
+from surgeon.prune.stream import LayerStream, make_batches
 from tests.tiny_models import save_tiny
 
 TRAINED = DEMO_MODEL
@@ -61,11 +60,11 @@ def traced(path, vocab: int, count=11, batch_size=4, seed=0):
     """A float32 CPU stream of `path` and traced, right-padded batches of sequences of 3 to 24
     tokens (BOS 2 first; longer than Gemma's sliding window of 16), the last batch smaller."""
     ckpt = open_checkpoint(path)
-    stream = LayerStream(ckpt, describe(ckpt), torch.device("cpu"), torch.float32)
+    stream = LayerStream(ckpt, model_layout(ckpt), torch.device("cpu"), torch.float32)
     generator = torch.Generator().manual_seed(seed)
     lengths = torch.randint(3, 25, (count,), generator=generator).tolist()
     sequences = [[2, *torch.randint(3, vocab, (n - 1,), generator=generator).tolist()] for n in lengths]
-    batches = _make_batches(sequences, batch_size, pad_id=0)
+    batches = make_batches(sequences, batch_size, pad_id=0)
     assert any(not bool(b.attention_mask.all()) for b in batches)  # padding is exercised
     for batch in batches:
         stream.trace(batch)
@@ -122,7 +121,7 @@ def test_gemma4_scores_equal_the_layer_major_reference(gemma4, layer, copies):
     stream, batches = gemma4
     spec = stream.layout.layers[layer]
     expected = reference_loo_nll(stream, spec, batches, None)
-    got = loo_nll_scores(stream, spec, batches, None, budget=budget_for(stream, batches, copies))
+    got = loo_nll_scores(stream, spec, batches, budget=budget_for(stream, batches, copies))
     assert len(got) == spec.num_heads
     assert max(map(abs, expected)) > 1e-3  # the heads matter: a comparison of zeros proves nothing
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-5)
@@ -133,7 +132,7 @@ def test_llama_scores_equal_the_layer_major_reference(llama, layer):
     stream, batches = llama
     spec = stream.layout.layers[layer]
     expected = reference_loo_nll(stream, spec, batches, None)
-    got = loo_nll_scores(stream, spec, batches, None, budget=budget_for(stream, batches, 2))
+    got = loo_nll_scores(stream, spec, batches, budget=budget_for(stream, batches, 2))
     assert max(map(abs, expected)) > 1e-4
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-5)
 
@@ -144,7 +143,7 @@ def test_per_layer_inputs_scores_equal_the_layer_major_reference(gemma4_per_laye
     assert stream.layout.layers[0].num_heads == 4 and batches[0].layer_args[0][0][0].shape[0] == 4
     spec = stream.layout.layers[layer]
     expected = reference_loo_nll(stream, spec, batches, None)
-    got = loo_nll_scores(stream, spec, batches, None, budget=budget_for(stream, batches, 3))
+    got = loo_nll_scores(stream, spec, batches, budget=budget_for(stream, batches, 3))
     assert max(map(abs, expected)) > 1e-4
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-5)
 
@@ -154,8 +153,8 @@ def test_nf4_importance_runs_and_equals_the_reference(gemma4):
     stream, batches = gemma4
     spec = stream.layout.layers[6]
     expected = reference_loo_nll(stream, spec, batches, "nf4")
-    got = loo_nll_scores(stream, spec, batches, "nf4", budget=budget_for(stream, batches, 3))
-    assert all(map(math.isfinite, got)) and got != loo_nll_scores(stream, spec, batches, None)
+    got = loo_nll_scores(stream, spec, batches, quant="nf4", budget=budget_for(stream, batches, 3))
+    assert all(map(math.isfinite, got)) and got != loo_nll_scores(stream, spec, batches)
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-5)
 
 
@@ -170,7 +169,7 @@ def test_the_budget_sets_the_forwards(gemma4):
         assert math.ceil(9 / importance.copies_per_forward(stream, widest, budget, 9)) == groups
         expected = sum(math.ceil(9 / importance.copies_per_forward(stream, b, budget, 9)) for b in batches)
         before = stream.forward_calls
-        loo_nll_scores(stream, spec, batches, None, budget=budget)
+        loo_nll_scores(stream, spec, batches, budget=budget)
         assert stream.forward_calls - before == expected * 4  # layers 4-7
 
 
@@ -188,7 +187,7 @@ def test_working_sets_hold_at_most_the_budget(gemma4):
     assert copies == variants * len(batches)  # every variant of every batch, once
     expected = reference_loo_nll(stream, spec, batches, None)
     torch.testing.assert_close(
-        torch.tensor(loo_nll_scores(stream, spec, batches, None, budget=budget)),
+        torch.tensor(loo_nll_scores(stream, spec, batches, budget=budget)),
         torch.tensor(expected),
         rtol=0,
         atol=1e-5,
@@ -208,12 +207,12 @@ def test_cancel_is_honoured_between_layers(gemma4):
         return should_stop
 
     full = 10**9  # all 9 copies in one forward and the 3 batches' stacks in one working set
-    loo_nll_scores(stream, spec, batches, None, stop_after(10**6), budget=full)
+    loo_nll_scores(stream, spec, batches, should_stop=stop_after(10**6), budget=full)
     assert len(checks) == 6 * (1 + len(batches))  # before each of layers 2-7 is loaded and each forward
     checks.clear()
     before = stream.forward_calls
     with pytest.raises(Cancelled):
-        loo_nll_scores(stream, spec, batches, None, stop_after(2 * (1 + len(batches))), budget=full)
+        loo_nll_scores(stream, spec, batches, should_stop=stop_after(2 * (1 + len(batches))), budget=full)
     assert stream.forward_calls - before == 2 * len(batches)  # layers 2 and 3 ran, layer 4 was not loaded
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from surgeon.demo import DEMO_MODEL, DEMO_TEXT
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.model.families import describe
+from surgeon.model.families import model_layout
 from surgeon.prune.engine import prune
 from surgeon.prune.heal import head_columns, heal_o_proj
 from surgeon.prune.importance import mask_heads_hook, select_heads
@@ -53,7 +53,7 @@ def test_ridge_heal_matches_the_closed_form():
 
 def one_layer(path=TRAINED, index=0):
     ckpt = open_checkpoint(path)
-    stream = LayerStream(ckpt, describe(ckpt), torch.device("cpu"), torch.float32)
+    stream = LayerStream(ckpt, model_layout(ckpt), torch.device("cpu"), torch.float32)
     batch = Batch(torch.tensor([[2, 100, 200, 300, 400, 50]]), torch.ones(1, 6, dtype=torch.long))
     stream.trace(batch)
     return stream, batch
@@ -73,7 +73,7 @@ def test_masking_o_proj_input_equals_zeroing_o_proj_columns():
 
 
 def test_select_heads_keeps_one_query_head_per_kv_head():
-    spec = describe(open_checkpoint(TRAINED)).layers[5]  # 8 heads over 2 kv heads
+    spec = model_layout(open_checkpoint(TRAINED)).layers[5]  # 8 heads over 2 kv heads
     scores = [0, 1, 2, 3, 9, 9, 9, 9]  # the four cheapest heads all share kv head 0
     assert select_heads(scores, spec, 0.5) == [0, 1, 2, 4]
     assert select_heads(scores, spec, 0.125) == [0]
@@ -182,7 +182,7 @@ def test_qwen2_bias_of_pruned_heads_is_zeroed(tmp_path):
     shutil.copy(TRAINED / "tokenizer.json", base)  # any tokenizer will do for calibration
     shutil.copy(TRAINED / "tokenizer_config.json", base)
     out = prune(base, tmp_path / "out", tiny_prune_options(prune_frac=0.5, layers="0")).output
-    pruned = describe(open_checkpoint(out)).layers[0]
+    pruned = model_layout(open_checkpoint(out)).layers[0]
     weights = load_file(out / "model.safetensors")
     heads = json.loads((out / "prune_manifest.json").read_text())["layers"][0]["pruned_heads"]
     rows = head_columns(heads, pruned.head_dim)

@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.model.families import describe
+from surgeon.model.families import model_layout
 from surgeon.prune.stream import Batch, LayerStream
 from tests.helpers import BASE
 from tests.tiny_models import FAMILIES, as_multimodal_gemma4, save_tiny
@@ -15,7 +15,7 @@ MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
 
 def streamed_logits(path):
     ckpt = open_checkpoint(path)
-    stream = LayerStream(ckpt, describe(ckpt), torch.device("cpu"), torch.float32)
+    stream = LayerStream(ckpt, model_layout(ckpt), torch.device("cpu"), torch.float32)
     batch = Batch(IDS, MASK)
     stream.trace(batch)
     hidden = batch.hidden
@@ -46,7 +46,7 @@ def test_gemma4_streamed_forward_matches(tmp_path):
 
 def test_multimodal_gemma4_naming(tmp_path):
     renamed = as_multimodal_gemma4(BASE, tmp_path / "mm")
-    layout = describe(open_checkpoint(renamed))
+    layout = model_layout(open_checkpoint(renamed))
     assert layout.stack == "model.language_model.layers"
     assert layout.layers[5].head_dim == 16 and layout.layers[5].num_kv_heads == 2
     assert layout.layers[5].v_proj is None and layout.layers[0].v_proj is not None
@@ -54,11 +54,11 @@ def test_multimodal_gemma4_naming(tmp_path):
 
 
 def test_adapter_geometry_per_family(tmp_path):
-    qwen2 = describe(open_checkpoint(save_tiny("qwen2", tmp_path / "q2")))
+    qwen2 = model_layout(open_checkpoint(save_tiny("qwen2", tmp_path / "q2")))
     assert qwen2.layers[0].q_bias == "model.layers.0.self_attn.q_proj.bias"
-    qwen3 = describe(open_checkpoint(save_tiny("qwen3", tmp_path / "q3")))
+    qwen3 = model_layout(open_checkpoint(save_tiny("qwen3", tmp_path / "q3")))
     assert (qwen3.layers[0].num_heads, qwen3.layers[0].head_dim, qwen3.layers[0].num_kv_heads) == (4, 16, 2)
-    gemma3 = describe(open_checkpoint(save_tiny("gemma3_text", tmp_path / "g3")))
+    gemma3 = model_layout(open_checkpoint(save_tiny("gemma3_text", tmp_path / "g3")))
     assert [layer.layer_type for layer in gemma3.layers] == ["sliding_attention"] * 2 + ["full_attention"]
 
 
@@ -71,4 +71,4 @@ def test_unsupported_family_is_a_clear_error(tmp_path):
     config["model_type"] = "gpt2"
     (ckpt / "config.json").write_text(json.dumps(config))
     with pytest.raises(SurgeonError, match="'gpt2' is not supported for pruning"):
-        describe(open_checkpoint(ckpt))
+        model_layout(open_checkpoint(ckpt))

@@ -15,7 +15,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.quality.evaluate import EvalOptions, EvalSession
 from surgeon.quality.record import recorded_quality
-from surgeon.recover.salvage import QualityBudget, budget_plan
+from surgeon.recover.salvage import QualityBudget, budget_search
 
 BASE = DEMO_MODEL
 CANDIDATE = DEMO_CANDIDATE  # every layer pruned; layer 0 is the costly one
@@ -33,7 +33,7 @@ def summaries(session):
 
 
 def test_budget_keeps_the_cheap_layers_and_lands_within_it(session):
-    plan = budget_plan(sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=0.05))
+    plan = budget_search(sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=0.05))
     assert plan.keep == [1, 2, 3, 4, 5, 6, 7]
     assert plan.quality["kl_mean"] <= 0.05
     assert max(plan.layer_kl, key=plan.layer_kl.get) == 0  # layer 0 costs the most alone
@@ -48,7 +48,7 @@ def test_budget_keeps_the_cheap_layers_and_lands_within_it(session):
 
 
 def test_a_generous_budget_keeps_everything_in_one_evaluation(session):
-    plan = budget_plan(sorted(session.changed_layers), summaries(session), QualityBudget(max_ppl_ratio=100.0))
+    plan = budget_search(sorted(session.changed_layers), summaries(session), QualityBudget(max_ppl_ratio=100.0))
     assert plan.keep == list(range(8)) and [s.how for s in plan.steps] == ["all"]
     assert plan.layer_kl is None
 
@@ -60,7 +60,9 @@ def test_a_failing_canary_takes_back_the_costliest_kept_layer(session):
         seen.append(layers)
         return 1 not in layers
 
-    plan = budget_plan(sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=0.05), canary)
+    plan = budget_search(
+        sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=0.05), canary_passes=canary
+    )
     assert plan.keep == [2, 3, 4, 5, 6, 7]
     canary_steps = [s for s in plan.steps if s.how == "canary"]
     # the whole rejected, then a bisection over the cheapest-first prefixes: 1 + log2(7) runs
@@ -70,8 +72,11 @@ def test_a_failing_canary_takes_back_the_costliest_kept_layer(session):
 
 
 def test_a_budget_met_by_all_layers_but_failed_by_the_canary_ranks_them(session):
-    plan = budget_plan(
-        sorted(session.changed_layers), summaries(session), QualityBudget(max_kl=10.0), lambda layers: 0 not in layers
+    plan = budget_search(
+        sorted(session.changed_layers),
+        summaries(session),
+        QualityBudget(max_kl=10.0),
+        canary_passes=lambda layers: 0 not in layers,
     )
     assert plan.keep == [1, 2, 3, 4, 5, 6, 7]  # layer 0, the costliest, goes back; not the last-numbered
     assert [s.how for s in plan.steps][:3] == ["all", "canary", "alone"]

@@ -1,14 +1,14 @@
+import hashlib
 import json
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from surgeon.demo import DEMO_MODEL
 from surgeon.recover.canary.checks import CanaryOptions, Prompt, cache_key, prompt_ids, read_prompts
 from surgeon.recover.canary.runner import ComposedCanary, run_canary
-from surgeon.recover.salvage import auto_plan, salvage
+from surgeon.recover.salvage import canary_search, salvage
 from surgeon.recover.verify import verify
 from tests.helpers import FIXTURES, make_variant, read_tensor, sha, tiny_prune_options
 
@@ -84,7 +84,7 @@ def test_base_passes_and_a_broken_model_fails_on_shape_and_drift(all_heads_maske
 
 def test_auto_finds_the_planted_boundary(composed):
     runs_before = composed.runs
-    plan = auto_plan(list(range(8)), lambda layers: composed.run(layers).passed)
+    plan = canary_search(list(range(8)), lambda layers: composed.run(layers).passed)
     assert plan.keep == [0, 1, 2, 3]
     assert composed.runs - runs_before == len(plan.steps) <= 2 * 4 + 8 + 2
     assert [s.how for s in plan.steps][:1] == ["prefix"] and plan.steps[0].passed is False
@@ -177,8 +177,13 @@ def test_base_cache_misses_when_any_part_changes(tmp_path):
     config["model_max_length"] = 77
     (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
     assert not run_canary(TRAINED, TRAINED, PROMPTS[:2], cache_dir=cache, tokenizer_path=str(tok_dir)).base_cache_hit
-    keys = {cache_key({"prompt": p}) for p in ("a", "b")}
-    assert len(keys) == 2
+
+
+def test_cache_key_is_the_sha256_of_the_parts_as_sorted_json():
+    """The same parts in any order name the same entry: the bytes hashed are the JSON with
+    sorted keys, pinned here against hashlib on those bytes."""
+    expected = hashlib.sha256(b'{"bos": "auto", "prompt": "a"}').hexdigest()
+    assert cache_key({"prompt": "a", "bos": "auto"}) == cache_key({"bos": "auto", "prompt": "a"}) == expected
 
 
 def test_missing_bos_reproduces_the_gotcha():
@@ -205,14 +210,13 @@ def test_cli_canary_salvage_verify(planted, tmp_path):
     assert result.exit_code == 0 and "verified" in result.stdout
     both = runner.invoke(main, ["salvage", str(planted), "--base", str(TRAINED), "-o", str(tmp_path / "x")])
     assert both.exit_code == 2 and "exactly one of --keep" in both.stderr
-    assert np.isfinite(0.0)
 
 
 def test_demo_tells_the_whole_story(tmp_path):
     from surgeon.demo import run_demo
 
     lines, verdicts, canaries = [], [], []
-    summary = run_demo(tmp_path / "demo", lines.append, canaries.append, verdicts.append)
+    summary = run_demo(tmp_path / "demo", say=lines.append, show_canary=canaries.append, show_verify=verdicts.append)
     assert not canaries[0].passed  # the full prune fails the canary
     assert summary["kept"] and summary["kept"] != list(range(8))
     assert all(v.ok for v in verdicts)

@@ -31,11 +31,13 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from surgeon.atomic import write_text_atomic
 from surgeon.errors import SurgeonError
 from surgeon.format.hashcache import user_cache_dir
 from surgeon.jsonfile import parse_json, read_bounded
+from surgeon.options import option
 from surgeon.prune.calibration import with_one_bos
 
 # Prompts are a few dozen lines; a file past this is a mistake (or /dev/zero), not prompts.
@@ -45,6 +47,7 @@ MAX_PROMPTS_BYTES = 16 << 20
 # multi-turn chats that are used only where the tokenizer has a chat template.
 BUNDLED_PROMPTS = "canary_prompts.jsonl"
 SCHEMA = "surgeon.canary/2"
+BosMode = Literal["auto", "none"]
 
 
 @dataclass(frozen=True)
@@ -61,20 +64,37 @@ class Prompt:
 
 @dataclass(frozen=True)
 class CanaryOptions:
-    max_new_tokens: int = 24
-    max_drift: float = 3.0
-    max_self_ratio: float = 8.0
-    repetition_margin: float = 0.25  # over the base's own repetition on the prompt
-    nonprintable_margin: float = 0.05  # over the base's own fraction on the prompt
-    min_tokens: int = 5  # an end before this many tokens fails only where the base went on
-    min_agreement: int = 0  # tokens matching the base before the first divergence; 0: reported only
+    max_new_tokens: int = option(24, "Tokens generated per prompt, greedily.", minimum=1)
+    max_drift: float = option(
+        3.0,
+        "A prompt fails when the model's NLL on the base's continuation is over this many times the base's own.",
+        minimum=1,
+    )
+    max_self_ratio: float = option(
+        8.0,
+        "A prompt fails when the model's NLL on the base's continuation is over this many times its NLL on its own.",
+        minimum=1,
+    )
+    repetition_margin: float = option(
+        0.25, "Allowed fraction of repeated bigrams above the base's on the same prompt (0-1).", minimum=0
+    )
+    nonprintable_margin: float = option(
+        0.05, "Allowed fraction of non-printable characters above the base's on the same prompt (0-1).", minimum=0
+    )
+    min_tokens: int = option(5, "An end before this many tokens fails, where the base went on.", minimum=0)
+    min_agreement: int = option(
+        0, "Tokens that must equal the base's before the first divergence (0: reported, not checked).", minimum=0
+    )
     # The canary fails when more than this fraction of prompts fail. On SmolLM2-135M
     # (benchmarks/bench_real.py, 31 prompts) builds up to +5.8% perplexity (KL <= 0.059)
     # failed 0-3 prompts (<= 10%) and the 3-of-9-heads build (+25%, KL 0.24) 8 (26%):
     # 0.2 sits between them.
-    max_fail_frac: float = 0.2
-    nll_floor: float = 0.05  # nats added to both NLLs of a ratio so near-zero NLLs compare sanely
-    bos: str = "auto"  # auto: the tokenizer's BOS, exactly once; none: no BOS
+    max_fail_frac: float = option(
+        0.2, "The canary fails when more than this fraction of prompts fail (0-1).", minimum=0, below=1
+    )
+    # nats added to both NLLs of a ratio so near-zero NLLs compare sanely
+    nll_floor: float = option(0.05, "NLL floor of the ratios, in nats.", cli=False)
+    bos: BosMode = option("auto", "auto: the tokenizer's BOS, exactly once; none: no BOS (reproduces the BOS gotcha).")
 
     def validate(self) -> None:
         limits = (self.max_drift, self.max_self_ratio, self.repetition_margin, self.nonprintable_margin)
@@ -238,6 +258,8 @@ def prompt_ids(tokenizer, prompt: Prompt, bos: str) -> list[int]:
 def _chat_ids(tokenizer, prompt: Prompt) -> list[int]:
     """A chat prompt through the tokenizer's own template. No template, or one that fails
     on these messages, is one line naming the tokenizer, found before any model is loaded."""
+    # deferred: jinja2 comes with transformers, not with the light install that imports this
+    # module (salvage's options), and only chat prompts need it
     from jinja2 import TemplateError
 
     where = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
@@ -325,7 +347,8 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def default_cache_dir() -> Path:
+def canary_cache_dir() -> Path:
+    """The base-output cache's folder (SURGEON_CANARY_CACHE overrides it)."""
     return user_cache_dir("canary", "SURGEON_CANARY_CACHE")
 
 

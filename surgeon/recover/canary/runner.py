@@ -10,15 +10,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.format.hashcache import HashCache, default_cache_dir
+from surgeon.format.hashcache import HashCache, hash_cache_dir
 from surgeon.format.hashing import hash_shards
 from surgeon.model.families import check_layer_count, checked_config, config_path
 from surgeon.model.geometry import config_error
+from surgeon.parallel import check_stop
+from surgeon.progress import NoProgress
 from surgeon.prune.calibration import load_tokenizer
 from surgeon.prune.stream import resolve_device, resolve_dtype
+from surgeon.prune.threads import use_cpu_threads
 from surgeon.recover.canary.checks import (
     CanaryOptions,
     CanaryReport,
@@ -41,7 +46,10 @@ from surgeon.recover.canary.checks import (
 class CanaryModel:
     """A causal LM to generate with and score; `apply` swaps tensors in place."""
 
-    def __init__(self, ckpt: Checkpoint, device: str = "auto", dtype: str = "auto", quant: str | None = None):
+    def __init__(self, ckpt: Checkpoint, *, device: str = "auto", dtype: str = "auto", quant: str | None = None):
+        # transformers is imported where a model is loaded: 1.7 s on top of torch (measured),
+        # and a bad prompt file, option or checkpoint is reported before it
+        from transformers import BitsAndBytesConfig
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # surgeon reports its own progress
@@ -50,8 +58,6 @@ class CanaryModel:
         self.quant = quant
         kwargs: dict = {"dtype": self.dtype}
         if quant == "nf4":
-            from transformers import BitsAndBytesConfig
-
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=self.dtype
             )
@@ -60,6 +66,7 @@ class CanaryModel:
         self.model = _from_pretrained(_checked(ckpt), kwargs)
         if self.device.type != "cuda" and not quant:
             self.model.to(self.device)
+        use_cpu_threads(self.device, getattr(self.model.config.get_text_config(), "hidden_size", None))
         self.eos = _eos_ids(self.model)
 
     @property
@@ -105,7 +112,7 @@ def _from_pretrained(ckpt: Checkpoint, kwargs: dict):
     """transformers' model of `ckpt`, every failure one line. transformers' own load report
     (a table on stderr) is silenced, so a weight it would have left random is refused here:
     a canary of a model with random weights means nothing."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # deferred: 1.7 s, see CanaryModel
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -153,7 +160,7 @@ def _eos_ids(model) -> set[int]:
 
 def weights_hash(ckpt: Checkpoint) -> str:
     """One SHA256 over the checkpoint's shard SHA256s (through the hash cache)."""
-    hashes = hash_shards(list(ckpt.shards.values()), HashCache(default_cache_dir()))
+    hashes = hash_shards(list(ckpt.shards.values()), HashCache(hash_cache_dir()))
     by_name = sorted((name, hashes[_real(ckpt, name)].file_sha256) for name in ckpt.shards)
     return hashlib.sha256(repr(by_name).encode()).hexdigest()
 
@@ -174,10 +181,12 @@ class BaseOutputs:
     """The base's greedy continuation and its NLL per prompt, and the base judged against
     itself, from the cache or computed."""
 
-    def __init__(self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, device, dtype, quant, cache_dir):
+    def __init__(
+        self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, *, device, dtype, quant, cache_dir
+    ):
         self.base, self.options, self.cache_dir = base, options, cache_dir
         self.device, self.dtype, self.quant = device, dtype, quant
-        import transformers
+        import transformers  # deferred: 1.7 s, see CanaryModel; here only for its version
 
         self.key_parts = {
             "versions": [torch.__version__, transformers.__version__],  # generation can change with them
@@ -201,7 +210,7 @@ class BaseOutputs:
         missing = [n for n, value in enumerate(found) if value is None]
         self.hits = len(prompts) - len(missing)
         if missing:
-            model = model or CanaryModel(self.base, self.device, self.dtype, self.quant)
+            model = model or CanaryModel(self.base, device=self.device, dtype=self.dtype, quant=self.quant)
         for n in missing:
             tokens = model.generate(ids[n], self.options.max_new_tokens)
             found[n] = {"tokens": tokens, "nll": model.nll(ids[n], tokens)}
@@ -214,7 +223,7 @@ class BaseOutputs:
         )
         cached_check = cache_read(self.cache_dir, check_key, valid=_is_self_check)
         if cached_check is None:
-            model = model or CanaryModel(self.base, self.device, self.dtype, self.quant)
+            model = model or CanaryModel(self.base, device=self.device, dtype=self.dtype, quant=self.quant)
             results = score(model, tokenizer, prompts, ids, found, self.options)
             cached_check = _self_check_record(results, self.options)
             cache_write(self.cache_dir, check_key, cached_check)
@@ -257,12 +266,9 @@ def _is_self_check(entry: object) -> bool:
 
 
 def score(
-    model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions, cancel=None, progress=None
+    model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions, *, cancel=None, progress=None
 ) -> list[PromptResult]:
     """Each prompt's checks; `cancel` (a threading.Event) is looked at between prompts."""
-    from surgeon.parallel import check_stop
-    from surgeon.progress import NoProgress
-
     progress = progress or NoProgress()
     results = []
     progress.start("canary", len(prompts), unit="prompts")
@@ -304,6 +310,7 @@ def run_canary(
     base_path: str,
     prompts: list[Prompt],
     options: CanaryOptions = CanaryOptions(),
+    *,
     device: str = "auto",
     dtype: str = "auto",
     quant: str | None = None,
@@ -318,9 +325,9 @@ def run_canary(
     tokenizer = load_tokenizer(tokenizer_dir)
     prompts = usable_prompts(prompts, tokenizer)
     ids = [prompt_ids(tokenizer, p, options.bos) for p in prompts]
-    outputs = BaseOutputs(base, tokenizer_dir, options, device, dtype, quant, cache_dir)
+    outputs = BaseOutputs(base, tokenizer_dir, options, device=device, dtype=dtype, quant=quant, cache_dir=cache_dir)
     base_out = outputs.get(prompts, ids, tokenizer)
-    model = CanaryModel(model_ckpt, device, dtype, quant)
+    model = CanaryModel(model_ckpt, device=device, dtype=dtype, quant=quant)
     results = score(model, tokenizer, prompts, ids, base_out, options)
     return _report(results, options, outputs.hits == len(prompts), self_check=outputs.self_check)
 
@@ -339,6 +346,7 @@ class ComposedCanary:
         candidate_path,
         prompts,
         options=CanaryOptions(),
+        *,
         device="auto",
         dtype="auto",
         tokenizer_path=None,
@@ -353,8 +361,10 @@ class ComposedCanary:
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.prompts, self.options = usable_prompts(prompts, self.tokenizer), options
         self.ids = [prompt_ids(self.tokenizer, p, options.bos) for p in self.prompts]
-        self.model = CanaryModel(self.base, device, dtype)
-        self.outputs = BaseOutputs(self.base, tokenizer_dir, options, device, dtype, None, cache_dir)
+        self.model = CanaryModel(self.base, device=device, dtype=dtype)
+        self.outputs = BaseOutputs(
+            self.base, tokenizer_dir, options, device=device, dtype=dtype, quant=None, cache_dir=cache_dir
+        )
         self.base_out = self.outputs.get(self.prompts, self.ids, self.tokenizer, model=self.model)
         self.changed = changed if changed is not None else changed_by_layer(self.base, self.candidate)
         names = [n for layer_names in self.changed.values() for n in layer_names]
@@ -363,7 +373,7 @@ class ComposedCanary:
         self.runs = 0
         self.reports: dict[frozenset[int], CanaryReport] = {}  # per set of kept layers
 
-    def run(self, layers, cancel=None, progress=None) -> CanaryReport:
+    def run(self, layers, *, cancel=None, progress=None) -> CanaryReport:
         """Canary of base + the candidate's changes in `layers`. Generation is deterministic
         (greedy), so a plan already run is answered from memory."""
         keep = frozenset(layers) & frozenset(self.changed)
@@ -375,7 +385,14 @@ class ComposedCanary:
             swap.update({n: source[n] for n in names})
         self.model.apply(swap)
         results = score(
-            self.model, self.tokenizer, self.prompts, self.ids, self.base_out, self.options, cancel, progress
+            self.model,
+            self.tokenizer,
+            self.prompts,
+            self.ids,
+            self.base_out,
+            self.options,
+            cancel=cancel,
+            progress=progress,
         )
         self.runs += 1
         self.reports[keep] = _report(results, self.options, True, sorted(keep), self.outputs.self_check)
@@ -384,9 +401,7 @@ class ComposedCanary:
 
 def changed_by_layer(base: Checkpoint, candidate: Checkpoint) -> dict[int, list[str]]:
     """Layer -> names of its tensors whose bytes differ between base and candidate."""
-    from surgeon.diff.engine import DiffOptions, diff_checkpoints
-
-    return layer_changes(diff_checkpoints(base, candidate, DiffOptions(cache_dir=default_cache_dir(), stats=False)))
+    return layer_changes(diff_checkpoints(base, candidate, DiffOptions(cache_dir=hash_cache_dir(), stats=False)))
 
 
 def layer_changes(report) -> dict[int, list[str]]:
@@ -403,8 +418,6 @@ def layer_changes(report) -> dict[int, list[str]]:
 
 
 def _read(ckpt: Checkpoint, names: list[str]) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
     out = {}
     by_shard: dict[str, list[str]] = {}
     for name in names:

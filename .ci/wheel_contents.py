@@ -1,0 +1,41 @@
+"""CI: the wheel holds surgeon and only surgeon (the TUI as surgeon.tui, never a top-level
+`tui`), with every runtime file the installed commands read."""
+
+import sys
+import zipfile
+
+REQUIRED = [
+    "surgeon/_data/canary_prompts.jsonl",
+    "surgeon/_data/demo/training.txt",
+    "surgeon/_data/demo/prompts.txt",
+    "surgeon/_data/demo/model/config.json",
+    "surgeon/_data/demo/model/tokenizer.json",
+    "surgeon/_data/demo/candidate/prune_manifest.json",
+    "surgeon/tui/app.py",
+    "surgeon/cli/main.py",
+]
+AT_LEAST = {  # folder -> how many files it must hold
+    "surgeon/_data/calibration/": 50,
+    "surgeon/_data/heldout/": 10,
+    "surgeon/_data/demo/model/": 7,
+    "surgeon/_data/demo/candidate/": 8,
+}
+
+
+def main(path: str) -> int:
+    names = zipfile.ZipFile(path).namelist()
+    tops = {n.split("/")[0] for n in names}
+    problems = [f"top-level {top!r}" for top in tops if top != "surgeon" and not top.endswith(".dist-info")]
+    problems += [f"missing {n}" for n in REQUIRED if n not in names]
+    for folder, least in AT_LEAST.items():
+        found = sum(n.startswith(folder) for n in names)
+        if found < least:
+            problems.append(f"{folder}: {found} files, expected at least {least}")
+    for problem in sorted(set(problems)):
+        print(f"wheel: {problem}")
+    print(f"{path}: {len(names)} files" + (", OK" if not problems else ""))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,111 @@
+"""`surgeon diff` and `surgeon inspect`: read headers and bytes, never torch."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from surgeon.cli.common import (
+    EXIT_DIFFERENT,
+    EXIT_SAME,
+    check_output,
+    emit,
+    force_option,
+    handle_errors,
+    output_option,
+    progress_for,
+    render_rich,
+)
+from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.diff.inspection import inspect_json
+from surgeon.diff.render_inspection import render_inspect
+from surgeon.diff.render_markdown import render_markdown
+from surgeon.diff.render_terminal import render_terminal
+from surgeon.diff.report import to_json
+from surgeon.errors import SurgeonError
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.hashcache import hash_cache_dir
+from surgeon.quality.record import recorded_quality
+
+
+@click.command()
+@click.argument("base")
+@click.argument("other")
+@click.option("--base-revision", help="Hub revision of BASE (branch, tag or commit).")
+@click.option("--other-revision", help="Hub revision of OTHER.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.diff/1).")
+@click.option("--markdown", is_flag=True, help="Print the model-card sections as Markdown.")
+@click.option("--no-hash", is_flag=True, help="Compare bytes without SHA256 (statuses only, faster).")
+@click.option("--no-stats", is_flag=True, help="Skip numeric stats and the per-head view.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Hash cache folder (default $SURGEON_CACHE_DIR or $XDG_CACHE_HOME/surgeon/hashes).",
+)
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the hash cache.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Threads for hashing (default: all cores).")
+@click.option("-v", "--verbose", is_flag=True, help="List every differing tensor.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@output_option
+@force_option
+@handle_errors
+def diff(
+    base, other, base_revision, other_revision, as_json, markdown, no_hash, no_stats, cache_dir, no_cache, **kw
+) -> None:
+    """Compare two checkpoints tensor by tensor.
+
+    BASE and OTHER are checkpoint folders, .safetensors files or Hub repo ids. Exit status:
+    0 identical, 1 different, 2 trouble.
+    """
+    if as_json and markdown:
+        raise SurgeonError("--json and --markdown are exclusive: pick one")
+    base_ckpt = open_checkpoint(base, base_revision)
+    other_ckpt = open_checkpoint(other, other_revision)
+    check_output(kw["output"], kw["force"], [base_ckpt, other_ckpt])
+    options = DiffOptions(
+        hash=not no_hash,
+        cache_dir=None if no_cache else (cache_dir or hash_cache_dir()),
+        stats=not no_stats,
+        workers=kw["workers"],
+        # Markdown's SHA256s are evidence for a model card: hashed from the bytes, never taken
+        # from the stat cache or a blob's name (both are trusted for speed only).
+        trust_cache=not markdown,
+        trust_blob_names=not markdown,
+    )
+    report = diff_checkpoints(
+        base_ckpt, other_ckpt, options, progress=progress_for(kw["quiet"]), cancel=threading.Event()
+    )
+    emit(_render_diff(report, as_json, markdown, kw["verbose"], kw["output"]), kw["output"], kw["force"])
+    sys.exit(EXIT_SAME if report.identical else EXIT_DIFFERENT)
+
+
+def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -> str:
+    if as_json:
+        return json.dumps(to_json(report), indent=2) + "\n"
+    if markdown:
+        return render_markdown(report, recorded_quality(report))
+    return render_rich(lambda console: render_terminal(report, console, verbose), output)
+
+
+@click.command()
+@click.argument("checkpoint")
+@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema surgeon.inspect/1).")
+@click.option("-v", "--verbose", is_flag=True, help="List every tensor.")
+@output_option
+@force_option
+@handle_errors
+def inspect(checkpoint, revision, as_json, verbose, output, force) -> None:
+    """List a checkpoint's tensors, shards, metadata and parameter counts from its headers."""
+    ckpt = open_checkpoint(checkpoint, revision)
+    check_output(output, force, [ckpt])
+    data = inspect_json(ckpt)
+    if as_json:
+        emit(json.dumps(data, indent=2) + "\n", output, force)
+        return
+    emit(render_rich(functools.partial(render_inspect, data, verbose=verbose), output), output, force)

@@ -1,0 +1,98 @@
+"""click options generated from the options dataclasses (surgeon.options.option fields), so
+a default, a choice list or a help text is written once, on the field the engine reads.
+
+`options_from(PruneOptions)` decorates a command with one option per field; inside the
+command, `build(PruneOptions, kw)` pops those values and gives the dataclass back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import click
+
+from surgeon.options import cli_fields
+
+PATH_TYPES = {
+    "file": click.Path(path_type=Path, exists=True, dir_okay=False),
+    "dir": click.Path(path_type=Path, exists=True, file_okay=False),
+    "any": click.Path(path_type=Path, exists=True),
+}
+
+
+def options_from(cls: type, *, only: Iterable[str] | None = None, skip: Iterable[str] = (), **extra: dict):
+    """A decorator adding CLS's CLI fields as click options (in declaration order).
+
+    only/skip choose fields by name; extra["field"] = {...} adds or replaces click keywords
+    for one field (a callback that parses a value, say)."""
+    chosen = _chosen(cls, only, skip)
+    hints = typing.get_type_hints(cls)
+
+    def decorate(func: Callable) -> Callable:
+        for field in reversed(chosen):
+            func = _option(field, hints[field.name], extra.get(field.name, {}))(func)
+        return func
+
+    return decorate
+
+
+def build(cls: type, kw: dict, *, only: Iterable[str] | None = None, skip: Iterable[str] = (), **fixed: Any):
+    """CLS from the click values of its CLI fields, popped from kw (paths become strings, as
+    the engine records them); `fixed` sets fields the command decides itself."""
+    values = {}
+    for field in _chosen(cls, only, skip):
+        value = kw.pop(field.name)
+        values[field.name] = str(value) if isinstance(value, Path) else value
+    return cls(**values, **fixed)
+
+
+def _chosen(cls: type, only, skip) -> list[dataclasses.Field]:
+    fields = cli_fields(cls)
+    if only is not None:
+        wanted = list(only)
+        fields = [f for f in fields if f.name in wanted]
+    return [f for f in fields if f.name not in set(skip)]
+
+
+def _option(field: dataclasses.Field, hint: Any, extra: dict) -> Callable:
+    meta = field.metadata
+    flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"help": meta["help"], "metavar": meta["metavar"]}
+    if hint is bool:
+        kwargs["is_flag"] = True
+    else:
+        kwargs |= {"type": _click_type(hint, meta), "default": field.default, "show_default": field.default is not None}
+    if field.default == ():  # a tuple of values: the option repeats
+        kwargs |= {"multiple": True, "show_default": False}
+    kwargs |= extra
+    return click.option(flag, field.name, **kwargs)
+
+
+def _click_type(hint: Any, meta: dict) -> Any:
+    """The click type for a field's annotation: Literal -> Choice, numbers with their range."""
+    hint = _without_none(hint)
+    if meta["path"]:
+        return PATH_TYPES[meta["path"]]
+    if typing.get_origin(hint) is Literal:
+        return click.Choice(typing.get_args(hint))
+    low, high, below = meta["minimum"], meta["maximum"], meta["below"]
+    if hint is int:
+        return click.IntRange(low, high) if (low, high) != (None, None) else int
+    if hint is float and below is not None:
+        return click.FloatRange(low, below, max_open=True)
+    if hint is float:
+        return click.FloatRange(low, high) if (low, high) != (None, None) else float
+    return str
+
+
+def _without_none(hint: Any) -> Any:
+    """X for an `X | None` annotation."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint

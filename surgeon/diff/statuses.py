@@ -1,0 +1,19 @@
+"""The one style each diff status is shown in: by `surgeon diff` on a terminal and by the TUI.
+
+A tensor's status (surgeon.diff.engine.STATUSES), a shard's (SHARD_STATUSES) and another
+file's are rich style strings here, so that a status reads the same wherever it is shown.
+Plain colours, no background: they stay readable on dark and on light terminals. "added" is
+bright blue, not blue: ANSI blue is hard to read on a dark background in many palettes
+(xterm's #0000ee on black). Imports nothing, so the light `diff` install can use it.
+"""
+
+from __future__ import annotations
+
+STATUS_STYLE: dict[str, str] = {
+    "identical": "green",
+    "changed": "yellow",
+    "header-only": "cyan",
+    "added": "bright_blue",
+    "removed": "red",
+    "retyped": "magenta",
+}

@@ -1,0 +1,39 @@
+"""`surgeon eval`'s options, apart from the engine (which imports torch): the CLI builds its
+options from these fields, and `surgeon --help` must not load torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from surgeon.errors import SurgeonError
+from surgeon.options import DEVICE_HELP, DTYPE_HELP, TOKENIZER_HELP, option
+
+TEXT_FORMATS = ("auto", "text", "jsonl")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    text: str | None = option(
+        None, "Text to score, documents separated by blank lines (default: the bundled held-out text).", path="file"
+    )
+    text_format: str = option("auto", "auto (a .jsonl suffix means JSON lines), text or jsonl.", cli=False)
+    window: int = option(512, "Tokens per window.", minimum=2)
+    max_tokens: int = option(8192, "Tokens scored in all.", minimum=2)
+    batch_size: int = option(4, "Windows per forward pass.", minimum=1)
+    device: str = option("auto", DEVICE_HELP)
+    dtype: str = option("auto", DTYPE_HELP)
+    tokenizer: str | None = option(None, TOKENIZER_HELP, path="any")
+    # the base's per-layer stream, see EvalSession._cache_fits
+    cache_budget_bytes: int = option(2 << 30, "Memory for the base's cached stream, in bytes.", cli=False)
+
+    def validate(self) -> None:
+        checks = [
+            (self.text_format in TEXT_FORMATS, f"the text format must be one of {', '.join(TEXT_FORMATS)}"),
+            (self.window >= 2, "the window must be at least 2 tokens"),
+            (self.max_tokens >= 2, "the token budget must be at least 2 tokens"),
+            (self.batch_size >= 1, "the batch size must be at least 1"),
+            (self.cache_budget_bytes >= 0, "the cache budget must be >= 0 bytes"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise SurgeonError(message)
