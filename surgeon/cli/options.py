@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -73,7 +73,7 @@ def _option(field: dataclasses.Field, hint: Any, extra: dict) -> Callable:
     return click.option(flag, field.name, **kwargs)
 
 
-def _click_type(hint: Any, meta: dict) -> Any:
+def _click_type(hint: Any, meta: Mapping[str, Any]) -> Any:
     """The click type for a field's annotation: Literal -> Choice, numbers with their range."""
     hint = _without_none(hint)
     if meta["path"]:

@@ -113,7 +113,9 @@ class DiffReport:
 
     def layers_changed(self, stack: str | None = None) -> list[int]:
         stack = stack or self.main_stack
-        return sorted({t.layer for t in self.tensors if t.stack == stack and t.status != "identical"})
+        return sorted(
+            {t.layer for t in self.tensors if t.stack == stack and t.layer is not None and t.status != "identical"}
+        )
 
     def layer_numbers(self, stack: str | None = None) -> list[int]:
         """The layers the stack has, sparse ones included: a list as long as the distinct
@@ -284,7 +286,7 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
             base.shard_path(b.file), b, other.shard_path(o.file), o, layout[1] if layout else None
         )
         diff.stats = stats
-        if scan is not None:
+        if scan is not None and layout is not None:  # there is a scan only with a layout
             diff.heads = _head_report(layout[0], scan)
 
     # Tensors are already spread over the cores: a multi-threaded BLAS inside each np.dot
@@ -302,7 +304,9 @@ def _head_report(projection: str, scan: HeadScan) -> HeadReport:
 def _flag_uniform_attention(other: Checkpoint, tensors: list[TensorDiff], geometry) -> None:
     """A head whose q_proj rows are zero but whose o_proj columns are not still attends
     (uniformly) and adds the mean of V: it is not removed. Flag it on the q_proj entry."""
-    by_layer = {(t.stack, t.layer, t.family): t for t in tensors if t.layer is not None}
+    by_layer: dict[tuple[str | None, int | None, str], TensorDiff] = {
+        (t.stack, t.layer, t.family): t for t in tensors if t.layer is not None
+    }
     for diff in tensors:
         if diff.heads is None or diff.heads.projection != "q_proj":
             continue
@@ -429,7 +433,7 @@ def _main_stack(tensors: list[TensorDiff]) -> str | None:
     for t in tensors:
         if t.stack is not None:
             counts[t.stack] = counts.get(t.stack, 0) + 1
-    return max(counts, key=counts.get) if counts else None
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def _layer_numbers(tensors: list[TensorDiff], stack: str | None) -> list[int]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from surgeon.diff.engine import DiffReport, TensorDiff
 from surgeon.model.geometry import head_axis
@@ -79,11 +80,6 @@ class _Findings:
         self.problems.setdefault(key, {})[layer] = detail
 
 
-def is_surgeon_manifest(manifest: dict) -> bool:
-    schema = manifest.get("schema") if isinstance(manifest, dict) else None
-    return isinstance(schema, str) and schema.startswith("surgeon.")
-
-
 def is_omnimergekit_manifest(manifest: dict) -> bool:
     return isinstance(manifest, dict) and "pruned_layers" in manifest and any(key in manifest for key in _OMK_SIGNATURE)
 
@@ -133,7 +129,7 @@ def _parse(m: dict) -> _Claims:
     )
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -141,8 +141,8 @@ def _count_sentence(report: DiffReport) -> str:
 
 def _head_sentences(report: DiffReport) -> list[str]:
     lines = []
-    zeroed = [(t, t.heads.heads_with("zeroed")) for t in report.tensors if t.heads]
-    removed = [(t.layer, heads) for t, heads in zeroed if heads and t.heads.projection == "o_proj"]
+    zeroed = [(t.layer, t.heads.projection, t.heads.heads_with("zeroed")) for t in report.tensors if t.heads]
+    removed = [(layer, heads) for layer, projection, heads in zeroed if heads and projection == "o_proj"]
     if removed:
         parts = [f"L{layer}: {', '.join(map(str, heads))}" for layer, heads in removed]
         lines += ["", f"Heads removed (o_proj input columns zeroed): {'; '.join(parts)}."]

@@ -6,7 +6,7 @@ characters, never parsed as markup or emoji codes (see surgeon.text).
 
 from __future__ import annotations
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -111,7 +111,7 @@ def _tensors_table(rows: list[TensorDiff], hashed: bool) -> Table:
         table.add_column(column, justify="right" if column[0] in "mrce" else "left")
     for t in rows:
         stats = t.stats
-        cells = ["", "", "", ""]
+        cells: list[Text | str] = ["", "", "", ""]
         if stats is not None:
             cells = [
                 _num(stats.max_abs_delta),
@@ -119,7 +119,7 @@ def _tensors_table(rows: list[TensorDiff], hashed: bool) -> Table:
                 _num(stats.cosine, ".6f"),
                 f"{stats.frac_changed:.1%}",
             ]
-        if t.status == "retyped":
+        if t.status == "retyped" and t.base is not None and t.other is not None:  # retyped: both sides exist
             cells[0] = _plain(f"{t.base.dtype}{t.base.shape} → {t.other.dtype}{t.other.shape}")
         table.add_row(_plain(t.name), _status(t.status), *cells, _heads_cell(t))
     return table
@@ -138,4 +138,4 @@ def _heads_cell(t: TensorDiff) -> Text | str:
         if heads:
             parts.append(Text(f"{status} {','.join(map(str, heads))}", style=style))
     parts.append(Text(f"of {t.heads.num_heads}×{t.heads.head_dim}", style="dim"))
-    return Text(" ").join(parts) if parts else Group()
+    return Text(" ").join(parts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from surgeon.diff.engine import SHARD_STATUSES, STATUSES, DiffReport, TensorDiff
+from surgeon.diff.engine import SHARD_STATUSES, STATUSES, DiffReport, HeadReport, TensorDiff
 from surgeon.model.names import layer_ranges
 
 SCHEMA = "surgeon.diff/1"
@@ -112,12 +112,11 @@ def _tensor_json(t: TensorDiff) -> dict:
         "shape": [s.shape if s else None for s in sides],
         "shard": [s.shard if s else None for s in sides],
         "stats": asdict(t.stats) if t.stats else None,
-        "heads": _heads_json(t) if t.heads else None,
+        "heads": _heads_json(t.heads) if t.heads else None,
     }
 
 
-def _heads_json(t: TensorDiff) -> dict:
-    h = t.heads
+def _heads_json(h: HeadReport) -> dict:
     return {
         "projection": h.projection,
         "axis": h.axis,

@@ -102,7 +102,7 @@ class _Accumulator:
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and overflow give NaN/inf
             self._add_values(base, other, differ, ws.delta[:n])
         if self.layout is not None:
-            self._add_heads(base, other, differ, rows, ws.nonzero[:n])
+            self._add_heads(self.layout, base, other, differ, rows, ws.nonzero[:n])
 
     def _add_values(self, base, other, differ, delta_buffer) -> None:
         delta = np.subtract(other, base, out=delta_buffer)
@@ -117,9 +117,11 @@ class _Accumulator:
         self.changed += int(np.count_nonzero(differ))
         self.numel += differ.size
 
-    def _add_heads(self, base, other, differ, rows, nonzero) -> None:
-        heads, dim = self.layout.num_heads, self.layout.head_dim
-        if self.layout.axis == "cols":
+    def _add_heads(self, layout: HeadLayout, base, other, differ, rows, nonzero) -> None:
+        heads, dim = layout.num_heads, layout.head_dim
+        shape: tuple[int, ...]
+        axes: tuple[int, ...]
+        if layout.axis == "cols":
             shape, axes = (rows, heads, dim), (0, 2)
             index = slice(None)
         else:
@@ -135,6 +137,7 @@ class _Accumulator:
     def stats(self) -> TensorStats:
         norm_b, norm_o = math.sqrt(self.sum_bb), math.sqrt(self.sum_oo)
         rel = math.sqrt(self.sum_dd) / norm_b if norm_b > 0 else None
+        cosine: float | None
         if norm_b > 0 and norm_o > 0:
             cosine = max(-1.0, min(1.0, self.sum_bo / (norm_b * norm_o)))
         else:
@@ -199,4 +202,5 @@ def zero_heads(path: Path, info: TensorInfo, layout: HeadLayout) -> list[bool] |
     if not layout.fits(info):
         return None
     scan = tensor_stats(path, info, path, info, layout)[1]
+    assert scan is not None  # the layout fits, so tensor_stats scanned heads
     return scan.other_zero

@@ -109,7 +109,9 @@ def _read_index(root: Path) -> tuple[str | None, dict[str, str] | None, dict]:
             raise SurgeonError(f"{root}: several shard indexes ({', '.join(candidates)})")
         name = candidates[0]
     index = _load_json(root / name)
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(index, dict):
+        index = {}  # no weight_map, which the check below rejects
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
@@ -119,8 +121,8 @@ def _read_index(root: Path) -> tuple[str | None, dict[str, str] | None, dict]:
     for shard in set(weight_map.values()):
         if Path(shard).name != shard or shard in ("", ".", ".."):
             raise SurgeonError(f"{root / name}: shard name {shard!r} is not a plain file name")
-    meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
-    return name, weight_map, meta
+    meta = index.get("metadata")
+    return name, weight_map, meta if isinstance(meta, dict) else {}
 
 
 def _shard_names(root: Path, only_file: str | None, weight_map: dict | None) -> list[str]:
@@ -159,8 +161,8 @@ def _merge_shards(
     if weight_map is None:
         return tensors
     for name, shard_name in weight_map.items():
-        info = tensors.get(name)
-        if info is None or info.file != shard_name:
+        listed = tensors.get(name)
+        if listed is None or listed.file != shard_name:
             raise SurgeonError(f"{index_name}: places tensor {name!r} in {shard_name}, whose header lacks it")
     unlisted = sorted(set(tensors) - set(weight_map))
     if unlisted:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from surgeon.errors import SurgeonError
 from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256
@@ -168,7 +169,8 @@ def hash_one_file(
             if progress:
                 progress(end - position)
             check_stop(should_stop)
-    file_sha = known_sha or file_hasher.hexdigest()
+    file_sha = known_sha if file_hasher is None else file_hasher.hexdigest()
+    assert file_sha is not None  # there is no file hasher only when the SHA was known
     tensors = {name: hasher.hexdigest() for name, hasher in tensor_hashers.items()}
     return FileHashes(file_sha, tensors, shard.file_size - first)
 
@@ -198,7 +200,7 @@ def _feed_tensors(spans, index: int, hashers, block: memoryview, position: int) 
     return index
 
 
-def file_sha256(path: os.PathLike) -> str:
+def file_sha256(path: Path) -> str:
     """A side file's SHA256 (config, tokenizer, index), read to the end: a regular file only
     (a FIFO or device swapped in after the folder was listed is one SurgeonError, not a hang)."""
     digest = hashlib.sha256()

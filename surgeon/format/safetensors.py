@@ -13,6 +13,7 @@ import json
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -73,10 +74,15 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
 
 _ENTRY_KEYS = frozenset(("dtype", "shape", "data_offsets"))
 _SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, no more
+# The stdlib's JSON string scanner (the C one where _json exists), which JSONDecoder itself
+# uses for keys; typeshed leaves it out of json/decoder.pyi, hence the ignore.
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 def _skip(text: str, index: int) -> int:
-    return _SPACE.match(text, index).end()
+    match = _SPACE.match(text, index)
+    assert match is not None  # a `*` pattern matches, if only the empty string, at any index
+    return match.end()
 
 
 def _header_text(raw: bytes | bytearray, where: str) -> str:
@@ -106,13 +112,14 @@ def _scan_header(text: str, where: str, shard: str, data_start: int) -> tuple[di
     of a million key/value pairs, never exist all at once; equal shapes share one tuple."""
     decoder = json.JSONDecoder(object_pairs_hook=_reject_duplicates)
     tensors: dict[str, TensorInfo] = {}
-    metadata, shapes = None, {}
+    metadata: dict[str, str] | None = None
+    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
     index = _skip(text, 1)  # text starts with "{"
     empty = text.startswith("}", index)
     while not empty:
         if not text.startswith('"', index):
             raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, index)
-        key, index = json.decoder.scanstring(text, index + 1)
+        key, index = _scanstring(text, index + 1)
         index = _skip(text, index)
         if not text.startswith(":", index):
             raise json.JSONDecodeError("Expecting ':' delimiter", text, index)

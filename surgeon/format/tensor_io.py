@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from surgeon.errors import SurgeonError
 from surgeon.format.safetensors import TensorInfo
+
+_Reader = TypeVar("_Reader", bound="ShardReader")
 
 
 class ShardReader:
@@ -58,7 +61,7 @@ class ShardReader:
     def close(self) -> None:
         os.close(self.fd)
 
-    def __enter__(self) -> ShardReader:
+    def __enter__(self: _Reader) -> _Reader:  # a MappedShard enters as a MappedShard
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,17 +13,38 @@ from surgeon.format.checkpoint import Checkpoint
 from surgeon.model.geometry import check_config, config_int, layer_geometry, shown, text_config
 from surgeon.model.names import parse_name
 
-# Text model_type of each supported family; multimodal wrappers map to their text model.
-FAMILIES = {
-    "gemma4": "gemma4_text",
-    "gemma4_text": "gemma4_text",
-    "gemma3": "gemma3_text",
-    "gemma3_text": "gemma3_text",
-    "llama": "llama",
-    "mistral": "mistral",
-    "qwen2": "qwen2",
-    "qwen3": "qwen3",
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What surgeon must know of one supported family, beyond what config.json and the
+    tensor shapes say. Adding a family is one entry of FAMILIES (plus a tiny model in
+    tests/tiny_models.py); the engine, the CLI's messages and the docs read it from here."""
+
+    text_type: str  # the text model_type transformers builds (what the prune engine streams)
+    wrappers: tuple[str, ...] = ()  # multimodal model_types whose text model this is
+    k_eq_v: bool = False  # some layers have no v_proj: keys double as values (Gemma 4 attention_k_eq_v)
+    q_bias: bool = False  # q/k/v carry biases (Qwen2): a pruned head's q bias rows are zeroed too
+    q_norm: bool = False  # every layer has a per-head q_norm (its length splits q_proj where the config is silent)
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    spec.text_type: spec
+    for spec in (
+        FamilySpec("gemma4_text", wrappers=("gemma4",), k_eq_v=True, q_norm=True),
+        FamilySpec("gemma3_text", wrappers=("gemma3",), q_norm=True),
+        FamilySpec("llama"),
+        FamilySpec("mistral"),
+        FamilySpec("qwen2", q_bias=True),
+        FamilySpec("qwen3", q_norm=True),
+    )
 }
+# model_type (text or multimodal wrapper) -> its family
+FAMILY_OF_TYPE = {name: spec for spec in FAMILIES.values() for name in (spec.text_type, *spec.wrappers)}
+
+
+def supported_types() -> str:
+    """The model_types a user would name, for messages: wrappers rather than their text halves."""
+    return ", ".join(sorted({(spec.wrappers or (spec.text_type,))[0] for spec in FAMILIES.values()}))
 
 
 @dataclass(frozen=True)
@@ -80,11 +101,11 @@ def model_layout(ckpt: Checkpoint) -> ModelLayout:
     """The checkpoint's family, text config, layer stack and each layer's attention tensors."""
     config = checked_config(ckpt)
     model_type = config.get("model_type")
-    family = FAMILIES.get(model_type)
+    family = FAMILY_OF_TYPE.get(model_type) if isinstance(model_type, str) else None
     if family is None:
-        supported = ", ".join(sorted({k for k in FAMILIES if not k.endswith("_text")}))
         raise SurgeonError(
-            f"{ckpt.source}: model_type {shown(model_type)} is not supported for pruning (supported: {supported})"
+            f"{ckpt.source}: model_type {shown(model_type)} is not supported for pruning "
+            f"(supported: {supported_types()})"
         )
     stack = _decoder_stack(ckpt)
     if stack is None:
@@ -92,9 +113,9 @@ def model_layout(ckpt: Checkpoint) -> ModelLayout:
     count = check_layer_count(ckpt, stack)
     if count is None:
         raise SurgeonError(f"{config_path(ckpt)}: num_hidden_layers is missing")
-    layers = [_layer_spec(ckpt, config, stack, i) for i in range(count)]
+    layers = [_layer_spec(ckpt, config, stack, i, family) for i in range(count)]
     text_prefix = stack[: -len("layers")]
-    return ModelLayout(family, text_config(config, stack), stack, text_prefix, layers)
+    return ModelLayout(family.text_type, text_config(config, stack), stack, text_prefix, layers)
 
 
 def check_layer_count(ckpt: Checkpoint, stack: str | None = None) -> int | None:
@@ -121,18 +142,18 @@ def _decoder_stack(ckpt: Checkpoint) -> str | None:
     return max(counts, key=counts.get) if counts else None
 
 
-def _layer_spec(ckpt: Checkpoint, config: dict, stack: str, index: int) -> LayerSpec:
+def _layer_spec(ckpt: Checkpoint, config: dict, stack: str, index: int, family: FamilySpec) -> LayerSpec:
     prefix = f"{stack}.{index}."
     attn = prefix + "self_attn."
     names = {p: f"{attn}{p}_proj.weight" for p in "qkvo"}
-    for proj in "qko":
-        if names[proj] not in ckpt.tensors:
-            raise SurgeonError(f"{ckpt.source}: layer {index} has no {names[proj]}")
+    q_bias = f"{attn}q_proj.bias"
+    for name in _required(family, names, attn):  # what transformers would otherwise fill with random values
+        if name not in ckpt.tensors:
+            raise SurgeonError(f"{ckpt.source}: layer {index} has no {name}")
     family_tensors = {n[len(prefix) :]: t for n, t in ckpt.tensors.items() if n.startswith(prefix)}
     geometry = layer_geometry(config, stack, index, family_tensors)
     if geometry is None or not geometry.num_kv_heads:
         raise SurgeonError(f"{ckpt.source}: cannot tell the attention geometry of layer {index}")
-    q_bias = f"{attn}q_proj.bias"
     return LayerSpec(
         index=index,
         prefix=prefix,
@@ -144,5 +165,13 @@ def _layer_spec(ckpt: Checkpoint, config: dict, stack: str, index: int) -> Layer
         k_proj=names["k"],
         v_proj=names["v"] if names["v"] in ckpt.tensors else None,
         o_proj=names["o"],
-        q_bias=q_bias if q_bias in ckpt.tensors else None,
+        q_bias=q_bias if q_bias in ckpt.tensors else None,  # also Llama and Mistral with attention_bias
     )
+
+
+def _required(family: FamilySpec, names: dict[str, str], attn: str) -> list[str]:
+    """The attention tensors every layer of the family has: q, k, o, and v unless keys double
+    as values; a bias for families that always have one; q_norm where the family has it."""
+    required = [names[p] for p in ("qko" if family.k_eq_v else "qkvo")]
+    required += [f"{attn}q_proj.bias"] if family.q_bias else []
+    return required + ([f"{attn}q_norm.weight"] if family.q_norm else [])

@@ -211,7 +211,7 @@ def geometry_by_layer(config: dict | None, tensors: dict[str, TensorInfo]) -> di
     by_layer: dict[tuple[str, int], dict[str, TensorInfo]] = {}
     for name, info in tensors.items():
         parsed = parse_name(name)
-        if parsed.stack is not None:
+        if parsed.stack is not None and parsed.layer is not None:  # both set or both None
             by_layer.setdefault((parsed.stack, parsed.layer), {})[parsed.family] = info
     result = {}
     for (stack, layer), layer_tensors in by_layer.items():

@@ -42,18 +42,17 @@ def parse_name(name: str) -> TensorName:
 def layer_ranges(layers: list[int] | set[int]) -> str:
     """`[0, 1, 2, 3, 7]` -> `0-3, 7`."""
     ordered = sorted(set(layers))
+    if not ordered:
+        return ""
     parts: list[str] = []
-    start = prev = None
-    for value in ordered:
-        if start is None:
-            start = prev = value
-        elif value == prev + 1:
+    start = prev = ordered[0]
+    for value in ordered[1:]:
+        if value == prev + 1:
             prev = value
         else:
             parts.append(_span(start, prev))
             start = prev = value
-    if start is not None:
-        parts.append(_span(start, prev))
+    parts.append(_span(start, prev))
     return ", ".join(parts)
 
 

@@ -50,7 +50,7 @@ def bundled_corpus() -> tuple[list[str], dict]:
 
 def bundled_files(name: str) -> list:
     """The *.txt files of surgeon/_data/NAME, by name; one line if the installation lacks them."""
-    folder = importlib.resources.files("surgeon").joinpath("_data", name)
+    folder = importlib.resources.files("surgeon") / "_data" / name
     listed = folder.iterdir() if folder.is_dir() else ()
     files = sorted((f for f in listed if f.name.endswith(".txt")), key=lambda f: f.name)
     if not files:
@@ -97,7 +97,7 @@ def read_corpus(path: Path) -> list[str]:
     return load_corpus(path)[0]
 
 
-def load_corpus(path: Path | None) -> tuple[list[str], dict]:
+def load_corpus(path: str | Path | None) -> tuple[list[str], dict]:
     """The samples of `path` (None: the bundled corpus) and how a manifest names it.
 
     The record never holds the file's location: the bundled corpus is
@@ -202,8 +202,9 @@ def parse_dataset_spec(spec: str) -> tuple[str, str | None, str]:
     parts = spec.split(":")
     if not parts[0] or len(parts) > 3 or any(not p for p in parts[1:]):
         raise SurgeonError(f"calibration dataset {spec!r}: use NAME, NAME:CONFIG or NAME:CONFIG:SPLIT")
-    name, config, split = [*parts, None, None][:3]
-    return name, config, split or "train"
+    config = parts[1] if len(parts) > 1 else None
+    split = parts[2] if len(parts) > 2 else "train"
+    return parts[0], config, split
 
 
 def load_dataset_corpus(spec: str, max_chars: int) -> tuple[list[str], dict]:

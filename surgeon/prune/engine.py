@@ -29,7 +29,7 @@ from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_path, write_checkpoint
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
-from surgeon.model.names import layer_ranges, parse_layers
+from surgeon.model.names import parse_layers
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.prune.calibration import (
@@ -42,15 +42,15 @@ from surgeon.prune.calibration import (
     load_tokenizer,
     tokenizer_error,
 )
-from surgeon.prune.heal import head_columns, heal_o_proj
-from surgeon.prune.importance import gram_scores, loo_nll_scores, select_heads
+from surgeon.prune.heal import HEALERS, HealInput, head_columns
+from surgeon.prune.importance import SCORERS, ScoringInput, select_heads
 from surgeon.prune.memory import return_freed_memory
 from surgeon.prune.options import PruneOptions
 from surgeon.prune.stream import Batch, LayerStream, make_batches, resolve_device, resolve_dtype
 from surgeon.prune.threads import use_cpu_threads
 from surgeon.prune.workdir import Workdir
+from surgeon.recover.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
 
-MANIFEST_SCHEMA = "surgeon.prune_manifest/1"
 TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
@@ -394,11 +394,17 @@ class _Run:
         return result, tensors
 
     def _scores(self, stream, spec, batches, o_weight, gram) -> list[float]:
-        if self.options.importance == "loo-nll":
-            return loo_nll_scores(
-                stream, spec, batches, quant=self.options.importance_quant, should_stop=self.should_stop
-            )
-        return gram_scores(self.options.importance, o_weight, gram.matrix, spec, self.options.ridge_rel)
+        job = ScoringInput(
+            spec=spec,
+            weight=o_weight,
+            gram=gram.matrix,
+            stream=stream,
+            batches=batches,
+            ridge_rel=self.options.ridge_rel,
+            quant=self.options.importance_quant,
+            should_stop=self.should_stop,
+        )
+        return SCORERS[self.options.importance](job)
 
     def _materialise(self, stream: LayerStream, spec: LayerSpec, heads: list[int], gram: _Gram):
         """The layer's new tensors, in the checkpoint's dtypes: healed o_proj, zeroed q rows."""
@@ -412,27 +418,23 @@ class _Run:
             bias = stored[spec.q_bias].clone()
             bias[rows] = 0
             out[spec.q_bias] = bias
-        o = stored[spec.o_proj]
-        refit = None
-        if self.options.heal == "lstsq" and heads:
-            healed, stats = heal_o_proj(
-                o.to(self.device), gram.matrix, heads, spec.head_dim, self.options.ridge_rel, gram.tokens, o.dtype
-            )
-            out[spec.o_proj] = healed.cpu()
-            refit = asdict(stats)
-        else:
-            masked = o.clone()
-            masked[:, rows] = 0
-            out[spec.o_proj] = masked
+        job = HealInput(
+            weight=stored[spec.o_proj],
+            gram=gram.matrix,
+            heads=heads,
+            head_dim=spec.head_dim,
+            ridge_rel=self.options.ridge_rel,
+            tokens=gram.tokens,
+            device=self.device,
+        )
+        out[spec.o_proj], refit = HEALERS[self.options.heal](job)
         return out, refit
 
     def _manifest(self, report: WriteReport, results: list[LayerResult], forward_calls: int, resumed_at: int):
-        changed = report.changed_tensors()
-        written_layers = sorted({self._layer_of(n) for n in changed} - {None})
-        return {
-            "schema": MANIFEST_SCHEMA,
-            "tool": {"name": "surgeon", "version": __version__},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        manifest: PruneManifest = {
+            "schema": SCHEMA,
+            "tool": tool_record(),
+            "created": created_now(),
             "base": {
                 "source": self.ckpt.source,
                 "path": str(self.ckpt.root),
@@ -444,19 +446,13 @@ class _Run:
             "compute_dtype": str(self.dtype).replace("torch.", ""),
             "calibration": self.calibration,
             "layers": [asdict(r) for r in results if r.pruned],
-            "written": {
-                "layers": written_layers,
-                "layers_text": layer_ranges(written_layers),
-                "tensors": {n: report.tensors[n] for n in changed},
-                "shards": report.shards,
-                "copied_shards": report.copied_shards,
-                "files": report.files,  # side files (config, index, tokenizer), hashed as copied
-            },
+            "written": written_record(report, self._layer_of),
             "forward_calls": forward_calls,
             "resumed_at_layer": resumed_at,
             "messages": self.messages,
             "timings": dict(self.timings),
         }
+        return manifest
 
     def _layer_of(self, name: str) -> int | None:
         for spec in self.layout.layers:

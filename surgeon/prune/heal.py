@@ -10,7 +10,8 @@ Every quantity below needs G and W only: no token-sized buffer is kept.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -98,6 +99,39 @@ def heal_o_proj(
     healed = torch.zeros(weight.shape, dtype=out_dtype or torch.float64, device=weight.device)
     healed[:, kept] = columns.to(healed.dtype)
     return healed, stats
+
+
+@dataclass(frozen=True)
+class HealInput:
+    """One layer's o_proj (as stored), the heads removed and what a refit needs."""
+
+    weight: torch.Tensor
+    gram: torch.Tensor
+    heads: list[int]
+    head_dim: int
+    ridge_rel: float
+    tokens: int
+    device: torch.device
+
+
+def _lstsq(job: HealInput) -> tuple[torch.Tensor, dict | None]:
+    if not job.heads:  # nothing removed: nothing to refit
+        return _zero(job)
+    healed, stats = heal_o_proj(
+        job.weight.to(job.device), job.gram, job.heads, job.head_dim, job.ridge_rel, job.tokens, job.weight.dtype
+    )
+    return healed.cpu(), asdict(stats)
+
+
+def _zero(job: HealInput) -> tuple[torch.Tensor, dict | None]:
+    masked = job.weight.clone()
+    masked[:, head_columns(job.heads, job.head_dim)] = 0
+    return masked, None
+
+
+# The heal methods by name, (new o_proj, refit stats or None): the names are owned by
+# surgeon.prune.options.Heal; tests/prune/test_registries.py holds the two in step.
+HEALERS: dict[str, Callable[[HealInput], tuple[torch.Tensor, dict | None]]] = {"lstsq": _lstsq, "none": _zero}
 
 
 def norm_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int) -> list[float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -22,15 +22,41 @@ from surgeon.errors import SurgeonError
 from surgeon.model.families import LayerSpec
 from surgeon.parallel import StopCheck, check_stop
 from surgeon.prune.heal import norm_scores, recon_scores
-from surgeon.prune.options import IMPORTANCE  # noqa: F401  (the methods, named once with the options)
 from surgeon.prune.stream import Batch, LayerStream
 
 
-def gram_scores(kind: str, weight: torch.Tensor, gram: torch.Tensor, spec: LayerSpec, ridge_rel: float):
-    _check_gram(gram, spec)
-    if kind == "recon":
-        return recon_scores(weight, gram, spec.head_dim, ridge_rel)
-    return norm_scores(weight, gram, spec.head_dim)
+@dataclass(frozen=True)
+class ScoringInput:
+    """What a scorer may use for one layer: its o_proj weight and Gram matrix G (recon, norm)
+    or its input stream and calibration batches (loo-nll, end to end)."""
+
+    spec: LayerSpec
+    weight: torch.Tensor
+    gram: torch.Tensor
+    stream: LayerStream
+    batches: list[Batch]
+    ridge_rel: float
+    quant: str | None
+    should_stop: StopCheck | None
+
+
+def _recon(job: ScoringInput) -> list[float]:
+    _check_gram(job.gram, job.spec)
+    return recon_scores(job.weight, job.gram, job.spec.head_dim, job.ridge_rel)
+
+
+def _norm(job: ScoringInput) -> list[float]:
+    _check_gram(job.gram, job.spec)
+    return norm_scores(job.weight, job.gram, job.spec.head_dim)
+
+
+def _loo_nll(job: ScoringInput) -> list[float]:
+    return loo_nll_scores(job.stream, job.spec, job.batches, quant=job.quant, should_stop=job.should_stop)
+
+
+# The importance scorers by name: the names are owned by surgeon.prune.options.Importance
+# (the CLI's choices, read without torch); tests/prune/test_registries.py holds the two in step.
+SCORERS: dict[str, Callable[[ScoringInput], list[float]]] = {"recon": _recon, "norm": _norm, "loo-nll": _loo_nll}
 
 
 def _check_gram(gram: torch.Tensor, spec: LayerSpec) -> None:

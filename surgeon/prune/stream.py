@@ -64,11 +64,13 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cpu":
         return torch.device("cpu")
     backend = getattr(torch, dev.type, None)
-    if not callable(getattr(backend, "is_available", None)):
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available):
         raise SurgeonError(f"device {shown(device)}: not a device surgeon can compute on ({DEVICES})")
-    if not backend.is_available():
+    if not is_available():
         raise SurgeonError(f"device {shown(device)}: {dev.type.upper()} is not available on this machine")
-    count = backend.device_count() if callable(getattr(backend, "device_count", None)) else 1
+    device_count = getattr(backend, "device_count", None)
+    count = device_count() if callable(device_count) else 1
     if dev.index is not None and dev.index >= count:
         raise SurgeonError(f"device {shown(device)}: this machine has {count} {dev.type} device(s), 0-{count - 1}")
     return dev
@@ -164,7 +166,7 @@ class LayerStream:
             raise SurgeonError(f"{name}: dtype {info.dtype.name} cannot be loaded for compute")
         buffer = torch.empty(info.nbytes, dtype=torch.uint8)
         with open(self.ckpt.shard_path(info.file), "rb", buffering=0) as handle:
-            got = os.preadv(handle.fileno(), [buffer.numpy()], info.start) if info.nbytes else 0
+            got = os.preadv(handle.fileno(), [buffer.numpy().data], info.start) if info.nbytes else 0
         if got != info.nbytes:
             raise SurgeonError(f"{self.ckpt.shard_path(info.file)}: ended inside tensor {name}")
         return buffer.view(dtype).reshape(info.shape)
@@ -188,7 +190,7 @@ class LayerStream:
             for first in range(0, info.numel, step):
                 count = min(step, info.numel - first)
                 part = buffer[: count * item]
-                if os.preadv(handle.fileno(), [part.numpy()], info.start + first * item) != count * item:
+                if os.preadv(handle.fileno(), [part.numpy().data], info.start + first * item) != count * item:
                     raise SurgeonError(f"{self.ckpt.shard_path(info.file)}: ended inside tensor {name}")
                 flat[first : first + count].copy_(part.view(stored))
         return out
@@ -278,7 +280,7 @@ class LayerStream:
         rows = torch.empty((len(used), row_bytes), dtype=torch.uint8)
         with open(self.ckpt.shard_path(info.file), "rb", buffering=0) as handle:
             for i, token in enumerate(used.tolist()):
-                os.preadv(handle.fileno(), [rows[i].numpy()], info.start + token * row_bytes)
+                os.preadv(handle.fileno(), [rows[i].numpy().data], info.start + token * row_bytes)
         stored = TORCH_DTYPES[info.dtype.name]
         table = rows.view(stored).reshape(len(used), *info.shape[1:]).to(self.device, self.dtype)
         _set_parameter(self.model, EMBEDDING, table)
@@ -309,6 +311,7 @@ class LayerStream:
         args, kwargs = batch.layer_args[index]
         self.forward_calls += 1
         source = batch.hidden if hidden is None else hidden
+        assert source is not None, "trace(batch) records a batch's hidden state before any layer runs"
         return layer(source.to(self.device), *args, **kwargs)
 
     @torch.no_grad()

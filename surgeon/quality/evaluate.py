@@ -41,7 +41,7 @@ from surgeon.prune.calibration import (
     with_one_bos,
 )
 from surgeon.prune.memory import return_freed_memory
-from surgeon.prune.stream import EMBEDDING, LayerStream, make_batches, resolve_device, resolve_dtype
+from surgeon.prune.stream import EMBEDDING, Batch, LayerStream, make_batches, resolve_device, resolve_dtype
 from surgeon.prune.threads import use_cpu_threads
 from surgeon.quality.options import TEXT_FORMATS, EvalOptions
 from surgeon.recover.canary.runner import changed_by_layer
@@ -245,7 +245,7 @@ class EvalSession:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.base_stream = LayerStream(self.base, self.base_layout, self.device, self.dtype)
         self._other_stream: LayerStream | None = None
-        self._batches = None  # the base's traced batches
+        self._batches: list[Batch] | None = None  # the base's traced batches
         self._embedded: list[torch.Tensor] = []
         self._cache: list[list[torch.Tensor]] | None = None
         self._changed: dict[int, list[str]] | None = None
@@ -262,13 +262,14 @@ class EvalSession:
 
     def evaluate_model(self) -> EvalReport:
         """OTHER as a whole model (its embeddings, layers and head) against BASE."""
-        self._trace_base()
+        batches = self._trace_base()
         other = self._other()
         other_batches = self._batches_for(other)
-        other_h = [b.hidden for b in other_batches]
+        other_h = _traced_hidden(other_batches)
         count_base, count_other = len(self.base_layout.layers), len(self.other_layout.layers)
-        cached = self._cache is not None
-        new_cache = [] if not cached and self._cache_fits() else None
+        cache = self._cache
+        cached = cache is not None
+        new_cache: list[list[torch.Tensor]] | None = [] if not cached and self._cache_fits() else None
         base_h = list(self._embedded)
         for index in range(max(count_base, count_other)):
             self._check()
@@ -277,15 +278,15 @@ class EvalSession:
             if run_base:
                 if new_cache is not None:
                     new_cache.append(_on_cpu(base_h))
-                base_h = self._run(self.base_stream, self.base_stream.load_layer(index), index, self._batches, base_h)
+                base_h = self._run(self.base_stream, self.base_stream.load_layer(index), index, batches, base_h)
             if index < count_other:
                 other_h = self._run(other, other.load_layer(index), index, other_batches, other_h)
             self.progress.stop()
-        base_final = self._cache[-1] if cached else base_h
+        base_final = cache[-1] if cache is not None else base_h
         if new_cache is not None:
             new_cache.append(_on_cpu(base_h))
             self._cache = new_cache
-        return self._score([(other, other_h)], base_final, [None])[0]
+        return self._score(batches, [(other, other_h)], base_final, [None])[0]
 
     def evaluate_plans(self, plans: list[Iterable[int]]) -> list[EvalReport]:
         """One report per plan: base + the candidate's tensors in the plan's layers (those the
@@ -295,18 +296,19 @@ class EvalSession:
         kept = [self._kept(plan, changed, count) for plan in plans]
         if not kept:
             return []
-        self._trace_base()
-        cached = self._cache is not None
-        new_cache = [] if not cached and self._cache_fits() else None
+        batches = self._trace_base()
+        cache = self._cache
+        cached = cache is not None
+        new_cache: list[list[torch.Tensor]] | None = [] if not cached and self._cache_fits() else None
         firsts = [min(k) for k in kept if k]
         start = (min(firsts) if firsts else count) if cached else 0
         own: list[list[torch.Tensor] | None] = [None] * len(kept)  # None: still the base's stream
         base_h = list(self._embedded)
         for index in range(start, count):
             self._check()
-            base_in = self._cache[index] if cached else base_h
-            on_base = [p for p, h in enumerate(own) if h is not None and index not in kept[p]]
-            on_cand = [p for p, h in enumerate(own) if h is not None and index in kept[p]]
+            base_in = cache[index] if cache is not None else base_h
+            on_base = [(p, h) for p, h in enumerate(own) if h is not None and index not in kept[p]]
+            on_cand = [(p, h) for p, h in enumerate(own) if h is not None and index in kept[p]]
             entering = [p for p, h in enumerate(own) if h is None and index in kept[p]]
             runs = (not cached) + len(on_base) + len(on_cand) + len(entering)
             self.progress.start(self._label(index), runs * len(base_in), unit="batches")
@@ -315,32 +317,34 @@ class EvalSession:
                 if not cached:
                     if new_cache is not None:
                         new_cache.append(_on_cpu(base_in))
-                    base_h = self._run(self.base_stream, layer, index, self._batches, base_in)
-                for p in on_base:
-                    own[p] = self._run(self.base_stream, layer, index, self._batches, own[p])
+                    base_h = self._run(self.base_stream, layer, index, batches, base_in)
+                for p, h in on_base:
+                    own[p] = self._run(self.base_stream, layer, index, batches, h)
                 del layer
             if on_cand or entering:
                 replace = self._other().read_tensors(changed[index])
                 layer = self.base_stream.load_layer(index, replace=replace)
-                for p in on_cand:
-                    own[p] = self._run(self.base_stream, layer, index, self._batches, own[p])
+                for p, h in on_cand:
+                    own[p] = self._run(self.base_stream, layer, index, batches, h)
                 for p in entering:
-                    own[p] = self._run(self.base_stream, layer, index, self._batches, base_in)
+                    own[p] = self._run(self.base_stream, layer, index, batches, base_in)
                 del layer, replace
             self.progress.stop()
-        base_final = self._cache[count] if cached else base_h
+        base_final = cache[count] if cache is not None else base_h
         if new_cache is not None:
             new_cache.append(_on_cpu(base_h))
             self._cache = new_cache
-        return self._score([(self.base_stream, h) for h in own], base_final, [sorted(k) for k in kept])
+        return self._score(batches, [(self.base_stream, h) for h in own], base_final, [sorted(k) for k in kept])
 
     # -- streams ----------------------------------------------------------------------
-    def _trace_base(self) -> None:
+    def _trace_base(self) -> list[Batch]:
+        """The base's batches, traced on the first call."""
         if self._batches is None:
             self._batches = self._batches_for(self.base_stream)
-            self._embedded = [b.hidden for b in self._batches]
+            self._embedded = _traced_hidden(self._batches)
+        return self._batches
 
-    def _batches_for(self, stream: LayerStream):
+    def _batches_for(self, stream: LayerStream) -> list[Batch]:
         batches = make_batches(self.windows, self.options.batch_size, self.pad_id)
         for batch in batches:
             self._check()
@@ -379,9 +383,9 @@ class EvalSession:
     def _check_vocab(self, largest_id: int) -> None:
         vocab = {}
         for ckpt, layout in ((self.base, self.base_layout), (self.other, self.other_layout)):
-            rows = {layout.module_name(n): t.shape[0] for n, t in ckpt.tensors.items()}
+            by_module = {layout.module_name(n): t.shape[0] for n, t in ckpt.tensors.items()}
             # the head gives the distribution compared; a tied embedding may be stored as the head
-            rows = rows.get("lm_head.weight", rows.get(EMBEDDING))
+            rows = by_module.get("lm_head.weight", by_module.get(EMBEDDING))
             if rows is not None and largest_id >= rows:
                 raise tokenizer_error(
                     f"the tokenizer produced token id {largest_id} but the embedding of {ckpt.source} has "
@@ -402,14 +406,16 @@ class EvalSession:
 
     # -- scoring ----------------------------------------------------------------------
     @torch.no_grad()
-    def _score(self, models, base_final: list[torch.Tensor], plans: list) -> list[EvalReport]:
+    def _score(self, batches: list[Batch], models, base_final: list[torch.Tensor], plans: list) -> list[EvalReport]:
         """Per scored token: base NLL, and per model its NLL, KL(base || model) and top-1
         agreement. The base's log-probs of each row chunk are made once for all models; a
         model whose stream is None is the base itself."""
         base_nll, window_of = [], []
-        per_model = [([], [], []) for _ in models]
-        self.progress.start("eval logits", len(self._batches), unit="batches")
-        for number, batch in enumerate(self._batches):
+        per_model: list[tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]] = [
+            ([], [], []) for _ in models
+        ]
+        self.progress.start("eval logits", len(batches), unit="batches")
+        for number, batch in enumerate(batches):
             self._check()
             valid = (batch.attention_mask[:, 1:] & batch.attention_mask[:, :-1]).bool()
             targets = batch.input_ids[:, 1:][valid]
@@ -545,6 +551,15 @@ def _on_cpu(hidden: list[torch.Tensor]) -> list[torch.Tensor]:
     return [h.cpu() for h in hidden]
 
 
+def _traced_hidden(batches: list[Batch]) -> list[torch.Tensor]:
+    """Each batch's embeddings, which LayerStream.trace has just filled in."""
+    hidden = []
+    for batch in batches:
+        assert batch.hidden is not None  # trace() sets it
+        hidden.append(batch.hidden)
+    return hidden
+
+
 # -- the small NLL tests use -------------------------------------------------------------
 
 
@@ -574,6 +589,7 @@ def corpus_nll(
             for batch in batches:
                 batch.hidden = stream.run_layer(layer, index, batch)
         for batch in batches:
+            assert batch.hidden is not None  # trace() set it, then each run_layer()
             part, tokens = stream.nll(batch.hidden, batch)
             total, count = total + part, count + tokens
     return total / max(count, 1)

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgeon import __version__
 from surgeon.atomic import write_text_atomic
-from surgeon.diff.foreign_manifest import is_surgeon_manifest
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir
@@ -25,7 +22,14 @@ from surgeon.format.writer import MANIFEST_NAME, TensorSource, WriteReport, chec
 from surgeon.model.names import LayerSelection, layer_ranges, parse_layer_spec, parse_name
 from surgeon.options import option
 from surgeon.progress import NoProgress
-from surgeon.recover.verify import read_manifest
+from surgeon.recover.manifest import (
+    SCHEMA,
+    created_now,
+    is_surgeon_manifest,
+    read_manifest,
+    tool_record,
+    written_record,
+)
 
 
 @dataclass
@@ -233,22 +237,13 @@ def _changed_layers(base: Checkpoint, candidate: Checkpoint, hashes: dict) -> se
 def _manifest(
     previous, base, candidate, keep, keep_non_layer, report: WriteReport, canary_before, auto_steps, hashes
 ) -> dict:
-    changed = report.changed_tensors()
-    written = sorted({parse_name(n).layer for n in changed} - {None})
     manifest = dict(previous)
-    manifest.setdefault("schema", "surgeon.prune_manifest/1")
-    manifest["written"] = {
-        "layers": written,
-        "layers_text": layer_ranges(written),
-        "tensors": {n: report.tensors[n] for n in changed},
-        "shards": report.shards,
-        "copied_shards": report.copied_shards,
-        "files": report.files,
-    }
+    manifest["schema"] = SCHEMA  # the schema of what salvage writes, whatever its candidate's said
+    manifest["written"] = written_record(report, lambda name: parse_name(name).layer)
     candidate_shards = {n: hashes[os.path.realpath(s.path)].file_sha256 for n, s in candidate.shards.items()}
     manifest["salvage"] = {
-        "tool": {"name": "surgeon", "version": __version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tool": tool_record(),
+        "created": created_now(),
         "kept_layers": sorted(keep),
         "keep_non_layer": keep_non_layer,  # verify fails on a non-layer change when this is false
         # only layers the candidate really changed and salvage put back to the base's bytes

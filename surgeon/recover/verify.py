@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
-from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, is_surgeon_manifest, verify_foreign
+from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, verify_foreign
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, is_sha256
+from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256
 from surgeon.format.hashing import FileHashes, file_sha256, hash_shards
-from surgeon.format.writer import MANIFEST_NAME
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layer_ranges, layers_phrase
+from surgeon.recover.manifest import MANIFEST_NAME, is_surgeon_manifest, read_manifest
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")  # transformers imports the code they name
 # Files a model card or a Hub repo carries that no loader reads: reported, never a failure.
@@ -115,141 +115,6 @@ def verify(
 
 
 # ---------- reading the manifest: an untrusted file ----------
-
-
-def read_manifest(path: Path) -> dict | None:
-    """The manifest at `path`, None if there is none; a file that is not a readable JSON
-    object, or a surgeon manifest with missing keys or wrong types, is one SurgeonError:
-    "<path>: manifest is malformed (<what>)"."""
-    if not os.path.lexists(path):
-        return None
-    manifest = read_json_file(path)
-    problem = manifest_problem(manifest)
-    if problem is not None:
-        raise SurgeonError(f"{path}: manifest is malformed ({problem})")
-    return manifest
-
-
-def manifest_problem(manifest: object) -> str | None:
-    """What is wrong with a manifest's shape, or None. Only a surgeon manifest's keys are
-    checked here; a foreign one's are surgeon.diff.foreign_manifest's to read."""
-    if not isinstance(manifest, dict):
-        return f"{_kind(manifest)}, not an object"
-    if "schema" in manifest and not isinstance(manifest["schema"], str):
-        return f"schema is {_kind(manifest['schema'])}, not a string"
-    if not is_surgeon_manifest(manifest):
-        return None
-    try:
-        _check_shape(manifest)
-    except _Malformed as exc:
-        return str(exc)
-    return None
-
-
-class _Malformed(Exception):
-    pass
-
-
-def _check_shape(m: dict) -> None:
-    written = _need(m, "written", dict, "written")
-    _sha_map(written, "shards", "written.shards", required=True)
-    _sha_map(written, "files", "written.files", required=False)
-    tensors = _need(written, "tensors", dict, "written.tensors")
-    for name, entry in tensors.items():
-        where = f"written.tensors[{_short_name(name)}]"
-        _need(entry if isinstance(entry, dict) else _bad(where, entry, "an object"), "sha256", "sha", where + ".sha256")
-        if "base_sha256" in entry:
-            _need(entry, "base_sha256", "sha", where + ".base_sha256")
-    _int_list(written, "layers", "written.layers", required=True)
-    copied = _need(written, "copied_shards", list, "written.copied_shards")
-    if not all(isinstance(name, str) for name in copied):
-        raise _Malformed("written.copied_shards: not a list of names")
-    layers = m.get("layers")
-    if layers is not None:
-        for i, layer in enumerate(layers if isinstance(layers, list) else _bad("layers", layers, "a list")):
-            entry = layer if isinstance(layer, dict) else _bad(f"layers[{i}]", layer, "an object")
-            _need(entry, "layer", int, f"layers[{i}].layer")
-            if entry.get("pruned_heads") is not None:
-                _int_list(entry, "pruned_heads", f"layers[{i}].pruned_heads", required=True)
-    for key, record in (("base", m.get("base")), ("salvage", m.get("salvage"))):
-        if record is not None and not isinstance(record, dict):
-            _bad(key, record, "an object")
-    salvage = m.get("salvage") or {}
-    _int_list(salvage, "rolled_back_layers", "salvage.rolled_back_layers", required=False)
-    _int_list(salvage, "kept_layers", "salvage.kept_layers", required=False)
-    for where, record in (("base", m.get("base")), ("salvage.base", salvage.get("base"))):
-        if record is None:
-            continue
-        if not isinstance(record, dict):
-            _bad(where, record, "an object")
-        for key in ("source", "path"):
-            if record.get(key) is not None and not isinstance(record[key], str):
-                _bad(f"{where}.{key}", record[key], "a string")
-        _sha_map(record, "shards", f"{where}.shards", required=False)
-    candidate = salvage.get("candidate")
-    if candidate is not None:
-        _sha_map(
-            candidate if isinstance(candidate, dict) else _bad("salvage.candidate", candidate, "an object"),
-            "shards",
-            "salvage.candidate.shards",
-            required=False,
-        )
-
-
-def _need(record: dict, key: str, kind, where: str):
-    if key not in record:
-        raise _Malformed(f"{where} is missing")
-    value = record[key]
-    if kind == "sha":
-        if not is_sha256(value):
-            raise _Malformed(f"{where}: not a SHA256")
-    elif kind is int:
-        if not _is_int(value):
-            _bad(where, value, "an integer")
-    elif not isinstance(value, kind):
-        _bad(where, value, {dict: "an object", list: "a list"}[kind])
-    return value
-
-
-def _bad(where: str, value: object, wanted: str):
-    raise _Malformed(f"{where} is {_kind(value)}, not {wanted}")
-
-
-def _sha_map(record: dict, key: str, where: str, required: bool) -> None:
-    if key not in record and not required:
-        return
-    mapping = _need(record, key, dict, where)
-    for name, sha in mapping.items():
-        if not _plain_name(name):
-            raise _Malformed(f"{where}: {_short_name(name)} is not a file name in the folder")
-        if not is_sha256(sha):
-            raise _Malformed(f"{where}[{_short_name(name)}]: not a SHA256")
-
-
-def _int_list(record: dict, key: str, where: str, required: bool) -> None:
-    if key not in record and not required:
-        return
-    values = _need(record, key, list, where)
-    if not all(_is_int(v) for v in values):
-        raise _Malformed(f"{where}: not a list of integers")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _plain_name(name: str) -> bool:
-    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
-
-
-def _kind(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number")
-
-
-def _short_name(name: str, limit: int = 60) -> str:
-    text = repr(name)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---------- hashing: the bytes, read once ----------

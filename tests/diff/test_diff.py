@@ -7,6 +7,7 @@ import pytest
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.diff.report import family_rows, to_json
 from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.safetensors import TensorBytes, write_safetensors
 from tests.helpers import BASE, PRUNED, make_variant, read_tensor
 
 PRUNED_HEAD = {layer: (layer * 3 + 1) % 8 for layer in range(4)}  # as fixtures/build_fixtures.py
@@ -89,6 +90,21 @@ def test_identical_checkpoints(tmp_path):
     assert {t.status for t in report.tensors} == {"identical"}
     assert {s.status for s in report.shards} == {"identical"}
     assert report.layers_changed() == []
+
+
+def test_a_checkpoint_without_layers_reports_no_changed_layers(tmp_path):
+    """Outside any layer stack there are no layer numbers: the summary said "in layers None"
+    and the JSON "layers_changed": [null] before (mypy found it)."""
+    for side, value in (("a", 0.0), ("b", 1.0)):
+        (tmp_path / side).mkdir()
+        data = np.full((2, 2), value, dtype="<f4").tobytes()
+        write_safetensors(tmp_path / side / "model.safetensors", [TensorBytes("embed.weight", "F32", (2, 2), data)])
+    report = run(tmp_path / "a", tmp_path / "b")
+    assert [t.status for t in report.tensors] == ["changed"]
+    assert report.main_stack is None
+    assert report.layers_changed() == []
+    summary = to_json(report)["summary"]
+    assert summary["layers_changed"] == [] and "layers" not in summary["text"]
 
 
 def test_added_removed_and_retyped(tmp_path):

@@ -182,7 +182,7 @@ def read_prompts(path: Path | None, add: Path | None = None) -> list[Prompt]:
 
 
 def _bundled_prompts() -> list[Prompt]:
-    raw = importlib.resources.files("surgeon").joinpath("_data", BUNDLED_PROMPTS).read_text("utf-8")
+    raw = (importlib.resources.files("surgeon") / "_data" / BUNDLED_PROMPTS).read_text("utf-8")
     prompts = _parse_prompts(raw, Path(BUNDLED_PROMPTS))
     return [replace(p, needs_template=p.messages is not None) for p in prompts]
 
@@ -367,7 +367,8 @@ def cache_read(cache_dir: Path | None, key: str, valid=None) -> dict | None:
         entry = parse_json(read_bounded(path, MAX_PROMPTS_BYTES), str(path))
     except SurgeonError:
         return None
-    return entry if (valid or _is_base_output)(entry) else None
+    # both validators want a dict; the isinstance says so to the type checker
+    return entry if isinstance(entry, dict) and (valid or _is_base_output)(entry) else None
 
 
 def _private(path: Path) -> bool:

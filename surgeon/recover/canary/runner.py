@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors import safe_open
@@ -118,7 +119,12 @@ def _from_pretrained(ckpt: Checkpoint, kwargs: dict):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(ckpt.root), output_loading_info=True, **kwargs)
+        # output_loading_info=True makes it a (model, loading info) pair, which transformers'
+        # return annotation (the model alone) leaves out
+        model, info = cast(
+            "tuple[Any, dict]",
+            AutoModelForCausalLM.from_pretrained(str(ckpt.root), output_loading_info=True, **kwargs),
+        )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SurgeonError(f"{ckpt.source}: cannot load the model ({first})") from None
@@ -211,10 +217,11 @@ class BaseOutputs:
         self.hits = len(prompts) - len(missing)
         if missing:
             model = model or CanaryModel(self.base, device=self.device, dtype=self.dtype, quant=self.quant)
-        for n in missing:
-            tokens = model.generate(ids[n], self.options.max_new_tokens)
-            found[n] = {"tokens": tokens, "nll": model.nll(ids[n], tokens)}
-            cache_write(self.cache_dir, keys[n], found[n])
+            for n in missing:
+                tokens = model.generate(ids[n], self.options.max_new_tokens)
+                entry = {"tokens": tokens, "nll": model.nll(ids[n], tokens)}
+                found[n] = entry
+                cache_write(self.cache_dir, keys[n], entry)
         # The self-check is keyed by the outputs themselves: an entry changed since it was
         # checked (tampered, or left by another version) is checked again.
         outputs = hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
