@@ -12,6 +12,7 @@ REQUIRED = [
     "surgeon/_data/demo/model/tokenizer.json",
     "surgeon/_data/demo/candidate/prune_manifest.json",
     "surgeon/tui/app.py",
+    "surgeon/tui/app.tcss",
     "surgeon/cli/main.py",
 ]
 AT_LEAST = {  # folder -> how many files it must hold

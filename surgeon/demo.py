@@ -59,7 +59,7 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         prompts, options, cache = read_prompts(DEMO_PROMPTS), CanaryOptions(), canary_cache_dir()
         measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, device="cpu", dtype="float32")
 
-        say(f"1. prune: 1 of 8 query heads in every layer of {base.name} (recon importance, lstsq heal)")
+        say("1. prune: 1 of 8 query heads in every layer of the tiny trained Gemma 4 (recon importance, lstsq heal)")
         result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all", calib=str(DEMO_TEXT)))
         say(f"   wrote {folder / 'pruned'}: layers {result.manifest['written']['layers_text']} changed")
 
@@ -68,12 +68,11 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         say(f"   {_quality_line(session.evaluate_plans([sorted(session.changed_layers)])[0].summary())}")
 
         say("3. canary: greedy generation of the pruned model against the base")
-        on_cpu = {"device": "cpu", "dtype": "float32", "cache_dir": cache}
-        before = run_canary(str(pruned), str(base), prompts, options, **on_cpu)
+        before = run_canary(str(pruned), str(base), prompts, options, device="cpu", dtype="float32", cache_dir=cache)
         show_canary(before)
 
         say(f"4. salvage --auto --max-kl {DEMO_MAX_KL}: the most layers within the budget, then the canary")
-        composed = ComposedCanary(base, pruned, prompts, options, **on_cpu)
+        composed = ComposedCanary(base, pruned, prompts, options, device="cpu", dtype="float32", cache_dir=cache)
         plan = budget_search(
             sorted(session.changed_layers),
             lambda plans: [report.summary() for report in session.evaluate_plans(plans)],
@@ -92,7 +91,10 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         say(f"   {_quality_line(plan.quality)}" if plan.quality else "   nothing kept")
 
         def canary_after(output: Path) -> dict:
-            return run_canary(str(output), str(base), prompts, options, **on_cpu).to_json()
+            report = run_canary(
+                str(output), str(base), prompts, options, device="cpu", dtype="float32", cache_dir=cache
+            )
+            return report.to_json()
 
         quality = {"how": "salvage --auto with a quality budget", "budget": {"max_kl": DEMO_MAX_KL}}
         _, manifest = salvage(

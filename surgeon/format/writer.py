@@ -283,7 +283,9 @@ def _write_shard(
             if hash_base or base_sha is None:
                 own = None if base_sha else hashlib.sha256()
                 _hash_range(source, info.start, info.end, [d for d in (own, base_digest if hash_base else None) if d])
-                base_sha = base_sha or own.hexdigest()
+                if not base_sha:
+                    assert own is not None  # made above whenever no hash was given
+                    base_sha = own.hexdigest()
             report.tensors[info.name] = {
                 "base_sha256": base_sha,
                 "sha256": _emit_replacement(ours[info.name], sources, emit),

@@ -127,7 +127,7 @@ def check_layer_count(ckpt: Checkpoint, stack: str | None = None) -> int | None:
     count = config_int(text_config(ckpt.config, stack), "num_hidden_layers")
     if stack is None or count is None:
         return count
-    last = max(p.layer for p in map(parse_name, ckpt.tensors) if p.stack == stack)
+    last = max(p.layer for p in map(parse_name, ckpt.tensors) if p.stack == stack and p.layer is not None)
     if count != last + 1:
         raise SurgeonError(f"{config_path(ckpt)}: num_hidden_layers is {count} but the checkpoint has layers 0-{last}")
     return count
@@ -139,7 +139,7 @@ def _decoder_stack(ckpt: Checkpoint) -> str | None:
         parsed = parse_name(name)
         if parsed.stack and "vision" not in parsed.stack and "audio" not in parsed.stack:
             counts[parsed.stack] = counts.get(parsed.stack, 0) + 1
-    return max(counts, key=counts.get) if counts else None
+    return max(counts, key=lambda name: counts[name]) if counts else None
 
 
 def _layer_spec(ckpt: Checkpoint, config: dict, stack: str, index: int, family: FamilySpec) -> LayerSpec:

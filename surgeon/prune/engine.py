@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -172,7 +173,7 @@ class _Run:
             check_stop(self.should_stop)
             result, tensors = self._layer(stream, spec, batches)
             workdir.save_layer(spec.index, asdict(result), tensors)
-            workdir.save_stream(spec.index + 1, [self._keep(b.hidden) for b in batches])
+            workdir.save_stream(spec.index + 1, [self._keep(cast(torch.Tensor, b.hidden)) for b in batches])
             results.append(result)
             del tensors
             if self.on_layer_done is not None:
@@ -303,9 +304,12 @@ class _Run:
             stream.trace(batch)
         results, start = self._saved_layers(workdir, len(batches))
         if start:
-            for batch, hidden in zip(batches, workdir.load_stream()[1], strict=True):
+            saved = workdir.load_stream()
+            assert saved is not None  # _saved_layers resumes only where the stream was saved
+            for batch, hidden in zip(batches, saved[1], strict=True):
                 batch.hidden = hidden
         for batch in batches:
+            assert batch.hidden is not None  # traced above
             batch.hidden = self._keep(batch.hidden.to(self.device))
         self._time("trace", started)
         return results, start

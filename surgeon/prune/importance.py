@@ -204,7 +204,8 @@ def _run(stream: LayerStream, layer: nn.Module, index: int, stack: _Stack, spec:
     if index != spec.index:
         return stream.run_layer(layer, index, stack.batch)
     rows = stack.batch.input_ids.shape[0] // len(stack.variants)
-    handle = layer.self_attn.o_proj.register_forward_pre_hook(_mask_copies(stack.variants, rows, spec.head_dim))
+    o_proj = layer.get_submodule("self_attn.o_proj")
+    handle = o_proj.register_forward_pre_hook(_mask_copies(stack.variants, rows, spec.head_dim))
     try:
         return stream.run_layer(layer, index, stack.batch)
     finally:
@@ -215,6 +216,7 @@ def _stack_nll(stream: LayerStream, stack: _Stack) -> list[float]:
     """Summed NLL over real tokens of each copy in the stack."""
     rows = stack.batch.input_ids.shape[0] // len(stack.variants)
     hidden = stack.batch.hidden
+    assert hidden is not None  # a stack is built from a traced batch, which has its stream
     copies = hidden.reshape(len(stack.variants), rows, *hidden.shape[1:])
     ids, mask = stack.batch.input_ids[:rows], stack.batch.attention_mask[:rows]
     return [_nll_sum(stream, h, ids, mask) for h in copies]
@@ -278,6 +280,7 @@ def stack_batch(batch: Batch, copies: int, layers: range, device: torch.device) 
 
     args = {i: (stacked(batch.layer_args[i][0]), stacked(batch.layer_args[i][1])) for i in layers}
     ids, mask = batch.input_ids.repeat(copies, 1), batch.attention_mask.repeat(copies, 1)
+    assert batch.hidden is not None  # only traced batches are stacked
     return Batch(ids, mask, stacked(batch.hidden.to(device)), args)
 
 

@@ -23,7 +23,7 @@ from surgeon.recover.manifest import MANIFEST_NAME, read_manifest
 SUMMARY_KEYS = ("tokens", "ppl_base", "ppl", "ppl_ratio", "kl_mean", "kl_p99", "top1")
 
 
-def recorded_quality(report) -> tuple[dict, str] | None:
+def recorded_quality(report) -> tuple[dict, str | None] | None:
     """(summary, text source) from the OTHER checkpoint's manifest, when it holds a valid
     quality record measured against exactly these bytes; None otherwise."""
     root = report.other.path  # the folder whose shards were just hashed
@@ -35,7 +35,7 @@ def recorded_quality(report) -> tuple[dict, str] | None:
         return None
     record = manifest.get("quality")
     summary = record.get("eval") if isinstance(record, dict) else None
-    if not _valid_summary(summary):
+    if not isinstance(record, dict) or not isinstance(summary, dict) or not _valid_summary(summary):
         return None
     text = record.get("text")
     source = text.get("source") if isinstance(text, dict) else None

@@ -109,7 +109,7 @@ def read_manifest(path: Path) -> dict | None:
         return None
     manifest = read_json_file(path)
     problem = manifest_problem(manifest)
-    if problem is not None:
+    if problem is not None or not isinstance(manifest, dict):  # manifest_problem says why
         raise SurgeonError(f"{path}: manifest is malformed ({problem})")
     return manifest
 

@@ -55,7 +55,7 @@ class PlanSearch:
     keep: list[int]
     steps: list[SearchStep] = field(default_factory=list)
     quality: dict | None = None  # the kept plan's eval summary (budget search)
-    layer_kl: dict[int, float] | None = None  # each changed layer's KL measured alone
+    layer_kl: dict[int, float | None] | None = None  # each changed layer's KL measured alone (None: not finite)
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,8 @@ def _input_hashes(base: Checkpoint, candidate: Checkpoint, cancel, progress) -> 
 def _changed_layers(base: Checkpoint, candidate: Checkpoint, hashes: dict) -> set[int]:
     """The layers where some tensor of the candidate differs from the base's."""
     base_sha, cand_sha = _tensor_sha(base, hashes), _tensor_sha(candidate, hashes)
-    return {parse_name(n).layer for n, sha in cand_sha.items() if base_sha.get(n) != sha} - {None}
+    layers = {parse_name(n).layer for n, sha in cand_sha.items() if base_sha.get(n) != sha}
+    return {layer for layer in layers if layer is not None}
 
 
 def _manifest(
@@ -319,7 +320,7 @@ def budget_search(layers: list[int], evaluate, budget: QualityBudget, *, canary_
         return passed
 
     keep: list[int] = []
-    layer_kl: dict[int, float] = {}
+    layer_kl: dict[int, float | None] = {}
     if layers and score([list(layers)], "all")[0] and confirmed(list(layers)):
         return PlanSearch(sorted(layers), steps, scored[tuple(sorted(layers))], None)
     if layers:  # over budget, or within it but failing the canary: rank the layers
