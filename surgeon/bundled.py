@@ -16,4 +16,7 @@ def bundled_path(*parts: str) -> Path:
     """surgeon/_data/PARTS as a file-system path (checkpoints are opened, and mapped, by path;
     a zip import is not supported). A file missing from a broken installation is reported
     by whoever opens it, in its own words ("no such checkpoint")."""
-    return Path(str(importlib.resources.files("surgeon").joinpath("_data", *parts)))
+    resource = importlib.resources.files("surgeon") / "_data"
+    for part in parts:  # one name per step: Python 3.10's Traversable.joinpath takes only one
+        resource = resource / part
+    return Path(str(resource))

@@ -15,6 +15,13 @@ class TokenizerError(SurgeonError):
     option = "tokenizer"
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, or its type's name when it says nothing: what a one-line
+    error quotes of a library's multi-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Cancelled(Exception):
     """Long work stopped because its cancellation event was set."""
 

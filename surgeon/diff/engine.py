@@ -11,17 +11,15 @@ from threadpoolctl import threadpool_limits
 
 from surgeon.diff.bytes import Pair, compare_bytes
 from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
+from surgeon.diff.statuses import FileStatus, ShardStatus, TensorStatus
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.hashcache import HashCache
 from surgeon.format.hashing import bytes_to_hash, default_workers, file_sha256, hash_shards
 from surgeon.format.safetensors import ShardHeader, TensorInfo
 from surgeon.model.geometry import AttentionGeometry, geometry_by_layer, head_axis
-from surgeon.model.names import parse_name
+from surgeon.model.names import main_stack, parse_name
 from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
-
-STATUSES = ("identical", "changed", "added", "removed", "retyped")
-SHARD_STATUSES = ("identical", "header-only", "changed", "added", "removed")
 
 
 @dataclass
@@ -49,7 +47,7 @@ class HeadReport:
 @dataclass
 class TensorDiff:
     name: str
-    status: str
+    status: TensorStatus
     base: TensorSide | None
     other: TensorSide | None
     stack: str | None
@@ -62,7 +60,7 @@ class TensorDiff:
 @dataclass
 class ShardDiff:
     name: str
-    status: str
+    status: ShardStatus
     sha256: list[str | None]
     size: list[int | None]
     tensors: int
@@ -78,7 +76,7 @@ class FileDiff:
     """A non-weight file beside the shards (config, index, tokenizer)."""
 
     name: str
-    status: str
+    status: FileStatus
     sha256: list[str | None]
 
 
@@ -225,6 +223,7 @@ def _tensor_statuses(base, other, sha_b, sha_o, equal) -> list[TensorDiff]:
     result = []
     for name in sorted(names, key=_natural_key):
         b, o = base.tensors.get(name), other.tensors.get(name)
+        status: TensorStatus
         if b is None:
             status = "added"
         elif o is None:
@@ -342,6 +341,7 @@ def _shard_diffs(base, other, tensors: list[TensorDiff], shard_sha) -> list[Shar
         found = [sha_b.get(name, (None, None)), sha_o.get(name, (None, None))]
         sha, source = [found[0][0], found[1][0]], [found[0][1], found[1][1]]
         size = [b.file_size if b else None, o.file_size if o else None]
+        status: ShardStatus
         if b is None or o is None:
             status = "added" if b is None else "removed"
             count = len((o or b).tensors)
@@ -404,6 +404,7 @@ def _file_diffs(base: Checkpoint, other: Checkpoint) -> list[FileDiff]:
             file_sha256(base.root / name) if name in names_b else None,
             file_sha256(other.root / name) if name in names_o else None,
         ]
+        status: FileStatus
         if sha[0] is None or sha[1] is None:
             status = "added" if sha[0] is None else "removed"
         else:
@@ -429,11 +430,7 @@ def _side_files(ckpt: Checkpoint) -> set[str]:
 
 
 def _main_stack(tensors: list[TensorDiff]) -> str | None:
-    counts: dict[str, int] = {}
-    for t in tensors:
-        if t.stack is not None:
-            counts[t.stack] = counts.get(t.stack, 0) + 1
-    return max(counts, key=counts.__getitem__) if counts else None
+    return main_stack(t.stack for t in tensors)
 
 
 def _layer_numbers(tensors: list[TensorDiff], stack: str | None) -> list[int]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from surgeon.diff.engine import SHARD_STATUSES, STATUSES, DiffReport, HeadReport, TensorDiff
+from surgeon.diff.engine import DiffReport, HeadReport, TensorDiff
+from surgeon.diff.statuses import SHARD_STATUSES, STATUSES
 from surgeon.model.names import layer_ranges
 
 SCHEMA = "surgeon.diff/1"

@@ -1,6 +1,6 @@
-"""The one style each diff status is shown in: by `surgeon diff` on a terminal and by the TUI.
+"""The closed sets of diff statuses, and the one style each is shown in: by `surgeon diff` on a terminal and by the TUI.
 
-A tensor's status (surgeon.diff.engine.STATUSES), a shard's (SHARD_STATUSES) and another
+A tensor's status (STATUSES below), a shard's (SHARD_STATUSES) and another
 file's are rich style strings here, so that a status reads the same wherever it is shown.
 Plain colours, no background: they stay readable on dark and on light terminals. "added" is
 bright blue, not blue: ANSI blue is hard to read on a dark background in many palettes
@@ -8,6 +8,15 @@ bright blue, not blue: ANSI blue is hard to read on a dark background in many pa
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
+
+# The closed sets of statuses (docs/diff-json.md): a tensor's, a shard file's, a side file's.
+TensorStatus = Literal["identical", "changed", "added", "removed", "retyped"]
+ShardStatus = Literal["identical", "header-only", "changed", "added", "removed"]
+FileStatus = Literal["identical", "changed", "added", "removed"]
+STATUSES: tuple[str, ...] = get_args(TensorStatus)
+SHARD_STATUSES: tuple[str, ...] = get_args(ShardStatus)
 
 STATUS_STYLE: dict[str, str] = {
     "identical": "green",

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, first_line
 from surgeon.format.safetensors import ShardHeader, TensorInfo, read_header
 from surgeon.jsonfile import read_json_file, read_json_object
 
@@ -88,8 +88,7 @@ def resolve_hub_repo(repo_id: str, revision: str | None) -> str:
     try:
         return snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS)
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SurgeonError(f"{repo_id}: cannot fetch from the Hub ({first_line})") from None
+        raise SurgeonError(f"{repo_id}: cannot fetch from the Hub ({first_line(exc)})") from None
 
 
 def _load_json(path: Path) -> object:

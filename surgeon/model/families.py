@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.model.geometry import check_config, config_int, layer_geometry, shown, text_config
-from surgeon.model.names import parse_name
+from surgeon.model.names import main_stack, parse_name
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,7 @@ def check_layer_count(ckpt: Checkpoint, stack: str | None = None) -> int | None:
 
 
 def _decoder_stack(ckpt: Checkpoint) -> str | None:
-    counts: dict[str, int] = {}
-    for name in ckpt.tensors:
-        parsed = parse_name(name)
-        if parsed.stack and "vision" not in parsed.stack and "audio" not in parsed.stack:
-            counts[parsed.stack] = counts.get(parsed.stack, 0) + 1
-    return max(counts, key=lambda name: counts[name]) if counts else None
+    return main_stack((parse_name(name).stack for name in ckpt.tensors), text_only=True)
 
 
 def _layer_spec(ckpt: Checkpoint, config: dict, stack: str, index: int, family: FamilySpec) -> LayerSpec:

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, first_line
 from surgeon.format.safetensors import TensorInfo
 from surgeon.model.names import parse_name
 from surgeon.text import inert
@@ -125,8 +125,7 @@ def config_error(exc: BaseException, where: str) -> SurgeonError | None:
     if not any(cls.__name__ == "StrictDataclassError" for cls in type(exc).__mro__):
         return None
     field = re.search(r"field '([^']{1,100})'", str(exc))
-    cause = str(exc.__cause__ if exc.__cause__ is not None else exc).strip()
-    first = cause.splitlines()[0] if cause else type(exc).__name__
+    first = first_line(exc.__cause__ if exc.__cause__ is not None else exc)
     first = inert(first if len(first) <= 200 else first[:197] + "...")
     return SurgeonError(f"{where}: {inert(field[1]) + ' is not valid' if field else 'not valid'} ({first})")
 

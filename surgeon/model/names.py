@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Collection
+from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from itertools import islice
 
@@ -167,3 +168,10 @@ def few_ranges(numbers: list[int], parts: int = 6) -> str:
 def _quote(text: str, limit: int = 40) -> str:
     """The user's spec in a message, cut so that a pasted megabyte stays one line."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def main_stack(stacks: Iterable[str | None], *, text_only: bool = False) -> str | None:
+    """The layer stack most tensors belong to (the decoder's, in a model that also has a
+    vision tower), or None; text_only leaves vision and audio stacks out."""
+    counts = Counter(s for s in stacks if s is not None and not (text_only and ("vision" in s or "audio" in s)))
+    return max(counts, key=counts.__getitem__) if counts else None

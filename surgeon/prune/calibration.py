@@ -17,7 +17,7 @@ import importlib.resources
 import json
 from pathlib import Path
 
-from surgeon.errors import SurgeonError, TokenizerError
+from surgeon.errors import SurgeonError, TokenizerError, first_line
 from surgeon.jsonfile import parse_json, read_bounded
 from surgeon.model.geometry import config_error
 
@@ -183,7 +183,7 @@ def load_tokenizer(path: Path):
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise tokenizer_error(f"{path}: cannot load a tokenizer ({first})") from None
     except Exception as exc:  # AutoTokenizer reads config.json too, and transformers checks its values
         error = config_error(exc, str(folder / "config.json"))
@@ -222,7 +222,7 @@ def load_dataset_corpus(spec: str, max_chars: int) -> tuple[list[str], dict]:
     try:
         data = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # datasets raises many types (ConnectionError offline, ValueError, FileNotFoundError)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SurgeonError(f"calibration dataset {spec!r}: cannot load it ({first[:200]})") from None
     column = _text_column(data, spec)
     texts, total = [], 0

@@ -52,8 +52,6 @@ from surgeon.prune.threads import use_cpu_threads
 from surgeon.prune.workdir import Workdir
 from surgeon.recover.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
 
-TORCH_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
-
 
 @dataclass
 class LayerResult:

@@ -880,7 +880,7 @@ def test_the_cli_and_the_tui_show_each_status_in_one_style():
     from surgeon.tui import views
 
     from surgeon.diff import render_terminal, statuses
-    from surgeon.diff.engine import SHARD_STATUSES, STATUSES
+    from surgeon.diff.statuses import SHARD_STATUSES, STATUSES
 
     assert render_terminal.STATUS_STYLE is statuses.STATUS_STYLE and views.STATUS_STYLE is statuses.STATUS_STYLE
     assert set(STATUSES) | set(SHARD_STATUSES) <= set(statuses.STATUS_STYLE)

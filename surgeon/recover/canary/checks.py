@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from surgeon.atomic import write_text_atomic
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, first_line
 from surgeon.format.hashcache import user_cache_dir
 from surgeon.jsonfile import parse_json, read_bounded
 from surgeon.options import option
@@ -268,7 +268,7 @@ def _chat_ids(tokenizer, prompt: Prompt) -> list[int]:
     try:
         ids = tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True)
     except (TemplateError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SurgeonError(f"{where}: the chat template failed on {prompt.label} ({first[:200]})") from None
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, first_line
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir
 from surgeon.format.hashing import hash_shards
@@ -126,7 +126,7 @@ def _from_pretrained(ckpt: Checkpoint, kwargs: dict):
             AutoModelForCausalLM.from_pretrained(str(ckpt.root), output_loading_info=True, **kwargs),
         )
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SurgeonError(f"{ckpt.source}: cannot load the model ({first})") from None
     except Exception as exc:
         raise _load_error(exc, ckpt) from None
