@@ -776,11 +776,16 @@ def test_usable_at_80x24():
     run_app(flow, size=(80, 24))
 
 
-def screenshot(app) -> str:
+async def screenshot(app, pilot) -> str:
     """The screen as an SVG, the same bytes on every run: the notifications go first, since
-    they time out on the wall clock. Nothing else needs normalising: a screen rendered twice
-    gives the same SVG (its ids are hashes of its content), checked on these six screens."""
+    they time out on the wall clock, and the layout they leave settles before the shot (in
+    CI, under load, a shot taken at once caught a scrollbar of the layout in between).
+    Nothing else needs normalising: a screen rendered twice gives the same SVG (its ids are
+    hashes of its content), checked on these six screens."""
     app.clear_notifications()
+    await pilot.wait_for_scheduled_animations()
+    for _ in range(3):
+        await pilot.pause()
     return app.export_screenshot()
 
 
@@ -813,14 +818,14 @@ def test_screenshots(tmp_path, monkeypatch, size):
     shots = {}
 
     async def flow(app, pilot):
-        shots[f"overview-{tag}"] = screenshot(app)
+        shots[f"overview-{tag}"] = await screenshot(app, pilot)
         await pilot.press("3")
         await pilot.press("slash", *"4-7", "enter", "escape")
         await pilot.pause()
-        shots[f"plan-{tag}"] = screenshot(app)
+        shots[f"plan-{tag}"] = await screenshot(app, pilot)
         await pilot.press("c")
         await settle(app, pilot)
-        shots[f"canary-{tag}"] = screenshot(app)
+        shots[f"canary-{tag}"] = await screenshot(app, pilot)
 
     run_app(flow, size=size)
     assert list(shots) == [f"{name}-{tag}" for name in ("overview", "plan", "canary")]
