@@ -405,7 +405,7 @@ SURGEON_CASES = ("cold", "warm", "nohash")
 def one_round(base: Path, other: Path, files: list[Path], scratch: Path, number: int) -> dict[str, Run]:
     """Each approach once. The cold run gets a fresh, empty cache; the warm one reuses it."""
     surgeon = surgeon_command()
-    diff = [surgeon, "diff", str(base), str(other), "--json", "--quiet"]
+    diff = [surgeon, "diff", str(base), str(other), "--json", "--no-progress"]
     cache = scratch / f"cache-{number}"
     me = [sys.executable, str(Path(__file__).resolve())]
     commands = {

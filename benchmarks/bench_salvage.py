@@ -70,7 +70,17 @@ def run_size(size_gb: float, repeat: int, data_root: Path) -> bool:
     with tempfile.TemporaryDirectory(dir=data_dir) as scratch:
         cache = Path(scratch) / "cache"
         measure(
-            [surgeon_command(), "diff", str(base), str(base), "--json", "--no-stats", "-q", "--cache-dir", str(cache)]
+            [
+                surgeon_command(),
+                "diff",
+                str(base),
+                str(base),
+                "--json",
+                "--no-stats",
+                "--no-progress",
+                "--cache-dir",
+                str(cache),
+            ]
         )
         rounds = [one_round(base, other, Path(scratch), cache) for _ in range(repeat)]
     written = rounds[0]["manifest"]["written"]

@@ -25,6 +25,7 @@ from markdown_it import MarkdownIt
 from rich.console import Console
 
 from surgeon.cli.main import main
+from surgeon.diff.render_markdown import HASHES_CLOSE, HASHES_OPEN
 from surgeon.text import inert, inert_lines, markup_safe, md_code, md_text
 from tests.helpers import BASE, make_variant
 
@@ -187,7 +188,9 @@ def test_markdown_card_keeps_its_shape_with_hostile_names(hostile):
     card = result.stdout
     assert not any(char in card for char in RAW)
     tokens = parse(card)
-    assert not [t for t in tokens if t.type in ("html_block", "html_inline")]
+    assert [t.content for t in tokens if t.type == "html_block"] == [
+        "\n".join(block) + "\n" for block in (HASHES_OPEN, HASHES_CLOSE)
+    ]
     assert not [c for t in tokens for c in t.children or [] if c.type in ("html_inline", "link_open")]
     headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
     assert headings == ["What's actually different from base", "SHA256 evidence"]

@@ -54,6 +54,12 @@ from surgeon.text import inert
 # layer alone are scored in seconds on a tiny model (30 s for 9 plans of the 8-layer demo at
 # 2048 tokens on a busy 2-core CPU) and in minutes on a 135M one; `surgeon eval` does more.
 EVAL_TOKENS = 2048
+# What a cancelled job leaves, after "<job> cancelled"; a write or prune cleans up after itself.
+CANCELLED = {
+    "write": "; nothing was written",
+    "prune": "; nothing was written",
+    "hashing": ": the pair is not compared (r hashes again)",
+}
 # What the TUI adds to an engine error that another option would fix (the CLI adds "; pass --x").
 TUI_HINTS = {"tokenizer": "\n\nStart the TUI with `surgeon tui --tokenizer DIR` to use another tokenizer."}
 
@@ -212,12 +218,14 @@ class SurgeonApp(App):
 
     def _job_failed(self, job: Job, error: BaseException | None) -> None:
         if isinstance(error, Cancelled):
-            self.notify(f"{job.name} cancelled; nothing was written", timeout=4)
-        elif isinstance(error, SurgeonError):
-            hint = TUI_HINTS.get(error.option, "")
-            self.show_error(f"{job.name} failed", str(error) + hint)
+            self.notify(f"{job.name} cancelled{CANCELLED.get(job.name, '')}", timeout=4)
+            return
+        # A canary or eval that ends in an error never ran its checks: it did not "fail" them.
+        title = f"{job.name} {'failed' if job.name in ('write', 'prune') else 'could not run'}"
+        if isinstance(error, SurgeonError):
+            self.show_error(title, str(error) + TUI_HINTS.get(error.option, ""))
         else:
-            self.show_error(f"{job.name} failed", f"{type(error).__name__}: {error}")
+            self.show_error(title, f"{type(error).__name__}: {error}")
 
     def _draw_job(self) -> None:
         """Now, not at the bar's next tick: a job that starts or ends shows at once."""
@@ -238,8 +246,18 @@ class SurgeonApp(App):
             self.notify("Still hashing the checkpoints", severity="warning")
         return self.report is not None
 
+    def _need_folders(self, action: str) -> bool:
+        """The canary, eval, write and prune read whole checkpoints; a pair of single
+        .safetensors files is only compared (the Overview, Tensors and Plan tabs work)."""
+        files = [path.name for path in (self.base, self.candidate) if path.is_file()]
+        if files:
+            message = f"{action} needs checkpoint folders; {', '.join(files)}: a single file is only compared"
+            self.notify(inert(message), severity="error", timeout=6, markup=False)
+        return not files
+
     def toggle_layer(self, layer: int) -> None:
-        self._plan_change(lambda: self.plan.toggle(layer))
+        """A toggle that changes nothing (an identical layer) says so in a toast, not a dialog."""
+        self._plan_change(lambda: self.plan.toggle(layer), quiet=True)
 
     def plan_range(self, how: str, spec: str) -> None:
         if not spec.strip():
@@ -260,20 +278,23 @@ class SurgeonApp(App):
             self.notify("Nothing to redo", timeout=2)
         self.refresh_plan()
 
-    def _plan_change(self, change) -> None:
+    def _plan_change(self, change, quiet: bool = False) -> None:
         if not self._need_report():
             return
         try:
             change()
         except SurgeonError as exc:
-            self.show_error("Plan not changed", str(exc))
+            if quiet:
+                self.notify(inert(exc), title="Plan not changed", severity="warning", timeout=4, markup=False)
+            else:
+                self.show_error("Plan not changed", str(exc))
             return
         self.refresh_plan()
 
     # --- canary -------------------------------------------------------------------------
 
     def action_canary(self) -> None:
-        if not self._need_report():
+        if not (self._need_report() and self._need_folders("the canary")):
             return
         self.action_show_tab("canary")
         key = self.plan_key()
@@ -289,7 +310,7 @@ class SurgeonApp(App):
     def action_auto_plan(self) -> None:
         """salvage --auto in memory: the largest set of changed layers whose canary passes,
         by bisection over prefixes and then greedy addition; the answer becomes the plan."""
-        if not self._need_report():
+        if not (self._need_report() and self._need_folders("the auto plan")):
             return
         self.action_show_tab("canary")
 
@@ -314,7 +335,7 @@ class SurgeonApp(App):
     def action_eval(self) -> None:
         """Teacher-forced eval of the current plan against the base, and (once per pair) of
         each changed layer alone: which layers cost quality. In memory; nothing is written."""
-        if not self._need_report():
+        if not (self._need_report() and self._need_folders("the eval")):
             return
         key = self.plan_key()
         if key in self.eval_reports and self.layer_kl is not None:
@@ -375,7 +396,7 @@ class SurgeonApp(App):
     def action_budget_plan(self) -> None:
         """Auto plan by a quality budget: the largest set of changed layers whose composed
         model stays within the budget on the eval text, confirmed by the canary."""
-        if self._need_report():
+        if self._need_report() and self._need_folders("the budget plan"):
             self.push_screen(BudgetDialog(), self._budget_chosen)
 
     def _budget_chosen(self, limits) -> None:
@@ -416,7 +437,7 @@ class SurgeonApp(App):
     # --- write --------------------------------------------------------------------------
 
     def action_write(self) -> None:
-        if not self._need_report():
+        if not (self._need_report() and self._need_folders("write")):
             return
         summary = self.plan.summary()
         if summary.problems:
@@ -495,6 +516,9 @@ class SurgeonApp(App):
     # --- prune --------------------------------------------------------------------------
 
     def action_prune(self) -> None:
+        """Checks the Prune tab's options, then asks, naming the folder it will write."""
+        if not self._need_folders("prune"):
+            return
         pane = self.query_one(PrunePane)
         num_layers = self.plan.num_layers if self.plan else None
         try:
@@ -502,6 +526,20 @@ class SurgeonApp(App):
         except SurgeonError as exc:
             self.show_error("Prune options", str(exc))
             return
+        question = (
+            f"Prune {self.base.name} into a new folder:\n{output}\n\nfraction {options.prune_frac:g}, "
+            f"layers {options.layers}, importance {options.importance}, heal {options.heal}."
+        )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._start_prune(pane, options, output)
+            else:
+                self.notify("Prune not started; nothing was written", timeout=3)
+
+        self.push_screen(ConfirmDialog(question, "Start prune", "Cancel"), answered)
+
+    def _start_prune(self, pane: PrunePane, options, output: Path) -> None:
         base = self.base
 
         def work(job: Job):

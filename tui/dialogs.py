@@ -10,7 +10,7 @@ from rich.text import Text
 from surgeon.tui.tabs import TABS
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen, ScreenResultType
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Markdown, Static
 
@@ -27,7 +27,10 @@ def plain(message: str | Text) -> Text:
 
 
 class Dialog(ModalScreen[ScreenResultType]):
-    """A modal box (`#dialog`) over the dimmed app: a title, a body, buttons on the right."""
+    """A modal box (`#dialog`) over the dimmed app: a title, a body, buttons on the right.
+
+    `#dialog` scrolls and its buttons are docked at its bottom: on a short screen (80x24) the
+    body scrolls and the buttons stay in sight (they were drawn below the screen's edge)."""
 
     DEFAULT_CSS = """
     Dialog { align: center middle; }
@@ -37,8 +40,7 @@ class Dialog(ModalScreen[ScreenResultType]):
     }
     #dialog.error { border: thick $error; }
     #dialog-title { text-style: bold; padding-bottom: 1; }
-    #dialog-body { height: auto; max-height: 16; }
-    #dialog-buttons { height: 3; align: right middle; }
+    #dialog-buttons { height: 3; align: right middle; dock: bottom; }
     #dialog-buttons Button { margin-left: 1; }
     """
 
@@ -53,10 +55,9 @@ class MessageDialog(Dialog[None]):
         self.title_text, self.body, self.error = title, body, error
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog", classes="error" if self.error else ""):
+        with VerticalScroll(id="dialog", classes="error" if self.error else ""):
             yield Label(plain(self.title_text), id="dialog-title")
-            with VerticalScroll(id="dialog-body"):
-                yield Static(plain(self.body), id="dialog-text")
+            yield Static(plain(self.body), id="dialog-text")
             with Horizontal(id="dialog-buttons"):
                 yield Button("OK", id="ok", variant="primary")
         yield Footer()
@@ -76,7 +77,7 @@ class ConfirmDialog(Dialog[bool]):
         self.question, self.yes_label, self.no_label = question, yes, no
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        with VerticalScroll(id="dialog", can_focus=False):
             yield Static(plain(self.question), id="dialog-text")
             with Horizontal(id="dialog-buttons"):
                 yield Button(self.yes_label, id="yes", variant="error")
@@ -100,7 +101,8 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
     """Where to write the current plan, with what it will write; returns (path, replace)."""
 
     DEFAULT_CSS = """
-    #write-description { padding-bottom: 1; }
+    #write-description-box { height: auto; max-height: 7; margin-bottom: 1; }
+    #write-replace { width: 1fr; }
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -109,13 +111,16 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
         self.default_output, self.description, self.inputs = default_output, description, inputs
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        # The plan's description scrolls in its own box, so that at 80x24 the folder box, the
+        # checkbox and the buttons (one row) are in sight without scrolling the dialog.
+        with VerticalScroll(id="dialog", can_focus=False):
             yield Label("Write the rollback plan", id="dialog-title")
-            yield Static(self.description, id="write-description")
+            with VerticalScroll(id="write-description-box", can_focus=False):
+                yield Static(self.description, id="write-description")
             yield Label("Output folder")
             yield Input(str(self.default_output), id="write-output")
-            yield Checkbox("Replace the folder if it exists", id="write-replace")
             with Horizontal(id="dialog-buttons"):
+                yield Checkbox("Replace if it exists", id="write-replace")
                 yield Button("Write", id="write", variant="success")
                 yield Button("Cancel", id="cancel")
         yield Footer()
@@ -173,7 +178,7 @@ class BudgetDialog(Dialog["tuple[float | None, float | None] | None"]):
         self.max_kl = max_kl
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        with VerticalScroll(id="dialog", can_focus=False):
             yield Label("Auto plan by quality budget", id="dialog-title")
             yield Static(
                 "Keep the largest set of changed layers whose composed model stays within the budget "
@@ -252,6 +257,7 @@ layers to keep, check the choice with the canary, and write it.
 | `a` | auto plan: the largest set of changed layers that passes the canary |
 | `e` | eval the plan against the base (perplexity ratio, KL, top-1), and each changed layer alone |
 | `w` | write the plan to a folder, then verify it |
+| `p` | on the Prune tab: start a prune (it asks first, naming the output folder) |
 | `x` | cancel the running job |
 | `r` | hash and compare the pair again (after a cancelled hashing, say) |
 | `enter` | on a tensor: its hashes, stats and heads |
@@ -278,7 +284,11 @@ class HelpScreen(Dialog[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="dialog"):
             yield Markdown(HELP, id="help-text")
+            yield from close_button()
         yield Footer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
 
     async def action_dismiss(self, result=None) -> None:
         self.dismiss(None)
@@ -295,10 +305,20 @@ class TensorDetail(Dialog[None]):
         with VerticalScroll(id="dialog"):
             yield Label(Text(inert(self.tensor.name)), id="dialog-title")
             yield Static(tensor_detail(self.tensor), id="tensor-detail")
+            yield from close_button()
         yield Footer()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(None)
 
     async def action_dismiss(self, result=None) -> None:
         self.dismiss(None)
+
+
+def close_button() -> ComposeResult:
+    """A dialog's one button: for the mouse, and to show that the box closes (the keys are in the footer)."""
+    with Horizontal(id="dialog-buttons"):
+        yield Button("Close", id="close", variant="primary")
 
 
 def tensor_detail(t) -> Table:

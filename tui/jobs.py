@@ -127,5 +127,11 @@ class JobBar(Horizontal):
         if job is None:
             return
         state = job.progress.snapshot()
-        self.query_one("#job-label", Label).update(f"{job.name}: {state.description}")
+        self.query_one("#job-label", Label).update(job_label(job.name, state.description))
         self.query_one("#job-progress", ProgressBar).update(total=state.total or None, progress=state.done)
+
+
+def job_label(name: str, phase: str) -> str:
+    """ "canary: loading models", or the name alone while the phase only repeats it (a job
+    starts in a phase named after itself, and the diff's first phase is "hashing" too)."""
+    return name if phase in ("", name) else f"{name}: {phase}"

@@ -85,16 +85,20 @@ class OverviewPane(Vertical):
     #summary { height: auto; padding: 0 1; }
     .section { padding: 0 1; text-style: bold; }
     #overview-body { height: 1fr; }
+    #map-column { height: 1fr; min-height: 6; }
     #layer-map { height: 1fr; min-height: 5; }
     #shard-panel { height: auto; }
     #shards { height: auto; max-height: 7; }
     #files { height: auto; max-height: 5; }
+    .map-legend { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     def compose(self) -> ComposeResult:
         yield Static("Hashing both checkpoints...", id="summary")
         with Container(id="overview-body"):
-            yield LayerMap(id="layer-map")
+            with Vertical(id="map-column"):
+                yield LayerMap(id="layer-map")
+                yield Static(views.map_legend(), id="map-legend", classes="map-legend")
             with Vertical(id="shard-panel"):
                 yield Label("Shard files", classes="section")
                 yield DataTable(id="shards", cursor_type="row")
@@ -254,6 +258,7 @@ class PlanPane(Vertical):
     #plan-controls { height: 3; }
     #plan-range { width: 1fr; }
     #plan-map { height: 1fr; }
+    #plan-legend { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
     RANGE_BUTTONS = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
 
@@ -275,6 +280,7 @@ class PlanPane(Vertical):
             yield Button("Keep", id="plan-restore")
             yield Button("Keep only", id="plan-keep-only")
         yield LayerMap(kl_column=True, id="plan-map")
+        yield Static(views.map_legend(), id="plan-legend")
 
     def show(self, rows: list[views.LayerRow], summary, candidate_name: str, plan_eval=None, layer_kl=None) -> None:
         """`plan_eval`: this plan's eval summary, None when not evaluated; `layer_kl`: each
@@ -352,6 +358,10 @@ HEAL_CHOICES = [(name, name) for name in HEALS]
 
 
 class PrunePane(VerticalScroll):
+    """The prune's options and its progress. It starts from the Start button or p, and the app
+    asks first, naming the output folder; Enter in a field only moves to the next field (it
+    used to start a prune with no question asked)."""
+
     DEFAULT_CSS = """
     .form-row { height: 3; }
     .form-label { width: 11; padding: 1 1 0 0; text-align: right; }
@@ -360,8 +370,10 @@ class PrunePane(VerticalScroll):
     #prune-progress { height: auto; min-height: 4; }
     """
 
+    BINDINGS = [Binding("p", "start", "Start prune")]
+
     class PruneSubmitted(Message):
-        """Prune the base with the form's options (`request` checks them)."""
+        """Prune the base with the form's options (`request` checks them, the app confirms)."""
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
@@ -377,7 +389,7 @@ class PrunePane(VerticalScroll):
         with Horizontal(classes="form-row"):
             yield Label("output", classes="form-label")
             yield Input("", placeholder="empty: a new <base>-pruned folder here", id="prune-output")
-            yield Button("Prune base", id="prune-run", variant="primary")
+            yield Button("Start prune (p)", id="prune-run", variant="primary")
         yield DataTable(id="prune-progress", cursor_type="row")
 
     def on_mount(self) -> None:
@@ -389,10 +401,13 @@ class PrunePane(VerticalScroll):
         if event.button.id == "prune-run":
             self.post_message(self.PruneSubmitted())
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        """Enter in any field starts the prune; keys then go to the progress table, not the box."""
-        self.query_one("#prune-progress", DataTable).focus()
+    def action_start(self) -> None:
         self.post_message(self.PruneSubmitted())
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a field goes on to the next one: a stray Enter starts nothing."""
+        event.stop()
+        self.screen.focus_next()
 
     def form(self) -> dict:
         return {

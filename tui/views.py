@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
+from surgeon.diff.engine import natural_key
 from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.text import inert, inert_lines
 
@@ -22,6 +23,16 @@ CELL = {
     "absent": (" ", ""),
 }
 SOURCE_STYLE = {"candidate": "yellow", "base": "cyan", "identical": "dim"}
+LEGEND_WORDS = {"identical": "identical", "changed": "changed", "heads": "heads zeroed", "rolled back": "rolled back"}
+
+
+def map_legend() -> Text:
+    """The map's symbols in one line under it (76 columns: it fits 80), drawn from CELL."""
+    text = Text()
+    for state, words in LEGEND_WORDS.items():
+        mark, style = CELL[state]
+        text.append(mark, style=style).append(f" {words}  ", style="dim")
+    return text.append("blank: no such tensor", style="dim")
 
 
 def map_column(family: str) -> str:
@@ -132,11 +143,12 @@ def tensor_cells(t, from_candidate: set[str]) -> list:
 TENSOR_COLUMNS = ("name", "layer", "status", "plan", "relative", "base", "candidate", "shape", "dtype", "family")
 
 
+# natural_key: layer 2 before layer 10, in the same order as `surgeon diff` lists them.
 TENSOR_SORTS = {
-    "name": lambda t: t.name,
-    "layer": lambda t: (t.layer is None, t.layer or 0, t.name),
-    "status": lambda t: (t.status, t.name),
-    "relative": lambda t: (-(relative(t) or 0.0), t.name),
+    "name": lambda t: natural_key(t.name),
+    "layer": lambda t: (t.layer is None, t.layer or 0, natural_key(t.name)),
+    "status": lambda t: (t.status, natural_key(t.name)),
+    "relative": lambda t: (-(relative(t) or 0.0), natural_key(t.name)),
 }
 
 

@@ -121,7 +121,7 @@ def handle_errors(func):
             click.echo("surgeon: terminated", err=True)
             sys.exit(128 + exc.args[0])
         except SurgeonError as exc:
-            _fail(str(exc) + (f"; pass --{exc.option}" if exc.option else ""), debug)
+            _fail(str(exc) + _hint(ctx.command, exc.option), debug)
         except (Cancelled, KeyboardInterrupt):
             click.echo("surgeon: interrupted", err=True)
             sys.exit(130)
@@ -174,6 +174,14 @@ def render_rich(draw, output) -> str:
     return buffer.getvalue()
 
 
+def _hint(command: click.Command, option: str | None) -> str:
+    """ "; pass --OPTION" where this command has that option: `surgeon tui` on a Hub id that
+    is not cached has no --download to pass."""
+    if option and any(f"--{option}" in param.opts for param in command.params if isinstance(param, click.Option)):
+        return f"; pass --{option}"
+    return ""
+
+
 output_option = click.option(
     "-o",
     "--output",
@@ -181,3 +189,10 @@ output_option = click.option(
     help="Write the report to FILE (atomically) instead of stdout.",
 )
 force_option = click.option("--force", is_flag=True, help="Replace an existing --output file.")
+# A Hub id comes from the local Hugging Face cache; fetching one (maybe many GB) is asked for.
+download_option = click.option(
+    "--download",
+    is_flag=True,
+    help="Fetch a Hub id that is not in the local Hugging Face cache: its headers and file hashes, "
+    "then its safetensors, index, config and tokenizer files.",
+)

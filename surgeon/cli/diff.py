@@ -14,6 +14,7 @@ from surgeon.cli.common import (
     EXIT_DIFFERENT,
     EXIT_SAME,
     check_output,
+    download_option,
     emit,
     force_option,
     handle_errors,
@@ -26,11 +27,12 @@ from surgeon.diff.inspection import inspect_json
 from surgeon.diff.render_inspection import render_inspect
 from surgeon.diff.render_markdown import render_markdown
 from surgeon.diff.render_terminal import render_terminal
-from surgeon.diff.report import to_json
+from surgeon.diff.report import summary_line, to_json
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.checkpoint import open_checkpoint, open_pair
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.quality.record import recorded_quality
+from surgeon.text import inert
 
 
 @click.command()
@@ -38,6 +40,7 @@ from surgeon.quality.record import recorded_quality
 @click.argument("other")
 @click.option("--base-revision", help="Hub revision of BASE (branch, tag or commit).")
 @click.option("--other-revision", help="Hub revision of OTHER.")
+@download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.diff/1).")
 @click.option("--markdown", is_flag=True, help="Print the model-card sections as Markdown.")
 @click.option("--no-hash", is_flag=True, help="Compare bytes without SHA256 (statuses only, faster).")
@@ -50,7 +53,14 @@ from surgeon.quality.record import recorded_quality
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the hash cache.")
 @click.option("--workers", type=click.IntRange(1, 256), help="Threads for hashing (default: all cores).")
 @click.option("-v", "--verbose", is_flag=True, help="List every differing tensor.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Like diff -q: no report, only the exit status, and the one summary line when they differ "
+    "(nothing when identical). Skips the numeric stats; no progress bar.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar (it goes to stderr, on a terminal only).")
 @output_option
 @force_option
 @handle_errors
@@ -59,29 +69,54 @@ def diff(
 ) -> None:
     """Compare two checkpoints tensor by tensor.
 
-    BASE and OTHER are checkpoint folders, .safetensors files or Hub repo ids. Exit status:
-    0 identical, 1 different, 2 trouble.
+    BASE and OTHER are checkpoint folders, .safetensors files or Hub repo ids (from the local
+    Hugging Face cache; --download fetches one that is not there). Exit status: 0 identical,
+    1 different, 2 trouble.
     """
     if as_json and markdown:
         raise SurgeonError("--json and --markdown are exclusive: pick one")
-    base_ckpt = open_checkpoint(base, base_revision)
-    other_ckpt = open_checkpoint(other, other_revision)
+    _check_quiet(kw, as_json, markdown)
+    progress = progress_for(kw["quiet"] or kw["no_progress"])
+    # --download: a Hub side is compared by hashes and headers (one line on stderr), then fetched
+    base_ckpt, other_ckpt = open_pair(
+        base,
+        other,
+        base_revision,
+        other_revision,
+        download=kw["download"],
+        cache_dir=None if no_cache else (cache_dir or hash_cache_dir()),
+        say=None if kw["quiet"] else functools.partial(click.echo, err=True),
+        progress=progress,
+    )
     check_output(kw["output"], kw["force"], [base_ckpt, other_ckpt])
     options = DiffOptions(
         hash=not no_hash,
         cache_dir=None if no_cache else (cache_dir or hash_cache_dir()),
-        stats=not no_stats,
+        stats=not (no_stats or kw["quiet"]),  # the summary line needs no stats
         workers=kw["workers"],
         # Markdown's SHA256s are evidence for a model card: hashed from the bytes, never taken
         # from the stat cache or a blob's name (both are trusted for speed only).
         trust_cache=not markdown,
         trust_blob_names=not markdown,
     )
-    report = diff_checkpoints(
-        base_ckpt, other_ckpt, options, progress=progress_for(kw["quiet"]), cancel=threading.Event()
-    )
-    emit(_render_diff(report, as_json, markdown, kw["verbose"], kw["output"]), kw["output"], kw["force"])
+    report = diff_checkpoints(base_ckpt, other_ckpt, options, progress=progress, cancel=threading.Event())
+    if kw["quiet"]:
+        emit("" if report.identical else inert(summary_line(report)) + "\n", None, False)
+    else:
+        emit(_render_diff(report, as_json, markdown, kw["verbose"], kw["output"]), kw["output"], kw["force"])
     sys.exit(EXIT_SAME if report.identical else EXIT_DIFFERENT)
+
+
+def _check_quiet(kw: dict, as_json: bool, markdown: bool) -> None:
+    """-q prints no report, so an option that shapes one contradicts it (git diff --quiet
+    would drop it silently; an error says the report the user asked for is not coming)."""
+    if not kw["quiet"]:
+        return
+    asked = [flag for flag, on in (("--json", as_json), ("--markdown", markdown), ("--verbose", kw["verbose"])) if on]
+    if kw["output"] is not None:
+        asked.append("--output")
+    if asked:
+        raise SurgeonError(f"--quiet prints no report, so {asked[0]} has nothing to show: drop one of them")
 
 
 def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -> str:
@@ -95,14 +130,15 @@ def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -
 @click.command()
 @click.argument("checkpoint")
 @click.option("--revision", help="Hub revision (branch, tag or commit).")
+@download_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema surgeon.inspect/1).")
 @click.option("-v", "--verbose", is_flag=True, help="List every tensor.")
 @output_option
 @force_option
 @handle_errors
-def inspect(checkpoint, revision, as_json, verbose, output, force) -> None:
+def inspect(checkpoint, revision, download, as_json, verbose, output, force) -> None:
     """List a checkpoint's tensors, shards, metadata and parameter counts from its headers."""
-    ckpt = open_checkpoint(checkpoint, revision)
+    ckpt = open_checkpoint(checkpoint, revision, download=download)
     check_output(output, force, [ckpt])
     data = inspect_json(ckpt)
     if as_json:

@@ -55,9 +55,14 @@ def _layer_fracs(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[int, floa
 @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
 @quality_options(default_tokens=8192)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Quiet: no progress bar and no table, only the line saying what was written."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar (it goes to stderr, on a terminal only).")
 @handle_errors
-def prune(base, output, workdir, force, durable, run_eval, eval_text, eval_tokens, as_json, quiet, **kw) -> None:
+def prune(
+    base, output, workdir, force, durable, run_eval, eval_text, eval_tokens, as_json, quiet, no_progress, **kw
+) -> None:
     """Remove attention heads from BASE (mask mode) and heal o_proj, one layer at a time."""
     # Deferred: the engine imports torch, which --help and the light install do without.
     from surgeon.prune.engine import prune as run_prune
@@ -70,18 +75,18 @@ def prune(base, output, workdir, force, durable, run_eval, eval_text, eval_token
         options,
         workdir=workdir,
         force=force,
-        progress=progress_for(quiet),
+        progress=progress_for(quiet or no_progress),
         cancel=threading.Event(),
         durable=durable,
         on_warning=warn,
     )
     if run_eval:
         eval_options = eval_settings(eval_text, eval_tokens, options.device, options.dtype, options.tokenizer)
-        result.manifest = record_quality(result.output, base, eval_options, quiet)
+        result.manifest = record_quality(result.output, base, eval_options, quiet or no_progress)
     if as_json:
         sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
         return
-    _summary(result, console_for())
+    _summary(result, console_for(), table=not quiet)
 
 
 def _checked_layers(base: str, layers: str, layer_fracs: tuple[tuple[int, float], ...]):
@@ -96,10 +101,24 @@ def _checked_layers(base: str, layers: str, layer_fracs: tuple[tuple[int, float]
     return ckpt
 
 
-def _summary(result, console) -> None:
+def _summary(result, console, table: bool = True) -> None:
     manifest = result.manifest
-    for message in manifest["messages"]:
-        console.print(Text(inert(message), style="yellow"))  # messages and config values: never markup
+    if table:
+        for message in manifest["messages"]:
+            console.print(Text(inert(message), style="yellow"))  # messages and config values: never markup
+        console.print(_layer_table(manifest))
+    written = manifest["written"]
+    line = (
+        f"wrote {inert(result.output)}: layers {layer_ranges(written['layers']) or '(none)'} changed, "
+        f"{len(written['tensors'])} tensors rewritten, {len(written['copied_shards'])} of "
+        f"{len(written['shards'])} shards copied unchanged; {manifest['layer_passes']} layer passes "
+        f"({result.forward_calls} forward calls)"
+        + (f"; resumed at layer {result.resumed_at}" if result.resumed_at else "")
+    )
+    console.print(Text(line))
+
+
+def _layer_table(manifest: dict) -> Table:
     table = Table(title="Pruned layers", title_justify="left")
     for column in ("layer", "type", "heads", "pruned", "rel residual", "target rms", "ridge", "condition"):
         table.add_column(column, justify="right" if column not in ("type", "pruned") else "left")
@@ -115,16 +134,7 @@ def _summary(result, console) -> None:
             _fmt(refit.get("ridge")),
             _fmt(refit.get("condition")),
         )
-    console.print(table)
-    written = manifest["written"]
-    line = (
-        f"wrote {inert(result.output)}: layers {layer_ranges(written['layers']) or '(none)'} changed, "
-        f"{len(written['tensors'])} tensors rewritten, {len(written['copied_shards'])} of "
-        f"{len(written['shards'])} shards copied unchanged; {manifest['layer_passes']} layer passes "
-        f"({result.forward_calls} forward calls)"
-        + (f"; resumed at layer {result.resumed_at}" if result.resumed_at else "")
-    )
-    console.print(Text(line))
+    return table
 
 
 def _fmt(value) -> str:

@@ -11,10 +11,11 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from surgeon.cli.common import EXIT_CANARY_FAILED, console_for, handle_errors
+from surgeon.cli.common import EXIT_CANARY_FAILED, console_for, download_option, handle_errors, progress_for
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
 from surgeon.cli.options import build, options_from
 from surgeon.errors import SurgeonError
+from surgeon.format.checkpoint import fetch_missing
 from surgeon.model.names import layer_ranges
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
@@ -64,9 +65,10 @@ def render_canary(report, console) -> None:
 @click.option("--quant", type=click.Choice(["nf4"]), help="Load through bitsandbytes nf4.")
 @click.option("--no-cache", is_flag=True, help="Recompute the base's outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.canary/2).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (they go to stderr, on a terminal only).")
 @canary_options
 @handle_errors
-def canary(model, base, quant, no_cache, as_json, **kw) -> None:
+def canary(model, base, quant, no_cache, as_json, no_progress, **kw) -> None:
     """Greedy generation checks of MODEL against BASE. Exit 0 pass, 3 fail, 2 trouble."""
     # Deferred: the runner imports torch, which --help and the light install do without.
     from surgeon.recover.canary.runner import run_canary
@@ -82,6 +84,7 @@ def canary(model, base, quant, no_cache, as_json, **kw) -> None:
         quant=quant,
         tokenizer_path=run["tokenizer"],
         cache_dir=None if no_cache else canary_cache_dir(),
+        progress=progress_for(no_progress),
     )
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -113,9 +116,10 @@ def canary(model, base, quant, no_cache, as_json, **kw) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (they go to stderr, on a terminal only).")
 @canary_options
 @handle_errors
-def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, output, as_json, **kw):
+def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, output, as_json, no_progress, **kw):
     """Keep CANDIDATE's changes in some layers, roll the others back to BASE, write OUT.
 
     --auto alone searches the largest set of changed layers that passes the canary. With
@@ -134,15 +138,16 @@ def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, outpu
     console = console_for(stderr=as_json)  # with --json, stdout holds the manifest alone
     prompts, options, run = _canary_settings(kw)
     steps, before, quality = None, None, None
+    progress = progress_for(no_progress)
     if auto:
-        composed = _composed(base, candidate, prompts, options, run)
+        composed = _composed(base, candidate, prompts, options, run, progress)
     if auto and budget is not None:
         plan, quality = _budget(
             base, candidate, composed, budget, eval_settings(eval_text, eval_tokens, **run), console
         )
         layers, steps = plan.keep, plan.steps
     elif auto:
-        plan, before = _auto(composed, console)
+        plan, before = _auto(composed, console, progress)
         layers, steps = plan.keep, plan.steps
     else:
         layers = parse_keep(keep, what="--keep")
@@ -160,6 +165,7 @@ def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, outpu
         cancel=threading.Event(),
         durable=kw.pop("durable"),
         quality=quality,
+        progress=progress,
     )
     if run_eval and quality is None:  # a budget search has measured the kept plan already
         manifest = record_quality(Path(output), base, eval_settings(eval_text, eval_tokens, **run))
@@ -182,13 +188,21 @@ def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, outpu
     "--integrity-only", is_flag=True, help="Check the files against the index and hash them; no manifest needed."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.verify/1).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (it goes to stderr, on a terminal only).")
+@download_option
 @handle_errors
-def verify(checkpoint, base, trust_cache, integrity_only, as_json) -> None:
+def verify(checkpoint, base, trust_cache, integrity_only, as_json, no_progress, download) -> None:
     """Check CHECKPOINT's files, its manifest's hashes, and its claims against the base.
 
     Exit status: 0 verified (or, with --integrity-only, the files are sound), 1 a check
     failed or there is no manifest, 2 trouble (such as a malformed manifest)."""
-    report = run_verify(checkpoint, base, trust_cache=trust_cache, integrity_only=integrity_only)
+    if download:  # CHECKPOINT and --base; a base only recorded in the manifest stays cache-only
+        for spec in (checkpoint, base):
+            if spec:
+                fetch_missing(spec)
+    report = run_verify(
+        checkpoint, base, trust_cache=trust_cache, integrity_only=integrity_only, progress=progress_for(no_progress)
+    )
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
@@ -200,7 +214,7 @@ def render_verify(report, console) -> None:
     console.print(verify_text(report), highlight=False, soft_wrap=True)  # one finding, one line
 
 
-def _composed(base, candidate, prompts, options, run: dict):
+def _composed(base, candidate, prompts, options, run: dict, progress):
     from surgeon.recover.canary.runner import ComposedCanary  # deferred: torch, as in canary
 
     return ComposedCanary(
@@ -212,6 +226,7 @@ def _composed(base, candidate, prompts, options, run: dict):
         dtype=run["dtype"],
         tokenizer_path=run["tokenizer"],
         cache_dir=canary_cache_dir(),
+        progress=progress,
     )
 
 
@@ -236,17 +251,19 @@ def _canary_on_written(base, prompts, options, run: dict):
     return canary_of
 
 
-def _auto(composed, console):
+def _auto(composed, console, progress):
     layers = sorted(composed.changed)
-    before = composed.run(layers)
+    before = composed.run(layers, progress=progress)
 
     def passes(candidate_layers):
-        return before.passed if candidate_layers == layers else composed.run(candidate_layers).passed
+        return before.passed if candidate_layers == layers else composed.run(candidate_layers, progress=progress).passed
 
-    plan = canary_search(layers, passes)
-    for step in plan.steps:
+    def show(step, runs_left: int) -> None:  # as each run ends: a run can take minutes
         verdict = "[green]pass[/]" if step.passed else "[red]fail[/]"
-        console.print(f"  canary {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<20} {verdict}")
+        left = f"[dim](at most {runs_left} more)[/]" if runs_left else ""
+        console.print(f"  canary {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<20} {verdict} {left}")
+
+    plan = canary_search(layers, passes, on_step=show)
     console.print(f"  {len(plan.steps)} canary runs")
     return plan, before.to_json()
 
@@ -261,15 +278,21 @@ def _budget(base, candidate, composed, budget, eval_options: EvalOptions, consol
         return [report.summary() for report in session.evaluate_plans(plans)]
 
     console.print(f"  quality budget: {budget.text()} on {session.text['tokens']} tokens of {session.text['source']}")
-    plan = budget_search(
-        sorted(session.changed_layers), evaluate, budget, canary_passes=lambda layers: composed.run(layers).passed
-    )
-    for step in plan.steps:
+
+    def show(step) -> None:  # as each step ends: a step can take minutes
         verdict = "[green]within[/]" if step.passed else "[red]over[/]"
         if step.how == "canary":
             verdict = "[green]canary pass[/]" if step.passed else "[red]canary fail[/]"
         numbers = f"KL {_num(step.kl_mean)}  ppl x{_num(step.ppl_ratio)}" if step.how != "canary" else ""
         console.print(f"  {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<20} {numbers:<28} {verdict}")
+
+    plan = budget_search(
+        sorted(session.changed_layers),
+        evaluate,
+        budget,
+        canary_passes=lambda layers: composed.run(layers).passed,
+        on_step=show,
+    )
     record = {
         "how": "salvage --auto with a quality budget (the kept plan, composed in memory)",
         "budget": {"max_kl": budget.max_kl, "max_ppl_ratio": budget.max_ppl_ratio},

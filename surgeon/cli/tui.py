@@ -36,8 +36,17 @@ def tui(base, candidate, tokenizer, eval_text) -> None:
         raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
     if base is None:  # the tiny model knows only its training text: English prose is noise to it
         base, candidate, eval_text = str(DEMO_MODEL), str(DEMO_CANDIDATE), eval_text or DEMO_TEXT
-    roots = [open_checkpoint(path).root for path in (base, candidate)]  # bad input: one line, before the screen
+    paths = [checkpoint_path(spec) for spec in (base, candidate)]  # bad input: one line, before the screen
     # Deferred: textual is the `tui` extra; a missing one is reported in one line by handle_errors.
     from surgeon.tui.app import SurgeonApp
 
-    SurgeonApp(*roots, tokenizer=tokenizer, eval_text=eval_text).run()
+    SurgeonApp(*paths, tokenizer=tokenizer, eval_text=eval_text).run()
+
+
+def checkpoint_path(spec: str) -> Path:
+    """What the app opens for `spec`: a .safetensors file stays that one file, compared as
+    `diff` compares it (it used to open the file's whole folder); a folder or a Hub id is
+    its folder. open_checkpoint checks it first, so bad input is one line."""
+    checkpoint = open_checkpoint(spec)
+    path = Path(spec).expanduser()
+    return path.resolve() if path.is_file() else checkpoint.root

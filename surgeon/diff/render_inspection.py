@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from surgeon.diff.engine import natural_key
 from surgeon.diff.inspection import attention_summary
 from surgeon.model.names import layers_cell
 from surgeon.text import inert
@@ -62,6 +63,6 @@ def render_inspect(data: dict, console: Console, verbose: bool = False) -> None:
         tensors = Table(title="Tensors", title_justify="left")
         for column in ("tensor", "dtype", "shape", "shard"):
             tensors.add_column(column)
-        for t in data["tensors"]:
+        for t in sorted(data["tensors"], key=lambda t: natural_key(t["name"])):  # JSON keeps the shards' order
             tensors.add_row(_plain(t["name"]), _plain(t["dtype"]), str(t["shape"]), _plain(t["shard"]))
         console.print(tensors)

@@ -3,16 +3,26 @@
 Every string that comes from the checkpoints (tensor, family, shard and file names, metadata
 keys, sources) goes through surgeon.text: names as code spans (`md_code`), so that no name
 can add a table cell, start a line, close its code span or become HTML.
+
+SHA256s are written in full (64 hex digits), so that a reader can compare them with
+`sha256sum`. They sit in a table of their own, one hash per row (two side by side would make
+a row about 170 characters wide), inside a collapsed `<details>` block: that is two rows of
+hex per changed file, up to 200 rows for a 100-shard model, while most readers of a card want the
+verdicts, which stay in plain sight as bullets. `<details>` and `<summary>` are the only HTML
+the card has, surgeon's own text, never a name.
 """
 
 from __future__ import annotations
 
 from surgeon.diff.engine import DiffReport, ShardDiff, TensorDiff
-from surgeon.diff.report import FamilyRow, differing, family_rows
+from surgeon.diff.report import FamilyRow, differing, experts_note, shown_family_rows
 from surgeon.model.names import layer_ranges, layers_cell
 from surgeon.text import md_code, md_text
 
 WEIGHT_SUFFIXES = ("weight", "bias")
+# The card's only HTML, as lines: the collapsed block around the hash table
+HASHES_OPEN = ("<details>", "<summary>Full SHA256 of each file, to compare with sha256sum</summary>")
+HASHES_CLOSE = ("</details>",)
 
 
 def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None = None) -> str:
@@ -29,11 +39,8 @@ def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None 
     lines += _head_sentences(report)
     lines += ["", "## SHA256 evidence", ""]
     lines += [_shard_bullet(s, report) + _blob_name_note(s) for s in report.shards]
-    lines += [
-        f"- {md_code(f.name, table=False)}: "
-        + ("byte-identical to the base." if f.status == "identical" else f"{f.status} ({_sha_pair(f.sha256)}).")
-        for f in report.files
-    ]
+    lines += [f"- {md_code(f.name, table=False)}: {_file_verdict(f.status)}." for f in report.files]
+    lines += _hash_table(report)
     if quality is not None:
         # deferred: quality.render brings rich's tables (40 ms measured), and only a
         # checkpoint whose manifest holds a matching quality record gets this section
@@ -50,7 +57,7 @@ def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None 
 
 
 def _table(report: DiffReport) -> list[tuple[str, str, str]]:
-    rows = family_rows(report)
+    rows = shown_family_rows(report)  # a mixture-of-experts family is one row, not one per expert
     stacks = {r.stack for r in rows if r.stack is not None}
     rows_out = []
     for row in rows:
@@ -85,7 +92,8 @@ def _label(row: FamilyRow, stacks: set[str]) -> str:
 
 
 def _layer_cells(row: FamilyRow) -> tuple[str, str]:
-    return layers_cell(row.layers_changed), layers_cell(row.layers_unchanged, count_them=True)
+    changed = experts_note(row) or layers_cell(row.layers_changed)
+    return changed, layers_cell(row.layers_unchanged, count_them=True)
 
 
 def _split_family(family: str) -> tuple[str, str, str]:
@@ -125,6 +133,8 @@ def _header_difference(difference: str) -> str:
     head, _, verb = difference.rpartition(" ")
     if head.startswith("__metadata__."):
         return f"{md_code(head, table=False)} {md_text(verb)}"
+    if difference == "data_offsets":  # a field of the safetensors header, written as code like __metadata__
+        return md_code(difference, table=False)
     return md_text(difference)
 
 
@@ -145,39 +155,71 @@ def _head_sentences(report: DiffReport) -> list[str]:
     removed = [(layer, heads) for layer, projection, heads in zeroed if heads and projection == "o_proj"]
     if removed:
         parts = [f"L{layer}: {', '.join(map(str, heads))}" for layer, heads in removed]
-        lines += ["", f"Heads removed (o_proj input columns zeroed): {'; '.join(parts)}."]
+        lines += ["", f"Heads removed (`o_proj` input columns zeroed): {'; '.join(parts)}."]
     for t in report.tensors:
         if t.heads and t.heads.uniform_attention:
             lines += [
                 "",
                 f"Warning: in layer {t.layer}, heads {', '.join(map(str, t.heads.uniform_attention))} "
-                "have zero q_proj rows but non-zero o_proj columns: "
+                "have zero `q_proj` rows but non-zero `o_proj` columns: "
                 "they attend uniformly and are not removed.",
             ]
     return lines
 
 
-def _short(sha: str | None) -> str:
-    return f"{sha[:8]}…{sha[-10:]}" if sha else "(not hashed)"
-
-
-def _sha_pair(sha: list[str | None]) -> str:
-    return f"this {_short(sha[1])} vs base {_short(sha[0])}"
+def _file_verdict(status: str) -> str:
+    return {"identical": "byte-identical to the base", "changed": "differs"}.get(status, status)
 
 
 def _shard_bullet(shard: ShardDiff, report: DiffReport) -> str:
     head = f"- {md_code(shard.name, table=False)}: "
     if shard.status == "identical":
-        return head + f"{_short(shard.sha256[1])} = base — byte-identical."
+        return head + "byte-identical to the base."
     if shard.status == "header-only":
         return head + (
-            f"{_sha_pair(shard.sha256)} — all {shard.tensors} tensors are byte-identical to the base; "
+            f"all {shard.tensors} tensors are byte-identical to the base; "
             f"only the header differs ({'; '.join(map(_header_difference, shard.header_differences))})."
         )
     if shard.status in ("added", "removed"):
-        sha = shard.sha256[1] if shard.status == "added" else shard.sha256[0]
-        return head + f"{shard.status} ({_short(sha)})."
-    return head + f"{_sha_pair(shard.sha256)} — differs ({_what_changed(shard, report)})."
+        return head + f"{shard.status} ({shard.tensors} tensors)."
+    return head + f"differs ({_what_changed(shard, report)})."
+
+
+def _hash_table(report: DiffReport) -> list[str]:
+    """Every shard's and file's full SHA256: one row per side, or one row where both sides
+    hold the same bytes."""
+    if not report.hashed:
+        return ["", "No SHA256 was computed (`--no-hash`): the verdicts above come from a byte comparison."]
+    rows = []
+    for name, sha, source in [(s.name, s.sha256, s.sha256_source) for s in report.shards] + [
+        (f.name, f.sha256, ["bytes", "bytes"]) for f in report.files
+    ]:
+        if not any(sha):
+            continue
+        if sha[0] == sha[1]:
+            sources = set(source)
+            rows.append(f"| {md_code(name)} | both | {_full(sha[1], sources)} |")
+            continue
+        for label, side in (("this model", 1), ("base", 0)):
+            if sha[side] is not None:  # None: the file is absent there, as its bullet says
+                rows.append(f"| {md_code(name)} | {label} | {_full(sha[side], {source[side]})} |")
+    return [
+        "",
+        # HTML of surgeon's own (see the module docstring); the blank lines around the table
+        # make CommonMark parse it as Markdown inside the HTML block
+        *HASHES_OPEN,
+        "",
+        "| File | Checkpoint | SHA256 |",
+        "|---|---|---|",
+        *rows,
+        "",
+        *HASHES_CLOSE,
+    ]
+
+
+def _full(sha: str | None, sources: set[str | None]) -> str:
+    note = "" if sources == {"bytes"} else " (not hashed from the bytes: not evidence)"
+    return f"`{sha}`{note}"
 
 
 def _blob_name_note(shard: ShardDiff) -> str:

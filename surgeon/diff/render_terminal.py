@@ -11,12 +11,19 @@ from rich.table import Table
 from rich.text import Text
 
 from surgeon.diff.engine import DiffReport, TensorDiff
-from surgeon.diff.report import differing, family_rows, summary_line
+from surgeon.diff.report import differing, experts_note, shown_family_rows, summary_line
 from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.model.names import layers_cell
 from surgeon.text import inert
 
 MAX_TENSOR_ROWS = 200
+# Below this width the tensors table drops its rel ‖Δ‖, cosine and elems Δ columns: at 80
+# columns they left the tensor name 11 characters ("model.laye…"), and a name that cannot
+# be read says nothing. Names, hashes and statuses are never cut: names fold onto more lines.
+WIDE = 120
+NAME = {"overflow": "fold"}  # a name from the file: folded onto more lines, never cut
+HASH = {"no_wrap": True, "min_width": 12}  # a short SHA256 is 12 characters, all of them shown
+STATUS = {"no_wrap": True}
 
 
 def render_terminal(report: DiffReport, console: Console, verbose: bool = False) -> None:
@@ -24,12 +31,17 @@ def render_terminal(report: DiffReport, console: Console, verbose: bool = False)
     console.print(Text(inert(summary_line(report)), style=f"bold {style}"))
     console.print(Text(f"base:  {inert(report.base.source)}\nother: {inert(report.other.source)}", style="dim"))
     console.print(_families_table(report))
-    console.print(_shards_table(report))
+    wide = console.width >= WIDE
+    console.print(_shards_table(report, wide))
+    if not wide:
+        for line in _header_lines(report):
+            console.print(line)
     if report.files:
         console.print(_files_table(report))
     rows = differing(report)
     if rows:
-        console.print(_tensors_table(rows if verbose else rows[:MAX_TENSOR_ROWS], report.hashed))
+        shown = rows if verbose else rows[:MAX_TENSOR_ROWS]
+        console.print(_tensors_table(shown, report.hashed, wide=wide))
         if len(rows) > MAX_TENSOR_ROWS and not verbose:
             console.print(Text(f"… {len(rows) - MAX_TENSOR_ROWS} more (use --verbose or --json)", style="dim"))
     for t in rows:
@@ -55,18 +67,19 @@ def _plain(value: object) -> Text:
 
 def _families_table(report: DiffReport) -> Table:
     table = Table(title="Tensor families by layer", title_justify="left")
-    table.add_column("family")
+    table.add_column("family", **NAME)
     table.add_column("layers changed")
     table.add_column("layers unchanged")
     table.add_column("statuses")
-    stacks = {r.stack for r in family_rows(report) if r.stack}
-    for row in family_rows(report):
+    rows = shown_family_rows(report)  # a mixture-of-experts family is one row, not one per expert
+    stacks = {r.stack for r in rows if r.stack}
+    for row in rows:
         label = _plain(row.family if len(stacks) < 2 or row.stack is None else f"{row.stack}.{row.family}")
         statuses = Text(", ").join(Text(f"{n} {s}", style=STATUS_STYLE[s]) for s, n in sorted(row.statuses.items()))
         if row.stack is None:
             table.add_row(label, "", "", statuses)
         else:
-            changed = layers_cell(row.layers_changed)
+            changed = experts_note(row) or layers_cell(row.layers_changed)
             table.add_row(
                 label,
                 Text(changed, style="yellow" if row.layers_changed else "dim"),
@@ -80,35 +93,54 @@ def _short(sha: str | None) -> Text:
     return _plain(sha[:12] if sha else "-")
 
 
-def _shards_table(report: DiffReport) -> Table:
+def _shards_table(report: DiffReport, wide: bool = True) -> Table:
+    """One row per shard file. Narrow, the header differences go under the table (see
+    _header_lines), so that the shard's name keeps room to be read."""
     table = Table(title="Shard files", title_justify="left")
-    for column in ("shard", "status", "base sha256", "other sha256", "tensors differing", "header"):
-        table.add_column(column)
+    table.add_column("shard", **NAME, min_width=min(20, max((len(s.name) for s in report.shards), default=5)))
+    table.add_column("status", **STATUS)
+    table.add_column("base sha256", **HASH)
+    table.add_column("other sha256", **HASH)
+    table.add_column("tensors differing" if wide else "differ", no_wrap=True)
+    if wide:
+        table.add_column("header", **NAME)
     for s in report.shards:
+        header = [_plain("; ".join(s.header_differences))] if wide else []
         table.add_row(
             _plain(s.name),
             _status(s.status),
             _short(s.sha256[0]),
             _short(s.sha256[1]),
             f"{s.tensors_differing}/{s.tensors}",
-            _plain("; ".join(s.header_differences)),
+            *header,
         )
     return table
 
 
+def _header_lines(report: DiffReport) -> list[Text]:
+    """`shard: header difference`, one line per shard whose header differs (narrow terminals)."""
+    return [_plain(f"{s.name}: {'; '.join(s.header_differences)}") for s in report.shards if s.header_differences]
+
+
 def _files_table(report: DiffReport) -> Table:
     table = Table(title="Other files", title_justify="left")
-    for column in ("file", "status", "base sha256", "other sha256"):
-        table.add_column(column)
+    table.add_column("file", **NAME)
+    table.add_column("status", **STATUS)
+    table.add_column("base sha256", **HASH)
+    table.add_column("other sha256", **HASH)
     for f in report.files:
         table.add_row(_plain(f.name), _status(f.status), _short(f.sha256[0]), _short(f.sha256[1]))
     return table
 
 
-def _tensors_table(rows: list[TensorDiff], hashed: bool) -> Table:
+def _tensors_table(rows: list[TensorDiff], hashed: bool, wide: bool = True) -> Table:
     table = Table(title="Tensors that differ", title_justify="left")
-    for column in ("tensor", "status", "max |Δ|", "rel ‖Δ‖", "cosine", "elems Δ", "heads"):
-        table.add_column(column, justify="right" if column[0] in "mrce" else "left")
+    table.add_column("tensor", **NAME)
+    table.add_column("status", **STATUS)
+    columns = ("max |Δ|", "rel ‖Δ‖", "cosine", "elems Δ") if wide else ("max |Δ|",)
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("heads")
     for t in rows:
         stats = t.stats
         cells: list[Text | str] = ["", "", "", ""]
@@ -119,10 +151,19 @@ def _tensors_table(rows: list[TensorDiff], hashed: bool) -> Table:
                 _num(stats.cosine, ".6f"),
                 f"{stats.frac_changed:.1%}",
             ]
-        if t.status == "retyped" and t.base is not None and t.other is not None:  # retyped: both sides exist
-            cells[0] = _plain(f"{t.base.dtype}{t.base.shape} → {t.other.dtype}{t.other.shape}")
-        table.add_row(_plain(t.name), _status(t.status), *cells, _heads_cell(t))
+        if t.status == "retyped" and t.base is not None and t.other is not None and t.base.shape != t.other.shape:
+            cells[0] = _plain(f"{t.base.shape} → {t.other.shape}")  # no stats across shapes
+        table.add_row(_plain(t.name), _status_cell(t), *cells[: len(columns)], _heads_cell(t))
     return table
+
+
+def _status_cell(t: TensorDiff) -> Text:
+    """`retyped BF16→F16`: the stats of a retyped tensor compare decoded values, so the
+    dtypes they came from go beside the status."""
+    cell = _status(t.status)
+    if t.status == "retyped" and t.base is not None and t.other is not None and t.base.dtype != t.other.dtype:
+        cell.append(Text(f" {inert(t.base.dtype)}→{inert(t.other.dtype)}", style="dim"))
+    return cell
 
 
 def _num(value: float | None, fmt: str = ".3g") -> str:

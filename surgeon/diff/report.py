@@ -6,11 +6,11 @@ added within a schema version, never renamed or removed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from surgeon.diff.engine import DiffReport, HeadReport, TensorDiff
 from surgeon.diff.statuses import SHARD_STATUSES, STATUSES
-from surgeon.model.names import layer_ranges
+from surgeon.model.names import expert_family, layer_ranges
 
 SCHEMA = "surgeon.diff/1"
 
@@ -37,6 +37,57 @@ def family_rows(report: DiffReport) -> list[FamilyRow]:
         if t.layer is not None:
             (row.layers_unchanged if t.status == "identical" else row.layers_changed).append(t.layer)
     return list(rows.values())
+
+
+@dataclass
+class ExpertsRow(FamilyRow):
+    """The experts of one mixture-of-experts family collapsed into one row, as layers are:
+    "mlp.experts.{0-127}.up_proj.weight" rather than 128 rows. A layer is changed when any of
+    its experts is; `changed_experts` says which (layer -> experts)."""
+
+    experts: list[int] = field(default_factory=list)
+    changed_experts: dict[int, list[int]] = field(default_factory=dict)
+
+
+def shown_family_rows(report: DiffReport) -> list[FamilyRow]:
+    """family_rows with each mixture-of-experts family's experts collapsed into one row (for
+    the terminal and the Markdown card; the JSON keeps a row per expert)."""
+    out: list[FamilyRow] = []
+    collapsed: dict[tuple[str | None, str, str], ExpertsRow] = {}
+    for row in family_rows(report):
+        split = expert_family(row.family) if row.stack is not None else None
+        if split is None:
+            out.append(row)
+            continue
+        head, tail, expert = split
+        key = (row.stack, head, tail)
+        if key not in collapsed:
+            collapsed[key] = ExpertsRow(row.stack, "", [], [], {})
+            out.append(collapsed[key])
+        merged = collapsed[key]
+        merged.experts.append(expert)
+        for status, n in row.statuses.items():
+            merged.statuses[status] = merged.statuses.get(status, 0) + n
+        for layer in row.layers_changed:
+            merged.changed_experts.setdefault(layer, []).append(expert)
+        merged.layers_unchanged.extend(row.layers_unchanged)
+    for (_, head, tail), merged in collapsed.items():
+        merged.family = f"{head}{{{layer_ranges(merged.experts).replace(' ', '')}}}{tail}"
+        merged.layers_changed = sorted(merged.changed_experts)
+        merged.layers_unchanged = sorted(set(merged.layers_unchanged) - set(merged.changed_experts))
+        merged.changed_experts = {layer: sorted(set(e)) for layer, e in sorted(merged.changed_experts.items())}
+    return out
+
+
+def experts_note(row: FamilyRow, limit: int = 4) -> str:
+    """ "5 (experts 3, 17); 7 (experts 0-2)" for a collapsed row's changed layers, the first
+    `limit` layers named; "" for any other row."""
+    if not isinstance(row, ExpertsRow) or not row.changed_experts:
+        return ""
+    items = list(row.changed_experts.items())
+    parts = [f"{layer} ({'expert' if len(e) == 1 else 'experts'} {layer_ranges(e)})" for layer, e in items[:limit]]
+    more = len(items) - limit
+    return "; ".join(parts) + (f"; and {more} more layers" if more > 0 else "")
 
 
 def differing(report: DiffReport) -> list[TensorDiff]:

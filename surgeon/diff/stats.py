@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surgeon.format.dtypes import decode_into, raw_view
+from surgeon.format.dtypes import DType, decode_into, raw_view
 from surgeon.format.safetensors import TensorInfo
 from surgeon.format.tensor_io import ShardReader, element_chunks, row_chunks
 
@@ -93,12 +93,15 @@ class _Accumulator:
         self.other_nonzero = np.zeros(heads, dtype=bool)
         self.head_changed = np.zeros(heads, dtype=bool)
 
-    def add(self, raw_b: np.ndarray, raw_o: np.ndarray, dtype, ws: _Workspace, rows: int) -> None:
+    def add(self, raw_b: np.ndarray, raw_o: np.ndarray, dtypes: tuple[DType, DType], ws: _Workspace, rows: int) -> None:
         n = raw_b.size
         ws.ensure(n)
-        base = decode_into(raw_b, dtype, ws.base, ws.bits_a)
-        other = decode_into(raw_o, dtype, ws.other, ws.bits_b)
-        differ = np.not_equal(raw_b, raw_o, out=ws.differ[:n])
+        base = decode_into(raw_b, dtypes[0], ws.base, ws.bits_a)
+        other = decode_into(raw_o, dtypes[1], ws.other, ws.bits_b)
+        if dtypes[0] == dtypes[1]:
+            differ = np.not_equal(raw_b, raw_o, out=ws.differ[:n])
+        else:  # retyped: the bits mean different things, so compare the decoded values
+            differ = _values_differ(base, other, ws.differ[:n], ws.nonzero[:n])
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and overflow give NaN/inf
             self._add_values(base, other, differ, ws.delta[:n])
         if self.layout is not None:
@@ -163,6 +166,13 @@ class _Accumulator:
         )
 
 
+def _values_differ(base: np.ndarray, other: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Elements whose value changed; a NaN on both sides is no change (NaN != NaN)."""
+    np.not_equal(base, other, out=out)
+    both_nan = np.logical_and(np.isnan(base), np.isnan(other), out=scratch)
+    return np.logical_and(out, np.logical_not(both_nan, out=scratch), out=out)
+
+
 def _spans(info: TensorInfo, layout: HeadLayout | None):
     """(byte offset, byte count, rows) chunks; head layouts get whole heads per chunk."""
     chunk_bytes = STATS_CHUNK_ELEMENTS * max(1, info.dtype.bits // 8)
@@ -183,7 +193,14 @@ def tensor_stats(
     other: TensorInfo,
     layout: HeadLayout | None = None,
 ) -> tuple[TensorStats, HeadScan | None]:
-    """Stats of other - base for two tensors of the same numeric dtype and shape."""
+    """Stats of other - base for two numeric tensors of the same shape.
+
+    Two dtypes (a retyped tensor: bf16 -> f16, f32 -> bf16) are compared after decoding
+    both sides to float64, which holds every float16/bfloat16/float32 value exactly: the
+    stats then say how much the conversion lost, and elements_changed counts values, not
+    bits. Head scans are for same-dtype tensors only (a conversion touches every head)."""
+    if base.dtype != other.dtype:
+        return _retyped_stats(base_path, base, other_path, other), None
     if layout is not None and not layout.fits(base):
         layout = None
     acc = _Accumulator(layout)
@@ -193,8 +210,25 @@ def tensor_stats(
         for offset, size, rows in _spans(base, layout):
             raw_b = raw_view(a.read(base.start + offset, size), base.dtype)
             raw_o = raw_view(b.read(other.start + offset, size), other.dtype)
-            acc.add(raw_b, raw_o, base.dtype, workspace, rows)
+            acc.add(raw_b, raw_o, (base.dtype, other.dtype), workspace, rows)
     return acc.stats(), acc.heads()
+
+
+def _retyped_stats(base_path: Path, base: TensorInfo, other_path: Path, other: TensorInfo) -> TensorStats:
+    """Element chunks of the same index range on both sides; each side has its own width."""
+    acc = _Accumulator(None)
+    workspace = _Workspace(STATS_CHUNK_ELEMENTS)
+    width_b, width_o = base.dtype.bits // 8, other.dtype.bits // 8
+    with (
+        ShardReader(base_path, STATS_CHUNK_ELEMENTS * width_b) as a,
+        ShardReader(other_path, STATS_CHUNK_ELEMENTS * width_o) as b,
+    ):
+        for first in range(0, base.numel, STATS_CHUNK_ELEMENTS):
+            count = min(STATS_CHUNK_ELEMENTS, base.numel - first)
+            raw_b = raw_view(a.read(base.start + first * width_b, count * width_b), base.dtype)
+            raw_o = raw_view(b.read(other.start + first * width_o, count * width_o), other.dtype)
+            acc.add(raw_b, raw_o, (base.dtype, other.dtype), workspace, 0)
+    return acc.stats()
 
 
 def zero_heads(path: Path, info: TensorInfo, layout: HeadLayout) -> list[bool] | None:

@@ -1,23 +1,35 @@
 """A checkpoint as surgeon sees it: shard headers, tensor byte ranges and config, no data.
 
 A checkpoint is a local directory (one `model.safetensors`, or shards plus an index), a
-single `.safetensors` file, or a Hub repo id resolved through huggingface_hub.
+single `.safetensors` file, or a Hub repo id taken from the local Hugging Face cache (and
+downloaded only when asked: hub.py).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgeon.errors import SurgeonError, first_line
+from surgeon.errors import SurgeonError
+from surgeon.format.hashcache import HashCache
+from surgeon.format.hashing import bytes_to_hash, hash_shards
+from surgeon.format.hub import (
+    cached_snapshot,
+    compare_remote,
+    describe_comparison,
+    download_remote,
+    fetch_remote,
+    resolve_hub_repo,
+)
 from surgeon.format.safetensors import ShardHeader, TensorInfo, read_header
 from surgeon.jsonfile import read_json_file, read_json_object
+from surgeon.progress import NoProgress, ProgressSink
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.model"]
 
 
 @dataclass
@@ -39,10 +51,11 @@ class Checkpoint:
         return sum(shard.file_size for shard in self.shards.values())
 
 
-def open_checkpoint(spec: str | os.PathLike, revision: str | None = None) -> Checkpoint:
-    """Resolve `spec` and read every shard header, validating the shard map."""
+def open_checkpoint(spec: str | os.PathLike, revision: str | None = None, *, download: bool = False) -> Checkpoint:
+    """Resolve `spec` and read every shard header, validating the shard map. A Hub repo id
+    comes from the local Hugging Face cache; only `download` lets it be fetched (see hub.py)."""
     source = str(spec)
-    root, only_file = _resolve(source, revision)
+    root, only_file = _resolve(source, revision, download)
     index_name, weight_map, index_meta = _read_index(root) if only_file is None else (None, None, {})
     shard_names = _shard_names(root, only_file, weight_map)
     shards = {name: read_header(root / name, name) for name in shard_names}
@@ -59,7 +72,63 @@ def open_checkpoint(spec: str | os.PathLike, revision: str | None = None) -> Che
     )
 
 
-def _resolve(source: str, revision: str | None) -> tuple[Path, str | None]:
+def open_pair(
+    base: str | os.PathLike,
+    other: str | os.PathLike,
+    base_revision: str | None = None,
+    other_revision: str | None = None,
+    *,
+    download: bool = False,
+    cache_dir: Path | None = None,
+    say: Callable[[str], None] | None = None,
+    progress: ProgressSink | None = None,
+) -> tuple[Checkpoint, Checkpoint]:
+    """Open both sides of a diff. With `download`, a side that is a Hub id missing from the
+    cache while the other side is here is first compared with it from the Hub's LFS hashes
+    and headers alone (`say` gets that comparison, one line, before any weight byte is
+    downloaded; the local side is hashed through the hash cache in `cache_dir`, which the
+    diff then reuses, with its bytes shown on `progress`); then it is downloaded."""
+    sides = [(str(base), base_revision), (str(other), other_revision)]
+    missing = [i for i, side in enumerate(sides) if download and _not_here(*side)]
+    if len(missing) == 1:
+        here = open_checkpoint(*sides[1 - missing[0]])
+        remote = fetch_remote(*sides[missing[0]])
+        comparison = compare_remote(remote, here, _file_hashes(here, cache_dir, progress or NoProgress()))
+        if say is not None:
+            say(describe_comparison(remote, comparison, "BASE" if missing[0] == 1 else "OTHER"))
+        download_remote(remote)
+    return open_checkpoint(base, base_revision, download=download), open_checkpoint(
+        other, other_revision, download=download
+    )
+
+
+def _not_here(source: str, revision: str | None) -> bool:
+    """A Hub id that is neither a local path nor in the local cache."""
+    return (
+        bool(REPO_ID.match(source)) and not Path(source).expanduser().exists() and not cached_snapshot(source, revision)
+    )
+
+
+def _file_hashes(ckpt: Checkpoint, cache_dir: Path | None, progress: ProgressSink) -> dict[str, str]:
+    shards, cache = list(ckpt.shards.values()), HashCache(cache_dir)
+    progress.start(f"hashing {ckpt.source}", bytes_to_hash(shards, cache))
+    try:
+        hashes = hash_shards(shards, cache, progress=progress.advance)
+    finally:
+        progress.stop()
+    return {shard.name: hashes[os.path.realpath(shard.path)].file_sha256 for shard in shards}
+
+
+def fetch_missing(spec: str | os.PathLike, revision: str | None = None) -> None:
+    """Download `spec` when it is a Hub id that names no local path and is not cached, so that
+    a later `open_checkpoint(spec)` finds it; anything else is left to `open_checkpoint`. For
+    engines that open their checkpoints themselves and report what fails (verify)."""
+    source = str(spec)
+    if REPO_ID.match(source) and not Path(source).expanduser().exists():
+        resolve_hub_repo(source, revision, download_missing=True)
+
+
+def _resolve(source: str, revision: str | None, download: bool) -> tuple[Path, str | None]:
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".safetensors":
@@ -67,28 +136,14 @@ def _resolve(source: str, revision: str | None) -> tuple[Path, str | None]:
         return path.resolve().parent, path.name
     if path.is_dir():
         return path.resolve(), None
-    if REPO_ID.match(source) and not source.startswith((".", "/")):
-        return Path(resolve_hub_repo(source, revision)), None
-    raise SurgeonError(f"{source}: no such checkpoint directory, file or Hub repo id")
-
-
-def resolve_hub_repo(repo_id: str, revision: str | None) -> str:
-    """The local snapshot folder of a Hub repo; downloads only when not offline."""
-    # deferred: snapshot_download costs 300 ms to import (measured), and only a repo id needs it
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return snapshot_download(repo_id, revision=revision, local_files_only=True)
-    except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
-            raise SurgeonError(
-                f"{repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set"
-            ) from None
-    try:
-        return snapshot_download(repo_id, revision=revision, allow_patterns=DOWNLOAD_PATTERNS)
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise SurgeonError(f"{repo_id}: cannot fetch from the Hub ({first_line(exc)})") from None
+    if not REPO_ID.match(source):  # which no path starting with ".", "/" or "~" does
+        raise SurgeonError(f"{source}: no such checkpoint directory, file or Hub repo id")
+    if path.parent.is_dir() and not download:  # `fixtures/prunedd`: a mistyped path, not an org on the Hub
+        cached = cached_snapshot(source, revision)
+        if cached is None:
+            raise SurgeonError(f"{source}: no such folder, and not in the local Hugging Face cache")
+        return cached, None
+    return resolve_hub_repo(source, revision, download_missing=download), None
 
 
 def _load_json(path: Path) -> object:

@@ -175,3 +175,18 @@ def main_stack(stacks: Iterable[str | None], *, text_only: bool = False) -> str 
     vision tower), or None; text_only leaves vision and audio stacks out."""
     counts = Counter(s for s in stacks if s is not None and not (text_only and ("vision" in s or "audio" in s)))
     return max(counts, key=counts.__getitem__) if counts else None
+
+
+# A mixture-of-experts family: "mlp.experts.17.up_proj.weight" (Qwen-MoE, Mixtral's
+# "block_sparse_moe.experts.17.w1.weight", Gemma 4's "experts.17....") is expert 17 of the
+# family "mlp.experts.{*}.up_proj.weight".
+_EXPERT = re.compile(r"(?P<head>(?:.*\.)?experts\.)(?P<expert>[0-9]{1,6})(?P<tail>\..+)")
+
+
+def expert_family(family: str) -> tuple[str, str, int] | None:
+    """(the family's text before the expert number, after it, the expert), or None when the
+    family is not one expert of a mixture-of-experts layer."""
+    match = _EXPERT.fullmatch(family)
+    if match is None:
+        return None
+    return match["head"], match["tail"], int(match["expert"])

@@ -154,14 +154,21 @@ class _Run:
 
     def execute(self, workdir_path: Path, output: Path, force: bool) -> PruneResult:
         started = time.perf_counter()
-        tokenizer_path = Path(self.options.tokenizer) if self.options.tokenizer else self.ckpt.root
-        sequences, pad_id = self._calibration(tokenizer_path)
-        workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
-        message = workdir.open()
-        if message:
-            self.messages.append(message)
-        stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
-        batches = make_batches(sequences, self.options.batch_size, pad_id)
+        # seconds to minutes before the first layer (tokenizer, corpus, transformers, the
+        # model's skeleton and embeddings): a step of its own, not silence
+        self.progress.start("loading tokenizer, calibration text and model", 1, unit="step")
+        try:
+            tokenizer_path = Path(self.options.tokenizer) if self.options.tokenizer else self.ckpt.root
+            sequences, pad_id = self._calibration(tokenizer_path)
+            workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
+            message = workdir.open()
+            if message:
+                self.messages.append(message)
+            stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
+            batches = make_batches(sequences, self.options.batch_size, pad_id)
+            self.progress.advance(1)
+        finally:
+            self.progress.stop()
         self._time("load", started)
         results, start = self._resume(workdir, stream, batches)
         # Layers after the last pruned one are never run: nothing downstream reads their
@@ -328,7 +335,8 @@ class _Run:
     def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):
         if self.on_phase is not None:
             self.on_phase(spec.index, name)
-        self.progress.start(f"layer {spec.index}/{len(self.layout.layers) - 1} {name}", total, unit=unit)
+        # layers counted 1..N, as a person counts them (the checkpoint's own indices start at 0)
+        self.progress.start(f"layer {spec.index + 1}/{len(self.layout.layers)} {name}", total, unit=unit)
         started = time.perf_counter()
         try:
             yield
@@ -341,11 +349,20 @@ class _Run:
         if spec.index in self.selected:
             result, tensors = self._prune_layer(stream, spec, batches)
         else:
+            layer = self._load(stream, spec)
             with self._phase(spec, "forward", len(batches)):
-                self._advance(stream, stream.load_layer(spec.index), spec.index, batches)
+                self._advance(stream, layer, spec.index, batches)
             result, tensors = _result(spec, pruned=False), {}
         result.seconds = time.perf_counter() - started
         return result, tensors
+
+    def _load(self, stream: LayerStream, spec: LayerSpec, replace: dict | None = None):
+        """The layer's weights read and placed on the device: for a big layer read from disk
+        or the network, the longest silent step without a phase of its own."""
+        with self._phase(spec, "load", 1, unit="layer"):
+            layer = stream.load_layer(spec.index, replace=replace)
+            self.progress.advance(1)
+        return layer
 
     def _advance(self, stream, layer, index, batches) -> None:
         """Replace every batch's stream by this layer's output."""
@@ -357,7 +374,7 @@ class _Run:
     def _capture(self, stream, spec: LayerSpec, batches) -> tuple[_Gram, torch.Tensor, list]:
         """One pass of the base layer: G of o_proj's input, o_proj's weight, and the outputs
         (kept only for --propagate base)."""
-        layer = stream.load_layer(spec.index)
+        layer = self._load(stream, spec)
         gram = _Gram(spec.num_heads * spec.head_dim, self.device)
         handle = layer.self_attn.o_proj.register_forward_pre_hook(gram.hook)
         outputs = []
@@ -380,17 +397,20 @@ class _Run:
             )
         with self._phase(spec, "importance", 1, unit=self.options.importance):
             scores = self._scores(stream, spec, batches, o_weight, gram)
+            self.progress.advance(1)
         heads = select_heads(scores, spec, self.fracs.get(spec.index, self.options.prune_frac))
         with self._phase(spec, "heal", 1, unit=self.options.heal):
             tensors, refit = self._materialise(stream, spec, heads, gram)
+            self.progress.advance(1)
         tokens = gram.tokens
         del gram, o_weight  # G and the base o_proj are done with: free them before the next load
         if self.options.propagate == "base":
             for batch, out in zip(batches, base_out, strict=True):
                 batch.hidden = out
         else:
+            layer = self._load(stream, spec, replace=tensors)
             with self._phase(spec, "propagate", len(batches)):
-                self._advance(stream, stream.load_layer(spec.index, replace=tensors), spec.index, batches)
+                self._advance(stream, layer, spec.index, batches)
         result = _result(spec, pruned=True)
         result.pruned_heads, result.scores, result.refit, result.tokens = heads, scores, refit, tokens
         return result, tensors

@@ -257,9 +257,10 @@ def _manifest(
     return manifest
 
 
-def canary_search(layers: list[int], passes, *, max_runs: int | None = None) -> PlanSearch:
+def canary_search(layers: list[int], passes, *, max_runs: int | None = None, on_step=None) -> PlanSearch:
     """The largest set of changed layers that passes: bisection over prefixes of `layers`,
-    then greedy addition of single layers. `passes(layers) -> bool` runs the canary."""
+    then greedy addition of single layers. `passes(layers) -> bool` runs the canary;
+    `on_step(step, runs_left)` hears each run as it ends, with the most runs still to come."""
     steps: list[SearchStep] = []
     limit = max_runs if max_runs is not None else 2 * len(layers).bit_length() + len(layers) + 2
 
@@ -268,6 +269,8 @@ def canary_search(layers: list[int], passes, *, max_runs: int | None = None) -> 
             raise SurgeonError(f"the automatic search stopped after {limit} canary runs")
         passed = bool(passes(candidate))
         steps.append(SearchStep(sorted(candidate), passed, how))
+        if on_step is not None:
+            on_step(steps[-1], limit - len(steps))
         return passed
 
     if layers and check(layers, "prefix"):
@@ -286,13 +289,16 @@ def canary_search(layers: list[int], passes, *, max_runs: int | None = None) -> 
     return PlanSearch(sorted(keep), steps)
 
 
-def budget_search(layers: list[int], evaluate, budget: QualityBudget, *, canary_passes=None) -> PlanSearch:
+def budget_search(
+    layers: list[int], evaluate, budget: QualityBudget, *, canary_passes=None, on_step=None
+) -> PlanSearch:
     """The largest set of changed layers whose composed model stays within `budget`.
 
     `evaluate(plans) -> summaries` scores "base + the candidate's layers K" for each plan
     (EvalSession.evaluate_plans, summarised); `canary_passes(layers) -> bool`, when given,
-    confirms a result. All layers first: within budget and confirmed, that is the answer.
-    Otherwise each layer alone gives its KL contribution, the layers are added cheapest
+    confirms a result; `on_step(step)` hears each step as it ends. All layers first: within
+    budget and confirmed, that is the answer. Otherwise each layer alone gives its KL
+    contribution, the layers are added cheapest
     first while the composed model stays within budget (a layer over budget alone is never
     tried), and when the canary rejects the result, the longest prefix of the layers in the
     order they were added (cheapest first) that it accepts is kept, found by bisection: the
@@ -310,6 +316,8 @@ def budget_search(layers: list[int], evaluate, budget: QualityBudget, *, canary_
             scored[tuple(sorted(plan))] = summary
             verdicts.append(budget.within(summary))
             steps.append(SearchStep(sorted(plan), verdicts[-1], how, summary.get("kl_mean"), summary.get("ppl_ratio")))
+            if on_step is not None:
+                on_step(steps[-1])
         return verdicts
 
     def confirmed(plan: list[int]) -> bool:
@@ -317,6 +325,8 @@ def budget_search(layers: list[int], evaluate, budget: QualityBudget, *, canary_
             return True
         passed = bool(canary_passes(sorted(plan)))
         steps.append(SearchStep(sorted(plan), passed, "canary"))
+        if on_step is not None:
+            on_step(steps[-1])
         return passed
 
     keep: list[int] = []

@@ -35,9 +35,10 @@ from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, verify_forei
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256
-from surgeon.format.hashing import FileHashes, file_sha256, hash_shards
+from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layer_ranges, layers_phrase
+from surgeon.progress import NoProgress, ProgressSink
 from surgeon.recover.manifest import MANIFEST_NAME, is_surgeon_manifest, read_manifest
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")  # transformers imports the code they name
@@ -84,11 +85,13 @@ def verify(
     cache_dir: Path | None = None,
     trust_cache: bool = False,
     integrity_only: bool = False,
+    progress: ProgressSink | None = None,
 ) -> VerifyReport:
     """Verify `checkpoint` (see the module's docstring). `trust_cache` takes a shard's
     hashes from the stat-keyed hash cache in `cache_dir` where it has them, instead of
     reading the bytes; `integrity_only` checks the files against the index and hashes
-    them, without a manifest."""
+    them, without a manifest. `progress` sees the bytes hashed."""
+    progress = progress or NoProgress()
     report = VerifyReport(str(checkpoint), str(base) if base else None, False, integrity_only=integrity_only)
     try:
         ckpt = open_checkpoint(checkpoint)
@@ -102,13 +105,13 @@ def verify(
     manifest = None if integrity_only else read_manifest(ckpt.root / MANIFEST_NAME)
     with _hash_cache(cache_dir, trust_cache) as cache:
         if manifest is None:
-            _without_manifest(ckpt, base, cache, report)
+            _without_manifest(ckpt, base, cache, report, progress)
         elif is_surgeon_manifest(manifest):
             report.manifest = True
-            _verify_surgeon(ckpt, manifest, base, cache, report, trust_cache, folder)
+            _verify_surgeon(ckpt, manifest, base, cache, report, trust_cache, folder, progress)
         else:
             report.manifest = report.foreign = True
-            _verify_foreign(ckpt, manifest, base, cache, report)
+            _verify_foreign(ckpt, manifest, base, cache, report, progress)
     if trust_cache:
         report.notes.append("cache trusted: shard hashes came from the hash cache where it had them, not the bytes")
     return report
@@ -132,11 +135,15 @@ def _hash_cache(cache_dir: Path | None, trust_cache: bool) -> Iterator[HashCache
         yield HashCache(Path(run_cache))
 
 
-def _hash(ckpts: list[Checkpoint], cache: HashCache, report: VerifyReport) -> dict[str, FileHashes]:
+def _hash(ckpts: list[Checkpoint], cache: HashCache, report: VerifyReport, progress) -> dict[str, FileHashes]:
     """Every shard's hashes; a Hugging Face blob's name is never taken for its SHA256 here,
     but it is compared with the bytes' (a blob edited in place keeps its name)."""
     shards = [shard for ckpt in ckpts for shard in ckpt.shards.values()]
-    hashes = hash_shards(shards, cache, trust_blob_names=False)
+    progress.start("hashing", bytes_to_hash(shards, cache, trust_blob_names=False))
+    try:
+        hashes = hash_shards(shards, cache, trust_blob_names=False, progress=progress.advance)
+    finally:
+        progress.stop()
     checked = 0
     for ckpt in ckpts:
         for name, shard in ckpt.shards.items():
@@ -161,7 +168,7 @@ def _shard_sha(ckpt: Checkpoint, hashes: dict[str, FileHashes]) -> dict[str, str
 # ---------- no manifest ----------
 
 
-def _without_manifest(ckpt: Checkpoint, base, cache: HashCache, report: VerifyReport) -> None:
+def _without_manifest(ckpt: Checkpoint, base, cache: HashCache, report: VerifyReport, progress) -> None:
     if base:
         report.notes.append("a base was given, but there is no manifest: no claims to check against it")
     if not report.integrity_only:
@@ -172,7 +179,7 @@ def _without_manifest(ckpt: Checkpoint, base, cache: HashCache, report: VerifyRe
         return
     if os.path.lexists(ckpt.root / MANIFEST_NAME):
         report.notes.append(f"{MANIFEST_NAME} was not read (integrity only)")
-    report.shard_sha256 = _shard_sha(ckpt, _hash([ckpt], cache, report))
+    report.shard_sha256 = _shard_sha(ckpt, _hash([ckpt], cache, report, progress))
     report.checks.append(f"{len(ckpt.shards)} shards read to the end and hashed (SHA256s in the JSON report)")
     report.notes.append("integrity only: no manifest was checked, so nothing vouches for what the weights are")
 
@@ -180,7 +187,9 @@ def _without_manifest(ckpt: Checkpoint, base, cache: HashCache, report: VerifyRe
 # ---------- a manifest surgeon wrote ----------
 
 
-def _verify_surgeon(ckpt, manifest: dict, base, cache: HashCache, report: VerifyReport, trusted, folder) -> None:
+def _verify_surgeon(
+    ckpt, manifest: dict, base, cache: HashCache, report: VerifyReport, trusted, folder, progress
+) -> None:
     given = base is not None
     record = _base_record(manifest)
     if not record.get("shards"):  # surgeon always records them: an edited manifest, tied to no base
@@ -188,7 +197,7 @@ def _verify_surgeon(ckpt, manifest: dict, base, cache: HashCache, report: Verify
             "the manifest records no base shard hashes: the base cannot be confirmed as the one it was written against"
         )
     base_ckpt, base_spec = _open_base(base, record, report)
-    hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report)
+    hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report, progress)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
     _check_bytes(ckpt, report.shard_sha256, hashes, manifest["written"], report, trusted)
     if folder:
@@ -510,7 +519,7 @@ def _remote_code_keys(value: object) -> Iterator[str]:
 # ---------- a manifest surgeon did not write ----------
 
 
-def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, report: VerifyReport) -> None:
+def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, report: VerifyReport, progress) -> None:
     """surgeon.diff.foreign_manifest checks the claims of a format it knows against the diff with
     the base (given, else the `source` the manifest names, if this machine has it)."""
     given = base is not None
@@ -518,7 +527,7 @@ def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, re
     record = {"source": source} if isinstance(source, str) and source else {}
     known = is_omnimergekit_manifest(manifest)
     base_ckpt, base_spec = _open_base(base, record, report) if known and (given or record) else (None, None)
-    hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report)
+    hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report, progress)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
     diff = None
     if base_ckpt is not None:

@@ -20,6 +20,28 @@ def test_exit_codes_follow_diff():
     assert invoke("diff", BASE, BASE / "nope").exit_code == 2
 
 
+def test_quiet_is_the_exit_status_and_at_most_one_line():
+    """Like diff -q: nothing when identical, the summary line when they differ."""
+    same = invoke("diff", BASE, BASE, "-q")
+    assert (same.exit_code, same.stdout) == (0, "")
+    differ = invoke("diff", BASE, PRUNED, "-q")
+    assert differ.exit_code == 1
+    assert differ.stdout.splitlines() == [json.loads(invoke("diff", BASE, PRUNED, "--json").stdout)["summary"]["text"]]
+
+
+@pytest.mark.parametrize("flag", [["--json"], ["--markdown"], ["-v"], ["-o", "report.txt"]])
+def test_quiet_refuses_options_that_shape_a_report(flag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("diff", BASE, PRUNED, "-q", *flag)
+    assert result.exit_code == 2 and "--quiet prints no report" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "report.txt").exists()
+
+
+def test_no_progress_keeps_the_report():
+    result = invoke("diff", BASE, PRUNED, "--no-progress", "--json")
+    assert result.exit_code == 1 and json.loads(result.stdout)["summary"]["tensors"]["changed"] == 8
+
+
 def test_json_schema():
     result = invoke("diff", BASE, PRUNED, "--json")
     assert result.exit_code == 1

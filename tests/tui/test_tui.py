@@ -637,7 +637,13 @@ def test_prune_streams_layers_and_opens_the_result(tmp_path):
         await type_into(pilot, "#prune-frac", "0.25")
         await type_into(pilot, "#prune-layers", "0-1")
         await type_into(pilot, "#prune-output", str(output))
-        app.query_one("#prune-run").press()
+        await pilot.press("enter")  # on to the next field: it starts nothing
+        assert app.focused.id == "prune-run" and app.job is None
+        await pilot.press("enter")  # the Start button: it asks first, naming the folder
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog) and app.job is None
+        assert str(output) in text_of(app, "#dialog-text")
+        await pilot.press("y")
         await settle(app, pilot)
         assert isinstance(app.screen, ConfirmDialog)  # the old candidate's plan would go
         await pilot.press("y")
@@ -669,7 +675,7 @@ def test_bad_prune_options_show_a_dialog(field, value, message):
     async def flow(app, pilot):
         await pilot.press("5")
         await type_into(pilot, field, value)
-        await pilot.press("enter")  # enter in a prune field starts the prune
+        app.query_one("#prune-run").press()  # the options are checked before the question
         await pilot.pause()
         assert isinstance(app.screen, MessageDialog)
         assert message in _render_plain(app.screen.query_one("#dialog-text"))
@@ -725,7 +731,7 @@ def test_quit_during_a_prune_asks_first(tmp_path, monkeypatch):
     async def flow(app, pilot):
         await pilot.press("5")
         await type_into(pilot, "#prune-output", str(output))
-        await pilot.press("enter")
+        await pilot.press("escape", "p", "y")  # out of the box, start, confirm
         await asyncio.to_thread(entered.wait, 30)
         await pilot.press("q")
         await pilot.pause()
@@ -931,3 +937,184 @@ def test_a_pair_salvage_cannot_write_is_explained_not_written(tmp_path):
         assert "the canary composes changed layers only" in text_of(app, "#dialog-text")
 
     run_app(flow, candidate=candidate)
+
+
+def inside(widget, screen) -> bool:
+    """The widget is drawn whole on the screen, inside its dialog's box."""
+    box = screen.query_one("#dialog").region
+    return screen.region.contains_region(widget.region) and box.contains_region(widget.region)
+
+
+def test_every_dialog_fits_at_80x24_with_its_buttons_in_sight():
+    """At 80x24 the write dialog's buttons were drawn below the screen; each dialog now scrolls
+    its body with its buttons docked in the box."""
+    long_text = "\n".join(f"line {n} of a long message" for n in range(60))
+    openers = {
+        "write": lambda app: app.action_write(),
+        "confirm": lambda app: app.push_screen(ConfirmDialog(long_text)),
+        "budget": lambda app: app.action_budget_plan(),
+        "help": lambda app: app.action_help(),
+        "tensor detail": lambda app: app.open_tensor("model.layers.0.self_attn.q_proj.weight"),
+        "message": lambda app: app.show_error("A long error", long_text),
+    }
+    kinds = {
+        "write": WriteDialog,
+        "confirm": ConfirmDialog,
+        "budget": BudgetDialog,
+        "help": HelpScreen,
+        "tensor detail": TensorDetail,
+        "message": MessageDialog,
+    }
+
+    async def flow(app, pilot):
+        for name, opener in openers.items():
+            opener(app)
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, kinds[name]), name
+            buttons = list(screen.query("#dialog-buttons Button"))
+            assert buttons, name
+            assert all(inside(button, screen) for button in buttons), (name, [b.region for b in buttons])
+            assert screen.query_one("#dialog").region.bottom <= screen.region.bottom - 1, name  # the footer shows
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, kinds[name]), name
+        await pilot.press("w")
+        await pilot.pause()
+        app.screen.query_one("#write-output").focus()
+        await pilot.pause()
+        assert inside(app.screen.query_one("#write-output"), app.screen)  # the folder box scrolls into sight
+
+    run_app(flow, size=(80, 24))
+
+
+def test_enter_in_a_prune_field_starts_nothing(tmp_path):
+    output = tmp_path / "never"
+
+    async def flow(app, pilot):
+        await pilot.press("5")
+        await type_into(pilot, "#prune-frac", "0.25")
+        await pilot.press("enter")
+        assert app.focused.id == "prune-layers"  # enter moves on to the next field
+        await type_into(pilot, "#prune-output", str(output))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.job is None and not isinstance(app.screen, ConfirmDialog)
+        shown = {active.binding.description for active in app.screen.active_bindings.values() if active.binding.show}
+        assert "Start prune" in shown  # in the footer
+
+    run_app(flow)
+    assert not output.exists()
+
+
+def test_a_cancelled_prune_question_writes_nothing(tmp_path):
+    output = tmp_path / "never"
+
+    async def flow(app, pilot):
+        await pilot.press("5")
+        await type_into(pilot, "#prune-output", str(output))
+        app.query_one("#prune-run").press()
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        question = text_of(app, "#dialog-text")
+        assert str(output) in question and "fraction 0.125" in question
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.job is None and not isinstance(app.screen, ConfirmDialog)
+        assert [n.message for n in app._notifications][-1] == "Prune not started; nothing was written"
+
+    run_app(flow)
+    assert not output.exists()
+
+
+def test_each_layer_map_explains_its_symbols_under_it():
+    async def flow(app, pilot):
+        for tab, map_id, legend_id in (("1", "#layer-map", "#map-legend"), ("3", "#plan-map", "#plan-legend")):
+            await pilot.press(tab)
+            legend = app.query_one(legend_id)
+            for words in ("· identical", "● changed", "H heads zeroed", "↺ rolled back"):
+                assert words in text_of(app, legend_id)
+            assert legend.region.y == app.query_one(map_id).region.bottom  # the line right under the map
+            assert legend.size.height == 1
+
+    run_app(flow, size=(80, 24))
+
+
+def test_job_bar_names_a_phase_only_when_it_says_more(monkeypatch):
+    from surgeon.tui.jobs import job_label
+
+    import surgeon.diff.engine as diff_module
+
+    assert job_label("hashing", "hashing") == "hashing"
+    assert job_label("hashing", "comparing") == "hashing: comparing"
+    assert job_label("canary", "") == "canary"
+    entered, release = hold(monkeypatch, diff_module, "_hash_both")
+
+    async def flow(app, pilot):
+        await asyncio.to_thread(entered.wait, 30)
+        await pilot.pause(0.3)
+        assert text_of(app, "#job-label") == "hashing"
+        await pilot.press("x")
+        release.set()
+        await settle(app, pilot)
+        message = [n.message for n in app._notifications][-1]
+        assert message == "hashing cancelled: the pair is not compared (r hashes again)"
+        assert "written" not in message
+
+    run_app(flow, hashed=False)
+
+
+def test_a_canary_that_cannot_run_says_so(tmp_path):
+    from tests.helpers import make_variant
+
+    candidate = make_variant(tmp_path / "dropped", src=CANDIDATE, drop=("model.norm.weight",))
+
+    async def flow(app, pilot):
+        await pilot.press("c")
+        await settle(app, pilot)
+        assert isinstance(app.screen, MessageDialog)
+        assert text_of(app, "#dialog-title").strip() == "canary could not run"
+        assert "the canary composes changed layers only" in text_of(app, "#dialog-text")
+
+    run_app(flow, candidate=candidate)
+
+
+def test_space_on_an_identical_layer_is_a_toast_not_a_dialog(tmp_path):
+    import numpy as np
+
+    from surgeon.format.checkpoint import open_checkpoint
+    from tests.helpers import make_variant
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    shape = open_checkpoint(BASE).tensors[name].shape
+    candidate = make_variant(tmp_path / "one-layer", src=BASE, replace={name: np.zeros(shape, np.float32)})
+
+    async def flow(app, pilot):
+        assert app.report.layers_changed() == [0]
+        await pilot.press("down", "space")  # layer 1: identical
+        await pilot.pause()
+        assert not isinstance(app.screen, MessageDialog)
+        assert "layer 1 is identical" in [n.message for n in app._notifications][-1]
+        assert app.plan.keep == [0]
+
+    run_app(flow, candidate=candidate)
+
+
+def test_a_file_pair_compares_those_files_and_refuses_what_needs_folders():
+    from surgeon.cli.tui import checkpoint_path
+
+    shard = "model-00002-of-00002.safetensors"
+    assert checkpoint_path(str(CANDIDATE / shard)) == (CANDIDATE / shard).resolve()  # not its folder
+    assert checkpoint_path(str(CANDIDATE)) == CANDIDATE.resolve()
+
+    async def flow(app, pilot):
+        summary = text_of(app, "#summary")
+        assert "of 112 tensors" not in summary  # one shard's tensors, not the folder's
+        assert {t.base.shard for t in app.report.tensors if t.base} == {shard}
+        for key in ("c", "w"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert not isinstance(app.screen, (MessageDialog, WriteDialog)) and app.job is None
+            assert "needs checkpoint folders" in [n.message for n in app._notifications][-1]
+
+    run_app(flow, base=BASE / shard, candidate=CANDIDATE / shard)

@@ -208,20 +208,26 @@ class BaseOutputs:
         self.hits = 0
         self.self_check: dict | None = None
 
-    def get(self, prompts: list[Prompt], ids: list[list[int]], tokenizer, model: CanaryModel | None = None):
+    def get(
+        self, prompts: list[Prompt], ids: list[list[int]], tokenizer, model: CanaryModel | None = None, progress=None
+    ):
         """The base's outputs per prompt, once the base has passed against itself (a
         SurgeonError otherwise: a canary measured against such a base means nothing)."""
+        progress = progress or NoProgress()
         keys = [cache_key(self.key_parts | {"prompt": p.label, "ids": i}) for p, i in zip(prompts, ids, strict=True)]
         found = [cache_read(self.cache_dir, key) for key in keys]
         missing = [n for n, value in enumerate(found) if value is None]
         self.hits = len(prompts) - len(missing)
         if missing:
-            model = model or CanaryModel(self.base, device=self.device, dtype=self.dtype, quant=self.quant)
+            model = model or loading("base", progress, lambda: self._model())
+            progress.start("base: generating", len(missing), unit="prompts")
             for n in missing:
                 tokens = model.generate(ids[n], self.options.max_new_tokens)
                 entry = {"tokens": tokens, "nll": model.nll(ids[n], tokens)}
                 found[n] = entry
                 cache_write(self.cache_dir, keys[n], entry)
+                progress.advance(1)
+            progress.stop()
         # The self-check is keyed by the outputs themselves: an entry changed since it was
         # checked (tampered, or left by another version) is checked again.
         outputs = hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
@@ -230,8 +236,8 @@ class BaseOutputs:
         )
         cached_check = cache_read(self.cache_dir, check_key, valid=_is_self_check)
         if cached_check is None:
-            model = model or CanaryModel(self.base, device=self.device, dtype=self.dtype, quant=self.quant)
-            results = score(model, tokenizer, prompts, ids, found, self.options)
+            model = model or loading("base", progress, lambda: self._model())
+            results = score(model, tokenizer, prompts, ids, found, self.options, progress=progress, label="base")
             cached_check = _self_check_record(results, self.options)
             cache_write(self.cache_dir, check_key, cached_check)
             self.self_check = cached_check | {"cached": False}
@@ -245,6 +251,20 @@ class BaseOutputs:
                 "its own variation)"
             )
         return found
+
+    def _model(self) -> CanaryModel:
+        return CanaryModel(self.base, device=self.device, dtype=self.dtype, quant=self.quant)
+
+
+def loading(what: str, progress, load):
+    """load(), shown as a step of its own: loading a model takes seconds to minutes."""
+    progress.start(f"{what}: loading", 1, unit="step")
+    try:
+        model = load()
+        progress.advance(1)
+        return model
+    finally:
+        progress.stop()
 
 
 def _self_check_record(results: list[PromptResult], options: CanaryOptions) -> dict:
@@ -273,12 +293,21 @@ def _is_self_check(entry: object) -> bool:
 
 
 def score(
-    model: CanaryModel, tokenizer, prompts, ids, base_out, options: CanaryOptions, *, cancel=None, progress=None
+    model: CanaryModel,
+    tokenizer,
+    prompts,
+    ids,
+    base_out,
+    options: CanaryOptions,
+    *,
+    cancel=None,
+    progress=None,
+    label: str = "canary",
 ) -> list[PromptResult]:
     """Each prompt's checks; `cancel` (a threading.Event) is looked at between prompts."""
     progress = progress or NoProgress()
     results = []
-    progress.start("canary", len(prompts), unit="prompts")
+    progress.start(label, len(prompts), unit="prompts")
     for prompt, prompt_tokens, base in zip(prompts, ids, base_out, strict=True):
         check_stop(cancel.is_set if cancel is not None else None)
         results.append(_score_one(model, tokenizer, prompt, prompt_tokens, base, options))
@@ -323,8 +352,11 @@ def run_canary(
     quant: str | None = None,
     tokenizer_path: str | None = None,
     cache_dir: Path | None = None,
+    progress=None,
 ) -> CanaryReport:
-    """Canary of MODEL against BASE, one model in memory at a time."""
+    """Canary of MODEL against BASE, one model in memory at a time; `progress` sees each
+    model load and each prompt, for the base (unless cached) and for the model."""
+    progress = progress or NoProgress()
     options.validate()
     resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
     base, model_ckpt = _checked(open_checkpoint(base_path)), _checked(open_checkpoint(model_path))
@@ -333,9 +365,9 @@ def run_canary(
     prompts = usable_prompts(prompts, tokenizer)
     ids = [prompt_ids(tokenizer, p, options.bos) for p in prompts]
     outputs = BaseOutputs(base, tokenizer_dir, options, device=device, dtype=dtype, quant=quant, cache_dir=cache_dir)
-    base_out = outputs.get(prompts, ids, tokenizer)
-    model = CanaryModel(model_ckpt, device=device, dtype=dtype, quant=quant)
-    results = score(model, tokenizer, prompts, ids, base_out, options)
+    base_out = outputs.get(prompts, ids, tokenizer, progress=progress)
+    model = loading("model", progress, lambda: CanaryModel(model_ckpt, device=device, dtype=dtype, quant=quant))
+    results = score(model, tokenizer, prompts, ids, base_out, options, progress=progress, label="model")
     return _report(results, options, outputs.hits == len(prompts), self_check=outputs.self_check)
 
 
@@ -359,8 +391,10 @@ class ComposedCanary:
         tokenizer_path=None,
         cache_dir=None,
         changed: dict[int, list[str]] | None = None,
+        progress=None,
     ):
         options.validate()
+        progress = progress or NoProgress()
         resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
         self.base = _checked(open_checkpoint(base_path))
         self.candidate = _checked(open_checkpoint(candidate_path))
@@ -368,11 +402,11 @@ class ComposedCanary:
         self.tokenizer = load_tokenizer(tokenizer_dir)
         self.prompts, self.options = usable_prompts(prompts, self.tokenizer), options
         self.ids = [prompt_ids(self.tokenizer, p, options.bos) for p in self.prompts]
-        self.model = CanaryModel(self.base, device=device, dtype=dtype)
+        self.model = loading("base", progress, lambda: CanaryModel(self.base, device=device, dtype=dtype))
         self.outputs = BaseOutputs(
             self.base, tokenizer_dir, options, device=device, dtype=dtype, quant=None, cache_dir=cache_dir
         )
-        self.base_out = self.outputs.get(self.prompts, self.ids, self.tokenizer, model=self.model)
+        self.base_out = self.outputs.get(self.prompts, self.ids, self.tokenizer, model=self.model, progress=progress)
         self.changed = changed if changed is not None else changed_by_layer(self.base, self.candidate)
         names = [n for layer_names in self.changed.values() for n in layer_names]
         self._base_tensors = _read(self.base, names)
