@@ -406,6 +406,7 @@ def test_only_temp_folders_whose_owner_is_gone_are_removed(tmp_path):
 TRUNCATING = """
 import os, sys
 from surgeon.cli import diff as commands
+from surgeon.cli import recover as recover_commands
 from surgeon.cli.main import main
 from surgeon.format import hashing
 from surgeon.format import writer
@@ -430,6 +431,7 @@ class Truncator:
 
 hashing.CHUNK_BYTES = writer.COPY_CHUNK = 4096
 commands.progress_for = lambda quiet: Truncator()
+recover_commands.progress_for = lambda quiet: Truncator()  # salvage passes its bar to the writer
 writer.NoProgress = Truncator
 main(sys.argv[2:], prog_name="surgeon")
 """

@@ -444,9 +444,10 @@ class SurgeonApp(App):
             self.show_error("Cannot write this pair", "\n".join(summary.problems))
             return
         default = self.last_output or Path.cwd() / f"{self.candidate.name}-salvaged"
-        description = plan_text(summary, self.candidate.name)
-        description.append("\n").append_text(self._canary_note())
+        # The verdicts first: at 80x24 the plan's details scroll in a box of 7 lines.
+        description = self._canary_note()
         description.append("\n").append_text(eval_text(self.eval_reports.get(self.plan_key())))
+        description.append("\n").append_text(plan_text(summary, self.candidate.name))
         inputs = [self.base, self.candidate]
         self.push_screen(WriteDialog(default, description, inputs), self._write_confirmed)
 

@@ -433,16 +433,18 @@ class PrunePane(VerticalScroll):
             table.add_row(str(layer), phase, "", "", "", key=key)
             table.move_cursor(row=table.row_count - 1)
         else:
-            table.update_cell(key, "phase", phase)
+            table.update_cell(key, "phase", phase, update_width=True)
 
     def layer_done(self, result) -> None:
         table = self.query_one("#prune-progress", DataTable)
         key = str(result.layer)
         if key not in table.rows:
             self.phase(result.layer, "done")
-        table.update_cell(key, "phase", "pruned" if result.pruned else "forward only")
+        table.update_cell(
+            key, "phase", "pruned" if result.pruned else "forward only", update_width=True
+        )  # wider than "prune"
         heads = ",".join(map(str, result.pruned_heads)) if result.pruned else "-"
-        table.update_cell(key, "heads pruned", heads or "none")
+        table.update_cell(key, "heads pruned", heads or "none", update_width=True)
         residual = (result.refit or {}).get("rel_residual")
         table.update_cell(key, "rel residual", "-" if residual is None else f"{residual:.4f}")
         table.update_cell(key, "seconds", f"{result.seconds:.2f}")
