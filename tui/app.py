@@ -249,10 +249,10 @@ class SurgeonApp(App):
     def _need_folders(self, action: str) -> bool:
         """The canary, eval, write and prune read whole checkpoints; a pair of single
         .safetensors files is only compared (the Overview, Tensors and Plan tabs work)."""
-        files = [path.name for path in (self.base, self.candidate) if path.is_file()]
+        files = any(path.is_file() for path in (self.base, self.candidate))
         if files:
-            message = f"{action} needs checkpoint folders; {', '.join(files)}: a single file is only compared"
-            self.notify(inert(message), severity="error", timeout=6, markup=False)
+            message = f"{action} needs checkpoint folders: a single .safetensors file is only compared"
+            self.notify(message, severity="error", timeout=6, markup=False)
         return not files
 
     def toggle_layer(self, layer: int) -> None:

@@ -253,6 +253,7 @@ layers to keep, check the choice with the canary, and write it.
 | `/` | type: the tensor filter, or the plan's layer range (enter rolls those layers back) |
 | `escape` | leave a text box, back to the tab's table |
 | `s` | on the Tensors tab: next sort order (or click a column header) |
+| `y`, `Y` | on the Tensors tab: copy the tensor's full SHA256, its name |
 | `c` | run the canary on the current plan (in memory, nothing written) |
 | `a` | auto plan: the largest set of changed layers that passes the canary |
 | `e` | eval the plan against the base (perplexity ratio, KL, top-1), and each changed layer alone |

@@ -139,7 +139,11 @@ class TensorsPane(Vertical):
     #tensor-table { height: 1fr; }
     #tensor-count { height: auto; padding: 0 1; }
     """
-    BINDINGS = [Binding("s", "next_sort", "Sort")]
+    BINDINGS = [
+        Binding("s", "next_sort", "Sort"),
+        Binding("y", "yank('sha256')", "Copy"),  # its SHA256; "Copy SHA256" pushed Quit off 80 columns
+        Binding("Y", "yank('name')", "Copy name", show=False),
+    ]
 
     class DetailRequested(Message):
         """Open a tensor's detail: its hashes, stats and heads."""
@@ -240,6 +244,23 @@ class TensorsPane(Vertical):
         if key in views.TENSOR_SORTS:
             self.sort = key
             self.refilter()
+
+    def action_yank(self, what: str) -> None:
+        """The selected tensor's full SHA256 (the candidate's, else the base's) or its name, to
+        the clipboard: the table shows 8 hex digits of each hash, too few to paste anywhere."""
+        table = self.query_one("#tensor-table", DataTable)
+        if not table.row_count:
+            self.notify("No tensor selected", severity="warning", timeout=2)
+            return
+        name = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        tensor = next(t for t in self.shown if t.name == name)
+        side = tensor.other or tensor.base
+        text = name if what == "name" else (side.sha256 if side is not None else None)
+        if not text:
+            self.notify("Not hashed: press r to hash again", severity="warning", timeout=3)
+            return
+        self.app.copy_to_clipboard(text)
+        self.notify(inert(f"Copied {'the name' if what == 'name' else 'SHA256'} of {name}"), timeout=3, markup=False)
 
     def action_next_sort(self) -> None:
         names = list(views.TENSOR_SORTS)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
 from textual.command import CommandPalette
+from textual.widgets import DataTable
 
 from surgeon.demo import DEMO_CANDIDATE as CANDIDATE
 from surgeon.demo import DEMO_MODEL as BASE
@@ -792,6 +793,12 @@ async def screenshot(app, pilot) -> str:
     await pilot.wait_for_scheduled_animations()
     for _ in range(3):
         await pilot.pause()
+    # A table's cached lines can keep a layout in between (the layer map's last cell drawn in
+    # the row's colour or not, in the 160x48 Overview, depending on what ran before): drawn afresh.
+    for table in app.screen.query(DataTable):
+        table._clear_caches()
+        table.refresh()
+    await pilot.pause()
     return app.export_screenshot()
 
 
@@ -1118,3 +1125,20 @@ def test_a_file_pair_compares_those_files_and_refuses_what_needs_folders():
             assert "needs checkpoint folders" in [n.message for n in app._notifications][-1]
 
     run_app(flow, base=BASE / shard, candidate=CANDIDATE / shard)
+
+
+def test_yank_copies_the_full_sha256_or_the_name():
+    name = "model.layers.0.self_attn.q_proj.weight"
+
+    async def flow(app, pilot):
+        await pilot.press("2")
+        await type_into(pilot, "#filter-text", name)
+        await pilot.press("enter")  # back to the table
+        assert app.focused.id == "tensor-table"
+        tensor = next(t for t in app.report.tensors if t.name == name)
+        await pilot.press("y")
+        assert app.clipboard == tensor.other.sha256 and len(app.clipboard) == 64
+        await pilot.press("Y")
+        assert app.clipboard == name
+
+    run_app(flow)
