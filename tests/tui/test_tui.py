@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
+from surgeon.tui.panes import FILTER_DELAY
 from textual.command import CommandPalette
 from textual.widgets import DataTable
 
@@ -73,6 +74,7 @@ async def type_into(pilot, selector: str, text: str) -> None:
     box.focus()
     box.value = ""
     await pilot.press(*text)
+    await pilot.pause(FILTER_DELAY + 0.1)  # the Tensors tab filters once typing pauses
     await pilot.pause()
 
 
