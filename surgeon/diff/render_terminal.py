@@ -6,6 +6,8 @@ characters, never parsed as markup or emoji codes (see surgeon.text).
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -21,9 +23,9 @@ MAX_TENSOR_ROWS = 200
 # columns they left the tensor name 11 characters ("model.laye…"), and a name that cannot
 # be read says nothing. Names, hashes and statuses are never cut: names fold onto more lines.
 WIDE = 120
-NAME = {"overflow": "fold"}  # a name from the file: folded onto more lines, never cut
-HASH = {"no_wrap": True, "min_width": 12}  # a short SHA256 is 12 characters, all of them shown
-STATUS = {"no_wrap": True}
+NAME: dict[str, Any] = {"overflow": "fold"}  # a name from the file: folded onto more lines, never cut
+HASH: dict[str, Any] = {"no_wrap": True, "min_width": 12}  # a short SHA256 is 12 characters, all of them shown
+STATUS: dict[str, Any] = {"no_wrap": True}
 
 
 def render_terminal(report: DiffReport, console: Console, verbose: bool = False) -> None:
