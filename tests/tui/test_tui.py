@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
-from surgeon.tui.panes import FILTER_DELAY
+from surgeon.tui.panes import FILTER_DELAY, PAGE
 from textual.command import CommandPalette
 from textual.widgets import DataTable
 
@@ -139,7 +139,13 @@ def test_filter_and_sort_tensors():
     async def flow(app, pilot):
         await pilot.press("2")
         table = app.query_one("#tensor-table")
+        assert table.row_count == PAGE < 112  # a page drawn; the rest as the cursor nears the end
+        assert "112 of 112 tensors" in text_of(app, "#tensor-count")
+        table.focus()
+        table.move_cursor(row=table.row_count - 1)  # as page-down to the last row drawn does
+        await pilot.pause()
         assert table.row_count == 112
+        assert table_rows(table)[-1][0] == app.report.tensors[-1].name
         await type_into(pilot, "#filter-text", "q_proj")
         assert table.row_count == 8
         assert "8 of 112 tensors" in text_of(app, "#tensor-count")
