@@ -172,7 +172,9 @@ class TensorIndex:
         return self._orders[sort]
 
     def filtered(self, sort: str, text: str, status: str, layers: set[int] | None, from_candidate: set[str]) -> list:
-        """filter_tensors's answer, in `sort` order, without sorting again."""
+        """Tensors whose name contains every word of `text`, with `status` ("all" for any;
+        "plan:X" for the plan's source X) and a layer in `layers` (None for any), in `sort`
+        order without sorting again."""
         words = text.lower().split()
         out = []
         for i in self.order(sort):
@@ -187,24 +189,6 @@ class TensorIndex:
             if all(w in self.lower[i] for w in words):
                 out.append(t)
         return out
-
-
-def filter_tensors(tensors, text: str, status: str, layers: set[int] | None, from_candidate: set[str]) -> list:
-    """Tensors whose name contains every word of `text`, with `status` ("all" for any; "plan:X"
-    for the plan's source X) and a layer in `layers` (None for any)."""
-    words = text.lower().split()
-    out = []
-    for t in tensors:
-        if status.startswith("plan:"):
-            if plan_source(t, from_candidate) != status[5:]:
-                continue
-        elif status != "all" and t.status != status:
-            continue
-        if layers is not None and t.layer not in layers:
-            continue
-        if all(w in t.name.lower() for w in words):
-            out.append(t)
-    return out
 
 
 def plan_text(summary, candidate_name: str) -> Text:

@@ -217,17 +217,7 @@ def render_verify(report, console) -> None:
 def _composed(base, candidate, prompts, options, run: dict, progress):
     from surgeon.recover.canary.runner import ComposedCanary  # deferred: torch, as in canary
 
-    return ComposedCanary(
-        base,
-        candidate,
-        prompts,
-        options,
-        device=run["device"],
-        dtype=run["dtype"],
-        tokenizer_path=run["tokenizer"],
-        cache_dir=canary_cache_dir(),
-        progress=progress,
-    )
+    return ComposedCanary(base, candidate, prompts, options, **_model_run(run), progress=progress)
 
 
 def _canary_on_written(base, prompts, options, run: dict):
@@ -236,19 +226,19 @@ def _canary_on_written(base, prompts, options, run: dict):
     def canary_of(output: Path) -> dict:
         from surgeon.recover.canary.runner import run_canary  # deferred: torch, as in canary
 
-        report = run_canary(
-            str(output),
-            base,
-            prompts,
-            options,
-            device=run["device"],
-            dtype=run["dtype"],
-            tokenizer_path=run["tokenizer"],
-            cache_dir=canary_cache_dir(),
-        )
-        return report.to_json()
+        return run_canary(str(output), base, prompts, options, **_model_run(run)).to_json()
 
     return canary_of
+
+
+def _model_run(run: dict) -> dict:
+    """How the canary runner loads and runs the models, from the command's run settings."""
+    return {
+        "device": run["device"],
+        "dtype": run["dtype"],
+        "tokenizer_path": run["tokenizer"],
+        "cache_dir": canary_cache_dir(),
+    }
 
 
 def _auto(composed, console, progress):
