@@ -18,10 +18,12 @@ from pathlib import Path
 from rich.text import Text
 from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
 from surgeon.tui.jobs import Job, JobBar, JobRunner
-from surgeon.tui.panes import CanaryPane, LayerMap, OverviewPane, PlanPane, PrunePane, TensorsPane
+from surgeon.tui.panes import CanaryPane, LayerMap, OverviewPane, PlanPane, PrunePane, StatusLine, TensorsPane
+from surgeon.tui.search import SearchBar
 from surgeon.tui.tabs import TAB, TABS
 from surgeon.tui.views import (
     auto_steps_text,
+    budget_live_text,
     budget_steps_text,
     eval_numbers,
     eval_text,
@@ -29,12 +31,14 @@ from surgeon.tui.views import (
     kl_order,
     layer_rows,
     plan_text,
+    search_live_text,
+    status_text,
 )
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerFailed, WorkerState
 
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
@@ -46,7 +50,7 @@ from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
 from surgeon.recover.plan import RollbackPlan
 from surgeon.recover.render import verify_text
-from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, salvage
+from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, canary_search_limit, salvage
 from surgeon.recover.verify import verify
 from surgeon.text import inert
 
@@ -107,6 +111,7 @@ class SurgeonApp(App):
         self.auto_steps: list = []  # the last auto search's canary runs, shown on the Canary tab
         self.auto_found: frozenset[int] | None = None  # the layers that search found
         self.auto_budget = None  # the QualityBudget of the last search, None for a canary search
+        self.searching: Text | None = None  # the running search's live line, None when none runs
         self._reset_eval()
 
     def _reset_eval(self) -> None:
@@ -125,6 +130,8 @@ class SurgeonApp(App):
             for tab in TABS:
                 with TabPane(tab.label, id=tab.id):
                     yield tab.pane()
+        yield StatusLine(id="status-line")
+        yield SearchBar(id="search-bar")
         yield Footer(compact=True)  # every key of the footer fits 80 columns
 
     def on_mount(self) -> None:
@@ -145,6 +152,7 @@ class SurgeonApp(App):
 
         if self.start_job("hashing", work, self._loaded):
             self.query_one("#summary", Static).update("Hashing both checkpoints...")
+            self.query_one(StatusLine).update(Text(f"hashing both checkpoints · candidate: {inert(candidate.name)}"))
 
     def action_rehash(self) -> None:
         self.load_pair()
@@ -165,8 +173,18 @@ class SurgeonApp(App):
         canary = self.query_one(CanaryPane)
         report = self.canary_reports.get(self.plan_key())
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval))
+        self.query_one(StatusLine).update(status_text(summary, report, plan_eval, self.candidate.name))
+
+    def _searching(self, text: Text) -> None:
+        """A search's live line on the Canary tab, until its job ends (on_worker_state_changed),
+        with the plan's verdicts as they stand (the run before this one is in them). The worker
+        waits in call_from_thread meanwhile, so the canary's results do not change under it."""
+        self.searching = text
+        self.refresh_plan()
 
     def _steps_text(self):
+        if self.searching is not None:
+            return self.searching
         if self.auto_budget is None:
             return auto_steps_text(self.auto_steps)
         return budget_steps_text(self.auto_steps, sorted(self.auto_found or ()), self.auto_budget.text())
@@ -204,6 +222,9 @@ class SurgeonApp(App):
             return
         self._draw_job()
         self._close_quit_question(job)
+        if self.searching is not None:  # the search is over, however it ended: its result shows instead
+            self.searching = None
+            self.refresh_plan()
         if event.state == WorkerState.SUCCESS:
             try:
                 job.done(event.worker.result)
@@ -215,6 +236,7 @@ class SurgeonApp(App):
             self.notify(f"{job.name} cancelled", timeout=3)
         if job.name == "hashing" and self.report is None:
             self.query_one("#summary", Static).update("Hashing stopped before the end. Press r to hash again.")
+            self.query_one(StatusLine).update("not compared: hashing stopped (r hashes again)")
 
     def _job_failed(self, job: Job, error: BaseException | None) -> None:
         if isinstance(error, Cancelled):
@@ -316,11 +338,19 @@ class SurgeonApp(App):
 
         def work(job: Job):
             composed = self._composed_canary(job)
+            changed = sorted(composed.changed)
+            steps: list = []
+            runs_left = [canary_search_limit(len(changed))]
 
-            def passes(layers) -> bool:
+            def passes(layers) -> bool:  # said before each run starts: a run takes minutes on a real model
+                self.call_from_thread(self._searching, search_live_text(steps, layers, runs_left[0] - 1))
                 return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
 
-            return canary_search(sorted(composed.changed), passes)
+            def heard(step, left: int) -> None:
+                steps.append(step)
+                runs_left[0] = left
+
+            return canary_search(changed, passes, on_step=heard)
 
         self.start_job("auto plan", work, self._auto_done)
 
@@ -419,10 +449,22 @@ class SurgeonApp(App):
                 known = {**self.eval_reports, **found}
                 return [known[frozenset(plan) & set(session.changed_layers)] for plan in plans]
 
+            steps: list = []
+
+            def say(doing: str) -> None:
+                self.call_from_thread(self._searching, budget_live_text(steps, doing, budget.text()))
+
             def passes(layers) -> bool:
+                say(f"the canary tests keep {layer_ranges(layers) or 'none'}")
                 return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
 
-            return budget_search(sorted(session.changed_layers), evaluate, budget, canary_passes=passes), found, budget
+            def scored(plans):
+                say(f"evaluating {len(plans)} {'plan' if len(plans) == 1 else 'plans'}")
+                return evaluate(plans)
+
+            changed = sorted(session.changed_layers)
+            plan = budget_search(changed, scored, budget, canary_passes=passes, on_step=steps.append)
+            return plan, found, budget
 
         self.start_job("budget plan", work, self._budget_done)
 
@@ -620,21 +662,27 @@ class SurgeonApp(App):
         self._focus_tab(tab)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if isinstance(self.focused, SearchBar):  # "3" then "/" typed at once: the search started meanwhile
+            return
         self._focus_tab(event.pane.id)
 
     def action_type_here(self) -> None:
-        """/ jumps to the tab's text box: the tensor filter, or the plan's layer range."""
+        """/ searches the tab's table (the Tensors tab's: its filter box)."""
         tab = TAB.get(self.query_one(TabbedContent).active)
         if tab is not None and tab.type_here:
             self.query_one(tab.type_here).focus()
+        elif tab is not None and tab.search:
+            self.query_one(SearchBar).open(self.query_one(tab.search, DataTable))
+        else:
+            self.notify("This tab has no table to search", timeout=2)
 
     def action_leave_box(self) -> None:
         self._focus_tab(self.query_one(TabbedContent).active)
 
     def _focus_tab(self, tab: str | None) -> None:
         """Keys go to the tab's main widget, not the tab strip: space on a map just works."""
-        if tab in TAB:
-            self.query_one(TAB[tab].focus).focus()
+        if tab in TAB:  # now, not after a refresh: a key typed right after the tab key lands here
+            self.screen.set_focus(self.query_one(TAB[tab].focus))
 
     def open_tensor(self, name: str) -> None:
         tensor = next((t for t in self.report.tensors if t.name == name), None) if self.report else None

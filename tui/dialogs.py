@@ -250,10 +250,12 @@ layers to keep, check the choice with the canary, and write it.
 | `space` | on a layer row: keep it from the candidate / roll it back to base |
 | `ctrl+z`, `ctrl+y` | undo, redo a plan change |
 | `n` | toggle non-layer tensors (embeddings, final norm, lm_head) |
-| `/` | type: the tensor filter, or the plan's layer range (enter rolls those layers back) |
+| `/` | search the tab's table for a layer or words (enter: keep, escape: back); the Tensors tab's filter |
+| `l` | on the Plan tab: type a layer range such as `4-59` (enter rolls those layers back) |
 | `escape` | leave a text box, back to the tab's table |
 | `s` | on the Tensors tab: next sort order (or click a column header) |
 | `y`, `Y` | on the Tensors tab: copy the tensor's full SHA256, its name |
+| `home`/`g`, `end`/`G` | on the Tensors tab: the first, the last tensor of the (filtered) list |
 | `c` | run the canary on the current plan (in memory, nothing written) |
 | `a` | auto plan: the largest set of changed layers that passes the canary |
 | `e` | eval the plan against the base (perplexity ratio, KL, top-1), and each changed layer alone |
@@ -269,6 +271,9 @@ layers to keep, check the choice with the canary, and write it.
 Layer map: `·` identical, `●` changed, `H` heads zeroed, `↺` rolled back to base, blank: the
 layer has no such tensor (Gemma 4's full layers have no `v_proj`: k = v). "zeroed heads"
 lists the query heads that are all zeros in the candidate, by index (`#0` is the first).
+"experts" (a mixture-of-experts pair) lists each layer's changed experts, "3, 17 of 128".
+In a search (`/`), digits find that layer, words any cell containing them; down/up go to the
+next and previous match, and `/` enter alone finds the next match of the last search.
 "KL alone" (Plan tab) is each changed layer's cost measured alone: the mean KL(base ‖ base +
 that layer) per token of the bundled held-out text, with a bar scaled to the costliest layer.
 The command palette's "Auto plan by quality budget" keeps the largest set within a KL budget.

@@ -55,9 +55,12 @@ class LayerMap(DataTable):
     def show(self, rows: list[views.LayerRow], layer_kl: dict[int, float | None] | None = None) -> None:
         row_index = self.cursor_row
         self.clear()
+        experts = self._experts_column(any(row.expert_count for row in rows))
         largest = max((kl for kl in (layer_kl or {}).values() if kl is not None), default=0.0)
         for row in rows:
             cells = views.layer_cells(row)
+            if experts:
+                cells.append(views.experts_cell(row))
             if self.kl_column:
                 if row.source == "identical" or (layer_kl is not None and row.layer not in layer_kl):
                     kl = Text("")
@@ -68,6 +71,15 @@ class LayerMap(DataTable):
             self.add_row(*cells, key=str(row.layer))
         if rows:
             self.move_cursor(row=min(row_index, len(rows) - 1))
+
+    def _experts_column(self, wanted: bool) -> bool:
+        """A mixture-of-experts pair gets an "experts" column, its changed experts per layer;
+        a dense pair has none (the map must fit 80 columns)."""
+        if wanted and "experts" not in self.columns:
+            self.add_column("experts", key="experts")
+        elif not wanted and "experts" in self.columns:
+            self.remove_column("experts")
+        return wanted
 
     def selected_layer(self) -> int | None:
         if not self.row_count:
@@ -124,11 +136,39 @@ class OverviewPane(Vertical):
 
 
 PAGE = 80  # tensor rows drawn at a time: a screen shows 20-50 of them
+WINDOW = 4 * PAGE  # most tensor rows the table holds: beyond, the window moves with the cursor
 FILTER_DELAY = 0.15  # seconds of no typing before the filter runs (a key takes 0.1-0.2 s to type)
 STATUS_CHOICES = [(s, s) for s in ("all", "changed", "identical", "added", "removed", "retyped")] + [
     ("plan: kept", "plan:candidate"),
     ("plan: rolled back", "plan:base"),
 ]
+
+
+class TensorTable(DataTable):
+    """The Tensors tab's table. It holds a window of the filtered list (TensorsPane draws
+    it), so DataTable's own keys would stop at the window's edges: Home and End went to the
+    last row drawn (End even scrolled sideways). Here they ask the pane for the list's ends."""
+
+    BINDINGS = [
+        Binding("home,ctrl+home,g", "edge('first')", "First row", show=False),
+        Binding("end,ctrl+end,shift+end,G", "edge('last')", "Last row", show=False),
+    ]
+
+    class EdgeRequested(Message):
+        def __init__(self, last: bool):
+            super().__init__()
+            self.last = last
+
+    class Scrolled(Message):
+        """The view moved, perhaps without the cursor (the mouse wheel, the scrollbar)."""
+
+    def action_edge(self, which: str) -> None:
+        self.post_message(self.EdgeRequested(which == "last"))
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        if round(old_value) != round(new_value):
+            self.post_message(self.Scrolled())
 
 
 class TensorsPane(Vertical):
@@ -162,31 +202,60 @@ class TensorsPane(Vertical):
         self.stale = False  # the plan changed while the tab was hidden
         self.sort = "name"
         self.index = views.TensorIndex([])
-        self.drawn = 0  # rows of self.shown in the table: drawn a page at a time
+        # The table holds self.shown[first : first + drawn], a window drawn a page at a time:
+        # drawing all 20k rows took 5.9 s (1.5 s of it building the cells, 3.4 s DataTable
+        # measuring and drawing them), so End draws the last rows alone.
+        self.first = 0
+        self.drawn = 0
+        self.columns: dict[str, int] = {}  # the columns shown and their widths (views.tensor_layout)
         self._typing = None  # the pending filter of keys still being typed
+        self._redrawing = False  # until the table has settled after a redraw: its scrolls are ours
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="tensor-filters"):
             yield Input(placeholder="filter: words in the name", id="filter-text")
             yield Select(STATUS_CHOICES, value="all", allow_blank=False, id="filter-status")
             yield Input(placeholder="layers 0-3", id="filter-layers")
-        yield DataTable(id="tensor-table", cursor_type="row", zebra_stripes=True)
+        yield TensorTable(id="tensor-table", cursor_type="row", zebra_stripes=True)
         yield Static("Hashing both checkpoints...", id="tensor-count")
 
     def on_mount(self) -> None:
+        self._lay_out()
+
+    def _lay_out(self) -> bool:
+        """Columns that fit the pane's width, each as wide as its widest value over the whole
+        report; True when they changed (the table is then emptied, columns and all)."""
         table = self.query_one("#tensor-table", DataTable)
-        for label in views.TENSOR_COLUMNS:
-            table.add_column(label, key=label)
+        room = (self.size.width or self.app.size.width) - table.styles.scrollbar_size_vertical
+        columns = views.tensor_layout(self.index.widths, room)
+        if columns == self.columns:
+            return False
+        self.columns = columns
+        table.clear(columns=True)
+        self.first = self.drawn = 0
+        for label, width in columns.items():
+            table.add_column(label, key=label, width=width)
+        return True
+
+    def on_resize(self) -> None:
+        if self.tensors and self.is_on_screen:
+            at = self._cursor_index()
+            if self._lay_out():
+                self._redraw(at)
 
     def show(self, report, from_candidate: set[str]) -> None:
         """The report's tensors, with where the plan takes each from; called on every plan
-        change. A table of thousands of rows is only rebuilt when it can be seen."""
-        changed = report.tensors is not self.tensors or from_candidate != self.from_candidate
-        if report.tensors is not self.tensors:
+        change. A plan change redraws the table only when it can be seen (a page of rows,
+        10-80 ms from 20k to 100k tensors, on each space pressed on a map); a new report
+        draws it at once, hidden or not, so that opening the tab draws the rows in its first
+        frame, not an empty table first (10 ms at 20k tensors, when the hashing ends)."""
+        new = report.tensors is not self.tensors
+        changed = new or from_candidate != self.from_candidate
+        if new:
             self.index = views.TensorIndex(report.tensors)
         self.tensors, self.from_candidate = report.tensors, from_candidate
         self.stale = self.stale or changed
-        if self.stale and self.is_on_screen:
+        if self.stale and (new or self.is_on_screen):
             self.refilter()
 
     @property
@@ -196,6 +265,8 @@ class TensorsPane(Vertical):
     def on_show(self) -> None:
         if self.stale and self.tensors:
             self.refilter()
+        else:
+            self.on_resize()  # the terminal may have changed size while the tab was hidden
 
     def refilter(self) -> None:
         """Filter and sort from the index, then draw the first page of rows: at 18.7k tensors
@@ -205,31 +276,103 @@ class TensorsPane(Vertical):
         text = self.query_one("#filter-text", Input).value
         status = self.query_one("#filter-status", Select).value
         layers = self._layers()
+        at = self._cursor_index()
         self.shown = self.index.filtered(self.sort, text, str(status), layers, self.from_candidate)
-        table = self.query_one("#tensor-table", DataTable)
-        row = table.cursor_row
-        table.clear()
-        self.drawn = 0
-        self._draw_more(max(PAGE, row + 1))
-        if self.shown:
-            table.move_cursor(row=min(row, len(self.shown) - 1))
-        count = f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort} (s: next sort, ←→ scroll)"
+        self._lay_out()
+        self._redraw(at)
+        count = f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort} (s: next sort, End: last)"
         if self.query_one("#filter-layers", Input).has_class("invalid"):
             count += "; the layer range is not understood (use 0-3,7), so it is ignored"
         self.query_one("#tensor-count", Static).update(count)
 
-    def _draw_more(self, rows: int = 0) -> None:
-        """The next page of self.shown (or `rows` of it) appended to the table, each row keyed
-        by its tensor's name (the detail and yank read it)."""
+    def _cursor_index(self) -> int:
+        """The cursor's row in self.shown."""
         table = self.query_one("#tensor-table", DataTable)
-        end = min(len(self.shown), self.drawn + max(rows, PAGE))
-        for t in self.shown[self.drawn : end]:
-            table.add_row(*views.tensor_cells(t, self.from_candidate), key=t.name)
-        self.drawn = end
+        return self.first + table.cursor_row if table.row_count else 0
+
+    def _redraw(self, at: int, keep_screen_row: bool = False) -> None:
+        """The table redrawn as the window of self.shown around row `at`, the cursor on it: a
+        page from the top when `at` is in the first page, else a page either side of it.
+        `keep_screen_row`: the cursor stays on the screen line it was on (scrolling up past
+        the window's top), instead of the least scroll that shows it."""
+        table = self.query_one("#tensor-table", DataTable)
+        at = max(0, min(at, len(self.shown) - 1))
+        before = self._rows_height(table.cursor_row) - table.scroll_y if keep_screen_row else 0
+        table.clear()
+        self.first = 0 if at < PAGE else max(0, min(at - PAGE, len(self.shown) - 2 * PAGE))
+        self.drawn = 0
+        self._draw_more(PAGE if self.first == 0 and at < PAGE else 2 * PAGE)
+        if self.shown:
+            table.move_cursor(row=at - self.first, scroll=not keep_screen_row)
+        if keep_screen_row:
+            y = self._rows_height(at - self.first) - before
+            table.call_after_refresh(table.scroll_to, y=y, animate=False, immediate=True)
+        self._redrawing = True
+        table.call_after_refresh(setattr, self, "_redrawing", False)
+
+    def _rows_height(self, rows: int) -> int:
+        """Screen lines taken by the table's first `rows` rows (names fold onto more lines)."""
+        return sum(row.height for row in self.query_one("#tensor-table", DataTable).ordered_rows[:rows])
+
+    def _draw_more(self, rows: int = 0) -> None:
+        """The next page of self.shown (or `rows` of it) appended to the table's window, each
+        row keyed by its tensor's name (the detail and yank read it), as tall as its name
+        folded into the name column."""
+        table = self.query_one("#tensor-table", DataTable)
+        start = self.first + self.drawn
+        end = min(len(self.shown), start + max(rows, PAGE))
+        columns, width = list(self.columns), self.columns["name"]
+        for t in self.shown[start:end]:
+            cells = views.tensor_cells(t, self.from_candidate, columns)
+            table.add_row(*cells, key=t.name, height=views.name_lines(t.name, width))
+        self.drawn = end - self.first
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.cursor_row >= self.drawn - PAGE // 4 and self.drawn < len(self.shown):
+        """More rows as the cursor nears either end of the window: a page appended below (up
+        to WINDOW rows), else the window moved to a page either side of the cursor."""
+        if event.data_table.id != "tensor-table":
+            return
+        row = event.data_table.cursor_row  # now, not when the event was sent: a redraw may lie between
+        below = self.first + self.drawn < len(self.shown) and row >= self.drawn - PAGE // 4
+        above = self.first > 0 and row < PAGE // 4
+        if below and self.drawn + PAGE <= WINDOW:
             self._draw_more()
+        elif below or above:
+            self._redraw(self.first + row, keep_screen_row=True)
+
+    def on_tensor_table_scrolled(self, event: TensorTable.Scrolled) -> None:
+        """The view near an end of the window, moved by the wheel or the scrollbar, which
+        leave the cursor where it was: a page appended below (up to WINDOW rows), else the
+        window moved, the cursor onto the view's middle row (as the wheel moves it in k9s)."""
+        table = self.query_one("#tensor-table", DataTable)
+        top = round(table.scroll_y)
+        height = table.scrollable_content_region.height - table.header_height
+        if self._redrawing or top <= self._rows_height(table.cursor_row) < top + height:
+            return  # a scroll of the redraw's, or the cursor's own: on_data_table_row_highlighted
+        below = self.first + self.drawn < len(self.shown) and top + height >= self._rows_height(self.drawn) - 4
+        above = self.first > 0 and top < 4
+        if below and self.drawn + PAGE <= WINDOW:
+            self._draw_more()
+        elif below or above:
+            heights = [row.height for row in table.ordered_rows]
+            middle, lines = 0, top + height // 2
+            while middle < len(heights) - 1 and lines >= heights[middle]:
+                lines -= heights[middle]
+                middle += 1
+            table.move_cursor(row=middle, scroll=False)
+            self._redraw(self.first + middle, keep_screen_row=True)
+
+    def on_tensor_table_edge_requested(self, event: TensorTable.EdgeRequested) -> None:
+        """Home/End: the first or last row of the filtered list, drawn if it is not."""
+        table = self.query_one("#tensor-table", DataTable)
+        if not self.shown:
+            return
+        at = len(self.shown) - 1 if event.last else 0
+        if self.first <= at < self.first + self.drawn:
+            table.move_cursor(row=at - self.first)
+        else:
+            self._redraw(at)
+        table.scroll_x = 0
 
     def _layers(self) -> set[int] | None:
         box = self.query_one("#filter-layers", Input)
@@ -302,12 +445,14 @@ class PlanPane(Vertical):
     DEFAULT_CSS = """
     #plan-summary, #plan-eval { height: auto; padding: 0 1; }
     #plan-costs { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
-    #plan-controls { height: 3; }
-    #plan-range { width: 1fr; }
+    #plan-controls { height: 1; margin: 1 0 0 0; }
+    #plan-controls Button { margin: 0 0 0 1; }
+    #plan-range { width: 1fr; margin: 0 0 0 1; }
     #plan-map { height: 1fr; }
     #plan-legend { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
     RANGE_BUTTONS = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
+    BINDINGS = [Binding("l", "range_box", "Layers")]  # `/` searches the map, as on every tab
 
     class RangeRequested(Message):
         """Change the plan over typed layers: `how` is a RollbackPlan method (roll_back,
@@ -321,11 +466,12 @@ class PlanPane(Vertical):
         yield Static("Hashing both checkpoints...", id="plan-summary")
         yield Static("", id="plan-eval")
         yield Static("", id="plan-costs")  # one line, cut at the screen's edge: the map has every value
+        # One line of compact controls: at 80x24 the map keeps a row for each of 8 layers.
         with Horizontal(id="plan-controls"):
-            yield Input(placeholder="layers, e.g. 4-59", id="plan-range")
-            yield Button("Roll back", id="plan-roll-back", variant="primary")
-            yield Button("Keep", id="plan-restore")
-            yield Button("Keep only", id="plan-keep-only")
+            yield Input(placeholder="l: layers, e.g. 4-59", id="plan-range", compact=True)
+            yield Button("Roll back", id="plan-roll-back", variant="primary", compact=True)
+            yield Button("Keep", id="plan-restore", compact=True)
+            yield Button("Keep only", id="plan-keep-only", compact=True)
         yield LayerMap(kl_column=True, id="plan-map")
         yield Static(views.map_legend(), id="plan-legend")
 
@@ -336,6 +482,9 @@ class PlanPane(Vertical):
         self.query_one("#plan-eval", Static).update(views.eval_text(plan_eval))
         self.query_one("#plan-costs", Static).update(views.layer_cost_text(layer_kl))
         self.query_one("#plan-map", LayerMap).show(rows, layer_kl)
+
+    def action_range_box(self) -> None:
+        self.query_one("#plan-range", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Enter rolls the range back and returns to the map, where single keys work again."""
@@ -382,13 +531,16 @@ class CanaryPane(Vertical):
         if request is not None:
             self.post_message(request())
 
+    def show_steps(self, steps: Text) -> None:
+        """The last search's steps, or the running search's live line."""
+        self.query_one("#canary-auto-steps", Static).update(steps)
+
     def show(self, plan_label: str, report, auto_steps=(), plan_eval: Text | None = None) -> None:
         """`auto_steps`: the last search's steps as Text, or a canary search's steps;
         `plan_eval`: the plan's eval line, shown under the verdict."""
         from surgeon.recover.render import canary_verdict
 
-        steps = auto_steps if isinstance(auto_steps, Text) else views.auto_steps_text(auto_steps)
-        self.query_one("#canary-auto-steps", Static).update(steps)
+        self.show_steps(auto_steps if isinstance(auto_steps, Text) else views.auto_steps_text(auto_steps))
         status = self.query_one("#canary-status", Static)
         result = self.query_one("#canary-result", Static)
         if report is None:
@@ -398,6 +550,15 @@ class CanaryPane(Vertical):
             line = Text.assemble(f"Plan {plan_label}: ", canary_verdict(report))
             result.update(views.canary_blocks(report))
         status.update(line.append("\n").append_text(plan_eval) if plan_eval is not None else line)
+
+
+class StatusLine(Static):
+    """One line under the tabs: the plan, its canary and eval verdicts and the candidate
+    (views.status_text), on every tab."""
+
+    DEFAULT_CSS = """
+    StatusLine { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
 
 
 IMPORTANCE_CHOICES = [(name, name) for name in IMPORTANCE]  # the prune options own the names

@@ -16,7 +16,8 @@ class Tab:
     key: str  # shows the tab
     pane: type[Widget]
     focus: str  # the widget that gets the keys when the tab shows: space on a map just works
-    type_here: str | None  # the text box `/` jumps to, None if the tab has none
+    type_here: str | None  # the text box `/` jumps to (the Tensors tab's filter), None if none
+    search: str | None  # else the table `/` searches (surgeon.tui.search), None if the tab has none
     command: str  # the command palette's entry
     help: str  # the palette's line under it
 
@@ -33,6 +34,7 @@ TABS = (
         pane=OverviewPane,
         focus="#layer-map",
         type_here=None,
+        search="#layer-map",
         command="Overview",
         help="Layer map, summary and shard verdicts",
     ),
@@ -43,6 +45,7 @@ TABS = (
         pane=TensorsPane,
         focus="#tensor-table",
         type_here="#filter-text",
+        search=None,
         command="Tensors",
         help="Every tensor: filter, sort, open one",
     ),
@@ -52,7 +55,8 @@ TABS = (
         key="3",
         pane=PlanPane,
         focus="#plan-map",
-        type_here="#plan-range",
+        type_here=None,
+        search="#plan-map",
         command="Rollback plan",
         help="Choose the layers to keep",
     ),
@@ -63,6 +67,7 @@ TABS = (
         pane=CanaryPane,
         focus="#canary-scroll",
         type_here=None,
+        search=None,
         command="Canary tab",
         help="Results of the canary per plan",
     ),
@@ -72,7 +77,8 @@ TABS = (
         key="5",
         pane=PrunePane,
         focus="#prune-progress",
-        type_here="#prune-output",
+        type_here=None,
+        search="#prune-progress",
         command="Prune tab",
         help="Prune the base into a new candidate",
     ),

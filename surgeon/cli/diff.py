@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -31,6 +32,8 @@ from surgeon.diff.report import summary_line, to_json
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint, open_pair
 from surgeon.format.hashcache import hash_cache_dir
+from surgeon.format.hub import HubMatch
+from surgeon.progress import NoProgress
 from surgeon.quality.record import recorded_quality
 from surgeon.text import inert
 
@@ -70,24 +73,32 @@ def diff(
     """Compare two checkpoints tensor by tensor.
 
     BASE and OTHER are checkpoint folders, .safetensors files or Hub repo ids (from the local
-    Hugging Face cache; --download fetches one that is not there). Exit status: 0 identical,
-    1 different, 2 trouble.
+    Hugging Face cache; --download fetches one that is not there, unless the Hub's LFS SHA256s
+    show every file identical to the other side's: then it says so and downloads no weights).
+    Exit status: 0 identical, 1 different, 2 trouble.
     """
     if as_json and markdown:
         raise SurgeonError("--json and --markdown are exclusive: pick one")
     _check_quiet(kw, as_json, markdown)
     progress = progress_for(kw["quiet"] or kw["no_progress"])
-    # --download: a Hub side is compared by hashes and headers (one line on stderr), then fetched
-    base_ckpt, other_ckpt = open_pair(
+    # --download: a Hub side is compared by hashes and headers (one line on stderr), then fetched,
+    # unless every file is the same already (then that is the answer, exit 0); --markdown's
+    # evidence is hashed from both sides' bytes, so it downloads all the same
+    opened = open_pair(
         base,
         other,
         base_revision,
         other_revision,
         download=kw["download"],
         cache_dir=None if no_cache else (cache_dir or hash_cache_dir()),
-        say=None if kw["quiet"] else functools.partial(click.echo, err=True),
+        say=None if kw["quiet"] else lambda line: click.echo(inert(line), err=True),  # names from the Hub
         progress=progress,
+        skip_identical=not markdown,
+        bars=not isinstance(progress, NoProgress),  # huggingface_hub's bars, on when surgeon's are
     )
+    if isinstance(opened, HubMatch):
+        _hub_match(opened, as_json, kw)
+    base_ckpt, other_ckpt = opened
     check_output(kw["output"], kw["force"], [base_ckpt, other_ckpt])
     options = DiffOptions(
         hash=not no_hash,
@@ -105,6 +116,17 @@ def diff(
     else:
         emit(_render_diff(report, as_json, markdown, kw["verbose"], kw["output"]), kw["output"], kw["force"])
     sys.exit(EXIT_SAME if report.identical else EXIT_DIFFERENT)
+
+
+def _hub_match(match: HubMatch, as_json: bool, kw: dict) -> NoReturn:
+    """The Hub side is identical to the local one by the Hub's LFS SHA256 and bytes fetched
+    (hub.py), the weights not downloaded: one line saying so (-q: none), or its JSON."""
+    check_output(kw["output"], kw["force"], [match.local])
+    if as_json:
+        emit(json.dumps(match.to_json(), indent=2) + "\n", kw["output"], kw["force"])
+    elif not kw["quiet"]:
+        emit(inert(match.summary()) + "\n", kw["output"], kw["force"])
+    sys.exit(EXIT_SAME)
 
 
 def _check_quiet(kw: dict, as_json: bool, markdown: bool) -> None:

@@ -13,12 +13,12 @@ from threadpoolctl import threadpool_limits
 from surgeon.diff.bytes import Pair, compare_bytes
 from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
 from surgeon.diff.statuses import FileStatus, ShardStatus, TensorStatus
-from surgeon.format.checkpoint import Checkpoint
+from surgeon.format.checkpoint import Checkpoint, side_files
 from surgeon.format.hashcache import HashCache
 from surgeon.format.hashing import bytes_to_hash, default_workers, file_sha256, hash_shards
 from surgeon.format.safetensors import ShardHeader, TensorInfo
 from surgeon.model.geometry import AttentionGeometry, geometry_by_layer, head_axis
-from surgeon.model.names import main_stack, parse_name
+from surgeon.model.names import fused_experts, main_stack, parse_name
 from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
 
@@ -299,8 +299,9 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
         check_stop(should_stop)
         layout = _layout(diff, geometry)
         b, o = base.tensors[diff.name], other.tensors[diff.name]
+        experts = fused_experts(diff.family, b.shape)  # which experts changed, from the same pass
         stats, scan = tensor_stats(
-            base.shard_path(b.file), b, other.shard_path(o.file), o, layout[1] if layout else None
+            base.shard_path(b.file), b, other.shard_path(o.file), o, layout[1] if layout else None, experts
         )
         diff.stats = stats
         if scan is not None and layout is not None:  # there is a scan only with a layout
@@ -424,7 +425,7 @@ def _relative(shard: ShardHeader, name: str) -> tuple[int, int]:
 
 def _file_diffs(base: Checkpoint, other: Checkpoint) -> list[FileDiff]:
     """Config, index and tokenizer files: compared by SHA256 (they are small)."""
-    names_b, names_o = _side_files(base), _side_files(other)
+    names_b, names_o = side_files(base), side_files(other)  # the rule diff --download also applies
     result = []
     for name in sorted(set(names_b) | set(names_o), key=natural_key):
         sha = [
@@ -438,22 +439,6 @@ def _file_diffs(base: Checkpoint, other: Checkpoint) -> list[FileDiff]:
             status = "identical" if sha[0] == sha[1] else "changed"
         result.append(FileDiff(name, status, sha))
     return result
-
-
-SIDE_FILE_LIMIT = 256 << 20
-
-
-def _side_files(ckpt: Checkpoint) -> set[str]:
-    if len(ckpt.shards) == 1 and ckpt.index_name is None and not (ckpt.root / "config.json").exists():
-        return set()  # a lone .safetensors file: its folder is not a checkpoint
-    return {
-        p.name
-        for p in ckpt.root.iterdir()
-        if p.is_file()
-        and not p.name.startswith(".")
-        and p.suffix != ".safetensors"
-        and p.stat().st_size <= SIDE_FILE_LIMIT
-    }
 
 
 def _main_stack(tensors: list[TensorDiff]) -> str | None:

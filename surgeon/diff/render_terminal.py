@@ -15,7 +15,7 @@ from rich.text import Text
 from surgeon.diff.engine import DiffReport, TensorDiff
 from surgeon.diff.report import differing, experts_note, shown_family_rows, summary_line
 from surgeon.diff.statuses import STATUS_STYLE
-from surgeon.model.names import layers_cell
+from surgeon.model.names import layer_ranges, layers_cell
 from surgeon.text import inert
 
 MAX_TENSOR_ROWS = 200
@@ -26,14 +26,15 @@ WIDE = 120
 NAME: dict[str, Any] = {"overflow": "fold"}  # a name from the file: folded onto more lines, never cut
 HASH: dict[str, Any] = {"no_wrap": True, "min_width": 12}  # a short SHA256 is 12 characters, all of them shown
 STATUS: dict[str, Any] = {"no_wrap": True}
+FAMILY_WIDTH = 36  # a narrow terminal's family column: "post_feedforward_layernorm_1.weight" whole
 
 
 def render_terminal(report: DiffReport, console: Console, verbose: bool = False) -> None:
     style = "green" if report.identical else "yellow"
     console.print(Text(inert(summary_line(report)), style=f"bold {style}"))
     console.print(Text(f"base:  {inert(report.base.source)}\nother: {inert(report.other.source)}", style="dim"))
-    console.print(_families_table(report))
     wide = console.width >= WIDE
+    console.print(_families_table(report, console.width))
     console.print(_shards_table(report, wide))
     if not wide:
         for line in _header_lines(report):
@@ -67,27 +68,35 @@ def _plain(value: object) -> Text:
     return Text(inert(value))
 
 
-def _families_table(report: DiffReport) -> Table:
+def _families_table(report: DiffReport, width: int = WIDE) -> Table:
+    """One row per tensor family. Narrow, the "layers unchanged" column goes and the family
+    keeps up to FAMILY_WIDTH columns: at 80 columns the four columns shared the width evenly,
+    and `experts.gate_up_proj` folded after 17 characters (never more than half the width)."""
     table = Table(title="Tensor families by layer", title_justify="left")
-    table.add_column("family", **NAME)
-    table.add_column("layers changed")
-    table.add_column("layers unchanged")
-    table.add_column("statuses")
     rows = shown_family_rows(report)  # a mixture-of-experts family is one row, not one per expert
     stacks = {r.stack for r in rows if r.stack}
-    for row in rows:
-        label = _plain(row.family if len(stacks) < 2 or row.stack is None else f"{row.stack}.{row.family}")
+    labels = [row.family if len(stacks) < 2 or row.stack is None else f"{row.stack}.{row.family}" for row in rows]
+    wide = width >= WIDE
+    # A fixed width, not min_width: with min_width rich cropped the last column by one character.
+    family_width = (
+        None if wide else max(8, min(max((len(label) for label in labels), default=0), FAMILY_WIDTH, width // 2))
+    )
+    table.add_column("family", **NAME, width=family_width)
+    table.add_column("layers changed")
+    if wide:
+        table.add_column("layers unchanged")
+    table.add_column("statuses")
+    for row, label in zip(rows, labels, strict=True):
         statuses = Text(", ").join(Text(f"{n} {s}", style=STATUS_STYLE[s]) for s, n in sorted(row.statuses.items()))
         if row.stack is None:
-            table.add_row(label, "", "", statuses)
+            cells = [Text(""), Text("")]
         else:
             changed = experts_note(row) or layers_cell(row.layers_changed)
-            table.add_row(
-                label,
+            cells = [
                 Text(changed, style="yellow" if row.layers_changed else "dim"),
                 Text(layers_cell(row.layers_unchanged, count_them=True)),
-                statuses,
-            )
+            ]
+        table.add_row(_plain(label), *(cells if wide else cells[:1]), statuses)
     return table
 
 
@@ -173,6 +182,12 @@ def _num(value: float | None, fmt: str = ".3g") -> str:
 
 
 def _heads_cell(t: TensorDiff) -> Text | str:
+    experts = t.stats.experts_changed if t.stats is not None else None
+    if experts is not None and t.base is not None:  # a fused experts tensor: which slices differ
+        if not experts:  # retyped with every value kept
+            return Text(f"0 of {t.base.shape[0]} experts", style="dim")
+        word = "expert" if len(experts) == 1 else "experts"
+        return Text(f"{word} {layer_ranges(experts)}", style="yellow") + Text(f" of {t.base.shape[0]}", style="dim")
     if t.heads is None:
         return ""
     parts = []

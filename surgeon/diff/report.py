@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from surgeon.diff.engine import DiffReport, HeadReport, TensorDiff
 from surgeon.diff.statuses import SHARD_STATUSES, STATUSES
-from surgeon.model.names import expert_family, layer_ranges
+from surgeon.model.names import expert_family, fused_experts, layer_ranges, layers_phrase
 
 SCHEMA = "surgeon.diff/1"
 
@@ -43,7 +43,12 @@ def family_rows(report: DiffReport) -> list[FamilyRow]:
 class ExpertsRow(FamilyRow):
     """The experts of one mixture-of-experts family collapsed into one row, as layers are:
     "mlp.experts.{0-127}.up_proj.weight" rather than 128 rows. A layer is changed when any of
-    its experts is; `changed_experts` says which (layer -> experts)."""
+    its experts is; `changed_experts` says which (layer -> experts).
+
+    A fused family ("experts.gate_up_proj", all experts in one tensor per layer: Gemma 4) is
+    one row already; its `changed_experts` come from the stats pass, which compared every
+    expert's slice, so a changed layer the pass did not compare (--no-stats, an added or
+    reshaped tensor) is in layers_changed with no experts named, and `experts` stays empty."""
 
     experts: list[int] = field(default_factory=list)
     changed_experts: dict[int, list[int]] = field(default_factory=dict)
@@ -54,7 +59,11 @@ def shown_family_rows(report: DiffReport) -> list[FamilyRow]:
     the terminal and the Markdown card; the JSON keeps a row per expert)."""
     out: list[FamilyRow] = []
     collapsed: dict[tuple[str | None, str, str], ExpertsRow] = {}
+    fused = _fused_changes(report)
     for row in family_rows(report):
+        if (row.stack, row.family) in fused:
+            out.append(ExpertsRow(**vars(row), changed_experts=fused[row.stack, row.family]))
+            continue
         split = expert_family(row.family) if row.stack is not None else None
         if split is None:
             out.append(row)
@@ -79,15 +88,35 @@ def shown_family_rows(report: DiffReport) -> list[FamilyRow]:
     return out
 
 
+def _fused_changes(report: DiffReport) -> dict[tuple[str | None, str], dict[int, list[int]]]:
+    """(stack, family) of each fused experts family -> {layer: the experts whose slice the
+    stats pass found different}; layers it did not compare are left out."""
+    found: dict[tuple[str | None, str], dict[int, list[int]]] = {}
+    for t in report.tensors:
+        side = t.base or t.other
+        if t.stack is None or t.layer is None or side is None or fused_experts(t.family, side.shape) is None:
+            continue
+        changes = found.setdefault((t.stack, t.family), {})
+        if t.stats is not None and t.stats.experts_changed:
+            changes[t.layer] = t.stats.experts_changed
+    return found
+
+
 def experts_note(row: FamilyRow, limit: int = 4) -> str:
-    """ "5 (experts 3, 17); 7 (experts 0-2)" for a collapsed row's changed layers, the first
-    `limit` layers named; "" for any other row."""
+    """ "5 (experts 3, 17); 7 (experts 0-2)" for an experts row's changed layers, the first
+    `limit` layers named (a layer whose experts were not compared is its number alone); ""
+    for any other row, or when no layer names its experts."""
     if not isinstance(row, ExpertsRow) or not row.changed_experts:
         return ""
-    items = list(row.changed_experts.items())
-    parts = [f"{layer} ({'expert' if len(e) == 1 else 'experts'} {layer_ranges(e)})" for layer, e in items[:limit]]
-    more = len(items) - limit
+    parts = [_layer_experts(layer, row.changed_experts.get(layer)) for layer in row.layers_changed[:limit]]
+    more = len(row.layers_changed) - limit
     return "; ".join(parts) + (f"; and {more} more layers" if more > 0 else "")
+
+
+def _layer_experts(layer: int, experts: list[int] | None) -> str:
+    if not experts:
+        return str(layer)
+    return f"{layer} ({'expert' if len(experts) == 1 else 'experts'} {layer_ranges(experts)})"
 
 
 def differing(report: DiffReport) -> list[TensorDiff]:
@@ -103,7 +132,7 @@ def summary_line(report: DiffReport) -> str:
     text = f"{len(diff)} of {total} tensors differ" + (f" ({counts})" if counts else "")
     layers = report.layers_changed()
     if layers:
-        text += f" in layers {layer_ranges(layers)}"
+        text += f" in {layers_phrase(layers)}"  # "in layer 5", "in layers 0-3"
     shard_counts = [f"{n} {s}" for s in SHARD_STATUSES if (n := _shard_count(report, s)) and s != "identical"]
     if shard_counts:
         text += f"; shards: {', '.join(shard_counts)} of {len(report.shards)}"

@@ -2,11 +2,32 @@
 
 A repo id resolves from the local cache alone (`local_files_only=True`): surgeon never starts
 a multi-GB download on its own. `download=True` (the CLI's `--download`) first fetches what
-the Hub says about the repo without any weight bytes, the safetensors headers and each file's
-LFS SHA256 (`fetch_remote`), then downloads the safetensors, index, config and tokenizer
-files, and checks the snapshot it got is the commit those headers came from. When the other
-side of a diff is here, `compare_remote` tells from those alone which files a download would
-change, before it starts (checkpoint.open_pair).
+the Hub says about the repo without any weight bytes: the commit and its file list with each
+file's LFS SHA256 (`fetch_remote`), then the headers of the shards surgeon would open
+(`fetch_headers`); then it downloads the safetensors, index, config and tokenizer files, and
+checks the snapshot it got is the commit those came from. When the other side of a diff is
+here, `compare_remote` tells from those alone which files a download would change, before it
+starts (checkpoint.open_pair). When every file is identical, the download is skipped: the
+diff's answer is already known (`HubMatch`).
+
+What "identical" rests on here: a file the Hub keeps in LFS (the safetensors) is the same when
+the Hub's LFS SHA256 of it equals the SHA256 of the local file's bytes, hashed in this run
+(never a stat-cache entry or a blob's name). That LFS SHA256 is the Hub's own content address:
+the oid of the file's git-lfs pointer, by which the Hub stores and serves the bytes and after
+which huggingface_hub names the cached blob; trusting it is trusting the Hub to serve what it
+lists, as any download does. A file outside LFS (config.json, the shard index, most tokenizer
+files) has no such hash in the listing, only a git SHA-1; it is small (the Hub refuses files
+over 10 MB outside LFS), so it is fetched into a temporary folder and compared by its bytes:
+it is never taken as the same unseen. Which files a download would bring, and how surgeon
+would open them, is not guessed: the listing is the one snapshot_download uses
+(`list_repo_tree` at the commit), filtered by its own rule (`filter_repo_objects`), and the
+folder that download would make is opened by surgeon's own `open_checkpoint` (the stand-in in
+checkpoint.py). Nothing of this is written to the Hugging Face cache, where a snapshot folder
+means "downloaded"; and what the cache already holds of the repo, which a download would reuse
+unread, is a reason to download (`cache_reuse`).
+
+huggingface_hub's own download bars are off when surgeon's progress is (`--no-progress`,
+`-q`, stderr not a terminal): `progress_bars`.
 
 huggingface_hub is imported inside the functions: it costs 300 ms to import (measured), and
 only a repo id needs it.
@@ -14,6 +35,11 @@ only a repo id needs it.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +52,9 @@ if TYPE_CHECKING:
 # What a checkpoint needs: weights, their index, config and tokenizer files. Never `*.bin` or
 # `*.pt` (surgeon never unpickles them) nor the other formats repos often carry (GGUF, ONNX).
 DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*.model", "*.txt"]
+# A file with one of these suffixes makes a cached snapshot a checkpoint's (pickles included, so
+# that a pickle-only repo is reported as such, not as missing from the cache)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass(frozen=True)
@@ -41,6 +70,7 @@ class RemoteFile:
     name: str  # path inside the repo
     size: int | None
     sha256: str | None  # the LFS SHA256 of the file's bytes; None for a file not stored in LFS
+    blob_id: str | None = None  # its git oid: what huggingface_hub names the cached blob of a file outside LFS
 
 
 @dataclass
@@ -50,14 +80,29 @@ class RemoteCheckpoint:
     repo_id: str
     revision: str | None  # as asked: a branch, tag, commit or None for the default branch
     commit: str  # the commit it resolved to: every field below is of this commit
-    files: dict[str, RemoteFile]  # every file of the commit, safetensors or not
-    tensors: dict[str, RemoteTensor]
+    files: dict[str, RemoteFile]  # every file of the commit, as snapshot_download lists them
+    tensors: dict[str, RemoteTensor]  # of the shards surgeon would open (fetch_headers)
     weight_map: dict[str, str]  # tensor name -> safetensors file
     shard_metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # each file's __metadata__
+    layout_error: str | None = None  # why the downloaded folder cannot be compared before the download
 
     @property
     def safetensors_files(self) -> list[str]:
         return sorted(set(self.weight_map.values()))
+
+    @property
+    def downloaded(self) -> list[str]:
+        """The files `download_remote` would bring: DOWNLOAD_PATTERNS applied by huggingface_hub's
+        own rule (fnmatchcase, and `*` crosses `/`), not a look-alike: a shard it would not fetch
+        must not count as fetched."""
+        from huggingface_hub.utils import filter_repo_objects
+
+        return list(filter_repo_objects(sorted(self.files), allow_patterns=DOWNLOAD_PATTERNS))
+
+    def add_shard(self, name: str, tensors: dict[str, RemoteTensor], metadata: dict[str, str]) -> None:
+        self.tensors.update(tensors)
+        self.weight_map.update(dict.fromkeys(tensors, name))
+        self.shard_metadata[name] = metadata
 
 
 @dataclass
@@ -104,6 +149,11 @@ def compare_remote(remote: RemoteCheckpoint, local: Checkpoint, local_sha256: di
 
 def describe_comparison(remote: RemoteCheckpoint, comparison: RemoteComparison, local_name: str) -> str:
     """One line: what a download of `remote` would bring, against the local `local_name`."""
+    if remote.layout_error is not None:
+        return (
+            f"{remote.repo_id} at {remote.commit[:12]}, from the Hub's file list (no weights downloaded yet): "
+            f"not compared before downloading: {remote.layout_error}"
+        )
     files = len(remote.safetensors_files)
     size = sum(remote.files[n].size or 0 for n in remote.safetensors_files if n in remote.files)
     changes = [
@@ -125,7 +175,7 @@ def describe_comparison(remote: RemoteCheckpoint, comparison: RemoteComparison, 
         if names
     ]
     return (
-        f"{remote.repo_id} at {remote.commit[:12]}, from the Hub's hashes and headers (nothing downloaded yet): "
+        f"{remote.repo_id} at {remote.commit[:12]}, from the Hub's hashes and headers (no weights downloaded yet): "
         f"{len(comparison.same_files)} of {files} safetensors files ({size / 1e9:.2f} GB) identical to "
         f"{local_name}'s"
         + (f", {', '.join(changes)}" if changes else "")
@@ -139,6 +189,95 @@ def _same_bytes(remote: RemoteFile | None, local_sha256: str | None) -> bool:
     return remote is not None and remote.sha256 is not None and remote.sha256 == local_sha256
 
 
+# How a file was found identical: "hub-lfs-sha256", the Hub's LFS SHA256 of its file equals the
+# SHA256 of the local file's bytes hashed in this run; "bytes", a small file outside LFS fetched
+# from the Hub into a temporary folder and hashed here, like the local one.
+COMPARED_BY = ("hub-lfs-sha256", "bytes")
+
+
+@dataclass(frozen=True)
+class FileMatch:
+    name: str
+    size: int
+    sha256: str  # the same on both sides
+    compared_by: str  # one of COMPARED_BY
+
+
+@dataclass
+class HubMatch:
+    """`diff --download` found every file the diff compares identical on the Hub and here,
+    so it downloaded no weights: the diff's answer (identical, exit 0) without a per-tensor
+    report, and the evidence it rests on."""
+
+    remote: RemoteCheckpoint
+    hub_side: str  # "base" or "other": which argument was the Hub id
+    local: Checkpoint  # the other argument, opened
+    files: list[FileMatch]  # the safetensors files, then the side files
+
+    @property
+    def local_name(self) -> str:
+        return "OTHER" if self.hub_side == "base" else "BASE"
+
+    def summary(self) -> str:
+        """One line, saying what was compared how, and that the weights stayed on the Hub."""
+        by_lfs = [f for f in self.files if f.compared_by == "hub-lfs-sha256"]
+        by_bytes = [f.name for f in self.files if f.compared_by == "bytes"]
+        size = sum(f.size for f in by_lfs) / 1e9
+        text = (
+            f"identical: {self.remote.repo_id} at {self.remote.commit[:12]} and {self.local_name} "
+            f"({self.local.source}): {len(by_lfs)} files ({size:.2f} GB) by the Hub's LFS SHA256 against "
+            f"{self.local_name}'s bytes hashed here"
+        )
+        if by_bytes:
+            text += f", {len(by_bytes)} small files ({_names(by_bytes)}) fetched and compared by their bytes"
+        return text + "; the weights were not downloaded"
+
+    def to_json(self) -> dict:
+        """Schema surgeon.diff-hub-match/1 (docs/diff-json.md)."""
+        return {
+            "schema": "surgeon.diff-hub-match/1",
+            "summary": {"identical": True, "text": self.summary()},
+            "downloaded": False,
+            "hub": {
+                "side": self.hub_side,
+                "repo_id": self.remote.repo_id,
+                "revision": self.remote.revision,
+                "commit": self.remote.commit,
+            },
+            "local": {
+                "side": "other" if self.hub_side == "base" else "base",
+                "source": self.local.source,
+                "path": str(self.local.root),
+            },
+            "files": [
+                {"name": f.name, "size": f.size, "sha256": f.sha256, "compared_by": f.compared_by} for f in self.files
+            ],
+        }
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def fetch_files(remote: RemoteCheckpoint, names: list[str], folder: Path, *, bars: bool) -> None:
+    """Fetch the files `names` of `remote`, at its commit, into `folder` (not the cache)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [glob.escape(name) for name in names]  # the names as they are: "[" is no pattern here
+    with progress_bars(bars):
+        _call(
+            remote.repo_id,
+            remote.revision,
+            lambda: snapshot_download(
+                remote.repo_id, revision=remote.commit, allow_patterns=patterns, local_dir=folder
+            ),
+        )
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise SurgeonError(f"{remote.repo_id}: the Hub listed {missing[0]} but did not serve it")
+
+
 def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     """The snapshot folder of `repo_id` at `revision` in the local Hugging Face cache, or
     None when it is not there. Never touches the network."""
@@ -146,63 +285,124 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except LocalEntryNotFoundError:
         return None
     except ValueError as exc:  # HFValidationError: "a--b" and other names the Hub refuses
         raise SurgeonError(f"{repo_id}: not a valid Hub repo id ({first_line(exc)})") from None
+    # A snapshot holding no weights is no download of a checkpoint: what another tool left (an
+    # index alone, as get_safetensors_metadata's hf_hub_download leaves it, or a config), which
+    # would otherwise pass for the cached repo and never be downloaded
+    return folder if any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()) else None
+
+
+def cache_reuse(remote: RemoteCheckpoint, names: list[str]) -> str | None:
+    """What of `remote` the local cache already holds that a download would reuse unread, in
+    words, or None: its snapshots/<commit>/ folder (with or without a ref; whatever else it
+    holds ends up in the folder opened), or the blob of one of the files `names` (found by its
+    name, the LFS SHA256 or the git oid, and linked without a byte read: its bytes, not the
+    Hub's, are what the diff after a download reads). Either way the download costs little."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=remote.repo_id, repo_type="model")
+    if (folder / "snapshots" / remote.commit).exists():
+        return f"the cache already holds a snapshot of {remote.commit[:12]}, which the download reuses"
+    blobs = folder / "blobs"
+    for name in names if blobs.is_dir() else []:
+        file = remote.files[name]
+        if any(blob and (blobs / blob).exists() for blob in (file.sha256, file.blob_id)):
+            return f"the cache already holds {name}'s blob, which the download reuses"
+    return None
 
 
 def fetch_remote(repo_id: str, revision: str | None = None) -> RemoteCheckpoint:
-    """Fetch the file list with LFS SHA256s and every safetensors header of `repo_id` at
-    `revision`, without downloading weights: one `model_info(files_metadata=True)` request,
-    then the headers (the index and a range read of each shard's first bytes). The headers
-    are read at the commit `model_info` resolved, so both describe the same commit even if
-    the branch moves meanwhile. Any Hub or network failure is one SurgeonError line."""
-    from huggingface_hub import HfApi, get_safetensors_metadata
+    """Fetch the commit `revision` resolves to and its file list with LFS SHA256s, without
+    downloading anything: `model_info`, then `list_repo_tree` at that commit, the listing
+    snapshot_download itself uses (model_info's `siblings` may come back short: huggingface_hub
+    PR #3565). Headers come later (`fetch_headers`), for the shards surgeon would open. Any Hub
+    or network failure is one SurgeonError line."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
 
-    info = _call(repo_id, revision, lambda: HfApi().model_info(repo_id, revision=revision, files_metadata=True))
+    api = HfApi()
+    info = _call(repo_id, revision, lambda: api.model_info(repo_id, revision=revision))
     commit = info.sha
     if not commit:
         raise SurgeonError(f"{repo_id}: the Hub did not say which commit it serves")
-    files = {s.rfilename: RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
-    meta = _call(repo_id, revision, lambda: get_safetensors_metadata(repo_id, revision=commit))
-    tensors = {
-        name: RemoteTensor(t.dtype, tuple(t.shape), tuple(t.data_offsets), file)  # where the header is
-        for file, file_meta in meta.files_metadata.items()
-        for name, t in file_meta.tensors.items()
+    entries = _call(repo_id, revision, lambda: list(api.list_repo_tree(repo_id, revision=commit, recursive=True)))
+    files = {
+        e.path: RemoteFile(e.path, e.lfs.size if e.lfs else e.size, e.lfs.sha256 if e.lfs else None, e.blob_id)
+        for e in entries
+        if isinstance(e, RepoFile)
     }
-    return RemoteCheckpoint(
-        repo_id=repo_id,
-        revision=revision,
-        commit=commit,
-        files=files,
-        tensors=tensors,
-        weight_map=dict(meta.weight_map),
-        shard_metadata={name: dict(m.metadata or {}) for name, m in meta.files_metadata.items()},
-    )
+    return RemoteCheckpoint(repo_id=repo_id, revision=revision, commit=commit, files=files, tensors={}, weight_map={})
 
 
-def download_remote(remote: RemoteCheckpoint) -> Path:
+def fetch_headers(remote: RemoteCheckpoint, names: list[str]) -> None:
+    """Read the safetensors headers of the files `names` of `remote`, at its commit (a range
+    read of each file's first bytes, nothing written to the cache), into `remote`."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    for name in names:
+        meta = _call(
+            remote.repo_id,
+            remote.revision,
+            lambda name=name: api.parse_safetensors_file_metadata(remote.repo_id, name, revision=remote.commit),
+        )
+        tensors = {
+            tensor: RemoteTensor(t.dtype, tuple(t.shape), tuple(t.data_offsets), name)
+            for tensor, t in meta.tensors.items()
+        }
+        remote.add_shard(name, tensors, dict(meta.metadata or {}))
+
+
+def download_remote(remote: RemoteCheckpoint, *, bars: bool | None = None) -> Path:
     """Download the checkpoint files of `remote` into the local cache and return the snapshot
     folder. Asks for the revision the user named, not the commit, so that the cache's
     `refs/<branch>` is written and a later run without download finds it; a snapshot of
-    another commit (the branch moved after `fetch_remote`) is an error, not a silent mix."""
+    another commit (the branch moved after `fetch_remote`) is an error, not a silent mix.
+    `bars`: huggingface_hub's own progress bars (None: only on a terminal, like surgeon's)."""
     from huggingface_hub import snapshot_download
 
-    folder = Path(
-        _call(
-            remote.repo_id,
-            remote.revision,
-            lambda: snapshot_download(remote.repo_id, revision=remote.revision, allow_patterns=DOWNLOAD_PATTERNS),
+    with progress_bars(sys.stderr.isatty() if bars is None else bars):
+        folder = Path(
+            _call(
+                remote.repo_id,
+                remote.revision,
+                lambda: snapshot_download(remote.repo_id, revision=remote.revision, allow_patterns=DOWNLOAD_PATTERNS),
+            )
         )
-    )
     if folder.name != remote.commit:
         raise SurgeonError(
             f"{remote.repo_id}: the Hub moved from commit {remote.commit[:12]} to {folder.name[:12]} during the "
             "download; run again"
         )
     return folder
+
+
+@contextlib.contextmanager
+def progress_bars(show: bool) -> Iterator[None]:
+    """huggingface_hub's own download bars (tqdm, on stderr whether or not it is a terminal)
+    off for the block when `show` is false, then as they were: its documented switch,
+    `disable_progress_bars`, and `enable_progress_bars` only if they were on before. `show`
+    never turns them on: HF_HUB_DISABLE_PROGRESS_BARS=1 or a caller's choice stays. Where
+    HF_HUB_DISABLE_PROGRESS_BARS=0 forces them on, that wins, without a warning printed."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if show or are_progress_bars_disabled():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            enable_progress_bars()
 
 
 def resolve_hub_repo(repo_id: str, revision: str | None, *, download_missing: bool = False) -> Path:

@@ -178,9 +178,17 @@ def main_stack(stacks: Iterable[str | None], *, text_only: bool = False) -> str 
 
 
 # A mixture-of-experts family: "mlp.experts.17.up_proj.weight" (Qwen-MoE, Mixtral's
-# "block_sparse_moe.experts.17.w1.weight", Gemma 4's "experts.17....") is expert 17 of the
-# family "mlp.experts.{*}.up_proj.weight".
+# "block_sparse_moe.experts.17.w1.weight") is expert 17 of the family
+# "mlp.experts.{*}.up_proj.weight".
 _EXPERT = re.compile(r"(?P<head>(?:.*\.)?experts\.)(?P<expert>[0-9]{1,6})(?P<tail>\..+)")
+# Fused experts: one tensor holds every expert of a layer, stacked along its first axis.
+# Gemma 4's MoE (26B-A4B) stores "experts.gate_up_proj" [experts, 2*ff, hidden] and
+# "experts.down_proj" [experts, hidden, ff], parameters of the experts module itself (no
+# ".weight"; transformers 5.24 modeling_gemma4.py, Gemma4TextExperts, with no conversion
+# mapping, so the state_dict keys are the checkpoint's names). GPT-OSS and Llama 4 stack their
+# experts first too ("mlp.experts.gate_up_proj", "feed_forward.experts.down_proj": their
+# modeling files in the same transformers).
+_FUSED_EXPERTS = re.compile(r"(?:.*\.)?experts\.(?![0-9]+$)[A-Za-z0-9_]+")
 
 
 def expert_family(family: str) -> tuple[str, str, int] | None:
@@ -190,3 +198,12 @@ def expert_family(family: str) -> tuple[str, str, int] | None:
     if match is None:
         return None
     return match["head"], match["tail"], int(match["expert"])
+
+
+def fused_experts(family: str, shape: list[int] | tuple[int, ...]) -> int | None:
+    """How many experts a fused experts tensor stacks along its first axis (the slice
+    [e] is expert e), or None when the tensor is not one: a parameter of a module named
+    "experts" with two or more dimensions."""
+    if len(shape) < 2 or _FUSED_EXPERTS.fullmatch(family) is None:
+        return None
+    return shape[0]

@@ -257,12 +257,18 @@ def _manifest(
     return manifest
 
 
+def canary_search_limit(layers: int) -> int:
+    """The most canary runs canary_search makes over `layers` changed layers: the whole set,
+    a bisection over prefixes, then one run per layer left, with room to spare."""
+    return 2 * layers.bit_length() + layers + 2
+
+
 def canary_search(layers: list[int], passes, *, max_runs: int | None = None, on_step=None) -> PlanSearch:
     """The largest set of changed layers that passes: bisection over prefixes of `layers`,
     then greedy addition of single layers. `passes(layers) -> bool` runs the canary;
     `on_step(step, runs_left)` hears each run as it ends, with the most runs still to come."""
     steps: list[SearchStep] = []
-    limit = max_runs if max_runs is not None else 2 * len(layers).bit_length() + len(layers) + 2
+    limit = max_runs if max_runs is not None else canary_search_limit(len(layers))
 
     def check(candidate: list[int], how: str) -> bool:
         if len(steps) >= limit:

@@ -229,28 +229,14 @@ def _open_base(base, record: dict, report: VerifyReport) -> tuple[Checkpoint | N
         report.notes.append("no base given or recorded: the manifest's claims against the base were not checked")
         return None, None
     try:
-        return open_checkpoint(_local(spec, record.get("revision"))), spec
+        revision = record.get("revision")  # a recorded Hub id resolves from the local cache only
+        return open_checkpoint(spec, revision if isinstance(revision, str) else None), spec
     except SurgeonError as exc:
         report.notes.append(
             f"the recorded base cannot be opened ({exc}): the manifest's claims against the base were not "
             "checked; name the base"
         )
         return None, None
-
-
-def _local(spec: str, revision) -> str:
-    """A path as it is; a Hub repo id as its snapshot in the local cache (SurgeonError if absent)."""
-    if Path(spec).expanduser().exists():
-        return spec
-    # deferred: snapshot_download costs 300 ms to import (measured), and only a repo id needs it
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        revision = revision if isinstance(revision, str) else None
-        return snapshot_download(spec, revision=revision, local_files_only=True)
-    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise SurgeonError(f"{spec}: not on this machine ({type(exc).__name__})") from None
 
 
 def _check_bytes(ckpt, actual: dict[str, str], hashes, written: dict, report: VerifyReport, trusted) -> None:

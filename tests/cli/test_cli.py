@@ -60,7 +60,9 @@ def test_json_schema():
         "cosine",
         "frac_changed",
         "elements_changed",
+        "experts_changed",
     }
+    assert q0["stats"]["experts_changed"] is None  # only fused experts tensors have it
     shard = {s["name"]: s for s in data["shards"]}["model-00002-of-00002.safetensors"]
     assert shard["status"] == "header-only"
     assert shard["header_differences"] == ["__metadata__.surgeon_build added"]

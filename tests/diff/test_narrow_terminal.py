@@ -48,3 +48,26 @@ def test_wide_terminals_keep_every_stats_column():
     assert all(column in header for column in ("max |Δ|", "rel ‖Δ‖", "cosine", "elems Δ", "heads"))
     narrow, _ = rendered(80)
     assert "cosine" not in narrow and "max |Δ|" in narrow
+
+
+def test_a_narrow_family_table_gives_the_family_room_and_cuts_nothing(tmp_path):
+    """Below 120 columns "layers unchanged" goes; the family keeps up to 36 columns, so a
+    Gemma 4 MoE family reads whole (it folded after 17 characters in four even columns)."""
+    from fixtures.build_moe_pair import gemma4_moe_pair
+
+    gemma4_moe_pair(tmp_path, {(2, 3): "gate_up_proj"})
+    report = diff_checkpoints(open_checkpoint(tmp_path / "base"), open_checkpoint(tmp_path / "other"), DiffOptions())
+    for width in (60, 80, 100):
+        buffer = io.StringIO()
+        render_terminal(report, Console(file=buffer, width=width, highlight=False))
+        text = buffer.getvalue()
+        assert max(map(len, text.splitlines())) <= width
+        table = text.split("Tensor families by layer", 1)[1].split("└", 1)[0]
+        assert "layers unchanged" not in table and "statuses" in table
+        assert first_column(text, "Tensor families by layer") == "".join(r.family for r in shown_family_rows(report))
+        if width >= 80:
+            assert "│ post_feedforward_layernorm_1.weight " in table
+            assert "│ experts.gate_up_proj " in table and "2 (expert 3)" in table
+    wide = io.StringIO()
+    render_terminal(report, Console(file=wide, width=120, highlight=False))
+    assert "layers unchanged" in wide.getvalue()

@@ -36,6 +36,24 @@ def test_single_file_checkpoint(tmp_path):
     assert from_dir.tensors.keys() == from_file.tensors.keys()
 
 
+def test_single_file_argument_that_is_a_link(tmp_path):
+    """Every file of a Hub cache snapshot is a link to blobs/<sha256>: a file argument is
+    opened through its link and named as given, beside the link's folder."""
+    name = "model-00001-of-00002.safetensors"
+    snapshot = make_hub_cache(tmp_path / "hub")
+    ckpt = open_checkpoint(snapshot / name)
+    assert list(ckpt.shards) == [name] and ckpt.root == snapshot.resolve()
+    assert ckpt.tensors.keys() == open_checkpoint(BASE / name).tensors.keys()
+    assert {t.file for t in ckpt.tensors.values()} == {name} and ckpt.config is not None
+    link = tmp_path / "mine.safetensors"  # a link of another name than its target
+    link.symlink_to(BASE / name)
+    ckpt = open_checkpoint(link)
+    assert (
+        list(ckpt.shards) == ["mine.safetensors"]
+        and ckpt.shards["mine.safetensors"].file_size == (BASE / name).stat().st_size
+    )
+
+
 def test_index_naming_a_missing_shard(tmp_path):
     ckpt = copy_base(tmp_path)
     (ckpt / "model-00002-of-00002.safetensors").unlink()

@@ -245,3 +245,35 @@ def test_canary_without_a_tokenizer_says_so_in_one_line():
     assert result.exit_code == 2
     assert "has no tokenizer files" in result.output and "pass --tokenizer" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_verify_finds_a_recorded_hub_base_in_the_local_cache_only(planted, tmp_path, monkeypatch):
+    """A manifest whose base is a Hub id is checked against that id's snapshot in the local
+    Hugging Face cache; absent there, verify says so in checkpoint's own words and checks
+    what it can, never downloading."""
+    import os
+
+    from huggingface_hub import constants
+
+    out = tmp_path / "salvaged"
+    salvage(planted, TRAINED, [0, 1, 2, 3], out)
+    manifest = json.loads((out / "prune_manifest.json").read_text())
+    manifest["salvage"]["base"].update(source="acme/trained", path=str(tmp_path / "gone"))
+    (out / "prune_manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    absent = verify(out)
+    assert any("acme/trained: no such folder, and not in the local Hugging Face cache" in n for n in absent.notes)
+    assert not any("differ from base" in c for c in absent.checks)
+    repo = tmp_path / "hub" / "models--acme--trained"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for file in TRAINED.iterdir():
+        blob = repo / "blobs" / sha(file)
+        blob.parent.mkdir(exist_ok=True)
+        shutil.copyfile(file, blob)
+        os.symlink(f"../../blobs/{blob.name}", repo / "snapshots" / commit / file.name)
+    cached = verify(out)
+    assert cached.ok and not any("recorded base" in n for n in cached.notes)
+    assert len(cached.checks) > len(absent.checks)  # the claims against the base were checked too

@@ -208,7 +208,7 @@ def _render_plain(widget) -> str:
 def test_toggle_a_range_space_undo_redo():
     async def flow(app, pilot):
         await pilot.press("3")
-        await pilot.press("slash", *"4-7", "enter")
+        await pilot.press("l", *"4-7", "enter")
         await pilot.pause()
         assert app.focused.id == "plan-map"  # enter hands the keys back to the map
         summary = text_of(app, "#plan-summary")
@@ -242,7 +242,7 @@ def test_toggle_a_range_space_undo_redo():
 def test_bad_range_shows_an_error_dialog():
     async def flow(app, pilot):
         await pilot.press("3")
-        await pilot.press("slash", *"9-12", "enter")
+        await pilot.press("l", *"9-12", "enter")
         await pilot.pause()
         assert isinstance(app.screen, MessageDialog)
         assert "layer 9 does not exist" in _render_plain(app.screen.query_one("#dialog-text"))
@@ -477,7 +477,7 @@ def test_write_and_verify(tmp_path):
 
     async def flow(app, pilot):
         await pilot.press("3")
-        await pilot.press("slash", *"4-7", "enter", "escape")
+        await pilot.press("l", *"4-7", "enter", "escape")
         await pilot.press("w")
         await pilot.pause()
         assert isinstance(app.screen, WriteDialog)
@@ -841,7 +841,7 @@ def test_screenshots(tmp_path, monkeypatch, size):
     async def flow(app, pilot):
         shots[f"overview-{tag}"] = await screenshot(app, pilot)
         await pilot.press("3")
-        await pilot.press("slash", *"4-7", "enter", "escape")
+        await pilot.press("l", *"4-7", "enter", "escape")
         await pilot.pause()
         shots[f"plan-{tag}"] = await screenshot(app, pilot)
         await pilot.press("c")
@@ -1150,3 +1150,146 @@ def test_yank_copies_the_full_sha256_or_the_name():
         assert app.clipboard == name
 
     run_app(flow)
+
+
+def test_slash_searches_the_table_of_every_tab_that_has_one():
+    """/ on the Overview and Plan maps and the Prune table: digits find that layer (not 112),
+    words a cell holding them; enter keeps the row, escape goes back, `/` enter finds the
+    next match; the Tensors tab's / is its filter; the Canary tab has no table and says so."""
+    from surgeon.tui.search import SearchBar
+
+    async def flow(app, pilot):
+        bar = app.query_one(SearchBar)
+        layer_map = app.query_one("#layer-map")
+        await pilot.press("slash", "5")
+        assert app.focused is bar and layer_map.cursor_row == 5
+        await pilot.press("enter")
+        assert app.focused is layer_map and layer_map.cursor_row == 5 and not bar.display
+        await pilot.press("slash", "3", "escape")  # looked at layer 3, went back
+        assert layer_map.cursor_row == 5 and app.focused is layer_map
+        await pilot.press("3", "l", *"4-7", "enter", "escape", "home")  # Plan: 4-7 rolled back
+        plan_map = app.query_one("#plan-map")
+        await pilot.press("slash", *"base", "enter")
+        assert plan_map.cursor_row == 4
+        await pilot.press("slash", "enter")  # the next match of "base"
+        assert plan_map.cursor_row == 5
+        await pilot.press("slash", *"BASE", "down")  # down: the next match while typing
+        assert plan_map.cursor_row == 7
+        await pilot.press("up", "enter")
+        assert plan_map.cursor_row == 6
+        await pilot.press("slash", *"nowhere")
+        assert bar.has_class("no-match") and plan_map.cursor_row == 6
+        await pilot.press("enter")
+        assert plan_map.cursor_row == 6 and app.focused is plan_map
+        await pilot.press("2", "slash")
+        assert app.focused is app.query_one("#filter-text")
+        await pilot.press("escape", "4", "slash")
+        assert not bar.display
+        assert [n.message for n in app._notifications][-1] == "This tab has no table to search"
+        await pilot.press("5", "slash")
+        assert app.focused is bar  # the prune table, empty until a prune runs
+        await pilot.press("escape")
+
+    run_app(flow)
+
+
+def test_find_row_matches_a_layer_number_exactly_and_words_anywhere():
+    from rich.text import Text
+    from surgeon.tui.search import row_matches
+
+    assert row_matches([Text("12"), "candidate"], "12")
+    assert not row_matches([Text("112"), "candidate"], "12")
+    assert not row_matches(["3", Text("#1 #12")], "12")  # digits are the layer
+    assert row_matches(["3", Text("#1 #12")], "#12")  # a zeroed head
+    assert row_matches(["3", Text("Candidate")], "cand")
+    assert not row_matches(["3", Text("candidate")], "base")
+
+
+def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
+    from surgeon.tui.tabs import TABS
+
+    async def flow(app, pilot):
+        line = text_of(app, "#status-line")
+        assert line.strip() == "plan: keep 0-7 · canary: not run (c) · eval: not run (e) · candidate: candidate"
+        await pilot.press("c")
+        await settle(app, pilot)
+        report = app.canary_reports[app.plan_key()]
+        total = len(report.prompts)
+        assert f"canary: FAILED {total - report.failed}/{total}" in text_of(app, "#status-line")
+        await pilot.press("3", "l", *"4-7", "enter")
+        assert "plan: keep 0-3 · canary: not run (c)" in text_of(app, "#status-line")
+        for tab in TABS:
+            await pilot.press("escape", tab.key)
+            assert app.query_one("#status-line").region.height == 1  # shown under each tab
+
+    run_app(flow)
+
+
+def test_auto_plan_says_which_run_and_layers_it_is_testing(monkeypatch):
+    """The Canary tab's line while the search runs: before each run, its number, the layers
+    it tests and at most how many runs may follow, then the runs so far."""
+    from surgeon.tui.app import SurgeonApp
+
+    seen: list[str] = []
+    status: list[str] = []
+    real = SurgeonApp._searching
+
+    def record(app, text):
+        real(app, text)
+        seen.append(_render_plain(app.query_one("#canary-auto-steps")))
+        status.append(_render_plain(app.query_one("#status-line")))
+
+    monkeypatch.setattr(SurgeonApp, "_searching", record)
+
+    async def flow(app, pilot):
+        await pilot.press("a")
+        await settle(app, pilot)
+        assert len(seen) == len(app.auto_steps) == 11
+        assert seen[0].strip() == "auto search running: run 1 tests keep 0-7 (at most 17 more runs after it)"
+        assert seen[2].startswith("auto search running: run 3 tests keep 0-1 (at most 15 more runs after it)")
+        assert "run 1 keep 0-7 fail, run 2 keep 0-3 fail" in seen[2]
+        assert seen[10].startswith("auto search running: run 11 tests keep 1, 4-7")
+        assert "canary: not run" in status[0] and "canary: FAILED" in status[1]  # run 1 tested the plan in hand
+        assert text_of(app, "#canary-auto-steps").startswith("last auto search (found keep 1, 4-7)")
+
+    run_app(flow)
+
+
+def test_an_moe_pair_shows_each_layers_changed_experts_on_the_map(tmp_path):
+    from fixtures.build_moe_pair import moe_pair
+
+    moe_pair(tmp_path, "qwen-moe", {(2, 3): "up_proj", (2, 11): "down_proj", (0, 0): "gate_proj"}, experts=12)
+
+    async def flow(app, pilot):
+        rows = table_rows(app.query_one("#layer-map"))
+        header = [str(column.label) for column in app.query_one("#layer-map").columns.values()]
+        assert header[-1] == "experts"
+        assert [r[-1] for r in rows] == ["0 of 12", "none of 12", "3, 11 of 12", "none of 12"]
+        assert rows[2][6] == "●"  # the mlp column
+        await pilot.press("3")
+        plan_rows = table_rows(app.query_one("#plan-map"))
+        assert plan_rows[2][-1] == "3, 11 of 12"
+
+    run_app(flow, base=tmp_path / "base", candidate=tmp_path / "other")
+
+
+def test_a_dense_pair_has_no_experts_column():
+    async def flow(app, pilot):
+        header = [str(column.label) for column in app.query_one("#layer-map").columns.values()]
+        assert "experts" not in header
+
+    run_app(flow)
+
+
+def test_a_gemma4_moe_pair_shows_the_changed_slices_of_its_fused_experts(tmp_path):
+    """Gemma 4's experts are two fused tensors per layer: the map names the experts whose
+    slices the diff found changed."""
+    from fixtures.build_moe_pair import EXPERTS, gemma4_moe_pair
+
+    gemma4_moe_pair(tmp_path, {(2, 3): "gate_up_proj", (2, 11): "down_proj", (1, 0): "down_proj"})
+
+    async def flow(app, pilot):
+        rows = table_rows(app.query_one("#layer-map"))
+        assert [r[-1] for r in rows] == [f"{e} of {EXPERTS}" for e in ("none", "0", "3, 11", "none")]
+
+    run_app(flow, base=tmp_path / "base", candidate=tmp_path / "other")
