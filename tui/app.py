@@ -358,7 +358,8 @@ class SurgeonApp(App):
         self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), None
         self.plan.set_keep(plan.keep)
         self.refresh_plan()
-        self.notify(f"{len(plan.steps)} canary runs; keeping layers {layer_ranges(plan.keep) or 'none'}", timeout=6)
+        kept = layer_ranges(plan.keep) or "none"
+        self.notify(f"{len(plan.steps)} canary runs; the plan is now keep {kept} (ctrl+z: the plan before)", timeout=6)
 
     # --- eval ---------------------------------------------------------------------------
 

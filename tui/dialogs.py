@@ -255,7 +255,7 @@ layers to keep, check the choice with the canary, and write it.
 | `escape` | leave a text box, back to the tab's table |
 | `s` | on the Tensors tab: next sort order (or click a column header) |
 | `y`, `Y` | on the Tensors tab: copy the tensor's full SHA256, its name |
-| `home`/`g`, `end`/`G` | on the Tensors tab: the first, the last tensor of the (filtered) list |
+| `home`/`g`, `end`/`G` | the first, the last row: a layer of the maps, a tensor of the (filtered) list |
 | `c` | run the canary on the current plan (in memory, nothing written) |
 | `a` | auto plan: the largest set of changed layers that passes the canary |
 | `e` | eval the plan against the base (perplexity ratio, KL, top-1), and each changed layer alone |
@@ -271,7 +271,7 @@ layers to keep, check the choice with the canary, and write it.
 Layer map: `·` identical, `●` changed, `H` heads zeroed, `↺` rolled back to base, blank: the
 layer has no such tensor (Gemma 4's full layers have no `v_proj`: k = v). "zeroed heads"
 lists the query heads that are all zeros in the candidate, by index (`#0` is the first).
-"experts" (a mixture-of-experts pair) lists each layer's changed experts, "3, 17 of 128".
+"experts" (Overview, a mixture-of-experts pair): each layer's changed experts, "#3, #17 of 128".
 In a search (`/`), digits find that layer, words any cell containing them; down/up go to the
 next and previous match, and `/` enter alone finds the next match of the last search.
 "KL alone" (Plan tab) is each changed layer's cost measured alone: the mean KL(base ‖ base +

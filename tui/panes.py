@@ -28,7 +28,11 @@ class LayerMap(DataTable):
     """One row per layer; space keeps the layer from the candidate or rolls it back. The
     Plan tab's map also shows each changed layer's KL measured alone (`kl_column`)."""
 
-    BINDINGS = [Binding("space", "toggle", "Toggle")]
+    BINDINGS = [
+        Binding("space", "toggle", "Toggle"),
+        Binding("home,g", "edge(0)", "First layer", show=False),  # a map of 48+ layers needs them
+        Binding("end,G", "edge(-1)", "Last layer", show=False),
+    ]
 
     class ToggleRequested(Message):
         """Keep this layer from the candidate, or roll it back to the base."""
@@ -55,7 +59,8 @@ class LayerMap(DataTable):
     def show(self, rows: list[views.LayerRow], layer_kl: dict[int, float | None] | None = None) -> None:
         row_index = self.cursor_row
         self.clear()
-        experts = self._experts_column(any(row.expert_count for row in rows))
+        # The Overview's map only: beside the Plan map's KL column it was cut at 80 columns.
+        experts = self._experts_column(not self.kl_column and any(row.expert_count for row in rows))
         largest = max((kl for kl in (layer_kl or {}).values() if kl is not None), default=0.0)
         for row in rows:
             cells = views.layer_cells(row)
@@ -85,6 +90,10 @@ class LayerMap(DataTable):
         if not self.row_count:
             return None
         return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+    def action_edge(self, end: int) -> None:
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1 if end else 0)
 
     def action_toggle(self) -> None:
         layer = self.selected_layer()
@@ -268,7 +277,7 @@ class TensorsPane(Vertical):
         else:
             self.on_resize()  # the terminal may have changed size while the tab was hidden
 
-    def refilter(self) -> None:
+    def refilter(self, top: bool = False) -> None:
         """Filter and sort from the index, then draw the first page of rows: at 18.7k tensors
         drawing every row took 5.9 s to open the tab and 3.3 s a filter (issue 12); the rest
         is drawn as the cursor nears the end (on_data_table_row_highlighted)."""
@@ -276,11 +285,19 @@ class TensorsPane(Vertical):
         text = self.query_one("#filter-text", Input).value
         status = self.query_one("#filter-status", Select).value
         layers = self._layers()
-        at = self._cursor_index()
+        at = 0 if top else self._cursor_index()  # a new filter or sort starts at its first row
         self.shown = self.index.filtered(self.sort, text, str(status), layers, self.from_candidate)
         self._lay_out()
         self._redraw(at)
-        count = f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort} (s: next sort, End: last)"
+        self._show_count()
+
+    def _show_count(self) -> None:
+        """How many tensors the filter shows, and the cursor's row among them: the table holds
+        a window of them, so its scrollbar cannot say where in the list the cursor is."""
+        row = f"; row {self._cursor_index() + 1}" if self.shown else ""
+        count = (
+            f"{len(self.shown)} of {len(self.tensors)} tensors, sorted by {self.sort}{row} (s: next sort, End: last)"
+        )
         if self.query_one("#filter-layers", Input).has_class("invalid"):
             count += "; the layer range is not understood (use 0-3,7), so it is ignored"
         self.query_one("#tensor-count", Static).update(count)
@@ -339,6 +356,7 @@ class TensorsPane(Vertical):
             self._draw_more()
         elif below or above:
             self._redraw(self.first + row, keep_screen_row=True)
+        self._show_count()
 
     def on_tensor_table_scrolled(self, event: TensorTable.Scrolled) -> None:
         """The view near an end of the window, moved by the wheel or the scrollbar, which
@@ -399,11 +417,11 @@ class TensorsPane(Vertical):
         if self.tensors:
             if self._typing is not None:
                 self._typing.stop()
-            self._typing = self.set_timer(FILTER_DELAY, self.refilter)
+            self._typing = self.set_timer(FILTER_DELAY, lambda: self.refilter(top=True))
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if self.tensors:
-            self.refilter()
+            self.refilter(top=True)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.query_one("#tensor-table", DataTable).focus()
@@ -412,7 +430,7 @@ class TensorsPane(Vertical):
         key = str(event.column_key.value)
         if key in views.TENSOR_SORTS:
             self.sort = key
-            self.refilter()
+            self.refilter(top=True)
 
     def action_yank(self, what: str) -> None:
         """The selected tensor's full SHA256 (the candidate's, else the base's) or its name, to
@@ -434,7 +452,7 @@ class TensorsPane(Vertical):
     def action_next_sort(self) -> None:
         names = list(views.TENSOR_SORTS)
         self.sort = names[(names.index(self.sort) + 1) % len(names)]
-        self.refilter()
+        self.refilter(top=True)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()  # the pane's own table: what it means goes up as a DetailRequested
@@ -651,7 +669,7 @@ class PrunePane(VerticalScroll):
         table.update_cell(
             key, "phase", "pruned" if result.pruned else "forward only", update_width=True
         )  # wider than "prune"
-        heads = ",".join(map(str, result.pruned_heads)) if result.pruned else "-"
+        heads = " ".join(f"#{h}" for h in result.pruned_heads) if result.pruned else "-"  # as the maps: #0 is head 0
         table.update_cell(key, "heads pruned", heads or "none", update_width=True)
         residual = (result.refit or {}).get("rel_residual")
         table.update_cell(key, "rel residual", "-" if residual is None else f"{residual:.4f}")

@@ -43,7 +43,7 @@ class SearchBar(Input):
 
     DEFAULT_CSS = """
     SearchBar, SearchBar:focus { display: none; height: 1; border: none; padding: 0 1; }
-    SearchBar.no-match { color: $error; }
+    SearchBar.no-match, SearchBar.no-match:focus { background: $error 40%; }
     """
     BINDINGS = [
         Binding("escape", "close(False)", "Back", show=False),
@@ -73,6 +73,8 @@ class SearchBar(Input):
         event.stop()
         if not self.value and self.last and self.table is not None:  # `/` enter: the next match
             self._go(find_row(self.table, self.last, self.origin + 1))
+        if self.has_class("no-match"):
+            self.notify(f"No row matches {self.value or self.last!r}", severity="warning", timeout=3, markup=False)
         self.last = self.value or self.last
         self.action_close(True)
 

@@ -133,14 +133,17 @@ def layer_cells(row: LayerRow) -> list[Text]:
 
 
 def experts_cell(row: LayerRow) -> Text:
-    """A mixture-of-experts layer's changed experts, collapsed as the diff's family table
-    collapses them: "3, 17 of 128", "none of 128"; "-" for a layer without experts."""
+    """A mixture-of-experts layer's changed experts by index, as the map gives heads: "#0 of
+    16" (a bare "0 of 16" read as a count), "#3, #17 of 128", "#0-5 of 128", "none of 128";
+    "-" for a layer without experts; "?": changed, in experts the stats did not compare
+    (--no-stats). Short: the Overview's map must fit 80 columns."""
     if not row.expert_count:
         return Text("-", style="dim")
-    changed = layer_ranges(row.changed_experts) or ("" if row.unknown_experts else "none")
-    if row.unknown_experts:  # changed, in experts the stats did not compare (--no-stats)
-        changed = f"{changed}, ?" if changed else "?"
-    style = ("cyan" if row.source == "base" else "yellow") if changed != "none" else "dim"
+    if not row.changed_experts and not row.unknown_experts:
+        return Text(f"none of {row.expert_count}", style="dim")
+    named = [f"#{part}" for part in layer_ranges(row.changed_experts).split(", ") if part]
+    changed = ", ".join(named + (["?"] if row.unknown_experts else []))
+    style = "cyan" if row.source == "base" else "yellow"
     return Text(f"{changed} of {row.expert_count}", style=style)
 
 
@@ -364,7 +367,7 @@ def plan_text(summary, candidate_name: str) -> Text:
 
 
 def status_text(summary, canary_report, plan_eval: dict | None, candidate_name: str) -> Text:
-    """The line under every tab: "plan: keep 1-7 · canary: passed 5/5 · eval: KL 0.0123 ·
+    """The line under every tab: "plan: keep 1-7 · canary: passed (0/5 failed) · eval: KL 0.0123 ·
     candidate: NAME", so the verdicts of the plan in hand are never a tab away."""
     dot = Text(" · ", style="dim")
     plan = Text("plan: ", style="bold").append(f"keep {summary.keep_text}", style="yellow")
@@ -375,7 +378,8 @@ def status_text(summary, canary_report, plan_eval: dict | None, candidate_name: 
         total = len(canary_report.prompts)
         verdict = "passed" if canary_report.passed else "FAILED"
         style = "green" if canary_report.passed else "bold red"
-        canary.append(f"{verdict} {total - canary_report.failed}/{total}", style=style)
+        # the failed count, as the Canary tab's verdict gives it: "passed 20/25" read as 20 failed
+        canary.append(f"{verdict} ({canary_report.failed}/{total} failed)", style=style)
     quality = Text("eval: ", style="bold")
     if plan_eval is None:
         quality.append("not run (e)", style="dim")

@@ -660,7 +660,7 @@ def test_prune_streams_layers_and_opens_the_result(tmp_path):
         rows = table_rows(app.query_one("#prune-progress"))
         assert [r[0] for r in rows] == ["0", "1"]  # no layer after the last pruned one runs
         assert [r[1] for r in rows] == ["pruned"] * 2
-        assert all(len(r[2].split(",")) == 2 for r in rows[:2])  # 2 of 8 heads each
+        assert all(len(r[2].split()) == 2 and r[2].startswith("#") for r in rows[:2])  # 2 of 8 heads each, "#1 #5"
         assert all(0 < float(r[3]) < 1 for r in rows[:2])
         assert app.candidate == output
         assert app.report is not None and app.report.layers_changed() == [0, 1]
@@ -1215,7 +1215,9 @@ def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
         await settle(app, pilot)
         report = app.canary_reports[app.plan_key()]
         total = len(report.prompts)
-        assert f"canary: FAILED {total - report.failed}/{total}" in text_of(app, "#status-line")
+        assert f"canary: FAILED ({report.failed}/{total} failed)" in text_of(
+            app, "#status-line"
+        )  # the Canary tab's count
         await pilot.press("3", "l", *"4-7", "enter")
         assert "plan: keep 0-3 · canary: not run (c)" in text_of(app, "#status-line")
         for tab in TABS:
@@ -1264,11 +1266,15 @@ def test_an_moe_pair_shows_each_layers_changed_experts_on_the_map(tmp_path):
         rows = table_rows(app.query_one("#layer-map"))
         header = [str(column.label) for column in app.query_one("#layer-map").columns.values()]
         assert header[-1] == "experts"
-        assert [r[-1] for r in rows] == ["0 of 12", "none of 12", "3, 11 of 12", "none of 12"]
+        assert [r[-1] for r in rows] == ["#0 of 12", "none of 12", "#3, #11 of 12", "none of 12"]
         assert rows[2][6] == "●"  # the mlp column
         await pilot.press("3")
-        plan_rows = table_rows(app.query_one("#plan-map"))
-        assert plan_rows[2][-1] == "3, 11 of 12"
+        plan_header = [str(column.label) for column in app.query_one("#plan-map").columns.values()]
+        assert "experts" not in plan_header  # beside the KL column it did not fit 80 columns
+        await pilot.press("1", "end")
+        assert app.query_one("#layer-map").cursor_row == 3  # end: the last layer
+        await pilot.press("g")
+        assert app.query_one("#layer-map").cursor_row == 0
 
     run_app(flow, base=tmp_path / "base", candidate=tmp_path / "other")
 
@@ -1290,6 +1296,33 @@ def test_a_gemma4_moe_pair_shows_the_changed_slices_of_its_fused_experts(tmp_pat
 
     async def flow(app, pilot):
         rows = table_rows(app.query_one("#layer-map"))
-        assert [r[-1] for r in rows] == [f"{e} of {EXPERTS}" for e in ("none", "0", "3, 11", "none")]
+        expected = ["none", "#0", "#3, #11", "none"]
+        assert [r[-1] for r in rows] == [f"{e} of {EXPERTS}" for e in expected]
 
     run_app(flow, base=tmp_path / "base", candidate=tmp_path / "other")
+
+
+def test_a_search_that_finds_nothing_says_so():
+    from surgeon.tui.search import SearchBar
+
+    async def flow(app, pilot):
+        await pilot.press("slash", *"zzz")
+        assert app.query_one(SearchBar).has_class("no-match")
+        await pilot.press("enter")
+        assert [n.message for n in app._notifications][-1] == "No row matches 'zzz'"
+        assert app.query_one("#layer-map").cursor_row == 0
+
+    run_app(flow)
+
+
+def test_a_new_filter_or_sort_starts_at_its_first_row():
+    async def flow(app, pilot):
+        await pilot.press("2", "end")
+        table = app.query_one("#tensor-table")
+        assert table.cursor_row > 0
+        await type_into(pilot, "#filter-text", "q_proj")
+        assert table.cursor_row == 0 and "row 1 " in text_of(app, "#tensor-count")
+        await pilot.press("escape", "end", "s")
+        assert table.cursor_row == 0
+
+    run_app(flow)
