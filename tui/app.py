@@ -673,7 +673,7 @@ class SurgeonApp(App):
         if tab is not None and tab.type_here:
             self.query_one(tab.type_here).focus()
         elif tab is not None and tab.search:
-            self.query_one(SearchBar).open(self.query_one(tab.search, DataTable))
+            self.query_one(SearchBar).open(self.query_one(tab.focus, DataTable))
         else:
             self.notify("This tab has no table to search", timeout=2)
 

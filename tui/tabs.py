@@ -17,7 +17,7 @@ class Tab:
     pane: type[Widget]
     focus: str  # the widget that gets the keys when the tab shows: space on a map just works
     type_here: str | None  # the text box `/` jumps to (the Tensors tab's filter), None if none
-    search: str | None  # else the table `/` searches (surgeon.tui.search), None if the tab has none
+    search: bool  # else `/` searches the tab's table, its `focus` (surgeon.tui.search)
     command: str  # the command palette's entry
     help: str  # the palette's line under it
 
@@ -34,7 +34,7 @@ TABS = (
         pane=OverviewPane,
         focus="#layer-map",
         type_here=None,
-        search="#layer-map",
+        search=True,
         command="Overview",
         help="Layer map, summary and shard verdicts",
     ),
@@ -45,7 +45,7 @@ TABS = (
         pane=TensorsPane,
         focus="#tensor-table",
         type_here="#filter-text",
-        search=None,
+        search=False,
         command="Tensors",
         help="Every tensor: filter, sort, open one",
     ),
@@ -56,7 +56,7 @@ TABS = (
         pane=PlanPane,
         focus="#plan-map",
         type_here=None,
-        search="#plan-map",
+        search=True,
         command="Rollback plan",
         help="Choose the layers to keep",
     ),
@@ -67,7 +67,7 @@ TABS = (
         pane=CanaryPane,
         focus="#canary-scroll",
         type_here=None,
-        search=None,
+        search=False,
         command="Canary tab",
         help="Results of the canary per plan",
     ),
@@ -78,7 +78,7 @@ TABS = (
         pane=PrunePane,
         focus="#prune-progress",
         type_here=None,
-        search="#prune-progress",
+        search=True,
         command="Prune tab",
         help="Prune the base into a new candidate",
     ),

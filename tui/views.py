@@ -426,8 +426,7 @@ def auto_steps_text(steps) -> Text:
     for n, step in enumerate(steps):
         if n:
             text.append(", ")
-        text.append(f"{step.how} {layer_ranges(step.layers) or 'none'} ")
-        text.append("pass" if step.passed else "fail", style="green" if step.passed else "red")
+        text.append(f"{step.how} {layer_ranges(step.layers) or 'none'} ").append_text(_verdict(step.passed))
     return text
 
 
@@ -443,8 +442,7 @@ def search_live_text(steps, testing: list[int] | None, runs_left: int | None) ->
             text.append(f" (at most {runs_left} more runs after it)", style="dim")
     for n, step in enumerate(steps, start=1):
         text.append("\n  " if n == 1 else ", ")
-        text.append(f"run {n} keep {layer_ranges(step.layers) or 'none'} ")
-        text.append("pass" if step.passed else "fail", style="green" if step.passed else "red")
+        text.append(f"run {n} keep {layer_ranges(step.layers) or 'none'} ").append_text(_verdict(step.passed))
     return text
 
 
@@ -452,10 +450,7 @@ def budget_live_text(steps, doing: str, budget_label: str) -> Text:
     """The quality-budget search while it runs: what it is doing now, then its steps so far."""
     text = Text(f"budget search running ({budget_label}): ", style="bold").append(doing, style="yellow")
     for n, step in enumerate(steps, start=1):
-        text.append("\n  " if n == 1 else ", ")
-        text.append(f"{step.how} {layer_ranges(step.layers) or 'none'} ")
-        verdict = ("pass" if step.passed else "fail") if step.how == "canary" else ("within" if step.passed else "over")
-        text.append(verdict, style="green" if step.passed else "red")
+        text.append("\n  " if n == 1 else ", ").append_text(_budget_step(step))
     return text
 
 
@@ -549,9 +544,14 @@ def budget_steps_text(steps, found, budget_label: str) -> Text:
     return text.append_text(Text("; ").join(parts))
 
 
+def _verdict(passed: bool) -> Text:
+    """A canary run's verdict in a search's steps."""
+    return Text("pass" if passed else "fail", style="green" if passed else "red")
+
+
 def _budget_step(step) -> Text:
     text = Text(f"{step.how} {layer_ranges(step.layers) or 'none'} ")
     if step.how == "canary":
-        return text.append("pass" if step.passed else "fail", style="green" if step.passed else "red")
+        return text.append_text(_verdict(step.passed))
     text.append("within" if step.passed else "over", style="green" if step.passed else "red")
     return text.append(f" (KL {step.kl_mean:.4f})" if step.kl_mean is not None else "")
