@@ -23,10 +23,21 @@ AT_LEAST = {  # folder -> how many files it must hold
 }
 
 
+def _entry_points(path: str, tops: set) -> str:
+    info = next((top for top in tops if top.endswith(".dist-info")), None)
+    return zipfile.ZipFile(path).read(f"{info}/entry_points.txt").decode() if info else ""
+
+
 def main(path: str) -> int:
     names = zipfile.ZipFile(path).namelist()
     tops = {n.split("/")[0] for n in names}
     problems = [f"top-level {top!r}" for top in tops if top != "surgeon" and not top.endswith(".dist-info")]
+    # the index name (surgeon.DISTRIBUTION): `surgeon` on the index is an unrelated package
+    problems += [
+        f"dist-info {top!r}" for top in tops if top.endswith(".dist-info") and not top.startswith("checkpoint_surgeon-")
+    ]
+    if "surgeon = surgeon.cli.main:main" not in _entry_points(path, tops):
+        problems.append("no `surgeon` console script")
     problems += [f"missing {n}" for n in REQUIRED if n not in names]
     for folder, least in AT_LEAST.items():
         found = sum(n.startswith(folder) for n in names)

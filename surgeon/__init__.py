@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+# The name on the package index (`pip install checkpoint-surgeon`); `surgeon` there is an
+# unrelated find/replace library of 2014. The command and the import stay `surgeon`.
+DISTRIBUTION = "checkpoint-surgeon"
 
 _EXPORTS = {
     "Checkpoint": "surgeon.format.checkpoint",

@@ -1,5 +1,7 @@
 """The one exception type the CLI turns into a one-line message and exit code 2."""
 
+from surgeon import DISTRIBUTION
+
 
 class SurgeonError(Exception):
     """Bad input or an environment problem the user can fix; never a bug in surgeon."""
@@ -45,4 +47,4 @@ def missing_extra(exc: ImportError, what: str) -> SurgeonError | None:
     if extra is None:
         return None
     cpu = " (CPU-only machines: torch from PyTorch's CPU index first, see the README)" if extra == "prune" else ""
-    return SurgeonError(f"{what} needs {module}, which is not installed: pip install 'surgeon[{extra}]'{cpu}")
+    return SurgeonError(f"{what} needs {module}, which is not installed: pip install '{DISTRIBUTION}[{extra}]'{cpu}")

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from surgeon import DISTRIBUTION
 from surgeon.text import inert
 
 # name -> (module, attribute): the one list of commands, in the order --help shows them.
@@ -58,7 +59,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="surgeon")
+@click.version_option(package_name=DISTRIBUTION, prog_name="surgeon")
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors (give it before the command).")
 def main(debug: bool) -> None:
     """Checkpoint surgery and diff toolkit for large language models."""
