@@ -99,6 +99,8 @@ def verify(
         report.discrepancies.append(f"integrity: {exc}")
         return report
     report.checks.append(f"{len(ckpt.shards)} shard files agree with the index ({len(ckpt.tensors)} tensors)")
+    if ckpt.note:  # a model.safetensors beside an index: what transformers loads is what is checked
+        report.notes.append(ckpt.note)
     folder = not Path(checkpoint).expanduser().is_file()  # a lone .safetensors file has no folder of its own
     if folder:
         _check_remote_code(ckpt.root, report)
@@ -205,6 +207,8 @@ def _verify_surgeon(
     if base_ckpt is None:
         return
     report.base = base_spec
+    if base_ckpt.note:
+        report.notes.append(f"base: {base_ckpt.note}")
     if not _base_matches(_shard_sha(base_ckpt, hashes), record, given, report):
         return
     # The cache holds this run's hashes; side files are checked against the manifest, not hashed again here.
@@ -518,6 +522,8 @@ def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, re
     diff = None
     if base_ckpt is not None:
         report.base = base_spec
+        if base_ckpt.note:
+            report.notes.append(f"base: {base_ckpt.note}")
         diff = diff_checkpoints(base_ckpt, ckpt, DiffOptions(cache_dir=cache.root, trust_blob_names=False))
     failures = len(report.discrepancies)
     verify_foreign(manifest, report, diff, given)
