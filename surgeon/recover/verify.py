@@ -524,10 +524,64 @@ def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, re
         report.base = base_spec
         if base_ckpt.note:
             report.notes.append(f"base: {base_ckpt.note}")
-        diff = diff_checkpoints(base_ckpt, ckpt, DiffOptions(cache_dir=cache.root, trust_blob_names=False))
+        options = DiffOptions(cache_dir=cache.root, trust_blob_names=False, files=False)  # files: below
+        diff = diff_checkpoints(base_ckpt, ckpt, options)
     failures = len(report.discrepancies)
     verify_foreign(manifest, report, diff, given)
     report.claims_checked = diff is not None
     if len(report.discrepancies) == failures and diff is None:
         report.discrepancies.append(f"{MANIFEST_NAME} was not written by surgeon: its claims were not checked")
-    report.notes.append("side files not checked: a manifest surgeon did not write records no SHA256s for them")
+    if base_ckpt is not None and is_omnimergekit_manifest(manifest):
+        _check_files_against_base(ckpt, base_ckpt, report)
+    else:
+        report.notes.append("side files not checked: a manifest surgeon did not write records no SHA256s for them")
+
+
+def _check_files_against_base(ckpt: Checkpoint, base: Checkpoint, report: VerifyReport) -> None:
+    """A foreign manifest records no files, and claims nothing about them: every entry of the
+    folder beside the weights (its shards and index: the tensor diff covers them) must be the
+    base's file of that name, byte for byte, and every such file of the base must be here. As
+    with a surgeon manifest's record, a file added (an adapter, a chat template, more weights),
+    changed or gone fails where a loader could read it; documentation and hidden files are
+    noted, never compared. A lone .safetensors file on either side has no folder to compare."""
+    if any(Path(c.source).expanduser().is_file() for c in (ckpt, base)):
+        report.notes.append("side files not compared: a lone .safetensors file has no folder of its own")
+        return
+    ours, theirs = _loadable_files(ckpt, report), _loadable_files(base, None)
+    same = 0
+    for name in sorted(ours):
+        if name not in theirs:
+            report.discrepancies.append(f"file {name}: not in the base, and a loader could read it")
+            continue
+        sha = _file_sha256(ours[name])
+        if sha is None or sha != _file_sha256(theirs[name]):
+            report.discrepancies.append(
+                f"file {name}: differs from the base's, and the manifest claims no change to it"
+            )
+        else:
+            same += 1
+    # the base's weights are the tensor diff's: its shards, index and the weight files it ignores
+    for name in sorted(set(theirs) - set(ours) - set(ckpt.shards) - set(base.ignored) - {ckpt.index_name}):
+        report.discrepancies.append(f"file {name}: in the base but not here, and the manifest claims no change to it")
+    if same:
+        files = f"{same} side files (config, tokenizer) are" if same > 1 else "1 side file (config, tokenizer) is"
+        report.checks.append(f"{files} the base's, byte for byte")
+
+
+def _loadable_files(ckpt: Checkpoint, report: VerifyReport | None) -> dict[str, Path]:
+    """The folder's entries a loader could read besides its shards and index, by name; the
+    others (documentation, hidden files, folders) noted on `report` when it is given."""
+    read = set(ckpt.shards) | {ckpt.index_name, MANIFEST_NAME}
+    found = {}
+    for entry in sorted(os.scandir(ckpt.root), key=lambda e: e.name):
+        if entry.name in read:
+            continue
+        if entry.name.startswith(".") or _DOCUMENTATION.fullmatch(entry.name):
+            if report is not None:
+                report.notes.append(f"{entry.name}: not compared with the base (no loader reads it)")
+        elif entry.is_dir(follow_symlinks=False):
+            if report is not None:
+                report.notes.append(f"{entry.name}/: a folder, not compared with the base")
+        else:
+            found[entry.name] = Path(entry.path)
+    return found
