@@ -34,7 +34,7 @@ from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, verify_foreign
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256
+from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, refusal
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layer_ranges, layers_phrase
@@ -114,7 +114,10 @@ def verify(
         else:
             report.manifest = report.foreign = True
             _verify_foreign(ckpt, manifest, base, cache, report, progress)
-    if trust_cache:
+    refused = refusal(cache_dir if cache_dir is not None else hash_cache_dir()) if trust_cache else None
+    if refused:
+        report.notes.append(f"{refused}; the shards were hashed from their bytes")
+    elif trust_cache:
         report.notes.append("cache trusted: shard hashes came from the hash cache where it had them, not the bytes")
     return report
 
