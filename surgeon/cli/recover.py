@@ -205,7 +205,8 @@ def verify(checkpoint, base, trust_cache, integrity_only, as_json, no_progress, 
     """Check CHECKPOINT's files, its manifest's hashes, and its claims against the base.
 
     Exit status: 0 verified (or, with --integrity-only, the files are sound), 1 a check
-    failed or there is no manifest, 2 trouble (such as a malformed manifest)."""
+    failed, there is no manifest, or its claims could not be checked (no --base, and the
+    recorded base cannot be opened), 2 trouble (such as a malformed manifest)."""
     if download:  # CHECKPOINT and --base; a base only recorded in the manifest stays cache-only
         for spec in (checkpoint, base):
             if spec:

@@ -16,8 +16,10 @@ weights: verify fails unless `--integrity-only` asks for the file checks alone.
 
 `checks` holds what was checked and held, `discrepancies` what failed, `notes` what was not
 checked and warnings that do not fail. Exit: 0 verified, 1 a check failed or there was
-nothing to verify, 2 the input is unusable (a malformed manifest, a base that cannot be
-opened): the CLI's one-line error.
+nothing to verify (a manifest whose claims could not be checked, as no base was given and
+the recorded one cannot be opened, is not verified: `--integrity-only` checks the files
+alone), 2 the input is unusable (a malformed manifest, a base given that cannot be opened):
+the CLI's one-line error.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def _verify_surgeon(
         report.discrepancies.append(
             "the manifest records no base shard hashes: the base cannot be confirmed as the one it was written against"
         )
-    base_ckpt, base_spec = _open_base(base, record, report)
+    base_ckpt, base_spec = _open_base(base, record, report.discrepancies)
     hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report, progress)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
     _check_bytes(ckpt, report.shard_sha256, hashes, manifest["written"], report, trusted)
@@ -225,24 +227,29 @@ def _base_record(manifest: dict) -> dict:
     return (manifest.get("salvage") or {}).get("base") or manifest.get("base") or {}
 
 
-def _open_base(base, record: dict, report: VerifyReport) -> tuple[Checkpoint | None, str | None]:
+_NOT_CHECKED = (
+    "the manifest's claims against the base were not checked; name the base with --base, or check the files "
+    "alone with --integrity-only"
+)
+
+
+def _open_base(base, record: dict, unchecked: list[str]) -> tuple[Checkpoint | None, str | None]:
     """The base given (an error if it cannot be opened), else the recorded one where this
-    machine has it: a recorded Hub id is looked up in the local cache, never downloaded."""
+    machine has it: a recorded Hub id is looked up in the local cache, never downloaded.
+    Without one, why goes to `unchecked`: a surgeon manifest's discrepancies (its claims
+    unchecked, it is not verified), or a foreign one's notes (which fail on their own)."""
     if base is not None:
         return open_checkpoint(base), str(base)
     path, source = record.get("path"), record.get("source")
     spec = path if path and Path(path).is_dir() else source
     if not spec:
-        report.notes.append("no base given or recorded: the manifest's claims against the base were not checked")
+        unchecked.append(f"no base given or recorded: {_NOT_CHECKED}")
         return None, None
     try:
         revision = record.get("revision")  # a recorded Hub id resolves from the local cache only
         return open_checkpoint(spec, revision if isinstance(revision, str) else None), spec
     except SurgeonError as exc:
-        report.notes.append(
-            f"the recorded base cannot be opened ({exc}): the manifest's claims against the base were not "
-            "checked; name the base"
-        )
+        unchecked.append(f"the recorded base cannot be opened ({exc}): {_NOT_CHECKED}")
         return None, None
 
 
@@ -519,7 +526,8 @@ def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, re
     source = manifest.get("source")
     record = {"source": source} if isinstance(source, str) and source else {}
     known = is_omnimergekit_manifest(manifest)
-    base_ckpt, base_spec = _open_base(base, record, report) if known and (given or record) else (None, None)
+    opened = _open_base(base, record, report.notes) if known and (given or record) else (None, None)
+    base_ckpt, base_spec = opened
     hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report, progress)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
     diff = None

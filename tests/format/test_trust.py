@@ -382,17 +382,27 @@ def test_integrity_only_still_fails_on_remote_code_and_broken_files(tmp_path):
 
 
 def test_ok_lines_are_only_checks_that_held(salvaged, tmp_path):
+    """Issue 18: a recorded base that cannot be opened leaves the claims unchecked: not
+    verified (exit 1; it was "verified (the claims against the base were not checked)", exit
+    0), unless --integrity-only asks for the files alone."""
     moved = tmp_path / "elsewhere"
     manifest = json.loads((salvaged / MANIFEST).read_text())
     manifest["salvage"]["base"] |= {"path": str(moved), "source": str(moved)}  # a base that is gone
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
     result = invoke("verify", salvaged)
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     ok_lines = [line for line in lines_of(result) if line.startswith("ok")]
-    notes = [line for line in lines_of(result) if line.startswith("note")]
+    failed = [line for line in lines_of(result) if line.startswith("FAIL")]
     assert all("not checked" not in line for line in ok_lines)
-    assert any("claims against the base were not checked" in line for line in notes)
-    assert lines_of(result)[-1] == "verified (the claims against the base were not checked)"
+    assert failed == [
+        f"FAIL the recorded base cannot be opened ({moved}: no such checkpoint directory, file or Hub repo id): the "
+        "manifest's claims against the base were not checked; name the base with --base, or check the files alone "
+        "with --integrity-only"
+    ]
+    assert lines_of(result)[-1] == "not verified: 1 problem"
+    assert json.loads(invoke("verify", salvaged, "--json").stdout)["verdict"] == "not verified"
+    assert invoke("verify", salvaged, "--base", TRAINED).exit_code == 0
+    assert invoke("verify", salvaged, "--integrity-only").exit_code == 0
 
 
 def test_a_manifest_with_no_hash_fails(salvaged):

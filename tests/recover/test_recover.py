@@ -276,7 +276,7 @@ def test_canary_without_a_tokenizer_says_so_in_one_line():
 def test_verify_finds_a_recorded_hub_base_in_the_local_cache_only(planted, tmp_path, monkeypatch):
     """A manifest whose base is a Hub id is checked against that id's snapshot in the local
     Hugging Face cache; absent there, verify says so in checkpoint's own words and checks
-    what it can, never downloading."""
+    what it can, never downloading: not verified, as its claims were not checked."""
     import os
 
     from huggingface_hub import constants
@@ -288,7 +288,8 @@ def test_verify_finds_a_recorded_hub_base_in_the_local_cache_only(planted, tmp_p
     (out / "prune_manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     absent = verify(out)
-    assert any("acme/trained: no such folder, and not in the local Hugging Face cache" in n for n in absent.notes)
+    assert not absent.ok and len(absent.discrepancies) == 1
+    assert "acme/trained: no such folder, and not in the local Hugging Face cache" in absent.discrepancies[0]
     assert not any("differ from base" in c for c in absent.checks)
     repo = tmp_path / "hub" / "models--acme--trained"
     commit = "0123456789abcdef0123456789abcdef01234567"
