@@ -365,8 +365,9 @@ def _unplaceable(names: list[str]) -> str | None:
 def side_files(ckpt: Checkpoint) -> set[str]:
     """The files besides the weights that a diff compares: every regular, not hidden file of
     the folder up to SIDE_FILE_LIMIT (config, index, tokenizer); none beside a lone
-    .safetensors file, whose folder is no checkpoint."""
-    if len(ckpt.shards) == 1 and ckpt.index_name is None and not (ckpt.root / "config.json").exists():
+    .safetensors file, whose folder is no checkpoint (one whose index is ignored is one)."""
+    lone = len(ckpt.shards) == 1 and ckpt.index_name is None and not ckpt.ignored
+    if lone and not (ckpt.root / "config.json").exists():
         return set()
     return {
         p.name

@@ -26,7 +26,7 @@ from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.format.hashing import hash_shards
 from surgeon.recover.salvage import salvage
 from surgeon.recover.verify import verify
-from tests.helpers import BASE, PRUNED, count_reads, make_variant, read_tensor, sha, tiny_prune_options
+from tests.helpers import BASE, PRUNED, count_reads, make_variant, merged_file, read_tensor, sha, tiny_prune_options
 
 TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -403,6 +403,17 @@ def test_ok_lines_are_only_checks_that_held(salvaged, tmp_path):
     assert json.loads(invoke("verify", salvaged, "--json").stdout)["verdict"] == "not verified"
     assert invoke("verify", salvaged, "--base", TRAINED).exit_code == 0
     assert invoke("verify", salvaged, "--integrity-only").exit_code == 0
+
+
+def test_a_model_safetensors_dropped_beside_the_index_fails(salvaged):
+    """Issue 18: transformers loads a model.safetensors before the index, so one added beside
+    a verified output (here the base's weights) is what would run: verify reads it too, and
+    fails (it verified the index's shards, which nothing loads)."""
+    merged_file(TRAINED, salvaged / "model.safetensors")
+    result = invoke("verify", salvaged, "--base", TRAINED)
+    assert result.exit_code == 1, result.output
+    assert "FAIL shard model.safetensors: in the index but not in the manifest" in lines_of(result)
+    assert "note model.safetensors is read, as transformers loads it before any index" in result.output
 
 
 def test_a_manifest_with_no_hash_fails(salvaged):
