@@ -208,7 +208,7 @@ class HashCache:
         return entry if isinstance(entry, dict) and entry.get("version") == VERSION else None
 
     def _write(self, path: Path | None, entry: dict) -> None:
-        if path is None or not self._folders_private(path.parent, made=True):
+        if path is None or self.root is None or not self._folders_private(path.parent, made=True):
             return  # not into a folder others can write: their entries would sit beside ours
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # its parents as the umask says
