@@ -69,6 +69,17 @@ def make_variant(
     return dst
 
 
+def merged_file(src: Path, path: Path) -> Path:
+    """Every tensor of the checkpoint `src`, as it reads, in one safetensors file at `path`."""
+    ckpt = open_checkpoint(src)
+    tensors = []
+    for shard_name, shard in ckpt.shards.items():
+        data = (ckpt.root / shard_name).read_bytes()
+        tensors += [TensorBytes(n, t.dtype.name, t.shape, data[t.start : t.end]) for n, t in shard.tensors.items()]
+    write_safetensors(path, tensors, {"format": "pt"})
+    return path
+
+
 def encode(name: str, dtype: str, values: np.ndarray) -> TensorBytes:
     values = np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "BF16":

@@ -218,6 +218,12 @@ def nested(depth: int) -> bytes:
     return b'{"a": ' + b"[" * depth + b"]" * depth + b"}"
 
 
+def shard_beside(side_file: str) -> str:
+    """A weight file that leaves `side_file` to be read: an index is read only where there is
+    no model.safetensors (transformers loads that first, and so does surgeon)."""
+    return "model-00001-of-00001.safetensors" if "index" in side_file else "model.safetensors"
+
+
 def header_file(path: Path, body: bytes) -> Path:
     body += b" " * (-len(body) % 8)
     path.write_bytes(struct.pack("<Q", len(body)) + body)
@@ -231,7 +237,7 @@ def test_deep_nesting_is_not_valid_json(tmp_path, where):
     if where == "header":
         header_file(folder / "model.safetensors", nested(100_000))
     else:
-        write_safetensors(folder / "model.safetensors", [f32("w", [1.0])])
+        write_safetensors(folder / shard_beside(where), [f32("w", [1.0])])
         name = "config.json" if where == "config" else "model.safetensors.index.json"
         (folder / name).write_bytes(nested(100_000))
     with pytest.raises(SurgeonError, match="not valid JSON"):
@@ -260,7 +266,7 @@ def test_a_fifo_in_the_folder_is_refused_without_waiting(tmp_path, name):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     if name != "model.safetensors":
-        write_safetensors(folder / "model.safetensors", [f32("w", [1.0])])
+        write_safetensors(folder / shard_beside(name), [f32("w", [1.0])])
     os.mkfifo(folder / name)
     try:
         outcome = finishes(lambda: open_checkpoint(folder))
@@ -275,7 +281,7 @@ def test_a_link_to_dev_zero_is_refused_without_reading_it(tmp_path, name):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     if name != "model.safetensors":
-        write_safetensors(folder / "model.safetensors", [f32("w", [1.0])])
+        write_safetensors(folder / shard_beside(name), [f32("w", [1.0])])
     (folder / name).symlink_to("/dev/zero")
     with bounded(limit=20 * MB):
         outcome = finishes(lambda: open_checkpoint(folder))

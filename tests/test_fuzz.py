@@ -246,19 +246,23 @@ def test_read_header_with_any_declared_length(scratch, case, length):
 # --- index and config ------------------------------------------------------------------
 
 
+SHARD = "model-00001-of-00001.safetensors"
+
+
 @pytest.fixture(scope="module")
 def folder(scratch) -> Path:
-    """A one-shard checkpoint whose index and config the examples overwrite."""
+    """A one-shard checkpoint whose index and config the examples overwrite (its shard is no
+    model.safetensors, which transformers, and so surgeon, would read instead of any index)."""
     root = scratch / "ckpt"
     root.mkdir()
     body = json.dumps({"model.layers.0.w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
-    shard_file(root / "model.safetensors", body, b"\0" * 4)
+    shard_file(root / SHARD, body, b"\0" * 4)
     return root
 
 
 def index_documents():
     shard_names = st.sampled_from(
-        ["model.safetensors", "other.safetensors", "", ".", "..", "../model.safetensors", "/etc/passwd"]
+        [SHARD, "model.safetensors", "other.safetensors", "", ".", "..", "../model.safetensors", "/etc/passwd"]
     )
     weight_maps = st.dictionaries(
         st.sampled_from(["model.layers.0.w", "x", ""]), shard_names | _json_values(), max_size=3

@@ -22,6 +22,7 @@ from surgeon.cli.common import (
     output_option,
     progress_for,
     render_rich,
+    warn,
 )
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.diff.inspection import inspect_json
@@ -31,7 +32,7 @@ from surgeon.diff.render_terminal import render_terminal
 from surgeon.diff.report import summary_line, to_json
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint, open_pair
-from surgeon.format.hashcache import hash_cache_dir
+from surgeon.format.hashcache import hash_cache_dir, refusal
 from surgeon.format.hub import HubMatch
 from surgeon.progress import NoProgress
 from surgeon.quality.record import recorded_quality
@@ -81,6 +82,9 @@ def diff(
         raise SurgeonError("--json and --markdown are exclusive: pick one")
     _check_quiet(kw, as_json, markdown)
     progress = progress_for(kw["quiet"] or kw["no_progress"])
+    refused = None if no_cache or kw["quiet"] else refusal(cache_dir or hash_cache_dir())
+    if refused:  # the cache is neither read nor written: the shards are hashed from their bytes
+        warn(refused)
     # --download: a Hub side is compared by hashes and headers (one line on stderr), then fetched,
     # unless every file is the same already (then that is the answer, exit 0); --markdown's
     # evidence is hashed from both sides' bytes, so it downloads all the same

@@ -11,11 +11,11 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from surgeon.cli.common import EXIT_CANARY_FAILED, console_for, download_option, handle_errors, progress_for
+from surgeon.cli.common import EXIT_CANARY_FAILED, console_for, download_option, handle_errors, progress_for, warn
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
 from surgeon.cli.options import build, options_from
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import fetch_missing
+from surgeon.format.checkpoint import fetch_missing, open_checkpoint
 from surgeon.model.names import layer_ranges
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
@@ -135,6 +135,7 @@ def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, outpu
     if budget is not None:
         budget.validate()
     check_eval_text(eval_text, run_eval or budget is not None)
+    _say_notes({"--base": base, "CANDIDATE": candidate})
     console = console_for(stderr=as_json)  # with --json, stdout holds the manifest alone
     prompts, options, run = _canary_settings(kw)
     steps, before, quality = None, None, None
@@ -175,6 +176,15 @@ def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, outpu
     _salvage_summary(manifest, output, console)
 
 
+def _say_notes(inputs: dict[str, str]) -> None:
+    """A warning for each input whose weights are read other than through its index (where
+    transformers loads a model.safetensors beside it): the files salvage reads and writes."""
+    for what, spec in inputs.items():
+        note = open_checkpoint(spec).note  # headers only: milliseconds
+        if note:
+            warn(f"{what}: {note}")
+
+
 @click.command()
 @click.argument("checkpoint")
 @click.option("--base", "base", help="Base to check the manifest's claims against (default: the recorded one).")
@@ -195,7 +205,8 @@ def verify(checkpoint, base, trust_cache, integrity_only, as_json, no_progress, 
     """Check CHECKPOINT's files, its manifest's hashes, and its claims against the base.
 
     Exit status: 0 verified (or, with --integrity-only, the files are sound), 1 a check
-    failed or there is no manifest, 2 trouble (such as a malformed manifest)."""
+    failed, there is no manifest, or its claims could not be checked (no --base, and the
+    recorded base cannot be opened), 2 trouble (such as a malformed manifest)."""
     if download:  # CHECKPOINT and --base; a base only recorded in the manifest stays cache-only
         for spec in (checkpoint, base):
             if spec:

@@ -89,6 +89,8 @@ class SideSummary:
     tensors: int
     shards: int
     bytes: int
+    ignored: list[str] = field(default_factory=list)  # weight files transformers would not load: not read
+    note: str | None = None  # why, in one line (Checkpoint.note)
 
 
 @dataclass
@@ -165,7 +167,14 @@ def diff_checkpoints(
 
 def _side(ckpt: Checkpoint) -> SideSummary:
     return SideSummary(
-        ckpt.source, str(ckpt.root), ckpt.revision, len(ckpt.tensors), len(ckpt.shards), ckpt.total_bytes
+        ckpt.source,
+        str(ckpt.root),
+        ckpt.revision,
+        len(ckpt.tensors),
+        len(ckpt.shards),
+        ckpt.total_bytes,
+        list(ckpt.ignored),
+        ckpt.note,
     )
 
 

@@ -19,9 +19,14 @@ recipe writes them (read from the recipe's source, not guessed):
 - `canary_failed`: the recipe's own AR canary verdict.
 
 The reference card's manifest lists 60 pruned layers while 4 were written: the layer check
-below is the one that says so. Everything read from the manifest is untrusted: strings go
-through `inert`, lists and dicts are bounded, and layer numbers are compared against the
-layers the checkpoint has, never used to size anything.
+below is the one that says so. The claims are about attention heads in the listed layers, so
+any other tensor that differs from the base (an embedding, a norm, an MLP in a listed layer, a
+tensor added or removed) is outside them and fails (`_check_unclaimed`); the files beside the
+weights are compared with the base's by verify (surgeon.recover.verify).
+
+Everything read from the manifest is untrusted: strings go through `inert`, lists and dicts
+are bounded, and layer numbers are compared against the layers the checkpoint has, never used
+to size anything.
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ def verify_foreign(manifest: dict, report, diff: DiffReport | None, base_given: 
             f"no base given: the claims were checked against the manifest's source, {_quote(diff.base.source, 200)}"
         )
     changed = _check_layers(claims, diff, report)
+    _check_unclaimed(claims, diff, report)
     _check_heads(claims, diff, report, changed)
 
 
@@ -245,6 +251,30 @@ def _check_layers(claims: _Claims, diff: DiffReport, report) -> set[int]:
         text += f"; {layer_ranges(unlisted)} {'differs' if len(unlisted) == 1 else 'differ'} but not listed"
     report.discrepancies.append(text)
     return set(actual)
+
+
+def _check_unclaimed(claims: _Claims, diff: DiffReport, report) -> None:
+    """Every tensor that differs from the base outside the claims: what is not an attention
+    projection of a listed layer. A changed layer the manifest does not list is the layer
+    line's finding already; its tensors are not named again here."""
+    unclaimed = []
+    for t in diff.tensors:
+        in_stack = t.stack == diff.main_stack and t.layer is not None
+        if t.status == "identical" or (in_stack and t.layer not in claims.pruned):
+            continue
+        if not (in_stack and "self_attn" in t.family and head_axis(t.family) is not None):
+            unclaimed.append(f"{inert(t.name)} ({t.status})")
+    if unclaimed:
+        shown = ", ".join(unclaimed[:_GROUPS_SHOWN]) + (
+            f", ... and {len(unclaimed) - _GROUPS_SHOWN} more" if len(unclaimed) > _GROUPS_SHOWN else ""
+        )
+        report.discrepancies.append(
+            f"{len(unclaimed)} tensor{'s' if len(unclaimed) > 1 else ''} outside the manifest's claims "
+            f"(the attention heads of the layers it lists) {'differ' if len(unclaimed) > 1 else 'differs'} "
+            f"from base: {shown}"
+        )
+    else:
+        report.checks.append("no tensor outside the manifest's claims differs from base")
 
 
 def _few_layers(numbers: list[int]) -> str:

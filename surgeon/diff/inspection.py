@@ -48,6 +48,8 @@ def inspect_json(ckpt: Checkpoint) -> dict:
         "revision": ckpt.revision,
         "index": ckpt.index_name,
         "index_metadata": ckpt.metadata,
+        "ignored": ckpt.ignored,
+        "note": ckpt.note,
         "model_type": (ckpt.config or {}).get("model_type"),
         "architectures": (ckpt.config or {}).get("architectures"),
         "parameters": sum(t.numel for t in ckpt.tensors.values()),

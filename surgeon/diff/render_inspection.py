@@ -36,6 +36,8 @@ def render_inspect(data: dict, console: Console, verbose: bool = False) -> None:
         f"{len(data['tensors'])} tensors, {len(data['shards'])} shard(s), {_size(data['bytes'])}"
     )
     console.print(head)
+    if data["note"]:
+        console.print(Text(f"  note: {inert(data['note'])}", style="yellow"))
     for line in attention_summary(data):
         console.print(_plain(f"  attention {line}"))
     shards = Table(title="Shards", title_justify="left")

@@ -33,6 +33,9 @@ def render_terminal(report: DiffReport, console: Console, verbose: bool = False)
     style = "green" if report.identical else "yellow"
     console.print(Text(inert(summary_line(report)), style=f"bold {style}"))
     console.print(Text(f"base:  {inert(report.base.source)}\nother: {inert(report.other.source)}", style="dim"))
+    for side, summary in (("base", report.base), ("other", report.other)):
+        if summary.note:  # which weight files were read, where transformers would not read them all
+            console.print(Text(f"note: {side}: {inert(summary.note)}", style="yellow"))
     wide = console.width >= WIDE
     console.print(_families_table(report, console.width))
     console.print(_shards_table(report, wide))

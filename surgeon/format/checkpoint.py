@@ -3,6 +3,15 @@
 A checkpoint is a local directory (one `model.safetensors`, or shards plus an index), a
 single `.safetensors` file, or a Hub repo id taken from the local Hugging Face cache (and
 downloaded only when asked: hub.py).
+
+A folder is read through the files transformers' `from_pretrained` would load, in its order
+(modeling_utils._get_resolved_checkpoint_files, transformers 5.25, the same for a local folder
+and a Hub repo): the file config.json's `transformers_weights` names, else `model.safetensors`,
+else `model.safetensors.index.json` and its shards. So a `model.safetensors` beside an index
+is what is read, and the index and its shards are ignored, as transformers ignores them (the
+checkpoint's `note` says so): reading the index instead called two folders identical whose
+loaded weights differ. Where transformers would find nothing (an index of another name, shards
+without an index), surgeon still reads what there is.
 """
 
 from __future__ import annotations
@@ -56,6 +65,8 @@ class Checkpoint:
     config: dict | None = None
     revision: str | None = None
     metadata: dict = field(default_factory=dict)  # the index's "metadata" block
+    ignored: list[str] = field(default_factory=list)  # weight files here that transformers would not load
+    note: str | None = None  # why they are not read, one line, when there are any
 
     def shard_path(self, name: str) -> Path:
         return self.root / name
@@ -70,19 +81,21 @@ def open_checkpoint(spec: str | os.PathLike, revision: str | None = None, *, dow
     comes from the local Hugging Face cache; only `download` lets it be fetched (see hub.py)."""
     source = str(spec)
     root, only_file = _resolve(source, revision, download)
-    index_name, weight_map, index_meta = _read_index(root) if only_file is None else (None, None, {})
-    shard_names = _shard_names(root, only_file, weight_map)
-    shards = {name: read_header(root / name, name) for name in shard_names}
-    tensors = _merge_shards(shards, weight_map, index_name)
+    config = _read_config(root)
+    weights = _Weights.of(root, only_file, config)
+    shards = {name: read_header(root / name, name) for name in weights.shards}
+    tensors = _merge_shards(shards, weights.weight_map, weights.index_name)
     return Checkpoint(
         source=source,
         root=root,
         shards=shards,
         tensors=tensors,
-        index_name=index_name,
-        config=_read_config(root),
+        index_name=weights.index_name,
+        config=config,
         revision=revision,
-        metadata=index_meta,
+        metadata=weights.metadata,
+        ignored=weights.ignored,
+        note=weights.note,
     )
 
 
@@ -253,11 +266,10 @@ class _StandIn:
 
     def _read_headers(self) -> None:
         """Which shards the downloaded folder would be opened through, by open_checkpoint's
-        own rules (_read_index, _shard_names), and their headers: a linked shard's from the
+        own rules (_Weights: what transformers would load), and their headers: a linked shard's from the
         local file, the others' read from the Hub."""
         try:
-            _, weight_map, _ = _read_index(self.folder)
-            names = _shard_names(self.folder, None, weight_map)
+            names = _Weights.of(self.folder, None, _read_config(self.folder)).shards
         except SurgeonError as exc:
             self.remote.layout_error = self._hub_words(exc)
             return
@@ -353,8 +365,9 @@ def _unplaceable(names: list[str]) -> str | None:
 def side_files(ckpt: Checkpoint) -> set[str]:
     """The files besides the weights that a diff compares: every regular, not hidden file of
     the folder up to SIDE_FILE_LIMIT (config, index, tokenizer); none beside a lone
-    .safetensors file, whose folder is no checkpoint."""
-    if len(ckpt.shards) == 1 and ckpt.index_name is None and not (ckpt.root / "config.json").exists():
+    .safetensors file, whose folder is no checkpoint (one whose index is ignored is one)."""
+    lone = len(ckpt.shards) == 1 and ckpt.index_name is None and not ckpt.ignored
+    if lone and not (ckpt.root / "config.json").exists():
         return set()
     return {
         p.name
@@ -431,11 +444,92 @@ def _load_json(path: Path) -> object:
     return read_json_file(path)
 
 
-def _read_index(root: Path) -> tuple[str | None, dict[str, str] | None, dict]:
-    candidates = sorted(p.name for p in root.glob("*.safetensors.index.json"))
+SINGLE_FILE = "model.safetensors"  # transformers' SAFE_WEIGHTS_NAME
+INDEX_FILE = "model.safetensors.index.json"  # its SAFE_WEIGHTS_INDEX_NAME
+
+
+@dataclass
+class _Weights:
+    """Which files of a folder hold its weights: what transformers would load (the module's
+    docstring), else what there is."""
+
+    shards: list[str]
+    index_name: str | None = None
+    weight_map: dict[str, str] | None = None
+    metadata: dict = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    @classmethod
+    def of(cls, root: Path, only_file: str | None, config: dict | None) -> _Weights:
+        if only_file is not None:
+            return cls([only_file])
+        named = _named_weights(root, config)
+        if named is not None:
+            why = "config.json's transformers_weights names it"
+        elif (root / SINGLE_FILE).is_file() and any(root.glob("*" + INDEX_SUFFIX)):
+            named, why = SINGLE_FILE, "transformers loads it before any index"
+        weights = cls._read(root, named)
+        if named is not None:
+            weights._ignore(root, why)
+        return weights
+
+    @classmethod
+    def _read(cls, root: Path, named: str | None) -> _Weights:
+        if named is not None and not named.endswith(INDEX_SUFFIX):
+            return cls([named])
+        index_name, weight_map, meta = _read_index(root, named)
+        return cls(_shard_names(root, weight_map), index_name, weight_map, meta)
+
+    def _ignore(self, root: Path, why: str) -> None:
+        """The other weight files and indexes at the top of the folder, which transformers
+        does not read once it has found its file, and the note saying so."""
+        read = set(self.shards) | {self.index_name}
+        self.ignored = sorted(
+            p.name
+            for p in root.iterdir()
+            if p.name.endswith((".safetensors", INDEX_SUFFIX)) and p.name not in read and p.is_file()
+        )
+        if self.ignored:
+            one = len(self.ignored) == 1
+            self.note = (
+                f"{self.index_name or self.shards[0]} is read, as {why}: {_files(self.ignored)} "
+                f"{'is' if one else 'are'} ignored, as transformers ignores {'it' if one else 'them'}"
+            )
+
+
+def _files(names: list[str]) -> str:
+    """ "model.safetensors.index.json and 2 other .safetensors files": indexes by name, weight
+    files by name when one, else counted."""
+    indexes = [name for name in names if name.endswith(INDEX_SUFFIX)]
+    weights = [name for name in names if name not in indexes]
+    counted = [] if not weights else weights if len(weights) == 1 else [f"{len(weights)} other .safetensors files"]
+    return " and ".join(filter(None, [_few(indexes), *counted]))
+
+
+def _named_weights(root: Path, config: dict | None) -> str | None:
+    """The file config.json's `transformers_weights` names (transformers loads it and nothing
+    else: from_pretrained's transformers_explicit_filename), checked as transformers checks it;
+    a file in a subfolder is refused, as surgeon reads only the folder's own files."""
+    name = (config or {}).get("transformers_weights")
+    if name is None:
+        return None
+    where = f"{root / 'config.json'}: transformers_weights"
+    if not isinstance(name, str) or not name.endswith((".safetensors", INDEX_SUFFIX)):
+        raise SurgeonError(f"{where} is {name!r}, not a .safetensors file or a .safetensors.index.json")
+    if Path(name).name != name or name in (".", ".."):
+        raise SurgeonError(f"{where} names {name!r}, which is not a file at the top of the folder")
+    if not (root / name).is_file():
+        raise SurgeonError(f"{where} names {name}, which is missing")
+    return name
+
+
+def _read_index(root: Path, name: str | None = None) -> tuple[str | None, dict[str, str] | None, dict]:
+    """The index `name`, else the folder's one index (model.safetensors.index.json first)."""
+    candidates = [name] if name is not None else sorted(p.name for p in root.glob("*" + INDEX_SUFFIX))
     if not candidates:
         return None, None, {}
-    name = "model.safetensors.index.json" if "model.safetensors.index.json" in candidates else None
+    name = INDEX_FILE if INDEX_FILE in candidates else None
     if name is None:
         if len(candidates) > 1:
             raise SurgeonError(f"{root}: several shard indexes ({', '.join(candidates)})")
@@ -457,17 +551,15 @@ def _read_index(root: Path) -> tuple[str | None, dict[str, str] | None, dict]:
     return name, weight_map, meta if isinstance(meta, dict) else {}
 
 
-def _shard_names(root: Path, only_file: str | None, weight_map: dict | None) -> list[str]:
-    if only_file is not None:
-        return [only_file]
+def _shard_names(root: Path, weight_map: dict | None) -> list[str]:
     if weight_map is not None:
         names = sorted(set(weight_map.values()))
         for name in names:
             if not (root / name).is_file():
                 raise SurgeonError(f"{root}: the index names shard {name} which is missing")
         return names
-    if (root / "model.safetensors").is_file():
-        return ["model.safetensors"]
+    if (root / SINGLE_FILE).is_file():
+        return [SINGLE_FILE]
     names = sorted(p.name for p in root.glob("*.safetensors"))
     if names:
         return names

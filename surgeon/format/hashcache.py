@@ -15,6 +15,13 @@ takes a blob's name; Markdown evidence says when a hash is a blob's name.
 
 Entries are read as untrusted files: regular files of bounded size, every hash a 64-hex
 string; anything else is a miss (the file is hashed again), never an error.
+
+A cache is trusted only where nobody else can write it (`private`, the rule the canary's
+cache of base outputs follows too): the folder, its `files/` and `content/` folders and each
+entry must belong to this user and be writable by nobody else, else nothing in it is read or
+written (a poisoned entry would give "identical"). Folders are created 0700 and entries 0600,
+whatever the umask, so that a cache this user made passes. `refusal` says why a folder fails,
+for the one line the CLI shows.
 """
 
 from __future__ import annotations
@@ -47,6 +54,49 @@ def user_cache_dir(name: str, override_env: str) -> Path:
         return Path(os.environ[override_env])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "surgeon" / name
+
+
+def private(path: Path) -> bool:
+    """Owned by this user and writable by nobody else (no group or other write bit). Not
+    followed if it is a link (the link is not private: anyone could have pointed it)."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
+def private_folder(folder: Path) -> bool:
+    """`private` for a cache's own folder, through the links in the path the user named (a
+    cache folder linked to another disk is common, and a link points where its owner chose:
+    the folder it leads to is what must be private)."""
+    return private(Path(os.path.realpath(folder)))
+
+
+def refusal(folder: Path) -> str | None:
+    """Why the cache `folder` is not used, in words, or None (it is private, or not made yet)."""
+    real = Path(os.path.realpath(folder))
+    if not os.path.lexists(real) or private(real):
+        return None
+    try:
+        info = real.lstat()
+    except OSError as exc:
+        return f"the cache {folder} cannot be read ({exc.strerror}): it is not used"
+    if info.st_uid != os.getuid():
+        return f"the cache {folder} is not used: it is owned by another user, so an entry in it could be anyone's"
+    return (
+        f"the cache {folder} is not used: it is writable by its group or others, so an entry in it could be "
+        "anyone's (chmod go-w fixes it)"
+    )
+
+
+def write_private(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write a cache entry atomically, 0600 in a folder made 0700, whatever the umask (a
+    group-writable entry would not be read back). An OSError (read-only, full) is the caller's."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with atomic_output(path, durable=durable) as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
 
 
 def hash_cache_dir() -> Path:
@@ -104,6 +154,7 @@ class FileIdentity:
 class HashCache:
     def __init__(self, root: Path | None):
         self.root = Path(root) if root is not None else None
+        self._private: dict[Path, bool] = {}  # folder -> private, checked once per cache
 
     def file_sha256(self, ident: FileIdentity) -> str | None:
         entry = self._read(self._file_entry(ident), FILE_ENTRY_MAX)
@@ -132,9 +183,23 @@ class HashCache:
     def _content_entry(self, sha: str) -> Path | None:
         return self.root / "content" / f"{sha}.json" if self.root and is_sha256(sha) else None
 
-    @staticmethod
-    def _read(path: Path | None, max_bytes: int) -> dict | None:
-        if path is None or not path.exists():
+    def _folders_private(self, folder: Path, *, made: bool) -> bool:
+        """The cache's root and the entry's `folder` are this user's alone (`made`: a folder
+        that does not exist yet passes, as this user is about to make it 0700)."""
+        assert self.root is not None
+        for path, check in ((self.root, private_folder), (folder, private)):
+            if made and not os.path.lexists(path):
+                continue
+            if path not in self._private:
+                self._private[path] = check(path)
+            if not self._private[path]:
+                return False
+        return True
+
+    def _read(self, path: Path | None, max_bytes: int) -> dict | None:
+        if path is None or not path.exists() or not self._folders_private(path.parent, made=False):
+            return None
+        if not private(path):  # an entry anyone else could have written is no evidence
             return None
         try:
             entry = parse_json(read_bounded(path, max_bytes), str(path))
@@ -142,13 +207,11 @@ class HashCache:
             return None  # a damaged, oversized or non-regular entry only costs a re-hash
         return entry if isinstance(entry, dict) and entry.get("version") == VERSION else None
 
-    @staticmethod
-    def _write(path: Path | None, entry: dict) -> None:
-        if path is None:
-            return
+    def _write(self, path: Path | None, entry: dict) -> None:
+        if path is None or self.root is None or not self._folders_private(path.parent, made=True):
+            return  # not into a folder others can write: their entries would sit beside ours
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(path, durable=False) as handle:
-                handle.write(json.dumps(entry, sort_keys=True).encode())
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # its parents as the umask says
+            write_private(path, json.dumps(entry, sort_keys=True).encode())
         except OSError:
             pass  # a read-only or full cache only costs speed next time

@@ -396,6 +396,8 @@ def _copy_side_files(base: Checkpoint, tmp: Path) -> dict[str, str]:
     for path in sorted(base.root.iterdir()):
         if path.name in base.shards or path.name == MANIFEST_NAME or path.name.startswith("."):
             continue
+        if path.name in base.ignored:  # an index transformers does not read: its shards are not written
+            continue
         if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
             sha = _copy_hashing(path, tmp / path.name)
             if sha is not None:

@@ -164,6 +164,8 @@ class _Run:
             message = workdir.open()
             if message:
                 self.messages.append(message)
+            if self.ckpt.note:  # the base is read as transformers loads it, not through its index
+                self._warn(self.ckpt.note)
             stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
             batches = make_batches(sequences, self.options.batch_size, pad_id)
             self.progress.advance(1)

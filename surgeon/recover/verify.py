@@ -16,8 +16,10 @@ weights: verify fails unless `--integrity-only` asks for the file checks alone.
 
 `checks` holds what was checked and held, `discrepancies` what failed, `notes` what was not
 checked and warnings that do not fail. Exit: 0 verified, 1 a check failed or there was
-nothing to verify, 2 the input is unusable (a malformed manifest, a base that cannot be
-opened): the CLI's one-line error.
+nothing to verify (a manifest whose claims could not be checked, as no base was given and
+the recorded one cannot be opened, is not verified: `--integrity-only` checks the files
+alone), 2 the input is unusable (a malformed manifest, a base given that cannot be opened):
+the CLI's one-line error.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, verify_foreign
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
-from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256
+from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, refusal
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layer_ranges, layers_phrase
@@ -99,6 +101,8 @@ def verify(
         report.discrepancies.append(f"integrity: {exc}")
         return report
     report.checks.append(f"{len(ckpt.shards)} shard files agree with the index ({len(ckpt.tensors)} tensors)")
+    if ckpt.note:  # a model.safetensors beside an index: what transformers loads is what is checked
+        report.notes.append(ckpt.note)
     folder = not Path(checkpoint).expanduser().is_file()  # a lone .safetensors file has no folder of its own
     if folder:
         _check_remote_code(ckpt.root, report)
@@ -112,7 +116,10 @@ def verify(
         else:
             report.manifest = report.foreign = True
             _verify_foreign(ckpt, manifest, base, cache, report, progress)
-    if trust_cache:
+    refused = refusal(cache_dir if cache_dir is not None else hash_cache_dir()) if trust_cache else None
+    if refused:
+        report.notes.append(f"{refused}; the shards were hashed from their bytes")
+    elif trust_cache:
         report.notes.append("cache trusted: shard hashes came from the hash cache where it had them, not the bytes")
     return report
 
@@ -196,7 +203,7 @@ def _verify_surgeon(
         report.discrepancies.append(
             "the manifest records no base shard hashes: the base cannot be confirmed as the one it was written against"
         )
-    base_ckpt, base_spec = _open_base(base, record, report)
+    base_ckpt, base_spec = _open_base(base, record, report.discrepancies)
     hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report, progress)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
     _check_bytes(ckpt, report.shard_sha256, hashes, manifest["written"], report, trusted)
@@ -205,6 +212,8 @@ def _verify_surgeon(
     if base_ckpt is None:
         return
     report.base = base_spec
+    if base_ckpt.note:
+        report.notes.append(f"base: {base_ckpt.note}")
     if not _base_matches(_shard_sha(base_ckpt, hashes), record, given, report):
         return
     # The cache holds this run's hashes; side files are checked against the manifest, not hashed again here.
@@ -218,24 +227,29 @@ def _base_record(manifest: dict) -> dict:
     return (manifest.get("salvage") or {}).get("base") or manifest.get("base") or {}
 
 
-def _open_base(base, record: dict, report: VerifyReport) -> tuple[Checkpoint | None, str | None]:
+_NOT_CHECKED = (
+    "the manifest's claims against the base were not checked; name the base with --base, or check the files "
+    "alone with --integrity-only"
+)
+
+
+def _open_base(base, record: dict, unchecked: list[str]) -> tuple[Checkpoint | None, str | None]:
     """The base given (an error if it cannot be opened), else the recorded one where this
-    machine has it: a recorded Hub id is looked up in the local cache, never downloaded."""
+    machine has it: a recorded Hub id is looked up in the local cache, never downloaded.
+    Without one, why goes to `unchecked`: a surgeon manifest's discrepancies (its claims
+    unchecked, it is not verified), or a foreign one's notes (which fail on their own)."""
     if base is not None:
         return open_checkpoint(base), str(base)
     path, source = record.get("path"), record.get("source")
     spec = path if path and Path(path).is_dir() else source
     if not spec:
-        report.notes.append("no base given or recorded: the manifest's claims against the base were not checked")
+        unchecked.append(f"no base given or recorded: {_NOT_CHECKED}")
         return None, None
     try:
         revision = record.get("revision")  # a recorded Hub id resolves from the local cache only
         return open_checkpoint(spec, revision if isinstance(revision, str) else None), spec
     except SurgeonError as exc:
-        report.notes.append(
-            f"the recorded base cannot be opened ({exc}): the manifest's claims against the base were not "
-            "checked; name the base"
-        )
+        unchecked.append(f"the recorded base cannot be opened ({exc}): {_NOT_CHECKED}")
         return None, None
 
 
@@ -512,16 +526,73 @@ def _verify_foreign(ckpt: Checkpoint, manifest: dict, base, cache: HashCache, re
     source = manifest.get("source")
     record = {"source": source} if isinstance(source, str) and source else {}
     known = is_omnimergekit_manifest(manifest)
-    base_ckpt, base_spec = _open_base(base, record, report) if known and (given or record) else (None, None)
+    opened = _open_base(base, record, report.notes) if known and (given or record) else (None, None)
+    base_ckpt, base_spec = opened
     hashes = _hash([ckpt] + ([base_ckpt] if base_ckpt else []), cache, report, progress)
     report.shard_sha256 = _shard_sha(ckpt, hashes)
     diff = None
     if base_ckpt is not None:
         report.base = base_spec
-        diff = diff_checkpoints(base_ckpt, ckpt, DiffOptions(cache_dir=cache.root, trust_blob_names=False))
+        if base_ckpt.note:
+            report.notes.append(f"base: {base_ckpt.note}")
+        options = DiffOptions(cache_dir=cache.root, trust_blob_names=False, files=False)  # files: below
+        diff = diff_checkpoints(base_ckpt, ckpt, options)
     failures = len(report.discrepancies)
     verify_foreign(manifest, report, diff, given)
     report.claims_checked = diff is not None
     if len(report.discrepancies) == failures and diff is None:
         report.discrepancies.append(f"{MANIFEST_NAME} was not written by surgeon: its claims were not checked")
-    report.notes.append("side files not checked: a manifest surgeon did not write records no SHA256s for them")
+    if base_ckpt is not None and is_omnimergekit_manifest(manifest):
+        _check_files_against_base(ckpt, base_ckpt, report)
+    else:
+        report.notes.append("side files not checked: a manifest surgeon did not write records no SHA256s for them")
+
+
+def _check_files_against_base(ckpt: Checkpoint, base: Checkpoint, report: VerifyReport) -> None:
+    """A foreign manifest records no files, and claims nothing about them: every entry of the
+    folder beside the weights (its shards and index: the tensor diff covers them) must be the
+    base's file of that name, byte for byte, and every such file of the base must be here. As
+    with a surgeon manifest's record, a file added (an adapter, a chat template, more weights),
+    changed or gone fails where a loader could read it; documentation and hidden files are
+    noted, never compared. A lone .safetensors file on either side has no folder to compare."""
+    if any(Path(c.source).expanduser().is_file() for c in (ckpt, base)):
+        report.notes.append("side files not compared: a lone .safetensors file has no folder of its own")
+        return
+    ours, theirs = _loadable_files(ckpt, report), _loadable_files(base, None)
+    same = 0
+    for name in sorted(ours):
+        if name not in theirs:
+            report.discrepancies.append(f"file {name}: not in the base, and a loader could read it")
+            continue
+        sha = _file_sha256(ours[name])
+        if sha is None or sha != _file_sha256(theirs[name]):
+            report.discrepancies.append(
+                f"file {name}: differs from the base's, and the manifest claims no change to it"
+            )
+        else:
+            same += 1
+    # the base's weights are the tensor diff's: its shards, index and the weight files it ignores
+    for name in sorted(set(theirs) - set(ours) - set(ckpt.shards) - set(base.ignored) - {ckpt.index_name}):
+        report.discrepancies.append(f"file {name}: in the base but not here, and the manifest claims no change to it")
+    if same:
+        files = f"{same} side files (config, tokenizer) are" if same > 1 else "1 side file (config, tokenizer) is"
+        report.checks.append(f"{files} the base's, byte for byte")
+
+
+def _loadable_files(ckpt: Checkpoint, report: VerifyReport | None) -> dict[str, Path]:
+    """The folder's entries a loader could read besides its shards and index, by name; the
+    others (documentation, hidden files, folders) noted on `report` when it is given."""
+    read = set(ckpt.shards) | {ckpt.index_name, MANIFEST_NAME}
+    found = {}
+    for entry in sorted(os.scandir(ckpt.root), key=lambda e: e.name):
+        if entry.name in read:
+            continue
+        if entry.name.startswith(".") or _DOCUMENTATION.fullmatch(entry.name):
+            if report is not None:
+                report.notes.append(f"{entry.name}: not compared with the base (no loader reads it)")
+        elif entry.is_dir(follow_symlinks=False):
+            if report is not None:
+                report.notes.append(f"{entry.name}/: a folder, not compared with the base")
+        else:
+            found[entry.name] = Path(entry.path)
+    return found

@@ -219,6 +219,50 @@ def test_cli_verify_fails_on_the_cards_lie(candidate, tmp_path):
     assert result.exit_code == 1 and "name the base" in " ".join(result.output.split())
 
 
+def test_a_tensor_outside_the_claims_is_a_discrepancy(candidate, diff, tmp_path):
+    """Issue 18: the claims are about the heads of the listed layers. An embedding changed, or
+    an MLP of a listed layer, is outside them, and "claims hold" was said over it."""
+    embed, mlp = "model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"
+    replace = {name: read_tensor(BASE, name) * 2 for name in (embed, mlp)}
+    changed = make_variant(tmp_path / "changed", src=candidate, replace=replace)
+    outside = diff_checkpoints(open_checkpoint(BASE), open_checkpoint(changed), DiffOptions(cache_dir=None))
+    report = check(omk_manifest(WRITTEN), outside)
+    assert report.discrepancies == [
+        "2 tensors outside the manifest's claims (the attention heads of the layers it lists) differ from base: "
+        f"{embed} (changed), {mlp} (changed)"
+    ]
+    assert "no tensor outside the manifest's claims differs from base" in check(omk_manifest(WRITTEN), diff).checks
+
+
+def test_cli_files_beside_the_weights_are_compared_with_the_base(candidate, tmp_path):
+    """Issue 18: "claims hold" was said over an added adapter_model.safetensors and
+    chat_template.jinja. As with a surgeon manifest's record, a file a loader could read that
+    is added, changed or gone fails; documentation is noted."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+
+    folder = shutil.copytree(candidate, tmp_path / "extra")
+    (folder / "prune_manifest.json").write_text(json.dumps(omk_manifest(WRITTEN), indent=2))
+    shutil.copy(folder / "model-00002-of-00002.safetensors", folder / "adapter_model.safetensors")
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
+    (folder / "README.md").write_text("# pruned")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"rope_theta": 1.0}))
+    base = shutil.copytree(BASE, tmp_path / "base")
+    (base / "generation_config.json").write_text('{"do_sample": false}')
+    result = CliRunner().invoke(main, ["verify", str(folder), "--base", str(base)], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert failed == [
+        "FAIL file adapter_model.safetensors: not in the base, and a loader could read it",
+        "FAIL file chat_template.jinja: not in the base, and a loader could read it",
+        "FAIL file config.json: differs from the base's, and the manifest claims no change to it",
+        "FAIL file generation_config.json: in the base but not here, and the manifest claims no change to it",
+    ]
+    assert "note README.md: not compared with the base (no loader reads it)" in result.output
+
+
 def test_cli_an_honest_foreign_manifest_holds_but_is_not_verified(candidate, tmp_path):
     """Its claims are proven from the bytes, but it records no hashes: "claims hold", never "verified"."""
     from click.testing import CliRunner

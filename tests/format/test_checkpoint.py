@@ -5,10 +5,14 @@ import re
 import shutil
 
 import pytest
+from click.testing import CliRunner
 
+from surgeon.cli.main import main
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from tests.helpers import BASE, make_variant
+from tests.helpers import BASE, PRUNED, make_variant, merged_file, read_tensor
+
+Q0 = "model.layers.0.self_attn.q_proj.weight"  # PRUNED's differs from BASE's
 
 
 def copy_base(tmp_path):
@@ -52,6 +56,65 @@ def test_single_file_argument_that_is_a_link(tmp_path):
         list(ckpt.shards) == ["mine.safetensors"]
         and ckpt.shards["mine.safetensors"].file_size == (BASE / name).stat().st_size
     )
+
+
+def loaded_by_transformers(folder, name):
+    """The tensor `name` as transformers' from_pretrained loads the checkpoint `folder`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        return AutoModelForCausalLM.from_pretrained(folder).state_dict()[name].float().numpy()
+
+
+def test_a_model_safetensors_beside_an_index_is_read_as_transformers_loads_it(tmp_path):
+    """Issue 18: transformers loads model.safetensors before any index, so two folders with
+    the same index and shards but other weights in their model.safetensors differ (surgeon
+    read the index, and called them identical); the index and shards are ignored, and said so."""
+    same, other = copy_base(tmp_path), shutil.copytree(BASE, tmp_path / "other")
+    merged_file(BASE, same / "model.safetensors")
+    merged_file(PRUNED, other / "model.safetensors")
+    result = CliRunner().invoke(main, ["diff", str(same), str(other), "--no-cache", "-q"])
+    assert result.exit_code == 1 and result.stdout.startswith("8 of 112 tensors differ"), result.output
+    ckpt = open_checkpoint(other)
+    assert list(ckpt.shards) == ["model.safetensors"] and ckpt.index_name is None
+    assert ckpt.ignored == [*sorted(open_checkpoint(BASE).shards), "model.safetensors.index.json"]
+    assert ckpt.note == (
+        "model.safetensors is read, as transformers loads it before any index: model.safetensors.index.json and "
+        "2 other .safetensors files are ignored, as transformers ignores them"
+    )
+    assert (loaded_by_transformers(other, Q0) == read_tensor(other, Q0)).all()
+    assert (read_tensor(other, Q0) == read_tensor(PRUNED, Q0)).all() and (
+        read_tensor(other, Q0) != read_tensor(BASE, Q0)
+    ).any()
+    shown = CliRunner().invoke(main, ["diff", str(same), str(other), "--no-cache", "--no-stats"])
+    assert f"note: other: {ckpt.note}" in " ".join(shown.stdout.split())
+    inspected = json.loads(CliRunner().invoke(main, ["inspect", str(other), "--json"]).stdout)
+    assert (inspected["index"], inspected["ignored"], inspected["note"]) == (None, ckpt.ignored, ckpt.note)
+
+
+def test_transformers_weights_in_the_config_names_the_file_read(tmp_path):
+    """config.json's `transformers_weights` is the file from_pretrained loads, and nothing else;
+    a value transformers refuses, or a file surgeon cannot read as transformers would, is one line."""
+    folder = copy_base(tmp_path)
+    merged_file(PRUNED, folder / "weights.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"transformers_weights": "weights.safetensors"}))
+    ckpt = open_checkpoint(folder)
+    assert list(ckpt.shards) == ["weights.safetensors"] and ckpt.note.startswith(
+        "weights.safetensors is read, as config.json's transformers_weights names it: model.safetensors.index.json"
+    )
+    assert (loaded_by_transformers(folder, Q0) == read_tensor(folder, Q0)).all()
+    assert (read_tensor(folder, Q0) == read_tensor(PRUNED, Q0)).all()
+    for value, problem in (
+        ("sub/weights.safetensors", "not a file at the top of the folder"),
+        ("pytorch_model.bin", "not a .safetensors file"),
+        (7, "not a .safetensors file"),
+        ("absent.safetensors", "which is missing"),
+    ):
+        (folder / "config.json").write_text(json.dumps(config | {"transformers_weights": value}))
+        result = CliRunner().invoke(main, ["inspect", str(folder)])
+        assert result.exit_code == 2 and problem in result.stderr and result.stderr.count("\n") == 1, result.output
 
 
 def test_index_naming_a_missing_shard(tmp_path):

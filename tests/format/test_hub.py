@@ -674,10 +674,11 @@ def downloaded_diff(remote, local_arg, tmp_path, *extra):
     return CliRunner().invoke(main, ["diff", str(local_arg), str(folder), "--no-cache", *extra]).exit_code
 
 
-def test_hub_single_file_beside_an_index_is_not_what_a_download_opens(hub_cache, monkeypatch, tmp_path):
+def test_hub_single_file_beside_an_index_is_what_a_download_opens(hub_cache, monkeypatch, tmp_path):
     """The Hub has shards, their index and a model.safetensors holding the same tensors: the
-    download is opened through the index, whatever huggingface_hub's headers read first; a lone
-    local file is compared as that one file."""
+    download is opened through model.safetensors, as transformers loads it, so a local copy of
+    that one file is identical to it; without that file on the Hub, the download is opened
+    through the index, and the lone local file is compared as that one file."""
     remote, local = tmp_path / "remote", tmp_path / "local"
     shutil.copytree(PRUNED, remote)
     merged_into_one(remote, remote / "model.safetensors")
@@ -685,25 +686,37 @@ def test_hub_single_file_beside_an_index_is_not_what_a_download_opens(hub_cache,
     hub_answers(remote, monkeypatch)
     hub_downloads(remote, monkeypatch)
     result = diff_download(local / "model.safetensors", "acme/x")
-    assert result.exit_code == downloaded_diff(remote, local / "model.safetensors", tmp_path) == 1, result.output
+    assert result.exit_code == downloaded_diff(remote, local / "model.safetensors", tmp_path) == 0, result.output
     # the whole folder against the whole repo: the same files, read the same way
     assert diff_download(local, "acme/y").exit_code == 0
+    sharded = tmp_path / "sharded"
+    shutil.copytree(PRUNED, sharded)
+    hub_answers(sharded, monkeypatch)
+    hub_downloads(sharded, monkeypatch)
+    result = diff_download(local / "model.safetensors", "acme/w")
+    assert result.exit_code == downloaded_diff(sharded, local / "model.safetensors", tmp_path / "w") == 1
 
 
-def test_hub_single_file_hiding_changed_shards(hub_cache, monkeypatch, tmp_path):
-    """The Hub's shards (what a download opens, through the index) hold BASE's weights, its
-    model.safetensors PRUNED's: a local copy of that one file is not identical to the repo."""
+def test_hub_model_safetensors_beside_an_index_is_what_is_compared(hub_cache, monkeypatch, tmp_path):
+    """Issue 18: the Hub's model.safetensors (what a download opens, as transformers loads it)
+    holds PRUNED's weights, its shards and index BASE's. A local folder with the same shards and
+    index but BASE's weights in its model.safetensors is not identical to it, and the download
+    is not skipped (it was: both sides were read through their identical index)."""
     remote, local = tmp_path / "remote", tmp_path / "local"
     shutil.copytree(BASE, remote)
     merged_into_one(PRUNED, remote / "model.safetensors")
-    local.mkdir()
-    for name in ("model.safetensors", "config.json", "model.safetensors.index.json"):
-        shutil.copy(remote / name, local / name)
+    shutil.copytree(BASE, local)
+    merged_into_one(BASE, local / "model.safetensors")
     hub_answers(remote, monkeypatch)
-    hub_downloads(remote, monkeypatch)
-    result = diff_download(local / "model.safetensors", "acme/z", "--json")
-    assert result.exit_code == downloaded_diff(remote, local / "model.safetensors", tmp_path) == 1, result.output
-    assert json.loads(result.stdout)["schema"] == "surgeon.diff/1"
+    transfers = hub_downloads(remote, monkeypatch)
+    result = diff_download(local, "acme/z", "--json")
+    assert result.exit_code == downloaded_diff(remote, local, tmp_path) == 1, result.output
+    assert transfers[-1][0] == "download" and "1 changed" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["schema"] == "surgeon.diff/1" and [s["name"] for s in report["shards"]] == ["model.safetensors"]
+    for side in ("base", "other"):
+        assert report[side]["ignored"] == [*sorted(open_checkpoint(BASE).shards), "model.safetensors.index.json"]
+        assert report[side]["note"].startswith("model.safetensors is read, as transformers loads it before any index")
 
 
 def test_hub_index_that_would_not_open_is_no_match(hub_cache, monkeypatch, tmp_path):

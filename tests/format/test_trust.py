@@ -26,7 +26,7 @@ from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.format.hashing import hash_shards
 from surgeon.recover.salvage import salvage
 from surgeon.recover.verify import verify
-from tests.helpers import BASE, PRUNED, count_reads, make_variant, read_tensor, sha, tiny_prune_options
+from tests.helpers import BASE, PRUNED, count_reads, make_variant, merged_file, read_tensor, sha, tiny_prune_options
 
 TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -382,17 +382,38 @@ def test_integrity_only_still_fails_on_remote_code_and_broken_files(tmp_path):
 
 
 def test_ok_lines_are_only_checks_that_held(salvaged, tmp_path):
+    """Issue 18: a recorded base that cannot be opened leaves the claims unchecked: not
+    verified (exit 1; it was "verified (the claims against the base were not checked)", exit
+    0), unless --integrity-only asks for the files alone."""
     moved = tmp_path / "elsewhere"
     manifest = json.loads((salvaged / MANIFEST).read_text())
     manifest["salvage"]["base"] |= {"path": str(moved), "source": str(moved)}  # a base that is gone
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
     result = invoke("verify", salvaged)
-    assert result.exit_code == 0
+    assert result.exit_code == 1
     ok_lines = [line for line in lines_of(result) if line.startswith("ok")]
-    notes = [line for line in lines_of(result) if line.startswith("note")]
+    failed = [line for line in lines_of(result) if line.startswith("FAIL")]
     assert all("not checked" not in line for line in ok_lines)
-    assert any("claims against the base were not checked" in line for line in notes)
-    assert lines_of(result)[-1] == "verified (the claims against the base were not checked)"
+    assert failed == [
+        f"FAIL the recorded base cannot be opened ({moved}: no such checkpoint directory, file or Hub repo id): the "
+        "manifest's claims against the base were not checked; name the base with --base, or check the files alone "
+        "with --integrity-only"
+    ]
+    assert lines_of(result)[-1] == "not verified: 1 problem"
+    assert json.loads(invoke("verify", salvaged, "--json").stdout)["verdict"] == "not verified"
+    assert invoke("verify", salvaged, "--base", TRAINED).exit_code == 0
+    assert invoke("verify", salvaged, "--integrity-only").exit_code == 0
+
+
+def test_a_model_safetensors_dropped_beside_the_index_fails(salvaged):
+    """Issue 18: transformers loads a model.safetensors before the index, so one added beside
+    a verified output (here the base's weights) is what would run: verify reads it too, and
+    fails (it verified the index's shards, which nothing loads)."""
+    merged_file(TRAINED, salvaged / "model.safetensors")
+    result = invoke("verify", salvaged, "--base", TRAINED)
+    assert result.exit_code == 1, result.output
+    assert "FAIL shard model.safetensors: in the index but not in the manifest" in lines_of(result)
+    assert "note model.safetensors is read, as transformers loads it before any index" in result.output
 
 
 def test_a_manifest_with_no_hash_fails(salvaged):
@@ -677,3 +698,74 @@ def test_a_card_built_from_cached_hashes_says_they_are_not_evidence(tmp_path):
     assert "from surgeon's hash cache, not hashed from the bytes in this run: not evidence" in cached
     fresh = DiffOptions(cache_dir=tmp_path / "cache", trust_cache=False, trust_blob_names=False)
     assert "not evidence" not in render_markdown(diff_checkpoints(open_checkpoint(a), open_checkpoint(b), fresh))
+
+
+# ---------- issue 18: a hash cache others can write is not trusted ----------
+
+
+def poisoned_pair(tmp_path) -> tuple[Path, Path]:
+    """a and b differ in SHARD2; the default hash cache holds an entry naming a's hash for b's."""
+    a, b = shutil.copytree(BASE, tmp_path / "a"), shutil.copytree(BASE, tmp_path / "b")
+    flip_in_place(b / SHARD2, keep_times=False)
+    assert invoke("diff", a, b, "-q").exit_code == 1
+    poison_cache_for(b / SHARD2, sha(a / SHARD2))
+    return a, b
+
+
+@pytest.mark.parametrize("opened", ["folder", "files", "entry"])
+def test_a_poisoned_entry_in_a_cache_others_can_write_is_not_read(tmp_path, opened):
+    """Issue 18: the canary cache's rule for the hash cache. Where anyone else could have
+    written an entry (a folder or an entry writable by its group or others), none is read:
+    the diff hashes the bytes, and says once why the cache was not used."""
+    a, b = poisoned_pair(tmp_path)
+    cache = Path(os.environ["SURGEON_CACHE_DIR"])
+    assert invoke("diff", a, b, "-q").exit_code == 0  # a private cache is trusted, for speed
+    target = {
+        "folder": cache,
+        "files": cache / "files",
+        "entry": HashCache(cache)._file_entry(FileIdentity.of(b / SHARD2)),
+    }
+    target[opened].chmod(0o777 if opened != "entry" else 0o666)
+    assert invoke("diff", a, b, "-q").exit_code == 1
+    result = invoke("diff", a, b, "--no-stats")
+    assert result.exit_code == 1 and "identical" not in result.stdout.splitlines()[0]
+    said = [line for line in result.stderr.splitlines() if "is not used" in line]
+    assert said == (
+        [
+            f"surgeon: warning: the cache {cache} is not used: it is writable by its group or others, so an "
+            "entry in it could be anyone's (chmod go-w fixes it)"
+        ]
+        if opened == "folder"
+        else []
+    )
+
+
+def test_a_cache_owned_by_another_user_is_not_read(tmp_path, monkeypatch):
+    a, b = poisoned_pair(tmp_path)
+    monkeypatch.setattr(os, "getuid", lambda: os.geteuid() + 1)  # every file here is now someone else's
+    result = invoke("diff", a, b, "--no-stats")
+    assert result.exit_code == 1 and "owned by another user" in result.stderr
+    report = verify(b, trust_cache=True, integrity_only=True)
+    assert report.shard_sha256[SHARD2] == sha(b / SHARD2)  # from the bytes, not the poisoned entry
+    assert report.notes[-1] == (
+        f"the cache {os.environ['SURGEON_CACHE_DIR']} is not used: it is owned by another user, so an entry in it "
+        "could be anyone's; the shards were hashed from their bytes"
+    )
+
+
+def test_the_cache_is_private_whatever_the_umask(tmp_path, monkeypatch):
+    """Folders 0700 and entries 0600 even under umask 002 (a group-writable entry of its own
+    would never be read back), and a linked cache folder leads to the folder that must be private."""
+    cache = tmp_path / "made" / "hashes"
+    old = os.umask(0o002)
+    try:
+        hash_shards(list(open_checkpoint(BASE).shards.values()), HashCache(cache))
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(cache).as_posix(): p.stat().st_mode & 0o777 for p in [cache, *cache.rglob("*")]}
+    assert set(modes.values()) == {0o700, 0o600} and modes["."] == modes["files"] == modes["content"] == 0o700
+    link = tmp_path / "link"
+    link.symlink_to(cache)
+    calls = count_reads(monkeypatch)
+    hashes = hash_shards(list(open_checkpoint(BASE).shards.values()), HashCache(link))
+    assert calls == [] and {h.source for h in hashes.values()} == {"cache"}

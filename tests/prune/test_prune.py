@@ -14,7 +14,7 @@ from surgeon.prune.heal import head_columns, heal_o_proj
 from surgeon.prune.importance import mask_heads_hook, select_heads
 from surgeon.prune.stream import Batch, LayerStream
 from surgeon.quality.evaluate import corpus_nll
-from tests.helpers import sha, tiny_prune_options
+from tests.helpers import make_variant, merged_file, read_tensor, sha, tiny_prune_options
 
 TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -189,6 +189,24 @@ def test_qwen2_bias_of_pruned_heads_is_zeroed(tmp_path):
     assert len(heads) == 2
     assert torch.all(weights[pruned.q_bias][rows] == 0)
     assert torch.all(weights[pruned.q_proj][rows] == 0)
+
+
+def test_prune_reads_a_model_safetensors_beside_an_index_as_transformers_does(tmp_path):
+    """Issue 18: the base's index and shards are the trained model's, its model.safetensors
+    holds other weights (layer 5's MLP doubled): transformers loads model.safetensors, so the
+    prune reads and writes those, says so in its messages, and copies no index naming shards
+    the output lacks."""
+    mlp = "model.layers.5.mlp.down_proj.weight"
+    other = make_variant(tmp_path / "other", src=TRAINED, replace={mlp: read_tensor(TRAINED, mlp) * 2})
+    base = shutil.copytree(TRAINED, tmp_path / "base")
+    merged_file(other, base / "model.safetensors")
+    warnings = []
+    result = prune(base, tmp_path / "out", tiny_prune_options(layers="0"), on_warning=warnings.append)
+    assert (read_tensor(result.output, mlp) == read_tensor(other, mlp)).all()
+    note = open_checkpoint(base).note
+    assert note.startswith("model.safetensors is read") and warnings == [note] and note in result.manifest["messages"]
+    assert not (result.output / "model.safetensors.index.json").exists()
+    assert sorted(p.name for p in result.output.glob("*.safetensors")) == ["model.safetensors"]
 
 
 def test_cli_prune_and_its_errors(tmp_path):

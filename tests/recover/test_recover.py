@@ -10,7 +10,7 @@ from surgeon.recover.canary.checks import CanaryOptions, Prompt, cache_key, prom
 from surgeon.recover.canary.runner import ComposedCanary, run_canary
 from surgeon.recover.salvage import canary_search, salvage
 from surgeon.recover.verify import verify
-from tests.helpers import FIXTURES, make_variant, read_tensor, sha, tiny_prune_options
+from tests.helpers import BASE, FIXTURES, PRUNED, make_variant, merged_file, read_tensor, sha, tiny_prune_options
 
 TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -212,6 +212,32 @@ def test_cli_canary_salvage_verify(planted, tmp_path):
     assert both.exit_code == 2 and "exactly one of --keep" in both.stderr
 
 
+def test_salvage_reads_a_model_safetensors_beside_an_index_as_transformers_does(tmp_path):
+    """Issue 18: inputs holding a model.safetensors beside an index and its shards are read
+    through model.safetensors, as transformers loads them (the candidate's index and shards
+    are BASE's, its model.safetensors PRUNED's), each said once; the output holds no index
+    naming shards it lacks, and verifies."""
+    from surgeon.cli.main import main
+
+    base, candidate, out = (
+        shutil.copytree(BASE, tmp_path / "base"),
+        shutil.copytree(BASE, tmp_path / "cand"),
+        tmp_path / "out",
+    )
+    merged_file(BASE, base / "model.safetensors")
+    merged_file(PRUNED, candidate / "model.safetensors")
+    runner = CliRunner()
+    result = runner.invoke(main, ["salvage", str(candidate), "--base", str(base), "--keep", "0-1", "-o", str(out)])
+    assert result.exit_code == 0 and "kept layers 0-1, rolled back 2-3" in result.stdout, result.output
+    warnings = [line for line in result.stderr.splitlines() if "model.safetensors is read" in line]
+    assert [line.split(": ")[2] for line in warnings] == ["--base", "CANDIDATE"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "prune_manifest.json"]
+    q = "model.layers.1.self_attn.q_proj.weight"
+    assert (read_tensor(out, q) == read_tensor(PRUNED, q)).all() and (read_tensor(out, q) != read_tensor(BASE, q)).any()
+    checked = runner.invoke(main, ["verify", str(out), "--base", str(base)])
+    assert checked.exit_code == 0 and "verified" in checked.stdout, checked.output
+
+
 def test_demo_tells_the_whole_story(tmp_path):
     from surgeon.demo import run_demo
 
@@ -250,7 +276,7 @@ def test_canary_without_a_tokenizer_says_so_in_one_line():
 def test_verify_finds_a_recorded_hub_base_in_the_local_cache_only(planted, tmp_path, monkeypatch):
     """A manifest whose base is a Hub id is checked against that id's snapshot in the local
     Hugging Face cache; absent there, verify says so in checkpoint's own words and checks
-    what it can, never downloading."""
+    what it can, never downloading: not verified, as its claims were not checked."""
     import os
 
     from huggingface_hub import constants
@@ -262,7 +288,8 @@ def test_verify_finds_a_recorded_hub_base_in_the_local_cache_only(planted, tmp_p
     (out / "prune_manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     absent = verify(out)
-    assert any("acme/trained: no such folder, and not in the local Hugging Face cache" in n for n in absent.notes)
+    assert not absent.ok and len(absent.discrepancies) == 1
+    assert "acme/trained: no such folder, and not in the local Hugging Face cache" in absent.discrepancies[0]
     assert not any("differ from base" in c for c in absent.checks)
     repo = tmp_path / "hub" / "models--acme--trained"
     commit = "0123456789abcdef0123456789abcdef01234567"

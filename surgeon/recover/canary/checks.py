@@ -33,9 +33,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from surgeon.atomic import write_text_atomic
 from surgeon.errors import SurgeonError, first_line
-from surgeon.format.hashcache import user_cache_dir
+from surgeon.format.hashcache import private, private_folder, user_cache_dir, write_private
 from surgeon.jsonfile import parse_json, read_bounded
 from surgeon.options import option
 from surgeon.prune.calibration import with_one_bos
@@ -358,10 +357,10 @@ def cache_read(cache_dir: Path | None, key: str, valid=None) -> dict | None:
     a file that only this user can write (an entry another user could have written is a
     verdict someone else chose), and anything else is recomputed, never an error. The base's
     self-check then compares the entries with what the base generates."""
-    if cache_dir is None or not _private(Path(cache_dir)):
+    if cache_dir is None or not private_folder(Path(cache_dir)):
         return None
     path = Path(cache_dir) / f"{key}.json"
-    if not _private(path):
+    if not private(path):
         return None
     try:
         entry = parse_json(read_bounded(path, MAX_PROMPTS_BYTES), str(path))
@@ -369,15 +368,6 @@ def cache_read(cache_dir: Path | None, key: str, valid=None) -> dict | None:
         return None
     # both validators want a dict; the isinstance says so to the type checker
     return entry if isinstance(entry, dict) and (valid or _is_base_output)(entry) else None
-
-
-def _private(path: Path) -> bool:
-    """Owned by this user and writable by nobody else (no group or other write bit)."""
-    try:
-        info = path.lstat()
-    except OSError:
-        return False
-    return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def _is_base_output(entry: object) -> bool:
@@ -389,10 +379,10 @@ def _is_base_output(entry: object) -> bool:
 
 
 def cache_write(cache_dir: Path | None, key: str, value: dict) -> None:
-    if cache_dir is None:
-        return
+    if cache_dir is None or (os.path.lexists(cache_dir) and not private_folder(Path(cache_dir))):
+        return  # nothing into a folder others can write, which cache_read does not read
     try:
         Path(cache_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_text_atomic(Path(cache_dir) / f"{key}.json", json.dumps(value))
+        write_private(Path(cache_dir) / f"{key}.json", json.dumps(value).encode())  # 0600: read back
     except OSError:
         pass
