@@ -34,7 +34,6 @@ from surgeon.format.checkpoint import open_checkpoint, open_pair
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.hub import HubMatch
 from surgeon.progress import NoProgress
-from surgeon.quality.record import recorded_quality
 from surgeon.text import inert
 
 
@@ -145,7 +144,10 @@ def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -
     if as_json:
         return json.dumps(to_json(report), indent=2) + "\n"
     if markdown:
-        return render_markdown(report, recorded_quality(report))
+        # deferred: quality.render brings rich's tables (40 ms measured), for --markdown only
+        from surgeon.quality.render import recorded_quality_section
+
+        return render_markdown(report, recorded_quality_section(report))
     return render_rich(lambda console: render_terminal(report, console, verbose), output)
 
 

@@ -283,7 +283,7 @@ def test_engine_messages_name_no_cli_flag(module):
 
 def test_the_cli_adds_the_option_an_engine_message_leaves_out(tmp_path):
     from surgeon.errors import SurgeonError
-    from surgeon.prune.calibration import load_tokenizer
+    from surgeon.runtime.tokenizer import load_tokenizer
 
     bare = tmp_path / "weights-only"
     bare.mkdir()
