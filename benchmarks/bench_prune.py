@@ -108,8 +108,9 @@ def naive_capture(fixture: Path) -> None:
 
 def calibration_batches(fixture: Path):
     """The calibration batches exactly as `surgeon prune` makes them with its defaults."""
-    from surgeon.prune.calibration import encode, load_corpus, load_tokenizer
-    from surgeon.prune.stream import make_batches
+    from surgeon.runtime.corpus import encode, load_corpus
+    from surgeon.runtime.stream import make_batches
+    from surgeon.runtime.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(fixture)
     sequences = encode(tokenizer, load_corpus(None)[0], CALIB_MAX_TOKENS)

@@ -129,7 +129,7 @@ def salvage(model: Path, path: Path, max_kl: float, tokens: int) -> dict:
 
 
 def table(model: Path, base_canary: dict, rows: list[dict], max_kl: float) -> str:
-    from surgeon.model.names import layer_ranges
+    from surgeon.text import layer_ranges
 
     lines = [
         "| build | prune | perplexity | KL | canary | salvage (`--auto --max-kl " + f"{max_kl:g}`) |",

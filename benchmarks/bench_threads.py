@@ -1,4 +1,4 @@
-"""Benchmark surgeon's torch thread policy (surgeon/prune/threads.py) against torch's
+"""Benchmark surgeon's torch thread policy (surgeon/runtime/threads.py) against torch's
 default, side by side: `surgeon demo` (the tiny model: prune, eval, canary, budget salvage,
 diff, verify), run alternately with the policy (one thread for a model this small) and with
 SURGEON_THREADS set to torch's default (one thread per core), each in a fresh child.

@@ -26,12 +26,12 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.writer import MANIFEST_NAME
-from surgeon.model.names import layer_ranges
 from surgeon.prune.options import PruneOptions
-from surgeon.quality.record import recorded_quality
+from surgeon.quality.render import recorded_quality_section
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
 from surgeon.recover.salvage import QualityBudget, budget_search, salvage
 from surgeon.recover.verify import verify
+from surgeon.text import layer_ranges
 
 # Package data (surgeon/_data/demo), built by fixtures/build_trained.py and build_demo_candidate.py.
 DEMO_MODEL = bundled_path("demo", "model")  # the tiny trained Gemma 4
@@ -118,7 +118,7 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         evidence = DiffOptions(cache_dir=hash_cache_dir(), trust_cache=False, trust_blob_names=False)
         report = diff_checkpoints(open_checkpoint(base), written, evidence)
         say(f"   {summary_line(report)}")
-        write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report, recorded_quality(report)))
+        write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report, recorded_quality_section(report)))
         publish(work, target, replace=force, shown=folder)
     say(f"   model-card sections written to {folder / 'MODEL_CARD_SECTIONS.md'}")
 

@@ -89,3 +89,25 @@ def md_code(value: object, table: bool = True) -> str:
     stripped = text.startswith(" ") and text.endswith(" ") and text.strip(" ")
     pad = " " if text.startswith("`") or text.endswith("`") or stripped else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+# Layer numbers as text, for every message, report and manifest (`layers_text`) that lists them.
+def layer_ranges(layers: list[int] | set[int]) -> str:
+    """`[0, 1, 2, 3, 7]` -> `0-3, 7`."""
+    ordered = sorted(set(layers))
+    if not ordered:
+        return ""
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for value in ordered[1:]:
+        if value == prev + 1:
+            prev = value
+        else:
+            parts.append(span(start, prev))
+            start = prev = value
+    parts.append(span(start, prev))
+    return ", ".join(parts)
+
+
+def span(start: int, end: int) -> str:
+    return str(start) if start == end else f"{start}-{end}"

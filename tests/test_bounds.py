@@ -334,8 +334,8 @@ def test_a_huge_shape_costs_no_big_int_products(tmp_path):
 def test_prompts_corpus_and_canary_cache_are_bounded_regular_files(tmp_path):
     """A FIFO or a link to /dev/zero named as prompts or corpus is one line, not a hang or
     an endless read; a canary cache entry that is not a base output is a miss."""
-    from surgeon.prune.calibration import load_corpus
     from surgeon.recover.canary.checks import cache_read, read_prompts
+    from surgeon.runtime.corpus import load_corpus
 
     fifo = tmp_path / "prompts.txt"
     os.mkfifo(fifo)

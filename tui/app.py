@@ -45,14 +45,13 @@ from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
-from surgeon.model.names import layer_ranges
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
 from surgeon.recover.plan import RollbackPlan
 from surgeon.recover.render import verify_text
 from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, canary_search_limit, salvage
 from surgeon.recover.verify import verify
-from surgeon.text import inert
+from surgeon.text import inert, layer_ranges
 
 # Teacher-forced eval in the TUI: a small token budget, so that the plan and each changed
 # layer alone are scored in seconds on a tiny model (30 s for 9 plans of the 8-layer demo at

@@ -15,8 +15,8 @@ from rich.text import Text
 
 from surgeon.diff.engine import natural_key
 from surgeon.diff.statuses import STATUS_STYLE
-from surgeon.model.names import expert_family, fused_experts, layer_ranges
-from surgeon.text import inert, inert_lines
+from surgeon.model.names import expert_family, fused_experts
+from surgeon.text import inert, inert_lines, layer_ranges
 
 MAP_COLUMNS = ("q", "k", "v", "o", "mlp", "norm", "other")
 CELL = {

@@ -25,18 +25,27 @@ from surgeon.cli.common import (
     warn,
 )
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
+from surgeon.diff.formats import FORMATS, TERMINAL, DiffFormat, RenderOptions
 from surgeon.diff.inspection import inspect_json
 from surgeon.diff.render_inspection import render_inspect
-from surgeon.diff.render_markdown import render_markdown
-from surgeon.diff.render_terminal import render_terminal
-from surgeon.diff.report import summary_line, to_json
+from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint, open_pair
 from surgeon.format.hashcache import hash_cache_dir, refusal
 from surgeon.format.hub import HubMatch
 from surgeon.progress import NoProgress
-from surgeon.quality.record import recorded_quality
 from surgeon.text import inert
+
+
+def _format_option(fmt: DiffFormat):
+    return click.option(f"--{fmt.name}", f"format_{fmt.name}", is_flag=True, help=fmt.help)
+
+
+def format_options(func):
+    """One flag per output format of the registry (diff.formats), the default one excepted."""
+    for fmt in reversed([f for f in FORMATS.values() if f is not TERMINAL]):
+        func = _format_option(fmt)(func)
+    return func
 
 
 @click.command()
@@ -45,8 +54,7 @@ from surgeon.text import inert
 @click.option("--base-revision", help="Hub revision of BASE (branch, tag or commit).")
 @click.option("--other-revision", help="Hub revision of OTHER.")
 @download_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.diff/1).")
-@click.option("--markdown", is_flag=True, help="Print the model-card sections as Markdown.")
+@format_options
 @click.option("--no-hash", is_flag=True, help="Compare bytes without SHA256 (statuses only, faster).")
 @click.option("--no-stats", is_flag=True, help="Skip numeric stats and the per-head view.")
 @click.option(
@@ -68,9 +76,7 @@ from surgeon.text import inert
 @output_option
 @force_option
 @handle_errors
-def diff(
-    base, other, base_revision, other_revision, as_json, markdown, no_hash, no_stats, cache_dir, no_cache, **kw
-) -> None:
+def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_dir, no_cache, **kw) -> None:
     """Compare two checkpoints tensor by tensor.
 
     BASE and OTHER are checkpoint folders, .safetensors files or Hub repo ids (from the local
@@ -78,9 +84,8 @@ def diff(
     show every file identical to the other side's: then it says so and downloads no weights).
     Exit status: 0 identical, 1 different, 2 trouble.
     """
-    if as_json and markdown:
-        raise SurgeonError("--json and --markdown are exclusive: pick one")
-    _check_quiet(kw, as_json, markdown)
+    fmt = _chosen_format(kw)
+    _check_quiet(kw, fmt)
     progress = progress_for(kw["quiet"] or kw["no_progress"])
     refused = None if no_cache or kw["quiet"] else refusal(cache_dir or hash_cache_dir())
     if refused:  # the cache is neither read nor written: the shards are hashed from their bytes
@@ -97,11 +102,11 @@ def diff(
         cache_dir=None if no_cache else (cache_dir or hash_cache_dir()),
         say=None if kw["quiet"] else lambda line: click.echo(inert(line), err=True),  # names from the Hub
         progress=progress,
-        skip_identical=not markdown,
+        skip_identical=not fmt.evidence,
         bars=not isinstance(progress, NoProgress),  # huggingface_hub's bars, on when surgeon's are
     )
     if isinstance(opened, HubMatch):
-        _hub_match(opened, as_json, kw)
+        _hub_match(opened, fmt, kw)
     base_ckpt, other_ckpt = opened
     check_output(kw["output"], kw["force"], [base_ckpt, other_ckpt])
     options = DiffOptions(
@@ -109,48 +114,57 @@ def diff(
         cache_dir=None if no_cache else (cache_dir or hash_cache_dir()),
         stats=not (no_stats or kw["quiet"]),  # the summary line needs no stats
         workers=kw["workers"],
-        # Markdown's SHA256s are evidence for a model card: hashed from the bytes, never taken
-        # from the stat cache or a blob's name (both are trusted for speed only).
-        trust_cache=not markdown,
-        trust_blob_names=not markdown,
+        trust_cache=not fmt.evidence,  # a card's SHA256s are hashed from the bytes (formats.py)
+        trust_blob_names=not fmt.evidence,
     )
     report = diff_checkpoints(base_ckpt, other_ckpt, options, progress=progress, cancel=threading.Event())
     if kw["quiet"]:
         emit("" if report.identical else inert(summary_line(report)) + "\n", None, False)
     else:
-        emit(_render_diff(report, as_json, markdown, kw["verbose"], kw["output"]), kw["output"], kw["force"])
+        emit(_render_diff(report, fmt, kw["verbose"], kw["output"]), kw["output"], kw["force"])
     sys.exit(EXIT_SAME if report.identical else EXIT_DIFFERENT)
 
 
-def _hub_match(match: HubMatch, as_json: bool, kw: dict) -> NoReturn:
+def _hub_match(match: HubMatch, fmt: DiffFormat, kw: dict) -> NoReturn:
     """The Hub side is identical to the local one by the Hub's LFS SHA256 and bytes fetched
     (hub.py), the weights not downloaded: one line saying so (-q: none), or its JSON."""
     check_output(kw["output"], kw["force"], [match.local])
-    if as_json:
+    if fmt.name == "json":  # its own schema, surgeon.diff-hub-match/1 (a card always downloads)
         emit(json.dumps(match.to_json(), indent=2) + "\n", kw["output"], kw["force"])
     elif not kw["quiet"]:
         emit(inert(match.summary()) + "\n", kw["output"], kw["force"])
     sys.exit(EXIT_SAME)
 
 
-def _check_quiet(kw: dict, as_json: bool, markdown: bool) -> None:
+def _chosen_format(kw: dict) -> DiffFormat:
+    chosen = [FORMATS[name] for name in FORMATS if kw.pop(f"format_{name}", False)]
+    if len(chosen) > 1:
+        flags = " and ".join(f"--{f.name}" for f in chosen)
+        raise SurgeonError(f"{flags} are exclusive: pick one")
+    return chosen[0] if chosen else TERMINAL
+
+
+def _check_quiet(kw: dict, fmt: DiffFormat) -> None:
     """-q prints no report, so an option that shapes one contradicts it (git diff --quiet
     would drop it silently; an error says the report the user asked for is not coming)."""
     if not kw["quiet"]:
         return
-    asked = [flag for flag, on in (("--json", as_json), ("--markdown", markdown), ("--verbose", kw["verbose"])) if on]
-    if kw["output"] is not None:
-        asked.append("--output")
+    asked = [] if fmt is TERMINAL else [f"--{fmt.name}"]
+    asked += ["--verbose"] if kw["verbose"] else []
+    asked += ["--output"] if kw["output"] is not None else []
     if asked:
         raise SurgeonError(f"--quiet prints no report, so {asked[0]} has nothing to show: drop one of them")
 
 
-def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -> str:
-    if as_json:
-        return json.dumps(to_json(report), indent=2) + "\n"
-    if markdown:
-        return render_markdown(report, recorded_quality(report))
-    return render_rich(lambda console: render_terminal(report, console, verbose), output)
+def _render_diff(report, fmt: DiffFormat, verbose: bool, output) -> str:
+    sections: list[str] = []
+    if fmt.card:
+        # deferred: quality.render brings rich's tables (40 ms measured), for a card only
+        from surgeon.quality.render import recorded_quality_section
+
+        sections = recorded_quality_section(report)
+    rendered = fmt.render(report, RenderOptions(verbose=verbose, sections=sections))
+    return rendered if isinstance(rendered, str) else render_rich(rendered, output)
 
 
 @click.command()

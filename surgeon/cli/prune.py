@@ -17,9 +17,9 @@ from surgeon.cli.options import build, options_from
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.model.families import model_layout
-from surgeon.model.names import layer_ranges, parse_layers
+from surgeon.model.names import parse_layers
 from surgeon.prune.options import PruneOptions
-from surgeon.text import inert
+from surgeon.text import inert, layer_ranges
 
 
 def _layer_fracs(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[int, float], ...]:

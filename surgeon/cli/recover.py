@@ -16,14 +16,13 @@ from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options
 from surgeon.cli.options import build, options_from
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import fetch_missing, open_checkpoint
-from surgeon.model.names import layer_ranges
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
 from surgeon.recover.render import canary_table, canary_verdict, verify_text
 from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, parse_keep
 from surgeon.recover.salvage import salvage as run_salvage
 from surgeon.recover.verify import verify as run_verify
-from surgeon.text import inert
+from surgeon.text import inert, layer_ranges
 
 RUN_FIELDS = ("device", "dtype", "tokenizer")  # how the models are run, as eval runs them
 

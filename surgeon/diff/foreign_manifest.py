@@ -37,8 +37,8 @@ from typing import TypeGuard
 
 from surgeon.diff.engine import DiffReport, TensorDiff
 from surgeon.model.geometry import head_axis
-from surgeon.model.names import few_ranges, layer_ranges, layers_phrase
-from surgeon.text import inert
+from surgeon.model.names import few_ranges, layers_phrase
+from surgeon.text import inert, layer_ranges
 
 UNKNOWN = "prune_manifest.json was not written by surgeon and its format is unknown: none of its claims were checked"
 NEEDS_BASE = "an OmniMergeKit manifest's claims can only be checked against the base: name the base"

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.model.geometry import geometry_by_layer
-from surgeon.model.names import layer_ranges, parse_name
+from surgeon.model.names import parse_name
+from surgeon.text import layer_ranges
 
 SCHEMA = "surgeon.inspect/1"
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from surgeon.diff.engine import DiffReport, ShardDiff, TensorDiff
 from surgeon.diff.report import FamilyRow, differing, experts_note, shown_family_rows
-from surgeon.model.names import layer_ranges, layers_cell
-from surgeon.text import md_code, md_text
+from surgeon.model.names import layers_cell
+from surgeon.text import layer_ranges, md_code, md_text
 
 WEIGHT_SUFFIXES = ("weight", "bias")
 # The card's only HTML, as lines: the collapsed block around the hash table
@@ -25,8 +25,10 @@ HASHES_OPEN = ("<details>", "<summary>Full SHA256 of each file, to compare with 
 HASHES_CLOSE = ("</details>",)
 
 
-def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None = None) -> str:
-    """The sections; `quality` (surgeon.quality.record.recorded_quality) adds "Quality against base"."""
+def render_markdown(report: DiffReport, more: list[str] | None = None) -> str:
+    """The sections, then `more`: lines of Markdown the command adds after the evidence (the
+    quality section, surgeon.quality.render.recorded_quality_section). The diff knows nothing
+    of quality records: the command that renders the card asks for both."""
     lines = ["## What's actually different from base", ""]
     lines.append(
         f"Verified with a per-tensor {'SHA256' if report.hashed else 'byte'} comparison "
@@ -41,18 +43,8 @@ def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None 
     lines += [_shard_bullet(s, report) + _blob_name_note(s) for s in report.shards]
     lines += [f"- {md_code(f.name, table=False)}: {_file_verdict(f.status)}." for f in report.files]
     lines += _hash_table(report)
-    if quality is not None:
-        # deferred: quality.render brings rich's tables (40 ms measured), and only a
-        # checkpoint whose manifest holds a matching quality record gets this section
-        from surgeon.quality.render import quality_markdown
-
-        summary, text = quality
-        lines += ["", *quality_markdown(summary, text)]
-        lines.append(
-            f"As recorded in {md_code('prune_manifest.json', table=False)} when surgeon wrote this checkpoint, "
-            "whose shard, config and tokenizer hashes are those of the files above; not measured again by this "
-            "diff (`surgeon eval` does that)."
-        )
+    if more:
+        lines += ["", *more]
     return "\n".join(lines) + "\n"
 
 

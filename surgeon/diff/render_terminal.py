@@ -15,8 +15,8 @@ from rich.text import Text
 from surgeon.diff.engine import DiffReport, TensorDiff
 from surgeon.diff.report import differing, experts_note, shown_family_rows, summary_line
 from surgeon.diff.statuses import STATUS_STYLE
-from surgeon.model.names import layer_ranges, layers_cell
-from surgeon.text import inert
+from surgeon.model.names import layers_cell
+from surgeon.text import inert, layer_ranges
 
 MAX_TENSOR_ROWS = 200
 # Below this width the tensors table drops its rel ‖Δ‖, cosine and elems Δ columns: at 80

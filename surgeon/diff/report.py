@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 from surgeon.diff.engine import DiffReport, HeadReport, TensorDiff
 from surgeon.diff.statuses import SHARD_STATUSES, STATUSES
-from surgeon.model.names import expert_family, fused_experts, layer_ranges, layers_phrase
+from surgeon.model.names import expert_family, fused_experts, layers_phrase
+from surgeon.text import layer_ranges
 
 SCHEMA = "surgeon.diff/1"
 

@@ -34,7 +34,7 @@ from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
 
 COPY_CHUNK = 8 << 20
-MANIFEST_NAME = "prune_manifest.json"  # its contents: surgeon.recover.manifest
+MANIFEST_NAME = "prune_manifest.json"  # its contents: surgeon.format.manifest
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from surgeon.errors import SurgeonError
+from surgeon.text import layer_ranges, span
 
 # A layer index is 1-9 ASCII digits without a leading zero: `\d` and int() would also take
 # other scripts' digits (`layers.٣` is layer 3 to int()), a leading zero would give two
@@ -38,27 +39,6 @@ def parse_name(name: str) -> TensorName:
     if match is None:
         return TensorName(None, None, name)
     return TensorName(match["stack"], int(match["index"]), match["family"])
-
-
-def layer_ranges(layers: list[int] | set[int]) -> str:
-    """`[0, 1, 2, 3, 7]` -> `0-3, 7`."""
-    ordered = sorted(set(layers))
-    if not ordered:
-        return ""
-    parts: list[str] = []
-    start = prev = ordered[0]
-    for value in ordered[1:]:
-        if value == prev + 1:
-            prev = value
-        else:
-            parts.append(_span(start, prev))
-            start = prev = value
-    parts.append(_span(start, prev))
-    return ", ".join(parts)
-
-
-def _span(start: int, end: int) -> str:
-    return str(start) if start == end else f"{start}-{end}"
 
 
 def layers_cell(layers: list[int] | set[int], count_them: bool = False) -> str:
@@ -155,7 +135,7 @@ def _existing_layers(present: range | list[int], parts: int = 6) -> str:
     if not present:
         return "the model has no numbered layers"
     if isinstance(present, range):
-        return _span(0, len(present) - 1)
+        return span(0, len(present) - 1)
     return few_ranges(present, parts)
 
 

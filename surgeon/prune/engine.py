@@ -28,29 +28,29 @@ from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
+from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
 from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_path, write_checkpoint
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import parse_layers
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
-from surgeon.prune.calibration import (
+from surgeon.prune.heal import HEALERS, HealInput, head_columns
+from surgeon.prune.importance import SCORERS, ScoringInput, select_heads
+from surgeon.prune.options import PruneOptions
+from surgeon.prune.workdir import Workdir
+from surgeon.runtime.corpus import (
     MIN_TOKENS_PER_WIDTH,
     auto_token_budget,
     corpus_sha256,
     encode,
     load_corpus,
     load_dataset_corpus,
-    load_tokenizer,
-    tokenizer_error,
 )
-from surgeon.prune.heal import HEALERS, HealInput, head_columns
-from surgeon.prune.importance import SCORERS, ScoringInput, select_heads
-from surgeon.prune.memory import return_freed_memory
-from surgeon.prune.options import PruneOptions
-from surgeon.prune.stream import Batch, LayerStream, make_batches, resolve_device, resolve_dtype
-from surgeon.prune.threads import use_cpu_threads
-from surgeon.prune.workdir import Workdir
-from surgeon.recover.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
+from surgeon.runtime.device import resolve_device, resolve_dtype
+from surgeon.runtime.memory import return_freed_memory
+from surgeon.runtime.stream import Batch, LayerStream, make_batches
+from surgeon.runtime.threads import use_cpu_threads
+from surgeon.runtime.tokenizer import load_tokenizer, tokenizer_error
 
 
 @dataclass

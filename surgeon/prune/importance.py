@@ -22,7 +22,7 @@ from surgeon.errors import SurgeonError
 from surgeon.model.families import LayerSpec
 from surgeon.parallel import StopCheck, check_stop
 from surgeon.prune.heal import norm_scores, recon_scores
-from surgeon.prune.stream import Batch, LayerStream
+from surgeon.runtime.stream import Batch, LayerStream
 
 
 @dataclass(frozen=True)

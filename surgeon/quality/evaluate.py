@@ -30,21 +30,14 @@ from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.model.families import model_layout
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
-from surgeon.prune.calibration import (
-    bundled_files,
-    encode,
-    load_corpus,
-    load_tokenizer,
-    read_documents,
-    read_text_file,
-    tokenizer_error,
-    with_one_bos,
-)
-from surgeon.prune.memory import return_freed_memory
-from surgeon.prune.stream import EMBEDDING, Batch, LayerStream, make_batches, resolve_device, resolve_dtype
-from surgeon.prune.threads import use_cpu_threads
 from surgeon.quality.options import TEXT_FORMATS, EvalOptions
 from surgeon.recover.canary.runner import changed_by_layer
+from surgeon.runtime.corpus import bundled_files, encode, load_corpus, read_documents, read_text_file
+from surgeon.runtime.device import resolve_device, resolve_dtype
+from surgeon.runtime.memory import return_freed_memory
+from surgeon.runtime.stream import EMBEDDING, Batch, LayerStream, make_batches
+from surgeon.runtime.threads import use_cpu_threads
+from surgeon.runtime.tokenizer import load_tokenizer, tokenizer_error, with_one_bos
 
 SCHEMA = "surgeon.eval/1"
 BUNDLED = "bundled:heldout"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
-from surgeon.recover.manifest import MANIFEST_NAME, read_manifest
+from surgeon.format.manifest import MANIFEST_NAME, read_manifest
 
 SUMMARY_KEYS = ("tokens", "ppl_base", "ppl", "ppl_ratio", "kl_mean", "kl_p99", "top1")
 

@@ -10,6 +10,7 @@ import statistics
 from rich.table import Table
 from rich.text import Text
 
+from surgeon.quality.record import recorded_quality
 from surgeon.text import inert, md_code
 
 OUTLIER_FACTOR = 3.0  # a window whose mean KL is this many times the median window's is marked
@@ -85,6 +86,21 @@ def _window_table(windows: list[dict]):
             style="bold yellow" if flag else None,
         )
     return table
+
+
+def recorded_quality_section(report) -> list[str]:
+    """The card's "Quality against base" section when the diffed checkpoint's manifest holds a
+    quality record measured against exactly these bytes (surgeon.quality.record), else []."""
+    quality = recorded_quality(report)
+    if quality is None:
+        return []
+    summary, text = quality
+    return [
+        *quality_markdown(summary, text),
+        f"As recorded in {md_code('prune_manifest.json', table=False)} when surgeon wrote this checkpoint, "
+        "whose shard, config and tokenizer hashes are those of the files above; not measured again by this "
+        "diff (`surgeon eval` does that).",
+    ]
 
 
 def quality_markdown(summary: dict, text: str | None = None) -> list[str]:

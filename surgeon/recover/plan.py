@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from surgeon.diff.engine import DiffReport
 from surgeon.errors import SurgeonError
-from surgeon.model.names import layer_ranges, parse_layers
+from surgeon.model.names import parse_layers
+from surgeon.text import layer_ranges
 
 
 @dataclass(frozen=True)

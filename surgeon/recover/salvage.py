@@ -18,18 +18,12 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir
 from surgeon.format.hashing import bytes_to_hash, hash_shards
+from surgeon.format.manifest import SCHEMA, created_now, is_surgeon_manifest, read_manifest, tool_record, written_record
 from surgeon.format.writer import MANIFEST_NAME, TensorSource, WriteReport, check_output_path, write_checkpoint
-from surgeon.model.names import LayerSelection, layer_ranges, parse_layer_spec, parse_name
+from surgeon.model.names import LayerSelection, parse_layer_spec, parse_name
 from surgeon.options import option
 from surgeon.progress import NoProgress
-from surgeon.recover.manifest import (
-    SCHEMA,
-    created_now,
-    is_surgeon_manifest,
-    read_manifest,
-    tool_record,
-    written_record,
-)
+from surgeon.text import layer_ranges
 
 
 @dataclass

@@ -38,10 +38,11 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, refusal
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
+from surgeon.format.manifest import MANIFEST_NAME, is_surgeon_manifest, read_manifest
 from surgeon.jsonfile import read_json_file
-from surgeon.model.names import layer_ranges, layers_phrase
+from surgeon.model.names import layers_phrase
 from surgeon.progress import NoProgress, ProgressSink
-from surgeon.recover.manifest import MANIFEST_NAME, is_surgeon_manifest, read_manifest
+from surgeon.text import layer_ranges
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")  # transformers imports the code they name
 # Files a model card or a Hub repo carries that no loader reads: reported, never a failure.

@@ -251,14 +251,16 @@ def test_a_bad_dtype_is_one_line(tmp_path):
 ENGINE = [
     "model/geometry",
     "model/families",
-    "prune/calibration",
+    "runtime/corpus",
+    "runtime/tokenizer",
+    "runtime/device",
     "recover/canary/checks",
     "recover/canary/runner",
     "quality/evaluate",
     "prune/heal",
     "prune/importance",
-    "prune/memory",
-    "prune/stream",
+    "runtime/memory",
+    "runtime/stream",
 ]
 
 
@@ -277,13 +279,13 @@ def test_engine_messages_name_no_cli_flag(module):
     a config key), never an option such as --tokenizer; the CLI adds the option."""
     tree = ast.parse((SURGEON / f"{module}.py").read_text())
     texts = list(_message_texts(tree))
-    assert texts or module in ("quality/evaluate", "prune/heal", "prune/importance", "prune/memory")
+    assert texts or module in ("quality/evaluate", "prune/heal", "prune/importance", "runtime/memory")
     assert [t for t in texts if "--" in t] == []
 
 
 def test_the_cli_adds_the_option_an_engine_message_leaves_out(tmp_path):
     from surgeon.errors import SurgeonError
-    from surgeon.prune.calibration import load_tokenizer
+    from surgeon.runtime.tokenizer import load_tokenizer
 
     bare = tmp_path / "weights-only"
     bare.mkdir()

@@ -17,7 +17,7 @@ import pytest
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.diff.foreign_manifest import NEEDS_BASE, UNKNOWN, verify_foreign
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.recover.manifest import is_surgeon_manifest
+from surgeon.format.manifest import is_surgeon_manifest
 from surgeon.recover.verify import VerifyReport
 from tests.helpers import BASE, make_variant, read_tensor
 

@@ -6,7 +6,8 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.dtypes import DTYPES
 from surgeon.format.safetensors import TensorInfo
 from surgeon.model.geometry import config_geometry, geometry_by_layer, layer_geometry, text_config
-from surgeon.model.names import layer_ranges, layers_cell, parse_name
+from surgeon.model.names import layers_cell, parse_name
+from surgeon.text import layer_ranges
 from tests.helpers import BASE
 
 

@@ -19,7 +19,7 @@ from surgeon.prune.importance import (
     nf4_round_trip,
     stack_batch,
 )
-from surgeon.prune.stream import LayerStream, make_batches
+from surgeon.runtime.stream import LayerStream, make_batches
 from tests.tiny_models import save_tiny
 
 TRAINED = DEMO_MODEL
@@ -231,7 +231,7 @@ def test_nll_in_row_chunks_equals_the_full_logits_nll(gemma4, monkeypatch):
 def test_stacking_repeats_per_batch_tensors_and_copies_shared_mappings():
     from transformers.cache_utils import KVSharingDict
 
-    from surgeon.prune.stream import Batch
+    from surgeon.runtime.stream import Batch
 
     ids = torch.tensor([[2, 5, 6], [2, 7, 0]])
     kv = torch.arange(2 * 3.0).reshape(2, 3, 1)
@@ -258,7 +258,7 @@ def test_stacking_repeats_per_batch_tensors_and_copies_shared_mappings():
 
 def test_copy_bytes_grows_with_the_batch(gemma4):
     """Wider and taller batches take fewer copies per forward under the same budget."""
-    from surgeon.prune.stream import Batch
+    from surgeon.runtime.stream import Batch
 
     stream, _ = gemma4
     small = Batch(torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))

@@ -12,8 +12,8 @@ from surgeon.model.families import model_layout
 from surgeon.prune.engine import prune
 from surgeon.prune.heal import head_columns, heal_o_proj
 from surgeon.prune.importance import mask_heads_hook, select_heads
-from surgeon.prune.stream import Batch, LayerStream
 from surgeon.quality.evaluate import corpus_nll
+from surgeon.runtime.stream import Batch, LayerStream
 from tests.helpers import make_variant, merged_file, read_tensor, sha, tiny_prune_options
 
 TRAINED = DEMO_MODEL

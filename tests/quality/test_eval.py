@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from surgeon.cli.main import main
 from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
 from surgeon.errors import Cancelled, SurgeonError
-from surgeon.prune.calibration import load_tokenizer
-from surgeon.prune.stream import LayerStream
 from surgeon.quality.evaluate import EvalOptions, EvalSession, load_eval_text, make_windows, quantile
 from surgeon.quality.render import outliers, quality_markdown, render_eval
 from surgeon.recover.salvage import salvage
+from surgeon.runtime.stream import LayerStream
+from surgeon.runtime.tokenizer import load_tokenizer
 from tests.helpers import ROOT, make_variant, read_tensor
 
 TRAINED = DEMO_MODEL

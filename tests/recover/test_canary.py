@@ -94,7 +94,7 @@ def test_bundled_prompts_cover_the_kinds_the_issue_names():
 
 
 def test_chat_prompts_are_used_only_with_a_chat_template(tmp_path):
-    from surgeon.prune.calibration import load_tokenizer
+    from surgeon.runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer(TRAINED)
     prompts = read_prompts(None)

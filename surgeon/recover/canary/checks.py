@@ -37,7 +37,7 @@ from surgeon.errors import SurgeonError, first_line
 from surgeon.format.hashcache import private, private_folder, user_cache_dir, write_private
 from surgeon.jsonfile import parse_json, read_bounded
 from surgeon.options import option
-from surgeon.prune.calibration import with_one_bos
+from surgeon.runtime.tokenizer import with_one_bos
 
 # Prompts are a few dozen lines; a file past this is a mistake (or /dev/zero), not prompts.
 MAX_PROMPTS_BYTES = 16 << 20

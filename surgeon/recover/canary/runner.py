@@ -22,9 +22,6 @@ from surgeon.model.families import check_layer_count, checked_config, config_pat
 from surgeon.model.geometry import config_error
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress
-from surgeon.prune.calibration import load_tokenizer
-from surgeon.prune.stream import resolve_device, resolve_dtype
-from surgeon.prune.threads import use_cpu_threads
 from surgeon.recover.canary.checks import (
     CanaryOptions,
     CanaryReport,
@@ -42,6 +39,9 @@ from surgeon.recover.canary.checks import (
     usable_prompts,
     verdict,
 )
+from surgeon.runtime.device import resolve_device, resolve_dtype
+from surgeon.runtime.threads import use_cpu_threads
+from surgeon.runtime.tokenizer import load_tokenizer
 
 
 class CanaryModel:

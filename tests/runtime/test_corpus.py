@@ -9,16 +9,16 @@ from click.testing import CliRunner
 from surgeon.cli.main import main
 from surgeon.demo import DEMO_MODEL, DEMO_TEXT
 from surgeon.errors import SurgeonError
-from surgeon.prune.calibration import (
+from surgeon.prune.engine import PruneOptions, prune
+from surgeon.runtime.corpus import (
     AUTO_MIN_TOKENS,
     auto_token_budget,
     bundled_corpus,
     encode,
     load_corpus,
-    load_tokenizer,
     parse_dataset_spec,
 )
-from surgeon.prune.engine import PruneOptions, prune
+from surgeon.runtime.tokenizer import load_tokenizer
 
 TRAINED = DEMO_MODEL
 

@@ -1,11 +1,11 @@
-"""The torch thread policy (surgeon/prune/threads.py): one thread for small models on the
+"""The torch thread policy (surgeon/runtime/threads.py): one thread for small models on the
 CPU, torch's default for wide ones, and an explicit choice always wins."""
 
 import pytest
 import torch
 
 from surgeon.errors import SurgeonError
-from surgeon.prune import threads
+from surgeon.runtime import threads
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

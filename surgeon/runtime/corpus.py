@@ -17,9 +17,9 @@ import importlib.resources
 import json
 from pathlib import Path
 
-from surgeon.errors import SurgeonError, TokenizerError, first_line
+from surgeon.errors import SurgeonError, first_line
 from surgeon.jsonfile import parse_json, read_bounded
-from surgeon.model.geometry import config_error
+from surgeon.runtime.tokenizer import with_one_bos
 
 BUNDLED_CORPUS = "calibration"  # the folder under surgeon/_data
 # Calibration reads at most a few thousand samples; a corpus file past this is a mistake, not data.
@@ -133,16 +133,6 @@ def corpus_sha256(texts: list[str]) -> str:
     return hashlib.sha256(json.dumps(texts).encode("utf-8")).hexdigest()
 
 
-def with_one_bos(ids: list[int], bos_id: int | None) -> list[int]:
-    """Exactly one BOS at the start: prepended when missing, never doubled."""
-    if bos_id is None:
-        return list(ids)
-    start = 0
-    while start < len(ids) and ids[start] == bos_id:
-        start += 1
-    return [bos_id, *ids[start:]]
-
-
 def encode(tokenizer, texts: list[str], max_tokens: int, budget: int | None = None) -> list[list[int]]:
     """Samples of at most `max_tokens` ids, one BOS each whatever the tokenizer adds itself:
     a long text is cut into consecutive pieces (each starting with BOS), not truncated, so
@@ -165,36 +155,6 @@ def encode(tokenizer, texts: list[str], max_tokens: int, budget: int | None = No
             if budget is not None and budget - total < 2:  # no sample of two tokens fits any more
                 return samples
     return samples
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "spiece.model")
-
-
-def load_tokenizer(path: Path):
-    """The tokenizer in folder `path`. Messages name the folder, not an option, because the
-    TUI shows them too; `error.option` lets the CLI add "; pass --tokenizer"."""
-    # deferred: this module is torch-free (canary.checks, on salvage's light path, uses
-    # with_one_bos); transformers (1.7 s) is needed only to load a tokenizer
-    from transformers import AutoTokenizer
-
-    folder = Path(path)
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise tokenizer_error(f"{path}: has no tokenizer files (tokenizer.json, tokenizer.model, ...)")
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        first = first_line(exc)
-        raise tokenizer_error(f"{path}: cannot load a tokenizer ({first})") from None
-    except Exception as exc:  # AutoTokenizer reads config.json too, and transformers checks its values
-        error = config_error(exc, str(folder / "config.json"))
-        if error is None:
-            raise
-        raise error from None
-
-
-def tokenizer_error(message: str) -> SurgeonError:
-    """A SurgeonError that another tokenizer would fix: the CLI adds "; pass --tokenizer"."""
-    return TokenizerError(message)
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, str | None, str]:

@@ -21,7 +21,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.hashcache import is_sha256
 from surgeon.format.writer import MANIFEST_NAME  # noqa: F401  (re-exported: the file's name, owned by the writer)
 from surgeon.jsonfile import read_json_file
-from surgeon.model.names import layer_ranges
+from surgeon.text import layer_ranges
 
 SCHEMA = "surgeon.prune_manifest/1"
 

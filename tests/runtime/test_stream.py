@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.model.families import model_layout
-from surgeon.prune.stream import Batch, LayerStream
+from surgeon.runtime.stream import Batch, LayerStream
 from tests.helpers import BASE
 from tests.tiny_models import FAMILIES, as_multimodal_gemma4, save_tiny
 

@@ -1,0 +1,2 @@
+"""What every engine that runs a model shares, below prune, quality and recover: the
+layer stream, device and dtype, CPU threads, memory, the tokenizer and the text corpus."""
