@@ -40,6 +40,10 @@ NOT_RUN = {
         "calibration.split",
         "calibration.fingerprint",
         "calibration.rows",
+        # written by surgeon before base.kind; still read (verify, salvage), never written
+        "base.path",
+        "salvage.base.path",
+        "salvage.candidate.path",
     },
 }
 SHORT_CANARY = ["--max-new-tokens", "4", "--device", "cpu"]
@@ -191,7 +195,7 @@ def test_the_canary_page_lists_every_field(workspace, salvaged):
 
 def test_the_verify_page_lists_every_field(pruned):
     reports = [
-        run("verify", pruned[0], "--json"),
+        run("verify", pruned[0], "--base", DEMO_MODEL, "--json"),
         run("verify", DEMO_MODEL, "--json", codes=(1,)),  # no manifest
         run("verify", DEMO_MODEL, "--integrity-only", "--json"),
     ]

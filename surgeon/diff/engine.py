@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from surgeon.diff.bytes import Pair, compare_bytes
 from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
 from surgeon.diff.statuses import FileStatus, ShardStatus, TensorStatus
-from surgeon.format.checkpoint import Checkpoint, side_files
+from surgeon.format.checkpoint import Checkpoint, public_name, side_files
 from surgeon.format.hashcache import HashCache
 from surgeon.format.hashing import bytes_to_hash, default_workers, file_sha256, hash_shards
 from surgeon.format.safetensors import ShardHeader, TensorInfo
@@ -89,6 +89,7 @@ class SideSummary:
     tensors: int
     shards: int
     bytes: int
+    name: str  # as a model card names it, with no local path (format.checkpoint.public_name)
 
 
 @dataclass
@@ -165,7 +166,13 @@ def diff_checkpoints(
 
 def _side(ckpt: Checkpoint) -> SideSummary:
     return SideSummary(
-        ckpt.source, str(ckpt.root), ckpt.revision, len(ckpt.tensors), len(ckpt.shards), ckpt.total_bytes
+        ckpt.source,
+        str(ckpt.root),
+        ckpt.revision,
+        len(ckpt.tensors),
+        len(ckpt.shards),
+        ckpt.total_bytes,
+        name=public_name(ckpt),
     )
 
 

@@ -30,8 +30,8 @@ def render_markdown(report: DiffReport, quality: tuple[dict, str | None] | None 
     lines = ["## What's actually different from base", ""]
     lines.append(
         f"Verified with a per-tensor {'SHA256' if report.hashed else 'byte'} comparison "
-        f"(`surgeon diff`) of {md_code(report.other.source, table=False)} against "
-        f"{md_code(report.base.source, table=False)}."
+        f"(`surgeon diff`) of {md_code(report.other.name, table=False)} against "
+        f"{md_code(report.base.name, table=False)}."
     )
     lines += ["", "| Tensor | Layers changed | Layers unchanged |", "|---|---|---|"]
     lines += [f"| {label} | {changed} | {unchanged} |" for label, changed, unchanged in _table(report)]

@@ -35,6 +35,7 @@ from surgeon.format.hub import (
     fetch_remote,
     progress_bars,
     resolve_hub_repo,
+    snapshot_of,
 )
 from surgeon.format.safetensors import ShardHeader, TensorInfo, read_header
 from surgeon.jsonfile import read_json_file, read_json_object
@@ -56,6 +57,7 @@ class Checkpoint:
     config: dict | None = None
     revision: str | None = None
     metadata: dict = field(default_factory=dict)  # the index's "metadata" block
+    file: str | None = None  # the single .safetensors file named, None for a folder or Hub id
 
     def shard_path(self, name: str) -> Path:
         return self.root / name
@@ -83,7 +85,27 @@ def open_checkpoint(spec: str | os.PathLike, revision: str | None = None, *, dow
         config=_read_config(root),
         revision=revision,
         metadata=index_meta,
+        file=only_file,
     )
+
+
+def source_record(ckpt: Checkpoint) -> dict:
+    """How a manifest names `ckpt`, with no path of this machine in it (a manifest is
+    published beside the weights): a Hugging Face cache snapshot (a Hub id given, or its
+    folder) as its repo id and commit, a folder or a single .safetensors file by its name.
+    The shard hashes recorded beside this say which bytes were read."""
+    hub = snapshot_of(ckpt.root)
+    if hub is not None:
+        return {"source": hub[0], "kind": "hub", "revision": hub[1]}
+    if ckpt.file is not None:
+        return {"source": ckpt.file, "kind": "file", "revision": None}
+    return {"source": ckpt.root.name or ckpt.root.anchor, "kind": "folder", "revision": None}
+
+
+def public_name(ckpt: Checkpoint) -> str:
+    """`ckpt` as a model card names it: `org/name@commit`, or the folder's or file's name."""
+    record = source_record(ckpt)
+    return f"{record['source']}@{record['revision']}" if record["kind"] == "hub" else record["source"]
 
 
 def open_pair(

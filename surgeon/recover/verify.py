@@ -36,6 +36,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
+from surgeon.format.hub import cached_snapshot
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layer_ranges, layers_phrase
 from surgeon.progress import NoProgress, ProgressSink
@@ -223,6 +224,9 @@ def _open_base(base, record: dict, report: VerifyReport) -> tuple[Checkpoint | N
     machine has it: a recorded Hub id is looked up in the local cache, never downloaded."""
     if base is not None:
         return open_checkpoint(base), str(base)
+    if record.get("kind") is not None:
+        return _open_recorded(record, report)
+    # an older manifest: the base as the user named it, and the folder it resolved to
     path, source = record.get("path"), record.get("source")
     spec = path if path and Path(path).is_dir() else source
     if not spec:
@@ -231,6 +235,31 @@ def _open_base(base, record: dict, report: VerifyReport) -> tuple[Checkpoint | N
     try:
         revision = record.get("revision")  # a recorded Hub id resolves from the local cache only
         return open_checkpoint(spec, revision if isinstance(revision, str) else None), spec
+    except SurgeonError as exc:
+        report.notes.append(
+            f"the recorded base cannot be opened ({exc}): the manifest's claims against the base were not "
+            "checked; name the base"
+        )
+        return None, None
+
+
+def _open_recorded(record: dict, report: VerifyReport) -> tuple[Checkpoint | None, str | None]:
+    """The base a manifest names by Hub id and commit, from the local Hugging Face cache
+    (never downloaded, never a local folder that happens to share the id's name); a base
+    named by its folder's name alone is not looked for: only --base says where it is."""
+    source, revision = record.get("source"), record.get("revision")
+    if record.get("kind") != "hub" or not source:
+        report.notes.append(
+            f"the base is recorded by its name ({source}) and its shard hashes, not by where it is: the "
+            "manifest's claims against the base were not checked; name the base with --base"
+        )
+        return None, None
+    spec = f"{source}@{revision}" if revision else source
+    try:
+        folder = cached_snapshot(source, revision)
+        if folder is None:
+            raise SurgeonError(f"{spec}: not in the local Hugging Face cache")
+        return open_checkpoint(folder), spec
     except SurgeonError as exc:
         report.notes.append(
             f"the recorded base cannot be opened ({exc}): the manifest's claims against the base were not "

@@ -296,7 +296,7 @@ def test_manifest_hashes_are_of_the_output_bytes(candidate, tmp_path, monkeypatc
     assert manifest["salvage"]["base"]["shards"][SHARD2] == sha(TRAINED / SHARD2)
     on_disk = {p.name: sha(p) for p in out.iterdir() if p.suffix != ".safetensors" and p.name != MANIFEST}
     assert written["files"] == on_disk and "config.json" in on_disk and "tokenizer.json" in on_disk
-    assert verify(out).ok
+    assert verify(out, TRAINED).ok
 
 
 # ---------- 3. side files, unknown files, remote code ----------
@@ -384,7 +384,8 @@ def test_integrity_only_still_fails_on_remote_code_and_broken_files(tmp_path):
 def test_ok_lines_are_only_checks_that_held(salvaged, tmp_path):
     moved = tmp_path / "elsewhere"
     manifest = json.loads((salvaged / MANIFEST).read_text())
-    manifest["salvage"]["base"] |= {"path": str(moved), "source": str(moved)}  # a base that is gone
+    shards = manifest["salvage"]["base"]["shards"]  # recorded as an older surgeon did, at a folder now gone
+    manifest["salvage"]["base"] = {"path": str(moved), "source": str(moved), "shards": shards}
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
     result = invoke("verify", salvaged)
     assert result.exit_code == 0
@@ -422,7 +423,7 @@ def test_recorded_base_hashes_come_from_a_prune_too(tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["base"]["shards"] == {SHARD1: sha(TRAINED / SHARD1), SHARD2: sha(TRAINED / SHARD2)}
     assert set(manifest["written"]["files"]) >= {"config.json", "tokenizer.json", "model.safetensors.index.json"}
-    assert verify(out).ok
+    assert verify(out, TRAINED).ok
     assert "0 of 2 shard hashes match" in verify(out, BASE).discrepancies[0]
 
 
@@ -550,7 +551,7 @@ def test_a_foreign_candidate_manifest_is_kept_as_a_record(candidate, tmp_path):
     _, manifest = salvage(foreign, TRAINED, [0, 1], tmp_path / "out")
     assert manifest["candidate_manifest"] == {"pruned_layers": [[0, "x"]], "prune_mode": "mask"}
     assert "pruned_layers" not in manifest and manifest["schema"].startswith("surgeon.")
-    assert verify(tmp_path / "out").ok
+    assert verify(tmp_path / "out", TRAINED).ok
 
 
 def test_markdown_evidence_is_hashed_from_the_bytes_not_a_poisoned_cache(tmp_path):
@@ -586,7 +587,7 @@ def test_the_salvage_record_must_agree_with_the_weights(salvaged, edit):
         else:
             manifest["salvage"][key] = value
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1 and lines_of(result)[-1].startswith("not verified"), result.output
     assert any("salvage record" in line for line in lines_of(result) if line.startswith("FAIL"))
 
@@ -649,7 +650,7 @@ def test_the_salvage_record_names_only_layers_the_model_has(salvaged, edit):
     manifest = json.loads((salvaged / MANIFEST).read_text())
     manifest["salvage"].update(edit)
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1 and any("salvage record names" in line for line in lines_of(result))
 
 
@@ -658,10 +659,10 @@ def test_a_non_layer_change_needs_keep_non_layer(tmp_path):
     changed = make_variant(tmp_path / "cand", src=TRAINED, replace={norm: read_tensor(TRAINED, norm) * 1.5})
     _, manifest = salvage(changed, TRAINED, [0], tmp_path / "out", keep_non_layer=True)
     assert manifest["salvage"]["keep_non_layer"] is True
-    assert invoke("verify", tmp_path / "out").exit_code == 0
+    assert invoke("verify", tmp_path / "out", "--base", TRAINED).exit_code == 0
     manifest["salvage"]["keep_non_layer"] = False
     (tmp_path / "out" / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", tmp_path / "out")
+    result = invoke("verify", tmp_path / "out", "--base", TRAINED)
     assert result.exit_code == 1 and any(f"tensor {norm}: outside any layer" in line for line in lines_of(result))
 
 
