@@ -42,7 +42,7 @@ from surgeon.text import inert
 @click.argument("base")
 @click.argument("other")
 @click.option("--base-revision", help="Hub revision of BASE (branch, tag or commit).")
-@click.option("--other-revision", help="Hub revision of OTHER.")
+@click.option("--other-revision", help="Hub revision of OTHER (branch, tag or commit).")
 @download_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.diff/1).")
 @click.option("--markdown", is_flag=True, help="Print the model-card sections as Markdown.")
@@ -151,7 +151,7 @@ def _render_diff(report, as_json: bool, markdown: bool, verbose: bool, output) -
 
 @click.command()
 @click.argument("checkpoint")
-@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--revision", help="Hub revision of CHECKPOINT (branch, tag or commit).")
 @download_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema surgeon.inspect/1).")
 @click.option("-v", "--verbose", is_flag=True, help="List every tensor.")

@@ -53,7 +53,7 @@ def _layer_fracs(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[int, floa
 )
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
-@quality_options(default_tokens=8192)
+@quality_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option(
     "-q", "--quiet", is_flag=True, help="Quiet: no progress bar and no table, only the line saying what was written."
