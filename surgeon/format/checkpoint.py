@@ -374,8 +374,11 @@ def _unplaceable(names: list[str]) -> str | None:
 
 def side_files(ckpt: Checkpoint) -> set[str]:
     """The files besides the weights that a diff compares: every regular, not hidden file of
-    the folder up to SIDE_FILE_LIMIT (config, index, tokenizer); none beside a lone
-    .safetensors file, whose folder is no checkpoint."""
+    the folder up to SIDE_FILE_LIMIT (config, index, tokenizer); none for a .safetensors file
+    named alone (its folder's files are not what was asked about) or beside a lone one, whose
+    folder is no checkpoint."""
+    if ckpt.file is not None:
+        return set()
     if len(ckpt.shards) == 1 and ckpt.index_name is None and not (ckpt.root / "config.json").exists():
         return set()
     return {
