@@ -14,6 +14,7 @@ from rich.text import Text
 from surgeon.cli.common import console_for, handle_errors, progress_for, warn
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
 from surgeon.cli.options import build, options_from
+from surgeon.diff.fold import FoldedName
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.model.families import model_layout
@@ -126,7 +127,7 @@ def _layer_table(manifest: dict) -> Table:
         refit = layer["refit"] or {}
         table.add_row(
             str(layer["layer"]),
-            Text(inert(layer["layer_type"] or "")),
+            FoldedName(layer["layer_type"] or ""),
             f"{layer['num_heads']}x{layer['head_dim']}",
             ", ".join(map(str, layer["pruned_heads"])) or "-",
             _fmt(refit.get("rel_residual")),

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from surgeon.diff.engine import DiffReport, TensorDiff
+from surgeon.diff.fold import FoldedName
 from surgeon.diff.report import differing, experts_note, shown_family_rows, summary_line
 from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.model.names import layer_ranges, layers_cell
@@ -64,8 +65,9 @@ def _status(status: str) -> Text:
 
 
 def _plain(value: object) -> Text:
-    """A string from a file, as a table cell: shown as it is, never as markup."""
-    return Text(inert(value))
+    """A string from a file, as a table cell: shown as it is, never as markup, and folded
+    between its parts (`model-00001-of-00002.` / `safetensors`) where the column is narrow."""
+    return FoldedName(value)
 
 
 def _families_table(report: DiffReport, width: int = WIDE) -> Table:
