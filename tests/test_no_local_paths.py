@@ -142,3 +142,18 @@ def test_a_hub_base_is_recorded_by_id_and_commit_and_verify_finds_it_in_the_cach
     gone = verify(tmp_path / "by-id")
     assert not gone.claims_checked
     assert any(f"acme/tiny@{COMMIT}: not in the local Hugging Face cache" in n for n in gone.notes)
+
+
+def test_a_recorded_hub_revision_must_be_a_commit(tmp_path, monkeypatch):
+    """surgeon records the commit it read; a manifest naming a branch or a path there (an
+    edited or hostile one) is not looked up, and verify says why."""
+    hub_cache(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    invoke("salvage", DEMO_CANDIDATE, "--base", "acme/tiny", "--keep", "0-3", "-o", out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    for revision in ("main", "../../../../etc"):
+        manifest["salvage"]["base"]["revision"] = revision
+        (out / MANIFEST).write_text(json.dumps(manifest))
+        report = verify(out)
+        assert not report.claims_checked
+        assert any("the recorded revision is not a commit hash" in note for note in report.notes), report.notes

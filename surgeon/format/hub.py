@@ -300,6 +300,11 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
+def is_commit(value: object) -> bool:
+    """A full commit hash, as a snapshot folder is named (never a branch or a path)."""
+    return isinstance(value, str) and _COMMIT.fullmatch(value) is not None
+
+
 def snapshot_of(folder: Path) -> tuple[str, str] | None:
     """(repo id, commit) when `folder` is a snapshot of a Hugging Face cache,
     `models--org--name/snapshots/<commit>`, else None. By the folder's shape alone (no
@@ -308,7 +313,7 @@ def snapshot_of(folder: Path) -> tuple[str, str] | None:
     splits back into the id as huggingface_hub's repo_folder_name joined it."""
     snapshots = folder.parent
     repo = snapshots.parent.name
-    if snapshots.name != "snapshots" or not repo.startswith("models--") or not _COMMIT.fullmatch(folder.name):
+    if snapshots.name != "snapshots" or not repo.startswith("models--") or not is_commit(folder.name):
         return None
     parts = repo.split("--")[1:]
     if not parts or not all(parts):

@@ -36,7 +36,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
-from surgeon.format.hub import cached_snapshot
+from surgeon.format.hub import cached_snapshot, is_commit
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layer_ranges, layers_phrase
 from surgeon.progress import NoProgress, ProgressSink
@@ -256,6 +256,8 @@ def _open_recorded(record: dict, report: VerifyReport) -> tuple[Checkpoint | Non
         return None, None
     spec = f"{source}@{revision}" if revision else source
     try:
+        if revision is not None and not is_commit(revision):  # surgeon records the commit it read, nothing else
+            raise SurgeonError(f"{source}: the recorded revision is not a commit hash")
         folder = cached_snapshot(source, revision)
         if folder is None:
             raise SurgeonError(f"{spec}: not in the local Hugging Face cache")
