@@ -407,7 +407,7 @@ def loadable_problems(folder: Path, plan: BigPlan) -> list[str]:
 def big_prune_args(importance: str) -> list[str]:
     """Every layer pruned on the CPU; calibration kept small: the point is memory, not quality."""
     flags = f"--prune-frac 0.125 --layers all --importance {importance} --device cpu -q"
-    return f"{flags} --calib-samples 16 --max-tokens 64".split()
+    return f"{flags} --calib-samples 16 --sample-tokens 64".split()
 
 
 def run_rss(data_dir: Path, size_gb: float, importance: str) -> dict:

@@ -87,7 +87,7 @@ def prune(model: Path, build: Build) -> dict:
 
 def evaluate(model: Path, path: Path, tokens: int) -> dict:
     _, stdout, seconds, peak = timed(
-        surgeon("eval", str(path), "--base", str(model), "--device", "cpu", "--max-tokens", str(tokens), "--json")
+        surgeon("eval", str(path), "--base", str(model), "--device", "cpu", "--eval-tokens", str(tokens), "--json")
     )
     totals = json.loads(stdout)["totals"]
     return totals | {"seconds": seconds, "peak_gb": peak}

@@ -13,7 +13,6 @@ for real models, its numbers would say nothing.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
-from surgeon.format.writer import MANIFEST_NAME
 from surgeon.prune.options import PruneOptions
 from surgeon.quality.render import recorded_quality_section
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
@@ -107,13 +105,11 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
             auto_steps=plan.steps,
             quality=quality | {"text": session.text, "eval": plan.quality} if plan.quality else None,
         )
-        _name_candidate(salvaged / MANIFEST_NAME, folder / "pruned", target / "pruned")
         after = manifest["salvage"]["canary_after"]
         say(f"   wrote {folder / 'salvaged'}; canary on the result: {'passed' if after['passed'] else 'FAILED'}")
 
         say("5. diff: what is actually different from base")
-        written = open_checkpoint(salvaged)
-        written.source = str(folder / "salvaged")  # where it will be: the card names it
+        written = open_checkpoint(salvaged)  # the card and the manifests name it "salvaged", as they name no path
         # The card's SHA256s are evidence: hashed from the bytes, as `diff --markdown` does.
         evidence = DiffOptions(cache_dir=hash_cache_dir(), trust_cache=False, trust_blob_names=False)
         report = diff_checkpoints(open_checkpoint(base), written, evidence)
@@ -134,13 +130,6 @@ def _quality_line(summary: dict) -> str:
         f"perplexity {summary['ppl_base']:.2f} -> {summary['ppl']:.2f} ({summary['ppl_ratio'] - 1:+.1%}), "
         f"KL {summary['kl_mean']:.4f}, top-1 agreement {summary['top1']:.1%}"
     )
-
-
-def _name_candidate(manifest_path: Path, given: Path, resolved: Path) -> None:
-    """The salvage read its candidate in the hidden build folder; the record names where it is."""
-    manifest = json.loads(manifest_path.read_text())
-    manifest["salvage"]["candidate"].update(source=str(given), path=str(resolved))
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
 
 
 @contextlib.contextmanager

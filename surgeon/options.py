@@ -25,6 +25,7 @@ def option(
     path: str | None = None,
     metavar: str | None = None,
     flag: str | None = None,
+    aliases: tuple[str, ...] = (),
     cli: bool = True,
 ) -> Any:
     """A dataclass field with what the CLI needs to offer it.
@@ -32,8 +33,9 @@ def option(
     help: one sentence, with the unit of any threshold. minimum/maximum: the range a number
     must be in (inclusive); below: an upper bound it must stay under (a fraction < 1).
     path: "file", "dir" or "any" for a value naming an existing path.
-    flag: the option's name when it is not --field-name. cli=False keeps a field out of the
-    CLI (an internal knob such as a cache budget).
+    flag: the option's name when it is not --field-name. aliases: its earlier names, still
+    accepted for one release but not shown in --help (surgeon.cli.options.renamed).
+    cli=False keeps a field out of the CLI (an internal knob such as a cache budget).
     """
     if path is not None and path not in PATH_KINDS:
         raise ValueError(f"path must be one of {PATH_KINDS}")  # a programming error, not input
@@ -45,6 +47,7 @@ def option(
         "path": path,
         "metavar": metavar,
         "flag": flag,
+        "aliases": aliases,
         "cli": cli,
     }
     return dataclasses.field(default=default, metadata=metadata)
@@ -59,3 +62,11 @@ def cli_fields(cls: type) -> list[dataclasses.Field]:
 DEVICE_HELP = "auto, cuda, cuda:N or cpu."
 DTYPE_HELP = "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32."
 TOKENIZER_HELP = "Tokenizer folder (default: BASE's own)."
+# One name for one thing in every command (README, "Options: one vocabulary"): the text a
+# model is measured on and how many of its tokens, in eval as in prune --eval and salvage.
+# a text file, as --calib and --eval-text read it (surgeon.runtime.corpus.read_text_file)
+TEXT_FILE_HELP = (
+    '.jsonl (one {"text": ...} a line) or plain text (a document a line, or paragraphs between blank lines)'
+)
+EVAL_TEXT_HELP = f"Text to measure on: {TEXT_FILE_HELP}; default: the bundled held-out text."
+EVAL_TOKENS_HELP = "Tokens of the text to score, in all."

@@ -121,3 +121,24 @@ def tiny_prune_options(**options):
     from surgeon.prune.engine import PruneOptions
 
     return PruneOptions(**({"calib": str(TINY_CORPUS)} | options))
+
+
+def local_path_leaks(folder: Path, tmp_path: Path) -> dict[str, str]:
+    """Each artifact written under `folder` (manifest JSON, model-card Markdown: what is
+    published beside the weights) that names a path of this machine: the test's tmp folder,
+    the repository (the demo model's folder) or the home folder, as given or resolved, raw
+    or as JSON escapes it. {file: the path it names}."""
+    import os
+
+    places = {str(tmp_path), os.path.realpath(tmp_path), str(ROOT), os.path.realpath(ROOT)}
+    home = os.path.expanduser("~")
+    if home not in ("", "/", "~"):
+        places |= {home, os.path.realpath(home)}
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".md"):
+            text = path.read_text(encoding="utf-8")
+            hits = [p for p in places if p in text or json.dumps(p)[1:-1] in text]
+            if hits:
+                found[str(path.relative_to(folder))] = hits[0]
+    return found

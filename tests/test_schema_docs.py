@@ -40,6 +40,10 @@ NOT_RUN = {
         "calibration.split",
         "calibration.fingerprint",
         "calibration.rows",
+        # written by surgeon before base.kind; still read (verify, salvage), never written
+        "base.path",
+        "salvage.base.path",
+        "salvage.candidate.path",
     },
 }
 SHORT_CANARY = ["--max-new-tokens", "4", "--device", "cpu"]
@@ -149,7 +153,7 @@ def workspace(tmp_path_factory):
 def pruned(workspace):
     """Layers 0-1 of the demo model pruned and measured (--eval): (folder, printed manifest)."""
     out = workspace / "pruned"
-    short = ["--calib-tokens", "512", "--max-tokens", "128"]  # a smaller run, the same keys
+    short = ["--calib-tokens", "512", "--sample-tokens", "128"]  # a smaller run, the same keys
     manifest = run("prune", DEMO_MODEL, "-o", out, "--layers", "0-1", *short, "-q", "--eval", *SHORT_EVAL, "--json")
     return out, manifest
 
@@ -191,7 +195,7 @@ def test_the_canary_page_lists_every_field(workspace, salvaged):
 
 def test_the_verify_page_lists_every_field(pruned):
     reports = [
-        run("verify", pruned[0], "--json"),
+        run("verify", pruned[0], "--base", DEMO_MODEL, "--json"),
         run("verify", DEMO_MODEL, "--json", codes=(1,)),  # no manifest
         run("verify", DEMO_MODEL, "--integrity-only", "--json"),
     ]
@@ -204,8 +208,10 @@ def test_the_inspect_page_lists_every_field():
 
 
 def test_the_eval_page_lists_every_field():
-    short = ["--max-tokens", "96", "--window", "48", "--device", "cpu", "--no-progress"]
-    report = run("eval", DEMO_CANDIDATE, "--base", DEMO_MODEL, "--text", DEMO_TEXT, "--layers", "1-7", *short, "--json")
+    short = ["--eval-tokens", "96", "--window", "48", "--device", "cpu", "--no-progress"]
+    report = run(
+        "eval", DEMO_CANDIDATE, "--base", DEMO_MODEL, "--eval-text", DEMO_TEXT, "--layers", "1-7", *short, "--json"
+    )
     assert report["plan"] == [1, 2, 3, 4, 5, 6, 7]
     assert_matches_page("surgeon.eval/1", [report])
 

@@ -52,7 +52,7 @@ def format_options(func):
 @click.argument("base")
 @click.argument("other")
 @click.option("--base-revision", help="Hub revision of BASE (branch, tag or commit).")
-@click.option("--other-revision", help="Hub revision of OTHER.")
+@click.option("--other-revision", help="Hub revision of OTHER (branch, tag or commit).")
 @download_option
 @format_options
 @click.option("--no-hash", is_flag=True, help="Compare bytes without SHA256 (statuses only, faster).")
@@ -169,7 +169,7 @@ def _render_diff(report, fmt: DiffFormat, verbose: bool, output) -> str:
 
 @click.command()
 @click.argument("checkpoint")
-@click.option("--revision", help="Hub revision (branch, tag or commit).")
+@click.option("--revision", help="Hub revision of CHECKPOINT (branch, tag or commit).")
 @download_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema surgeon.inspect/1).")
 @click.option("-v", "--verbose", is_flag=True, help="List every tensor.")

@@ -11,9 +11,10 @@ from pathlib import Path
 import click
 
 from surgeon.cli.common import console_for, handle_errors, progress_for
-from surgeon.cli.options import build, options_from
+from surgeon.cli.options import base_option, build, options_from, renamed
 from surgeon.errors import SurgeonError
 from surgeon.model.names import parse_layers
+from surgeon.options import EVAL_TEXT_HELP, EVAL_TOKENS_HELP
 from surgeon.quality.options import EvalOptions
 from surgeon.quality.record import attach
 from surgeon.quality.render import render_eval
@@ -21,10 +22,9 @@ from surgeon.quality.render import render_eval
 
 @click.command("eval")
 @click.argument("model")
-@click.option("--base", required=True, help="The model MODEL is compared with (its tokenizer is used).")
-@options_from(EvalOptions, only=["text"], text={"type": click.Path(path_type=Path, dir_okay=False)})
-@click.option("--jsonl", type=click.Path(path_type=Path, dir_okay=False), help='JSON lines, one {"text": ...} each.')
-@options_from(EvalOptions, skip=["text"])
+@base_option("The model MODEL is compared with (its tokenizer is used).")
+@options_from(EvalOptions)
+@renamed("--jsonl", "--eval-text", "jsonl", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option(
     "--layers",
     help="Score BASE with only these layers of MODEL put on it (ranges like 0-3,7), composed in memory: "
@@ -33,7 +33,7 @@ from surgeon.quality.render import render_eval
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.eval/1).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @handle_errors
-def eval_command(model, base, jsonl, layers, as_json, no_progress, **kw) -> None:
+def eval_command(model, base, layers, as_json, no_progress, jsonl=None, **kw) -> None:
     """Score MODEL against BASE on the same text, teacher-forced, one layer at a time.
 
     Reports the perplexity of both, the KL divergence of MODEL's next-token distribution
@@ -44,8 +44,8 @@ def eval_command(model, base, jsonl, layers, as_json, no_progress, **kw) -> None
     from surgeon.quality.evaluate import EvalSession
 
     if kw["text"] is not None and jsonl is not None:
-        raise SurgeonError("--text and --jsonl are exclusive: pick one")
-    if jsonl is not None:
+        raise SurgeonError("--eval-text and --jsonl are exclusive: pick one")
+    if jsonl is not None:  # the old --jsonl FILE: JSON lines whatever the file's suffix
         kw["text"] = jsonl
     options = build(
         EvalOptions,
@@ -65,8 +65,9 @@ def eval_command(model, base, jsonl, layers, as_json, no_progress, **kw) -> None
     render_eval(data, console_for())
 
 
-def quality_options(default_tokens: int):
-    """--eval, --eval-text and --eval-tokens: measure what a command wrote against its base."""
+def quality_options(func):
+    """--eval, --eval-text and --eval-tokens: measure what a command wrote against its base,
+    as `surgeon eval` does, with its options' names, help and default (EvalOptions owns them)."""
     options = [
         click.option(
             "--eval",
@@ -77,23 +78,20 @@ def quality_options(default_tokens: int):
         click.option(
             "--eval-text",
             type=click.Path(path_type=Path, dir_okay=False, exists=True),
-            help="Text to measure on (.txt or .jsonl; default: the bundled held-out text).",
+            help=EVAL_TEXT_HELP,
         ),
         click.option(
             "--eval-tokens",
             type=click.IntRange(2),
-            default=default_tokens,
+            default=EvalOptions().max_tokens,
             show_default=True,
-            help="Tokens of it to score.",
+            help=EVAL_TOKENS_HELP,
         ),
     ]
 
-    def decorate(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def check_eval_text(text: Path | None, measured: bool) -> None:

@@ -3,11 +3,15 @@ a default, a choice list or a help text is written once, on the field the engine
 
 `options_from(PruneOptions)` decorates a command with one option per field; inside the
 command, `build(PruneOptions, kw)` pops those values and gives the dataclass back.
+
+An option that was renamed keeps its old spelling for one release (`renamed`, or a field's
+`aliases`): accepted, hidden from --help, and given to the command under the new name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -70,7 +74,64 @@ def _option(field: dataclasses.Field, hint: Any, extra: dict) -> Callable:
     if field.default == ():  # a tuple of values: the option repeats
         kwargs |= {"multiple": True, "show_default": False}
     kwargs |= extra
-    return click.option(flag, field.name, **kwargs)
+
+    def decorate(func: Callable) -> Callable:
+        for old in meta["aliases"]:
+            func = renamed(old, flag, field.name, type=kwargs.get("type"), multiple=kwargs.get("multiple", False))(func)
+        return click.option(flag, field.name, **kwargs)(func)
+
+    return decorate
+
+
+BASE_METAVAR = "PATH_OR_HUB_ID"  # a folder, a .safetensors file or a Hub id from the local cache
+
+
+def base_option(help: str, *, required: bool = True) -> Callable:
+    """--base, as every command that takes one names it."""
+    return click.option("--base", "base", required=required, metavar=BASE_METAVAR, help=help)
+
+
+_RENAMED = "surgeon.renamed"  # ctx.meta key: {dest: (old flag, new flag, value)} of the old spellings given
+
+
+def renamed(old: str, new: str, dest: str, **kwargs: Any) -> Callable:
+    """A hidden option OLD, the name option NEW (whose value the command takes as `dest`) had
+    until this release: its value goes to `dest` as NEW's would; both at once is a usage error.
+    `kwargs`: click keywords of OLD (its type, callback, ...), as NEW has them."""
+    given = kwargs.pop("callback", None)
+
+    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if given is not None:
+            value = given(ctx, param, value)
+        if value is not None and value != ():  # not given: the new name or its default decides
+            ctx.meta.setdefault(_RENAMED, {})[dest] = (old, new, value)
+        return value
+
+    def decorate(func: Callable) -> Callable:
+        # a name of its own: click keys a value's source by name, and "--max-tokens" would be max_tokens
+        name = f"old_{old.lstrip('-').replace('-', '_')}_for_{dest}"
+        option = click.option(old, name, hidden=True, expose_value=False, default=None, callback=remember, **kwargs)
+        return option(_taking_old_names(func))
+
+    return decorate
+
+
+def _taking_old_names(func: Callable) -> Callable:
+    """FUNC, called with the values given under old names (`renamed`) as the new names'."""
+    if getattr(func, "_takes_old_names", False):
+        return func
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        for dest, (old, new, value) in ctx.meta.pop(_RENAMED, {}).items():
+            if ctx.get_parameter_source(dest) not in (None, click.core.ParameterSource.DEFAULT):
+                raise click.UsageError(f"{old} is the old name of {new}: give one of them", ctx)
+            kwargs[dest] = value
+        return func(*args, **kwargs)
+
+    wrapper._takes_old_names = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _click_type(hint: Any, meta: Mapping[str, Any]) -> Any:

@@ -14,6 +14,7 @@ from rich.text import Text
 from surgeon.cli.common import console_for, handle_errors, progress_for, warn
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
 from surgeon.cli.options import build, options_from
+from surgeon.diff.fold import FoldedName
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.model.families import model_layout
@@ -53,7 +54,7 @@ def _layer_fracs(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[int, floa
 )
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
-@quality_options(default_tokens=8192)
+@quality_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option(
     "-q", "--quiet", is_flag=True, help="Quiet: no progress bar and no table, only the line saying what was written."
@@ -126,7 +127,7 @@ def _layer_table(manifest: dict) -> Table:
         refit = layer["refit"] or {}
         table.add_row(
             str(layer["layer"]),
-            Text(inert(layer["layer_type"] or "")),
+            FoldedName(layer["layer_type"] or ""),
             f"{layer['num_heads']}x{layer['head_dim']}",
             ", ".join(map(str, layer["pruned_heads"])) or "-",
             _fmt(refit.get("rel_residual")),

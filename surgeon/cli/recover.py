@@ -13,7 +13,7 @@ from rich.text import Text
 
 from surgeon.cli.common import EXIT_CANARY_FAILED, console_for, download_option, handle_errors, progress_for, warn
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
-from surgeon.cli.options import build, options_from
+from surgeon.cli.options import base_option, build, options_from
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import fetch_missing, open_checkpoint
 from surgeon.quality.options import EvalOptions
@@ -60,7 +60,7 @@ def render_canary(report, console) -> None:
 
 @click.command()
 @click.argument("model")
-@click.option("--base", "base", required=True, help="The unpruned checkpoint to compare with.")
+@base_option("The unpruned checkpoint to compare with.")
 @click.option("--quant", type=click.Choice(["nf4"]), help="Load through bitsandbytes nf4.")
 @click.option("--no-cache", is_flag=True, help="Recompute the base's outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.canary/2).")
@@ -94,7 +94,7 @@ def canary(model, base, quant, no_cache, as_json, no_progress, **kw) -> None:
 
 @click.command()
 @click.argument("candidate")
-@click.option("--base", "base", required=True, help="The checkpoint the rolled-back layers come from.")
+@base_option("The checkpoint the rolled-back layers come from.")
 @click.option(
     "--keep",
     default=None,
@@ -102,7 +102,7 @@ def canary(model, base, quant, no_cache, as_json, no_progress, **kw) -> None:
 )
 @click.option("--auto", is_flag=True, help="Search the largest set of changed layers that passes the canary.")
 @options_from(QualityBudget)
-@quality_options(default_tokens=4096)
+@quality_options
 @click.option("--keep-non-layer", is_flag=True, help="Also take embeddings, norms and lm_head from the candidate.")
 @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
 @click.option(
@@ -186,7 +186,9 @@ def _say_notes(inputs: dict[str, str]) -> None:
 
 @click.command()
 @click.argument("checkpoint")
-@click.option("--base", "base", help="Base to check the manifest's claims against (default: the recorded one).")
+@base_option(
+    "Base to check the manifest's claims against (default: the recorded one, where it is a Hub id).", required=False
+)
 @click.option(
     "--trust-cache",
     is_flag=True,

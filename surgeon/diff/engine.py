@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from surgeon.diff.bytes import Pair, compare_bytes
 from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
 from surgeon.diff.statuses import FileStatus, ShardStatus, TensorStatus
-from surgeon.format.checkpoint import Checkpoint, side_files
+from surgeon.format.checkpoint import Checkpoint, public_name, side_files
 from surgeon.format.hashcache import HashCache
 from surgeon.format.hashing import bytes_to_hash, default_workers, file_sha256, hash_shards
 from surgeon.format.safetensors import ShardHeader, TensorInfo
@@ -70,6 +70,14 @@ class ShardDiff:
     # Where each sha256 came from: "bytes", "cache" (hashed earlier, same stat key) or
     # "hub-blob-name" (a hub cache blob's name, not hashed: not evidence); None: not hashed.
     sha256_source: list[str | None] = field(default_factory=lambda: [None, None])
+    # OTHER's file where its name is not `name` (BASE's): two single files named on the command
+    # line are one pair whatever their names; None when both sides share the name
+    other_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The shard as a report names it: `a.safetensors → b.safetensors` for a renamed pair."""
+        return self.name if self.other_name is None else f"{self.name} → {self.other_name}"
 
 
 @dataclass
@@ -89,6 +97,7 @@ class SideSummary:
     tensors: int
     shards: int
     bytes: int
+    name: str  # as a model card names it, with no local path (format.checkpoint.public_name)
     ignored: list[str] = field(default_factory=list)  # weight files transformers would not load: not read
     note: str | None = None  # why, in one line (Checkpoint.note)
 
@@ -173,6 +182,7 @@ def _side(ckpt: Checkpoint) -> SideSummary:
         len(ckpt.tensors),
         len(ckpt.shards),
         ckpt.total_bytes,
+        public_name(ckpt),
         list(ckpt.ignored),
         ckpt.note,
     )
@@ -369,13 +379,25 @@ def _o_zero_heads(other: Checkpoint, o_diff: TensorDiff, geometry) -> list[bool]
     return zero_heads(other.shard_path(info.file), info, layout[1])
 
 
+def _shard_pairs(base: Checkpoint, other: Checkpoint) -> list[tuple[str | None, str | None]]:
+    """Which shard file of BASE is compared with which of OTHER: the same name, or None where
+    a side lacks it; two single .safetensors files named on the command line are one pair
+    whatever their names (`diff a.safetensors b.safetensors` compares a with b)."""
+    if base.file is not None and other.file is not None:
+        return [(base.file, other.file)]
+    names = sorted(set(base.shards) | set(other.shards), key=natural_key)
+    return [(n if n in base.shards else None, n if n in other.shards else None) for n in names]
+
+
 def _shard_diffs(base, other, tensors: list[TensorDiff], shard_sha) -> list[ShardDiff]:
     status_of = {t.name: t.status for t in tensors}
     sha_b, sha_o = shard_sha
     result = []
-    for name in sorted(set(base.shards) | set(other.shards), key=natural_key):
-        b, o = base.shards.get(name), other.shards.get(name)
-        found = [sha_b.get(name, (None, None)), sha_o.get(name, (None, None))]
+    for base_name, other_name in _shard_pairs(base, other):
+        name = base_name or other_name or ""  # one of them is set
+        renamed = other_name if base_name is not None and other_name not in (None, base_name) else None
+        b, o = base.shards.get(base_name), other.shards.get(other_name)
+        found = [sha_b.get(base_name, (None, None)), sha_o.get(other_name, (None, None))]
         sha, source = [found[0][0], found[1][0]], [found[0][1], found[1][1]]
         size = [b.file_size if b else None, o.file_size if o else None]
         status: ShardStatus
@@ -393,7 +415,7 @@ def _shard_diffs(base, other, tensors: list[TensorDiff], shard_sha) -> list[Shar
             status = "identical" if sha[0] == sha[1] else "header-only"
         else:
             status = "identical" if not header_diff else "header-only"
-        result.append(ShardDiff(name, status, sha, size, len(o.tensors), differing, header_diff, source))
+        result.append(ShardDiff(name, status, sha, size, len(o.tensors), differing, header_diff, source, renamed))
     return result
 
 
@@ -433,7 +455,10 @@ def _relative(shard: ShardHeader, name: str) -> tuple[int, int]:
 
 
 def _file_diffs(base: Checkpoint, other: Checkpoint) -> list[FileDiff]:
-    """Config, index and tokenizer files: compared by SHA256 (they are small)."""
+    """Config, index and tokenizer files: compared by SHA256 (they are small). None where a
+    side is a single .safetensors file: that compares weights, not the folders they sit in."""
+    if base.file is not None or other.file is not None:
+        return []
     names_b, names_o = side_files(base), side_files(other)  # the rule diff --download also applies
     result = []
     for name in sorted(set(names_b) | set(names_o), key=natural_key):

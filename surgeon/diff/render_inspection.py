@@ -11,13 +11,14 @@ from rich.table import Table
 from rich.text import Text
 
 from surgeon.diff.engine import natural_key
+from surgeon.diff.fold import FoldedName
 from surgeon.diff.inspection import attention_summary
 from surgeon.model.names import layers_cell
 from surgeon.text import inert
 
 
 def _plain(value: object) -> Text:
-    return Text(inert(value))
+    return FoldedName(value)  # inert, and folded between a name's parts in a narrow column
 
 
 def _size(n: float) -> str:

@@ -32,8 +32,8 @@ def render_markdown(report: DiffReport, more: list[str] | None = None) -> str:
     lines = ["## What's actually different from base", ""]
     lines.append(
         f"Verified with a per-tensor {'SHA256' if report.hashed else 'byte'} comparison "
-        f"(`surgeon diff`) of {md_code(report.other.source, table=False)} against "
-        f"{md_code(report.base.source, table=False)}."
+        f"(`surgeon diff`) of {md_code(report.other.name, table=False)} against "
+        f"{md_code(report.base.name, table=False)}."
     )
     lines += ["", "| Tensor | Layers changed | Layers unchanged |", "|---|---|---|"]
     lines += [f"| {label} | {changed} | {unchanged} |" for label, changed, unchanged in _table(report)]
@@ -164,7 +164,7 @@ def _file_verdict(status: str) -> str:
 
 
 def _shard_bullet(shard: ShardDiff, report: DiffReport) -> str:
-    head = f"- {md_code(shard.name, table=False)}: "
+    head = f"- {md_code(shard.label, table=False)}: "
     if shard.status == "identical":
         return head + "byte-identical to the base."
     if shard.status == "header-only":
@@ -183,18 +183,18 @@ def _hash_table(report: DiffReport) -> list[str]:
     if not report.hashed:
         return ["", "No SHA256 was computed (`--no-hash`): the verdicts above come from a byte comparison."]
     rows = []
-    for name, sha, source in [(s.name, s.sha256, s.sha256_source) for s in report.shards] + [
-        (f.name, f.sha256, ["bytes", "bytes"]) for f in report.files
+    for names, sha, source in [((s.name, s.other_name or s.name), s.sha256, s.sha256_source) for s in report.shards] + [
+        ((f.name, f.name), f.sha256, ["bytes", "bytes"]) for f in report.files
     ]:
         if not any(sha):
             continue
-        if sha[0] == sha[1]:
+        if sha[0] == sha[1] and names[0] == names[1]:
             sources = set(source)
-            rows.append(f"| {md_code(name)} | both | {_full(sha[1], sources)} |")
+            rows.append(f"| {md_code(names[1])} | both | {_full(sha[1], sources)} |")
             continue
         for label, side in (("this model", 1), ("base", 0)):
             if sha[side] is not None:  # None: the file is absent there, as its bullet says
-                rows.append(f"| {md_code(name)} | {label} | {_full(sha[side], {source[side]})} |")
+                rows.append(f"| {md_code(names[side])} | {label} | {_full(sha[side], {source[side]})} |")
     return [
         "",
         # HTML of surgeon's own (see the module docstring); the blank lines around the table
@@ -226,12 +226,14 @@ def _blob_name_note(shard: ShardDiff) -> str:
 
 
 def _what_changed(shard: ShardDiff, report: DiffReport) -> str:
-    inside = [t for t in differing(report) if _in_shard(t, shard.name)]
+    inside = [t for t in differing(report) if _in_shard(t, shard)]
     layers = sorted({t.layer for t in inside if t.layer is not None})
     names = sorted({t.family.split(".")[-2] if "." in t.family else t.family for t in inside})
     where = f"L{layer_ranges(layers)} " if layers else ""
     return f"{where}{_names(names)}; {shard.tensors_differing} of {shard.tensors} tensors"
 
 
-def _in_shard(t: TensorDiff, shard: str) -> bool:
-    return any(side is not None and side.shard == shard for side in (t.base, t.other))
+def _in_shard(t: TensorDiff, shard: ShardDiff) -> bool:
+    return (t.base is not None and t.base.shard == shard.name) or (
+        t.other is not None and t.other.shard == (shard.other_name or shard.name)
+    )

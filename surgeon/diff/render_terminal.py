@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from surgeon.diff.engine import DiffReport, TensorDiff
+from surgeon.diff.fold import FoldedName
 from surgeon.diff.report import differing, experts_note, shown_family_rows, summary_line
 from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.model.names import layers_cell
@@ -67,8 +68,9 @@ def _status(status: str) -> Text:
 
 
 def _plain(value: object) -> Text:
-    """A string from a file, as a table cell: shown as it is, never as markup."""
-    return Text(inert(value))
+    """A string from a file, as a table cell: shown as it is, never as markup, and folded
+    between its parts (`model-00001-of-00002.` / `safetensors`) where the column is narrow."""
+    return FoldedName(value)
 
 
 def _families_table(report: DiffReport, width: int = WIDE) -> Table:
@@ -111,7 +113,7 @@ def _shards_table(report: DiffReport, wide: bool = True) -> Table:
     """One row per shard file. Narrow, the header differences go under the table (see
     _header_lines), so that the shard's name keeps room to be read."""
     table = Table(title="Shard files", title_justify="left")
-    table.add_column("shard", **NAME, min_width=min(20, max((len(s.name) for s in report.shards), default=5)))
+    table.add_column("shard", **NAME, min_width=min(20, max((len(s.label) for s in report.shards), default=5)))
     table.add_column("status", **STATUS)
     table.add_column("base sha256", **HASH)
     table.add_column("other sha256", **HASH)
@@ -121,7 +123,7 @@ def _shards_table(report: DiffReport, wide: bool = True) -> Table:
     for s in report.shards:
         header = [_plain("; ".join(s.header_differences))] if wide else []
         table.add_row(
-            _plain(s.name),
+            _plain(s.label),
             _status(s.status),
             _short(s.sha256[0]),
             _short(s.sha256[1]),
@@ -133,7 +135,7 @@ def _shards_table(report: DiffReport, wide: bool = True) -> Table:
 
 def _header_lines(report: DiffReport) -> list[Text]:
     """`shard: header difference`, one line per shard whose header differs (narrow terminals)."""
-    return [_plain(f"{s.name}: {'; '.join(s.header_differences)}") for s in report.shards if s.header_differences]
+    return [_plain(f"{s.label}: {'; '.join(s.header_differences)}") for s in report.shards if s.header_differences]
 
 
 def _files_table(report: DiffReport) -> Table:

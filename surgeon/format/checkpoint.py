@@ -44,6 +44,7 @@ from surgeon.format.hub import (
     fetch_remote,
     progress_bars,
     resolve_hub_repo,
+    snapshot_of,
 )
 from surgeon.format.safetensors import ShardHeader, TensorInfo, read_header
 from surgeon.jsonfile import read_json_file, read_json_object
@@ -67,6 +68,7 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)  # the index's "metadata" block
     ignored: list[str] = field(default_factory=list)  # weight files here that transformers would not load
     note: str | None = None  # why they are not read, one line, when there are any
+    file: str | None = None  # the single .safetensors file named, None for a folder or Hub id
 
     def shard_path(self, name: str) -> Path:
         return self.root / name
@@ -96,7 +98,27 @@ def open_checkpoint(spec: str | os.PathLike, revision: str | None = None, *, dow
         metadata=weights.metadata,
         ignored=weights.ignored,
         note=weights.note,
+        file=only_file,
     )
+
+
+def source_record(ckpt: Checkpoint) -> dict:
+    """How a manifest names `ckpt`, with no path of this machine in it (a manifest is
+    published beside the weights): a Hugging Face cache snapshot (a Hub id given, or its
+    folder) as its repo id and commit, a folder or a single .safetensors file by its name.
+    The shard hashes recorded beside this say which bytes were read."""
+    hub = snapshot_of(ckpt.root)
+    if hub is not None:
+        return {"source": hub[0], "kind": "hub", "revision": hub[1]}
+    if ckpt.file is not None:
+        return {"source": ckpt.file, "kind": "file", "revision": None}
+    return {"source": ckpt.root.name or ckpt.root.anchor, "kind": "folder", "revision": None}
+
+
+def public_name(ckpt: Checkpoint) -> str:
+    """`ckpt` as a model card names it: `org/name@commit`, or the folder's or file's name."""
+    record = source_record(ckpt)
+    return f"{record['source']}@{record['revision']}" if record["kind"] == "hub" else record["source"]
 
 
 def open_pair(
@@ -364,8 +386,11 @@ def _unplaceable(names: list[str]) -> str | None:
 
 def side_files(ckpt: Checkpoint) -> set[str]:
     """The files besides the weights that a diff compares: every regular, not hidden file of
-    the folder up to SIDE_FILE_LIMIT (config, index, tokenizer); none beside a lone
-    .safetensors file, whose folder is no checkpoint (one whose index is ignored is one)."""
+    the folder up to SIDE_FILE_LIMIT (config, index, tokenizer); none for a .safetensors file
+    named alone (its folder's files are not what was asked about) or beside a lone one, whose
+    folder is no checkpoint (one whose index is ignored is one)."""
+    if ckpt.file is not None:
+        return set()
     lone = len(ckpt.shards) == 1 and ckpt.index_name is None and not ckpt.ignored
     if lone and not (ckpt.root / "config.json").exists():
         return set()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -294,6 +295,30 @@ def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     # index alone, as get_safetensors_metadata's hf_hub_download leaves it, or a config), which
     # would otherwise pass for the cached repo and never be downloaded
     return folder if any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir()) else None
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def is_commit(value: object) -> bool:
+    """A full commit hash, as a snapshot folder is named (never a branch or a path)."""
+    return isinstance(value, str) and _COMMIT.fullmatch(value) is not None
+
+
+def snapshot_of(folder: Path) -> tuple[str, str] | None:
+    """(repo id, commit) when `folder` is a snapshot of a Hugging Face cache,
+    `models--org--name/snapshots/<commit>`, else None. By the folder's shape alone (no
+    huggingface_hub, no network): it names a record, and the hashes recorded beside the
+    name say which bytes were read. The Hub refuses `--` in a repo id, so the folder's name
+    splits back into the id as huggingface_hub's repo_folder_name joined it."""
+    snapshots = folder.parent
+    repo = snapshots.parent.name
+    if snapshots.name != "snapshots" or not repo.startswith("models--") or not is_commit(folder.name):
+        return None
+    parts = repo.split("--")[1:]
+    if not parts or not all(parts):
+        return None
+    return "/".join(parts), folder.name
 
 
 def cache_reuse(remote: RemoteCheckpoint, names: list[str]) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any, TypedDict
 from surgeon import __version__
 from surgeon.errors import SurgeonError
 from surgeon.format.hashcache import is_sha256
+from surgeon.format.hub import snapshot_of
 from surgeon.format.writer import MANIFEST_NAME  # noqa: F401  (re-exported: the file's name, owned by the writer)
 from surgeon.jsonfile import read_json_file
 from surgeon.text import layer_ranges
@@ -32,10 +33,11 @@ class ToolRecord(TypedDict):
 
 
 class BaseRecord(TypedDict, total=False):
-    source: str  # as the user named it (folder, file or Hub id)
-    path: str  # the folder read
-    revision: str | None  # prune only: the Hub revision
+    source: str  # a Hub repo id, else the folder's or file's name (never a path)
+    kind: str  # "hub", "folder" or "file" (format.checkpoint.source_record)
+    revision: str | None  # "hub": the commit of the snapshot read; else None
     shards: dict[str, str]  # base shard file -> SHA256, from the same read
+    path: str  # older manifests only: the folder read, a path of the machine that wrote it
 
 
 class WrittenRecord(TypedDict):
@@ -91,6 +93,33 @@ def written_record(report, layer_of: Callable[[str], int | None]) -> WrittenReco
         "copied_shards": report.copied_shards,
         "files": report.files,
     }
+
+
+def portable_record(record: dict) -> dict:
+    """A base or candidate record of an older manifest (`source` as the user typed it, `path`
+    the folder it resolved to) in today's form (format.checkpoint.source_record): a Hub
+    snapshot by repo id and commit, anything else by its name; the hashes stay."""
+    if "kind" in record or not isinstance(record.get("path", record.get("source")), str):
+        return record
+    folder = Path(record.get("path") or record["source"])
+    kept = {key: value for key, value in record.items() if key not in ("source", "path", "revision")}
+    hub = snapshot_of(folder)
+    if hub is not None:
+        return {"source": hub[0], "kind": "hub", "revision": hub[1], **kept}
+    kind = "file" if folder.suffix == ".safetensors" else "folder"
+    return {"source": folder.name or str(folder), "kind": kind, "revision": None, **kept}
+
+
+def portable_prune_record(manifest: dict) -> dict:
+    """A candidate's surgeon manifest as salvage carries it forward: with no local path in
+    its base record or tokenizer option (an older surgeon recorded them as given)."""
+    out = dict(manifest)
+    if isinstance(out.get("base"), dict):
+        out["base"] = portable_record(out["base"])
+    options = out.get("options")
+    if isinstance(options, dict) and isinstance(options.get("tokenizer"), str):
+        out["options"] = options | {"tokenizer": Path(options["tokenizer"]).name}
+    return out
 
 
 def is_surgeon_manifest(manifest: object) -> bool:
@@ -166,7 +195,7 @@ def _check_shape(m: dict) -> None:
             continue
         if not isinstance(record, dict):
             _bad(where, record, "an object")
-        for key in ("source", "path"):
+        for key in ("source", "path", "kind", "revision"):
             if record.get(key) is not None and not isinstance(record[key], str):
                 _bad(f"{where}.{key}", record[key], "a string")
         _sha_map(record, "shards", f"{where}.shards", required=False)

@@ -26,7 +26,7 @@ import torch
 from surgeon import __version__
 from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import Checkpoint, open_checkpoint
+from surgeon.format.checkpoint import Checkpoint, open_checkpoint, source_record
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
 from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_path, write_checkpoint
@@ -162,8 +162,8 @@ class _Run:
             sequences, pad_id = self._calibration(tokenizer_path)
             workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
             message = workdir.open()
-            if message:
-                self.messages.append(message)
+            if message:  # recorded with the folder's name: the manifest names no path of this machine
+                self.messages.append(message.replace(str(workdir_path), Path(workdir_path).name, 1))
             if self.ckpt.note:  # the base is read as transformers loads it, not through its index
                 self._warn(self.ckpt.note)
             stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
@@ -459,13 +459,14 @@ class _Run:
             "schema": SCHEMA,
             "tool": tool_record(),
             "created": created_now(),
-            "base": {
-                "source": self.ckpt.source,
-                "path": str(self.ckpt.root),
-                "revision": self.ckpt.revision,
-                "shards": report.base_shards,
-            },
-            "options": dict(asdict(self.options), calib=self.options.calib and self.calibration["source"]),
+            # named by Hub id and commit, or by its folder's name and its hashes: a manifest is
+            # published beside the weights, and a path of this machine means nothing there
+            "base": {**source_record(self.ckpt), "shards": report.base_shards},
+            "options": dict(
+                asdict(self.options),
+                calib=self.options.calib and self.calibration["source"],
+                tokenizer=self.options.tokenizer and Path(self.options.tokenizer).name,
+            ),
             "device": str(self.device),
             "compute_dtype": str(self.dtype).replace("torch.", ""),
             "calibration": self.calibration,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from surgeon.errors import SurgeonError
-from surgeon.options import DEVICE_HELP, DTYPE_HELP, TOKENIZER_HELP, option
+from surgeon.options import DEVICE_HELP, DTYPE_HELP, TEXT_FILE_HELP, TOKENIZER_HELP, option
 
 Importance = Literal["recon", "norm", "loo-nll"]
 Heal = Literal["lstsq", "none"]
@@ -45,7 +45,9 @@ class PruneOptions:
     )
     propagate: Propagate = option("pruned", "Feed each layer the pruned stream (pruned) or the unpruned one (base).")
     calib: str | None = option(
-        None, "Calibration text (.txt or .jsonl); default: the bundled corpus (60k tokens of varied text).", path="file"
+        None,
+        f"Calibration text: {TEXT_FILE_HELP}; default: the bundled corpus (60k tokens of varied text).",
+        path="file",
     )
     calib_dataset: str | None = option(
         None,
@@ -55,8 +57,14 @@ class PruneOptions:
     calib_tokens: int | None = option(
         None, "Calibration tokens [default: 8 per column of the widest pruned layer, at least 8192].", minimum=2
     )
+    # --sample-tokens: eval's --max-tokens meant tokens in all, this one tokens per sample; the
+    # field keeps its name, the manifest's options.max_tokens
     max_tokens: int = option(
-        512, "Tokens per calibration sample; longer texts are cut into several.", minimum=2
+        512,
+        "Tokens per calibration sample; longer texts are cut into several.",
+        minimum=2,
+        flag="--sample-tokens",
+        aliases=("--max-tokens",),
     )  # long enough for attention to look far back
     calib_samples: int | None = option(None, "Use only the first N texts.", minimum=1)
     batch_size: int = option(8, "Calibration samples per forward pass.", minimum=1)
@@ -74,7 +82,7 @@ class PruneOptions:
             (self.propagate in PROPAGATE, f"propagate must be one of {', '.join(PROPAGATE)}"),
             (self.importance_quant in (None, "nf4"), "the importance quantisation must be nf4"),
             (self.ridge_rel >= 0, "the relative ridge must be >= 0"),
-            (self.max_tokens >= 2 and self.batch_size >= 1, "max tokens must be >= 2 and the batch size >= 1"),
+            (self.max_tokens >= 2 and self.batch_size >= 1, "tokens per sample must be >= 2 and the batch size >= 1"),
             (self.calib_tokens is None or self.calib_tokens >= 2, "the calibration token budget must be >= 2"),
             (not (self.calib and self.calib_dataset), "give a calibration file or a dataset, not both"),
         ]

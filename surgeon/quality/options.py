@@ -6,19 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from surgeon.errors import SurgeonError
-from surgeon.options import DEVICE_HELP, DTYPE_HELP, TOKENIZER_HELP, option
+from surgeon.options import DEVICE_HELP, DTYPE_HELP, EVAL_TEXT_HELP, EVAL_TOKENS_HELP, TOKENIZER_HELP, option
 
 TEXT_FORMATS = ("auto", "text", "jsonl")
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    text: str | None = option(
-        None, "Text to score, documents separated by blank lines (default: the bundled held-out text).", path="file"
-    )
+    # the CLI's --eval-text and --eval-tokens, as in prune --eval and salvage (the field names
+    # stay: they are the keys of the report's `options`); --text and --max-tokens were eval's own
+    text: str | None = option(None, EVAL_TEXT_HELP, path="file", flag="--eval-text", aliases=("--text",))
     text_format: str = option("auto", "auto (a .jsonl suffix means JSON lines), text or jsonl.", cli=False)
     window: int = option(512, "Tokens per window.", minimum=2)
-    max_tokens: int = option(8192, "Tokens scored in all.", minimum=2)
+    max_tokens: int = option(8192, EVAL_TOKENS_HELP, minimum=2, flag="--eval-tokens", aliases=("--max-tokens",))
     batch_size: int = option(4, "Windows per forward pass.", minimum=1)
     device: str = option("auto", DEVICE_HELP)
     dtype: str = option("auto", DTYPE_HELP)

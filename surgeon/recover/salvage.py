@@ -15,10 +15,18 @@ from pathlib import Path
 
 from surgeon.atomic import write_text_atomic
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import Checkpoint, open_checkpoint
+from surgeon.format.checkpoint import Checkpoint, open_checkpoint, source_record
 from surgeon.format.hashcache import HashCache, hash_cache_dir
 from surgeon.format.hashing import bytes_to_hash, hash_shards
-from surgeon.format.manifest import SCHEMA, created_now, is_surgeon_manifest, read_manifest, tool_record, written_record
+from surgeon.format.manifest import (
+    SCHEMA,
+    created_now,
+    is_surgeon_manifest,
+    portable_prune_record,
+    read_manifest,
+    tool_record,
+    written_record,
+)
 from surgeon.format.writer import MANIFEST_NAME, TensorSource, WriteReport, check_output_path, write_checkpoint
 from surgeon.model.names import LayerSelection, parse_layer_spec, parse_name
 from surgeon.options import option
@@ -206,7 +214,7 @@ def _candidate_manifest(candidate: Checkpoint) -> dict:
     previous = read_manifest(candidate.root / MANIFEST_NAME)
     if previous is None:
         return {}
-    return previous if is_surgeon_manifest(previous) else {"candidate_manifest": previous}
+    return portable_prune_record(previous) if is_surgeon_manifest(previous) else {"candidate_manifest": previous}
 
 
 def _input_hashes(base: Checkpoint, candidate: Checkpoint, cancel, progress) -> dict:
@@ -243,8 +251,9 @@ def _manifest(
         "keep_non_layer": keep_non_layer,  # verify fails on a non-layer change when this is false
         # only layers the candidate really changed and salvage put back to the base's bytes
         "rolled_back_layers": sorted(_changed_layers(base, candidate, hashes) - set(keep)),
-        "base": {"source": base.source, "path": str(base.root), "shards": report.base_shards},
-        "candidate": {"source": candidate.source, "path": str(candidate.root), "shards": candidate_shards},
+        # named by Hub id and commit, or by name, with their hashes: no path of this machine
+        "base": {**source_record(base), "shards": report.base_shards},
+        "candidate": {**source_record(candidate), "shards": candidate_shards},
         "canary_before": canary_before,
         "auto": [vars(step) for step in auto_steps] if auto_steps is not None else None,
     }

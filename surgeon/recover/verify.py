@@ -38,6 +38,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, refusal
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
+from surgeon.format.hub import cached_snapshot, is_commit
 from surgeon.format.manifest import MANIFEST_NAME, is_surgeon_manifest, read_manifest
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layers_phrase
@@ -241,6 +242,9 @@ def _open_base(base, record: dict, unchecked: list[str]) -> tuple[Checkpoint | N
     unchecked, it is not verified), or a foreign one's notes (which fail on their own)."""
     if base is not None:
         return open_checkpoint(base), str(base)
+    if record.get("kind") is not None:
+        return _open_recorded(record, unchecked)
+    # an older manifest: the base as the user named it, and the folder it resolved to
     path, source = record.get("path"), record.get("source")
     spec = path if path and Path(path).is_dir() else source
     if not spec:
@@ -249,6 +253,29 @@ def _open_base(base, record: dict, unchecked: list[str]) -> tuple[Checkpoint | N
     try:
         revision = record.get("revision")  # a recorded Hub id resolves from the local cache only
         return open_checkpoint(spec, revision if isinstance(revision, str) else None), spec
+    except SurgeonError as exc:
+        unchecked.append(f"the recorded base cannot be opened ({exc}): {_NOT_CHECKED}")
+        return None, None
+
+
+def _open_recorded(record: dict, unchecked: list[str]) -> tuple[Checkpoint | None, str | None]:
+    """The base a manifest names by Hub id and commit, from the local Hugging Face cache
+    (never downloaded, never a local folder that happens to share the id's name); a base
+    named by its folder's name alone is not looked for: only --base says where it is."""
+    source, revision = record.get("source"), record.get("revision")
+    if record.get("kind") != "hub" or not source:
+        unchecked.append(
+            f"the base is recorded by its name ({source}) and its shard hashes, not by where it is: {_NOT_CHECKED}"
+        )
+        return None, None
+    spec = f"{source}@{revision}" if revision else source
+    try:
+        if revision is not None and not is_commit(revision):  # surgeon records the commit it read, nothing else
+            raise SurgeonError(f"{source}: the recorded revision is not a commit hash")
+        folder = cached_snapshot(source, revision)
+        if folder is None:
+            raise SurgeonError(f"{spec}: not in the local Hugging Face cache")
+        return open_checkpoint(folder), spec
     except SurgeonError as exc:
         unchecked.append(f"the recorded base cannot be opened ({exc}): {_NOT_CHECKED}")
         return None, None

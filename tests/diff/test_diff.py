@@ -255,3 +255,44 @@ def test_side_files_can_be_left_to_the_caller(tmp_path):
         "model.safetensors.index.json",
     ]
     assert diff_checkpoints(base, pruned, DiffOptions(files=False)).files == []
+
+
+def test_two_single_files_are_one_pair_whatever_their_names(tmp_path):
+    """`diff a.safetensors b.safetensors` compares a with b: one shard, not one added and one
+    removed; and not the files of the folders they sit in (a config beside each differs)."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+    from surgeon.diff.render_markdown import render_markdown
+    from surgeon.diff.report import summary_line
+
+    shard = "model-00001-of-00002.safetensors"
+    for side, source in (("a", BASE), ("b", PRUNED)):
+        (tmp_path / side).mkdir()
+        shutil.copy(source / shard, tmp_path / side / f"{side}.safetensors")
+        (tmp_path / side / "config.json").write_text(json.dumps({"side": side}))
+    a, b = tmp_path / "a" / "a.safetensors", tmp_path / "b" / "b.safetensors"
+    report = run(a, b)
+    assert [(s.name, s.other_name, s.status) for s in report.shards] == [("a.safetensors", "b.safetensors", "changed")]
+    assert report.files == [] and report.shards[0].tensors_differing == 8
+    assert summary_line(report).endswith("shards: 1 changed of 1")
+    card = render_markdown(report)
+    assert "- `a.safetensors → b.safetensors`: differs (L0-3 `o_proj`, `q_proj`; 8 of 57 tensors)." in card
+    assert f"| `b.safetensors` | this model | `{report.shards[0].sha256[1]}` |" in card
+    assert f"| `a.safetensors` | base | `{report.shards[0].sha256[0]}` |" in card
+    shutil.copy(a, tmp_path / "b" / "same.safetensors")  # the same bytes under another name: identical
+    same = CliRunner().invoke(main, ["diff", str(a), str(tmp_path / "b" / "same.safetensors"), "--json"])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["shards"][0] | {"sha256": None, "size": None, "sha256_source": None} == {
+        "name": "a.safetensors",
+        "other_name": "same.safetensors",
+        "status": "identical",
+        "sha256": None,
+        "size": None,
+        "tensors": 57,
+        "tensors_differing": 0,
+        "header_differences": [],
+        "sha256_source": None,
+    }
+    folder_and_file = run(BASE, b)  # a side that is a file: no side files compared either
+    assert folder_and_file.files == []

@@ -71,3 +71,61 @@ def test_a_narrow_family_table_gives_the_family_room_and_cuts_nothing(tmp_path):
     wide = io.StringIO()
     render_terminal(report, Console(file=wide, width=120, highlight=False))
     assert "layers unchanged" in wide.getvalue()
+
+
+def folded_names(text: str, title: str, names: list[str]) -> list[list[str]]:
+    """The lines each of `names` takes in the first column of the table under `title`."""
+    block = text.split(title, 1)[1].split("└", 1)[0]
+    lines_of_cells = (line.split("│")[1].strip() for line in block.splitlines() if line.startswith("│"))
+    cells = (cell for cell in lines_of_cells if cell)  # a row taller than its name pads it with blank lines
+    found = []
+    for name in names:
+        lines = [next(cells)]
+        while "".join(lines) != name:
+            assert name.startswith("".join(lines)), (name, lines)
+            lines.append(next(cells))
+        found.append(lines)
+    return found
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_names_fold_between_their_parts(width):
+    """A name folds after a `.`, `-` or `_`, not inside a word: `model-00001-of-00002.` /
+    `safetensors`, where rich cut `model-00001-of-00002.sa` / `fetensors` at 80 columns;
+    `o_proj` stays whole after `self_attn.`. Copied from the terminal, each line is a piece
+    of the name and nothing else (no zero-width character added)."""
+    text, report = rendered(width)
+    tables = {
+        "Shard files": [s.name for s in report.shards],
+        "Tensors that differ": [t.name for t in differing(report)],
+        "Tensor families by layer": [row.family for row in shown_family_rows(report)],
+    }
+    folds = 0
+    for title, names in tables.items():
+        for lines in folded_names(text, title, names):
+            assert all(line[-1] in ".-_" for line in lines[:-1]), (title, lines)
+            folds += len(lines) - 1
+    assert "\u200b" not in text and "\u00ad" not in text
+    if width == 80:  # the folds this is about happen here
+        assert folds and ["model-00001-of-00002.", "safetensors"] in folded_names(
+            text, "Shard files", tables["Shard files"]
+        )
+        tensors = folded_names(text, "Tensors that differ", tables["Tensors that differ"])
+        assert ["model.layers.0.self_attn.", "o_proj.weight"] in tensors
+
+
+def test_a_word_wider_than_the_column_still_folds_whole():
+    """No separator in reach: the name folds inside the word, and every character is kept."""
+    from rich.table import Table
+
+    from surgeon.diff.fold import FoldedName
+
+    name = "x" * 30 + ".weight_of_" + "y" * 25
+    table = Table()
+    table.add_column("tensor", overflow="fold")
+    table.add_row(FoldedName(name))
+    buffer = io.StringIO()
+    Console(file=buffer, width=24, highlight=False).print(table)
+    lines = [line.split("│")[1].strip() for line in buffer.getvalue().splitlines() if line.startswith("│")]
+    assert max(map(len, buffer.getvalue().splitlines())) <= 24  # a 20-character column
+    assert lines == ["x" * 20, "x" * 10 + ".weight_", "of_", "y" * 20, "y" * 5]

@@ -246,7 +246,7 @@ def test_a_tampered_hub_blob_is_caught_by_verify_and_not_shown_as_evidence(hub, 
 
 def test_verify_reads_the_bytes_not_a_warm_cache(salvaged, tmp_path):
     cache = tmp_path / "surgeon-cache"
-    assert verify(salvaged, cache_dir=cache, trust_cache=True).ok  # warms the cache
+    assert verify(salvaged, TRAINED, cache_dir=cache, trust_cache=True).ok  # warms the cache
     assert invoke("diff", TRAINED, salvaged, "--quiet", "--cache-dir", cache).exit_code == 1
     tensors = hash_shards(list(open_checkpoint(salvaged).shards.values()), HashCache(cache))
     truth = tensors[os.path.realpath(salvaged / SHARD2)]
@@ -255,14 +255,14 @@ def test_verify_reads_the_bytes_not_a_warm_cache(salvaged, tmp_path):
     store = HashCache(cache)
     store.store_file(FileIdentity.of(salvaged / SHARD2), truth.file_sha256)
     store.store_tensors(truth.file_sha256, truth.tensors)
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1 and lines_of(result)[-1].startswith("not verified")
     assert f"shard {SHARD2}: SHA256" in result.output
-    assert verify(salvaged, cache_dir=cache, trust_cache=True).ok  # what --trust-cache opts into
+    assert verify(salvaged, TRAINED, cache_dir=cache, trust_cache=True).ok  # what --trust-cache opts into
 
 
 def test_trust_cache_is_an_explicit_flag(salvaged):
-    result = invoke("verify", salvaged, "--trust-cache")
+    result = invoke("verify", salvaged, "--base", TRAINED, "--trust-cache")
     assert result.exit_code == 0 and "cache trusted" in result.output
 
 
@@ -296,7 +296,7 @@ def test_manifest_hashes_are_of_the_output_bytes(candidate, tmp_path, monkeypatc
     assert manifest["salvage"]["base"]["shards"][SHARD2] == sha(TRAINED / SHARD2)
     on_disk = {p.name: sha(p) for p in out.iterdir() if p.suffix != ".safetensors" and p.name != MANIFEST}
     assert written["files"] == on_disk and "config.json" in on_disk and "tokenizer.json" in on_disk
-    assert verify(out).ok
+    assert verify(out, TRAINED).ok
 
 
 # ---------- 3. side files, unknown files, remote code ----------
@@ -307,11 +307,11 @@ def edit_json(path: Path, **changes) -> None:
 
 
 def test_side_file_attacks_fail(salvaged):
-    assert verify(salvaged).ok
+    assert verify(salvaged, TRAINED).ok
     (salvaged / "tokenizer.json").write_bytes((salvaged / "tokenizer.json").read_bytes() + b" ")
     edit_json(salvaged / "config.json", auto_map={"AutoModelForCausalLM": "modeling_evil.EvilModel"})
     (salvaged / "modeling_evil.py").write_text("import os\n")
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1
     fails = [line for line in lines_of(result) if line.startswith("FAIL")]
     assert any("tokenizer.json" in line and "does not match" in line for line in fails)
@@ -323,17 +323,17 @@ def test_side_file_attacks_fail(salvaged):
 
 def test_edited_generation_config_fails(salvaged):
     edit_json(salvaged / "generation_config.json", temperature=9.0)
-    problems = verify(salvaged).discrepancies
+    problems = verify(salvaged, TRAINED).discrepancies
     assert any(p.startswith("file generation_config.json: SHA256") for p in problems)
 
 
 def test_unknown_files_are_reported(salvaged):
     (salvaged / "README.md").write_text("# my model\n")
-    report = verify(salvaged)
+    report = verify(salvaged, TRAINED)
     assert report.ok and any("README.md" in n for n in report.notes)
     (salvaged / "chat_template.jinja").write_text("{{ evil }}")  # a loader would read it
     (salvaged / "extra").mkdir()
-    report = verify(salvaged)
+    report = verify(salvaged, TRAINED)
     assert not report.ok
     assert any(d.startswith("file chat_template.jinja: not in the manifest") for d in report.discrepancies)
     assert any("extra/" in n for n in report.notes)
@@ -343,7 +343,7 @@ def test_python_in_a_subfolder_and_auto_map_in_tokenizer_config_fail(salvaged):
     (salvaged / "extra").mkdir()
     (salvaged / "extra" / "hook.py").write_text("")
     edit_json(salvaged / "tokenizer_config.json", auto_map={"AutoTokenizer": ["tok.T", None]})
-    problems = verify(salvaged).discrepancies
+    problems = verify(salvaged, TRAINED).discrepancies
     assert any("extra/hook.py" in p and "remote code" in p for p in problems)
     assert any("tokenizer_config.json" in p and "auto_map" in p for p in problems)
 
@@ -387,7 +387,8 @@ def test_ok_lines_are_only_checks_that_held(salvaged, tmp_path):
     0), unless --integrity-only asks for the files alone."""
     moved = tmp_path / "elsewhere"
     manifest = json.loads((salvaged / MANIFEST).read_text())
-    manifest["salvage"]["base"] |= {"path": str(moved), "source": str(moved)}  # a base that is gone
+    shards = manifest["salvage"]["base"]["shards"]  # recorded as an older surgeon did, at a folder now gone
+    manifest["salvage"]["base"] = {"path": str(moved), "source": str(moved), "shards": shards}
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
     result = invoke("verify", salvaged)
     assert result.exit_code == 1
@@ -420,7 +421,7 @@ def test_a_manifest_with_no_hash_fails(salvaged):
     manifest = json.loads((salvaged / MANIFEST).read_text())
     manifest["written"] |= {"shards": {}, "tensors": {}}
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1
     assert "0 shard" not in result.output
     assert "records no shard SHA256" in result.output
@@ -443,7 +444,7 @@ def test_recorded_base_hashes_come_from_a_prune_too(tmp_path):
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["base"]["shards"] == {SHARD1: sha(TRAINED / SHARD1), SHARD2: sha(TRAINED / SHARD2)}
     assert set(manifest["written"]["files"]) >= {"config.json", "tokenizer.json", "model.safetensors.index.json"}
-    assert verify(out).ok
+    assert verify(out, TRAINED).ok
     assert "0 of 2 shard hashes match" in verify(out, BASE).discrepancies[0]
 
 
@@ -491,7 +492,7 @@ def malformed(manifest_file: Path, variant) -> None:
 @pytest.mark.parametrize("what", sorted(MALFORMED))
 def test_malformed_manifest_is_one_line(salvaged, what):
     malformed(salvaged / MANIFEST, MALFORMED[what])
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 2, (what, result.output)
     assert len(lines_of(result)) == 1 and "Traceback" not in result.output
     assert f"{MANIFEST}: manifest is malformed (" in result.output
@@ -500,14 +501,14 @@ def test_malformed_manifest_is_one_line(salvaged, what):
 @pytest.mark.parametrize("text", ["{", "[" * 100_000, '{"schema": "surgeon.x", "written": ' + "[" * 50_000])
 def test_manifest_that_is_not_json_is_one_line(salvaged, text):
     (salvaged / MANIFEST).write_text(text)
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 2 and len(lines_of(result)) == 1 and "not valid JSON" in result.output
 
 
 def test_manifest_that_is_a_fifo_is_one_line(salvaged):
     (salvaged / MANIFEST).unlink()
     os.mkfifo(salvaged / MANIFEST)
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 2 and "not a regular file" in result.output
 
 
@@ -571,7 +572,7 @@ def test_a_foreign_candidate_manifest_is_kept_as_a_record(candidate, tmp_path):
     _, manifest = salvage(foreign, TRAINED, [0, 1], tmp_path / "out")
     assert manifest["candidate_manifest"] == {"pruned_layers": [[0, "x"]], "prune_mode": "mask"}
     assert "pruned_layers" not in manifest and manifest["schema"].startswith("surgeon.")
-    assert verify(tmp_path / "out").ok
+    assert verify(tmp_path / "out", TRAINED).ok
 
 
 def test_markdown_evidence_is_hashed_from_the_bytes_not_a_poisoned_cache(tmp_path):
@@ -607,7 +608,7 @@ def test_the_salvage_record_must_agree_with_the_weights(salvaged, edit):
         else:
             manifest["salvage"][key] = value
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1 and lines_of(result)[-1].startswith("not verified"), result.output
     assert any("salvage record" in line for line in lines_of(result) if line.startswith("FAIL"))
 
@@ -616,7 +617,7 @@ def test_a_manifest_without_base_hashes_is_not_verified(salvaged):
     manifest = json.loads((salvaged / MANIFEST).read_text())
     manifest["salvage"]["base"]["shards"] = {}
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1 and any("records no base shard hashes" in line for line in lines_of(result))
 
 
@@ -624,7 +625,7 @@ def test_auto_map_in_a_subfolders_config_fails(salvaged):
     """transformers loads `sub/config.json` with subfolder="sub": its auto_map is remote code too."""
     (salvaged / "sub").mkdir()
     (salvaged / "sub" / "config.json").write_text('{"nested": {"auto_map": {"AutoModel": "evil.M"}}}')
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1
     assert any("sub/config.json" in line and "auto_map" in line for line in lines_of(result) if "FAIL" in line)
     assert not any(line.startswith("ok   no remote code") for line in lines_of(result))
@@ -657,7 +658,7 @@ def test_a_manifest_with_no_base_record_is_not_verified(salvaged):
     del manifest["salvage"]
     manifest.pop("base", None)
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1 and any("records no base shard hashes" in line for line in lines_of(result))
 
 
@@ -670,7 +671,7 @@ def test_the_salvage_record_names_only_layers_the_model_has(salvaged, edit):
     manifest = json.loads((salvaged / MANIFEST).read_text())
     manifest["salvage"].update(edit)
     (salvaged / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", salvaged)
+    result = invoke("verify", salvaged, "--base", TRAINED)
     assert result.exit_code == 1 and any("salvage record names" in line for line in lines_of(result))
 
 
@@ -679,10 +680,10 @@ def test_a_non_layer_change_needs_keep_non_layer(tmp_path):
     changed = make_variant(tmp_path / "cand", src=TRAINED, replace={norm: read_tensor(TRAINED, norm) * 1.5})
     _, manifest = salvage(changed, TRAINED, [0], tmp_path / "out", keep_non_layer=True)
     assert manifest["salvage"]["keep_non_layer"] is True
-    assert invoke("verify", tmp_path / "out").exit_code == 0
+    assert invoke("verify", tmp_path / "out", "--base", TRAINED).exit_code == 0
     manifest["salvage"]["keep_non_layer"] = False
     (tmp_path / "out" / MANIFEST).write_text(json.dumps(manifest))
-    result = invoke("verify", tmp_path / "out")
+    result = invoke("verify", tmp_path / "out", "--base", TRAINED)
     assert result.exit_code == 1 and any(f"tensor {norm}: outside any layer" in line for line in lines_of(result))
 
 

@@ -276,7 +276,7 @@ def run(*args):
 
 
 def eval_args(text_file, *more):
-    return ["eval", PRUNED, "--base", TRAINED, "--text", text_file, "--window", 40, "--max-tokens", 400, *more]
+    return ["eval", PRUNED, "--base", TRAINED, "--eval-text", text_file, "--window", 40, "--eval-tokens", 400, *more]
 
 
 def test_cli_json(text_file, pruned_report):
@@ -321,7 +321,7 @@ def test_bad_text_is_one_line(tmp_path, text_file):
         (empty, "the evaluation text is empty"),
         (tmp_path, "is a directory"),
     ):
-        result = run("eval", PRUNED, "--base", TRAINED, "--text", path, "--device", "cpu")
+        result = run("eval", PRUNED, "--base", TRAINED, "--eval-text", path, "--device", "cpu")
         output = result.output.strip()
         assert result.exit_code == 2 and len(output.splitlines()) == 1, output
         assert expected in output and "Traceback" not in output, output

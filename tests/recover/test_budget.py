@@ -199,7 +199,7 @@ def test_eval_refuses_models_that_do_not_share_a_vocabulary(tmp_path):
     config = json.loads((grown / "config.json").read_text())
     config.get("text_config", config)["vocab_size"] = wider.shape[0] + 8
     (grown / "config.json").write_text(json.dumps(config))
-    result = CliRunner().invoke(main, ["eval", str(grown), "--base", str(BASE), "--max-tokens", "64"])
+    result = CliRunner().invoke(main, ["eval", str(grown), "--base", str(BASE), "--eval-tokens", "64"])
     assert result.exit_code == 2 and "do not share a vocabulary" in result.stderr
 
 
@@ -217,7 +217,18 @@ def test_salvage_drops_the_candidates_quality_record(evaluated, tmp_path):
 
 
 def test_cli_eval_of_a_composed_plan(session):
-    args = ["eval", str(CANDIDATE), "--base", str(BASE), "--text", str(TEXT), "--max-tokens", "512", "--device", "cpu"]
+    args = [
+        "eval",
+        str(CANDIDATE),
+        "--base",
+        str(BASE),
+        "--eval-text",
+        str(TEXT),
+        "--eval-tokens",
+        "512",
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(main, [*args, "--layers", "0", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

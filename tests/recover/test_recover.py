@@ -10,7 +10,17 @@ from surgeon.recover.canary.checks import CanaryOptions, Prompt, cache_key, prom
 from surgeon.recover.canary.runner import ComposedCanary, run_canary
 from surgeon.recover.salvage import canary_search, salvage
 from surgeon.recover.verify import verify
-from tests.helpers import BASE, FIXTURES, PRUNED, make_variant, merged_file, read_tensor, sha, tiny_prune_options
+from tests.helpers import (
+    BASE,
+    FIXTURES,
+    PRUNED,
+    local_path_leaks,
+    make_variant,
+    merged_file,
+    read_tensor,
+    sha,
+    tiny_prune_options,
+)
 
 TRAINED = DEMO_MODEL
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -112,13 +122,13 @@ def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
     from surgeon.prune.engine import prune
 
     out = prune(TRAINED, tmp_path / "p", tiny_prune_options(layers="0-3")).output
-    assert verify(out).ok
+    assert verify(out, TRAINED).ok
     forged = json.loads((out / "prune_manifest.json").read_text())
     forged["layers"] += [dict(forged["layers"][0], layer=i) for i in range(4, 8)]  # claims all 8 layers
     (out / "prune_manifest.json").write_text(json.dumps(forged))
     forged["written"]["copied_shards"] = [SHARD1, SHARD2]  # and that shard 1 is the base's file
     (out / "prune_manifest.json").write_text(json.dumps(forged))
-    problems = verify(out).discrepancies
+    problems = verify(out, TRAINED).discrepancies
     assert problems == [
         "manifest lists 8 pruned layers (0-7); weights differ from base in 4 (0-3); 4-7 are byte-identical to base",
         f"shard {SHARD1}: the manifest says it is the base's file, but it is changed",
@@ -130,7 +140,7 @@ def test_verify_flags_a_forged_manifest_and_a_flipped_byte(tmp_path):
     data[open_checkpoint(out).tensors[o_proj].start + 5] ^= 0x01
     data[-3] ^= 0x01  # in layer 3's v_proj, which the prune never wrote
     (out / SHARD1).write_bytes(bytes(data))
-    problems = verify(out).discrepancies
+    problems = verify(out, TRAINED).discrepancies
     assert any(p.startswith(f"shard {SHARD1}: SHA256") for p in problems)
     assert f"tensor {o_proj}: bytes do not match the manifest's SHA256" in problems
     assert (
@@ -206,7 +216,7 @@ def test_cli_canary_salvage_verify(planted, tmp_path):
     result = runner.invoke(main, ["salvage", str(planted), "--base", str(TRAINED), "--keep", "0-3", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "kept layers 0-3, rolled back 4-7" in result.stdout
-    result = runner.invoke(main, ["verify", str(out)])
+    result = runner.invoke(main, ["verify", str(out), "--base", str(TRAINED)])
     assert result.exit_code == 0 and "verified" in result.stdout
     both = runner.invoke(main, ["salvage", str(planted), "--base", str(TRAINED), "-o", str(tmp_path / "x")])
     assert both.exit_code == 2 and "exactly one of --keep" in both.stderr
@@ -251,6 +261,8 @@ def test_demo_tells_the_whole_story(tmp_path):
     assert salvaged["written"]["layers"] == summary["kept"]
     card = (tmp_path / "demo" / "MODEL_CARD_SECTIONS.md").read_text()
     assert card.startswith("## What's actually different") and "## Quality against base" in card
+    assert "of `salvaged` against `model`." in card
+    assert local_path_leaks(tmp_path / "demo", tmp_path) == {}  # the manifests and the card name no path
     assert any("steps; keeping layers" in line for line in lines)
     assert salvaged["quality"]["eval"]["kl_mean"] <= 0.05  # the budget the demo searched under
 
@@ -284,7 +296,8 @@ def test_verify_finds_a_recorded_hub_base_in_the_local_cache_only(planted, tmp_p
     out = tmp_path / "salvaged"
     salvage(planted, TRAINED, [0, 1, 2, 3], out)
     manifest = json.loads((out / "prune_manifest.json").read_text())
-    manifest["salvage"]["base"].update(source="acme/trained", path=str(tmp_path / "gone"))
+    shards = manifest["salvage"]["base"]["shards"]  # recorded as an older surgeon did: as given, and its folder
+    manifest["salvage"]["base"] = {"source": "acme/trained", "path": str(tmp_path / "gone"), "shards": shards}
     (out / "prune_manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     absent = verify(out)
