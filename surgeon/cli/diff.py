@@ -30,9 +30,9 @@ from surgeon.diff.inspection import inspect_json
 from surgeon.diff.render_inspection import render_inspect
 from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import open_checkpoint, open_pair
+from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir, refusal
-from surgeon.format.hub import HubMatch
+from surgeon.format.hub_pair import HubMatch, open_pair
 from surgeon.progress import NoProgress
 from surgeon.text import inert
 

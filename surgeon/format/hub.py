@@ -7,7 +7,7 @@ file's LFS SHA256 (`fetch_remote`), then the headers of the shards surgeon would
 (`fetch_headers`); then it downloads the safetensors, index, config and tokenizer files, and
 checks the snapshot it got is the commit those came from. When the other side of a diff is
 here, `compare_remote` tells from those alone which files a download would change, before it
-starts (checkpoint.open_pair). When every file is identical, the download is skipped: the
+starts (hub_pair.open_pair). When every file is identical, the download is skipped: the
 diff's answer is already known (`HubMatch`).
 
 What "identical" rests on here: a file the Hub keeps in LFS (the safetensors) is the same when
@@ -22,7 +22,7 @@ it is never taken as the same unseen. Which files a download would bring, and ho
 would open them, is not guessed: the listing is the one snapshot_download uses
 (`list_repo_tree` at the commit), filtered by its own rule (`filter_repo_objects`), and the
 folder that download would make is opened by surgeon's own `open_checkpoint` (the stand-in in
-checkpoint.py). Nothing of this is written to the Hugging Face cache, where a snapshot folder
+hub_pair.py). Nothing of this is written to the Hugging Face cache, where a snapshot folder
 means "downloaded"; and what the cache already holds of the repo, which a download would reuse
 unread, is a reason to download (`cache_reuse`).
 
@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 from surgeon.errors import SurgeonError, first_line
 
 if TYPE_CHECKING:
-    from surgeon.format.checkpoint import Checkpoint
+    pass
 
 # What a checkpoint needs: weights, their index, config and tokenizer files. Never `*.bin` or
 # `*.pt` (surgeon never unpickles them) nor the other formats repos often carry (GGUF, ONNX).
@@ -106,159 +106,10 @@ class RemoteCheckpoint:
         self.shard_metadata[name] = metadata
 
 
-@dataclass
-class RemoteComparison:
-    """A local checkpoint against a remote one, from hashes and headers only. Files compare
-    by SHA256 (the Hub's LFS hash against the local file's), tensors by dtype and shape."""
-
-    same_files: list[str]  # safetensors files whose bytes are identical on both sides
-    changed_files: list[str]
-    only_remote_files: list[str]
-    only_local_files: list[str]
-    only_remote_tensors: list[str]
-    only_local_tensors: list[str]
-    reshaped_tensors: list[str]  # same name, another dtype or shape
-
-    @property
-    def identical(self) -> bool:
-        """Every weight byte is already here: a download would add nothing to a diff."""
-        return not (self.changed_files or self.only_remote_files or self.only_local_files)
-
-
-def compare_remote(remote: RemoteCheckpoint, local: Checkpoint, local_sha256: dict[str, str]) -> RemoteComparison:
-    """Compare `remote` (from `fetch_remote`, no weights downloaded) with `local`, whose
-    safetensors files hash to `local_sha256` (file name -> SHA256, as the hash cache gives)."""
-    remote_files, local_files = set(remote.safetensors_files), set(local.shards)
-    both = sorted(remote_files & local_files)
-    same = [name for name in both if _same_bytes(remote.files.get(name), local_sha256.get(name))]
-    shared = sorted(set(remote.tensors) & set(local.tensors))
-    return RemoteComparison(
-        same_files=same,
-        changed_files=[name for name in both if name not in same],
-        only_remote_files=sorted(remote_files - local_files),
-        only_local_files=sorted(local_files - remote_files),
-        only_remote_tensors=sorted(set(remote.tensors) - set(local.tensors)),
-        only_local_tensors=sorted(set(local.tensors) - set(remote.tensors)),
-        reshaped_tensors=[
-            name
-            for name in shared
-            if (remote.tensors[name].dtype, remote.tensors[name].shape)
-            != (local.tensors[name].dtype.name, local.tensors[name].shape)
-        ],
-    )
-
-
-def describe_comparison(remote: RemoteCheckpoint, comparison: RemoteComparison, local_name: str) -> str:
-    """One line: what a download of `remote` would bring, against the local `local_name`."""
-    if remote.layout_error is not None:
-        return (
-            f"{remote.repo_id} at {remote.commit[:12]}, from the Hub's file list (no weights downloaded yet): "
-            f"not compared before downloading: {remote.layout_error}"
-        )
-    files = len(remote.safetensors_files)
-    size = sum(remote.files[n].size or 0 for n in remote.safetensors_files if n in remote.files)
-    changes = [
-        f"{len(names)} {what}"
-        for names, what in (
-            (comparison.changed_files, "changed"),
-            (comparison.only_remote_files, "only on the Hub"),
-            (comparison.only_local_files, f"only in {local_name}"),
-        )
-        if names
-    ]
-    tensors = [
-        f"{len(names)} {what}"
-        for names, what in (
-            (comparison.only_remote_tensors, "only on the Hub"),
-            (comparison.only_local_tensors, f"only in {local_name}"),
-            (comparison.reshaped_tensors, "retyped or reshaped"),
-        )
-        if names
-    ]
-    return (
-        f"{remote.repo_id} at {remote.commit[:12]}, from the Hub's hashes and headers (no weights downloaded yet): "
-        f"{len(comparison.same_files)} of {files} safetensors files ({size / 1e9:.2f} GB) identical to "
-        f"{local_name}'s"
-        + (f", {', '.join(changes)}" if changes else "")
-        + "; tensors: "
-        + (", ".join(tensors) if tensors else "same names, dtypes and shapes")
-    )
-
-
-def _same_bytes(remote: RemoteFile | None, local_sha256: str | None) -> bool:
-    """Equal SHA256s; a file the Hub gave no LFS hash for never counts as the same."""
-    return remote is not None and remote.sha256 is not None and remote.sha256 == local_sha256
-
-
 # How a file was found identical: "hub-lfs-sha256", the Hub's LFS SHA256 of its file equals the
 # SHA256 of the local file's bytes hashed in this run; "bytes", a small file outside LFS fetched
 # from the Hub into a temporary folder and hashed here, like the local one.
 COMPARED_BY = ("hub-lfs-sha256", "bytes")
-
-
-@dataclass(frozen=True)
-class FileMatch:
-    name: str
-    size: int
-    sha256: str  # the same on both sides
-    compared_by: str  # one of COMPARED_BY
-
-
-@dataclass
-class HubMatch:
-    """`diff --download` found every file the diff compares identical on the Hub and here,
-    so it downloaded no weights: the diff's answer (identical, exit 0) without a per-tensor
-    report, and the evidence it rests on."""
-
-    remote: RemoteCheckpoint
-    hub_side: str  # "base" or "other": which argument was the Hub id
-    local: Checkpoint  # the other argument, opened
-    files: list[FileMatch]  # the safetensors files, then the side files
-
-    @property
-    def local_name(self) -> str:
-        return "OTHER" if self.hub_side == "base" else "BASE"
-
-    def summary(self) -> str:
-        """One line, saying what was compared how, and that the weights stayed on the Hub."""
-        by_lfs = [f for f in self.files if f.compared_by == "hub-lfs-sha256"]
-        by_bytes = [f.name for f in self.files if f.compared_by == "bytes"]
-        size = sum(f.size for f in by_lfs) / 1e9
-        text = (
-            f"identical: {self.remote.repo_id} at {self.remote.commit[:12]} and {self.local_name} "
-            f"({self.local.source}): {len(by_lfs)} files ({size:.2f} GB) by the Hub's LFS SHA256 against "
-            f"{self.local_name}'s bytes hashed here"
-        )
-        if by_bytes:
-            text += f", {len(by_bytes)} small files ({_names(by_bytes)}) fetched and compared by their bytes"
-        return text + "; the weights were not downloaded"
-
-    def to_json(self) -> dict:
-        """Schema surgeon.diff-hub-match/1 (docs/diff-json.md)."""
-        return {
-            "schema": "surgeon.diff-hub-match/1",
-            "summary": {"identical": True, "text": self.summary()},
-            "downloaded": False,
-            "hub": {
-                "side": self.hub_side,
-                "repo_id": self.remote.repo_id,
-                "revision": self.remote.revision,
-                "commit": self.remote.commit,
-            },
-            "local": {
-                "side": "other" if self.hub_side == "base" else "base",
-                "source": self.local.source,
-                "path": str(self.local.root),
-            },
-            "files": [
-                {"name": f.name, "size": f.size, "sha256": f.sha256, "compared_by": f.compared_by} for f in self.files
-            ],
-        }
-
-
-def _names(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def fetch_files(remote: RemoteCheckpoint, names: list[str], folder: Path, *, bars: bool) -> None:

@@ -21,15 +21,9 @@ from huggingface_hub import constants
 
 from surgeon.cli.main import main
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import open_checkpoint, open_pair
-from surgeon.format.hub import (
-    HubMatch,
-    RemoteCheckpoint,
-    compare_remote,
-    download_remote,
-    fetch_headers,
-    fetch_remote,
-)
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.hub import RemoteCheckpoint, download_remote, fetch_headers, fetch_remote
+from surgeon.format.hub_pair import HubMatch, compare_remote, open_pair
 from tests.format.test_checkpoint import make_hub_cache
 from tests.helpers import BASE, PRUNED, ROOT, count_reads, sha
 
@@ -918,7 +912,7 @@ def test_a_name_that_folds_onto_a_linked_shard_never_writes_through_the_link(hub
     Emulated with an `open` that finds names as such a file system does."""
     import builtins
 
-    import surgeon.format.checkpoint as checkpoint
+    import surgeon.format.hub_pair as hub_pair  # the stand-in opens its placeholders there
 
     local = tmp_path / "local"
     shutil.copytree(PRUNED, local)
@@ -936,7 +930,7 @@ def test_a_name_that_folds_onto_a_linked_shard_never_writes_through_the_link(hub
             )
         return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "open", case_insensitive_open, raising=False)
+    monkeypatch.setattr(hub_pair, "open", case_insensitive_open, raising=False)
     said: list[str] = []
     pair = open_pair(local, "acme/ci", download=True, bars=False, skip_identical=True, say=said.append)
     assert not isinstance(pair, HubMatch)  # two names for one file here: compared after the download
