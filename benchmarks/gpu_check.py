@@ -31,6 +31,7 @@ def prune_layers(model: Path, device: str, layers: str, first_only: bool) -> dic
     import torch
 
     from surgeon.prune.engine import PruneOptions, prune
+    from surgeon.runtime.settings import RunSettings
 
     per_layer, peaks = [], []
 
@@ -42,7 +43,9 @@ def prune_layers(model: Path, device: str, layers: str, first_only: bool) -> dic
         if first_only:
             raise _StopAfterFirst()
 
-    options = PruneOptions(prune_frac=0.125, layers=layers, device=device, calib_samples=32, max_tokens=128)
+    options = PruneOptions(
+        prune_frac=0.125, layers=layers, run=RunSettings(device=device), calib_samples=32, max_tokens=128
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=model.parent) as scratch:
         try:

@@ -29,6 +29,7 @@ from surgeon.quality.render import recorded_quality_section
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
 from surgeon.recover.salvage import QualityBudget, budget_search, salvage
 from surgeon.recover.verify import verify
+from surgeon.runtime.settings import RunSettings
 from surgeon.text import layer_ranges
 
 # Package data (surgeon/_data/demo), built by fixtures/build_trained.py and build_demo_candidate.py.
@@ -37,6 +38,7 @@ DEMO_CANDIDATE = bundled_path("demo", "candidate")  # its all-layers prune, whos
 DEMO_TEXT = bundled_path("demo", "training.txt")  # what the tiny model was trained on
 DEMO_PROMPTS = bundled_path("demo", "prompts.txt")  # prompts of that kind, for its canary
 DEMO_MAX_KL = 0.05
+ON_CPU = RunSettings(device="cpu", dtype="float32")  # the tiny model's eval and canary: the same numbers anywhere
 
 
 def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:
@@ -55,7 +57,7 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         # leaves nothing and --force never leaves FOLDER absent. The files name the final paths.
         base, pruned, salvaged = DEMO_MODEL, work / "pruned", work / "salvaged"
         prompts, options, cache = read_prompts(DEMO_PROMPTS), CanaryOptions(), canary_cache_dir()
-        measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, device="cpu", dtype="float32")
+        measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, run=ON_CPU)
 
         say("1. prune: 1 of 8 query heads in every layer of the tiny trained Gemma 4 (recon importance, lstsq heal)")
         result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all", calib=str(DEMO_TEXT)))
@@ -66,11 +68,11 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         say(f"   {_quality_line(session.evaluate_plans([sorted(session.changed_layers)])[0].summary())}")
 
         say("3. canary: greedy generation of the pruned model against the base")
-        before = run_canary(str(pruned), str(base), prompts, options, device="cpu", dtype="float32", cache_dir=cache)
+        before = run_canary(str(pruned), str(base), prompts, options, run=ON_CPU, cache_dir=cache)
         show_canary(before)
 
         say(f"4. salvage --auto --max-kl {DEMO_MAX_KL}: the most layers within the budget, then the canary")
-        composed = ComposedCanary(base, pruned, prompts, options, device="cpu", dtype="float32", cache_dir=cache)
+        composed = ComposedCanary(base, pruned, prompts, options, run=ON_CPU, cache_dir=cache)
         plan = budget_search(
             sorted(session.changed_layers),
             lambda plans: [report.summary() for report in session.evaluate_plans(plans)],
@@ -89,10 +91,7 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         say(f"   {_quality_line(plan.quality)}" if plan.quality else "   nothing kept")
 
         def canary_after(output: Path) -> dict:
-            report = run_canary(
-                str(output), str(base), prompts, options, device="cpu", dtype="float32", cache_dir=cache
-            )
-            return report.to_json()
+            return run_canary(str(output), str(base), prompts, options, run=ON_CPU, cache_dir=cache).to_json()
 
         quality = {"how": "salvage --auto with a quality budget", "budget": {"max_kl": DEMO_MAX_KL}}
         _, manifest = salvage(

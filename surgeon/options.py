@@ -27,6 +27,7 @@ def option(
     flag: str | None = None,
     aliases: tuple[str, ...] = (),
     cli: bool = True,
+    fields: tuple[str, ...] | None = None,
 ) -> Any:
     """A dataclass field with what the CLI needs to offer it.
 
@@ -36,6 +37,9 @@ def option(
     flag: the option's name when it is not --field-name. aliases: its earlier names, still
     accepted for one release but not shown in --help (surgeon.cli.options.renamed).
     cli=False keeps a field out of the CLI (an internal knob such as a cache budget).
+    fields: for a field holding a nested options record (RunSettings in PruneOptions), the
+    names of its fields this class uses; the CLI offers those under their own flags and
+    `record` lists them in the nested record's place; the others keep their defaults.
     """
     if path is not None and path not in PATH_KINDS:
         raise ValueError(f"path must be one of {PATH_KINDS}")  # a programming error, not input
@@ -49,6 +53,7 @@ def option(
         "flag": flag,
         "aliases": aliases,
         "cli": cli,
+        "fields": fields,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -58,10 +63,60 @@ def cli_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli")]
 
 
-# Help of the fields every model-running options class has (prune, eval, canary runs).
-DEVICE_HELP = "auto, cuda, cuda:N or cpu."
-DTYPE_HELP = "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32."
-TOKENIZER_HELP = "Tokenizer folder (default: BASE's own)."
+def nested_record(field: dataclasses.Field) -> type | None:
+    """The options class FIELD holds (RunSettings in PruneOptions), or None for a plain value."""
+    default = field.default
+    return type(default) if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
+
+
+def used_fields(field: dataclasses.Field, nested: type) -> list[dataclasses.Field]:
+    """The fields of the NESTED record held in FIELD that its owner uses (option's `fields`)."""
+    wanted = field.metadata.get("fields")
+    return [f for f in dataclasses.fields(nested) if wanted is None or f.name in wanted]
+
+
+def record(options: Any) -> dict[str, Any]:
+    """OPTIONS as a manifest or report records them: `dataclasses.asdict`, with the used
+    fields of a nested record (RunSettings) in its place under their own names, so the JSON
+    kept its flat keys (options.device, options.dtype, options.tokenizer) when the run
+    settings became one record."""
+    out: dict[str, Any] = {}
+    plain = dataclasses.asdict(options)
+    for field in dataclasses.fields(options):
+        nested = nested_record(field)
+        if nested is None:
+            items = {field.name: plain[field.name]}
+        else:
+            inner = record(getattr(options, field.name))
+            items = {f.name: inner[f.name] for f in used_fields(field, nested)}
+        if items.keys() & out.keys():  # a programming error: two fields recorded under one key
+            raise ValueError(f"{type(options).__name__}: {sorted(items.keys() & out.keys())} recorded twice")
+        out |= items
+    return out
+
+
+def in_range(field: dataclasses.Field, value: float) -> bool:
+    """Whether VALUE is in FIELD's range (option's minimum, maximum and below); NaN is not."""
+    low, high, below = (field.metadata.get(k) for k in ("minimum", "maximum", "below"))
+    return (low is None or value >= low) and (high is None or value <= high) and (below is None or value < below)
+
+
+def range_text(field: dataclasses.Field) -> str:
+    """FIELD's range as a message says it: [0, 1), [1, 4], >= 2, < 1."""
+    low, high, below = (field.metadata.get(k) for k in ("minimum", "maximum", "below"))
+    top = f"{below:g})" if below is not None else f"{high:g}]" if high is not None else None
+    if low is not None:
+        return f"[{low:g}, {top}" if top else f">= {low:g}"
+    if top:
+        return f"< {below:g}" if below is not None else f"<= {high:g}"
+    return "any number"
+
+
+def field_named(cls: type, name: str) -> dataclasses.Field:
+    """The field NAME of options class CLS."""
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
 # One name for one thing in every command (README, "Options: one vocabulary"): the text a
 # model is measured on and how many of its tokens, in eval as in prune --eval and salvage.
 # a text file, as --calib and --eval-text read it (surgeon.runtime.corpus.read_text_file)

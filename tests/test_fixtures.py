@@ -81,12 +81,13 @@ def test_prune_manifest_names_the_corpus_by_name_and_hash_not_path(tmp_path):
     """A user's corpus is recorded by its file name, the SHA256 of its bytes and the token
     count: the folder it sits in (often the user's home) stays out of the manifest."""
     from surgeon.prune.engine import PruneOptions, prune
+    from surgeon.runtime.settings import RunSettings
     from tests.helpers import sha
 
     corpus = tmp_path / "private" / "corpus.txt"
     corpus.parent.mkdir()
     corpus.write_text("The sun rises in the east.\nWater boils at one hundred degrees.\n")
-    options = PruneOptions(layers="0", device="cpu", dtype="float32", calib=str(corpus))
+    options = PruneOptions(layers="0", run=RunSettings(device="cpu", dtype="float32"), calib=str(corpus))
     manifest = prune(DEMO_MODEL, tmp_path / "out", options).manifest
     calibration = manifest["calibration"]
     assert calibration["source"] == "corpus.txt" and manifest["options"]["calib"] == "corpus.txt"

@@ -51,6 +51,7 @@ from surgeon.recover.plan import RollbackPlan
 from surgeon.recover.render import verify_text
 from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, canary_search_limit, salvage
 from surgeon.recover.verify import verify
+from surgeon.runtime.settings import RunSettings
 from surgeon.text import inert, layer_ranges
 
 # Teacher-forced eval in the TUI: a small token budget, so that the plan and each changed
@@ -388,9 +389,7 @@ class SurgeonApp(App):
             job.progress.start("loading the eval text", 0)
             tokenizer = str(self.tokenizer) if self.tokenizer else None
             text = str(self.eval_text) if self.eval_text else None
-            options = EvalOptions(
-                text=text, max_tokens=self.eval_tokens, device="auto", dtype="auto", tokenizer=tokenizer
-            )
+            options = EvalOptions(text=text, max_tokens=self.eval_tokens, run=RunSettings(tokenizer=tokenizer))
             self.eval_session = EvalSession(self.base, self.candidate, options)
         self.eval_session.progress, self.eval_session.cancel = job.progress, job.cancel
         return self.eval_session
@@ -773,13 +772,13 @@ def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None
 
     changed = layer_changes(report)
     prompts = read_prompts(None)
-    tokenizer_path = str(tokenizer) if tokenizer else None
+    run = RunSettings(tokenizer=str(tokenizer) if tokenizer else None)
     return ComposedCanary(
         base,
         candidate,
         prompts,
         CanaryOptions(),
-        tokenizer_path=tokenizer_path,
+        run=run,
         cache_dir=canary_cache_dir(),
         changed=changed,
     )

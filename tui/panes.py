@@ -20,7 +20,8 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.writer import check_output_path
 from surgeon.model.names import parse_layer_spec, parse_layers
-from surgeon.prune.options import HEALS, IMPORTANCE, PruneOptions
+from surgeon.prune.options import HEALS, IMPORTANCE, PRUNE_DEFAULTS, PruneOptions
+from surgeon.runtime.settings import RunSettings
 from surgeon.text import inert
 
 
@@ -604,14 +605,14 @@ class PrunePane(VerticalScroll):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
             yield Label("fraction", classes="form-label")
-            yield Input("0.125", id="prune-frac")
+            yield Input(f"{PRUNE_DEFAULTS.prune_frac:g}", id="prune-frac")  # the options' defaults, as the CLI's
             yield Label("layers", classes="form-label")
-            yield Input("all", id="prune-layers")
+            yield Input(PRUNE_DEFAULTS.layers, id="prune-layers")
         with Horizontal(classes="form-row"):
             yield Label("importance", classes="form-label")
-            yield Select(IMPORTANCE_CHOICES, value="recon", allow_blank=False, id="prune-importance")
+            yield Select(IMPORTANCE_CHOICES, value=PRUNE_DEFAULTS.importance, allow_blank=False, id="prune-importance")
             yield Label("heal", classes="form-label")
-            yield Select(HEAL_CHOICES, value="lstsq", allow_blank=False, id="prune-heal")
+            yield Select(HEAL_CHOICES, value=PRUNE_DEFAULTS.heal, allow_blank=False, id="prune-heal")
         with Horizontal(classes="form-row"):
             yield Label("output", classes="form-label")
             yield Input("", placeholder="empty: a new <base>-pruned folder here", id="prune-output")
@@ -638,7 +639,7 @@ class PrunePane(VerticalScroll):
     def form(self) -> dict:
         return {
             "fraction": self.query_one("#prune-frac", Input).value.strip(),
-            "layers": self.query_one("#prune-layers", Input).value.strip() or "all",
+            "layers": self.query_one("#prune-layers", Input).value.strip() or PRUNE_DEFAULTS.layers,
             "importance": str(self.query_one("#prune-importance", Select).value),
             "heal": str(self.query_one("#prune-heal", Select).value),
             "output": self.query_one("#prune-output", Input).value.strip(),
@@ -682,9 +683,11 @@ def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pat
     try:
         fraction = float(form["fraction"])
     except ValueError:
-        fraction = -1.0
-    if not 0 < fraction < 1:
-        raise SurgeonError(f"fraction {form['fraction']!r}: give a number between 0 and 1, e.g. 0.125")
+        fraction = float("nan")  # in no range: refused below
+    try:  # the engine's own check and words (PruneOptions' range of prune_frac), so they cannot drift
+        PruneOptions(prune_frac=fraction).validate()
+    except SurgeonError as exc:
+        raise SurgeonError(f"fraction {form['fraction']!r}: {exc}, e.g. {PRUNE_DEFAULTS.prune_frac:g}") from None
     if num_layers is not None:
         parse_layers(form["layers"], num_layers, what="layers")
     options = PruneOptions(
@@ -692,7 +695,7 @@ def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pat
         layers=form["layers"],
         importance=form["importance"],
         heal=form["heal"],
-        tokenizer=str(tokenizer) if tokenizer else None,
+        run=RunSettings(tokenizer=str(tokenizer) if tokenizer else None),
     )
     options.validate()
     default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"

@@ -18,6 +18,7 @@ from surgeon.options import EVAL_TEXT_HELP, EVAL_TOKENS_HELP
 from surgeon.quality.options import EvalOptions
 from surgeon.quality.record import attach
 from surgeon.quality.render import render_eval
+from surgeon.runtime.settings import RunSettings
 
 
 @click.command("eval")
@@ -104,14 +105,9 @@ def check_eval_text(text: Path | None, measured: bool) -> None:
         load_eval_text(Path(text))
 
 
-def eval_settings(text, tokens: int, device: str, dtype: str, tokenizer) -> EvalOptions:
-    return EvalOptions(
-        text=str(text) if text else None,
-        max_tokens=tokens,
-        device=device,
-        dtype=dtype,
-        tokenizer=str(tokenizer) if tokenizer else None,
-    )
+def eval_settings(text, tokens: int, run: RunSettings) -> EvalOptions:
+    """--eval's EvalOptions: its text and tokens, with the models run as the command runs them."""
+    return EvalOptions(text=str(text) if text else None, max_tokens=tokens, run=run)
 
 
 def record_quality(output: Path, base: str, options: EvalOptions, quiet: bool = False) -> dict:

@@ -2,7 +2,11 @@
 a default, a choice list or a help text is written once, on the field the engine reads.
 
 `options_from(PruneOptions)` decorates a command with one option per field; inside the
-command, `build(PruneOptions, kw)` pops those values and gives the dataclass back.
+command, `build(PruneOptions, kw)` pops those values and gives the dataclass back, or, with
+`options_from(CanaryOptions, into="options")`, the command takes the record itself as
+`options` (mergekit's `add_merge_options` does the same). A field holding a nested record
+(PruneOptions.run, a RunSettings) is flattened: its used fields are options of their own
+(--device, --dtype, --tokenizer, as before the record existed), and `build` nests them again.
 
 An option that was renamed keeps its old spelling for one release (`renamed`, or a field's
 `aliases`): accepted, hidden from --help, and given to the command under the new name.
@@ -20,7 +24,7 @@ from typing import Any, Literal, Union
 
 import click
 
-from surgeon.options import cli_fields
+from surgeon.options import cli_fields, nested_record, used_fields
 
 PATH_TYPES = {
     "file": click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -29,17 +33,23 @@ PATH_TYPES = {
 }
 
 
-def options_from(cls: type, *, only: Iterable[str] | None = None, skip: Iterable[str] = (), **extra: dict):
-    """A decorator adding CLS's CLI fields as click options (in declaration order).
+def options_from(
+    cls: type, *, only: Iterable[str] | None = None, skip: Iterable[str] = (), into: str | None = None, **extra: dict
+):
+    """A decorator adding CLS's CLI fields as click options (in declaration order), a nested
+    record's fields in its place.
 
     only/skip choose fields by name; extra["field"] = {...} adds or replaces click keywords
-    for one field (a callback that parses a value, say)."""
-    chosen = _chosen(cls, only, skip)
-    hints = typing.get_type_hints(cls)
+    for one field (a callback that parses a value, say). into: the command takes CLS, built
+    from those values, as this keyword instead of the values themselves."""
+    only, skip = (list(only) if only is not None else None), tuple(skip)
+    leaves = _leaves(cls, only, skip)
 
     def decorate(func: Callable) -> Callable:
-        for field in reversed(chosen):
-            func = _option(field, hints[field.name], extra.get(field.name, {}))(func)
+        if into is not None:  # innermost: an old option name has been given its new one by then
+            func = _taking_record(cls, into, only, skip)(func)
+        for field, hint in reversed(leaves):
+            func = _option(field, hint, extra.get(field.name, {}))(func)
         return func
 
     return decorate
@@ -47,12 +57,34 @@ def options_from(cls: type, *, only: Iterable[str] | None = None, skip: Iterable
 
 def build(cls: type, kw: dict, *, only: Iterable[str] | None = None, skip: Iterable[str] = (), **fixed: Any):
     """CLS from the click values of its CLI fields, popped from kw (paths become strings, as
-    the engine records them); `fixed` sets fields the command decides itself."""
+    the engine records them), a nested record built from its own fields' values; `fixed`
+    sets fields the command decides itself."""
     values = {}
     for field in _chosen(cls, only, skip):
+        nested = nested_record(field)
+        if nested is not None:
+            values[field.name] = build(nested, kw, only=[f.name for f in used_fields(field, nested)])
+            continue
         value = kw.pop(field.name)
         values[field.name] = str(value) if isinstance(value, Path) else value
     return cls(**values, **fixed)
+
+
+def _taking_record(cls: type, into: str, only, skip) -> Callable:
+    """A decorator: FUNC called with CLS, built from its options' values, as keyword INTO."""
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[into] = build(cls, kwargs, only=only, skip=skip)
+            return func(*args, **kwargs)
+
+        # functools.wraps copied FUNC's marks: a `renamed` option added later must wrap again,
+        # outside this one, to hand its value over before the record is built
+        wrapper._takes_old_names = False  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
 
 
 def _chosen(cls: type, only, skip) -> list[dataclasses.Field]:
@@ -61,6 +93,23 @@ def _chosen(cls: type, only, skip) -> list[dataclasses.Field]:
         wanted = list(only)
         fields = [f for f in fields if f.name in wanted]
     return [f for f in fields if f.name not in set(skip)]
+
+
+def _leaves(cls: type, only, skip) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, type hint) of each option CLS offers: its chosen fields, each nested record
+    replaced by its used fields. Two with one name would be one click option: refused."""
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[dataclasses.Field, Any]] = []
+    for field in _chosen(cls, only, skip):
+        nested = nested_record(field)
+        if nested is None:
+            out.append((field, hints[field.name]))
+        else:
+            out += _leaves(nested, [f.name for f in used_fields(field, nested)], ())
+    names = [field.name for field, _ in out]
+    if len(set(names)) != len(names):  # a programming error
+        raise ValueError(f"{cls.__name__}: an option name is used twice in {names}")
+    return out
 
 
 def _option(field: dataclasses.Field, hint: Any, extra: dict) -> Callable:

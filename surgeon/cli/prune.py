@@ -82,7 +82,7 @@ def prune(
         on_warning=warn,
     )
     if run_eval:
-        eval_options = eval_settings(eval_text, eval_tokens, options.device, options.dtype, options.tokenizer)
+        eval_options = eval_settings(eval_text, eval_tokens, options.run)
         result.manifest = record_quality(result.output, base, eval_options, quiet or no_progress)
     if as_json:
         sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from surgeon.cli.common import EXIT_CANARY_FAILED, console_for, download_option, handle_errors, progress_for, warn
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
-from surgeon.cli.options import base_option, build, options_from
+from surgeon.cli.options import base_option, options_from
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import fetch_missing, open_checkpoint
 from surgeon.quality.options import EvalOptions
@@ -22,35 +22,31 @@ from surgeon.recover.render import canary_table, canary_verdict, verify_text
 from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, parse_keep
 from surgeon.recover.salvage import salvage as run_salvage
 from surgeon.recover.verify import verify as run_verify
+from surgeon.runtime.settings import RunSettings
 from surgeon.text import inert, layer_ranges
 
-RUN_FIELDS = ("device", "dtype", "tokenizer")  # how the models are run, as eval runs them
 
+def canary_options(*, quant: bool):
+    """The prompts (`prompts`, `add_prompts`), the canary's thresholds (CanaryOptions, taken as
+    `options`) and how the models run (RunSettings, taken as `run`): --quant where the whole
+    model is loaded, not where it is composed in memory (salvage), whose swapped tensors
+    need full precision."""
 
-def canary_options(func):
-    """The prompts, the canary's thresholds (from CanaryOptions) and how the models run."""
-    func = options_from(EvalOptions, only=RUN_FIELDS)(func)
-    func = options_from(CanaryOptions)(func)
-    func = click.option(
-        "--add-prompts",
-        type=click.Path(path_type=Path, dir_okay=False, exists=True),
-        help="Prompts to run after the bundled set (or --prompts), same formats.",
-    )(func)
-    return click.option(
-        "--prompts",
-        type=click.Path(path_type=Path, dir_okay=False, exists=True),
-        help="Prompts instead of the bundled set: one a line, or JSONL with prompt or messages.",
-    )(func)
+    def decorate(func):
+        func = options_from(RunSettings, skip=() if quant else ("quant",), into="run")(func)
+        func = options_from(CanaryOptions, into="options")(func)
+        func = click.option(
+            "--add-prompts",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="Prompts to run after the bundled set (or --prompts), same formats.",
+        )(func)
+        return click.option(
+            "--prompts",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="Prompts instead of the bundled set: one a line, or JSONL with prompt or messages.",
+        )(func)
 
-
-def _canary_settings(kw: dict):
-    """(prompts, CanaryOptions, run settings) from the command's values, popped from kw."""
-    prompts = read_prompts(kw.pop("prompts"), kw.pop("add_prompts"))
-    options = build(CanaryOptions, kw)
-    options.validate()
-    run = {name: kw.pop(name) for name in RUN_FIELDS}
-    run["tokenizer"] = str(run["tokenizer"]) if run["tokenizer"] else None
-    return prompts, options, run
+    return decorate
 
 
 def render_canary(report, console) -> None:
@@ -61,27 +57,26 @@ def render_canary(report, console) -> None:
 @click.command()
 @click.argument("model")
 @base_option("The unpruned checkpoint to compare with.")
-@click.option("--quant", type=click.Choice(["nf4"]), help="Load through bitsandbytes nf4.")
 @click.option("--no-cache", is_flag=True, help="Recompute the base's outputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema surgeon.canary/2).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (they go to stderr, on a terminal only).")
-@canary_options
+@canary_options(quant=True)
 @handle_errors
-def canary(model, base, quant, no_cache, as_json, no_progress, **kw) -> None:
+def canary(
+    model, base, no_cache, as_json, no_progress, prompts, add_prompts, options: CanaryOptions, run: RunSettings
+) -> None:
     """Greedy generation checks of MODEL against BASE. Exit 0 pass, 3 fail, 2 trouble."""
     # Deferred: the runner imports torch, which --help and the light install do without.
     from surgeon.recover.canary.runner import run_canary
 
-    prompts, options, run = _canary_settings(kw)
+    prompt_list = read_prompts(prompts, add_prompts)
+    options.validate()
     report = run_canary(
         model,
         base,
-        prompts,
+        prompt_list,
         options,
-        device=run["device"],
-        dtype=run["dtype"],
-        quant=quant,
-        tokenizer_path=run["tokenizer"],
+        run=run,
         cache_dir=None if no_cache else canary_cache_dir(),
         progress=progress_for(no_progress),
     )
@@ -101,7 +96,7 @@ def canary(model, base, quant, no_cache, as_json, no_progress, **kw) -> None:
     help="Layers to keep from the candidate: ranges like 0-3,7, all (every changed layer) or none.",
 )
 @click.option("--auto", is_flag=True, help="Search the largest set of changed layers that passes the canary.")
-@options_from(QualityBudget)
+@options_from(QualityBudget, into="budget")
 @quality_options
 @click.option("--keep-non-layer", is_flag=True, help="Also take embeddings, norms and lm_head from the candidate.")
 @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
@@ -116,9 +111,29 @@ def canary(model, base, quant, no_cache, as_json, no_progress, **kw) -> None:
 @click.option("--fsync", "durable", is_flag=True, help="Wait for the files to reach the disk before the rename.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (they go to stderr, on a terminal only).")
-@canary_options
+@canary_options(quant=False)
 @handle_errors
-def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, output, as_json, no_progress, **kw):
+def salvage(
+    candidate,
+    base,
+    keep,
+    auto,
+    budget: QualityBudget,
+    run_eval,
+    eval_text,
+    eval_tokens,
+    keep_non_layer,
+    run_canary_after,
+    output,
+    force,
+    durable,
+    as_json,
+    no_progress,
+    prompts,
+    add_prompts,
+    options: CanaryOptions,
+    run: RunSettings,
+):
     """Keep CANDIDATE's changes in some layers, roll the others back to BASE, write OUT.
 
     --auto alone searches the largest set of changed layers that passes the canary. With
@@ -127,52 +142,57 @@ def salvage(candidate, base, keep, auto, run_eval, eval_text, eval_tokens, outpu
     (teacher-forced on the eval text, nothing written), then confirms with the canary."""
     if auto == (keep is not None):
         raise SurgeonError("give exactly one of --keep LAYERS or --auto")
-    budget = build(QualityBudget, kw)
-    budget = budget if (budget.max_kl, budget.max_ppl_ratio) != (None, None) else None
-    if budget is not None and not auto:
-        raise SurgeonError("--max-kl and --max-ppl-ratio choose layers: give them with --auto, not --keep")
-    if budget is not None:
-        budget.validate()
-    check_eval_text(eval_text, run_eval or budget is not None)
+    wanted = _wanted_budget(budget, auto)
+    check_eval_text(eval_text, run_eval or wanted is not None)
     _say_notes({"--base": base, "CANDIDATE": candidate})
     console = console_for(stderr=as_json)  # with --json, stdout holds the manifest alone
-    prompts, options, run = _canary_settings(kw)
+    prompt_list = read_prompts(prompts, add_prompts)
+    options.validate()
     steps, before, quality = None, None, None
     progress = progress_for(no_progress)
     if auto:
-        composed = _composed(base, candidate, prompts, options, run, progress)
-    if auto and budget is not None:
-        plan, quality = _budget(
-            base, candidate, composed, budget, eval_settings(eval_text, eval_tokens, **run), console
-        )
+        composed = _composed(base, candidate, prompt_list, options, run, progress)
+    if auto and wanted is not None:
+        measure = eval_settings(eval_text, eval_tokens, run)
+        plan, quality = _budget(base, candidate, composed, wanted, measure, console)
         layers, steps = plan.keep, plan.steps
     elif auto:
         plan, before = _auto(composed, console, progress)
         layers, steps = plan.keep, plan.steps
     else:
         layers = parse_keep(keep, what="--keep")
-    after = _canary_on_written(base, prompts, options, run) if kw.pop("run_canary_after") else None
+    after = _canary_on_written(base, prompt_list, options, run) if run_canary_after else None
     _, manifest = run_salvage(
         candidate,
         base,
         layers,
         output,
-        keep_non_layer=kw.pop("keep_non_layer"),
-        force=kw.pop("force"),
+        keep_non_layer=keep_non_layer,
+        force=force,
         canary_before=before,
         canary_after=after,
         auto_steps=steps,
         cancel=threading.Event(),
-        durable=kw.pop("durable"),
+        durable=durable,
         quality=quality,
         progress=progress,
     )
     if run_eval and quality is None:  # a budget search has measured the kept plan already
-        manifest = record_quality(Path(output), base, eval_settings(eval_text, eval_tokens, **run))
+        manifest = record_quality(Path(output), base, eval_settings(eval_text, eval_tokens, run))
     if as_json:
         sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
         return
     _salvage_summary(manifest, output, console)
+
+
+def _wanted_budget(budget: QualityBudget, auto: bool) -> QualityBudget | None:
+    """The quality budget --max-kl and --max-ppl-ratio ask for, checked; None without them."""
+    if (budget.max_kl, budget.max_ppl_ratio) == (None, None):
+        return None
+    if not auto:
+        raise SurgeonError("--max-kl and --max-ppl-ratio choose layers: give them with --auto, not --keep")
+    budget.validate()
+    return budget
 
 
 def _say_notes(inputs: dict[str, str]) -> None:
@@ -226,31 +246,21 @@ def render_verify(report, console) -> None:
     console.print(verify_text(report), highlight=False, soft_wrap=True)  # one finding, one line
 
 
-def _composed(base, candidate, prompts, options, run: dict, progress):
+def _composed(base, candidate, prompts, options, run: RunSettings, progress):
     from surgeon.recover.canary.runner import ComposedCanary  # deferred: torch, as in canary
 
-    return ComposedCanary(base, candidate, prompts, options, **_model_run(run), progress=progress)
+    return ComposedCanary(base, candidate, prompts, options, run=run, cache_dir=canary_cache_dir(), progress=progress)
 
 
-def _canary_on_written(base, prompts, options, run: dict):
+def _canary_on_written(base, prompts, options, run: RunSettings):
     """The canary on the files salvage wrote (the base's outputs come from the cache)."""
 
     def canary_of(output: Path) -> dict:
         from surgeon.recover.canary.runner import run_canary  # deferred: torch, as in canary
 
-        return run_canary(str(output), base, prompts, options, **_model_run(run)).to_json()
+        return run_canary(str(output), base, prompts, options, run=run, cache_dir=canary_cache_dir()).to_json()
 
     return canary_of
-
-
-def _model_run(run: dict) -> dict:
-    """How the canary runner loads and runs the models, from the command's run settings."""
-    return {
-        "device": run["device"],
-        "dtype": run["dtype"],
-        "tokenizer_path": run["tokenizer"],
-        "cache_dir": canary_cache_dir(),
-    }
 
 
 def _auto(composed, console, progress):

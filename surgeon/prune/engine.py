@@ -32,6 +32,7 @@ from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, tool_rec
 from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_path, write_checkpoint
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import parse_layers
+from surgeon.options import record
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.prune.heal import HEALERS, HealInput, head_columns
@@ -46,7 +47,7 @@ from surgeon.runtime.corpus import (
     load_corpus,
     load_dataset_corpus,
 )
-from surgeon.runtime.device import resolve_device, resolve_dtype
+from surgeon.runtime.device import resolve_run
 from surgeon.runtime.memory import return_freed_memory
 from surgeon.runtime.stream import Batch, LayerStream, make_batches
 from surgeon.runtime.threads import use_cpu_threads
@@ -137,8 +138,7 @@ class _Run:
         self.selected = set(selected)
         self.fracs = dict(options.layer_fracs)
         self.progress, self.cancel, self.on_layer_done = progress, cancel, on_layer_done
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.device, self.dtype = resolve_run(options.run)
         use_cpu_threads(self.device, layout.config.get("hidden_size"))
         self.timings: dict[str, float] = {}
         self.messages: list[str] = []
@@ -158,7 +158,7 @@ class _Run:
         # model's skeleton and embeddings): a step of its own, not silence
         self.progress.start("loading tokenizer, calibration text and model", 1, unit="step")
         try:
-            tokenizer_path = Path(self.options.tokenizer) if self.options.tokenizer else self.ckpt.root
+            tokenizer_path = self.options.run.tokenizer_dir(self.ckpt.root)
             sequences, pad_id = self._calibration(tokenizer_path)
             workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
             message = workdir.open()
@@ -292,7 +292,7 @@ class _Run:
         }
         tokenizer_files = sorted(p for p in Path(tokenizer_path).glob("tokenizer*") if p.is_file())
         tok_hash = hashlib.sha256(b"".join(p.read_bytes() for p in tokenizer_files)).hexdigest()
-        options = asdict(self.options)
+        options = record(self.options)  # the flat keys of before RunSettings: a workdir of then still resumes
         options["device"], options["dtype"] = self.device.type, str(self.dtype)
         fingerprint = {
             "base": headers,
@@ -463,9 +463,9 @@ class _Run:
             # published beside the weights, and a path of this machine means nothing there
             "base": {**source_record(self.ckpt), "shards": report.base_shards},
             "options": dict(
-                asdict(self.options),
+                record(self.options),  # options.device, .dtype, .tokenizer: flat, as the schema has them
                 calib=self.options.calib and self.calibration["source"],
-                tokenizer=self.options.tokenizer and Path(self.options.tokenizer).name,
+                tokenizer=self.options.run.tokenizer and Path(self.options.run.tokenizer).name,
             ),
             "device": str(self.device),
             "compute_dtype": str(self.dtype).replace("torch.", ""),

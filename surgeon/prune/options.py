@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from surgeon.errors import SurgeonError
-from surgeon.options import DEVICE_HELP, DTYPE_HELP, TEXT_FILE_HELP, TOKENIZER_HELP, option
+from surgeon.options import TEXT_FILE_HELP, field_named, in_range, option, range_text
+from surgeon.runtime.settings import Quant, RunSettings
 
 Importance = Literal["recon", "norm", "loo-nll"]
 Heal = Literal["lstsq", "none"]
 Propagate = Literal["pruned", "base"]
-Quant = Literal["nf4"]
 IMPORTANCE: tuple[str, ...] = get_args(Importance)
 HEALS: tuple[str, ...] = get_args(Heal)
 PROPAGATE: tuple[str, ...] = get_args(Propagate)
@@ -68,15 +68,20 @@ class PruneOptions:
     )  # long enough for attention to look far back
     calib_samples: int | None = option(None, "Use only the first N texts.", minimum=1)
     batch_size: int = option(8, "Calibration samples per forward pass.", minimum=1)
-    device: str = option("auto", DEVICE_HELP)
-    dtype: str = option("auto", DTYPE_HELP)
+    # device, dtype and tokenizer: --device, --dtype and --tokenizer, and options.device,
+    # .dtype and .tokenizer in the manifest (surgeon.options.record), as before they were one
+    # record. Not its quant: the layers stream in `dtype`; nf4 is importance_quant's, for the
+    # loo-nll scores alone (see RunSettings.quant).
+    run: RunSettings = option(RunSettings(), "How the model runs.", fields=("device", "dtype", "tokenizer"))
     offload_activations: bool = option(False, "Keep the calibration stream in CPU memory.")
-    tokenizer: str | None = option(None, TOKENIZER_HELP, path="any")
 
     def validate(self) -> None:
-        if not 0 <= self.prune_frac < 1 or any(not 0 <= f < 1 for _, f in self.layer_fracs):
-            raise SurgeonError("the fraction of heads to prune must be in [0, 1)")
+        fraction = field_named(PruneOptions, "prune_frac")  # its range, as --prune-frac and the TUI offer it
+        if not all(in_range(fraction, f) for f in (self.prune_frac, *(f for _, f in self.layer_fracs))):
+            raise SurgeonError(f"the fraction of heads to prune must be in {range_text(fraction)}")
+        self.run.validate()
         checks = [
+            (self.run.quant is None, "prune runs the layers in their dtype: nf4 is for loo-nll scoring alone"),
             (self.importance in IMPORTANCE, f"importance must be one of {', '.join(IMPORTANCE)}"),
             (self.heal in HEALS, f"heal must be one of {', '.join(HEALS)}"),
             (self.propagate in PROPAGATE, f"propagate must be one of {', '.join(PROPAGATE)}"),

@@ -28,13 +28,15 @@ import torch
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.model.families import model_layout
+from surgeon.options import record
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.quality.options import TEXT_FORMATS, EvalOptions
 from surgeon.recover.canary.runner import changed_by_layer
 from surgeon.runtime.corpus import bundled_files, encode, load_corpus, read_documents, read_text_file
-from surgeon.runtime.device import resolve_device, resolve_dtype
+from surgeon.runtime.device import resolve_run
 from surgeon.runtime.memory import return_freed_memory
+from surgeon.runtime.settings import RunSettings
 from surgeon.runtime.stream import EMBEDDING, Batch, LayerStream, make_batches
 from surgeon.runtime.threads import use_cpu_threads
 from surgeon.runtime.tokenizer import load_tokenizer, tokenizer_error, with_one_bos
@@ -217,13 +219,12 @@ class EvalSession:
         self.options = options
         self.progress = progress or NoProgress()
         self.cancel = cancel
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.device, self.dtype = resolve_run(options.run)
         self.base = base if isinstance(base, Checkpoint) else open_checkpoint(base)
         self.other = other if isinstance(other, Checkpoint) else open_checkpoint(other)
         self.base_layout, self.other_layout = model_layout(self.base), model_layout(self.other)
         use_cpu_threads(self.device, self.base_layout.config.get("hidden_size"))
-        tokenizer = load_tokenizer(Path(options.tokenizer) if options.tokenizer else self.base.root)
+        tokenizer = load_tokenizer(options.run.tokenizer_dir(self.base.root))
         documents, record = load_eval_text(Path(options.text) if options.text else None, options.text_format)
         self.windows = make_windows(tokenizer, documents, options.window, options.max_tokens)
         if not self.windows:
@@ -484,7 +485,8 @@ class EvalSession:
             windows.append(_window(index, base_nll[part], nll[part], kl[part], agree[part]))
             first += count
         totals = _window(-1, base_nll, nll, kl, agree)
-        options = dict(asdict(self.options), text=self.text["source"], device=str(self.device))
+        # flat, as the schema has them: options.device, .dtype, .tokenizer
+        options = dict(record(self.options), text=self.text["source"], device=str(self.device))
         options["dtype"] = str(self.dtype).replace("torch.", "")
         return EvalReport(
             base=self.base.source,
@@ -561,17 +563,14 @@ def corpus_nll(
     corpus: Path | None = None,
     *,
     max_tokens: int = 128,
-    device: str = "cpu",
-    dtype: str = "float32",
-    tokenizer: Path | None = None,
+    run: RunSettings = RunSettings(device="cpu", dtype="float32"),
 ) -> float:
     """Mean next-token NLL of a checkpoint on a calibration corpus (None: the bundled one),
     each sample truncated to `max_tokens`."""
     ckpt = open_checkpoint(checkpoint)
-    tok = load_tokenizer(tokenizer or ckpt.root)
+    tok = load_tokenizer(run.tokenizer_dir(ckpt.root))
     sequences = encode(tok, load_corpus(corpus)[0], max_tokens)
-    dev = resolve_device(device)
-    stream = LayerStream(ckpt, model_layout(ckpt), dev, resolve_dtype(dtype, dev))
+    stream = LayerStream(ckpt, model_layout(ckpt), *resolve_run(run))
     batches = make_batches(sequences, 64, tok.pad_token_id or 0)
     total, count = 0.0, 0
     with torch.no_grad():

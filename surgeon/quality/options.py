@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from surgeon.errors import SurgeonError
-from surgeon.options import DEVICE_HELP, DTYPE_HELP, EVAL_TEXT_HELP, EVAL_TOKENS_HELP, TOKENIZER_HELP, option
+from surgeon.options import EVAL_TEXT_HELP, EVAL_TOKENS_HELP, option
+from surgeon.runtime.settings import RunSettings
 
 TEXT_FORMATS = ("auto", "text", "jsonl")
 
@@ -20,14 +21,16 @@ class EvalOptions:
     window: int = option(512, "Tokens per window.", minimum=2)
     max_tokens: int = option(8192, EVAL_TOKENS_HELP, minimum=2, flag="--eval-tokens", aliases=("--max-tokens",))
     batch_size: int = option(4, "Windows per forward pass.", minimum=1)
-    device: str = option("auto", DEVICE_HELP)
-    dtype: str = option("auto", DTYPE_HELP)
-    tokenizer: str | None = option(None, TOKENIZER_HELP, path="any")
+    # --device, --dtype, --tokenizer; options.device, .dtype and .tokenizer in the report
+    # (surgeon.options.record). Not its quant: eval streams the layers in `dtype`.
+    run: RunSettings = option(RunSettings(), "How the models run.", fields=("device", "dtype", "tokenizer"))
     # the base's per-layer stream, see EvalSession._cache_fits
     cache_budget_bytes: int = option(2 << 30, "Memory for the base's cached stream, in bytes.", cli=False)
 
     def validate(self) -> None:
+        self.run.validate()
         checks = [
+            (self.run.quant is None, "eval runs the layers in their dtype, not quantised"),
             (self.text_format in TEXT_FORMATS, f"the text format must be one of {', '.join(TEXT_FORMATS)}"),
             (self.window >= 2, "the window must be at least 2 tokens"),
             (self.max_tokens >= 2, "the token budget must be at least 2 tokens"),

@@ -1,2 +1,3 @@
 """What every engine that runs a model shares, below prune, quality and recover: the
-layer stream, device and dtype, CPU threads, memory, the tokenizer and the text corpus."""
+run settings (device, dtype, tokenizer, quantisation: one record), the layer stream, device
+and dtype, CPU threads, memory, the tokenizer and the text corpus."""

@@ -7,6 +7,7 @@ import torch
 
 from surgeon.errors import SurgeonError
 from surgeon.model.geometry import shown
+from surgeon.runtime.settings import RunSettings
 
 TORCH_DTYPES = {
     "BF16": torch.bfloat16,
@@ -67,3 +68,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise SurgeonError(f"dtype {shown(dtype)}: use auto, float32, bfloat16 or float16 (or fp32, bf16, fp16)")
     return DTYPES[dtype]
+
+
+def resolve_run(run: RunSettings) -> tuple[torch.device, torch.dtype]:
+    """The torch device and dtype RUN names, checked before any model is loaded."""
+    run.validate()
+    device = resolve_device(run.device)
+    return device, resolve_dtype(run.dtype, device)

@@ -109,3 +109,89 @@ def test_prunes_old_max_tokens_is_tokens_per_sample(tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out" / "prune_manifest.json").read_text())
     assert manifest["options"]["max_tokens"] == 32  # the manifest's key is the field's, unchanged
+
+
+# Each command's options, as --help showed them before the run settings became one record
+# (RunSettings, flattened back into --device, --dtype, --tokenizer and canary's --quant).
+RUN = ["--device", "--dtype", "--tokenizer"]
+CANARY = [
+    "--prompts",
+    "--add-prompts",
+    "--max-new-tokens",
+    "--max-drift",
+    "--max-self-ratio",
+    "--repetition-margin",
+    "--nonprintable-margin",
+    "--min-tokens",
+    "--min-agreement",
+    "--max-fail-frac",
+    "--bos",
+]
+EVAL = ["--eval", "--eval-text", "--eval-tokens"]
+OPTIONS = {
+    "prune": [
+        *["-o", "--output", "--prune-frac", "--layers", "--layer-frac", "--importance", "--importance-quant"],
+        *["--heal", "--ridge-rel", "--propagate", "--calib", "--calib-dataset", "--calib-tokens"],
+        *["--sample-tokens", "--calib-samples", "--batch-size", *RUN, "--offload-activations", "--workdir"],
+        *["--force", "--fsync", *EVAL, "--json", "-q", "--quiet", "--no-progress"],
+    ],
+    "eval": [
+        *["--base", "--eval-text", "--window", "--eval-tokens", "--batch-size", *RUN, "--layers", "--json"],
+        "--no-progress",
+    ],
+    "canary": ["--base", "--quant", "--no-cache", "--json", "--no-progress", *CANARY, *RUN],
+    "salvage": [
+        *["--base", "--keep", "--auto", "--max-kl", "--max-ppl-ratio", *EVAL, "--keep-non-layer", "--canary"],
+        *["-o", "--output", "--force", "--fsync", "--json", "--no-progress", *CANARY, *RUN],
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_the_options_of_the_model_running_commands_are_unchanged(name):
+    import click
+
+    command = main.get_command(click.Context(main), name)
+    options = [p for p in command.params if isinstance(p, click.Option) and not p.hidden]
+    shown = [opt for p in options for opt in p.opts if opt != "--help"]
+    assert sorted(shown) == sorted(OPTIONS[name])
+    defaults = {p.name: p.default for p in command.params}
+    assert (defaults["device"], defaults["dtype"], defaults["tokenizer"]) == ("auto", "auto", None)
+
+
+@pytest.mark.parametrize("name", ["canary", "salvage"])
+def test_canary_and_salvage_take_records_not_kw(name):
+    import inspect
+
+    import click
+
+    from surgeon.recover.canary.checks import CanaryOptions
+    from surgeon.runtime.settings import RunSettings
+
+    callback = main.get_command(click.Context(main), name).callback
+    parameters = inspect.signature(callback).parameters  # the command's own, through its wrappers
+    assert not [p for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    assert parameters["run"].annotation in (RunSettings, "RunSettings")
+    assert parameters["options"].annotation in (CanaryOptions, "CanaryOptions")
+
+
+def test_a_nested_record_is_flattened_into_flags_and_built_again(tmp_path):
+    import click
+
+    from surgeon.cli.options import build, options_from
+    from surgeon.prune.options import PruneOptions
+    from surgeon.runtime.settings import RunSettings
+
+    seen = {}
+
+    @click.command()
+    @options_from(PruneOptions)
+    @options_from(RunSettings, only=["quant"], into="run")
+    def command(run, **kw):
+        seen["options"], seen["run"] = build(PruneOptions, kw), run
+
+    args = ["--device", "cpu", "--dtype", "fp32", "--tokenizer", tmp_path, "--quant", "nf4", "--layers", "0"]
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    assert seen["options"].run == RunSettings(device="cpu", dtype="fp32", tokenizer=str(tmp_path))
+    assert seen["options"].layers == "0" and seen["run"] == RunSettings(quant="nf4")

@@ -162,6 +162,22 @@ def test_changed_options_start_fresh(tmp_path):
     assert sha(tmp_path / "a" / SHARD2) == sha(tmp_path / "b" / SHARD2)
 
 
+def test_the_manifest_and_the_workdir_keep_flat_run_options(tmp_path):
+    """options.device, .dtype and .tokenizer stay flat keys of the manifest (its schema) and
+    of the workdir's fingerprint (a workdir of the release before still resumes), now that
+    they come from one nested record, PruneOptions.run."""
+    from surgeon.runtime.settings import RunSettings
+    from tests.runtime.test_settings import PRUNE_OPTION_KEYS
+
+    run = RunSettings(device="cpu", dtype="fp32", tokenizer=str(TRAINED))
+    result = prune(TRAINED, tmp_path / "out", tiny_prune_options(layers="7", run=run), workdir=tmp_path / "work")
+    options = result.manifest["options"]
+    assert list(options) == PRUNE_OPTION_KEYS
+    assert (options["device"], options["dtype"], options["tokenizer"]) == ("cpu", "fp32", TRAINED.name)
+    fingerprint = json.loads((tmp_path / "work" / "fingerprint.json").read_text())["options"]
+    assert sorted(fingerprint) == sorted(PRUNE_OPTION_KEYS) and fingerprint["device"] == "cpu"
+
+
 def test_loo_nll_on_nf4_weights_scores_every_head(tmp_path):
     result = prune(
         TRAINED,

@@ -20,9 +20,11 @@ from surgeon.errors import Cancelled, SurgeonError
 from surgeon.quality.evaluate import EvalOptions, EvalSession, load_eval_text, make_windows, quantile
 from surgeon.quality.render import outliers, quality_markdown, render_eval
 from surgeon.recover.salvage import salvage
+from surgeon.runtime.settings import RunSettings
 from surgeon.runtime.stream import LayerStream
 from surgeon.runtime.tokenizer import load_tokenizer
 from tests.helpers import ROOT, make_variant, read_tensor
+from tests.runtime.test_settings import EVAL_OPTION_KEYS
 
 TRAINED = DEMO_MODEL
 PRUNED = DEMO_CANDIDATE
@@ -38,10 +40,9 @@ def text_file(tmp_path_factory) -> Path:
     return path
 
 
-def options(text_file, **kw) -> EvalOptions:
-    return EvalOptions(
-        **{"text": str(text_file), "window": 40, "max_tokens": 400, "batch_size": 3, "device": "cpu"} | kw
-    )
+def options(text_file, dtype: str = "auto", **kw) -> EvalOptions:
+    run = RunSettings(device="cpu", dtype=dtype)
+    return EvalOptions(**{"text": str(text_file), "window": 40, "max_tokens": 400, "batch_size": 3, "run": run} | kw)
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +288,12 @@ def test_cli_json(text_file, pruned_report):
     assert data["totals"] == pruned_report.summary()
     assert set(data["totals"]) == {"tokens", "ppl_base", "ppl", "ppl_ratio", "kl_mean", "kl_p99", "top1"}
     assert data["options"]["text"] == "heldout.txt" and str(text_file.parent) not in result.output
+    assert list(data["options"]) == EVAL_OPTION_KEYS  # device, dtype, tokenizer flat, as before RunSettings
+    assert (data["options"]["device"], data["options"]["dtype"], data["options"]["tokenizer"]) == (
+        "cpu",
+        "float32",
+        None,
+    )
     assert data["text"]["source"] == "heldout.txt" and data["text"]["windows"] == len(data["windows"])
     assert set(data["windows"][0]) == {"index", "tokens", "ppl_base", "ppl", "kl_mean", "kl_p99", "top1"}
 

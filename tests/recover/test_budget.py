@@ -16,6 +16,7 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.quality.evaluate import EvalOptions, EvalSession
 from surgeon.quality.record import recorded_quality
 from surgeon.recover.salvage import QualityBudget, budget_search
+from surgeon.runtime.settings import RunSettings
 
 BASE = DEMO_MODEL
 CANDIDATE = DEMO_CANDIDATE  # every layer pruned; layer 0 is the costly one
@@ -25,7 +26,7 @@ EVAL = ["--eval-text", str(TEXT), "--eval-tokens", "512", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def session():
-    return EvalSession(BASE, CANDIDATE, EvalOptions(text=str(TEXT), max_tokens=512, device="cpu"))
+    return EvalSession(BASE, CANDIDATE, EvalOptions(text=str(TEXT), max_tokens=512, run=RunSettings(device="cpu")))
 
 
 def summaries(session):
@@ -106,7 +107,9 @@ def test_cli_salvage_by_budget_records_every_step_and_the_result(tmp_path):
     assert {s["how"] for s in manifest["salvage"]["auto"]} == {"all", "alone", "budget", "canary"}
     assert CliRunner().invoke(main, ["verify", str(out), "--base", str(BASE)]).exit_code == 0
     # the composed plan's numbers are the written checkpoint's
-    written = EvalSession(BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, device="cpu")).evaluate_model()
+    written = EvalSession(
+        BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, run=RunSettings(device="cpu"))
+    ).evaluate_model()
     assert written.summary()["kl_mean"] == pytest.approx(quality["eval"]["kl_mean"], rel=1e-5, abs=1e-9)
     card = CliRunner().invoke(main, ["diff", str(BASE), str(out), "--markdown"])
     assert "## Quality against base" in card.stdout and DEMO_TEXT.name in card.stdout

@@ -10,6 +10,9 @@ from surgeon.prune.options import PruneOptions
 from surgeon.recover.canary.checks import CanaryOptions, read_prompts
 from surgeon.recover.canary.runner import run_canary
 from surgeon.recover.salvage import canary_search
+from surgeon.runtime.settings import RunSettings
+
+ON_CPU = RunSettings(device="cpu", dtype="float32")
 
 
 class Recorder:
@@ -30,7 +33,7 @@ class Recorder:
 
 def test_prune_counts_layers_from_one_and_shows_loading_and_every_phase_completes(tmp_path: pathlib.Path):
     sink = Recorder()
-    options = PruneOptions(layers="0-1", calib=str(DEMO_TEXT), calib_tokens=512, device="cpu", dtype="float32")
+    options = PruneOptions(layers="0-1", calib=str(DEMO_TEXT), calib_tokens=512, run=ON_CPU)
     prune(DEMO_MODEL, tmp_path / "out", options, progress=sink)
     names = [bar[0] for bar in sink.bars]
     assert names[0] == "loading tokenizer, calibration text and model"
@@ -48,8 +51,7 @@ def test_the_canary_shows_each_load_and_each_prompt_for_base_and_model(tmp_path:
         str(DEMO_MODEL),
         prompts,
         CanaryOptions(),
-        device="cpu",
-        dtype="float32",
+        run=ON_CPU,
         cache_dir=tmp_path / "cache",
         progress=sink,
     )

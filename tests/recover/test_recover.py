@@ -10,6 +10,7 @@ from surgeon.recover.canary.checks import CanaryOptions, Prompt, cache_key, prom
 from surgeon.recover.canary.runner import ComposedCanary, run_canary
 from surgeon.recover.salvage import canary_search, salvage
 from surgeon.recover.verify import verify
+from surgeon.runtime.settings import RunSettings
 from tests.helpers import (
     BASE,
     FIXTURES,
@@ -186,7 +187,9 @@ def test_base_cache_misses_when_any_part_changes(tmp_path):
     config = json.loads((tok_dir / "tokenizer_config.json").read_text())
     config["model_max_length"] = 77
     (tok_dir / "tokenizer_config.json").write_text(json.dumps(config))
-    assert not run_canary(TRAINED, TRAINED, PROMPTS[:2], cache_dir=cache, tokenizer_path=str(tok_dir)).base_cache_hit
+    assert not run_canary(
+        TRAINED, TRAINED, PROMPTS[:2], cache_dir=cache, run=RunSettings(tokenizer=str(tok_dir))
+    ).base_cache_hit
 
 
 def test_cache_key_is_the_sha256_of_the_parts_as_sorted_json():
@@ -269,7 +272,7 @@ def test_demo_tells_the_whole_story(tmp_path):
 
 def test_nf4_canary_through_bitsandbytes(tmp_path):
     full = run_canary(TRAINED, TRAINED, PROMPTS[:2], cache_dir=tmp_path)
-    nf4 = run_canary(TRAINED, TRAINED, PROMPTS[:2], device="cpu", quant="nf4", cache_dir=tmp_path)
+    nf4 = run_canary(TRAINED, TRAINED, PROMPTS[:2], run=RunSettings(device="cpu", quant="nf4"), cache_dir=tmp_path)
     assert nf4.passed
     assert not nf4.base_cache_hit  # nf4 base outputs are their own cache entries
     assert [p.base_text for p in nf4.prompts] != [p.base_text for p in full.prompts]  # really quantized

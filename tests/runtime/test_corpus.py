@@ -18,9 +18,11 @@ from surgeon.runtime.corpus import (
     load_corpus,
     parse_dataset_spec,
 )
+from surgeon.runtime.settings import RunSettings
 from surgeon.runtime.tokenizer import load_tokenizer
 
 TRAINED = DEMO_MODEL
+CPU = RunSettings(device="cpu")
 
 
 def test_the_bundled_corpus_is_large_varied_and_interleaved():
@@ -53,7 +55,7 @@ def test_the_default_budget_follows_the_widest_layer():
 
 
 def test_prune_defaults_take_the_budget_and_record_it(tmp_path):
-    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", device="cpu"))
+    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", run=CPU))
     calibration = result.manifest["calibration"]
     assert calibration["source"] == "bundled:calibration"
     assert calibration["tokens"] == calibration["token_budget"] == AUTO_MIN_TOKENS
@@ -67,7 +69,7 @@ def test_too_few_tokens_for_the_width_warns_in_one_line_and_is_recorded(tmp_path
     result = prune(
         TRAINED,
         tmp_path / "out",
-        PruneOptions(layers="0", calib_tokens=40, device="cpu"),
+        PruneOptions(layers="0", calib_tokens=40, run=CPU),
         on_warning=warnings.append,
     )
     assert warnings == result.manifest["messages"]
@@ -81,7 +83,7 @@ def test_too_few_tokens_for_the_width_warns_in_one_line_and_is_recorded(tmp_path
 
 
 def test_enough_tokens_gives_no_rank_warning(tmp_path):
-    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", calib_tokens=1024, device="cpu"))
+    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", calib_tokens=1024, run=CPU))
     assert result.manifest["messages"] == []
 
 
@@ -122,7 +124,7 @@ def cached_dataset(tmp_path, monkeypatch):
 
 
 def test_prune_takes_a_cached_hugging_face_dataset(cached_dataset, tmp_path):
-    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", calib_dataset="prose", device="cpu"))
+    result = prune(TRAINED, tmp_path / "out", PruneOptions(layers="0", calib_dataset="prose", run=CPU))
     calibration = result.manifest["calibration"]
     assert calibration["source"] == "dataset:prose" and calibration["split"] == "train"
     assert calibration["rows"] == len(cached_dataset) and calibration["tokens"] > 0

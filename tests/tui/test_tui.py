@@ -674,8 +674,8 @@ def test_prune_streams_layers_and_opens_the_result(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("#prune-frac", "half", "fraction 'half': give a number between 0 and 1"),
-        ("#prune-frac", "0", "fraction '0': give a number between 0 and 1"),
+        ("#prune-frac", "half", "fraction 'half': the fraction of heads to prune must be in [0, 1)"),
+        ("#prune-frac", "1", "fraction '1': the fraction of heads to prune must be in [0, 1)"),
         ("#prune-layers", "6-9", "layers '6-9': layer 8 does not exist (0-7)"),
         ("#prune-layers", "5-3", "layers '5-3': use 'all' or ranges like 0-3,7"),
     ],
@@ -691,6 +691,26 @@ def test_bad_prune_options_show_a_dialog(field, value, message):
         assert app.job is None
 
     run_app(flow)
+
+
+def test_the_prune_form_has_the_engines_defaults_range_and_words(tmp_path):
+    """The form's fraction is checked by PruneOptions itself: 0 (prune nothing) is accepted
+    and 1 refused in the engine's words, as --prune-frac does (it used to say 0 < f < 1)."""
+    from surgeon.tui.panes import prune_request
+
+    from surgeon.errors import SurgeonError
+    from surgeon.prune.options import PRUNE_DEFAULTS, PruneOptions
+    from surgeon.runtime.settings import RunSettings
+
+    form = {"fraction": "0", "layers": "all", "importance": "recon", "heal": "lstsq", "output": str(tmp_path / "o")}
+    options, output = prune_request(form, BASE, 8, tmp_path)
+    assert (options.prune_frac, output, options.run) == (0.0, tmp_path / "o", RunSettings(tokenizer=str(tmp_path)))
+    with pytest.raises(SurgeonError) as engine:
+        PruneOptions(prune_frac=1.0).validate()
+    for bad in ("1", "-0.5", "nan", "half"):
+        with pytest.raises(SurgeonError) as refused:
+            prune_request(form | {"fraction": bad}, BASE, 8, None)
+        assert str(refused.value) == f"fraction {bad!r}: {engine.value}, e.g. {PRUNE_DEFAULTS.prune_frac:g}"
 
 
 def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):

@@ -39,7 +39,8 @@ from surgeon.recover.canary.checks import (
     usable_prompts,
     verdict,
 )
-from surgeon.runtime.device import resolve_device, resolve_dtype
+from surgeon.runtime.device import resolve_run
+from surgeon.runtime.settings import RunSettings
 from surgeon.runtime.threads import use_cpu_threads
 from surgeon.runtime.tokenizer import load_tokenizer
 
@@ -47,25 +48,24 @@ from surgeon.runtime.tokenizer import load_tokenizer
 class CanaryModel:
     """A causal LM to generate with and score; `apply` swaps tensors in place."""
 
-    def __init__(self, ckpt: Checkpoint, *, device: str = "auto", dtype: str = "auto", quant: str | None = None):
+    def __init__(self, ckpt: Checkpoint, run: RunSettings = RunSettings()):
         # transformers is imported where a model is loaded: 1.7 s on top of torch (measured),
         # and a bad prompt file, option or checkpoint is reported before it
         from transformers import BitsAndBytesConfig
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # surgeon reports its own progress
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.quant = quant
+        self.device, self.dtype = resolve_run(run)
+        self.quant = run.quant
         kwargs: dict = {"dtype": self.dtype}
-        if quant == "nf4":
+        if self.quant == "nf4":
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=self.dtype
             )
         if self.device.type == "cuda":
-            kwargs["device_map"] = "auto" if quant else {"": str(self.device)}
+            kwargs["device_map"] = "auto" if self.quant else {"": str(self.device)}
         self.model = _from_pretrained(_checked(ckpt), kwargs)
-        if self.device.type != "cuda" and not quant:
+        if self.device.type != "cuda" and not self.quant:
             self.model.to(self.device)
         use_cpu_threads(self.device, getattr(self.model.config.get_text_config(), "hidden_size", None))
         self.eos = _eos_ids(self.model)
@@ -187,23 +187,20 @@ class BaseOutputs:
     """The base's greedy continuation and its NLL per prompt, and the base judged against
     itself, from the cache or computed."""
 
-    def __init__(
-        self, base: Checkpoint, tokenizer_dir: Path, options: CanaryOptions, *, device, dtype, quant, cache_dir
-    ):
-        self.base, self.options, self.cache_dir = base, options, cache_dir
-        self.device, self.dtype, self.quant = device, dtype, quant
+    def __init__(self, base: Checkpoint, options: CanaryOptions, run: RunSettings, cache_dir: Path | None):
+        self.base, self.options, self.run, self.cache_dir = base, options, run, cache_dir
         import transformers  # deferred: 1.7 s, see CanaryModel; here only for its version
 
         self.key_parts = {
             "versions": [torch.__version__, transformers.__version__],  # generation can change with them
             "weights": weights_hash(base),
-            "tokenizer": tokenizer_hash(tokenizer_dir),
+            "tokenizer": tokenizer_hash(run.tokenizer_dir(base.root)),
             "bos": options.bos,
             "max_new_tokens": options.max_new_tokens,
             "decoding": "greedy",
-            "dtype": dtype,
-            "device": resolve_device(device).type,
-            "quant": quant,
+            "dtype": run.dtype,  # as given: "auto" is another key than what it resolves to
+            "device": resolve_run(run)[0].type,
+            "quant": run.quant,
         }
         self.hits = 0
         self.self_check: dict | None = None
@@ -253,7 +250,7 @@ class BaseOutputs:
         return found
 
     def _model(self) -> CanaryModel:
-        return CanaryModel(self.base, device=self.device, dtype=self.dtype, quant=self.quant)
+        return CanaryModel(self.base, self.run)
 
 
 def loading(what: str, progress, load):
@@ -347,26 +344,23 @@ def run_canary(
     prompts: list[Prompt],
     options: CanaryOptions = CanaryOptions(),
     *,
-    device: str = "auto",
-    dtype: str = "auto",
-    quant: str | None = None,
-    tokenizer_path: str | None = None,
+    run: RunSettings = RunSettings(),
     cache_dir: Path | None = None,
     progress=None,
 ) -> CanaryReport:
-    """Canary of MODEL against BASE, one model in memory at a time; `progress` sees each
-    model load and each prompt, for the base (unless cached) and for the model."""
+    """Canary of MODEL against BASE, one model in memory at a time, both run as RUN says
+    (nf4 included); `progress` sees each model load and each prompt, for the base (unless
+    cached) and for the model."""
     progress = progress or NoProgress()
     options.validate()
-    resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
+    resolve_run(run)  # a bad device is one line before any loading
     base, model_ckpt = _checked(open_checkpoint(base_path)), _checked(open_checkpoint(model_path))
-    tokenizer_dir = Path(tokenizer_path) if tokenizer_path else base.root
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(run.tokenizer_dir(base.root))
     prompts = usable_prompts(prompts, tokenizer)
     ids = [prompt_ids(tokenizer, p, options.bos) for p in prompts]
-    outputs = BaseOutputs(base, tokenizer_dir, options, device=device, dtype=dtype, quant=quant, cache_dir=cache_dir)
+    outputs = BaseOutputs(base, options, run, cache_dir)
     base_out = outputs.get(prompts, ids, tokenizer, progress=progress)
-    model = loading("model", progress, lambda: CanaryModel(model_ckpt, device=device, dtype=dtype, quant=quant))
+    model = loading("model", progress, lambda: CanaryModel(model_ckpt, run))
     results = score(model, tokenizer, prompts, ids, base_out, options, progress=progress, label="model")
     return _report(results, options, outputs.hits == len(prompts), self_check=outputs.self_check)
 
@@ -386,26 +380,23 @@ class ComposedCanary:
         prompts,
         options=CanaryOptions(),
         *,
-        device="auto",
-        dtype="auto",
-        tokenizer_path=None,
+        run: RunSettings = RunSettings(),
         cache_dir=None,
         changed: dict[int, list[str]] | None = None,
         progress=None,
     ):
         options.validate()
         progress = progress or NoProgress()
-        resolve_dtype(dtype, resolve_device(device))  # a bad device is one line before any loading
+        if run.quant is not None:  # CanaryModel.apply copies full-precision tensors into the model
+            raise SurgeonError("composing a model in memory needs full precision, not a quantized model")
+        resolve_run(run)  # a bad device is one line before any loading
         self.base = _checked(open_checkpoint(base_path))
         self.candidate = _checked(open_checkpoint(candidate_path))
-        tokenizer_dir = Path(tokenizer_path) if tokenizer_path else self.base.root
-        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.tokenizer = load_tokenizer(run.tokenizer_dir(self.base.root))
         self.prompts, self.options = usable_prompts(prompts, self.tokenizer), options
         self.ids = [prompt_ids(self.tokenizer, p, options.bos) for p in self.prompts]
-        self.model = loading("base", progress, lambda: CanaryModel(self.base, device=device, dtype=dtype))
-        self.outputs = BaseOutputs(
-            self.base, tokenizer_dir, options, device=device, dtype=dtype, quant=None, cache_dir=cache_dir
-        )
+        self.model = loading("base", progress, lambda: CanaryModel(self.base, run))
+        self.outputs = BaseOutputs(self.base, options, run, cache_dir)
         self.base_out = self.outputs.get(self.prompts, self.ids, self.tokenizer, model=self.model, progress=progress)
         self.changed = changed if changed is not None else changed_by_layer(self.base, self.candidate)
         names = [n for layer_names in self.changed.values() for n in layer_names]
