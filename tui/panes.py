@@ -4,6 +4,7 @@ or the app. Each carries its own CSS; how the screen lays them out is in app.tcs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.text import Text
@@ -520,6 +521,7 @@ class CanaryPane(Vertical):
     DEFAULT_CSS = """
     #canary-controls { height: 3; }
     #canary-status, #canary-auto-steps { height: auto; padding: 0 1; }
+    #canary-inputs { height: 1; padding: 0 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     #canary-scroll { height: 1fr; }
     """
 
@@ -539,6 +541,7 @@ class CanaryPane(Vertical):
             yield Button("Run canary (c)", id="canary-run", variant="primary")
             yield Button("Auto plan (a)", id="canary-auto")
             yield Button("Cancel (x)", id="canary-cancel")
+        yield Static("", id="canary-inputs")
         yield Static("No canary run for this plan yet.", id="canary-status")
         yield Static("", id="canary-auto-steps")
         with VerticalScroll(id="canary-scroll"):
@@ -548,6 +551,10 @@ class CanaryPane(Vertical):
         request = self.BUTTONS.get(event.button.id or "")
         if request is not None:
             self.post_message(request())
+
+    def show_inputs(self, inputs: Text) -> None:
+        """Which prompts the canary asks and which text the eval scores on."""
+        self.query_one("#canary-inputs", Static).update(inputs)
 
     def show_steps(self, steps: Text) -> None:
         """The last search's steps, or the running search's live line."""
@@ -572,11 +579,27 @@ class CanaryPane(Vertical):
 
 class StatusLine(Static):
     """One line under the tabs: the plan, its canary and eval verdicts and the candidate
-    (views.status_text), on every tab."""
+    (views.status_text), on every tab. It is drawn for its width, and again when that changes."""
 
     DEFAULT_CSS = """
     StatusLine { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._line: Callable[[int], Text | str] = lambda width: ""
+
+    def show(self, line: Callable[[int], Text | str]) -> None:
+        """`line(width)`: the line that fits `width` cells."""
+        self._line = line
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        # the width inside the padding; before the first layout, the screen's less the padding
+        self.update(self._line(self.content_region.width or self.app.size.width - 2))
 
 
 IMPORTANCE_CHOICES = [(name, name) for name in IMPORTANCE]  # the prune options own the names
