@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.text import Text
 from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
-from surgeon.tui.jobs import Job, JobBar, JobRunner
+from surgeon.tui.jobs import LOADING_TORCH, Job, JobBar, JobRunner
 from surgeon.tui.panes import CanaryPane, LayerMap, OverviewPane, PlanPane, PrunePane, StatusLine, TensorsPane
 from surgeon.tui.search import SearchBar
 from surgeon.tui.tabs import TAB, TABS
@@ -222,7 +223,7 @@ class SurgeonApp(App):
     def _composed_canary(self, job: Job):
         """The canary's model, loaded by the first canary job of this candidate."""
         if self.composed is None:
-            job.progress.start("loading models", 0)
+            job.progress.start(loading_phase("loading models"), 0)
             self.composed = _composed_canary(self.base, self.candidate, self.report, self.tokenizer, self.prompts, job)
         return self.composed
 
@@ -432,6 +433,7 @@ class SurgeonApp(App):
         """The pair's EvalSession, made by the first eval job: its windows and the base's
         stream are reused by every later call. It reports to the job that is using it."""
         if self.eval_session is None:
+            job.progress.start(loading_phase("loading the eval text"), 0)
             from surgeon.quality.evaluate import EvalSession  # torch: loaded by the first eval, not at start
 
             job.progress.start("loading the eval text", 0)
@@ -635,6 +637,7 @@ class SurgeonApp(App):
         base = self.base
 
         def work(job: Job):
+            job.progress.start(loading_phase("prune"), 0)
             from surgeon.prune.engine import prune  # torch: loaded by the first prune, not at start
 
             return prune(
@@ -842,6 +845,13 @@ def _input_name(path: Path | None, own: Path | None, bundled: str) -> str:
     if path is None:
         return bundled
     return f"the demo's {path.name}" if path == own else path.name
+
+
+def loading_phase(then: str) -> str:
+    """The phase a model job starts in: "loading torch" while torch is not yet imported, the
+    seconds (5.5 s measured on the demo, 2 busy cores) that no cancel can cut short; the job
+    bar names it, so a cancel pressed then is understood. `then` otherwise."""
+    return LOADING_TORCH if "torch" not in sys.modules else then
 
 
 def missing_models(what: str) -> SurgeonError | None:

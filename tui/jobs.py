@@ -17,6 +17,8 @@ from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 from textual.worker import Worker, WorkerState
 
+LOADING_TORCH = "loading torch"  # a model job's first phase, which a cancel cannot cut short
+
 
 @dataclass
 class ProgressSnapshot:
@@ -147,8 +149,15 @@ class JobBar(Horizontal):
         self.set_class(job.stopping, "stopping")
         phase = "cancelling…" if job.stopping else state.description
         self.query_one("#job-label", Label).update(job_label(job.name, phase))
-        self.query_one("#job-hint", Label).update("stops at its next step" if job.stopping else "x: cancel")
+        self.query_one("#job-hint", Label).update(cancel_hint(job.stopping, state.description))
         self.query_one("#job-progress", ProgressBar).update(total=state.total or None, progress=state.done)
+
+
+def cancel_hint(stopping: bool, phase: str) -> str:
+    """What the bar says of cancelling: the key, or when the job will have stopped."""
+    if not stopping:
+        return "x: cancel"
+    return "stops once torch has loaded" if phase == LOADING_TORCH else "stops at its next step"
 
 
 def job_label(name: str, phase: str) -> str:
