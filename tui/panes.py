@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.text import Text
 from surgeon.tui import views
 from textual.app import ComposeResult
@@ -127,22 +128,37 @@ class OverviewPane(Vertical):
                 yield Label("Other files", classes="section", id="files-label")
                 yield DataTable(id="files", cursor_type="row")
 
+    SHARD_COLUMNS = ("shard", "verdict", "differ", "candidate sha256")
+    FILE_COLUMNS = ("file", "verdict")
+
     def on_mount(self) -> None:
-        self.query_one("#shards", DataTable).add_columns("shard", "verdict", "differ", "candidate sha256")
-        self.query_one("#files", DataTable).add_columns("file", "verdict")
+        self.query_one("#shards", DataTable).add_columns(*self.SHARD_COLUMNS)
+        self.query_one("#files", DataTable).add_columns(*self.FILE_COLUMNS)
 
     def show(self, report, rows: list[views.LayerRow]) -> None:
         self.query_one("#summary", Static).update(Text(inert(summary_line(report))))
         self.query_one("#layer-map", LayerMap).show(rows)
-        shards = self.query_one("#shards", DataTable)
-        shards.clear()
-        for shard in report.shards:
-            shards.add_row(*views.shard_cells(shard), key=shard.name)
-        files = self.query_one("#files", DataTable)
-        files.clear()
-        for item in report.files:
-            status = Text(item.status, style=views.STATUS_STYLE.get(item.status, ""))
-            files.add_row(Text(inert(item.name)), status, key=item.name)
+        shards = [(shard.name, views.shard_cells(shard)) for shard in report.shards]
+        fill_table(self.query_one("#shards", DataTable), self.SHARD_COLUMNS, shards)
+        files = [
+            (item.name, [Text(inert(item.name)), Text(item.status, style=views.STATUS_STYLE.get(item.status, ""))])
+            for item in report.files
+        ]
+        fill_table(self.query_one("#files", DataTable), self.FILE_COLUMNS, files)
+
+
+def fill_table(table: DataTable, labels: tuple[str, ...], rows: list[tuple[str, list[Text]]]) -> None:
+    """The table's rows, each column as wide as its widest cell, set before the first frame.
+    DataTable measures an auto-width column when it is next idle, and a frame drawn before
+    that caches the cell at the old width (its cache key has no width): after a candidate
+    swap the shard verdict "identical" stayed drawn "identic" in a column the first pair's
+    "changed" had sized."""
+    widths = [max([cell_len(label), *(row[i].cell_len for _, row in rows)]) for i, label in enumerate(labels)]
+    table.clear(columns=True)
+    for label, width in zip(labels, widths, strict=True):
+        table.add_column(label, key=label, width=width)
+    for key, cells in rows:
+        table.add_row(*cells, key=key)
 
 
 PAGE = 80  # tensor rows drawn at a time: a screen shows 20-50 of them
