@@ -13,6 +13,7 @@ for real models, its numbers would say nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,15 @@ DEMO_CANDIDATE = bundled_path("demo", "candidate")  # its all-layers prune, whos
 DEMO_TEXT = bundled_path("demo", "training.txt")  # what the tiny model was trained on
 DEMO_PROMPTS = bundled_path("demo", "prompts.txt")  # prompts of that kind, for its canary
 DEMO_MAX_KL = 0.05
+
+
+def bundled_inputs(base: str | Path) -> tuple[Path | None, Path | None]:
+    """(canary prompts, eval text) that come with BASE: the demo's own for the bundled demo
+    model, whose base answers the general prompts with noise (its canary "FAILED 14/25" in
+    the TUI), and (None, None) for any other model: the general bundled sets."""
+    if os.path.realpath(base) == os.path.realpath(DEMO_MODEL):
+        return DEMO_PROMPTS, DEMO_TEXT
+    return None, None
 
 
 def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:

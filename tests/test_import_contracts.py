@@ -51,7 +51,9 @@ def test_the_contracts_hold(tmp_path):
     wheel_layout(tmp_path)
     result = lint_imports(tmp_path)
     contracts = (ROOT / ".importlinter").read_text().count("[importlinter:contract:")
-    assert result.returncode == 0 and f"{contracts} kept, 0 broken" in result.stdout, result.stdout[-3000:] + result.stderr
+    assert result.returncode == 0 and f"{contracts} kept, 0 broken" in result.stdout, (
+        result.stdout[-3000:] + result.stderr
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen, ScreenResultType
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Markdown, Static
 
+from surgeon.atomic import OutputExists
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.writer import check_output_path
@@ -144,11 +145,11 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
             return
         output = Path(text).expanduser()
         try:
-            check_output_path(output, [open_checkpoint(str(p)) for p in self.inputs], force=True)
+            exists = self._exists(output)
         except SurgeonError as exc:
             self.notify(inert(exc), severity="error", timeout=8, markup=False)
             return
-        if not output.exists():
+        if not exists:
             self.dismiss((output, False))
         elif not replace:
             message = f"{inert(output)} already exists: tick Replace to replace it, or choose another"
@@ -162,6 +163,19 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
 
             # A question of the dialog's own, stacked over it: the app's session is not involved.
             self.app.push_screen(ConfirmDialog(question, "Replace"), answered)
+
+    def _exists(self, output: Path) -> bool:
+        """Whether something is at `output`, by the writer's own guard (the one salvage runs
+        first, as the CLI does), so the dialog and the write cannot disagree: a dangling link
+        is there (lexists), where Path.exists() said it was not and the write then failed.
+        Raises SurgeonError for an output the write would refuse, replaced or not."""
+        inputs = [open_checkpoint(str(p)) for p in self.inputs]
+        try:
+            check_output_path(output, inputs, force=False)
+        except OutputExists:
+            check_output_path(output, inputs, force=True)  # what replacing it would meet
+            return True
+        return False
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -24,6 +24,7 @@ from textual.widgets import DataTable
 
 from surgeon.demo import DEMO_CANDIDATE as CANDIDATE
 from surgeon.demo import DEMO_MODEL as BASE
+from surgeon.demo import DEMO_TEXT
 from tests.helpers import FIXTURES, sha
 
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -281,8 +282,9 @@ def test_canary_runs_on_the_plan_and_is_kept_per_plan():
 
 
 def test_auto_plan_searches_and_sets_the_plan():
-    """The demo pair and the canary are deterministic, so the search is too: every prefix of
-    the changed layers fails; layer 1 passes alone, then 4, 5, 6 and 7 can join it."""
+    """The demo pair and the canary (on the demo's own prompts) are deterministic, so the
+    search is too: every prefix of the changed layers fails; layer 1 passes alone, then 2
+    to 7 join it one by one, as `surgeon demo`'s budget search keeps 1-7."""
 
     async def flow(app, pilot):
         await pilot.press("a")
@@ -293,22 +295,14 @@ def test_auto_plan_searches_and_sets_the_plan():
             ("prefix", [0, 1, 2, 3], False),
             ("prefix", [0, 1], False),
             ("prefix", [0], False),
-            ("add", [1], True),
-            ("add", [1, 2], False),
-            ("add", [1, 3], False),
-            ("add", [1, 4], True),
-            ("add", [1, 4, 5], True),
-            ("add", [1, 4, 5, 6], True),
-            ("add", [1, 4, 5, 6, 7], True),
+            *(("add", list(range(1, last + 1)), True) for last in range(1, 8)),
         ]
-        assert app.plan.keep == [1, 4, 5, 6, 7]
+        assert app.plan.keep == [1, 2, 3, 4, 5, 6, 7]
         assert all(frozenset(s.layers) in app.canary_reports for s in steps)
         assert app.composed.runs == len(steps)  # each plan ran once; the rest came from memory
-        assert "Plan keep 1, 4-7: canary passed" in text_of(app, "#canary-status")
+        assert "Plan keep 1-7: canary passed" in text_of(app, "#canary-status")
         shown = text_of(app, "#canary-auto-steps")
-        assert shown.startswith(
-            "last auto search (found keep 1, 4-7), 11 canary runs: prefix 0-7 fail, prefix 0-3 fail"
-        )
+        assert shown.startswith("last auto search (found keep 1-7), 11 canary runs: prefix 0-7 fail, prefix 0-3 fail")
         await pilot.press("ctrl+z")
         assert app.plan.keep == list(range(8))
         assert "canary FAILED" in text_of(app, "#canary-status")  # the full plan's result, kept
@@ -459,7 +453,7 @@ def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
         assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
         assert quality["eval"] == app.eval_reports[frozenset(keep)]
         assert quality["layer_kl"] == {str(n): app.layer_kl[n] for n in range(8)}
-        assert quality["text"]["source"] == "bundled:heldout"
+        assert quality["text"]["source"] == DEMO_TEXT.name  # the demo model's own text, named, not its path
 
         app.plan.keep_only("0,2")  # a plan not evaluated: the manifest claims no quality for it
         app.refresh_plan()
@@ -1250,9 +1244,9 @@ def test_auto_plan_says_which_run_and_layers_it_is_testing(monkeypatch):
         assert seen[0].strip() == "auto search running: run 1 tests keep 0-7 (at most 17 more runs after it)"
         assert seen[2].startswith("auto search running: run 3 tests keep 0-1 (at most 15 more runs after it)")
         assert "run 1 keep 0-7 fail, run 2 keep 0-3 fail" in seen[2]
-        assert seen[10].startswith("auto search running: run 11 tests keep 1, 4-7")
+        assert seen[10].startswith("auto search running: run 11 tests keep 1-7")
         assert "canary: not run" in status[0] and "canary: FAILED" in status[1]  # run 1 tested the plan in hand
-        assert text_of(app, "#canary-auto-steps").startswith("last auto search (found keep 1, 4-7)")
+        assert text_of(app, "#canary-auto-steps").startswith("last auto search (found keep 1-7)")
 
     run_app(flow)
 
