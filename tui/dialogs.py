@@ -16,7 +16,8 @@ from textual.widgets import Button, Checkbox, Footer, Input, Label, Markdown, St
 
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.format.writer import check_output_path
+from surgeon.format.replacing import what_is_there
+from surgeon.format.writer import check_output_folder
 from surgeon.text import inert, inert_lines
 
 
@@ -144,7 +145,8 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
             return
         output = Path(text).expanduser()
         try:
-            check_output_path(output, [open_checkpoint(str(p)) for p in self.inputs], force=True)
+            # the engine's rule of what may be replaced, asked before the question below
+            check_output_folder(output, [open_checkpoint(str(p)) for p in self.inputs], force=True)
         except SurgeonError as exc:
             self.notify(inert(exc), severity="error", timeout=8, markup=False)
             return
@@ -154,7 +156,7 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
             message = f"{inert(output)} already exists: tick Replace to replace it, or choose another"
             self.notify(message, severity="error", markup=False)
         else:
-            question = f"{output} exists. Replace it? {_folder_note(output)} Everything in it will be deleted."
+            question = f"{output} exists: {_folder_note(output)}. Replace it? Everything in it will be deleted."
 
             def answered(yes: bool | None) -> None:
                 if yes:
@@ -225,12 +227,9 @@ class BudgetDialog(Dialog["tuple[float | None, float | None] | None"]):
 
 
 def _folder_note(folder: Path) -> str:
-    if not folder.is_dir():
-        return "It is a file, not a folder."
-    entries = list(folder.iterdir())
-    looks_like = any(e.suffix == ".safetensors" or e.name.endswith(".safetensors.index.json") for e in entries)
-    kind = "a checkpoint" if looks_like else "NOT a checkpoint"
-    return f"It holds {len(entries)} entries and looks like {kind}."
+    """What the folder is, in the engine's words: only what --force may replace gets here."""
+    _, kind = what_is_there(folder)
+    return f"{kind}, {sum(1 for _ in folder.iterdir())} entries"
 
 
 def tab_keys() -> str:

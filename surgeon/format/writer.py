@@ -28,13 +28,13 @@ from surgeon.errors import Cancelled, SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256
 from surgeon.format.hashing import default_workers
+from surgeon.format.replacing import MANIFEST_NAME, check_replaceable, refuse_cwd  # the manifest's name: here for all
 from surgeon.format.safetensors import ShardHeader
 from surgeon.format.tensor_io import MappedShard
 from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
 
 COPY_CHUNK = 8 << 20
-MANIFEST_NAME = "prune_manifest.json"  # its contents: surgeon.recover.manifest
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,26 @@ def check_output_path(output: Path, inputs: list[Checkpoint], force: bool) -> Pa
     """The output guard of every writer (surgeon.atomic.check_output) over these checkpoints;
     returns the resolved output to write."""
     return check_output(output, [path for ckpt in inputs for path in input_paths(ckpt)], force)
+
+
+def check_output_folder(output: str | os.PathLike, inputs: list[Checkpoint], force: bool) -> Path:
+    """check_output_path for an output folder (prune, salvage, demo, the TUI's write): never
+    the current folder or one holding it, and with `force`, what is there must be what
+    --force may replace (surgeon.format.replacing); returns the resolved output."""
+    target = check_output_path(Path(output), inputs, force)
+    refuse_cwd(target, output)
+    if force:
+        check_replaceable(target, output)
+    return target
+
+
+def publish_folder(tmp: Path, target: Path, force: bool, shown: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `target`: a new output never replaces; with `force`
+    the replacement is checked again first (the folder may have changed during a long run)
+    and exchanged in one step."""
+    if force:
+        check_replaceable(target, shown)
+    publish(tmp, target, replace=force, shown=shown)
 
 
 def input_paths(ckpt: Checkpoint) -> list[Path]:
@@ -131,7 +151,7 @@ def write_checkpoint(
         info = base.tensors.get(name)
         if info is None or info.nbytes != len(data):
             raise SurgeonError(f"{name}: a replacement must match a base tensor's byte size")
-    target = check_output_path(output, [base], force)
+    target = check_output_folder(output, [base], force)
     progress = progress or NoProgress()
     with output_errors(output), temp_dir(target) as tmp:
         progress.start("writing", sum(s.file_size for s in base.shards.values()))
@@ -146,7 +166,7 @@ def write_checkpoint(
             _fsync_dir(tmp)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        publish(tmp, target, replace=force, shown=output)  # a new output never replaces; --force exchanges
+        publish_folder(tmp, target, force, output)
     return report
 
 

@@ -28,7 +28,7 @@ from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
-from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_path, write_checkpoint
+from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_folder, check_output_path, write_checkpoint
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import parse_layers
 from surgeon.parallel import check_stop
@@ -118,7 +118,7 @@ def prune(
     layout = model_layout(ckpt)
     selected = parse_layers(options.layers, len(layout.layers), what="layers")
 
-    check_output_path(Path(output), [ckpt], force)
+    check_output_folder(Path(output), [ckpt], force)
     if workdir is not None:  # it is written to, and emptied when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
     run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)

@@ -96,7 +96,7 @@ def test_zero_byte_tensor_sharing_an_offset(tmp_path):
 
 def test_force_replaces_an_existing_output(tmp_path):
     base = open_checkpoint(TRAINED)
-    (tmp_path / "out").mkdir()
+    write_checkpoint(base, tmp_path / "out", {})  # a checkpoint: what --force may replace
     (tmp_path / "out" / "old.txt").write_text("old")
     with pytest.raises(SurgeonError, match="already exists"):
         write_checkpoint(base, tmp_path / "out", {})
