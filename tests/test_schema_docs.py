@@ -40,6 +40,8 @@ NOT_RUN = {
         "calibration.split",
         "calibration.fingerprint",
         "calibration.rows",
+        # a base whose side file links out of its folder or is too large: tests/format/test_writer.py
+        "written.skipped_files.*",
     },
 }
 SHORT_CANARY = ["--max-new-tokens", "4", "--device", "cpu"]

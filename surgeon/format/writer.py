@@ -26,7 +26,7 @@ from pathlib import Path
 from surgeon.atomic import check_output, output_errors, publish, temp_dir
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.format.checkpoint import Checkpoint
-from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256
+from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256, hub_snapshot_repo
 from surgeon.format.hashing import default_workers
 from surgeon.format.replacing import MANIFEST_NAME, check_replaceable, refuse_cwd  # the manifest's name: here for all
 from surgeon.format.safetensors import ShardHeader
@@ -35,6 +35,10 @@ from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
 
 COPY_CHUNK = 8 << 20
+# The largest side file a checkpoint needs is its tokenizer.json: about 33 MB for a vocabulary
+# of 262k tokens (Gemma 3's), 9 MB for Llama 3's 128k. 64 MiB holds twice the largest, and
+# keeps a multi-GB file that has no business beside the weights (a GGUF, an archive) out.
+SIDE_FILE_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class WriteReport:
     copied_shards: list[str] = field(default_factory=list)  # written byte-identical to the base's file
     tensors: dict[str, dict[str, str]] = field(default_factory=dict)  # replaced -> base/out SHA256
     files: dict[str, str] = field(default_factory=dict)  # side file written (config, index...) -> SHA256
+    skipped_files: dict[str, str] = field(default_factory=dict)  # side file of the base not copied -> why
 
     def changed_tensors(self) -> list[str]:
         return sorted(n for n, h in self.tensors.items() if h["base_sha256"] != h["sha256"])
@@ -159,7 +164,7 @@ def write_checkpoint(
             report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel, durable, progress.advance)
         finally:
             progress.stop()
-        report.files = _copy_side_files(base, tmp)
+        _copy_side_files(base, tmp, report)
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
         if durable:
@@ -408,33 +413,65 @@ def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:
             emit(view)
 
 
-def _copy_side_files(base: Checkpoint, tmp: Path) -> dict[str, str]:
-    """Copy the base's config, index, tokenizer and template files; return each one's SHA256,
-    hashed from the bytes as they were copied, for the manifest (verify checks them: an
-    edited config or tokenizer must not pass)."""
-    written = {}
+def _copy_side_files(base: Checkpoint, tmp: Path, report: WriteReport) -> None:
+    """Copy the base's config, index, tokenizer and template files into `report.files`, each
+    one's SHA256 hashed from the bytes as they were copied, for the manifest (verify checks
+    them: an edited config or tokenizer must not pass). What is not copied, and why, goes to
+    `report.skipped_files`: a link that leads out of the base (a README.md linking to
+    ~/.ssh/id_rsa would be published, and vouched for by verify), a file larger than
+    SIDE_FILE_MAX, anything that is not a regular file."""
+    inside = hub_snapshot_repo(base.root) or Path(os.path.realpath(base.root))
     for path in sorted(base.root.iterdir()):
         if path.name in base.shards or path.name == MANIFEST_NAME or path.name.startswith("."):
             continue
-        if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
-            sha = _copy_hashing(path, tmp / path.name)
-            if sha is not None:
-                written[path.name] = sha
-    return written
+        if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or (path.is_dir() and not path.is_symlink()):
+            continue  # weights, and subfolders: not side files
+        try:
+            report.files[path.name] = _copy_side_file(path, inside, tmp / path.name)
+        except _NotCopied as exc:
+            report.skipped_files[path.name] = str(exc)
 
 
-def _copy_hashing(source: Path, target: Path) -> str | None:
-    """Copy a regular file, hashing the bytes copied; None (nothing written) if `source` is
-    not a regular file once opened (a FIFO swapped in would block the copy forever)."""
-    digest = hashlib.sha256()
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+class _NotCopied(Exception):
+    """A side file left out of the output; its message says why."""
+
+
+def _copy_side_file(source: Path, inside: Path, target: Path) -> str:
+    """Copy one side file, at most SIDE_FILE_MAX bytes, hashing the bytes copied; returns the
+    SHA256. A link is followed only to a file under `inside` (the base's folder, or its repo
+    folder in the Hugging Face cache, whose snapshots link into ../../blobs); the file is
+    opened without following a link or waiting on a FIFO (O_NOFOLLOW, O_NONBLOCK) and
+    must be a regular file once open."""
+    real = Path(os.path.realpath(source))
+    if not real.is_relative_to(inside):
+        raise _NotCopied("a link that leads out of the checkpoint's folder")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _NotCopied(f"cannot be read ({exc.strerror})") from None
     with open(fd, "rb") as src:
-        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-            return None
-        with open(target, "wb") as out:
-            while block := src.read(COPY_CHUNK):
-                digest.update(block)
-                out.write(block)
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotCopied("not a regular file")
+        if info.st_size > SIDE_FILE_MAX:
+            raise _NotCopied(f"{info.st_size} bytes, more than the {SIDE_FILE_MAX >> 20} MiB a side file may have")
+        return _copy_bounded(src, target)
+
+
+def _copy_bounded(src, target: Path) -> str:
+    """Copy `src` into `target` up to SIDE_FILE_MAX bytes (a file may grow after its size was
+    checked); returns the SHA256 of the bytes copied."""
+    digest, copied = hashlib.sha256(), 0
+    with open(target, "wb") as out:
+        while block := src.read(min(COPY_CHUNK, SIDE_FILE_MAX + 1 - copied)):
+            copied += len(block)
+            if copied > SIDE_FILE_MAX:
+                break
+            digest.update(block)
+            out.write(block)
+    if copied > SIDE_FILE_MAX:
+        target.unlink()
+        raise _NotCopied(f"grew past the {SIDE_FILE_MAX >> 20} MiB a side file may have while it was copied")
     return digest.hexdigest()
 
 

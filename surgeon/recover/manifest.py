@@ -45,6 +45,7 @@ class WrittenRecord(TypedDict):
     shards: dict[str, str]  # output shard -> SHA256
     copied_shards: list[str]  # shards written byte-identical to the base's file
     files: dict[str, str]  # side files (config, index, tokenizer) -> SHA256, hashed as copied
+    skipped_files: dict[str, str]  # the base's side files not copied -> why (a link out of it, too large)
 
 
 class PruneManifest(TypedDict, total=False):
@@ -90,6 +91,7 @@ def written_record(report, layer_of: Callable[[str], int | None]) -> WrittenReco
         "shards": report.shards,
         "copied_shards": report.copied_shards,
         "files": report.files,
+        "skipped_files": report.skipped_files,
     }
 
 
