@@ -49,7 +49,7 @@ from surgeon.prune.memory import return_freed_memory
 from surgeon.prune.options import PruneOptions
 from surgeon.prune.stream import Batch, LayerStream, make_batches, resolve_device, resolve_dtype
 from surgeon.prune.threads import use_cpu_threads
-from surgeon.prune.workdir import Workdir
+from surgeon.prune.workdir import DamagedEntry, Workdir, record_problem
 from surgeon.recover.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
 
 
@@ -163,7 +163,7 @@ class _Run:
             workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
             message = workdir.open()
             if message:
-                self.messages.append(message)
+                self._warn(message)  # earlier work discarded: said as it happens, and recorded
             stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
             batches = make_batches(sequences, self.options.batch_size, pad_id)
             self.progress.advance(1)
@@ -251,7 +251,7 @@ class _Run:
         sources = {}
         for result in results:
             if result.pruned:
-                sources.update(workdir.layer_sources(result.layer))
+                sources.update(workdir.layer_sources(result.layer, self.ckpt.tensors))
         write_checkpoint(
             self.ckpt,
             output,
@@ -302,34 +302,56 @@ class _Run:
         return json.loads(json.dumps(fingerprint))  # as it reads back from disk (tuples become lists)
 
     def _resume(self, workdir: Workdir, stream: LayerStream, batches: list[Batch]):
-        """(results, first layer to run): from the workdir where it holds a
-        complete prefix of layers and the stream entering the next one, else from scratch."""
+        """(results, first layer to run): from the workdir where it holds a complete prefix
+        of layers and the stream entering the next one, else from scratch. A damaged entry
+        is a warning, and the saved layers are run again."""
         started = time.perf_counter()
         for batch in batches:
             stream.trace(batch)
-        results, start = self._saved_layers(workdir, len(batches))
-        if start:
-            saved = workdir.load_stream()
-            assert saved is not None  # _saved_layers resumes only where the stream was saved
-            for batch, hidden in zip(batches, saved[1], strict=True):
-                batch.hidden = hidden
+        try:
+            results, start = self._saved_layers(workdir, batches)
+        except DamagedEntry as exc:
+            self._warn(f"{exc}; the saved layers are run again")
+            workdir.reset()
+            results, start = [], 0
         for batch in batches:
             assert batch.hidden is not None  # traced above
             batch.hidden = self._keep(batch.hidden.to(self.device))
         self._time("trace", started)
         return results, start
 
-    def _saved_layers(self, workdir: Workdir, num_batches: int):
+    def _saved_layers(self, workdir: Workdir, batches: list[Batch]) -> tuple[list[LayerResult], int]:
+        """The saved layers and the stream entering the next, each checked against this run
+        (the batches just traced, the model's layers, the base's tensors) before any is used."""
         saved = workdir.load_stream()
-        if saved is None or len(saved[1]) != num_batches:
+        if saved is None or len(saved[1]) != len(batches):
             return [], 0
+        start, hidden = saved
+        if start > len(self.layout.layers):
+            raise DamagedEntry(f"{workdir.path / 'stream.json'}: layer {start} of {len(self.layout.layers)}")
+        for batch, saved_hidden in zip(batches, hidden, strict=True):
+            traced = cast(torch.Tensor, batch.hidden)
+            if (saved_hidden.shape, saved_hidden.dtype) != (traced.shape, traced.dtype):
+                raise DamagedEntry(f"{workdir.path / 'stream.safetensors'}: its batches are not this run's")
         results = []
-        for index in range(saved[0]):
+        for index in range(start):
             record = workdir.layer_record(index)
             if record is None:
                 return [], 0
-            results.append(LayerResult(**record))
-        return results, saved[0]
+            results.append(self._saved_result(workdir, index, record))
+        for batch, saved_hidden in zip(batches, hidden, strict=True):
+            batch.hidden = saved_hidden
+        return results, start
+
+    def _saved_result(self, workdir: Workdir, index: int, record: dict) -> LayerResult:
+        """A saved layer's record as this run would have made it: its geometry, its values'
+        types, and a tensors file that holds base tensors exactly when the layer is pruned."""
+        problem = record_problem(record, asdict(_result(self.layout.layers[index], index in self.selected)))
+        if problem is None and bool(workdir.layer_sources(index, self.ckpt.tensors)) != record["pruned"]:
+            problem = "its tensors file does not match it"
+        if problem is not None:
+            raise DamagedEntry(f"{workdir.path / 'layers' / f'{index:05d}.json'}: {problem}")
+        return LayerResult(**record)
 
     @contextlib.contextmanager
     def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):
