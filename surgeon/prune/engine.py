@@ -198,7 +198,7 @@ class _Run:
         pruned = [spec for spec in self.layout.layers if spec.index in self.selected] or self.layout.layers
         width = max(map(self._width, pruned))
         budget = self.options.calib_tokens or auto_token_budget(width)
-        if self.options.calib_dataset:
+        if self.options.calib_dataset is not None:
             # ~4 characters a token in English; 16 leaves room for any tokenizer
             texts, record = load_dataset_corpus(self.options.calib_dataset, max_chars=16 * budget)
         else:
