@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 from safetensors import SafetensorError
@@ -175,7 +176,7 @@ def _read_header(path: Path) -> ShardHeader:
         raise DamagedEntry(str(exc)) from None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
