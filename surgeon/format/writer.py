@@ -28,7 +28,9 @@ from surgeon.errors import Cancelled, SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256, hub_snapshot_repo
 from surgeon.format.hashing import default_workers
-from surgeon.format.replacing import MANIFEST_NAME, check_replaceable, refuse_cwd  # the manifest's name: here for all
+
+# MANIFEST_NAME is defined beside the rule that recognises a manifest; its importers take it from here
+from surgeon.format.replacing import MANIFEST_NAME, check_replaceable, refuse_cwd
 from surgeon.format.safetensors import ShardHeader
 from surgeon.format.tensor_io import MappedShard
 from surgeon.parallel import check_stop, map_cancellable
