@@ -20,7 +20,7 @@ from surgeon.atomic import OutputExists
 from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.format.writer import check_output_path
+from surgeon.format.writer import check_output_folder
 from surgeon.model.names import parse_layer_spec, parse_layers
 from surgeon.prune.options import HEALS, IMPORTANCE, PruneOptions
 from surgeon.text import inert
@@ -737,7 +737,7 @@ def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pat
     default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
     output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
     try:
-        check_output_path(output, [open_checkpoint(base)], force=False)  # the writers' own guard, before any work
+        check_output_folder(output, [open_checkpoint(base)], force=False)  # the writers' own guard, before any work
     except OutputExists:
         raise SurgeonError(f"{output}: already exists; choose another output folder") from None
     return options, output

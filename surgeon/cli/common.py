@@ -80,6 +80,12 @@ def warn(message: str) -> None:
     click.echo(f"surgeon: warning: {inert(message)}", err=True)
 
 
+def warn_skipped(manifest: dict) -> None:
+    """One warning for each of the base's side files the writer left out, and why."""
+    for name, why in manifest["written"].get("skipped_files", {}).items():
+        warn(f"{name} of the base was not copied: {why}")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what timeout, docker and Slurm send) or SIGHUP, raised in the main thread so
     that a run cleans up exactly as it does on Ctrl-C: thread-pool workers stop at their next

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -554,9 +555,11 @@ def test_an_engine_error_gets_the_tuis_own_hint():
 
 
 def test_write_over_an_existing_folder_asks_first(tmp_path):
-    output = tmp_path / "taken"
-    output.mkdir()
-    (output / "keep.txt").write_text("mine")
+    """Only what --force may replace is offered (the engine's rule), and then it asks."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    output = shutil.copytree(BASE, tmp_path / "old-checkpoint")
 
     async def flow(app, pilot):
         await pilot.press("w")
@@ -566,14 +569,20 @@ def test_write_over_an_existing_folder_asks_first(tmp_path):
         assert isinstance(app.screen, WriteDialog)  # still open, to fix the path
         assert app.job is None
         app.screen.query_one("#write-replace").value = True
+        await type_into(pilot, "#write-output", str(taken))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, WriteDialog) and app.job is None  # refused: no checkpoint, no output
+        assert "not replacing it: it is not empty" in [n.message for n in app._notifications][-1]
+        await type_into(pilot, "#write-output", str(output))
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
         question = _render_plain(app.screen.query_one("#dialog-text"))
-        assert "looks like NOT a checkpoint" in question and "Everything in it will be deleted" in question
+        assert "exists: a checkpoint" in question and "Everything in it will be deleted" in question
         await pilot.press("escape")  # no
         assert isinstance(app.screen, WriteDialog) and app.job is None
-        assert (output / "keep.txt").read_text() == "mine"
+        assert (taken / "keep.txt").read_text() == "mine" and (output / "config.json").is_file()
         await type_into(pilot, "#write-output", str(BASE / "inside"))
         await pilot.press("enter")
         await pilot.pause()
@@ -586,7 +595,7 @@ def test_write_over_an_existing_folder_asks_first(tmp_path):
         assert app.last_verify is not None and app.last_verify.ok
 
     run_app(flow)
-    assert not (output / "keep.txt").exists()
+    assert (taken / "keep.txt").read_text() == "mine"
     assert (output / "prune_manifest.json").is_file()
 
 
