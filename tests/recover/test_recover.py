@@ -195,6 +195,7 @@ def test_missing_bos_reproduces_the_gotcha():
     assert with_bos.prompts[0].base_text.startswith(" Paris")
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_cli_canary_salvage_verify(planted, tmp_path):
     from surgeon.cli.main import main
 

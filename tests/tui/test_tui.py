@@ -252,6 +252,7 @@ def test_bad_range_shows_an_error_dialog():
     run_app(flow)
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_canary_runs_on_the_plan_and_is_kept_per_plan():
     async def flow(app, pilot):
         await pilot.press("c")
@@ -280,6 +281,7 @@ def test_canary_runs_on_the_plan_and_is_kept_per_plan():
     run_app(flow)
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_auto_plan_searches_and_sets_the_plan():
     """The demo pair and the canary are deterministic, so the search is too: every prefix of
     the changed layers fails; layer 1 passes alone, then 4, 5, 6 and 7 can join it."""
@@ -427,6 +429,7 @@ def test_cancel_a_running_eval(monkeypatch):
     run_app(flow)
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
     async def flow(app, pilot):
         titles = {c.title for c in app.get_system_commands(app.screen)}
@@ -509,6 +512,7 @@ async def write_plan(app, pilot, output: Path) -> dict:
     return json.loads((output / "prune_manifest.json").read_text())
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_write_records_the_plans_canary_and_the_auto_search(tmp_path):
     """A TUI write records what `salvage --auto` records: the canary the plan was judged by
     (null only when none ran on that plan) and the search's steps when the search found it."""
@@ -771,6 +775,7 @@ def test_command_palette_has_every_action():
     run_app(flow)
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_usable_at_80x24():
     async def flow(app, pilot):
         layer_map = app.query_one("#layer-map")
@@ -831,6 +836,7 @@ def compare_screenshots(shots: dict[str, str], new_folder: Path) -> None:
     )
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_screenshots(tmp_path, monkeypatch, size):
     """The Overview, the Plan with 4-7 rolled back and the Canary's result, as the golden SVGs."""
@@ -1205,6 +1211,7 @@ def test_find_row_matches_a_layer_number_exactly_and_words_anywhere():
     assert not row_matches(["3", Text("candidate")], "base")
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
     from surgeon.tui.tabs import TABS
 
@@ -1227,6 +1234,7 @@ def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
     run_app(flow)
 
 
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_auto_plan_says_which_run_and_layers_it_is_testing(monkeypatch):
     """The Canary tab's line while the search runs: before each run, its number, the layers
     it tests and at most how many runs may follow, then the runs so far."""
