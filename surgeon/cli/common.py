@@ -5,8 +5,8 @@ Every command module imports this one before it runs, `surgeon diff --help` incl
 imports only click and surgeon's small modules: rich (the console 20 ms, rich.progress 30 ms
 more), the output guard (surgeon.format.writer, which brings the checkpoint reader and numpy:
 90 ms) and surgeon.atomic are imported where they are used: `surgeon diff --json` draws no
-bar and writes no file. (-X importtime, cumulative, with bytecode cached, on the shared
-2-core box: this module 145 ms before, 3 ms after.)
+bar and writes no file. (-X importtime, cumulative, bytecode cached, the shared 2-core box
+at load 3: `import surgeon.cli.common` 330-370 ms before, 25-35 ms after, click's 20 included.)
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ COMMANDS = {
 
 # Each command's first docstring line, for `surgeon --help`: listing the commands from here
 # instead of importing their modules keeps numpy, rich's tables and the engines' options out
-# of it (-X importtime, bytecode cached, shared 2-core box: 336 ms of imports before, 30 ms
-# after). tests/cli/test_startup.py checks that these are the commands' own lines.
+# of it (`surgeon --help` in benchmarks/bench_startup.py, shared 2-core box: 0.24-0.37 s
+# before, 0.06-0.07 s after). tests/cli/test_startup.py checks these are the commands' own lines.
 SUMMARIES = {
     "diff": "Compare two checkpoints tensor by tensor.",
     "inspect": "List a checkpoint's tensors, shards, metadata and parameter counts from its headers.",
