@@ -151,7 +151,7 @@ def test_a_side_file_that_links_out_of_the_base_is_not_copied_nor_vouched_for(tm
     assert not (out / "README.md").exists() and not (out / "chat_template.jinja").exists()
     assert (out / "template.jinja").read_text() == "{{ messages }}" and "template.jinja" in written["files"]
     assert "PRIVATE KEY" not in "".join(p.read_text(errors="replace") for p in out.iterdir() if p.is_file())
-    assert verify(out).ok
+    assert verify(out, base).ok
 
 
 def test_a_side_file_past_the_size_bound_or_not_a_regular_file_is_skipped_with_its_reason(tmp_path):

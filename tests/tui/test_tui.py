@@ -254,6 +254,8 @@ def test_bad_range_shows_an_error_dialog():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_canary_runs_on_the_plan_and_is_kept_per_plan():
     async def flow(app, pilot):
         await pilot.press("c")
@@ -282,6 +284,8 @@ def test_canary_runs_on_the_plan_and_is_kept_per_plan():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_auto_plan_searches_and_sets_the_plan():
     """The demo pair and the canary (on the demo's own prompts) are deterministic, so the
     search is too: every prefix of the changed layers fails; layer 1 passes alone, then 2
@@ -311,6 +315,7 @@ def test_auto_plan_searches_and_sets_the_plan():
     run_app(flow)
 
 
+@pytest.mark.slow
 def test_cancel_a_running_canary(monkeypatch):
     from surgeon.recover.canary import runner as canary_run
 
@@ -422,6 +427,8 @@ def test_cancel_a_running_eval(monkeypatch):
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
     async def flow(app, pilot):
         titles = {c.title for c in app.get_system_commands(app.screen)}
@@ -467,6 +474,7 @@ def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
     run_app(flow)
 
 
+@pytest.mark.slow
 def test_write_and_verify(tmp_path):
     output = tmp_path / "salvaged"
 
@@ -504,6 +512,8 @@ async def write_plan(app, pilot, output: Path) -> dict:
     return json.loads((output / "prune_manifest.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_write_records_the_plans_canary_and_the_auto_search(tmp_path):
     """A TUI write records what `salvage --auto` records: the canary the plan was judged by
     (null only when none ran on that plan) and the search's steps when the search found it."""
@@ -554,6 +564,7 @@ def test_an_engine_error_gets_the_tuis_own_hint():
     run_app(flow, base=pair / "base", candidate=pair / "pruned")
 
 
+@pytest.mark.slow
 def test_write_over_an_existing_folder_asks_first(tmp_path):
     """Only what --force may replace is offered (the engine's rule), and then it asks."""
     taken = tmp_path / "taken"
@@ -620,6 +631,7 @@ async def wait_until_closed(app, pilot, seconds: float = 60) -> None:
     raise AssertionError(f"the app is still running {seconds:g} s after quitting")
 
 
+@pytest.mark.slow
 def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
     from surgeon.format import writer
 
@@ -641,6 +653,7 @@ def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+@pytest.mark.slow
 def test_prune_streams_layers_and_opens_the_result(tmp_path):
     output = tmp_path / "pruned-again"
 
@@ -696,6 +709,7 @@ def test_bad_prune_options_show_a_dialog(field, value, message):
     run_app(flow)
 
 
+@pytest.mark.slow
 def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):
     from surgeon.format import writer
 
@@ -734,6 +748,7 @@ def test_cancelled_hashing_says_how_to_start_again(monkeypatch):
     run_app(flow, hashed=False)
 
 
+@pytest.mark.slow
 def test_quit_during_a_prune_asks_first(tmp_path, monkeypatch):
     from surgeon.prune import engine as prune_module
 
@@ -774,6 +789,8 @@ def test_command_palette_has_every_action():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_usable_at_80x24():
     async def flow(app, pilot):
         layer_map = app.query_one("#layer-map")
@@ -834,6 +851,8 @@ def compare_screenshots(shots: dict[str, str], new_folder: Path) -> None:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_screenshots(tmp_path, monkeypatch, size):
     """The Overview, the Plan with 4-7 rolled back and the Canary's result, as the golden SVGs."""
@@ -1006,6 +1025,7 @@ def test_every_dialog_fits_at_80x24_with_its_buttons_in_sight():
     run_app(flow, size=(80, 24))
 
 
+@pytest.mark.slow
 def test_enter_in_a_prune_field_starts_nothing(tmp_path):
     output = tmp_path / "never"
 
@@ -1025,6 +1045,7 @@ def test_enter_in_a_prune_field_starts_nothing(tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_a_cancelled_prune_question_writes_nothing(tmp_path):
     output = tmp_path / "never"
 
@@ -1155,6 +1176,7 @@ def test_yank_copies_the_full_sha256_or_the_name():
     run_app(flow)
 
 
+@pytest.mark.slow
 def test_slash_searches_the_table_of_every_tab_that_has_one():
     """/ on the Overview and Plan maps and the Prune table: digits find that layer (not 112),
     words a cell holding them; enter keeps the row, escape goes back, `/` enter finds the
@@ -1208,6 +1230,8 @@ def test_find_row_matches_a_layer_number_exactly_and_words_anywhere():
     assert not row_matches(["3", Text("candidate")], "base")
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
     from surgeon.tui.tabs import TABS
 
@@ -1230,6 +1254,8 @@ def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_auto_plan_says_which_run_and_layers_it_is_testing(monkeypatch):
     """The Canary tab's line while the search runs: before each run, its number, the layers
     it tests and at most how many runs may follow, then the runs so far."""
