@@ -5,7 +5,7 @@ import asyncio
 
 from surgeon.tui.app import SurgeonApp
 
-from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
+from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
 
 
 async def settle(app, pilot) -> None:
@@ -18,7 +18,7 @@ async def settle(app, pilot) -> None:
 
 
 async def main() -> None:
-    app = SurgeonApp(DEMO_MODEL, DEMO_CANDIDATE, eval_text=DEMO_TEXT)
+    app = SurgeonApp(DEMO_MODEL, DEMO_CANDIDATE)  # the demo's own prompts and text, by default
     async with app.run_test(size=(120, 36)) as pilot:
         await settle(app, pilot)
         overview = app.export_screenshot()
@@ -26,8 +26,8 @@ async def main() -> None:
         await settle(app, pilot)
         canary = app.export_screenshot()
         await pilot.press("q")
-    if "differ" not in overview or "FAILED" not in canary:
-        raise SystemExit("tui: the demo pair's diff or canary is not on screen")
+    if "differ" not in overview or "FAILED" not in canary or "prompts.txt" not in canary:
+        raise SystemExit("tui: the demo pair's diff, or its canary on the demo's prompts, is not on screen")
     print("tui: the demo pair opened, diffed, and its canary failed, from the installed wheel")
 
 

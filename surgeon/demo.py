@@ -13,10 +13,11 @@ for real models, its numbers would say nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from surgeon.atomic import check_output, output_errors, publish, refuse_inputs, temp_dir, write_text_atomic
+from surgeon.atomic import output_errors, refuse_inputs, temp_dir, write_text_atomic
 from surgeon.bundled import bundled_path
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.diff.render_markdown import render_markdown
@@ -24,6 +25,8 @@ from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
+from surgeon.format.replacing import DEMO_CARD
+from surgeon.format.writer import check_output_folder, publish_folder
 from surgeon.prune.options import PruneOptions
 from surgeon.quality.render import recorded_quality_section
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
@@ -41,6 +44,15 @@ DEMO_MAX_KL = 0.05
 ON_CPU = RunSettings(device="cpu", dtype="float32")  # the tiny model's eval and canary: the same numbers anywhere
 
 
+def bundled_inputs(base: str | Path) -> tuple[Path | None, Path | None]:
+    """(canary prompts, eval text) that come with BASE: the demo's own for the bundled demo
+    model, whose base answers the general prompts with noise (its canary "FAILED 14/25" in
+    the TUI), and (None, None) for any other model: the general bundled sets."""
+    if os.path.realpath(base) == os.path.realpath(DEMO_MODEL):
+        return DEMO_PROMPTS, DEMO_TEXT
+    return None, None
+
+
 def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_verify, force: bool = False) -> dict:
     # Deferred: torch and transformers (3 s), which only the demo itself runs; the paths
     # above are read by `surgeon tui` (its demo pair) and the tests without them.
@@ -51,7 +63,8 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
     folder = Path(folder)
     refuse_inputs(folder, [DEMO_MODEL, DEMO_CANDIDATE])  # before anything is created, inside an input or not
     folder.parent.mkdir(parents=True, exist_ok=True)
-    target = check_output(folder, [DEMO_MODEL, DEMO_CANDIDATE], force)
+    # the pair opened as every writer's guard takes its inputs; what --force may replace is its rule too
+    target = check_output_folder(folder, [open_checkpoint(DEMO_MODEL), open_checkpoint(DEMO_CANDIDATE)], force)
     with output_errors(folder), temp_dir(target) as work, _named_as(work, folder):
         # Built in a hidden folder that moves into place at the end, so an interrupted demo
         # leaves nothing and --force never leaves FOLDER absent. The files name the final paths.
@@ -113,9 +126,9 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         evidence = DiffOptions(cache_dir=hash_cache_dir(), trust_cache=False, trust_blob_names=False)
         report = diff_checkpoints(open_checkpoint(base), written, evidence)
         say(f"   {summary_line(report)}")
-        write_text_atomic(work / "MODEL_CARD_SECTIONS.md", render_markdown(report, recorded_quality_section(report)))
-        publish(work, target, replace=force, shown=folder)
-    say(f"   model-card sections written to {folder / 'MODEL_CARD_SECTIONS.md'}")
+        write_text_atomic(work / DEMO_CARD, render_markdown(report, recorded_quality_section(report)))
+        publish_folder(work, target, force, folder)
+    say(f"   model-card sections written to {folder / DEMO_CARD}")
 
     say("6. verify: the files, the manifest's hashes, and its claims against the base")
     pruned, salvaged = folder / "pruned", folder / "salvaged"

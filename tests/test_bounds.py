@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import struct
 import sys
@@ -150,7 +151,7 @@ def test_cli_diff_inspect_and_verify_on_sparse_layers(tmp_path):
         ("", "--keep is empty: use 'all', 'none' or ranges like 0-3,7"),
         ("3-1", "--keep '3-1': use 'all', 'none' or ranges like 0-3,7"),
         ("\u0663", "use 'all', 'none' or ranges"),  # int() would read an Arabic 3 as 3
-        ("1" * 5000, "use 'all', 'none' or ranges"),  # past int()'s 4300 digits: still one line
+        ("1" * 5000, "beyond the model's 8 layers (0-7)"),  # past int()'s 4300 digits: still one line
     ],
 )
 def test_keep_is_checked_against_the_model(tmp_path, spec, message):
@@ -198,6 +199,26 @@ def test_layer_ranges_are_checked_before_they_are_built():
         assert parse_layer_spec("none", "--keep", allow_none=True).resolve(8) == []
     with pytest.raises(SurgeonError, match=r"^layers is empty"):
         parse_layers(" ", 8)  # the engine's default name is no option
+
+
+def test_a_range_past_the_models_layers_says_so_however_many_digits(tmp_path):
+    """`eval --layers 0-999999999999` said "use 'all' or ranges like 0-3,7", as if the text
+    were malformed: a number of more than 9 digits is a layer past any model's."""
+    from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
+
+    args = ["eval", DEMO_CANDIDATE, "--base", DEMO_MODEL, "--device", "cpu", "--max-tokens", "64"]
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "--layers", "0-999999999999"]])
+    assert result.exit_code == 2, result.output
+    expected = "--layers '0-999999999999': layer 8 does not exist (0-7), beyond the model's 8 layers"
+    assert result.stderr == f"surgeon: error: {expected}\n"
+    with bounded():
+        for spec, words in [("12-99999999999999", "layer 12 does not exist (0-7), beyond"), ("9" * 20, "beyond")]:
+            with pytest.raises(SurgeonError, match="^" + re.escape(f"layers '{spec}': {words}")):
+                parse_layers(spec, 8)
+        with pytest.raises(SurgeonError, match=r"beyond the model's 4 layers \(0-2, 999999999\)$"):
+            parse_layers("1000000000", [0, 1, 2, 999999999])
+        with pytest.raises(SurgeonError, match=r"layer 3 does not exist \(0-2, 999999999\)$"):
+            parse_layers("0-99999999999", [0, 1, 2, 999999999])  # a gap, not the end: no "beyond"
 
 
 def test_cli_prune_names_its_own_options(tmp_path):

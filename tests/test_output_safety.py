@@ -285,6 +285,109 @@ def test_force_replaces_in_one_step_the_output_is_never_absent(tmp_path, monkeyp
     assert leftovers(tmp_path) == []
 
 
+# ---------------------------------------------------------------------------- what --force may replace
+
+
+FOLDER_WRITERS = {
+    "salvage": ["salvage", CANDIDATE, "--base", TRAINED, "--keep", "0", "-o", "{out}", "--force"],
+    "prune": ["prune", TRAINED, "-o", "{out}", "--force", "-q", "--layers", "0"],
+    "demo": ["demo", "{out}", "--force"],
+}
+
+
+@pytest.mark.parametrize("command", FOLDER_WRITERS)
+def test_force_never_deletes_someone_elses_folder_or_the_current_one(tmp_path, monkeypatch, command):
+    """`salvage ... -o project --force` deleted project/src/thesis.tex, and `-o . --force`
+    emptied the current folder: each writer of a folder now refuses both, in one line."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "thesis.tex").write_text("years of work")
+    cases = [
+        (tmp_path, "project", "project: not replacing it: it is not empty, and it is neither a checkpoint nor"),
+        (project, ".", ".: refusing to write over the current folder"),
+        (project / "src", "..", "..: refusing to write over a folder that holds the current folder"),
+        (project / "src", project, f"{project}: refusing to write over a folder that holds the current folder"),
+    ]
+    for cwd, out, message in cases:
+        monkeypatch.chdir(cwd)
+        result = CliRunner().invoke(main, [str(a).format(out=out) for a in FOLDER_WRITERS[command]])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"surgeon: error: {message}") and result.stderr.count("\n") == 1
+    assert (project / "src" / "thesis.tex").read_text() == "years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"] and leftovers(project) == []
+
+
+def test_force_replaces_an_empty_folder_a_checkpoint_or_an_earlier_surgeon_output(tmp_path):
+    earlier = tmp_path / "earlier"
+    assert invoke("salvage", CANDIDATE, "--base", TRAINED, "--keep", "1", "-o", earlier).exit_code == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    downloaded = shutil.copytree(TRAINED, tmp_path / "downloaded")
+    (downloaded / ".cache" / "huggingface").mkdir(parents=True)  # what `download --local-dir` leaves
+    (downloaded / "notes.txt").write_text("a checkpoint's own file goes with it")
+    demo = tmp_path / "demo"  # the folder `surgeon demo` writes
+    for name in ("pruned", "salvaged"):
+        shutil.copytree(earlier, demo / name)
+    (demo / "MODEL_CARD_SECTIONS.md").write_text("card")
+    for folder in (earlier, empty, downloaded, demo):
+        result = invoke("salvage", CANDIDATE, "--base", TRAINED, "--keep", "0", "-o", folder, "--force")
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((folder / "prune_manifest.json").read_text())
+        assert manifest["salvage"]["kept_layers"] == [0] and not (folder / "notes.txt").exists()
+    assert leftovers(tmp_path) == []
+
+
+def _refused_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Folders --force must not replace, each with the reason it gives."""
+    made = {}
+    checkpoint_and_work = shutil.copytree(TRAINED, tmp_path / "checkpoint-and-work")
+    (checkpoint_and_work / "src").mkdir()
+    made["subfolder"] = checkpoint_and_work, "it holds a subfolder, src, which no checkpoint or surgeon output has"
+    foreign = tmp_path / "foreign"  # a manifest surgeon did not write, and no weights
+    foreign.mkdir()
+    (foreign / "prune_manifest.json").write_text(json.dumps({"schema": "elsewhere/1", "tool": "x"}))
+    made["foreign manifest"] = foreign, "it is not empty, and it is neither a checkpoint nor an earlier surgeon output"
+    fake = tmp_path / "fake"  # named like a checkpoint, not one: the opener decides
+    fake.mkdir()
+    (fake / "model.safetensors").write_text("my notes")
+    (fake / "config.json").write_text("{}")
+    made["fake checkpoint"] = fake, "it is not empty, and it is neither a checkpoint nor an earlier surgeon output"
+    (tmp_path / "file").write_text("mine")
+    made["file"] = tmp_path / "file", "it is a file, not a folder"
+    (tmp_path / "link").symlink_to(tmp_path / "checkpoint-and-work")
+    made["link"] = tmp_path / "link", "it is a link, not a folder"
+    return made
+
+
+def test_force_refuses_anything_else_in_one_line_naming_the_folder_and_why(tmp_path):
+    """The engine's rule (the TUI's write dialog asks it too), and salvage's line: a file
+    given as the folder is refused by the option's own type before that."""
+    from surgeon.format.writer import check_output_folder
+
+    base = open_checkpoint(TRAINED)
+    for folder, reason in _refused_outputs(tmp_path).values():
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(SurgeonError) as refused:
+            check_output_folder(folder, [base], force=True)
+        assert str(refused.value).startswith(f"{folder}: not replacing it: {reason}")
+        args = ["salvage", CANDIDATE, "--base", TRAINED, "--keep", "0", "-o", folder, "--force"]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert (f"{folder}: not replacing it: {reason}" if folder.name != "file" else "is a file") in result.stderr
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_force_checks_the_folder_again_before_it_replaces_it(tmp_path):
+    """A long run checks at its start; a folder that became someone's meanwhile is kept."""
+    base = open_checkpoint(TRAINED)
+    out = tmp_path / "out"
+    write_checkpoint(base, out, {})
+    gate = _Gate(lambda: (out / "src").mkdir())  # while the shards are written
+    with pytest.raises(SurgeonError, match="not replacing it: it holds a subfolder, src"):
+        write_checkpoint(base, out, {Q0: bytes(base.tensors[Q0].nbytes)}, force=True, progress=gate)
+    assert (out / "src").is_dir() and leftovers(tmp_path) == []
+
+
 CRASH_BETWEEN_RENAMES = """
 import os, signal, sys
 from surgeon import atomic

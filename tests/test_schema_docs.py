@@ -44,6 +44,8 @@ NOT_RUN = {
         "base.path",
         "salvage.base.path",
         "salvage.candidate.path",
+        # a base whose side file links out of its folder or is too large: tests/format/test_writer.py
+        "written.skipped_files.*",
     },
 }
 SHORT_CANARY = ["--max-new-tokens", "4", "--device", "cpu"]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.text import Text
 from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
-from surgeon.tui.jobs import Job, JobBar, JobRunner
+from surgeon.tui.jobs import LOADING_TORCH, Job, JobBar, JobRunner
 from surgeon.tui.panes import CanaryPane, LayerMap, OverviewPane, PlanPane, PrunePane, StatusLine, TensorsPane
 from surgeon.tui.search import SearchBar
 from surgeon.tui.tabs import TAB, TABS
@@ -27,6 +29,7 @@ from surgeon.tui.views import (
     budget_steps_text,
     eval_numbers,
     eval_text,
+    inputs_text,
     kl_format,
     kl_order,
     layer_rows,
@@ -41,8 +44,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 from textual.worker import Worker, WorkerFailed, WorkerState
 
+from surgeon.demo import bundled_inputs
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
-from surgeon.errors import Cancelled, SurgeonError
+from surgeon.errors import Cancelled, SurgeonError, missing_extra
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.quality.options import EvalOptions
@@ -66,6 +70,10 @@ CANCELLED = {
 }
 # What the TUI adds to an engine error that another option would fix (the CLI adds "; pass --x").
 TUI_HINTS = {"tokenizer": "\n\nStart the TUI with `surgeon tui --tokenizer DIR` to use another tokenizer."}
+# The key that starts each job again, named when one is refused while another stops.
+JOB_KEYS = {"hashing": "r", "canary": "c", "auto plan": "a", "eval": "e", "write": "w", "prune": "p"}
+# What the jobs that run a model import: the `prune` extra, absent from a light install.
+MODEL_MODULES = ("torch", "transformers")
 
 
 class SurgeonApp(App):
@@ -96,12 +104,24 @@ class SurgeonApp(App):
         tokenizer: Path | None = None,
         eval_tokens: int = EVAL_TOKENS,
         eval_text: Path | None = None,
+        prompts: Path | None = None,
     ):
+        """`prompts` and `eval_text` default to what comes with the base (the demo model's
+        own, surgeon.demo.bundled_inputs), else the bundled general ones (None). A bad
+        prompts file raises SurgeonError here, before the screen."""
         super().__init__()
         self.base, self.candidate = Path(base), Path(candidate)
         self.tokenizer = Path(tokenizer) if tokenizer else None  # default: the base's own
         self.eval_tokens = eval_tokens
-        self.eval_text = Path(eval_text) if eval_text else None  # default: the bundled held-out text
+        own_prompts, own_text = bundled_inputs(self.base)
+        self.prompts_path = Path(prompts) if prompts else own_prompts  # None: the bundled general prompts
+        self.prompts = read_prompts(self.prompts_path)
+        self.eval_text = Path(eval_text) if eval_text else own_text  # None: the bundled held-out text
+        self.inputs = inputs_text(
+            _input_name(self.prompts_path, own_prompts, "the bundled set"),
+            len(self.prompts),
+            _input_name(self.eval_text, own_text, "the bundled held-out text"),
+        )
         self.report = None
         self.plan = None
         self.composed = None  # the canary's in-memory model, built once per candidate
@@ -136,6 +156,7 @@ class SurgeonApp(App):
 
     def on_mount(self) -> None:
         self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
+        self.query_one(CanaryPane).show_inputs(self.inputs)
         self._focus_tab(TABS[0].id)
         self.load_pair()
 
@@ -152,7 +173,8 @@ class SurgeonApp(App):
 
         if self.start_job("hashing", work, self._loaded):
             self.query_one("#summary", Static).update("Hashing both checkpoints...")
-            self.query_one(StatusLine).update(Text(f"hashing both checkpoints · candidate: {inert(candidate.name)}"))
+            line = Text(f"hashing both checkpoints · candidate: {inert(candidate.name)}")
+            self.query_one(StatusLine).show(lambda width: line)
 
     def action_rehash(self) -> None:
         self.load_pair()
@@ -173,7 +195,8 @@ class SurgeonApp(App):
         canary = self.query_one(CanaryPane)
         report = self.canary_reports.get(self.plan_key())
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval))
-        self.query_one(StatusLine).update(status_text(summary, report, plan_eval, self.candidate.name))
+        name = self.candidate.name
+        self.query_one(StatusLine).show(lambda width: status_text(summary, report, plan_eval, name, width))
 
     def _searching(self, text: Text) -> None:
         """A search's live line on the Canary tab, until its job ends (on_worker_state_changed),
@@ -200,8 +223,8 @@ class SurgeonApp(App):
     def _composed_canary(self, job: Job):
         """The canary's model, loaded by the first canary job of this candidate."""
         if self.composed is None:
-            job.progress.start("loading models", 0)
-            self.composed = _composed_canary(self.base, self.candidate, self.report, self.tokenizer)
+            job.progress.start(loading_phase("loading models"), 0)
+            self.composed = _composed_canary(self.base, self.candidate, self.report, self.tokenizer, self.prompts, job)
         return self.composed
 
     # --- jobs ---------------------------------------------------------------------------
@@ -212,7 +235,8 @@ class SurgeonApp(App):
         return self.jobs.job
 
     def start_job(self, name: str, work: Callable[[Job], object], done: Callable[[object], None]) -> bool:
-        started = self.jobs.start(name, work, done)
+        key = JOB_KEYS.get(name)
+        started = self.jobs.start(name, work, done, again=f"press {key}" if key else "start it")
         self._draw_job()
         return started
 
@@ -226,6 +250,8 @@ class SurgeonApp(App):
             self.searching = None
             self.refresh_plan()
         if event.state == WorkerState.SUCCESS:
+            if job.stopping:
+                self.notify(f"The {job.name} ended before it could stop: its result is kept", timeout=5)
             try:
                 job.done(event.worker.result)
             except Exception as exc:  # showing a result must not take the app down
@@ -233,18 +259,27 @@ class SurgeonApp(App):
         elif event.state == WorkerState.ERROR:
             self._job_failed(job, event.worker.error)
         else:
-            self.notify(f"{job.name} cancelled", timeout=3)
+            self._cancelled(job, "")
         if job.name == "hashing" and self.report is None:
             self.query_one("#summary", Static).update("Hashing stopped before the end. Press r to hash again.")
-            self.query_one(StatusLine).update("not compared: hashing stopped (r hashes again)")
+            self.query_one(StatusLine).show(lambda width: "not compared: hashing stopped (r hashes again)")
+
+    def _cancelled(self, job: Job, what_is_left: str) -> None:
+        """Said when the job has really stopped (x only asked it to): a key refused meanwhile
+        can be pressed now."""
+        now = f"; {job.refused} now" if job.refused else ""
+        self.notify(f"{job.name} cancelled{what_is_left}{now}", timeout=5 if now else 4)
 
     def _job_failed(self, job: Job, error: BaseException | None) -> None:
         if isinstance(error, Cancelled):
-            self.notify(f"{job.name} cancelled{CANCELLED.get(job.name, '')}", timeout=4)
+            self._cancelled(job, CANCELLED.get(job.name, ""))
             return
         # A canary or eval that ends in an error never ran its checks: it did not "fail" them.
         title = f"{job.name} {'failed' if job.name in ('write', 'prune') else 'could not run'}"
-        if isinstance(error, SurgeonError):
+        missing = missing_extra(error, f"the {job.name}") if isinstance(error, ImportError) else None
+        if missing is not None:  # a light install: the CLI's one line, never the exception
+            self.show_error(f"{job.name} could not run", str(missing))
+        elif isinstance(error, SurgeonError):
             self.show_error(title, str(error) + TUI_HINTS.get(error.option, ""))
         else:
             self.show_error(title, f"{type(error).__name__}: {error}")
@@ -255,11 +290,17 @@ class SurgeonApp(App):
             bar.draw()
 
     def action_cancel_job(self) -> None:
+        """Asks the job to stop; the job bar says "cancelling…" until it has, and a notice
+        says when it has (_cancelled), which can take seconds (a load of torch or a model)."""
+        stopping = self.job is not None and self.job.stopping
         job = self.jobs.cancel()
         if job is None:
             self.notify("Nothing is running", timeout=2)
+        elif stopping:
+            self.notify(f"The {job.name} is already stopping; it stops at its next step", timeout=3)
         else:
-            self.notify(f"Cancelling {job.name}...", timeout=2)
+            self.notify(f"Cancelling the {job.name}: it stops at its next step, and a notice says when", timeout=4)
+        self._draw_job()
 
     # --- plan ---------------------------------------------------------------------------
 
@@ -276,6 +317,14 @@ class SurgeonApp(App):
             message = f"{action} needs checkpoint folders: a single .safetensors file is only compared"
             self.notify(message, severity="error", timeout=6, markup=False)
         return not files
+
+    def _need_models(self, action: str) -> bool:
+        """The canary, eval, auto plans and prune run a model: a light install says what to
+        install, in the CLI's words, before any question or job."""
+        missing = missing_models(action)
+        if missing is not None:
+            self.show_error(f"{action.removeprefix('the ')} could not run", str(missing))
+        return missing is None
 
     def toggle_layer(self, layer: int) -> None:
         """A toggle that changes nothing (an identical layer) says so in a toast, not a dialog."""
@@ -316,7 +365,7 @@ class SurgeonApp(App):
     # --- canary -------------------------------------------------------------------------
 
     def action_canary(self) -> None:
-        if not (self._need_report() and self._need_folders("the canary")):
+        if not (self._need_report() and self._need_folders("the canary") and self._need_models("the canary")):
             return
         self.action_show_tab("canary")
         key = self.plan_key()
@@ -332,7 +381,7 @@ class SurgeonApp(App):
     def action_auto_plan(self) -> None:
         """salvage --auto in memory: the largest set of changed layers whose canary passes,
         by bisection over prefixes and then greedy addition; the answer becomes the plan."""
-        if not (self._need_report() and self._need_folders("the auto plan")):
+        if not (self._need_report() and self._need_folders("the auto plan") and self._need_models("the auto plan")):
             return
         self.action_show_tab("canary")
 
@@ -366,7 +415,7 @@ class SurgeonApp(App):
     def action_eval(self) -> None:
         """Teacher-forced eval of the current plan against the base, and (once per pair) of
         each changed layer alone: which layers cost quality. In memory; nothing is written."""
-        if not (self._need_report() and self._need_folders("the eval")):
+        if not (self._need_report() and self._need_folders("the eval") and self._need_models("the eval")):
             return
         key = self.plan_key()
         if key in self.eval_reports and self.layer_kl is not None:
@@ -384,13 +433,14 @@ class SurgeonApp(App):
         """The pair's EvalSession, made by the first eval job: its windows and the base's
         stream are reused by every later call. It reports to the job that is using it."""
         if self.eval_session is None:
+            job.progress.start(loading_phase("loading the eval text"), 0)
             from surgeon.quality.evaluate import EvalSession  # torch: loaded by the first eval, not at start
 
             job.progress.start("loading the eval text", 0)
             tokenizer = str(self.tokenizer) if self.tokenizer else None
             text = str(self.eval_text) if self.eval_text else None
             options = EvalOptions(text=text, max_tokens=self.eval_tokens, run=RunSettings(tokenizer=tokenizer))
-            self.eval_session = EvalSession(self.base, self.candidate, options)
+            self.eval_session = EvalSession(self.base, self.candidate, options, cancel=job.cancel)
         self.eval_session.progress, self.eval_session.cancel = job.progress, job.cancel
         return self.eval_session
 
@@ -425,7 +475,7 @@ class SurgeonApp(App):
     def action_budget_plan(self) -> None:
         """Auto plan by a quality budget: the largest set of changed layers whose composed
         model stays within the budget on the eval text, confirmed by the canary."""
-        if self._need_report() and self._need_folders("the budget plan"):
+        if self._need_report() and self._need_folders("the budget plan") and self._need_models("the budget plan"):
             self.push_screen(BudgetDialog(), self._budget_chosen)
 
     def _budget_chosen(self, limits) -> None:
@@ -559,7 +609,7 @@ class SurgeonApp(App):
 
     def action_prune(self) -> None:
         """Checks the Prune tab's options, then asks, naming the folder it will write."""
-        if not self._need_folders("prune"):
+        if not (self._need_folders("prune") and self._need_models("the prune")):
             return
         pane = self.query_one(PrunePane)
         num_layers = self.plan.num_layers if self.plan else None
@@ -585,6 +635,7 @@ class SurgeonApp(App):
         base = self.base
 
         def work(job: Job):
+            job.progress.start(loading_phase("prune"), 0)
             from surgeon.prune.engine import prune  # torch: loaded by the first prune, not at start
 
             return prune(
@@ -765,13 +816,13 @@ class SurgeonApp(App):
             yield SystemCommand(title, help_text, callback)
 
 
-def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None):
+def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None, prompts: list, job: Job):
     """The canary's model: base weights in memory, the candidate's changed layers swappable.
-    The diff already knows which tensors changed, so nothing is hashed again."""
+    The diff already knows which tensors changed, so nothing is hashed again. The job's bar
+    shows each loading step, and a cancel takes effect between them."""
     from surgeon.recover.canary.runner import ComposedCanary, layer_changes  # torch: the first canary loads it
 
     changed = layer_changes(report)
-    prompts = read_prompts(None)
     run = RunSettings(tokenizer=str(tokenizer) if tokenizer else None)
     return ComposedCanary(
         base,
@@ -781,4 +832,31 @@ def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None
         run=run,
         cache_dir=canary_cache_dir(),
         changed=changed,
+        progress=job.progress,
+        cancel=job.cancel,
     )
+
+
+def _input_name(path: Path | None, own: Path | None, bundled: str) -> str:
+    """How the Canary tab names the prompts or the eval text: the bundled set, the demo's own
+    (that came with the base), or the file given."""
+    if path is None:
+        return bundled
+    return f"the demo's {path.name}" if path == own else path.name
+
+
+def loading_phase(then: str) -> str:
+    """The phase a model job starts in: "loading torch" while torch is not yet imported, the
+    seconds (5.5 s measured on the demo, 2 busy cores) that no cancel can cut short; the job
+    bar names it, so a cancel pressed then is understood. `then` otherwise."""
+    return LOADING_TORCH if "torch" not in sys.modules else then
+
+
+def missing_models(what: str) -> SurgeonError | None:
+    """The CLI's line for a light install (`what` needs torch ...: pip install ...), or None
+    when the modules that run a model are there. find_spec only looks for them: importing
+    torch here would hold the screen for seconds."""
+    for module in MODEL_MODULES:
+        if importlib.util.find_spec(module) is None:
+            return missing_extra(ModuleNotFoundError(f"No module named {module!r}", name=module), what)
+    return None

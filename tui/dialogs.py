@@ -14,9 +14,11 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen, ScreenResultType
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Markdown, Static
 
+from surgeon.atomic import OutputExists
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.format.writer import check_output_path
+from surgeon.format.replacing import what_is_there
+from surgeon.format.writer import check_output_folder
 from surgeon.text import inert, inert_lines
 
 
@@ -144,17 +146,17 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
             return
         output = Path(text).expanduser()
         try:
-            check_output_path(output, [open_checkpoint(str(p)) for p in self.inputs], force=True)
+            exists = self._exists(output)
         except SurgeonError as exc:
             self.notify(inert(exc), severity="error", timeout=8, markup=False)
             return
-        if not output.exists():
+        if not exists:
             self.dismiss((output, False))
         elif not replace:
             message = f"{inert(output)} already exists: tick Replace to replace it, or choose another"
             self.notify(message, severity="error", markup=False)
         else:
-            question = f"{output} exists. Replace it? {_folder_note(output)} Everything in it will be deleted."
+            question = f"{output} exists: {_folder_note(output)}. Replace it? Everything in it will be deleted."
 
             def answered(yes: bool | None) -> None:
                 if yes:
@@ -162,6 +164,20 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
 
             # A question of the dialog's own, stacked over it: the app's session is not involved.
             self.app.push_screen(ConfirmDialog(question, "Replace"), answered)
+
+    def _exists(self, output: Path) -> bool:
+        """Whether something is at `output`, by the writer's own guard (the one salvage runs
+        first, as the CLI does), so the dialog and the write cannot disagree: a dangling link
+        is there (lexists), where Path.exists() said it was not and the write then failed.
+        Raises SurgeonError for an output the write would refuse, replaced or not: with force,
+        the engine's rule of what --force may replace (surgeon.format.replacing)."""
+        inputs = [open_checkpoint(str(p)) for p in self.inputs]
+        try:
+            check_output_folder(output, inputs, force=False)
+        except OutputExists:
+            check_output_folder(output, inputs, force=True)  # what replacing it would meet
+            return True
+        return False
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -225,12 +241,9 @@ class BudgetDialog(Dialog["tuple[float | None, float | None] | None"]):
 
 
 def _folder_note(folder: Path) -> str:
-    if not folder.is_dir():
-        return "It is a file, not a folder."
-    entries = list(folder.iterdir())
-    looks_like = any(e.suffix == ".safetensors" or e.name.endswith(".safetensors.index.json") for e in entries)
-    kind = "a checkpoint" if looks_like else "NOT a checkpoint"
-    return f"It holds {len(entries)} entries and looks like {kind}."
+    """What the folder is, in the engine's words: only what --force may replace gets here."""
+    _, kind = what_is_there(folder)
+    return f"{kind}, {sum(1 for _ in folder.iterdir())} entries"
 
 
 def tab_keys() -> str:

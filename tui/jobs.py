@@ -17,6 +17,8 @@ from textual.containers import Horizontal
 from textual.widgets import Label, ProgressBar
 from textual.worker import Worker, WorkerState
 
+LOADING_TORCH = "loading torch"  # a model job's first phase, which a cancel cannot cut short
+
 
 @dataclass
 class ProgressSnapshot:
@@ -60,6 +62,13 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     worker: object | None = None
     quit_question: object | None = None  # the "cancel it and quit?" dialog, while it is up
+    refused: str | None = None  # how to start a job refused while this one stopped ("press c")
+
+    @property
+    def stopping(self) -> bool:
+        """Cancelled, and not yet ended: the engine stops at its next step, which may take
+        seconds (an import of torch, a model's load, a prompt) that nothing can cut short."""
+        return self.cancel.is_set()
 
 
 class JobRunner:
@@ -72,10 +81,19 @@ class JobRunner:
         self._app = app  # it runs the workers and hears how they end
         self.job: Job | None = None
 
-    def start(self, name: str, work: Callable[[Job], object], done: Callable[[object], None]) -> bool:
-        """Runs `work(job)` in a thread; `done(result)` is called on the UI thread if it succeeds."""
-        if self.job is not None:
-            self._app.notify(f"Busy: {self.job.name} is running (x cancels it)", severity="warning")
+    def start(
+        self, name: str, work: Callable[[Job], object], done: Callable[[object], None], again: str = "start it"
+    ) -> bool:
+        """Runs `work(job)` in a thread; `done(result)` is called on the UI thread if it succeeds.
+        A job refused says why, and how to start it again (`again`, e.g. "press c")."""
+        running = self.job
+        if running is not None and running.stopping:  # x was pressed: say so, not "x cancels it"
+            running.refused = again
+            message = f"{name} not started: the {running.name} is still stopping; {again} again when it has"
+            self._app.notify(message, severity="warning", timeout=6)
+            return False
+        if running is not None:
+            self._app.notify(f"{name} not started: the {running.name} is running (x cancels it)", severity="warning")
             return False
         job = Job(name, done=done)
         job.progress.start(name, 0)
@@ -107,6 +125,7 @@ class JobBar(Horizontal):
     #job-label { width: auto; max-width: 40; padding: 0 1; }
     #job-progress { width: 1fr; }
     #job-hint { width: auto; padding: 0 1; color: $text-muted; }
+    JobBar.stopping #job-label { color: $warning; }
     """
 
     def __init__(self, jobs: JobRunner, **kwargs):
@@ -127,8 +146,18 @@ class JobBar(Horizontal):
         if job is None:
             return
         state = job.progress.snapshot()
-        self.query_one("#job-label", Label).update(job_label(job.name, state.description))
+        self.set_class(job.stopping, "stopping")
+        phase = "cancelling…" if job.stopping else state.description
+        self.query_one("#job-label", Label).update(job_label(job.name, phase))
+        self.query_one("#job-hint", Label).update(cancel_hint(job.stopping, state.description))
         self.query_one("#job-progress", ProgressBar).update(total=state.total or None, progress=state.done)
+
+
+def cancel_hint(stopping: bool, phase: str) -> str:
+    """What the bar says of cancelling: the key, or when the job will have stopped."""
+    if not stopping:
+        return "x: cancel"
+    return "stops once torch has loaded" if phase == LOADING_TORCH else "stops at its next step"
 
 
 def job_label(name: str, phase: str) -> str:

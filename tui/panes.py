@@ -4,8 +4,10 @@ or the app. Each carries its own CSS; how the screen lays them out is in app.tcs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.text import Text
 from surgeon.tui import views
 from textual.app import ComposeResult
@@ -18,7 +20,7 @@ from surgeon.atomic import OutputExists
 from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.format.writer import check_output_path
+from surgeon.format.writer import check_output_folder
 from surgeon.model.names import parse_layer_spec, parse_layers
 from surgeon.prune.options import HEALS, IMPORTANCE, PRUNE_DEFAULTS, PruneOptions
 from surgeon.runtime.settings import RunSettings
@@ -127,22 +129,37 @@ class OverviewPane(Vertical):
                 yield Label("Other files", classes="section", id="files-label")
                 yield DataTable(id="files", cursor_type="row")
 
+    SHARD_COLUMNS = ("shard", "verdict", "differ", "candidate sha256")
+    FILE_COLUMNS = ("file", "verdict")
+
     def on_mount(self) -> None:
-        self.query_one("#shards", DataTable).add_columns("shard", "verdict", "differ", "candidate sha256")
-        self.query_one("#files", DataTable).add_columns("file", "verdict")
+        self.query_one("#shards", DataTable).add_columns(*self.SHARD_COLUMNS)
+        self.query_one("#files", DataTable).add_columns(*self.FILE_COLUMNS)
 
     def show(self, report, rows: list[views.LayerRow]) -> None:
         self.query_one("#summary", Static).update(Text(inert(summary_line(report))))
         self.query_one("#layer-map", LayerMap).show(rows)
-        shards = self.query_one("#shards", DataTable)
-        shards.clear()
-        for shard in report.shards:
-            shards.add_row(*views.shard_cells(shard), key=shard.name)
-        files = self.query_one("#files", DataTable)
-        files.clear()
-        for item in report.files:
-            status = Text(item.status, style=views.STATUS_STYLE.get(item.status, ""))
-            files.add_row(Text(inert(item.name)), status, key=item.name)
+        shards = [(shard.name, views.shard_cells(shard)) for shard in report.shards]
+        fill_table(self.query_one("#shards", DataTable), self.SHARD_COLUMNS, shards)
+        files = [
+            (item.name, [Text(inert(item.name)), Text(item.status, style=views.STATUS_STYLE.get(item.status, ""))])
+            for item in report.files
+        ]
+        fill_table(self.query_one("#files", DataTable), self.FILE_COLUMNS, files)
+
+
+def fill_table(table: DataTable, labels: tuple[str, ...], rows: list[tuple[str, list[Text]]]) -> None:
+    """The table's rows, each column as wide as its widest cell, set before the first frame.
+    DataTable measures an auto-width column when it is next idle, and a frame drawn before
+    that caches the cell at the old width (its cache key has no width): after a candidate
+    swap the shard verdict "identical" stayed drawn "identic" in a column the first pair's
+    "changed" had sized."""
+    widths = [max([cell_len(label), *(row[i].cell_len for _, row in rows)]) for i, label in enumerate(labels)]
+    table.clear(columns=True)
+    for label, width in zip(labels, widths, strict=True):
+        table.add_column(label, key=label, width=width)
+    for key, cells in rows:
+        table.add_row(*cells, key=key)
 
 
 PAGE = 80  # tensor rows drawn at a time: a screen shows 20-50 of them
@@ -521,6 +538,7 @@ class CanaryPane(Vertical):
     DEFAULT_CSS = """
     #canary-controls { height: 3; }
     #canary-status, #canary-auto-steps { height: auto; padding: 0 1; }
+    #canary-inputs { height: 1; padding: 0 1; color: $text-muted; text-wrap: nowrap; text-overflow: ellipsis; }
     #canary-scroll { height: 1fr; }
     """
 
@@ -540,6 +558,7 @@ class CanaryPane(Vertical):
             yield Button("Run canary (c)", id="canary-run", variant="primary")
             yield Button("Auto plan (a)", id="canary-auto")
             yield Button("Cancel (x)", id="canary-cancel")
+        yield Static("", id="canary-inputs")
         yield Static("No canary run for this plan yet.", id="canary-status")
         yield Static("", id="canary-auto-steps")
         with VerticalScroll(id="canary-scroll"):
@@ -549,6 +568,10 @@ class CanaryPane(Vertical):
         request = self.BUTTONS.get(event.button.id or "")
         if request is not None:
             self.post_message(request())
+
+    def show_inputs(self, inputs: Text) -> None:
+        """Which prompts the canary asks and which text the eval scores on."""
+        self.query_one("#canary-inputs", Static).update(inputs)
 
     def show_steps(self, steps: Text) -> None:
         """The last search's steps, or the running search's live line."""
@@ -573,11 +596,27 @@ class CanaryPane(Vertical):
 
 class StatusLine(Static):
     """One line under the tabs: the plan, its canary and eval verdicts and the candidate
-    (views.status_text), on every tab."""
+    (views.status_text), on every tab. It is drawn for its width, and again when that changes."""
 
     DEFAULT_CSS = """
     StatusLine { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._line: Callable[[int], Text | str] = lambda width: ""
+
+    def show(self, line: Callable[[int], Text | str]) -> None:
+        """`line(width)`: the line that fits `width` cells."""
+        self._line = line
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        # the width inside the padding; before the first layout, the screen's less the padding
+        self.update(self._line(self.content_region.width or self.app.size.width - 2))
 
 
 IMPORTANCE_CHOICES = [(name, name) for name in IMPORTANCE]  # the prune options own the names
@@ -701,7 +740,7 @@ def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pat
     default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
     output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
     try:
-        check_output_path(output, [open_checkpoint(base)], force=False)  # the writers' own guard, before any work
+        check_output_folder(output, [open_checkpoint(base)], force=False)  # the writers' own guard, before any work
     except OutputExists:
         raise SurgeonError(f"{output}: already exists; choose another output folder") from None
     return options, output

@@ -366,28 +366,66 @@ def plan_text(summary, candidate_name: str) -> Text:
     return text
 
 
-def status_text(summary, canary_report, plan_eval: dict | None, candidate_name: str) -> Text:
+STATUS_NAME_MIN = 16  # cells of the candidate's name kept, at least, when the status line cuts it
+
+
+def status_text(summary, canary_report, plan_eval: dict | None, candidate_name: str, width: int | None = None) -> Text:
     """The line under every tab: "plan: keep 1-7 · canary: passed (0/5 failed) · eval: KL 0.0123 ·
-    candidate: NAME", so the verdicts of the plan in hand are never a tab away."""
+    candidate: NAME", so the verdicts of the plan in hand are never a tab away. Within `width`
+    cells it gives up, in turn: the key hints (the footer has the keys), the "plan:" label,
+    the eval (on the Plan and Canary tabs), the canary's count (on the Canary tab); only then
+    is the candidate's name cut, in its middle. At 80 columns a candidate's name of 29 cells
+    ended "candidate: candida…" with nothing given up."""
+    name = inert(candidate_name)
+    for level in range(5):
+        line = _status_line(summary, canary_report, plan_eval, name, level)
+        if width is None or line.cell_len <= width:
+            return line
+    room = max(STATUS_NAME_MIN, width - (line.cell_len - cell_len(name)))
+    return _status_line(summary, canary_report, plan_eval, middle_cut(name, room), 4)
+
+
+def _status_line(summary, canary_report, plan_eval: dict | None, name: str, level: int) -> Text:
+    """The status line at a `level` of shortening, 0 (all of it) to 4 (see status_text)."""
     dot = Text(" · ", style="dim")
-    plan = Text("plan: ", style="bold").append(f"keep {summary.keep_text}", style="yellow")
+    plan = Text("plan: " if level < 2 else "", style="bold").append(f"keep {summary.keep_text}", style="yellow")
     canary = Text("canary: ", style="bold")
     if canary_report is None:
-        canary.append("not run (c)", style="dim")
+        canary.append("not run (c)" if level < 1 else "not run", style="dim")
     else:
         total = len(canary_report.prompts)
         verdict = "passed" if canary_report.passed else "FAILED"
         style = "green" if canary_report.passed else "bold red"
         # the failed count, as the Canary tab's verdict gives it: "passed 20/25" read as 20 failed
-        canary.append(f"{verdict} ({canary_report.failed}/{total} failed)", style=style)
+        canary.append(f"{verdict} ({canary_report.failed}/{total} failed)" if level < 4 else verdict, style=style)
     quality = Text("eval: ", style="bold")
     if plan_eval is None:
-        quality.append("not run (e)", style="dim")
+        quality.append("not run (e)" if level < 1 else "not run", style="dim")
     else:
         kl = plan_eval.get("kl_mean")
         quality.append("KL n/a" if kl is None else f"KL {kl:.4f}")
-    candidate = Text("candidate: ", style="bold").append(inert(candidate_name))
-    return dot.join([plan, canary, quality, candidate])
+    candidate = Text("candidate: ", style="bold").append(name)
+    return dot.join([plan, canary, *([quality] if level < 3 else []), candidate])
+
+
+def middle_cut(text: str, width: int) -> str:
+    """`text` within `width` cells, cut in its middle: names differ at their ends
+    ("model-pruned-0.125-layers-all" and "-layers-0-3"), so both ends are kept."""
+    if cell_len(text) <= width:
+        return text
+    head, tail = chop_cells(text, width // 2)[0], ""
+    for char in reversed(text):  # the end, as many cells as are left after the head and "…"
+        if cell_len(char + tail) > width - 1 - cell_len(head):
+            break
+        tail = char + tail
+    return f"{head}…{tail}"
+
+
+def inputs_text(prompts: str, count: int, eval_text: str) -> Text:
+    """The Canary tab's line of what its verdicts hold for: "prompts: the demo's prompts.txt
+    (8) · eval text: the demo's training.txt" (a quality figure names its text)."""
+    line = Text("prompts: ").append(inert(prompts)).append(f" ({count})")
+    return line.append(" · eval text: ").append(inert(eval_text))
 
 
 def canary_blocks(report):

@@ -25,6 +25,22 @@ COMMANDS = {
     "tui": ("surgeon.cli.tui", "tui"),
 }
 
+# Each command's first docstring line, for `surgeon --help`: listing the commands from here
+# instead of importing their modules keeps numpy, rich's tables and the engines' options out
+# of it (`surgeon --help` in benchmarks/bench_startup.py, shared 2-core box: 0.24-0.37 s
+# before, 0.06-0.07 s after). tests/cli/test_startup.py checks these are the commands' own lines.
+SUMMARIES = {
+    "diff": "Compare two checkpoints tensor by tensor.",
+    "inspect": "List a checkpoint's tensors, shards, metadata and parameter counts from its headers.",
+    "prune": "Remove attention heads from BASE (mask mode) and heal o_proj, one layer at a time.",
+    "canary": "Greedy generation checks of MODEL against BASE.",
+    "eval": "Score MODEL against BASE on the same text, teacher-forced, one layer at a time.",
+    "salvage": "Keep CANDIDATE's changes in some layers, roll the others back to BASE, write OUT.",
+    "verify": "Check CHECKPOINT's files, its manifest's hashes, and its claims against the base.",
+    "demo": "The whole story on the bundled tiny model: prune, canary, salvage, diff, verify.",
+    "tui": "Interactive diff, rollback plan, canary, eval, prune and write over BASE and CANDIDATE.",
+}
+
 
 class LazyGroup(click.Group):
     """Commands load on first use (click's documented lazy-loading pattern). click's own
@@ -39,6 +55,14 @@ class LazyGroup(click.Group):
             return None
         module, attribute = COMMANDS[name]
         return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's own listing (Group.format_commands), from SUMMARIES instead of the commands:
+        a bare click.Command with the same help shortens a line as the real one would."""
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [(name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)) for name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False  # click's exceptions reach us instead of its 3-line usage block

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from surgeon.cli.common import console_for, handle_errors, progress_for, warn
+from surgeon.cli.common import console_for, handle_errors, progress_for, warn, warn_skipped
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
 from surgeon.cli.options import build, options_from
 from surgeon.diff.fold import FoldedName
@@ -81,6 +81,7 @@ def prune(
         durable=durable,
         on_warning=warn,
     )
+    warn_skipped(result.manifest)
     if run_eval:
         eval_options = eval_settings(eval_text, eval_tokens, options.run)
         result.manifest = record_quality(result.output, base, eval_options, quiet or no_progress)

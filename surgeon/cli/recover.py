@@ -11,7 +11,15 @@ from pathlib import Path
 import click
 from rich.text import Text
 
-from surgeon.cli.common import EXIT_CANARY_FAILED, console_for, download_option, handle_errors, progress_for, warn
+from surgeon.cli.common import (
+    EXIT_CANARY_FAILED,
+    console_for,
+    download_option,
+    handle_errors,
+    progress_for,
+    warn,
+    warn_skipped,
+)
 from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
 from surgeon.cli.options import base_option, options_from
 from surgeon.errors import SurgeonError
@@ -177,6 +185,7 @@ def salvage(
         quality=quality,
         progress=progress,
     )
+    warn_skipped(manifest)
     if run_eval and quality is None:  # a budget search has measured the kept plan already
         manifest = record_quality(Path(output), base, eval_settings(eval_text, eval_tokens, run))
     if as_json:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from surgeon.cli.common import handle_errors
-from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
+from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 
@@ -21,26 +21,34 @@ from surgeon.format.checkpoint import open_checkpoint
     help="Tokenizer folder for the canary and prune (default: the base's own).",
 )
 @click.option(
+    "--prompts",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Prompts the canary (c, a) asks, as `surgeon canary --prompts` reads them "
+    "(default: the bundled set; the demo model: its own prompts).",
+)
+@click.option(
     "--eval-text",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Text the eval (e) scores plans on (default: the bundled held-out text; the demo pair: its training text).",
+    help="Text the eval (e) scores plans on (default: the bundled held-out text; the demo model: its training text).",
 )
 @handle_errors
-def tui(base, candidate, tokenizer, eval_text) -> None:
+def tui(base, candidate, tokenizer, prompts, eval_text) -> None:
     """Interactive diff, rollback plan, canary, eval, prune and write over BASE and CANDIDATE.
 
     With no arguments it opens the bundled demo pair: the tiny trained model and its
-    all-layers prune, whose canary fails.
+    all-layers prune, whose canary fails. With the demo model as BASE, the canary and the
+    eval use the demo's own prompts and text, as `surgeon demo` does; the Canary tab names them.
     """
     if (base is None) != (candidate is None):
         raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
-    if base is None:  # the tiny model knows only its training text: English prose is noise to it
-        base, candidate, eval_text = str(DEMO_MODEL), str(DEMO_CANDIDATE), eval_text or DEMO_TEXT
+    if base is None:
+        base, candidate = str(DEMO_MODEL), str(DEMO_CANDIDATE)
     paths = [checkpoint_path(spec) for spec in (base, candidate)]  # bad input: one line, before the screen
     # Deferred: textual is the `tui` extra; a missing one is reported in one line by handle_errors.
     from surgeon.tui.app import SurgeonApp
 
-    SurgeonApp(*paths, tokenizer=tokenizer, eval_text=eval_text).run()
+    # A bad prompts file is one line here too: the app reads it before the screen starts.
+    SurgeonApp(*paths, tokenizer=tokenizer, eval_text=eval_text, prompts=prompts).run()
 
 
 def checkpoint_path(spec: str) -> Path:

@@ -406,7 +406,8 @@ def _shard_diffs(base, other, tensors: list[TensorDiff], shard_sha) -> list[Shar
             count = len((o or b).tensors)
             result.append(ShardDiff(name, status, sha, size, count, count, [], source))
             continue
-        differing = sum(1 for n in set(b.tensors) | set(o.tensors) if status_of[n] != "identical")
+        names = set(b.tensors) | set(o.tensors)  # the count covers removed tensors too: never "2 of 1"
+        differing = sum(1 for n in names if status_of[n] != "identical")
         same_set = b.tensors.keys() == o.tensors.keys()
         header_diff = header_differences(b, o)
         if differing or not same_set:
@@ -415,7 +416,7 @@ def _shard_diffs(base, other, tensors: list[TensorDiff], shard_sha) -> list[Shar
             status = "identical" if sha[0] == sha[1] else "header-only"
         else:
             status = "identical" if not header_diff else "header-only"
-        result.append(ShardDiff(name, status, sha, size, len(o.tensors), differing, header_diff, source, renamed))
+        result.append(ShardDiff(name, status, sha, size, len(names), differing, header_diff, source, renamed))
     return result
 
 

@@ -9,13 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from surgeon.diff.engine import DiffReport
-from surgeon.diff.render_markdown import render_markdown
-from surgeon.diff.render_terminal import render_terminal
-from surgeon.diff.report import to_json
-
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from surgeon.diff.engine import DiffReport
 
 # What a format renders: text to print as it is, or a drawing on a Rich console (the command
 # draws it on the terminal, or records it as plain text for a file or a pipe).
@@ -39,15 +36,25 @@ class DiffFormat:
     card: bool = False  # a model card: the command adds the sections it owns (the quality record)
 
 
+# Each renderer is imported when its format is the one asked for: `diff --json` then loads
+# neither rich's console and tables (the terminal's, 30 ms) nor the card's (cli/diff.py).
+
+
 def _terminal(report: DiffReport, options: RenderOptions) -> Rendered:
+    from surgeon.diff.render_terminal import render_terminal
+
     return lambda console: render_terminal(report, console, options.verbose)
 
 
 def _json(report: DiffReport, options: RenderOptions) -> Rendered:
+    from surgeon.diff.report import to_json
+
     return json.dumps(to_json(report), indent=2) + "\n"
 
 
 def _markdown(report: DiffReport, options: RenderOptions) -> Rendered:
+    from surgeon.diff.render_markdown import render_markdown
+
     return render_markdown(report, options.sections)
 
 

@@ -122,6 +122,17 @@ def hf_blob_sha256(path: Path) -> str | None:
     return real.name
 
 
+def hub_snapshot_repo(folder: Path) -> Path | None:
+    """The repo folder (`models--org--name`) of a Hugging Face cache snapshot folder
+    (`models--org--name/snapshots/REV`), or None: a snapshot's files are links into that
+    repo's `blobs/`. Any cache counts, not only the default one (`--cache-dir` makes the same
+    layout), unlike hf_blob_sha256's rule: this one trusts no name, it only says how far a
+    link of the snapshot may lead, and the repo folder came with the snapshot."""
+    snapshots = Path(os.path.realpath(folder)).parent
+    repo = snapshots.parent
+    return repo if snapshots.name == "snapshots" and repo.name.startswith("models--") else None
+
+
 def _hub_cache_dir() -> Path | None:
     try:
         from huggingface_hub import constants  # deferred: ~6 ms, only for blob-shaped paths

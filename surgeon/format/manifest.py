@@ -20,9 +20,10 @@ from surgeon import __version__
 from surgeon.errors import SurgeonError
 from surgeon.format.hashcache import is_sha256
 from surgeon.format.hub import snapshot_of
-from surgeon.format.writer import MANIFEST_NAME  # noqa: F401  (re-exported: the file's name, owned by the writer)
 from surgeon.jsonfile import read_json_file
 from surgeon.text import layer_ranges
+
+MANIFEST_NAME = "prune_manifest.json"  # beside the weights of every checkpoint surgeon writes
 
 SCHEMA = "surgeon.prune_manifest/1"
 
@@ -47,6 +48,7 @@ class WrittenRecord(TypedDict):
     shards: dict[str, str]  # output shard -> SHA256
     copied_shards: list[str]  # shards written byte-identical to the base's file
     files: dict[str, str]  # side files (config, index, tokenizer) -> SHA256, hashed as copied
+    skipped_files: dict[str, str]  # the base's side files not copied -> why (a link out of it, too large)
 
 
 class PruneManifest(TypedDict, total=False):
@@ -92,6 +94,7 @@ def written_record(report, layer_of: Callable[[str], int | None]) -> WrittenReco
         "shards": report.shards,
         "copied_shards": report.copied_shards,
         "files": report.files,
+        "skipped_files": report.skipped_files,
     }
 
 

@@ -26,15 +26,20 @@ from pathlib import Path
 from surgeon.atomic import check_output, output_errors, publish, temp_dir
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.format.checkpoint import Checkpoint
-from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256
+from surgeon.format.hashcache import FileIdentity, HashCache, hf_blob_sha256, hub_snapshot_repo
 from surgeon.format.hashing import default_workers
+from surgeon.format.manifest import MANIFEST_NAME  # owned by the manifest; importers take it from here too
+from surgeon.format.replacing import check_replaceable, refuse_cwd
 from surgeon.format.safetensors import ShardHeader
 from surgeon.format.tensor_io import MappedShard
 from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
 
 COPY_CHUNK = 8 << 20
-MANIFEST_NAME = "prune_manifest.json"  # its contents: surgeon.format.manifest
+# The largest side file a checkpoint needs is its tokenizer.json: about 33 MB for a vocabulary
+# of 262k tokens (Gemma 3's), 9 MB for Llama 3's 128k. 64 MiB holds twice the largest, and
+# keeps a multi-GB file that has no business beside the weights (a GGUF, an archive) out.
+SIDE_FILE_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class WriteReport:
     copied_shards: list[str] = field(default_factory=list)  # written byte-identical to the base's file
     tensors: dict[str, dict[str, str]] = field(default_factory=dict)  # replaced -> base/out SHA256
     files: dict[str, str] = field(default_factory=dict)  # side file written (config, index...) -> SHA256
+    skipped_files: dict[str, str] = field(default_factory=dict)  # side file of the base not copied -> why
 
     def changed_tensors(self) -> list[str]:
         return sorted(n for n, h in self.tensors.items() if h["base_sha256"] != h["sha256"])
@@ -67,6 +73,26 @@ def check_output_path(output: Path, inputs: list[Checkpoint], force: bool) -> Pa
     """The output guard of every writer (surgeon.atomic.check_output) over these checkpoints;
     returns the resolved output to write."""
     return check_output(output, [path for ckpt in inputs for path in input_paths(ckpt)], force)
+
+
+def check_output_folder(output: str | os.PathLike, inputs: list[Checkpoint], force: bool) -> Path:
+    """check_output_path for an output folder (prune, salvage, demo, the TUI's write): never
+    the current folder or one holding it, and with `force`, what is there must be what
+    --force may replace (surgeon.format.replacing); returns the resolved output."""
+    target = check_output_path(Path(output), inputs, force)
+    refuse_cwd(target, output)
+    if force:
+        check_replaceable(target, output)
+    return target
+
+
+def publish_folder(tmp: Path, target: Path, force: bool, shown: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `target`: a new output never replaces; with `force`
+    the replacement is checked again first (the folder may have changed during a long run)
+    and exchanged in one step."""
+    if force:
+        check_replaceable(target, shown)
+    publish(tmp, target, replace=force, shown=shown)
 
 
 def input_paths(ckpt: Checkpoint) -> list[Path]:
@@ -131,7 +157,7 @@ def write_checkpoint(
         info = base.tensors.get(name)
         if info is None or info.nbytes != len(data):
             raise SurgeonError(f"{name}: a replacement must match a base tensor's byte size")
-    target = check_output_path(output, [base], force)
+    target = check_output_folder(output, [base], force)
     progress = progress or NoProgress()
     with output_errors(output), temp_dir(target) as tmp:
         progress.start("writing", sum(s.file_size for s in base.shards.values()))
@@ -139,14 +165,14 @@ def write_checkpoint(
             report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel, durable, progress.advance)
         finally:
             progress.stop()
-        report.files = _copy_side_files(base, tmp)
+        _copy_side_files(base, tmp, report)
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
         if durable:
             _fsync_dir(tmp)
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        publish(tmp, target, replace=force, shown=output)  # a new output never replaces; --force exchanges
+        publish_folder(tmp, target, force, output)
     return report
 
 
@@ -388,35 +414,67 @@ def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:
             emit(view)
 
 
-def _copy_side_files(base: Checkpoint, tmp: Path) -> dict[str, str]:
-    """Copy the base's config, index, tokenizer and template files; return each one's SHA256,
-    hashed from the bytes as they were copied, for the manifest (verify checks them: an
-    edited config or tokenizer must not pass)."""
-    written = {}
+def _copy_side_files(base: Checkpoint, tmp: Path, report: WriteReport) -> None:
+    """Copy the base's config, index, tokenizer and template files into `report.files`, each
+    one's SHA256 hashed from the bytes as they were copied, for the manifest (verify checks
+    them: an edited config or tokenizer must not pass). What is not copied, and why, goes to
+    `report.skipped_files`: a link that leads out of the base (a README.md linking to
+    ~/.ssh/id_rsa would be published, and vouched for by verify), a file larger than
+    SIDE_FILE_MAX, anything that is not a regular file."""
+    inside = hub_snapshot_repo(base.root) or Path(os.path.realpath(base.root))
     for path in sorted(base.root.iterdir()):
         if path.name in base.shards or path.name == MANIFEST_NAME or path.name.startswith("."):
             continue
         if path.name in base.ignored:  # an index transformers does not read: its shards are not written
             continue
-        if path.is_file() and path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
-            sha = _copy_hashing(path, tmp / path.name)
-            if sha is not None:
-                written[path.name] = sha
-    return written
+        if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or (path.is_dir() and not path.is_symlink()):
+            continue  # weights, and subfolders: not side files
+        try:
+            report.files[path.name] = _copy_side_file(path, inside, tmp / path.name)
+        except _NotCopied as exc:
+            report.skipped_files[path.name] = str(exc)
 
 
-def _copy_hashing(source: Path, target: Path) -> str | None:
-    """Copy a regular file, hashing the bytes copied; None (nothing written) if `source` is
-    not a regular file once opened (a FIFO swapped in would block the copy forever)."""
-    digest = hashlib.sha256()
-    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+class _NotCopied(Exception):
+    """A side file left out of the output; its message says why."""
+
+
+def _copy_side_file(source: Path, inside: Path, target: Path) -> str:
+    """Copy one side file, at most SIDE_FILE_MAX bytes, hashing the bytes copied; returns the
+    SHA256. A link is followed only to a file under `inside` (the base's folder, or its repo
+    folder in the Hugging Face cache, whose snapshots link into ../../blobs); the file is
+    opened without following a link or waiting on a FIFO (O_NOFOLLOW, O_NONBLOCK) and
+    must be a regular file once open."""
+    real = Path(os.path.realpath(source))
+    if not real.is_relative_to(inside):
+        raise _NotCopied("a link that leads out of the checkpoint's folder")
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _NotCopied(f"cannot be read ({exc.strerror})") from None
     with open(fd, "rb") as src:
-        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-            return None
-        with open(target, "wb") as out:
-            while block := src.read(COPY_CHUNK):
-                digest.update(block)
-                out.write(block)
+        info = os.fstat(src.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotCopied("not a regular file")
+        if info.st_size > SIDE_FILE_MAX:
+            raise _NotCopied(f"{info.st_size} bytes, more than the {SIDE_FILE_MAX >> 20} MiB a side file may have")
+        return _copy_bounded(src, target)
+
+
+def _copy_bounded(src, target: Path) -> str:
+    """Copy `src` into `target` up to SIDE_FILE_MAX bytes (a file may grow after its size was
+    checked); returns the SHA256 of the bytes copied."""
+    digest, copied = hashlib.sha256(), 0
+    with open(target, "wb") as out:
+        while block := src.read(min(COPY_CHUNK, SIDE_FILE_MAX + 1 - copied)):
+            copied += len(block)
+            if copied > SIDE_FILE_MAX:
+                break
+            digest.update(block)
+            out.write(block)
+    if copied > SIDE_FILE_MAX:
+        target.unlink()
+        raise _NotCopied(f"grew past the {SIDE_FILE_MAX >> 20} MiB a side file may have while it was copied")
     return digest.hexdigest()
 
 

@@ -24,7 +24,10 @@ from surgeon.text import layer_ranges, span
 MAX_LAYER_DIGITS = 9
 _INDEX = rf"0|[1-9][0-9]{{0,{MAX_LAYER_DIGITS - 1}}}"
 _LAYER = re.compile(rf"(?P<stack>(?:.*\.)?(?:layers|h|blocks))\.(?P<index>{_INDEX})\.(?P<family>.+)", re.DOTALL)
-_RANGE = re.compile(rf"\s*([0-9]{{1,{MAX_LAYER_DIGITS}}})\s*(?:-\s*([0-9]{{1,{MAX_LAYER_DIGITS}}})\s*)?")
+# Any run of ASCII digits is a number in a selection; one longer than MAX_LAYER_DIGITS is read as
+# BEYOND, past every layer a model can have (int() refuses 4300 digits and more).
+_RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+BEYOND = 10**MAX_LAYER_DIGITS
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,7 @@ class LayerSelection:
         for low, high in self.ranges:
             missing = _first_missing(present, low, high)
             if missing is not None:
-                raise SurgeonError(
-                    f"{self.what} {_quote(self.text)}: layer {missing} does not exist ({_existing_layers(present)})"
-                )
+                raise SurgeonError(f"{self.what} {_quote(self.text)}: {_missing_words(missing, present)}")
         # Every chosen layer exists, so this set is no larger than the model's layer list.
         return sorted({n for low, high in self.ranges for n in range(low, high + 1)})
 
@@ -104,12 +105,16 @@ def parse_layer_spec(spec: str, what: str = "layers", allow_none: bool = False) 
     ranges = []
     for part in text.split(","):
         match = _RANGE.fullmatch(part)
-        low = int(match[1]) if match else 0
-        high = int(match[2] or match[1]) if match else -1
+        low = _number(match[1]) if match else 0
+        high = _number(match[2] or match[1]) if match else -1
         if high < low:
             raise SurgeonError(f"{what} {_quote(spec)}: {usage}")
         ranges.append((low, high))
     return LayerSelection(spec, what, tuple(ranges))
+
+
+def _number(digits: str) -> int:
+    return int(digits) if len(digits) <= MAX_LAYER_DIGITS else BEYOND
 
 
 def parse_layers(spec: str, num_layers: int | Collection[int], what: str = "layers") -> list[int]:
@@ -129,6 +134,18 @@ def _first_missing(present: range | list[int], low: int, high: int) -> int | Non
             break
         expected += 1
     return expected if expected <= high else None
+
+
+def _missing_words(missing: int, present: range | list[int]) -> str:
+    """Why a selection fails: the first layer it names that the model lacks, and where that
+    is past the model's last layer, that the selection goes beyond its layers."""
+    existing = _existing_layers(present)
+    if present and missing > present[-1]:
+        beyond = f"beyond the model's {len(present)} layer{'s' if len(present) > 1 else ''}"
+        return (
+            f"{beyond} ({existing})" if missing >= BEYOND else f"layer {missing} does not exist ({existing}), {beyond}"
+        )
+    return f"layer {missing} does not exist ({existing})"
 
 
 def _existing_layers(present: range | list[int], parts: int = 6) -> str:

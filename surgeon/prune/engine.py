@@ -29,7 +29,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint, source_record
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
-from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_path, write_checkpoint
+from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_folder, check_output_path, write_checkpoint
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import parse_layers
 from surgeon.options import record
@@ -38,7 +38,7 @@ from surgeon.progress import NoProgress, ProgressSink
 from surgeon.prune.heal import HEALERS, HealInput, head_columns
 from surgeon.prune.importance import SCORERS, ScoringInput, select_heads
 from surgeon.prune.options import PruneOptions
-from surgeon.prune.workdir import Workdir
+from surgeon.prune.workdir import DamagedEntry, Workdir, record_problem
 from surgeon.runtime.corpus import (
     MIN_TOKENS_PER_WIDTH,
     auto_token_budget,
@@ -119,7 +119,7 @@ def prune(
     layout = model_layout(ckpt)
     selected = parse_layers(options.layers, len(layout.layers), what="layers")
 
-    check_output_path(Path(output), [ckpt], force)
+    check_output_folder(Path(output), [ckpt], force)
     if workdir is not None:  # it is written to, and emptied when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
     run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)
@@ -162,8 +162,8 @@ class _Run:
             sequences, pad_id = self._calibration(tokenizer_path)
             workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
             message = workdir.open()
-            if message:  # recorded with the folder's name: the manifest names no path of this machine
-                self.messages.append(message.replace(str(workdir_path), Path(workdir_path).name, 1))
+            if message:  # earlier work discarded: said as it happens, and recorded with the folder's name only
+                self._warn(message.replace(str(workdir_path), Path(workdir_path).name, 1))
             if self.ckpt.note:  # the base is read as transformers loads it, not through its index
                 self._warn(self.ckpt.note)
             stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
@@ -200,7 +200,7 @@ class _Run:
         pruned = [spec for spec in self.layout.layers if spec.index in self.selected] or self.layout.layers
         width = max(map(self._width, pruned))
         budget = self.options.calib_tokens or auto_token_budget(width)
-        if self.options.calib_dataset:
+        if self.options.calib_dataset is not None:
             # ~4 characters a token in English; 16 leaves room for any tokenizer
             texts, record = load_dataset_corpus(self.options.calib_dataset, max_chars=16 * budget)
         else:
@@ -253,7 +253,7 @@ class _Run:
         sources = {}
         for result in results:
             if result.pruned:
-                sources.update(workdir.layer_sources(result.layer))
+                sources.update(workdir.layer_sources(result.layer, self.ckpt.tensors))
         write_checkpoint(
             self.ckpt,
             output,
@@ -304,34 +304,56 @@ class _Run:
         return json.loads(json.dumps(fingerprint))  # as it reads back from disk (tuples become lists)
 
     def _resume(self, workdir: Workdir, stream: LayerStream, batches: list[Batch]):
-        """(results, first layer to run): from the workdir where it holds a
-        complete prefix of layers and the stream entering the next one, else from scratch."""
+        """(results, first layer to run): from the workdir where it holds a complete prefix
+        of layers and the stream entering the next one, else from scratch. A damaged entry
+        is a warning, and the saved layers are run again."""
         started = time.perf_counter()
         for batch in batches:
             stream.trace(batch)
-        results, start = self._saved_layers(workdir, len(batches))
-        if start:
-            saved = workdir.load_stream()
-            assert saved is not None  # _saved_layers resumes only where the stream was saved
-            for batch, hidden in zip(batches, saved[1], strict=True):
-                batch.hidden = hidden
+        try:
+            results, start = self._saved_layers(workdir, batches)
+        except DamagedEntry as exc:
+            self._warn(f"{exc}; the saved layers are run again")
+            workdir.reset()
+            results, start = [], 0
         for batch in batches:
             assert batch.hidden is not None  # traced above
             batch.hidden = self._keep(batch.hidden.to(self.device))
         self._time("trace", started)
         return results, start
 
-    def _saved_layers(self, workdir: Workdir, num_batches: int):
+    def _saved_layers(self, workdir: Workdir, batches: list[Batch]) -> tuple[list[LayerResult], int]:
+        """The saved layers and the stream entering the next, each checked against this run
+        (the batches just traced, the model's layers, the base's tensors) before any is used."""
         saved = workdir.load_stream()
-        if saved is None or len(saved[1]) != num_batches:
+        if saved is None or len(saved[1]) != len(batches):
             return [], 0
+        start, hidden = saved
+        if start > len(self.layout.layers):
+            raise DamagedEntry(f"{workdir.path / 'stream.json'}: layer {start} of {len(self.layout.layers)}")
+        for batch, saved_hidden in zip(batches, hidden, strict=True):
+            traced = cast(torch.Tensor, batch.hidden)
+            if (saved_hidden.shape, saved_hidden.dtype) != (traced.shape, traced.dtype):
+                raise DamagedEntry(f"{workdir.path / 'stream.safetensors'}: its batches are not this run's")
         results = []
-        for index in range(saved[0]):
+        for index in range(start):
             record = workdir.layer_record(index)
             if record is None:
                 return [], 0
-            results.append(LayerResult(**record))
-        return results, saved[0]
+            results.append(self._saved_result(workdir, index, record))
+        for batch, saved_hidden in zip(batches, hidden, strict=True):
+            batch.hidden = saved_hidden
+        return results, start
+
+    def _saved_result(self, workdir: Workdir, index: int, record: dict) -> LayerResult:
+        """A saved layer's record as this run would have made it: its geometry, its values'
+        types, and a tensors file that holds base tensors exactly when the layer is pruned."""
+        problem = record_problem(record, asdict(_result(self.layout.layers[index], index in self.selected)))
+        if problem is None and bool(workdir.layer_sources(index, self.ckpt.tensors)) != record["pruned"]:
+            problem = "its tensors file does not match it"
+        if problem is not None:
+            raise DamagedEntry(f"{workdir.path / 'layers' / f'{index:05d}.json'}: {problem}")
+        return LayerResult(**record)
 
     @contextlib.contextmanager
     def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):

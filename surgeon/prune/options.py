@@ -89,11 +89,16 @@ class PruneOptions:
             (self.ridge_rel >= 0, "the relative ridge must be >= 0"),
             (self.max_tokens >= 2 and self.batch_size >= 1, "tokens per sample must be >= 2 and the batch size >= 1"),
             (self.calib_tokens is None or self.calib_tokens >= 2, "the calibration token budget must be >= 2"),
-            (not (self.calib and self.calib_dataset), "give a calibration file or a dataset, not both"),
+            (self.calib is None or self.calib_dataset is None, "give a calibration file or a dataset, not both"),
+            (self.calib is None or self.calib.strip() != "", "the calibration file's name is empty"),
         ]
         for ok, message in checks:
             if not ok:
                 raise SurgeonError(message)
+        if self.calib_dataset is not None:  # '' once meant the bundled corpus, silently
+            from surgeon.runtime.corpus import parse_dataset_spec  # deferred: the CLI's import stays light
+
+            parse_dataset_spec(self.calib_dataset)
 
 
 PRUNE_DEFAULTS = PruneOptions()

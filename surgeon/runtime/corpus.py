@@ -160,7 +160,7 @@ def encode(tokenizer, texts: list[str], max_tokens: int, budget: int | None = No
 def parse_dataset_spec(spec: str) -> tuple[str, str | None, str]:
     """NAME[:CONFIG][:SPLIT] as (name, config or None, split, "train" by default)."""
     parts = spec.split(":")
-    if not parts[0] or len(parts) > 3 or any(not p for p in parts[1:]):
+    if len(parts) > 3 or any(not p.strip() for p in parts):
         raise SurgeonError(f"calibration dataset {spec!r}: use NAME, NAME:CONFIG or NAME:CONFIG:SPLIT")
     config = parts[1] if len(parts) > 1 else None
     split = parts[2] if len(parts) > 2 else "train"

@@ -154,3 +154,20 @@ def test_an_added_shard_has_one_row_its_own_hash(tmp_path):
     rows = [row for row in tables(tokens)[-1] if row[0] == extra]
     assert rows == [[extra, "this model", file_sha(other / extra)]]
     assert f"- `{extra}`: added" in markdown
+
+
+def test_a_shard_that_lost_tensors_counts_them_in_its_total(tmp_path):
+    """The card said "57 of 1 tensors" of a shard that kept one tensor (changed) of 57 (56
+    removed): the total counted the candidate's side only."""
+    from surgeon.format.checkpoint import open_checkpoint
+    from tests.helpers import read_tensor
+
+    names = [n for n, t in open_checkpoint(BASE).tensors.items() if t.file == S1]
+    kept = names[0]
+    other = make_variant(tmp_path / "other", replace={kept: read_tensor(BASE, kept) + 1}, drop=tuple(names[1:]))
+    markdown = card(BASE, other)
+    counts = re.findall(r"(\d+) of (\d+) tensors", markdown)
+    assert (str(len(names)), str(len(names))) in counts and all(int(a) <= int(b) for a, b in counts), counts
+    result = CliRunner().invoke(main, ["diff", str(BASE), str(other), "--no-cache", "--json"])
+    shard = next(s for s in json.loads(result.stdout)["shards"] if s["name"] == S1)
+    assert (shard["tensors"], shard["tensors_differing"]) == (len(names), len(names))

@@ -1,5 +1,7 @@
 import errno
+import json
 import os
+import shutil
 import threading
 
 import pytest
@@ -96,7 +98,7 @@ def test_zero_byte_tensor_sharing_an_offset(tmp_path):
 
 def test_force_replaces_an_existing_output(tmp_path):
     base = open_checkpoint(TRAINED)
-    (tmp_path / "out").mkdir()
+    write_checkpoint(base, tmp_path / "out", {})  # a checkpoint: what --force may replace
     (tmp_path / "out" / "old.txt").write_text("old")
     with pytest.raises(SurgeonError, match="already exists"):
         write_checkpoint(base, tmp_path / "out", {})
@@ -115,3 +117,71 @@ def test_a_truncated_replacement_source_is_an_error(tmp_path):
     with pytest.raises(SurgeonError, match="too short"):
         write_checkpoint(base, tmp_path / "out", {Q0: TensorSource(short, 0, size)})
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- side files
+
+
+def test_a_side_file_that_links_out_of_the_base_is_not_copied_nor_vouched_for(tmp_path):
+    """A README.md linking anywhere was copied into the output (whole, unbounded), and verify
+    then vouched for it. Now a link may lead only inside the base's folder; what is left out
+    is recorded with its reason, and the salvage command says it on stderr."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+    from surgeon.demo import DEMO_CANDIDATE
+    from surgeon.recover.verify import verify
+
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    base = shutil.copytree(TRAINED, tmp_path / "base")
+    (base / "README.md").symlink_to(secret)
+    (base / "chat_template.jinja").symlink_to("/dev/zero")  # unbounded: was read until memory ran out
+    (base / "docs").mkdir()
+    (base / "docs" / "template.jinja").write_text("{{ messages }}")
+    (base / "template.jinja").symlink_to("docs/template.jinja")  # a link inside the folder is followed
+    out = tmp_path / "out"
+    args = ["salvage", DEMO_CANDIDATE, "--base", base, "--keep", "0", "-o", out]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    out_of_it = "a link that leads out of the checkpoint's folder"
+    written = json.loads((out / "prune_manifest.json").read_text())["written"]
+    assert written["skipped_files"] == {"README.md": out_of_it, "chat_template.jinja": out_of_it}
+    assert f"warning: README.md of the base was not copied: {out_of_it}" in result.stderr
+    assert not (out / "README.md").exists() and not (out / "chat_template.jinja").exists()
+    assert (out / "template.jinja").read_text() == "{{ messages }}" and "template.jinja" in written["files"]
+    assert "PRIVATE KEY" not in "".join(p.read_text(errors="replace") for p in out.iterdir() if p.is_file())
+    assert verify(out, base).ok
+
+
+def test_a_side_file_past_the_size_bound_or_not_a_regular_file_is_skipped_with_its_reason(tmp_path):
+    from surgeon.format.writer import SIDE_FILE_MAX
+
+    base = shutil.copytree(TRAINED, tmp_path / "base")
+    with open(base / "model.gguf", "wb") as big:  # sparse: the size is what counts
+        big.truncate(SIDE_FILE_MAX + 1)
+    os.mkfifo(base / "special_tokens_map.json")  # would block a plain open forever
+    report = write_checkpoint(open_checkpoint(base), tmp_path / "out", {})
+    assert report.skipped_files == {
+        "model.gguf": f"{SIDE_FILE_MAX + 1} bytes, more than the 64 MiB a side file may have",
+        "special_tokens_map.json": "not a regular file",
+    }
+    assert sorted(report.files) == sorted(p.name for p in TRAINED.iterdir() if p.suffix != ".safetensors")
+
+
+@pytest.mark.parametrize("cache", ["default", "--cache-dir"])
+def test_a_hub_cache_snapshot_keeps_its_side_files(tmp_path, monkeypatch, cache):
+    """A snapshot's files are links into ../../blobs of its repo folder: inside, so copied,
+    in the default cache or any other; a link out of the repo folder is not."""
+    from huggingface_hub import constants
+
+    from tests.format.test_checkpoint import make_hub_cache
+
+    snapshot = make_hub_cache(tmp_path / "hub", src=TRAINED)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / ("hub" if cache == "default" else "other")))
+    (tmp_path / "secret.txt").write_text("mine")
+    (snapshot / "README.md").symlink_to(tmp_path / "secret.txt")
+    report = write_checkpoint(open_checkpoint(snapshot), tmp_path / "out", {})
+    side = sorted(p.name for p in TRAINED.iterdir() if p.suffix != ".safetensors")
+    assert sorted(report.files) == side and list(report.skipped_files) == ["README.md"]
+    assert all(sha(tmp_path / "out" / name) == sha(TRAINED / name) for name in side)

@@ -240,6 +240,25 @@ def test_cli_prune_and_its_errors(tmp_path):
     assert inside.exit_code == 2 and "input checkpoint" in inside.stderr
 
 
+def test_an_empty_calibration_name_is_an_error_not_the_bundled_corpus(tmp_path):
+    """`--calib-dataset ''` calibrated on the bundled corpus without a word."""
+    from surgeon.cli.main import main
+    from surgeon.errors import SurgeonError
+    from surgeon.prune.options import PruneOptions
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["prune", str(TRAINED), "-o", str(out), "--calib-dataset", "", "-q"])
+    assert result.exit_code == 2 and not out.exists()
+    assert result.stderr == "surgeon: error: calibration dataset '': use NAME, NAME:CONFIG or NAME:CONFIG:SPLIT\n"
+    for options in (PruneOptions(calib_dataset=" "), PruneOptions(calib_dataset=":train")):
+        with pytest.raises(SurgeonError, match="use NAME"):
+            options.validate()
+    with pytest.raises(SurgeonError, match="the calibration file's name is empty"):
+        PruneOptions(calib="").validate()
+    with pytest.raises(SurgeonError, match="not both"):
+        PruneOptions(calib="", calib_dataset="").validate()
+
+
 def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     from surgeon.errors import SurgeonError
     from tests.tiny_models import save_tiny

@@ -203,3 +203,34 @@ def test_cli_reports_failed_prompts_and_checks(tmp_path):
     )
     assert data["schema"] == "surgeon.canary/2" and data["failed_prompts"] == 3 and data["prompts_total"] == 3
     assert all(p["failures"] for p in data["prompts"])
+
+
+def test_a_cancel_during_the_composed_canarys_load_stops_at_the_next_step(tmp_path):
+    """The TUI's x during "loading models": ComposedCanary looks at the event between its
+    loading steps and the base's prompts. It used to go on until the base had generated and
+    scored every prompt (the bar stayed over 7 s; minutes on a real model)."""
+    import threading
+
+    from surgeon.demo import DEMO_CANDIDATE
+    from surgeon.errors import Cancelled
+    from surgeon.recover.canary.runner import ComposedCanary
+
+    cancel, steps = threading.Event(), []
+
+    class PressesXWhileTheBaseLoads:  # a ProgressSink
+        def start(self, description: str, total: int, unit: str = "bytes") -> None:
+            steps.append(description)
+            if description == "base: loading":
+                cancel.set()
+
+        def advance(self, amount: int) -> None: ...
+
+        def stop(self) -> None: ...
+
+    cache = tmp_path / "cache"  # empty: the base would generate each prompt
+    with pytest.raises(Cancelled):
+        ComposedCanary(
+            TRAINED, DEMO_CANDIDATE, PROMPTS, cache_dir=cache, progress=PressesXWhileTheBaseLoads(), cancel=cancel
+        )
+    assert steps == ["base: loading"]  # no prompt generated or scored after it
+    assert not cache.exists() or not any(cache.iterdir())

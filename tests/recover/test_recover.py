@@ -84,6 +84,7 @@ def composed(planted, tmp_path_factory):
     return ComposedCanary(TRAINED, planted, PROMPTS, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
+@pytest.mark.slow
 def test_base_passes_and_a_broken_model_fails_on_shape_and_drift(all_heads_masked, tmp_path):
     assert run_canary(TRAINED, TRAINED, PROMPTS, cache_dir=tmp_path).passed
     broken = run_canary(all_heads_masked, TRAINED, PROMPTS, cache_dir=tmp_path)
@@ -93,6 +94,7 @@ def test_base_passes_and_a_broken_model_fails_on_shape_and_drift(all_heads_maske
     assert "repetition" in failures  # the shape check: it loops
 
 
+@pytest.mark.slow
 def test_auto_finds_the_planted_boundary(composed):
     runs_before = composed.runs
     plan = canary_search(list(range(8)), lambda layers: composed.run(layers).passed)
@@ -199,6 +201,7 @@ def test_cache_key_is_the_sha256_of_the_parts_as_sorted_json():
     assert cache_key({"prompt": "a", "bos": "auto"}) == cache_key({"bos": "auto", "prompt": "a"}) == expected
 
 
+@pytest.mark.slow
 def test_missing_bos_reproduces_the_gotcha():
     """Without BOS the trained fixture collapses, as the reference card describes."""
     report = run_canary(TRAINED, TRAINED, PROMPTS, CanaryOptions(bos="none"), cache_dir=None)
@@ -208,6 +211,8 @@ def test_missing_bos_reproduces_the_gotcha():
     assert with_bos.prompts[0].base_text.startswith(" Paris")
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_cli_canary_salvage_verify(planted, tmp_path):
     from surgeon.cli.main import main
 
@@ -251,6 +256,7 @@ def test_salvage_reads_a_model_safetensors_beside_an_index_as_transformers_does(
     assert checked.exit_code == 0 and "verified" in checked.stdout, checked.output
 
 
+@pytest.mark.slow
 def test_demo_tells_the_whole_story(tmp_path):
     from surgeon.demo import run_demo
 

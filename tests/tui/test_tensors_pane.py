@@ -90,6 +90,7 @@ def test_end_and_home_reach_the_ends_of_the_filtered_list(moe):
     run_app(*moe, flow)
 
 
+@pytest.mark.slow
 def test_page_keys_cross_the_window_both_ways(moe):
     """From the last row up to the first and back with the page keys: the window moves under
     the cursor, which always stands on the tensor its row says."""
@@ -227,6 +228,7 @@ def test_a_folded_name_takes_the_lines_its_row_is_given(name):
         assert "".join(segment.text for line in lines for segment in line).replace(" ", "") == inert(name)
 
 
+@pytest.mark.slow
 def test_the_wheel_and_the_scrollbar_reach_both_ends(moe):
     """Scrolling the view (as the mouse wheel and the scrollbar do, the cursor left behind)
     draws the rows it reaches, to the last tensor and back to the first."""

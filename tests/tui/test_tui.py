@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from textual.widgets import DataTable
 
 from surgeon.demo import DEMO_CANDIDATE as CANDIDATE
 from surgeon.demo import DEMO_MODEL as BASE
+from surgeon.demo import DEMO_TEXT
 from tests.helpers import FIXTURES, sha
 
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -252,6 +254,8 @@ def test_bad_range_shows_an_error_dialog():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_canary_runs_on_the_plan_and_is_kept_per_plan():
     async def flow(app, pilot):
         await pilot.press("c")
@@ -280,9 +284,12 @@ def test_canary_runs_on_the_plan_and_is_kept_per_plan():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_auto_plan_searches_and_sets_the_plan():
-    """The demo pair and the canary are deterministic, so the search is too: every prefix of
-    the changed layers fails; layer 1 passes alone, then 4, 5, 6 and 7 can join it."""
+    """The demo pair and the canary (on the demo's own prompts) are deterministic, so the
+    search is too: every prefix of the changed layers fails; layer 1 passes alone, then 2
+    to 7 join it one by one, as `surgeon demo`'s budget search keeps 1-7."""
 
     async def flow(app, pilot):
         await pilot.press("a")
@@ -293,22 +300,14 @@ def test_auto_plan_searches_and_sets_the_plan():
             ("prefix", [0, 1, 2, 3], False),
             ("prefix", [0, 1], False),
             ("prefix", [0], False),
-            ("add", [1], True),
-            ("add", [1, 2], False),
-            ("add", [1, 3], False),
-            ("add", [1, 4], True),
-            ("add", [1, 4, 5], True),
-            ("add", [1, 4, 5, 6], True),
-            ("add", [1, 4, 5, 6, 7], True),
+            *(("add", list(range(1, last + 1)), True) for last in range(1, 8)),
         ]
-        assert app.plan.keep == [1, 4, 5, 6, 7]
+        assert app.plan.keep == [1, 2, 3, 4, 5, 6, 7]
         assert all(frozenset(s.layers) in app.canary_reports for s in steps)
         assert app.composed.runs == len(steps)  # each plan ran once; the rest came from memory
-        assert "Plan keep 1, 4-7: canary passed" in text_of(app, "#canary-status")
+        assert "Plan keep 1-7: canary passed" in text_of(app, "#canary-status")
         shown = text_of(app, "#canary-auto-steps")
-        assert shown.startswith(
-            "last auto search (found keep 1, 4-7), 11 canary runs: prefix 0-7 fail, prefix 0-3 fail"
-        )
+        assert shown.startswith("last auto search (found keep 1-7), 11 canary runs: prefix 0-7 fail, prefix 0-3 fail")
         await pilot.press("ctrl+z")
         assert app.plan.keep == list(range(8))
         assert "canary FAILED" in text_of(app, "#canary-status")  # the full plan's result, kept
@@ -316,6 +315,7 @@ def test_auto_plan_searches_and_sets_the_plan():
     run_app(flow)
 
 
+@pytest.mark.slow
 def test_cancel_a_running_canary(monkeypatch):
     from surgeon.recover.canary import runner as canary_run
 
@@ -427,6 +427,8 @@ def test_cancel_a_running_eval(monkeypatch):
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
     async def flow(app, pilot):
         titles = {c.title for c in app.get_system_commands(app.screen)}
@@ -459,7 +461,7 @@ def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
         assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
         assert quality["eval"] == app.eval_reports[frozenset(keep)]
         assert quality["layer_kl"] == {str(n): app.layer_kl[n] for n in range(8)}
-        assert quality["text"]["source"] == "bundled:heldout"
+        assert quality["text"]["source"] == DEMO_TEXT.name  # the demo model's own text, named, not its path
 
         app.plan.keep_only("0,2")  # a plan not evaluated: the manifest claims no quality for it
         app.refresh_plan()
@@ -472,6 +474,7 @@ def test_budget_plan_keeps_what_fits_and_the_write_records_it(tmp_path):
     run_app(flow)
 
 
+@pytest.mark.slow
 def test_write_and_verify(tmp_path):
     output = tmp_path / "salvaged"
 
@@ -509,6 +512,8 @@ async def write_plan(app, pilot, output: Path) -> dict:
     return json.loads((output / "prune_manifest.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_write_records_the_plans_canary_and_the_auto_search(tmp_path):
     """A TUI write records what `salvage --auto` records: the canary the plan was judged by
     (null only when none ran on that plan) and the search's steps when the search found it."""
@@ -559,10 +564,13 @@ def test_an_engine_error_gets_the_tuis_own_hint():
     run_app(flow, base=pair / "base", candidate=pair / "pruned")
 
 
+@pytest.mark.slow
 def test_write_over_an_existing_folder_asks_first(tmp_path):
-    output = tmp_path / "taken"
-    output.mkdir()
-    (output / "keep.txt").write_text("mine")
+    """Only what --force may replace is offered (the engine's rule), and then it asks."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    output = shutil.copytree(BASE, tmp_path / "old-checkpoint")
 
     async def flow(app, pilot):
         await pilot.press("w")
@@ -572,14 +580,20 @@ def test_write_over_an_existing_folder_asks_first(tmp_path):
         assert isinstance(app.screen, WriteDialog)  # still open, to fix the path
         assert app.job is None
         app.screen.query_one("#write-replace").value = True
+        await type_into(pilot, "#write-output", str(taken))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, WriteDialog) and app.job is None  # refused: no checkpoint, no output
+        assert "not replacing it: it is not empty" in [n.message for n in app._notifications][-1]
+        await type_into(pilot, "#write-output", str(output))
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ConfirmDialog)
         question = _render_plain(app.screen.query_one("#dialog-text"))
-        assert "looks like NOT a checkpoint" in question and "Everything in it will be deleted" in question
+        assert "exists: a checkpoint" in question and "Everything in it will be deleted" in question
         await pilot.press("escape")  # no
         assert isinstance(app.screen, WriteDialog) and app.job is None
-        assert (output / "keep.txt").read_text() == "mine"
+        assert (taken / "keep.txt").read_text() == "mine" and (output / "config.json").is_file()
         await type_into(pilot, "#write-output", str(BASE / "inside"))
         await pilot.press("enter")
         await pilot.pause()
@@ -592,7 +606,7 @@ def test_write_over_an_existing_folder_asks_first(tmp_path):
         assert app.last_verify is not None and app.last_verify.ok
 
     run_app(flow)
-    assert not (output / "keep.txt").exists()
+    assert (taken / "keep.txt").read_text() == "mine"
     assert (output / "prune_manifest.json").is_file()
 
 
@@ -617,6 +631,7 @@ async def wait_until_closed(app, pilot, seconds: float = 60) -> None:
     raise AssertionError(f"the app is still running {seconds:g} s after quitting")
 
 
+@pytest.mark.slow
 def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
     from surgeon.format import writer
 
@@ -638,6 +653,7 @@ def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
 
 
+@pytest.mark.slow
 def test_prune_streams_layers_and_opens_the_result(tmp_path):
     output = tmp_path / "pruned-again"
 
@@ -713,6 +729,7 @@ def test_the_prune_form_has_the_engines_defaults_range_and_words(tmp_path):
         assert str(refused.value) == f"fraction {bad!r}: {engine.value}, e.g. {PRUNE_DEFAULTS.prune_frac:g}"
 
 
+@pytest.mark.slow
 def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):
     from surgeon.format import writer
 
@@ -751,6 +768,7 @@ def test_cancelled_hashing_says_how_to_start_again(monkeypatch):
     run_app(flow, hashed=False)
 
 
+@pytest.mark.slow
 def test_quit_during_a_prune_asks_first(tmp_path, monkeypatch):
     from surgeon.prune import engine as prune_module
 
@@ -791,6 +809,8 @@ def test_command_palette_has_every_action():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_usable_at_80x24():
     async def flow(app, pilot):
         layer_map = app.query_one("#layer-map")
@@ -851,6 +871,8 @@ def compare_screenshots(shots: dict[str, str], new_folder: Path) -> None:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_screenshots(tmp_path, monkeypatch, size):
     """The Overview, the Plan with 4-7 rolled back and the Canary's result, as the golden SVGs."""
@@ -1023,6 +1045,7 @@ def test_every_dialog_fits_at_80x24_with_its_buttons_in_sight():
     run_app(flow, size=(80, 24))
 
 
+@pytest.mark.slow
 def test_enter_in_a_prune_field_starts_nothing(tmp_path):
     output = tmp_path / "never"
 
@@ -1042,6 +1065,7 @@ def test_enter_in_a_prune_field_starts_nothing(tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_a_cancelled_prune_question_writes_nothing(tmp_path):
     output = tmp_path / "never"
 
@@ -1172,6 +1196,7 @@ def test_yank_copies_the_full_sha256_or_the_name():
     run_app(flow)
 
 
+@pytest.mark.slow
 def test_slash_searches_the_table_of_every_tab_that_has_one():
     """/ on the Overview and Plan maps and the Prune table: digits find that layer (not 112),
     words a cell holding them; enter keeps the row, escape goes back, `/` enter finds the
@@ -1225,6 +1250,8 @@ def test_find_row_matches_a_layer_number_exactly_and_words_anywhere():
     assert not row_matches(["3", Text("candidate")], "base")
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
     from surgeon.tui.tabs import TABS
 
@@ -1247,6 +1274,8 @@ def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
     run_app(flow)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_canary_cache")
 def test_auto_plan_says_which_run_and_layers_it_is_testing(monkeypatch):
     """The Canary tab's line while the search runs: before each run, its number, the layers
     it tests and at most how many runs may follow, then the runs so far."""
@@ -1270,9 +1299,9 @@ def test_auto_plan_says_which_run_and_layers_it_is_testing(monkeypatch):
         assert seen[0].strip() == "auto search running: run 1 tests keep 0-7 (at most 17 more runs after it)"
         assert seen[2].startswith("auto search running: run 3 tests keep 0-1 (at most 15 more runs after it)")
         assert "run 1 keep 0-7 fail, run 2 keep 0-3 fail" in seen[2]
-        assert seen[10].startswith("auto search running: run 11 tests keep 1, 4-7")
+        assert seen[10].startswith("auto search running: run 11 tests keep 1-7")
         assert "canary: not run" in status[0] and "canary: FAILED" in status[1]  # run 1 tested the plan in hand
-        assert text_of(app, "#canary-auto-steps").startswith("last auto search (found keep 1, 4-7)")
+        assert text_of(app, "#canary-auto-steps").startswith("last auto search (found keep 1-7)")
 
     run_app(flow)
 

@@ -206,10 +206,17 @@ class BaseOutputs:
         self.self_check: dict | None = None
 
     def get(
-        self, prompts: list[Prompt], ids: list[list[int]], tokenizer, model: CanaryModel | None = None, progress=None
+        self,
+        prompts: list[Prompt],
+        ids: list[list[int]],
+        tokenizer,
+        model: CanaryModel | None = None,
+        progress=None,
+        cancel=None,
     ):
         """The base's outputs per prompt, once the base has passed against itself (a
-        SurgeonError otherwise: a canary measured against such a base means nothing)."""
+        SurgeonError otherwise: a canary measured against such a base means nothing).
+        `cancel` is looked at between prompts: what was generated stays in the cache."""
         progress = progress or NoProgress()
         keys = [cache_key(self.key_parts | {"prompt": p.label, "ids": i}) for p, i in zip(prompts, ids, strict=True)]
         found = [cache_read(self.cache_dir, key) for key in keys]
@@ -219,6 +226,7 @@ class BaseOutputs:
             model = model or loading("base", progress, lambda: self._model())
             progress.start("base: generating", len(missing), unit="prompts")
             for n in missing:
+                check_stop(cancel.is_set if cancel is not None else None)
                 tokens = model.generate(ids[n], self.options.max_new_tokens)
                 entry = {"tokens": tokens, "nll": model.nll(ids[n], tokens)}
                 found[n] = entry
@@ -234,7 +242,9 @@ class BaseOutputs:
         cached_check = cache_read(self.cache_dir, check_key, valid=_is_self_check)
         if cached_check is None:
             model = model or loading("base", progress, lambda: self._model())
-            results = score(model, tokenizer, prompts, ids, found, self.options, progress=progress, label="base")
+            results = score(
+                model, tokenizer, prompts, ids, found, self.options, cancel=cancel, progress=progress, label="base"
+            )
             cached_check = _self_check_record(results, self.options)
             cache_write(self.cache_dir, check_key, cached_check)
             self.self_check = cached_check | {"cached": False}
@@ -384,9 +394,14 @@ class ComposedCanary:
         cache_dir=None,
         changed: dict[int, list[str]] | None = None,
         progress=None,
+        cancel=None,
     ):
+        """`cancel` (a threading.Event) is looked at between the loading steps and the
+        base's prompts: a cancel during the load took effect only once the base had
+        generated every prompt (seconds on the demo, minutes on a real model)."""
         options.validate()
         progress = progress or NoProgress()
+        stop = cancel.is_set if cancel is not None else None
         if run.quant is not None:  # CanaryModel.apply copies full-precision tensors into the model
             raise SurgeonError("composing a model in memory needs full precision, not a quantized model")
         resolve_run(run)  # a bad device is one line before any loading
@@ -395,9 +410,14 @@ class ComposedCanary:
         self.tokenizer = load_tokenizer(run.tokenizer_dir(self.base.root))
         self.prompts, self.options = usable_prompts(prompts, self.tokenizer), options
         self.ids = [prompt_ids(self.tokenizer, p, options.bos) for p in self.prompts]
+        check_stop(stop)
         self.model = loading("base", progress, lambda: CanaryModel(self.base, run))
+        check_stop(stop)
         self.outputs = BaseOutputs(self.base, options, run, cache_dir)
-        self.base_out = self.outputs.get(self.prompts, self.ids, self.tokenizer, model=self.model, progress=progress)
+        self.base_out = self.outputs.get(
+            self.prompts, self.ids, self.tokenizer, model=self.model, progress=progress, cancel=cancel
+        )
+        check_stop(stop)
         self.changed = changed if changed is not None else changed_by_layer(self.base, self.candidate)
         names = [n for layer_names in self.changed.values() for n in layer_names]
         self._base_tensors = _read(self.base, names)
