@@ -11,11 +11,11 @@ import asyncio
 import shutil
 import sys
 
-from surgeon.tui.dialogs import ConfirmDialog, MessageDialog, WriteDialog
+from surgeon.tui.dialogs import MessageDialog, WriteDialog
 
 from surgeon.demo import DEMO_PROMPTS, DEMO_TEXT
 from surgeon.recover.canary.checks import read_prompts
-from tests.tui.test_tui import BASE, CANDIDATE, _render_plain, hold, run_app, settle, text_of, type_into
+from tests.tui.test_tui import BASE, CANDIDATE, hold, run_app, settle, text_of, type_into
 
 
 def notices(app) -> list[str]:
@@ -239,14 +239,15 @@ def test_the_write_dialog_sees_a_dangling_link_as_taken(tmp_path):
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, WriteDialog) and app.job is None
-        assert notices(app)[-1].endswith("already exists: tick Replace to replace it, or choose another")
+        # --force never replaces a link (surgeon.format.replacing), so ticking Replace cannot
+        # help: the engine's refusal is said at once, as the CLI says it
+        refusal = "not replacing it: it is a link, not a folder; choose another output folder"
+        assert notices(app)[-1].endswith(refusal)
         app.screen.query_one("#write-replace").value = True
         await pilot.press("enter")
         await pilot.pause()
-        assert isinstance(app.screen, ConfirmDialog)  # replacing it is asked first, as for a folder
-        assert str(link) in _render_plain(app.screen.query_one("#dialog-text"))
-        await pilot.press("escape")
-        assert isinstance(app.screen, WriteDialog) and app.job is None
+        assert isinstance(app.screen, WriteDialog) and app.job is None  # no question, no write
+        assert notices(app)[-1].endswith(refusal)
 
     run_app(flow)
     assert link.is_symlink() and not (tmp_path / "nowhere").exists()
