@@ -10,6 +10,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
+from surgeon.diff import stats_cache
 from surgeon.diff.bytes import Pair, compare_bytes
 from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
 from surgeon.diff.statuses import FileStatus, ShardStatus, TensorStatus
@@ -313,15 +314,24 @@ def _layout(diff: TensorDiff, geometry) -> tuple[str, HeadLayout] | None:
 def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, cancel) -> None:
     geometry = _geometry(base, other)
     todo = [t for t in tensors if _has_stats(t, base, other)]
+    # Stats keyed by both tensors' SHA256s (stats_cache.py): only where those came from the
+    # hash cache's trust in the first place, never for a card's evidence (trust_cache off)
+    cache = HashCache(options.cache_dir) if options.hash and options.cache_dir is not None else None
 
     def work(diff: TensorDiff, should_stop) -> None:
         check_stop(should_stop)
         layout = _layout(diff, geometry)
         b, o = base.tensors[diff.name], other.tensors[diff.name]
         experts = fused_experts(diff.family, b.shape)  # which experts changed, from the same pass
-        stats, scan = tensor_stats(
-            base.shard_path(b.file), b, other.shard_path(o.file), o, layout[1] if layout else None, experts
-        )
+        head = layout[1] if layout else None
+        shas = (diff.base.sha256 if diff.base else None, diff.other.sha256 if diff.other else None)
+        key = stats_cache.stats_key(*shas, b, o, head, experts) if cache else None
+        found = stats_cache.load(cache, key, b, o, head, experts) if cache and key and options.trust_cache else None
+        if found is None:
+            found = tensor_stats(base.shard_path(b.file), b, other.shard_path(o.file), o, head, experts)
+            if cache and key:
+                stats_cache.store(cache, key, *found)
+        stats, scan = found
         diff.stats = stats
         if scan is not None and layout is not None:  # there is a scan only with a layout
             diff.heads = _head_report(layout[0], scan)

@@ -227,6 +227,13 @@ def _spans(info: TensorInfo, layout: HeadLayout | None):
         yield first * row_bytes, rows * row_bytes, rows
 
 
+def scanned_layout(base: TensorInfo, other: TensorInfo, layout: HeadLayout | None, experts: int | None):
+    """The layout tensor_stats scans heads by, or None: same-dtype tensors it fits, no experts."""
+    if base.dtype != other.dtype or layout is None or experts or not layout.fits(base):
+        return None
+    return layout
+
+
 def tensor_stats(
     base_path: Path,
     base: TensorInfo,
@@ -246,8 +253,7 @@ def tensor_stats(
     stats then also say which experts' slices differ (no head scan: experts have no heads)."""
     if base.dtype != other.dtype:
         return _retyped_stats(base_path, base, other_path, other, experts), None
-    if layout is not None and (experts or not layout.fits(base)):
-        layout = None
+    layout = scanned_layout(base, other, layout, experts)
     acc = _Accumulator(layout, _expert_slices(base, experts))
     workspace = _Workspace(STATS_CHUNK_ELEMENTS)
     buffer_bytes = STATS_CHUNK_ELEMENTS * max(1, base.dtype.bits // 8)

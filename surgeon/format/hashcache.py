@@ -7,6 +7,10 @@ Two levels, both JSON files written atomically:
 - `content/<sha256>.json`: the per-tensor SHA256s of a file with that content. A file in the
   Hugging Face cache is named by its SHA256 (`models--*/blobs/<sha256>`), so it needs no
   file hash, and its tensor hashes are found here if any copy of that content was hashed.
+- `stats/<key>.json`: a changed tensor pair's numeric stats (surgeon/diff/stats_cache.py
+  makes the key from both tensors' SHA256s and what else the stats depend on), so a warm
+  diff reads no tensor bytes. The same rules as the other entries; diff reads them only
+  where it trusts the cache (never for a Markdown card's evidence).
 
 What this trusts, and where (docs/reliability.md): the stat key stands for "same bytes as
 when hashed", and a hub blob's name for its SHA256, in `diff` and the writer's base-side
@@ -40,6 +44,8 @@ from surgeon.jsonfile import parse_json, read_bounded
 VERSION = 2  # 2: the key has st_ctime_ns; version-1 entries (no ctime) are not read
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 FILE_ENTRY_MAX = 64 << 10
+# A stats entry: a few numbers, three flags per head and the changed experts' numbers.
+STATS_ENTRY_MAX = 4 << 20
 # A content entry is ~150 bytes a tensor; the largest shards we know hold ~10k tensors.
 CONTENT_ENTRY_MAX = 64 << 20
 
@@ -187,6 +193,17 @@ class HashCache:
     def store_file(self, ident: FileIdentity, file_sha256: str) -> None:
         record = {"version": VERSION, "path": ident.real_path, "size": ident.size}
         self._write(self._file_entry(ident), record | {"sha256": file_sha256})
+
+    def stats(self, key: str) -> dict | None:
+        """The stats entry stored under `key` (a SHA256), unchecked beyond being a JSON object
+        of this version from a private file: the caller checks its fields."""
+        return self._read(self._stats_entry(key), STATS_ENTRY_MAX)
+
+    def store_stats(self, key: str, record: dict) -> None:
+        self._write(self._stats_entry(key), {"version": VERSION} | record)
+
+    def _stats_entry(self, key: str) -> Path | None:
+        return self.root / "stats" / f"{key}.json" if self.root and is_sha256(key) else None
 
     def _file_entry(self, ident: FileIdentity) -> Path | None:
         return self.root / "files" / f"{ident.key}.json" if self.root else None
