@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-
 from surgeon.errors import SurgeonError
 from surgeon.format.safetensors import TensorInfo
 
@@ -101,18 +99,3 @@ def element_chunks(info: TensorInfo, max_bytes: int) -> Iterator[tuple[int, int]
     step = max(item, max_bytes - max_bytes % item)
     for offset in range(0, info.nbytes, step):
         yield offset, min(step, info.nbytes - offset)
-
-
-def views_equal(a: memoryview, b: memoryview, scratch: np.ndarray) -> bool:
-    """Byte equality, compared as 64-bit words into a preallocated bool buffer."""
-    if len(a) != len(b):
-        return False
-    words = len(a) // 8
-    step = len(scratch)
-    wa = np.frombuffer(a, dtype=np.uint64, count=words)
-    wb = np.frombuffer(b, dtype=np.uint64, count=words)
-    for first in range(0, words, step):
-        out = scratch[: min(step, words - first)]
-        if not np.equal(wa[first : first + step], wb[first : first + step], out=out).all():
-            return False
-    return a[words * 8 :].tobytes() == b[words * 8 :].tobytes()
