@@ -9,7 +9,6 @@ from pathlib import Path
 
 from rich.cells import cell_len
 from rich.text import Text
-from surgeon.tui import views
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
@@ -25,13 +24,16 @@ from surgeon.model.names import parse_layer_spec, parse_layers
 from surgeon.prune.options import HEALS, IMPORTANCE, PruneOptions
 from surgeon.text import inert
 
+from . import views
+from .session import RangeEdit
+
 
 class LayerMap(DataTable):
     """One row per layer; space keeps the layer from the candidate or rolls it back. The
     Plan tab's map also shows each changed layer's KL measured alone (`kl_column`)."""
 
     BINDINGS = [
-        Binding("space", "toggle", "Toggle"),
+        Binding("space", "toggle_layer", "Toggle"),
         Binding("home,g", "edge(0)", "First layer", show=False),  # a map of 48+ layers needs them
         Binding("end,G", "edge(-1)", "Last layer", show=False),
     ]
@@ -73,7 +75,7 @@ class LayerMap(DataTable):
                     kl = Text("")
                 else:
                     measured = layer_kl is not None
-                    kl = views.kl_cell(layer_kl.get(row.layer) if measured else None, largest, measured)
+                    kl = views.kl_cell(layer_kl.get(row.layer) if layer_kl is not None else None, largest, measured)
                 cells.insert(2, kl)
             self.add_row(*cells, key=str(row.layer))
         if rows:
@@ -91,13 +93,14 @@ class LayerMap(DataTable):
     def selected_layer(self) -> int | None:
         if not self.row_count:
             return None
-        return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        return int(key) if key is not None else None  # every row's key is its layer
 
     def action_edge(self, end: int) -> None:
         if self.row_count:
             self.move_cursor(row=self.row_count - 1 if end else 0)
 
-    def action_toggle(self) -> None:
+    def action_toggle_layer(self) -> None:  # not action_toggle: DOMNode's toggles an attribute
         layer = self.selected_layer()
         if layer is not None:
             self.post_message(self.ToggleRequested(layer))
@@ -486,14 +489,18 @@ class PlanPane(Vertical):
     #plan-map { height: 1fr; }
     #plan-legend { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
-    RANGE_BUTTONS = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
+    RANGE_BUTTONS: dict[str, RangeEdit] = {
+        "plan-roll-back": "roll_back",
+        "plan-restore": "restore",
+        "plan-keep-only": "keep_only",
+    }
     BINDINGS = [Binding("l", "range_box", "Layers")]  # `/` searches the map, as on every tab
 
     class RangeRequested(Message):
         """Change the plan over typed layers: `how` is a RollbackPlan method (roll_back,
         restore or keep_only) and `spec` the layers, e.g. "4-59"."""
 
-        def __init__(self, how: str, spec: str):
+        def __init__(self, how: RangeEdit, spec: str):
             super().__init__()
             self.how, self.spec = how, spec
 
