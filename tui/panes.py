@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.cells import cell_len
 from rich.text import Text
@@ -13,6 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from surgeon.atomic import OutputExists
@@ -223,7 +225,7 @@ class TensorsPane(Vertical):
             super().__init__()
             self.name = name
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.tensors: list = []
         self.shown: list = []
@@ -237,7 +239,7 @@ class TensorsPane(Vertical):
         self.first = 0
         self.drawn = 0
         self.columns: dict[str, int] = {}  # the columns shown and their widths (views.tensor_layout)
-        self._typing = None  # the pending filter of keys still being typed
+        self._typing: Timer | None = None  # the pending filter of keys still being typed
         self._redrawing = False  # until the table has settled after a redraw: its scrolls are ours
 
     def compose(self) -> ComposeResult:
@@ -608,7 +610,7 @@ class StatusLine(Static):
     StatusLine { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._line: Callable[[int], Text | str] = lambda width: ""
 
