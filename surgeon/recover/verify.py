@@ -343,7 +343,13 @@ def _check_files(ckpt: Checkpoint, written: dict, report: VerifyReport) -> None:
         if entry.name.startswith(".") or _DOCUMENTATION.fullmatch(entry.name):
             report.notes.append(f"{entry.name}: not in the manifest, not checked (no loader reads it)")
         elif entry.is_dir(follow_symlinks=False):
-            report.notes.append(f"{entry.name}/: a folder the manifest does not know, not checked")
+            readable = _subfolder_files(Path(entry.path), ckpt.root)
+            for name in readable:
+                report.discrepancies.append(
+                    f"file {name}: in a folder the manifest does not know, and a loader could read it"
+                )
+            if not readable:
+                report.notes.append(f"{entry.name}/: holds no file a loader reads, not checked")
         else:
             report.discrepancies.append(
                 f"file {entry.name}: not in the manifest (added after it was written?), and a loader could read it"
@@ -619,8 +625,30 @@ def _loadable_files(ckpt: Checkpoint, report: VerifyReport | None) -> dict[str, 
             if report is not None:
                 report.notes.append(f"{entry.name}: not compared with the base (no loader reads it)")
         elif entry.is_dir(follow_symlinks=False):
-            if report is not None:
-                report.notes.append(f"{entry.name}/: a folder, not compared with the base")
+            readable = _subfolder_files(Path(entry.path), ckpt.root)
+            found |= readable
+            if not readable and report is not None:
+                report.notes.append(f"{entry.name}/: holds no file a loader reads, not compared with the base")
         else:
             found[entry.name] = Path(entry.path)
+    return found
+
+
+def _subfolder_files(folder: Path, root: Path) -> dict[str, Path]:
+    """The files under a subfolder that a loader could read, by their path from `root`.
+    transformers' tokenizer reads additional_chat_templates/*.jinja, and `subfolder=` loads
+    a config, weights or tokenizer from any folder, so every file but documentation and
+    hidden ones counts. Links to folders are not followed (the remote-code check reports
+    them); the walk stops at _WALK_LIMIT entries, as that check's does."""
+    found: dict[str, Path] = {}
+    seen = 0
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        seen += len(dirs) + len(files)
+        for name in sorted(files):
+            if not (name.startswith(".") or _DOCUMENTATION.fullmatch(name)):
+                path = Path(here, name)
+                found[path.relative_to(root).as_posix()] = path
+        if seen > _WALK_LIMIT:
+            break
     return found

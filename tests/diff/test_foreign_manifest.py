@@ -322,3 +322,23 @@ def test_o_proj_refit_by_the_heal_is_within_the_claims(candidate, tmp_path):
     report = check(omk_manifest(WRITTEN), _scaled(candidate, tmp_path, name, lambda w: w * 1.5))
     assert report.discrepancies == []
     assert "no tensor outside the manifest's claims differs from base" in report.checks
+
+
+def test_cli_a_template_in_a_subfolder_fails_against_the_base(candidate, tmp_path):
+    """Issue 18 re-test: transformers' tokenizer reads additional_chat_templates/*.jinja;
+    "claims hold" was said over one the base does not have. Documentation in a folder is a note."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+
+    folder = shutil.copytree(candidate, tmp_path / "templates")
+    (folder / "prune_manifest.json").write_text(json.dumps(omk_manifest(WRITTEN), indent=2))
+    (folder / "images").mkdir()
+    (folder / "images" / "chart.png").write_bytes(b"")
+    (folder / "additional_chat_templates").mkdir()
+    (folder / "additional_chat_templates" / "default.jinja").write_text("{{x}}\n")
+    result = CliRunner().invoke(main, ["verify", str(folder), "--base", str(BASE)], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert failed == ["FAIL file additional_chat_templates/default.jinja: not in the base, and a loader could read it"]
+    assert "images/: holds no file a loader reads, not compared with the base" in " ".join(result.output.split())
