@@ -374,10 +374,14 @@ def _base_matches(actual: dict[str, str], record: dict, given: bool, report: Ver
     if matching == len(recorded):
         report.checks.append(f"the base is the one recorded ({matching} shard SHA256s match)")
         return True
-    which = "given" if given else "recorded"
+    # Without --base the base is the one the manifest names, read now: it changed since.
+    which = (
+        "the base given does not match the one recorded"
+        if given
+        else ("the base the manifest names no longer matches its recorded hashes")
+    )
     report.discrepancies.append(
-        f"the base {which} does not match the one recorded ({matching} of {len(recorded)} shard hashes match): "
-        "the manifest's claims were not checked against it"
+        f"{which} ({matching} of {len(recorded)} shard hashes match): the manifest's claims were not checked against it"
     )
     return False
 

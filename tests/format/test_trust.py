@@ -458,6 +458,21 @@ def test_a_wrong_base_is_one_line(salvaged):
     ]
 
 
+def test_a_changed_recorded_base_is_named_as_such():
+    """Issue 18 re-test: where verify found the base from the manifest (a Hub repo, no
+    --base) the line read "the base recorded does not match the one recorded"."""
+    from surgeon.recover.verify import VerifyReport, _base_matches
+
+    report = VerifyReport("out", "repo", False)
+    assert not _base_matches(
+        {"model.safetensors": "b" * 64}, {"shards": {"model.safetensors": "a" * 64}}, False, report
+    )
+    assert report.discrepancies == [
+        "the base the manifest names no longer matches its recorded hashes (0 of 1 shard hashes match): "
+        "the manifest's claims were not checked against it"
+    ]
+
+
 def test_recorded_base_hashes_come_from_a_prune_too(tmp_path):
     from surgeon.prune.engine import prune
 
