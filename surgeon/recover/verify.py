@@ -621,7 +621,7 @@ def _loadable_files(ckpt: Checkpoint, report: VerifyReport | None) -> dict[str, 
     """The folder's entries a loader could read besides its shards and index, by name; the
     others (documentation, hidden files, folders) noted on `report` when it is given."""
     read = set(ckpt.shards) | {ckpt.index_name, MANIFEST_NAME}
-    found = {}
+    found: dict[str, Path] = {}
     for entry in sorted(os.scandir(ckpt.root), key=lambda e: e.name):
         if entry.name in read:
             continue
