@@ -1,11 +1,13 @@
 """The surgeon TUI: diff, rollback plan, canary, prune and write over one base/candidate pair.
 
-The app holds the session (the pair, the diff report, the rollback plan, canary and eval
-results per plan). Messages go up, calls go down: the panes post what the user asks for
-(`LayerMap.ToggleRequested`, `PlanPane.RangeRequested`, `PrunePane.PruneSubmitted`, ...), the
-app handles them with `@on` and tells the panes what to show. Every engine call is a job of
-the JobRunner, in a thread worker, one at a time, with a progress bar and a cancel key.
-Engine errors become dialogs; nothing here computes what is shown.
+The app holds a PairSession (tui/session.py: the pair, the diff report, the rollback plan,
+canary and eval results per plan, the searches) and the widgets. Messages go up, calls go
+down: the panes post what the user asks for (`LayerMap.ToggleRequested`,
+`PlanPane.RangeRequested`, `PrunePane.PruneSubmitted`, ...), the app handles them with `@on`,
+calls down into the session and tells the panes what to show. Every engine call is a job of
+the JobRunner, in a thread worker, one at a time, with a progress bar and a cancel key: the
+session's worker methods are its work, and the app hands their results to the session when
+the job ends. Engine errors become dialogs; nothing here computes what is shown.
 """
 
 from __future__ import annotations
@@ -13,17 +15,34 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
-from surgeon.tui.dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
-from surgeon.tui.jobs import LOADING_TORCH, Job, JobBar, JobRunner
-from surgeon.tui.panes import CanaryPane, LayerMap, OverviewPane, PlanPane, PrunePane, StatusLine, TensorsPane
-from surgeon.tui.search import SearchBar
-from surgeon.tui.tabs import TAB, TABS
-from surgeon.tui.views import (
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.worker import Worker, WorkerFailed, WorkerState
+
+from surgeon.diff.engine import DiffReport
+from surgeon.errors import Cancelled, SurgeonError, missing_extra
+from surgeon.prune.options import PruneOptions
+from surgeon.recover.canary.checks import CanaryReport
+from surgeon.recover.render import verify_text
+from surgeon.recover.salvage import PlanSearch, QualityBudget, SearchStep
+from surgeon.recover.verify import VerifyReport
+from surgeon.text import inert, layer_ranges
+
+from .dialogs import BudgetDialog, ConfirmDialog, HelpScreen, MessageDialog, TensorDetail, WriteDialog
+from .jobs import Done, Job, JobBar, JobRunner, Result, Work
+from .panes import CanaryPane, LayerMap, OverviewPane, PlanPane, PrunePane, StatusLine, TensorsPane
+from .search import SearchBar
+from .session import EVAL_TOKENS, EvalSummary, PairSession, Plan, RangeEdit, loading_phase
+from .tabs import TAB, TABS
+from .views import (
     auto_steps_text,
     budget_live_text,
     budget_steps_text,
@@ -37,31 +56,10 @@ from surgeon.tui.views import (
     search_live_text,
     status_text,
 )
-from textual import on
-from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
-from textual.worker import Worker, WorkerFailed, WorkerState
 
-from surgeon.demo import bundled_inputs
-from surgeon.diff.engine import DiffOptions, diff_checkpoints
-from surgeon.errors import Cancelled, SurgeonError, missing_extra
-from surgeon.format.checkpoint import open_checkpoint
-from surgeon.format.hashcache import hash_cache_dir
-from surgeon.quality.options import EvalOptions
-from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
-from surgeon.recover.plan import RollbackPlan
-from surgeon.recover.render import verify_text
-from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, canary_search_limit, salvage
-from surgeon.recover.verify import verify
-from surgeon.runtime.settings import RunSettings
-from surgeon.text import inert, layer_ranges
+if TYPE_CHECKING:  # torch: the first prune imports the engine
+    from surgeon.prune.engine import PruneResult
 
-# Teacher-forced eval in the TUI: a small token budget, so that the plan and each changed
-# layer alone are scored in seconds on a tiny model (30 s for 9 plans of the 8-layer demo at
-# 2048 tokens on a busy 2-core CPU) and in minutes on a 135M one; `surgeon eval` does more.
-EVAL_TOKENS = 2048
 # What a cancelled job leaves, after "<job> cancelled"; a write or prune cleans up after itself.
 CANCELLED = {
     "write": "; nothing was written",
@@ -74,6 +72,17 @@ TUI_HINTS = {"tokenizer": "\n\nStart the TUI with `surgeon tui --tokenizer DIR` 
 JOB_KEYS = {"hashing": "r", "canary": "c", "auto plan": "a", "eval": "e", "write": "w", "prune": "p"}
 # What the jobs that run a model import: the `prune` extra, absent from a light install.
 MODEL_MODULES = ("torch", "transformers")
+
+
+class _InSession:
+    """The session's attribute of the same name, read through the app: `app.plan` is
+    `app.session.plan` (the tests, and code written before the session, read them there)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, app: SurgeonApp | None, owner: type | None = None) -> Any:
+        return self if app is None else getattr(app.session, self.name)
 
 
 class SurgeonApp(App):
@@ -96,6 +105,10 @@ class SurgeonApp(App):
         Binding("question_mark,f1", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]
+    # The session's state, read through the app as well (app.report is app.session.report).
+    candidate, report, plan, plan_key, composed, canary_reports = (_InSession() for _ in range(6))
+    eval_session, eval_reports, layer_kl, auto_steps, last_verify = (_InSession() for _ in range(5))
+    prompts_path, eval_text = _InSession(), _InSession()
 
     def __init__(
         self,
@@ -110,36 +123,11 @@ class SurgeonApp(App):
         own, surgeon.demo.bundled_inputs), else the bundled general ones (None). A bad
         prompts file raises SurgeonError here, before the screen."""
         super().__init__()
-        self.base, self.candidate = Path(base), Path(candidate)
-        self.tokenizer = Path(tokenizer) if tokenizer else None  # default: the base's own
-        self.eval_tokens = eval_tokens
-        own_prompts, own_text = bundled_inputs(self.base)
-        self.prompts_path = Path(prompts) if prompts else own_prompts  # None: the bundled general prompts
-        self.prompts = read_prompts(self.prompts_path)
-        self.eval_text = Path(eval_text) if eval_text else own_text  # None: the bundled held-out text
-        self.inputs = inputs_text(
-            _input_name(self.prompts_path, own_prompts, "the bundled set"),
-            len(self.prompts),
-            _input_name(self.eval_text, own_text, "the bundled held-out text"),
-        )
-        self.report = None
-        self.plan = None
-        self.composed = None  # the canary's in-memory model, built once per candidate
+        self.session = PairSession(base, candidate, tokenizer, eval_tokens, eval_text, prompts)
+        session = self.session
+        self.inputs = inputs_text(session.prompts_name, len(session.prompts), session.eval_text_name)
         self.jobs = JobRunner(self)
-        self.last_verify = None
-        self.last_output: Path | None = None  # the write dialog offers the last folder again
-        self.auto_steps: list = []  # the last auto search's canary runs, shown on the Canary tab
-        self.auto_found: frozenset[int] | None = None  # the layers that search found
-        self.auto_budget = None  # the QualityBudget of the last search, None for a canary search
         self.searching: Text | None = None  # the running search's live line, None when none runs
-        self._reset_eval()
-
-    def _reset_eval(self) -> None:
-        """Eval results belong to one pair: a new candidate starts with none."""
-        self.eval_session = None  # EvalSession over the pair, made by the first eval job
-        self.eval_reports: dict[frozenset[int], dict] = {}  # kept layers -> eval summary
-        self.layer_kl: dict[int, float | None] | None = None  # each changed layer's KL alone
-        self.eval_record: dict | None = None  # the eval text, as the manifest's quality record names it
 
     # --- layout -------------------------------------------------------------------------
 
@@ -155,7 +143,7 @@ class SurgeonApp(App):
         yield Footer(compact=True)  # every key of the footer fits 80 columns
 
     def on_mount(self) -> None:
-        self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
+        self.sub_title = inert(f"{self.session.base.name} → {self.session.candidate.name}")
         self.query_one(CanaryPane).show_inputs(self.inputs)
         self._focus_tab(TABS[0].id)
         self.load_pair()
@@ -164,14 +152,9 @@ class SurgeonApp(App):
 
     def load_pair(self) -> None:
         """Hash and diff base and candidate; the screens fill in when it is done."""
-        base, candidate = self.base, self.candidate
+        session, candidate = self.session, self.session.candidate
 
-        def work(job: Job):
-            options = DiffOptions(cache_dir=hash_cache_dir())
-            pair = open_checkpoint(str(base)), open_checkpoint(str(candidate))
-            return diff_checkpoints(*pair, options, progress=job.progress, cancel=job.cancel)
-
-        if self.start_job("hashing", work, self._loaded):
+        if self.start_job("hashing", lambda job: session.compare(job.progress, job.cancel), self._loaded):
             self.query_one("#summary", Static).update("Hashing both checkpoints...")
             line = Text(f"hashing both checkpoints · candidate: {inert(candidate.name)}")
             self.query_one(StatusLine).show(lambda width: line)
@@ -179,23 +162,23 @@ class SurgeonApp(App):
     def action_rehash(self) -> None:
         self.load_pair()
 
-    def _loaded(self, report) -> None:
-        self.report, self.plan = report, RollbackPlan(report)
+    def _loaded(self, report: DiffReport) -> None:
+        self.session.loaded(report)
         self.refresh_plan()
         self.notify(f"{len(report.tensors)} tensors compared", timeout=3)
 
     def refresh_plan(self) -> None:
-        if self.report is None:
+        session = self.session
+        if session.report is None or session.plan is None:
             return
-        summary, rows = self.plan.summary(), layer_rows(self.report, self.plan)
-        plan_eval = self.eval_reports.get(self.plan_key())
-        self.query_one(OverviewPane).show(self.report, rows)
-        self.query_one(PlanPane).show(rows, summary, self.candidate.name, plan_eval, self.layer_kl)
-        self.query_one(TensorsPane).show(self.report, set(summary.from_candidate))
+        status, rows = session.status(), layer_rows(session.report, session.plan)
+        summary, report, plan_eval = status.summary, status.canary, status.eval
+        self.query_one(OverviewPane).show(session.report, rows)
+        self.query_one(PlanPane).show(rows, summary, session.candidate.name, plan_eval, session.layer_kl)
+        self.query_one(TensorsPane).show(session.report, set(summary.from_candidate))
         canary = self.query_one(CanaryPane)
-        report = self.canary_reports.get(self.plan_key())
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval))
-        name = self.candidate.name
+        name = session.candidate.name
         self.query_one(StatusLine).show(lambda width: status_text(summary, report, plan_eval, name, width))
 
     def _searching(self, text: Text) -> None:
@@ -205,27 +188,13 @@ class SurgeonApp(App):
         self.searching = text
         self.refresh_plan()
 
-    def _steps_text(self):
+    def _steps_text(self) -> Text:
+        session = self.session
         if self.searching is not None:
             return self.searching
-        if self.auto_budget is None:
-            return auto_steps_text(self.auto_steps)
-        return budget_steps_text(self.auto_steps, sorted(self.auto_found or ()), self.auto_budget.text())
-
-    def plan_key(self) -> frozenset[int]:
-        return frozenset(self.plan.keep)
-
-    @property
-    def canary_reports(self) -> dict:
-        """Canary results per set of kept layers: the composed canary's own memory."""
-        return dict(self.composed.reports) if self.composed is not None else {}
-
-    def _composed_canary(self, job: Job):
-        """The canary's model, loaded by the first canary job of this candidate."""
-        if self.composed is None:
-            job.progress.start(loading_phase("loading models"), 0)
-            self.composed = _composed_canary(self.base, self.candidate, self.report, self.tokenizer, self.prompts, job)
-        return self.composed
+        if session.auto_budget is None:
+            return auto_steps_text(session.auto_steps)
+        return budget_steps_text(session.auto_steps, sorted(session.auto_found or ()), session.auto_budget.text())
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -234,7 +203,7 @@ class SurgeonApp(App):
         """The running job, None when none runs."""
         return self.jobs.job
 
-    def start_job(self, name: str, work: Callable[[Job], object], done: Callable[[object], None]) -> bool:
+    def start_job(self, name: str, work: Work[Result], done: Done[Result]) -> bool:
         key = JOB_KEYS.get(name)
         started = self.jobs.start(name, work, done, again=f"press {key}" if key else "start it")
         self._draw_job()
@@ -260,7 +229,7 @@ class SurgeonApp(App):
             self._job_failed(job, event.worker.error)
         else:
             self._cancelled(job, "")
-        if job.name == "hashing" and self.report is None:
+        if job.name == "hashing" and self.session.report is None:
             self.query_one("#summary", Static).update("Hashing stopped before the end. Press r to hash again.")
             self.query_one(StatusLine).show(lambda width: "not compared: hashing stopped (r hashes again)")
 
@@ -280,7 +249,7 @@ class SurgeonApp(App):
         if missing is not None:  # a light install: the CLI's one line, never the exception
             self.show_error(f"{job.name} could not run", str(missing))
         elif isinstance(error, SurgeonError):
-            self.show_error(title, str(error) + TUI_HINTS.get(error.option, ""))
+            self.show_error(title, str(error) + TUI_HINTS.get(error.option or "", ""))
         else:
             self.show_error(title, f"{type(error).__name__}: {error}")
 
@@ -305,14 +274,14 @@ class SurgeonApp(App):
     # --- plan ---------------------------------------------------------------------------
 
     def _need_report(self) -> bool:
-        if self.report is None:
+        if self.session.plan is None:
             self.notify("Still hashing the checkpoints", severity="warning")
-        return self.report is not None
+        return self.session.plan is not None
 
     def _need_folders(self, action: str) -> bool:
         """The canary, eval, write and prune read whole checkpoints; a pair of single
         .safetensors files is only compared (the Overview, Tensors and Plan tabs work)."""
-        files = any(path.is_file() for path in (self.base, self.candidate))
+        files = any(path.is_file() for path in (self.session.base, self.session.candidate))
         if files:
             message = f"{action} needs checkpoint folders: a single .safetensors file is only compared"
             self.notify(message, severity="error", timeout=6, markup=False)
@@ -328,28 +297,28 @@ class SurgeonApp(App):
 
     def toggle_layer(self, layer: int) -> None:
         """A toggle that changes nothing (an identical layer) says so in a toast, not a dialog."""
-        self._plan_change(lambda: self.plan.toggle(layer), quiet=True)
+        self._plan_change(lambda: self.session.toggle(layer), quiet=True)
 
-    def plan_range(self, how: str, spec: str) -> None:
+    def plan_range(self, how: RangeEdit, spec: str) -> None:
         if not spec.strip():
             self.notify("Type layers first, e.g. 4-59", severity="warning")
             return
-        self._plan_change(lambda: getattr(self.plan, how)(spec))
+        self._plan_change(lambda: self.session.edit_range(how, spec))
 
     def action_toggle_non_layer(self) -> None:
-        self._plan_change(self.plan.toggle_non_layer if self.plan else None)
+        self._plan_change(self.session.toggle_non_layer)
 
     def action_undo(self) -> None:
-        if self._need_report() and not self.plan.undo():
+        if self._need_report() and not self.session.undo():
             self.notify("Nothing to undo", timeout=2)
         self.refresh_plan()
 
     def action_redo(self) -> None:
-        if self._need_report() and not self.plan.redo():
+        if self._need_report() and not self.session.redo():
             self.notify("Nothing to redo", timeout=2)
         self.refresh_plan()
 
-    def _plan_change(self, change, quiet: bool = False) -> None:
+    def _plan_change(self, change: Callable[[], None], quiet: bool = False) -> None:
         if not self._need_report():
             return
         try:
@@ -368,15 +337,13 @@ class SurgeonApp(App):
         if not (self._need_report() and self._need_folders("the canary") and self._need_models("the canary")):
             return
         self.action_show_tab("canary")
-        key = self.plan_key()
-        if key in self.canary_reports:
+        session, key = self.session, self.session.plan_key()
+        if key in session.canary_reports:
             self.notify("This plan's canary is already known", timeout=2)
             return
-
-        def work(job: Job):
-            return self._composed_canary(job).run(key, cancel=job.cancel, progress=job.progress)
-
-        self.start_job("canary", work, lambda _report: self.refresh_plan())
+        self.start_job(
+            "canary", lambda job: session.run_canary(key, job.progress, job.cancel), lambda _: self.refresh_plan()
+        )
 
     def action_auto_plan(self) -> None:
         """salvage --auto in memory: the largest set of changed layers whose canary passes,
@@ -384,28 +351,17 @@ class SurgeonApp(App):
         if not (self._need_report() and self._need_folders("the auto plan") and self._need_models("the auto plan")):
             return
         self.action_show_tab("canary")
+        session = self.session
 
-        def work(job: Job):
-            composed = self._composed_canary(job)
-            changed = sorted(composed.changed)
-            steps: list = []
-            runs_left = [canary_search_limit(len(changed))]
+        def before_run(steps: list[SearchStep], layers: list[int], runs_after: int) -> None:
+            self.call_from_thread(self._searching, search_live_text(steps, layers, runs_after))
 
-            def passes(layers) -> bool:  # said before each run starts: a run takes minutes on a real model
-                self.call_from_thread(self._searching, search_live_text(steps, layers, runs_left[0] - 1))
-                return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
+        self.start_job(
+            "auto plan", lambda job: session.canary_search(job.progress, job.cancel, before_run), self._auto_done
+        )
 
-            def heard(step, left: int) -> None:
-                steps.append(step)
-                runs_left[0] = left
-
-            return canary_search(changed, passes, on_step=heard)
-
-        self.start_job("auto plan", work, self._auto_done)
-
-    def _auto_done(self, plan) -> None:
-        self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), None
-        self.plan.set_keep(plan.keep)
+    def _auto_done(self, plan: PlanSearch) -> None:
+        self.session.adopt(plan)
         self.refresh_plan()
         kept = layer_ranges(plan.keep) or "none"
         self.notify(f"{len(plan.steps)} canary runs; the plan is now keep {kept} (ctrl+z: the plan before)", timeout=6)
@@ -417,59 +373,26 @@ class SurgeonApp(App):
         each changed layer alone: which layers cost quality. In memory; nothing is written."""
         if not (self._need_report() and self._need_folders("the eval") and self._need_models("the eval")):
             return
-        key = self.plan_key()
-        if key in self.eval_reports and self.layer_kl is not None:
+        session, key = self.session, self.session.plan_key()
+        if session.eval_known(key):
             self.notify("This plan's eval is already known", timeout=2)
             return
+        self.start_job(
+            "eval",
+            lambda job: session.evaluate(key, job.progress, job.cancel),
+            lambda found: self._evaluated(key, found),
+        )
 
-        def work(job: Job):
-            session = self._eval_session(job)
-            alone = [[layer] for layer in sorted(session.changed_layers)] if self.layer_kl is None else []
-            return self._evaluate(session, [sorted(key), *alone])
-
-        self.start_job("eval", work, lambda found: self._evaluated(key, found))
-
-    def _eval_session(self, job: Job):
-        """The pair's EvalSession, made by the first eval job: its windows and the base's
-        stream are reused by every later call. It reports to the job that is using it."""
-        if self.eval_session is None:
-            job.progress.start(loading_phase("loading the eval text"), 0)
-            from surgeon.quality.evaluate import EvalSession  # torch: loaded by the first eval, not at start
-
-            job.progress.start("loading the eval text", 0)
-            tokenizer = str(self.tokenizer) if self.tokenizer else None
-            text = str(self.eval_text) if self.eval_text else None
-            options = EvalOptions(text=text, max_tokens=self.eval_tokens, run=RunSettings(tokenizer=tokenizer))
-            self.eval_session = EvalSession(self.base, self.candidate, options, cancel=job.cancel)
-        self.eval_session.progress, self.eval_session.cancel = job.progress, job.cancel
-        return self.eval_session
-
-    def _evaluate(self, session, plans: list[list[int]], known: dict | None = None) -> dict[frozenset[int], dict]:
-        """Summaries of the plans not yet known (here or in `known`), scored in one
-        layer-major pass. It runs in the worker, so it only reads the app's results; the
-        job's `done` stores them."""
-        changed = set(session.changed_layers)
-        keys = list(dict.fromkeys(frozenset(plan) & changed for plan in plans))
-        missing = [k for k in keys if k not in self.eval_reports and k not in (known or {})]
-        reports = session.evaluate_plans([sorted(k) for k in missing])
-        return {k: report.summary() for k, report in zip(missing, reports, strict=True)}
-
-    def _store_eval(self, found: dict[frozenset[int], dict]) -> None:
-        self.eval_reports.update(found)
-        session = self.eval_session
-        changed = sorted(session.changed_layers)
-        self.eval_record = dict(session.text)
-        if self.layer_kl is None and all(frozenset({n}) in self.eval_reports for n in changed):
-            self.layer_kl = {n: self.eval_reports[frozenset({n})].get("kl_mean") for n in changed}
-
-    def _evaluated(self, key: frozenset[int], found: dict[frozenset[int], dict]) -> None:
+    def _evaluated(self, key: Plan, found: dict[Plan, EvalSummary]) -> None:
         """Shows the results; `key` is the plan evaluated, which the user may have changed since."""
-        self._store_eval(found)
+        session = self.session
+        session.store_eval(found)
         self.refresh_plan()
-        message = f"Keep {layer_ranges(key) or 'none'}: {eval_numbers(self.eval_reports[key])}"
-        if self.layer_kl:
-            worst = max(self.layer_kl, key=lambda n: kl_order(self.layer_kl[n]))
-            message += f"\nLayer {worst} costs most alone (KL {kl_format(self.layer_kl[worst])})"
+        message = f"Keep {layer_ranges(sorted(key)) or 'none'}: {eval_numbers(session.eval_reports[key])}"
+        layer_kl = session.layer_kl
+        if layer_kl:
+            worst = max(layer_kl, key=lambda n: kl_order(layer_kl[n]))
+            message += f"\nLayer {worst} costs most alone (KL {kl_format(layer_kl[worst])})"
         self.notify(message, timeout=6)
 
     def action_budget_plan(self) -> None:
@@ -478,7 +401,7 @@ class SurgeonApp(App):
         if self._need_report() and self._need_folders("the budget plan") and self._need_models("the budget plan"):
             self.push_screen(BudgetDialog(), self._budget_chosen)
 
-    def _budget_chosen(self, limits) -> None:
+    def _budget_chosen(self, limits: tuple[float | None, float | None] | None) -> None:
         if limits is None:
             return
         budget = QualityBudget(*limits)
@@ -488,40 +411,20 @@ class SurgeonApp(App):
             self.show_error("Quality budget", str(exc))
             return
         self.action_show_tab("plan")
+        session = self.session
 
-        def work(job: Job):
-            session, composed = self._eval_session(job), self._composed_canary(job)
-            found: dict[frozenset[int], dict] = {}
+        def doing(steps: list[SearchStep], what: str) -> None:
+            self.call_from_thread(self._searching, budget_live_text(steps, what, budget.text()))
 
-            def evaluate(plans):
-                found.update(self._evaluate(session, plans, found))
-                known = {**self.eval_reports, **found}
-                return [known[frozenset(plan) & set(session.changed_layers)] for plan in plans]
-
-            steps: list = []
-
-            def say(doing: str) -> None:
-                self.call_from_thread(self._searching, budget_live_text(steps, doing, budget.text()))
-
-            def passes(layers) -> bool:
-                say(f"the canary tests keep {layer_ranges(layers) or 'none'}")
-                return composed.run(layers, cancel=job.cancel, progress=job.progress).passed
-
-            def scored(plans):
-                say(f"evaluating {len(plans)} {'plan' if len(plans) == 1 else 'plans'}")
-                return evaluate(plans)
-
-            changed = sorted(session.changed_layers)
-            plan = budget_search(changed, scored, budget, canary_passes=passes, on_step=steps.append)
-            return plan, found, budget
+        def work(job: Job) -> tuple[PlanSearch, dict[Plan, EvalSummary], QualityBudget]:
+            return *session.budget_search(budget, job.progress, job.cancel, doing), budget
 
         self.start_job("budget plan", work, self._budget_done)
 
-    def _budget_done(self, result) -> None:
+    def _budget_done(self, result: tuple[PlanSearch, dict[Plan, EvalSummary], QualityBudget]) -> None:
         plan, found, budget = result
-        self._store_eval(found)
-        self.auto_steps, self.auto_found, self.auto_budget = plan.steps, frozenset(plan.keep), budget
-        self.plan.set_keep(plan.keep)
+        self.session.store_eval(found)
+        self.session.adopt(plan, budget)
         self.refresh_plan()
         self.notify(f"{budget.text()}: keeping layers {layer_ranges(plan.keep) or 'none'}", timeout=6)
 
@@ -530,78 +433,28 @@ class SurgeonApp(App):
     def action_write(self) -> None:
         if not (self._need_report() and self._need_folders("write")):
             return
-        summary = self.plan.summary()
+        session = self.session
+        status = session.status()
+        summary = status.summary
         if summary.problems:
             self.show_error("Cannot write this pair", "\n".join(summary.problems))
             return
-        default = self.last_output or Path.cwd() / f"{self.candidate.name}-salvaged"
+        default = session.last_output or Path.cwd() / f"{session.candidate.name}-salvaged"
         # The verdicts first: at 80x24 the plan's details scroll in a box of 7 lines.
-        description = self._canary_note()
-        description.append("\n").append_text(eval_text(self.eval_reports.get(self.plan_key())))
-        description.append("\n").append_text(plan_text(summary, self.candidate.name))
-        inputs = [self.base, self.candidate]
+        description = _canary_note(status.canary)
+        description.append("\n").append_text(eval_text(status.eval))
+        description.append("\n").append_text(plan_text(summary, session.candidate.name))
+        inputs = [session.base, session.candidate]
         self.push_screen(WriteDialog(default, description, inputs), self._write_confirmed)
 
-    def _canary_note(self) -> Text:
-        report = self.canary_reports.get(self.plan_key())
-        if report is None:
-            return Text("The canary has not been run on this plan (c on the Canary tab).", style="yellow")
-        if report.passed:
-            return Text("The canary passed on this plan.", style="green")
-        return Text("The canary FAILED on this plan.", style="bold red")
-
-    def _write_confirmed(self, answer) -> None:
+    def _write_confirmed(self, answer: tuple[Path, bool] | None) -> None:
         if answer is None:
             return
-        output, replace = answer
-        self.last_output = output
-        base, candidate, keep = self.base, self.candidate, self.plan.keep
-        keep_non_layer = self.plan.state.keep_non_layer
-        canary_before, auto_steps, quality = self._write_record()
+        request = self.session.write_request(*answer)
+        self.start_job("write", lambda job: request.run(job.progress, job.cancel), self._written)
 
-        def work(job: Job):
-            salvage(
-                candidate,
-                base,
-                keep,
-                output,
-                keep_non_layer=keep_non_layer,
-                force=replace,
-                canary_before=canary_before,
-                auto_steps=auto_steps,
-                cancel=job.cancel,
-                progress=job.progress,
-                quality=quality,
-            )
-            job.progress.start("verifying", 0)
-            return verify(output, base)
-
-        self.start_job("write", work, self._written)
-
-    def _write_record(self) -> tuple[dict | None, list | None, dict | None]:
-        """What the manifest records, as `salvage --auto` does: the canary this plan passed
-        or failed here (None only if it was not run on it), the auto search's steps if that
-        search found this plan, and the plan's eval (with the budget it was searched under)
-        if it was evaluated here."""
-        key = self.plan_key()
-        report = self.canary_reports.get(key)
-        found = self.auto_found is not None and self.auto_found == key
-        steps = list(self.auto_steps) if found else None
-        summary = self.eval_reports.get(key)
-        if summary is None:
-            return (report.to_json() if report is not None else None), steps, None
-        budget = self.auto_budget if found else None
-        quality = {  # the record `salvage --auto --max-kl` writes, read back by the model card
-            "how": "surgeon tui: the kept plan, composed in memory",
-            "budget": {"max_kl": budget.max_kl, "max_ppl_ratio": budget.max_ppl_ratio} if budget else None,
-            "text": self.eval_record,
-            "eval": summary,
-            "layer_kl": {str(k): v for k, v in (self.layer_kl or {}).items()},
-        }
-        return (report.to_json() if report is not None else None), steps, quality
-
-    def _written(self, report) -> None:
-        self.last_verify = report
+    def _written(self, report: VerifyReport) -> None:
+        self.session.last_verify = report
         title = "Written and verified" if report.ok else "Written, but verify found discrepancies"
         self.push_screen(MessageDialog(title, verify_text(report), error=not report.ok))
 
@@ -611,15 +464,15 @@ class SurgeonApp(App):
         """Checks the Prune tab's options, then asks, naming the folder it will write."""
         if not (self._need_folders("prune") and self._need_models("the prune")):
             return
-        pane = self.query_one(PrunePane)
-        num_layers = self.plan.num_layers if self.plan else None
+        pane, session = self.query_one(PrunePane), self.session
+        num_layers = session.plan.num_layers if session.plan else None
         try:
-            options, output = pane.request(self.base, num_layers, self.tokenizer)
+            options, output = pane.request(session.base, num_layers, session.tokenizer)
         except SurgeonError as exc:
             self.show_error("Prune options", str(exc))
             return
         question = (
-            f"Prune {self.base.name} into a new folder:\n{output}\n\nfraction {options.prune_frac:g}, "
+            f"Prune {session.base.name} into a new folder:\n{output}\n\nfraction {options.prune_frac:g}, "
             f"layers {options.layers}, importance {options.importance}, heal {options.heal}."
         )
 
@@ -631,10 +484,10 @@ class SurgeonApp(App):
 
         self.push_screen(ConfirmDialog(question, "Start prune", "Cancel"), answered)
 
-    def _start_prune(self, pane: PrunePane, options, output: Path) -> None:
-        base = self.base
+    def _start_prune(self, pane: PrunePane, options: PruneOptions, output: Path) -> None:
+        base = self.session.base
 
-        def work(job: Job):
+        def work(job: Job) -> PruneResult:
             job.progress.start(loading_phase("prune"), 0)
             from surgeon.prune.engine import prune  # torch: loaded by the first prune, not at start
 
@@ -651,7 +504,7 @@ class SurgeonApp(App):
         pane.reset_progress()
         self.start_job("prune", work, self._pruned)
 
-    def _pruned(self, result) -> None:
+    def _pruned(self, result: PruneResult) -> None:
         output = Path(result.output)
 
         def answered(open_it: bool | None) -> None:
@@ -662,16 +515,13 @@ class SurgeonApp(App):
 
         question = (
             f"Pruned into {output}.\n\nOpen it as the candidate? The current plan, its undo history "
-            f"and canary results belong to {self.candidate.name} and are dropped."
+            f"and canary results belong to {self.session.candidate.name} and are dropped."
         )
         self.push_screen(ConfirmDialog(question, "Open as candidate", "Keep the current candidate"), answered)
 
     def open_candidate(self, candidate: Path) -> None:
-        self.candidate = candidate
-        self.sub_title = inert(f"{self.base.name} → {self.candidate.name}")
-        self.report, self.plan, self.composed, self.auto_steps, self.auto_found = None, None, None, [], None
-        self.auto_budget = None
-        self._reset_eval()
+        self.session.open_candidate(candidate)
+        self.sub_title = inert(f"{self.session.base.name} → {self.session.candidate.name}")
         self.action_show_tab("overview")
         self.load_pair()
 
@@ -735,7 +585,8 @@ class SurgeonApp(App):
             self.screen.set_focus(self.query_one(TAB[tab].focus))
 
     def open_tensor(self, name: str) -> None:
-        tensor = next((t for t in self.report.tensors if t.name == name), None) if self.report else None
+        report = self.session.report
+        tensor = next((t for t in report.tensors if t.name == name), None) if report else None
         if tensor is not None:
             self.push_screen(TensorDetail(tensor))
 
@@ -774,7 +625,8 @@ class SurgeonApp(App):
 
     async def _exit_after(self, job: Job) -> None:
         with contextlib.suppress(WorkerFailed):  # a cancelled write ends by raising Cancelled
-            await job.worker.wait()
+            if job.worker is not None:
+                await job.worker.wait()
         self.exit()
 
     def _range_box(self) -> None:
@@ -784,7 +636,7 @@ class SurgeonApp(App):
     def _toggle_selected(self) -> None:
         """The layer under the cursor of the map on screen (the Plan tab's, else the Overview's)."""
         active = self.query_one(TabbedContent).active
-        layer = self.query_one("#plan-map" if active == "plan" else "#layer-map").selected_layer()
+        layer = self.query_one("#plan-map" if active == "plan" else "#layer-map", LayerMap).selected_layer()
         if layer is not None:
             self.toggle_layer(layer)
 
@@ -816,40 +668,13 @@ class SurgeonApp(App):
             yield SystemCommand(title, help_text, callback)
 
 
-def _composed_canary(base: Path, candidate: Path, report, tokenizer: Path | None, prompts: list, job: Job):
-    """The canary's model: base weights in memory, the candidate's changed layers swappable.
-    The diff already knows which tensors changed, so nothing is hashed again. The job's bar
-    shows each loading step, and a cancel takes effect between them."""
-    from surgeon.recover.canary.runner import ComposedCanary, layer_changes  # torch: the first canary loads it
-
-    changed = layer_changes(report)
-    run = RunSettings(tokenizer=str(tokenizer) if tokenizer else None)
-    return ComposedCanary(
-        base,
-        candidate,
-        prompts,
-        CanaryOptions(),
-        run=run,
-        cache_dir=canary_cache_dir(),
-        changed=changed,
-        progress=job.progress,
-        cancel=job.cancel,
-    )
-
-
-def _input_name(path: Path | None, own: Path | None, bundled: str) -> str:
-    """How the Canary tab names the prompts or the eval text: the bundled set, the demo's own
-    (that came with the base), or the file given."""
-    if path is None:
-        return bundled
-    return f"the demo's {path.name}" if path == own else path.name
-
-
-def loading_phase(then: str) -> str:
-    """The phase a model job starts in: "loading torch" while torch is not yet imported, the
-    seconds (5.5 s measured on the demo, 2 busy cores) that no cancel can cut short; the job
-    bar names it, so a cancel pressed then is understood. `then` otherwise."""
-    return LOADING_TORCH if "torch" not in sys.modules else then
+def _canary_note(report: CanaryReport | None) -> Text:
+    """The write dialog's first line: the canary's verdict on the plan to write."""
+    if report is None:
+        return Text("The canary has not been run on this plan (c on the Canary tab).", style="yellow")
+    if report.passed:
+        return Text("The canary passed on this plan.", style="green")
+    return Text("The canary FAILED on this plan.", style="bold red")
 
 
 def missing_models(what: str) -> SurgeonError | None:

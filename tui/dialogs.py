@@ -7,7 +7,6 @@ from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
-from surgeon.tui.tabs import TABS
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -20,6 +19,8 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.replacing import what_is_there
 from surgeon.format.writer import check_output_folder
 from surgeon.text import inert, inert_lines
+
+from .tabs import TABS
 
 
 def plain(message: str | Text) -> Text:
@@ -234,7 +235,7 @@ class BudgetDialog(Dialog["tuple[float | None, float | None] | None"]):
         if limits == [None, None]:
             self.notify("Give a KL or a perplexity ratio", severity="error")
             return
-        self.dismiss(tuple(limits))
+        self.dismiss((limits[0], limits[1]))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

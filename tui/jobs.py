@@ -9,15 +9,33 @@ fast hash never waits on the screen.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
+from textual.screen import ModalScreen
 from textual.widgets import Label, ProgressBar
 from textual.worker import Worker, WorkerState
 
-LOADING_TORCH = "loading torch"  # a model job's first phase, which a cancel cannot cut short
+from .session import LOADING_TORCH
+
+Result = TypeVar("Result")
+Result_co = TypeVar("Result_co", covariant=True)
+Result_contra = TypeVar("Result_contra", contravariant=True)
+
+
+class Work(Protocol[Result_co]):
+    """A job's engine call: runs in a thread worker, reports to `job.progress`, looks at
+    `job.cancel` between steps, and returns its result."""
+
+    def __call__(self, job: Job, /) -> Result_co: ...
+
+
+class Done(Protocol[Result_contra]):
+    """Hears a job's result on the UI thread, when the job has succeeded."""
+
+    def __call__(self, result: Result_contra, /) -> None: ...
 
 
 @dataclass
@@ -57,11 +75,11 @@ class Job:
     """One engine call at a time: hashing, canary, prune or write."""
 
     name: str
-    done: object  # called on the UI thread with the result
+    done: Done[Any]  # called on the UI thread with the result
     progress: ThreadProgress = field(default_factory=ThreadProgress)
     cancel: threading.Event = field(default_factory=threading.Event)
-    worker: object | None = None
-    quit_question: object | None = None  # the "cancel it and quit?" dialog, while it is up
+    worker: Worker[Any] | None = None  # the thread worker, from the moment the job starts
+    quit_question: ModalScreen[bool] | None = None  # the "cancel it and quit?" dialog, while it is up
     refused: str | None = None  # how to start a job refused while this one stopped ("press c")
 
     @property
@@ -81,9 +99,7 @@ class JobRunner:
         self._app = app  # it runs the workers and hears how they end
         self.job: Job | None = None
 
-    def start(
-        self, name: str, work: Callable[[Job], object], done: Callable[[object], None], again: str = "start it"
-    ) -> bool:
+    def start(self, name: str, work: Work[Result], done: Done[Result], again: str = "start it") -> bool:
         """Runs `work(job)` in a thread; `done(result)` is called on the UI thread if it succeeds.
         A job refused says why, and how to start it again (`again`, e.g. "press c")."""
         running = self.job

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.cells import cell_len
 from rich.text import Text
-from surgeon.tui import views
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
 
 from surgeon.atomic import OutputExists
@@ -26,13 +27,16 @@ from surgeon.prune.options import HEALS, IMPORTANCE, PRUNE_DEFAULTS, PruneOption
 from surgeon.runtime.settings import RunSettings
 from surgeon.text import inert
 
+from . import views
+from .session import RangeEdit
+
 
 class LayerMap(DataTable):
     """One row per layer; space keeps the layer from the candidate or rolls it back. The
     Plan tab's map also shows each changed layer's KL measured alone (`kl_column`)."""
 
     BINDINGS = [
-        Binding("space", "toggle", "Toggle"),
+        Binding("space", "toggle_layer", "Toggle"),
         Binding("home,g", "edge(0)", "First layer", show=False),  # a map of 48+ layers needs them
         Binding("end,G", "edge(-1)", "Last layer", show=False),
     ]
@@ -74,7 +78,7 @@ class LayerMap(DataTable):
                     kl = Text("")
                 else:
                     measured = layer_kl is not None
-                    kl = views.kl_cell(layer_kl.get(row.layer) if measured else None, largest, measured)
+                    kl = views.kl_cell(layer_kl.get(row.layer) if layer_kl is not None else None, largest, measured)
                 cells.insert(2, kl)
             self.add_row(*cells, key=str(row.layer))
         if rows:
@@ -92,13 +96,14 @@ class LayerMap(DataTable):
     def selected_layer(self) -> int | None:
         if not self.row_count:
             return None
-        return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        return int(key) if key is not None else None  # every row's key is its layer
 
     def action_edge(self, end: int) -> None:
         if self.row_count:
             self.move_cursor(row=self.row_count - 1 if end else 0)
 
-    def action_toggle(self) -> None:
+    def action_toggle_layer(self) -> None:  # not action_toggle: DOMNode's toggles an attribute
         layer = self.selected_layer()
         if layer is not None:
             self.post_message(self.ToggleRequested(layer))
@@ -221,7 +226,7 @@ class TensorsPane(Vertical):
             super().__init__()
             self.name = name
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.tensors: list = []
         self.shown: list = []
@@ -235,7 +240,7 @@ class TensorsPane(Vertical):
         self.first = 0
         self.drawn = 0
         self.columns: dict[str, int] = {}  # the columns shown and their widths (views.tensor_layout)
-        self._typing = None  # the pending filter of keys still being typed
+        self._typing: Timer | None = None  # the pending filter of keys still being typed
         self._redrawing = False  # until the table has settled after a redraw: its scrolls are ours
 
     def compose(self) -> ComposeResult:
@@ -487,14 +492,18 @@ class PlanPane(Vertical):
     #plan-map { height: 1fr; }
     #plan-legend { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     """
-    RANGE_BUTTONS = {"plan-roll-back": "roll_back", "plan-restore": "restore", "plan-keep-only": "keep_only"}
+    RANGE_BUTTONS: dict[str, RangeEdit] = {
+        "plan-roll-back": "roll_back",
+        "plan-restore": "restore",
+        "plan-keep-only": "keep_only",
+    }
     BINDINGS = [Binding("l", "range_box", "Layers")]  # `/` searches the map, as on every tab
 
     class RangeRequested(Message):
         """Change the plan over typed layers: `how` is a RollbackPlan method (roll_back,
         restore or keep_only) and `spec` the layers, e.g. "4-59"."""
 
-        def __init__(self, how: str, spec: str):
+        def __init__(self, how: RangeEdit, spec: str):
             super().__init__()
             self.how, self.spec = how, spec
 
@@ -602,7 +611,7 @@ class StatusLine(Static):
     StatusLine { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._line: Callable[[int], Text | str] = lambda width: ""
 

@@ -11,6 +11,8 @@ last query, as in less.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable, Input
@@ -51,7 +53,7 @@ class SearchBar(Input):
         Binding("up", "next(-1)", "Previous match", show=False),
     ]
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any):
         super().__init__(placeholder="search: a layer number or words; enter keeps, escape goes back", **kwargs)
         self.table: DataTable | None = None
         self.origin = 0  # the cursor row before the search: escape returns to it

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from surgeon.tui.panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
 from textual.widget import Widget
+
+from .panes import CanaryPane, OverviewPane, PlanPane, PrunePane, TensorsPane
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def _note_experts(row: LayerRow, t, changed: bool) -> None:
     known = t.stats.experts_changed if t.stats is not None else None
     if changed and known is None:
         row.unknown_experts = True
-    elif changed:
+    elif changed and known is not None:
         row.changed_experts.update(known)
 
 
@@ -377,9 +377,11 @@ def status_text(summary, canary_report, plan_eval: dict | None, candidate_name: 
     is the candidate's name cut, in its middle. At 80 columns a candidate's name of 29 cells
     ended "candidate: candida…" with nothing given up."""
     name = inert(candidate_name)
+    if width is None:
+        return _status_line(summary, canary_report, plan_eval, name, 0)
     for level in range(5):
         line = _status_line(summary, canary_report, plan_eval, name, level)
-        if width is None or line.cell_len <= width:
+        if line.cell_len <= width:
             return line
     room = max(STATUS_NAME_MIN, width - (line.cell_len - cell_len(name)))
     return _status_line(summary, canary_report, plan_eval, middle_cut(name, room), 4)
@@ -569,7 +571,7 @@ def budget_steps_text(steps, found, budget_label: str) -> Text:
     alone = sum(step.how == "alone" for step in steps)
     if alone:
         parts.append(Text(f"{alone} layers alone"))
-    added, kept, last_kl = Text("added cheapest first:"), set(), None
+    added, kept, last_kl = Text("added cheapest first:"), set[int](), None
     for step in steps:
         if step.how == "budget":
             layers = layer_ranges(set(step.layers) - kept) or "none"

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from surgeon import __version__
 from surgeon.errors import SurgeonError
@@ -113,7 +113,7 @@ def portable_record(record: dict) -> dict:
     return {"source": folder.name or str(folder), "kind": kind, "revision": None, **kept}
 
 
-def portable_prune_record(manifest: dict) -> dict:
+def portable_prune_record(manifest: Mapping[str, Any]) -> dict:
     """A candidate's surgeon manifest as salvage carries it forward: with no local path in
     its base record or tokenizer option (an older surgeon recorded them as given)."""
     out = dict(manifest)
@@ -133,17 +133,19 @@ def is_surgeon_manifest(manifest: object) -> bool:
 # ---------- reading: a surgeon manifest's shape, checked before any value is used ----------
 
 
-def read_manifest(path: Path) -> dict | None:
+def read_manifest(path: Path) -> PruneManifest | None:
     """The manifest at `path`, None if there is none; a file that is not a readable JSON
     object, or a surgeon manifest with missing keys or wrong types, is one SurgeonError:
-    "<path>: manifest is malformed (<what>)"."""
+    "<path>: manifest is malformed (<what>)". A foreign manifest (no surgeon schema) is
+    returned as read: every key of PruneManifest is optional, and callers look for the
+    schema (is_surgeon_manifest) before they rely on one."""
     if not os.path.lexists(path):
         return None
     manifest = read_json_file(path)
     problem = manifest_problem(manifest)
     if problem is not None or not isinstance(manifest, dict):  # manifest_problem says why
         raise SurgeonError(f"{path}: manifest is malformed ({problem})")
-    return manifest
+    return cast(PruneManifest, manifest)  # its shape checked above
 
 
 def manifest_problem(manifest: object) -> str | None:

@@ -388,7 +388,7 @@ class _Sources:
     replacement is copied whole before the next starts): a prune's shard can draw on one
     file per layer."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._open: dict[Path, MappedShard] = {}
         self._buffer: bytearray | None = None
 

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -104,10 +104,10 @@ def prune(
     force: bool = False,
     progress: ProgressSink | None = None,
     cancel: threading.Event | None = None,
-    on_layer_done=None,
+    on_layer_done: LayerDone | None = None,
     durable: bool = False,
-    on_phase=None,
-    on_warning=None,
+    on_phase: PhaseStarted | None = None,
+    on_warning: Warned | None = None,
 ) -> PruneResult:
     """Prune `base` into `output`. `on_phase(layer, phase)` is called as each layer enters a
     phase and `on_layer_done(result)` after each layer (the TUI follows along with them;
@@ -122,29 +122,67 @@ def prune(
     check_output_folder(Path(output), [ckpt], force)
     if workdir is not None:  # it is written to, and emptied when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
-    run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)
-    run.durable, run.on_phase, run.on_warning = durable, on_phase, on_warning
+    run = _Run(
+        ckpt,
+        layout,
+        options,
+        selected,
+        progress,
+        cancel,
+        durable=durable,
+        on_layer_done=on_layer_done,
+        on_phase=on_phase,
+        on_warning=on_warning,
+    )
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="surgeon-prune-") as scratch:
             return run.execute(Path(scratch), Path(output), force)
     return run.execute(Path(workdir), Path(output), force)
 
 
+class LayerDone(Protocol):
+    """Hears each layer's result as the layer is done."""
+
+    def __call__(self, result: LayerResult, /) -> None: ...
+
+
+class PhaseStarted(Protocol):
+    """Hears a layer enter a phase ("capture", "heal", ...)."""
+
+    def __call__(self, layer: int, phase: str, /) -> None: ...
+
+
+class Warned(Protocol):
+    """Hears a warning as it arises (the manifest's messages record it too)."""
+
+    def __call__(self, message: str, /) -> None: ...
+
+
 class _Run:
-    def __init__(self, ckpt, layout, options, selected, progress, cancel, on_layer_done):
-        self.ckpt: Checkpoint = ckpt
-        self.layout: ModelLayout = layout
-        self.options: PruneOptions = options
+    def __init__(
+        self,
+        ckpt: Checkpoint,
+        layout: ModelLayout,
+        options: PruneOptions,
+        selected: list[int],
+        progress: ProgressSink,
+        cancel: threading.Event | None,
+        *,
+        durable: bool = False,
+        on_layer_done: LayerDone | None = None,
+        on_phase: PhaseStarted | None = None,
+        on_warning: Warned | None = None,
+    ):
+        self.ckpt, self.layout, self.options = ckpt, layout, options
         self.selected = set(selected)
         self.fracs = dict(options.layer_fracs)
-        self.progress, self.cancel, self.on_layer_done = progress, cancel, on_layer_done
+        self.progress, self.cancel, self.durable = progress, cancel, durable
+        self.on_layer_done, self.on_phase, self.on_warning = on_layer_done, on_phase, on_warning
         self.device, self.dtype = resolve_run(options.run)
         use_cpu_threads(self.device, layout.config.get("hidden_size"))
         self.timings: dict[str, float] = {}
         self.messages: list[str] = []
-        self.durable = False
-        self.on_phase = None
-        self.on_warning = None
+        self.calibration: dict[str, Any] = {}  # what _calibration read, for the manifest
 
     def should_stop(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()

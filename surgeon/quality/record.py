@@ -18,7 +18,7 @@ from pathlib import Path
 
 from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
-from surgeon.format.manifest import MANIFEST_NAME, read_manifest
+from surgeon.format.manifest import MANIFEST_NAME, PruneManifest, read_manifest
 
 SUMMARY_KEYS = ("tokens", "ppl_base", "ppl", "ppl_ratio", "kl_mean", "kl_p99", "top1")
 
@@ -42,7 +42,7 @@ def recorded_quality(report) -> tuple[dict, str | None] | None:
     return summary, source if isinstance(source, str) else None
 
 
-def _same_bytes(manifest: dict, report) -> bool:
+def _same_bytes(manifest: PruneManifest, report) -> bool:
     """The weights on both sides and the files the model is read with (config, tokenizer,
     index) are the ones the manifest records: a config edited afterwards (a softcap, a
     rope scale) changes what the weights compute, so it voids the record too."""
@@ -87,7 +87,7 @@ def _valid_summary(summary) -> bool:
 def attach(folder: Path, record: dict) -> dict:
     """Put `record` under "quality" in FOLDER's manifest (rewritten atomically); the manifest."""
     path = Path(folder) / MANIFEST_NAME
-    manifest = read_manifest(path) or {}
+    manifest = dict(read_manifest(path) or {})
     manifest["quality"] = record
     with output_errors(Path(folder)):
         write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")

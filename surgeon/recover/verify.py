@@ -28,9 +28,10 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, verify_foreign
@@ -39,7 +40,7 @@ from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, refusal
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
 from surgeon.format.hub import cached_snapshot, is_commit
-from surgeon.format.manifest import MANIFEST_NAME, is_surgeon_manifest, read_manifest
+from surgeon.format.manifest import MANIFEST_NAME, PruneManifest, WrittenRecord, is_surgeon_manifest, read_manifest
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layers_phrase
 from surgeon.progress import NoProgress, ProgressSink
@@ -117,7 +118,7 @@ def verify(
             _verify_surgeon(ckpt, manifest, base, cache, report, trust_cache, folder, progress)
         else:
             report.manifest = report.foreign = True
-            _verify_foreign(ckpt, manifest, base, cache, report, progress)
+            _verify_foreign(ckpt, dict(manifest), base, cache, report, progress)  # not surgeon's: any object
     refused = refusal(cache_dir if cache_dir is not None else hash_cache_dir()) if trust_cache else None
     if refused:
         report.notes.append(f"{refused}; the shards were hashed from their bytes")
@@ -197,7 +198,7 @@ def _without_manifest(ckpt: Checkpoint, base, cache: HashCache, report: VerifyRe
 
 
 def _verify_surgeon(
-    ckpt, manifest: dict, base, cache: HashCache, report: VerifyReport, trusted, folder, progress
+    ckpt, manifest: PruneManifest, base, cache: HashCache, report: VerifyReport, trusted, folder, progress
 ) -> None:
     given = base is not None
     record = _base_record(manifest)
@@ -224,7 +225,7 @@ def _verify_surgeon(
     report.claims_checked = True
 
 
-def _base_record(manifest: dict) -> dict:
+def _base_record(manifest: Mapping[str, Any]) -> dict:
     """The base the claims are about: salvage's (it wrote the file) over prune's."""
     return (manifest.get("salvage") or {}).get("base") or manifest.get("base") or {}
 
@@ -281,7 +282,7 @@ def _open_recorded(record: dict, unchecked: list[str]) -> tuple[Checkpoint | Non
         return None, None
 
 
-def _check_bytes(ckpt, actual: dict[str, str], hashes, written: dict, report: VerifyReport, trusted) -> None:
+def _check_bytes(ckpt, actual: dict[str, str], hashes, written: WrittenRecord, report: VerifyReport, trusted) -> None:
     claimed = written["shards"]
     ok = 0
     for name in sorted(set(claimed) | set(actual)):
@@ -312,7 +313,7 @@ def _check_bytes(ckpt, actual: dict[str, str], hashes, written: dict, report: Ve
         )
 
 
-def _check_files(ckpt: Checkpoint, written: dict, report: VerifyReport) -> None:
+def _check_files(ckpt: Checkpoint, written: WrittenRecord, report: VerifyReport) -> None:
     """The side files against their recorded SHA256s; every other entry of the folder is
     reported, and fails unless it is documentation or hidden (no loader reads those)."""
     files = written.get("files")
@@ -386,7 +387,7 @@ def _base_matches(actual: dict[str, str], record: dict, given: bool, report: Ver
     return False
 
 
-def _claimed_layers(manifest: dict) -> tuple[list[int], str]:
+def _claimed_layers(manifest: PruneManifest) -> tuple[list[int], str]:
     if not manifest.get("layers"):  # no prune record (a salvage of an arbitrary candidate)
         return list(manifest["written"]["layers"]), "written"
     pruned = sorted(layer["layer"] for layer in manifest["layers"] if layer.get("pruned_heads"))
@@ -394,7 +395,7 @@ def _claimed_layers(manifest: dict) -> tuple[list[int], str]:
     return [i for i in pruned if i not in rolled_back], "pruned" if not rolled_back else "kept pruned"
 
 
-def _check_claims(manifest: dict, diff: DiffReport, report: VerifyReport) -> None:
+def _check_claims(manifest: PruneManifest, diff: DiffReport, report: VerifyReport) -> None:
     actual = diff.layers_changed()
     claimed, word = _claimed_layers(manifest)
     identical = sorted(set(diff.layer_numbers()) - set(actual))
@@ -468,7 +469,7 @@ def _check_salvage_record(
         )
 
 
-def _check_copied(written: dict, diff: DiffReport, report: VerifyReport) -> None:
+def _check_copied(written: WrittenRecord, diff: DiffReport, report: VerifyReport) -> None:
     """Shards the manifest calls byte-identical to the base must be, by the files' hashes."""
     status = {s.name: s.status for s in diff.shards}
     for name in written["copied_shards"]:
@@ -478,7 +479,7 @@ def _check_copied(written: dict, diff: DiffReport, report: VerifyReport) -> None
             )
 
 
-def _check_heads(manifest: dict, diff: DiffReport, report: VerifyReport, actual: set[int]) -> None:
+def _check_heads(manifest: PruneManifest, diff: DiffReport, report: VerifyReport, actual: set[int]) -> None:
     o_proj = {t.layer: t for t in diff.tensors if t.family.endswith("o_proj.weight") and t.stack == diff.main_stack}
     for layer in manifest.get("layers") or []:
         index, heads = layer["layer"], layer.get("pruned_heads") or []
