@@ -14,6 +14,7 @@ JSON output keeps the exact strings and needs none of this.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 
@@ -37,6 +38,12 @@ def inert(value: object) -> str:
     if text.isprintable():  # the common case costs one C-level scan
         return text
     return "".join(_escape_char(c) if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in text)
+
+
+def shown(value: object) -> str:
+    """A config value as the user wrote it, short and inert: (got '8'), (got null)."""
+    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+    return inert(text if len(text) <= 60 else text[:57] + "...")
 
 
 def inert_lines(value: object) -> str:

@@ -21,7 +21,9 @@ recipe writes them (read from the recipe's source, not guessed):
 The reference card's manifest lists 60 pruned layers while 4 were written: the layer check
 below is the one that says so. The claims are about attention heads in the listed layers, so
 any other tensor that differs from the base (an embedding, a norm, an MLP in a listed layer, a
-tensor added or removed) is outside them and fails (`_check_unclaimed`); the files beside the
+tensor added or removed) is outside them and fails (`_check_unclaimed`), and so, in mask
+mode, does any q/k/v head whose rows differ from the base's without being zeroed (only the
+heal's o_proj refit may change a whole projection); the files beside the
 weights are compared with the base's by verify (surgeon.recover.verify).
 
 Everything read from the manifest is untrusted: strings go through `inert`, lists and dicts
@@ -262,8 +264,11 @@ def _check_unclaimed(claims: _Claims, diff: DiffReport, report) -> None:
         in_stack = t.stack == diff.main_stack and t.layer is not None
         if t.status == "identical" or (in_stack and t.layer not in claims.pruned):
             continue
-        if not (in_stack and "self_attn" in t.family and head_axis(t.family) is not None):
+        axis = head_axis(t.family) if in_stack and "self_attn" in t.family else None
+        if axis is None:
             unclaimed.append(f"{inert(t.name)} ({t.status})")
+        elif (why := _unclaimed_heads(claims, t, axis[1])) is not None:
+            unclaimed.append(f"{inert(t.name)} ({why})")
     if unclaimed:
         shown = ", ".join(unclaimed[:_GROUPS_SHOWN]) + (
             f", ... and {len(unclaimed) - _GROUPS_SHOWN} more" if len(unclaimed) > _GROUPS_SHOWN else ""
@@ -275,6 +280,29 @@ def _check_unclaimed(claims: _Claims, diff: DiffReport, report) -> None:
         )
     else:
         report.checks.append("no tensor outside the manifest's claims differs from base")
+
+
+def _unclaimed_heads(claims: _Claims, t: TensorDiff, proj: str) -> str | None:
+    """What in a listed layer's attention projection the claims do not cover, or None.
+
+    In mask mode the recipe only zeroes: the q_proj rows of the heads it removes (and the
+    k/v_proj rows of dropped kv groups); every other row stays the base's bytes. Its heal
+    (lstsq/LoRA) refits the whole o_proj, so o_proj may differ anywhere. A q/k/v head whose
+    bytes differ without being zeroed is a change no claim makes (the per-head view is the
+    diff's own numpy comparison of the decoded bytes, as for surgeon's manifests). In the
+    reshaping modes heads move, so rows cannot be compared with the base's."""
+    if claims.mode not in (None, "mask"):
+        return None
+    if t.status != "changed":
+        return t.status  # mask mode keeps every shape and dtype: added, removed or retyped is no claim
+    if proj == "o":
+        return None
+    if t.heads is None:
+        return "changed; its heads could not be told apart, so the change is not shown to be a head removal"
+    edited = t.heads.heads_with("changed")
+    if not edited:
+        return None
+    return f"{_heads_text(edited)} changed without being zeroed"
 
 
 def _few_layers(numbers: list[int]) -> str:

@@ -35,6 +35,10 @@ def render_markdown(report: DiffReport, more: list[str] | None = None) -> str:
         f"(`surgeon diff`) of {md_code(report.other.name, table=False)} against "
         f"{md_code(report.base.name, table=False)}."
     )
+    # which weight files were read, where transformers would not read them all (as diff and inspect say)
+    notes = [(side, summary.note) for side, summary in (("base", report.base), ("other", report.other)) if summary.note]
+    if notes:
+        lines += ["", *(f"- Note ({side}): {md_text(note)}" for side, note in notes)]
     lines += ["", "| Tensor | Layers changed | Layers unchanged |", "|---|---|---|"]
     lines += [f"| {label} | {changed} | {unchanged} |" for label, changed, unchanged in _table(report)]
     lines += ["", _count_sentence(report)]

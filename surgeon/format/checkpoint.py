@@ -29,6 +29,7 @@ from surgeon.format.hub import (
 )
 from surgeon.format.safetensors import ShardHeader, TensorInfo, read_header
 from surgeon.jsonfile import read_json_file, read_json_object
+from surgeon.text import shown
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -189,6 +190,15 @@ class _Weights:
         weights = cls._read(root, named)
         if named is not None:
             weights._ignore(root, why)
+        elif weights.index_name is not None:
+            weights._ignore(root, "the index names its shards")
+        elif weights.shards == [SINGLE_FILE]:
+            # transformers reads model.safetensors alone; a loader that reads every
+            # .safetensors file of the folder (vLLM's) reads the others too: say so.
+            weights._ignore(root, "transformers loads it and no other weight file beside it")
+            if weights.note:
+                them = "it" if len(weights.ignored) == 1 else "them"
+                weights.note += f" (a loader that reads every .safetensors file, as vLLM's does, reads {them} too)"
         return weights
 
     @classmethod
@@ -233,11 +243,14 @@ def _named_weights(root: Path, config: dict | None) -> str | None:
         return None
     where = f"{root / 'config.json'}: transformers_weights"
     if not isinstance(name, str) or not name.endswith((".safetensors", INDEX_SUFFIX)):
-        raise SurgeonError(f"{where} is {name!r}, not a .safetensors file or a .safetensors.index.json")
+        raise SurgeonError(f"{where} is {shown(name)}, not a .safetensors file or a .safetensors.index.json")
     if Path(name).name != name or name in (".", ".."):
-        raise SurgeonError(f"{where} names {name!r}, which is not a file at the top of the folder")
-    if not (root / name).is_file():
-        raise SurgeonError(f"{where} names {name}, which is missing")
+        raise SurgeonError(f"{where} names {shown(name)}, which is not a file at the top of the folder")
+    path = root / name
+    if not os.path.lexists(path):
+        raise SurgeonError(f"{where} names {shown(name)}, which is missing")
+    if not path.is_file():  # a FIFO, a device, a folder, a link to /dev/zero or a dangling one
+        raise SurgeonError(f"{where} names {shown(name)}, which is not a regular file")
     return name
 
 

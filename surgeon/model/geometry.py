@@ -7,14 +7,13 @@ disagree, or the config is missing, the shapes win (q_norm's length is the head 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 from surgeon.errors import SurgeonError, first_line
 from surgeon.format.safetensors import TensorInfo
 from surgeon.model.names import parse_name
-from surgeon.text import inert
+from surgeon.text import inert, shown  # shown: re-exported, its users import it from here
 
 ATTENTION_PROJ = re.compile(r"(?:^|\.)(?P<proj>[qkvo])_proj(?:\.linear)?\.weight$")
 
@@ -51,12 +50,6 @@ def _sub_config(config: dict | None, stack: str | None) -> tuple[dict, str]:
         if isinstance(config.get(key), dict):
             return config[key], f"{key}."
     return config, ""
-
-
-def shown(value: object) -> str:
-    """A config value as the user wrote it, short and inert: (got '8'), (got null)."""
-    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
-    return inert(text if len(text) <= 60 else text[:57] + "...")
 
 
 def config_int(cfg: dict, key: str, where: str | None = None, prefix: str = "", null_ok: bool = True) -> int | None:

@@ -344,7 +344,13 @@ def _check_files(ckpt: Checkpoint, written: WrittenRecord, report: VerifyReport)
         if entry.name.startswith(".") or _DOCUMENTATION.fullmatch(entry.name):
             report.notes.append(f"{entry.name}: not in the manifest, not checked (no loader reads it)")
         elif entry.is_dir(follow_symlinks=False):
-            report.notes.append(f"{entry.name}/: a folder the manifest does not know, not checked")
+            readable = _subfolder_files(Path(entry.path), ckpt.root)
+            for name in readable:
+                report.discrepancies.append(
+                    f"file {name}: in a folder the manifest does not know, and a loader could read it"
+                )
+            if not readable:
+                report.notes.append(f"{entry.name}/: holds no file a loader reads, not checked")
         else:
             report.discrepancies.append(
                 f"file {entry.name}: not in the manifest (added after it was written?), and a loader could read it"
@@ -369,10 +375,14 @@ def _base_matches(actual: dict[str, str], record: dict, given: bool, report: Ver
     if matching == len(recorded):
         report.checks.append(f"the base is the one recorded ({matching} shard SHA256s match)")
         return True
-    which = "given" if given else "recorded"
+    # Without --base the base is the one the manifest names, read now: it changed since.
+    which = (
+        "the base given does not match the one recorded"
+        if given
+        else ("the base the manifest names no longer matches its recorded hashes")
+    )
     report.discrepancies.append(
-        f"the base {which} does not match the one recorded ({matching} of {len(recorded)} shard hashes match): "
-        "the manifest's claims were not checked against it"
+        f"{which} ({matching} of {len(recorded)} shard hashes match): the manifest's claims were not checked against it"
     )
     return False
 
@@ -612,7 +622,7 @@ def _loadable_files(ckpt: Checkpoint, report: VerifyReport | None) -> dict[str, 
     """The folder's entries a loader could read besides its shards and index, by name; the
     others (documentation, hidden files, folders) noted on `report` when it is given."""
     read = set(ckpt.shards) | {ckpt.index_name, MANIFEST_NAME}
-    found = {}
+    found: dict[str, Path] = {}
     for entry in sorted(os.scandir(ckpt.root), key=lambda e: e.name):
         if entry.name in read:
             continue
@@ -620,8 +630,30 @@ def _loadable_files(ckpt: Checkpoint, report: VerifyReport | None) -> dict[str, 
             if report is not None:
                 report.notes.append(f"{entry.name}: not compared with the base (no loader reads it)")
         elif entry.is_dir(follow_symlinks=False):
-            if report is not None:
-                report.notes.append(f"{entry.name}/: a folder, not compared with the base")
+            readable = _subfolder_files(Path(entry.path), ckpt.root)
+            found |= readable
+            if not readable and report is not None:
+                report.notes.append(f"{entry.name}/: holds no file a loader reads, not compared with the base")
         else:
             found[entry.name] = Path(entry.path)
+    return found
+
+
+def _subfolder_files(folder: Path, root: Path) -> dict[str, Path]:
+    """The files under a subfolder that a loader could read, by their path from `root`.
+    transformers' tokenizer reads additional_chat_templates/*.jinja, and `subfolder=` loads
+    a config, weights or tokenizer from any folder, so every file but documentation and
+    hidden ones counts. Links to folders are not followed (the remote-code check reports
+    them); the walk stops at _WALK_LIMIT entries, as that check's does."""
+    found: dict[str, Path] = {}
+    seen = 0
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        seen += len(dirs) + len(files)
+        for name in sorted(files):
+            if not (name.startswith(".") or _DOCUMENTATION.fullmatch(name)):
+                path = Path(here, name)
+                found[path.relative_to(root).as_posix()] = path
+        if seen > _WALK_LIMIT:
+            break
     return found

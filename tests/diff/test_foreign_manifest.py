@@ -277,3 +277,68 @@ def test_cli_an_honest_foreign_manifest_holds_but_is_not_verified(candidate, tmp
     assert last.startswith("claims hold (manifest not written by surgeon)") and "verified" not in last
     result = CliRunner().invoke(main, ["verify", str(honest), "--base", str(BASE), "--json"], catch_exceptions=False)
     assert json.loads(result.output)["verdict"] == "claims hold (manifest not written by surgeon)"
+
+
+def _scaled(candidate, tmp_path, name, edit):
+    """The candidate with one tensor edited in place, and its diff against the base."""
+    changed = make_variant(tmp_path / "edited", src=candidate, replace={name: edit(read_tensor(candidate, name))})
+    return diff_checkpoints(open_checkpoint(BASE), open_checkpoint(changed), DiffOptions(cache_dir=None))
+
+
+def _scale_rows(factor, rows):
+    def edit(weight):
+        weight[rows] *= factor
+        return weight
+
+    return edit
+
+
+KEPT_Q_ROWS = slice(5 * HEAD_DIM, 6 * HEAD_DIM)  # head 5: kept in layers 0-3
+
+
+@pytest.mark.parametrize(
+    ("proj", "edit", "heads"),
+    [
+        ("v_proj", _scale_rows(3, slice(None)), "heads 0, 1, 2, 3"),
+        ("k_proj", _scale_rows(-1, slice(None)), "heads 0, 1, 2, 3"),
+        ("q_proj", _scale_rows(5, KEPT_Q_ROWS), "head 5"),
+    ],
+)
+def test_a_changed_kv_projection_or_kept_head_is_outside_the_claims(candidate, tmp_path, proj, edit, heads):
+    """Issue 18 re-test: in mask mode the recipe only zeroes rows; k/v and the kept q heads
+    stay the base's bytes. A v_proj x3, a k_proj negated, a kept head's q rows x5 in a listed
+    layer were "claims hold"."""
+    name = f"model.layers.1.self_attn.{proj}.weight"
+    report = check(omk_manifest(WRITTEN), _scaled(candidate, tmp_path, name, edit))
+    assert report.discrepancies == [
+        "1 tensor outside the manifest's claims (the attention heads of the layers it lists) differs from base: "
+        f"{name} ({heads} changed without being zeroed)"
+    ]
+
+
+def test_o_proj_refit_by_the_heal_is_within_the_claims(candidate, tmp_path):
+    """The recipe's lstsq heal refits the whole o_proj of a listed layer: not a finding."""
+    name = "model.layers.1.self_attn.o_proj.weight"
+    report = check(omk_manifest(WRITTEN), _scaled(candidate, tmp_path, name, lambda w: w * 1.5))
+    assert report.discrepancies == []
+    assert "no tensor outside the manifest's claims differs from base" in report.checks
+
+
+def test_cli_a_template_in_a_subfolder_fails_against_the_base(candidate, tmp_path):
+    """Issue 18 re-test: transformers' tokenizer reads additional_chat_templates/*.jinja;
+    "claims hold" was said over one the base does not have. Documentation in a folder is a note."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+
+    folder = shutil.copytree(candidate, tmp_path / "templates")
+    (folder / "prune_manifest.json").write_text(json.dumps(omk_manifest(WRITTEN), indent=2))
+    (folder / "images").mkdir()
+    (folder / "images" / "chart.png").write_bytes(b"")
+    (folder / "additional_chat_templates").mkdir()
+    (folder / "additional_chat_templates" / "default.jinja").write_text("{{x}}\n")
+    result = CliRunner().invoke(main, ["verify", str(folder), "--base", str(BASE)], catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("FAIL")]
+    assert failed == ["FAIL file additional_chat_templates/default.jinja: not in the base, and a loader could read it"]
+    assert "images/: holds no file a loader reads, not compared with the base" in " ".join(result.output.split())

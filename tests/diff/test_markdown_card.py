@@ -171,3 +171,23 @@ def test_a_shard_that_lost_tensors_counts_them_in_its_total(tmp_path):
     result = CliRunner().invoke(main, ["diff", str(BASE), str(other), "--no-cache", "--json"])
     shard = next(s for s in json.loads(result.stdout)["shards"] if s["name"] == S1)
     assert (shard["tensors"], shard["tensors_differing"]) == (len(names), len(names))
+
+
+def test_the_card_carries_the_ignored_weights_note(tmp_path):
+    """Issue 18 re-test: diff and inspect say which weight files transformers ignores; the
+    --markdown card did not. One line per side, inert Markdown."""
+    import shutil
+
+    from tests.helpers import BASE, PRUNED, merged_file
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    merged_file(PRUNED, folder / "model.safetensors")
+    shutil.copy(BASE / "config.json", folder / "config.json")
+    merged_file(BASE, folder / "zz_[x](y).safetensors")
+    result = CliRunner().invoke(main, ["diff", str(BASE), str(folder), "--markdown", "--no-cache"])
+    notes = [line for line in result.stdout.splitlines() if line.startswith("- Note")]
+    assert len(notes) == 1, result.output
+    html = MarkdownIt().render(notes[0])
+    assert "<a" not in html and "Note (other): model.safetensors is read" in html
+    assert "zz_[x](y).safetensors is ignored" in html

@@ -217,3 +217,50 @@ def test_hub_repo_id_resolves_from_local_cache(tmp_path, monkeypatch):
     assert len(ckpt.tensors) == 112
     with pytest.raises(SurgeonError, match="not in the local Hugging Face cache"):
         open_checkpoint("acme/absent")
+
+
+def test_a_stray_weight_file_beside_model_safetensors_is_named(tmp_path):
+    """Issue 18 re-test: with model.safetensors and no index, transformers reads it alone, so
+    zz.safetensors is ignored, but silently (ignored: [], no note), while a loader that reads
+    every .safetensors file (vLLM's) reads it."""
+    folder = tmp_path / "two"
+    folder.mkdir()
+    merged_file(BASE, folder / "model.safetensors")
+    shutil.copy(BASE / "config.json", folder / "config.json")
+    merged_file(PRUNED, folder / "zz.safetensors")
+    ckpt = open_checkpoint(folder)
+    assert list(ckpt.shards) == ["model.safetensors"] and ckpt.ignored == ["zz.safetensors"]
+    assert ckpt.note == (
+        "model.safetensors is read, as transformers loads it and no other weight file beside it: zz.safetensors "
+        "is ignored, as transformers ignores it (a loader that reads every .safetensors file, as vLLM's does, "
+        "reads it too)"
+    )
+    inspected = json.loads(CliRunner().invoke(main, ["inspect", str(folder), "--json"]).stdout)
+    assert (inspected["ignored"], inspected["note"]) == (["zz.safetensors"], ckpt.note)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link"])
+def test_transformers_weights_naming_no_regular_file(tmp_path, kind):
+    """Issue 18 re-test: a FIFO or a link to /dev/zero was reported as "missing"."""
+    folder = copy_base(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"transformers_weights": "w.safetensors"}))
+    if kind == "fifo":
+        os.mkfifo(folder / "w.safetensors")
+    else:
+        (folder / "w.safetensors").symlink_to("/dev/zero")
+    result = CliRunner().invoke(main, ["inspect", str(folder)])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert result.stderr.rstrip().endswith("names 'w.safetensors', which is not a regular file")
+
+
+def test_a_huge_transformers_weights_value_is_cut(tmp_path):
+    """Issue 18 re-test: a 2,000,000-character value gave a 2 MB error line."""
+    folder = copy_base(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    for value in ("x" * 2_000_000 + ".bin", "a/" + "x" * 2_000_000 + ".safetensors"):
+        (folder / "config.json").write_text(json.dumps(config | {"transformers_weights": value}))
+        result = CliRunner().invoke(main, ["inspect", str(folder)])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and len(result.stderr) < 400, result.stderr[
+            :300
+        ]

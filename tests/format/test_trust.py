@@ -339,6 +339,27 @@ def test_unknown_files_are_reported(salvaged):
     assert any("extra/" in n for n in report.notes)
 
 
+def test_a_template_in_a_subfolder_fails(salvaged, tmp_path):
+    """Issue 18 re-test: transformers' tokenizer reads additional_chat_templates/*.jinja
+    (AutoTokenizer.from_pretrained(OUT).chat_template became '{{x}}'), and verify said
+    "verified" with only a note. A loader-readable file in any subfolder fails; a folder
+    of documentation is still a note."""
+    (salvaged / "docs").mkdir()
+    (salvaged / "docs" / "README.md").write_text("# notes\n")
+    (salvaged / "docs" / "diagram.png").write_bytes(b"")
+    report = verify(salvaged, TRAINED)
+    assert report.ok and "docs/: holds no file a loader reads, not checked" in report.notes
+    (salvaged / "additional_chat_templates").mkdir()
+    (salvaged / "additional_chat_templates" / "default.jinja").write_text("{{x}}\n")
+    report = verify(salvaged, TRAINED)
+    assert report.discrepancies == [
+        "file additional_chat_templates/default.jinja: in a folder the manifest does not know, "
+        "and a loader could read it"
+    ]
+    result = invoke("verify", salvaged, "--base", TRAINED)
+    assert result.exit_code == 1 and lines_of(result)[-1] == "not verified: 1 problem"
+
+
 def test_python_in_a_subfolder_and_auto_map_in_tokenizer_config_fail(salvaged):
     (salvaged / "extra").mkdir()
     (salvaged / "extra" / "hook.py").write_text("")
@@ -434,6 +455,21 @@ def test_a_wrong_base_is_one_line(salvaged):
     assert fails == [
         "FAIL the base given does not match the one recorded (0 of 2 shard hashes match): the manifest's claims "
         "were not checked against it"
+    ]
+
+
+def test_a_changed_recorded_base_is_named_as_such():
+    """Issue 18 re-test: where verify found the base from the manifest (a Hub repo, no
+    --base) the line read "the base recorded does not match the one recorded"."""
+    from surgeon.recover.verify import VerifyReport, _base_matches
+
+    report = VerifyReport("out", "repo", False)
+    assert not _base_matches(
+        {"model.safetensors": "b" * 64}, {"shards": {"model.safetensors": "a" * 64}}, False, report
+    )
+    assert report.discrepancies == [
+        "the base the manifest names no longer matches its recorded hashes (0 of 1 shard hashes match): "
+        "the manifest's claims were not checked against it"
     ]
 
 
