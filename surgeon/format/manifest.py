@@ -10,6 +10,7 @@ the blocks' keys and types; a field is added within a version, never renamed or 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,16 @@ from surgeon.text import layer_ranges
 MANIFEST_NAME = "prune_manifest.json"  # beside the weights of every checkpoint surgeon writes
 
 SCHEMA = "surgeon.prune_manifest/1"
+
+
+def manifest_json(manifest: Any) -> str:
+    """The manifest's text as it is written: standard JSON only. Python's json writes a NaN
+    or an infinity as `NaN`/`Infinity`, which JSON has not (a forged workdir's scores once
+    went into a published manifest so); SurgeonError instead."""
+    try:
+        return json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise SurgeonError("the manifest holds a number that is not finite (NaN or infinity): not written") from None
 
 
 class ToolRecord(TypedDict):

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -27,9 +28,18 @@ from surgeon import __version__
 from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint, source_record
-from surgeon.format.hashcache import hash_cache_dir
-from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
-from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_folder, check_output_path, write_checkpoint
+from surgeon.format.hashcache import hash_cache_dir, hub_snapshot_repo
+from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, manifest_json, tool_record, written_record
+from surgeon.format.safetensors import TensorInfo
+from surgeon.format.writer import (
+    COPY_CHUNK,
+    MANIFEST_NAME,
+    SIDE_FILE_MAX,
+    WriteReport,
+    check_output_folder,
+    check_output_path,
+    write_checkpoint,
+)
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import parse_layers
 from surgeon.options import record
@@ -38,7 +48,7 @@ from surgeon.progress import NoProgress, ProgressSink
 from surgeon.prune.heal import HEALERS, HealInput, head_columns
 from surgeon.prune.importance import SCORERS, ScoringInput, select_heads
 from surgeon.prune.options import PruneOptions
-from surgeon.prune.workdir import DamagedEntry, Workdir, record_problem
+from surgeon.prune.workdir import DamagedEntry, Workdir, check_workdir, record_problem
 from surgeon.runtime.corpus import (
     MIN_TOKENS_PER_WIDTH,
     auto_token_budget,
@@ -119,9 +129,10 @@ def prune(
     layout = model_layout(ckpt)
     selected = parse_layers(options.layers, len(layout.layers), what="layers")
 
-    check_output_folder(Path(output), [ckpt], force)
-    if workdir is not None:  # it is written to, and emptied when the inputs change
+    target = check_output_folder(Path(output), [ckpt], force)
+    if workdir is not None:  # it is written to, and its files are deleted when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
+        check_workdir(Path(workdir), target, [ckpt])
     run = _Run(
         ckpt,
         layout,
@@ -201,7 +212,7 @@ class _Run:
             workdir = Workdir(workdir_path, self._fingerprint(tokenizer_path))
             message = workdir.open()
             if message:  # earlier work discarded: said as it happens, and recorded with the folder's name only
-                self._warn(message.replace(str(workdir_path), Path(workdir_path).name, 1))
+                self._warn(message.replace(str(workdir_path), _shown_name(workdir_path), 1))
             if self.ckpt.note:  # the base is read as transformers loads it, not through its index
                 self._warn(self.ckpt.note)
             stream = LayerStream(self.ckpt, self.layout, self.device, self.dtype)
@@ -227,7 +238,7 @@ class _Run:
         manifest = self._write(workdir, results, output, force, passes, start)
         manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
         with output_errors(output):
-            write_text_atomic(output / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+            write_text_atomic(output / MANIFEST_NAME, manifest_json(manifest))
         return PruneResult(output, results, manifest, stream.forward_calls, start)
 
     def _calibration(self, tokenizer_path: Path) -> tuple[list[list[int]], int]:
@@ -286,12 +297,13 @@ class _Run:
         def manifest(report: WriteReport) -> dict:
             holder.update(self._manifest(report, results, passes["forward_calls"], start))
             holder["layer_passes"] = passes["layer_passes"]
+            manifest_json(holder)  # refused here, before the writer publishes it, if it holds a NaN
             return holder
 
         sources = {}
         for result in results:
             if result.pruned:
-                sources.update(workdir.layer_sources(result.layer, self.ckpt.tensors))
+                sources.update(workdir.layer_sources(result.layer, self._written(self.layout.layers[result.layer])))
         write_checkpoint(
             self.ckpt,
             output,
@@ -328,8 +340,7 @@ class _Run:
             ]
             for name, shard in self.ckpt.shards.items()
         }
-        tokenizer_files = sorted(p for p in Path(tokenizer_path).glob("tokenizer*") if p.is_file())
-        tok_hash = hashlib.sha256(b"".join(p.read_bytes() for p in tokenizer_files)).hexdigest()
+        tok_hash = tokenizer_hash(Path(tokenizer_path))
         options = record(self.options)  # the flat keys of before RunSettings: a workdir of then still resumes
         options["device"], options["dtype"] = self.device.type, str(self.dtype)
         fingerprint = {
@@ -386,12 +397,16 @@ class _Run:
     def _saved_result(self, workdir: Workdir, index: int, record: dict) -> LayerResult:
         """A saved layer's record as this run would have made it: its geometry, its values'
         types, and a tensors file that holds base tensors exactly when the layer is pruned."""
-        problem = record_problem(record, asdict(_result(self.layout.layers[index], index in self.selected)))
-        if problem is None and bool(workdir.layer_sources(index, self.ckpt.tensors)) != record["pruned"]:
-            problem = "its tensors file does not match it"
+        spec, pruned = self.layout.layers[index], index in self.selected
+        problem = record_problem(record, asdict(_result(spec, pruned)))
         if problem is not None:
             raise DamagedEntry(f"{workdir.path / 'layers' / f'{index:05d}.json'}: {problem}")
+        workdir.layer_sources(index, self._written(spec) if pruned else {})  # exactly what this layer writes
         return LayerResult(**record)
+
+    def _written(self, spec: LayerSpec) -> dict[str, TensorInfo]:
+        """The base tensors a pruned layer replaces (_materialise's), by name, with their dtype and shape."""
+        return {name: self.ckpt.tensors[name] for name in _pruned_names(spec)}
 
     @contextlib.contextmanager
     def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):
@@ -492,8 +507,7 @@ class _Run:
 
     def _materialise(self, stream: LayerStream, spec: LayerSpec, heads: list[int], gram: _Gram):
         """The layer's new tensors, in the checkpoint's dtypes: healed o_proj, zeroed q rows."""
-        names = [spec.q_proj, spec.o_proj] + ([spec.q_bias] if spec.q_bias else [])
-        stored = stream.read_tensors(names)
+        stored = stream.read_tensors(_pruned_names(spec))
         q = stored[spec.q_proj].clone()
         rows = head_columns(heads, spec.head_dim)
         q[rows] = 0
@@ -551,6 +565,50 @@ def _full_rank(gram: torch.Tensor) -> bool:
     torch's matrix_rank rule). One eigvalsh of G: under a second for width 8192 on a GPU,
     next to minutes of capture for such a layer."""
     return int(torch.linalg.matrix_rank(gram, hermitian=True)) == gram.shape[0]
+
+
+def _pruned_names(spec: LayerSpec) -> list[str]:
+    """The tensors pruning a layer rewrites: q_proj (and its bias) with the heads' rows zeroed, and o_proj healed."""
+    return [spec.q_proj, spec.o_proj] + ([spec.q_bias] if spec.q_bias else [])
+
+
+def _shown_name(workdir: Path) -> str:
+    """The workdir as the manifest names it: its folder's name (`--workdir .` once gave "")."""
+    return Path(os.path.realpath(workdir)).name or str(workdir)
+
+
+def tokenizer_hash(folder: Path) -> str:
+    """SHA256 of the folder's tokenizer* files, for the workdir's fingerprint, read in chunks:
+    reading each whole made a 3 GB sparse tokenizer.sparse 6.6 GB of memory. As the writer's
+    side files (surgeon.format.writer): only regular files, a link followed only inside the
+    folder (or its Hub repo folder), and a file over SIDE_FILE_MAX, which the output never
+    holds, stands by its name, size and time. The same digest as reading all the files whole
+    wherever those are all the files (a workdir of before still resumes)."""
+    inside = hub_snapshot_repo(folder) or Path(os.path.realpath(folder))
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("tokenizer*")):
+        real = Path(os.path.realpath(path))
+        if real.is_relative_to(inside):
+            _hash_side_file(real, digest)
+    return digest.hexdigest()
+
+
+def _hash_side_file(path: Path, digest) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # a folder, or unreadable: not a tokenizer file transformers reads either
+    with open(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return
+        if info.st_size > SIDE_FILE_MAX:
+            digest.update(f"\0{path.name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+            return
+        left = SIDE_FILE_MAX  # a file may grow after fstat
+        while left and (block := handle.read(min(COPY_CHUNK, left))):
+            digest.update(block)
+            left -= len(block)
 
 
 def _result(spec: LayerSpec, pruned: bool) -> LayerResult:

@@ -4,6 +4,11 @@ The folder holds a fingerprint of the inputs and options, one result per finishe
 (`layers/NNNNN.json` and `.safetensors`) and the activation stream entering the next layer
 (`stream.safetensors` + `stream.json`). Every file is written atomically; nothing is pickled.
 
+The folder is the user's: surgeon deletes only the files it writes there, by their exact
+names, never a whole folder. `--workdir proj` once deleted proj/layers/attention.py and the
+user's proj/stream.json; a folder holding anything else, or surgeon's names without the
+fingerprint that marks surgeon's work, is now refused before any work (check_workdir).
+
 The folder is read as untrusted, like a checkpoint: it may be damaged (a disk, a person, a
 tool), and the user names it. Every file is read with the project's bounded readers, which
 never open a FIFO or a device (surgeon.jsonfile, surgeon.format.safetensors), and every value
@@ -13,8 +18,12 @@ saved layers again, never a hang, a MemoryError or a traceback.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import re
+import stat
 from pathlib import Path
 from typing import TypeGuard
 
@@ -22,13 +31,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from surgeon.atomic import atomic_output, output_errors, remove_entry, sweep, write_text_atomic
+from surgeon.atomic import atomic_output, output_errors, remove_entry, resolved_output, sweep, write_text_atomic
 from surgeon.errors import SurgeonError, first_line
+from surgeon.format.replacing import refuse_cwd
 from surgeon.format.safetensors import ShardHeader, TensorInfo, read_header
 from surgeon.format.writer import TensorSource
 from surgeon.jsonfile import read_json_file
 
-OWN_FILES = ("layers", "stream.safetensors", "stream.json", "fingerprint.json")
+STAMP = "fingerprint.json"
+OWN_FILES = ("stream.safetensors", "stream.json", STAMP)  # and the folder layers/, of LAYER_FILE only
+LAYER_FILE = re.compile(r"\d{5,}\.(json|safetensors)")  # f"{index:05d}.json": save_layer's names
+# atomic_output's temporary name for one of the names above (surgeon.atomic.temp_sibling)
+TEMP_FILE = re.compile(r"\.(?P<name>.+)\.surgeon-tmp-[0-9a-f]{8}-\d+-\d+-[0-9a-f]+")
+MAX_ENTRIES = 10_000  # two files a layer: a model of 5000 layers; bounds a hostile folder's scan
+MAX_NAMED = 3  # foreign entries named in the refusal
 # A layer's record is a score per head and a few numbers (a few kB for 128 heads); the
 # fingerprint holds the options and a hash per shard. 16 MiB is far above both.
 MAX_RECORD_BYTES = 16 << 20
@@ -55,10 +71,17 @@ class Workdir:
         return None if stale is None else f"{stale}; starting fresh"
 
     def reset(self) -> None:
-        """Delete the earlier work and only that (the folder is the user's: --workdir), then
-        stamp the folder with this run's fingerprint."""
-        for name in OWN_FILES:
-            remove_entry(self.path / name)
+        """Delete the earlier work and only that: the files surgeon writes, by their names
+        (the folder is the user's: --workdir), then stamp it with this run's fingerprint.
+        A folder that came to hold anything else since the check is refused, not emptied."""
+        refuse_foreign(self.path, self.path)
+        layers = self.path / "layers"
+        mine = [self.path / n for n in OWN_FILES]
+        if os.path.isdir(layers) and not os.path.islink(layers):
+            mine += [layers / n for n in _names(layers) if LAYER_FILE.fullmatch(n)]
+        for path in mine:
+            if not _is_folder(path):  # a link or a FIFO under surgeon's name is unlinked, never followed
+                remove_entry(path)
         with output_errors(self.path):
             (self.path / "layers").mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.path / "fingerprint.json", json.dumps(self.fingerprint, indent=2, sort_keys=True))
@@ -66,10 +89,9 @@ class Workdir:
     def _stale(self) -> str | None:
         """Why the earlier work here cannot be resumed, naming the folder or file; None when
         there is none or it can be."""
-        stamp = self.path / "fingerprint.json"
+        stamp = self.path / STAMP
         if not os.path.lexists(stamp):
-            earlier = [n for n in OWN_FILES[1:] if os.path.lexists(self.path / n)]
-            return f"{self.path}: {earlier[0]} without fingerprint.json" if earlier else None
+            return None  # check_workdir refused any file of surgeon's names without it
         try:
             previous = read_json_file(stamp, MAX_RECORD_BYTES)
         except SurgeonError as exc:
@@ -101,16 +123,21 @@ class Workdir:
             raise DamagedEntry(f"{base.with_suffix('.json')}: not a layer record")
         return record
 
-    def layer_sources(self, index: int, base_tensors: dict[str, TensorInfo]) -> dict:
+    def layer_sources(self, index: int, expected: dict[str, TensorInfo]) -> dict:
         """The layer's new tensors as byte ranges of its file, for the writer to copy from:
-        the pruned tensors of every layer never have to be in memory together. Each must be
-        a tensor of the base with its dtype and shape; DamagedEntry otherwise."""
+        the pruned tensors of every layer never have to be in memory together. The file must
+        hold exactly `expected`, the base tensors this layer's pruning writes (none for a
+        layer only run), each in its dtype and shape: a file that also held another layer's
+        tensor once changed that layer in the output. DamagedEntry otherwise."""
         path = self.path / "layers" / f"{index:05d}.safetensors"
         header = _read_header(path)
         for name, info in header.tensors.items():
-            base = base_tensors.get(name)
+            base = expected.get(name)
             if base is None or (base.dtype, base.shape) != (info.dtype, info.shape):
-                raise DamagedEntry(f"{path}: holds {name!r}, which is no tensor of the base in that dtype and shape")
+                raise DamagedEntry(f"{path}: holds {name!r}, which is no tensor this layer's pruning writes")
+        missing = sorted(set(expected) - set(header.tensors))
+        if missing:
+            raise DamagedEntry(f"{path}: lacks {missing[0]!r}")
         return {name: TensorSource(path, info.start, info.end) for name, info in header.tensors.items()}
 
     def save_stream(self, next_layer: int, hidden: list[torch.Tensor]) -> None:
@@ -136,6 +163,70 @@ class Workdir:
             return next_layer, [tensors[f"batch.{k}"] for k in range(count)]
         except (SafetensorError, OSError, KeyError) as exc:
             raise DamagedEntry(f"{data}: not a saved stream ({first_line(exc)})") from None
+
+
+def check_workdir(workdir: Path, output: Path, inputs: list) -> None:
+    """Refuse, before any work, a --workdir that surgeon may not use: over or inside an input
+    (checked by the caller's output guard), the current folder or one holding it, the output
+    folder (`output`, resolved) or one inside or around it (the output's publish would fail
+    after the whole run), a file or a link, or a folder holding what surgeon did not write."""
+    target = resolved_output(workdir)
+    refuse_cwd(target, workdir)
+    if target == output or target.is_relative_to(output) or output.is_relative_to(target):
+        raise SurgeonError(f"{workdir}: the workdir may not be the output folder, nor inside it or around it")
+    if not os.path.lexists(target):
+        return
+    if not _is_folder(target):
+        raise SurgeonError(f"{workdir}: not a folder (a link or a file); choose an empty or new folder")
+    refuse_foreign(target, workdir)
+
+
+def refuse_foreign(folder: Path, shown: str | os.PathLike) -> None:
+    """SurgeonError naming what in `folder` surgeon did not write: anything but its own files
+    and layers/ folder, and even those when fingerprint.json, which every workdir of surgeon
+    holds from its start, is not there (a stream.json of the user's would be deleted)."""
+    foreign = _foreign(folder)
+    if foreign:
+        named = ", ".join(foreign[:MAX_NAMED]) + (", ..." if len(foreign) > MAX_NAMED else "")
+        raise SurgeonError(f"{shown}: holds files surgeon did not write ({named}): choose an empty or new folder")
+
+
+def _foreign(folder: Path) -> list[str]:
+    if not os.path.lexists(folder):
+        return []
+    names = _names(folder)
+    stamped = STAMP in names
+    found = []
+    for name in sorted(names):
+        path = folder / name
+        if name == "layers" and _is_folder(path):
+            found += [f"layers/{n}" for n in sorted(_names(path)) if not (stamped and _is_own(path / n, LAYER_FILE))]
+        elif name == "layers" or not _is_own(path, OWN_FILES) or not (stamped or TEMP_FILE.fullmatch(name)):
+            found.append(name)  # without the stamp, only a killed run's temporary file is surgeon's
+    return found
+
+
+def _is_own(path: Path, own) -> bool:
+    """A name surgeon writes there (or atomic_output's temporary name for one), not a folder."""
+    temp = TEMP_FILE.fullmatch(path.name)
+    name = temp.group("name") if temp else path.name
+    known = own.fullmatch(name) is not None if isinstance(own, re.Pattern) else name in own
+    return known and not _is_folder(path)
+
+
+def _names(folder: Path) -> set[str]:
+    with output_errors(folder), os.scandir(folder) as scan:
+        names = {entry.name for entry in itertools.islice(scan, MAX_ENTRIES + 1)}
+    if len(names) > MAX_ENTRIES:
+        raise SurgeonError(f"{folder}: more than {MAX_ENTRIES} entries, which no workdir of surgeon holds")
+    return names
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def record_problem(record: dict, fresh: dict) -> str | None:
@@ -181,7 +272,11 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """An int, or a finite float: a record's `NaN` or `Infinity` (which Python's json reads)
+    once went into prune_manifest.json as non-standard JSON."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _refit_value(item: tuple) -> bool:
