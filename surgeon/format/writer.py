@@ -452,10 +452,11 @@ def _copy_side_file(source: Path, inside: Path, target: Path) -> str:
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise _NotCopied(f"cannot be read ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # checked on the descriptor: open() of a folder's fd raises
+        os.close(fd)
+        raise _NotCopied("not a regular file")
     with open(fd, "rb") as src:
-        info = os.fstat(src.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise _NotCopied("not a regular file")
         if info.st_size > SIDE_FILE_MAX:
             raise _NotCopied(f"{info.st_size} bytes, more than the {SIDE_FILE_MAX >> 20} MiB a side file may have")
         return _copy_bounded(src, target)

@@ -185,3 +185,30 @@ def test_a_hub_cache_snapshot_keeps_its_side_files(tmp_path, monkeypatch, cache)
     side = sorted(p.name for p in TRAINED.iterdir() if p.suffix != ".safetensors")
     assert sorted(report.files) == side and list(report.skipped_files) == ["README.md"]
     assert all(sha(tmp_path / "out" / name) == sha(TRAINED / name) for name in side)
+
+
+def test_a_side_file_linking_to_a_folder_is_skipped_not_an_internal_error(tmp_path):
+    """`ln -s . base/notes`: the link leads inside the base, os.open opens the folder, and
+    open(fd) raised IsADirectoryError naming the descriptor (an int), which the error line
+    then failed to decode: "internal error: TypeError". Now it is a skipped side file."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+    from surgeon.demo import DEMO_CANDIDATE
+
+    base = shutil.copytree(TRAINED, tmp_path / "base")
+    (base / "notes").symlink_to(".")
+    out = tmp_path / "out"
+    args = ["salvage", DEMO_CANDIDATE, "--base", base, "--keep", "0", "-o", out]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "prune_manifest.json").read_text())["written"]
+    assert written["skipped_files"] == {"notes": "not a regular file"}
+
+
+def test_an_os_error_naming_a_descriptor_is_described_without_a_type_error():
+    from surgeon.atomic import describe_os_error
+
+    exc = IsADirectoryError(21, "Is a directory", 7)
+    assert describe_os_error(exc, "out") == "out: cannot write (Is a directory)"
+    assert describe_os_error(exc, None) == "Is a directory"
