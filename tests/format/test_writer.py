@@ -99,11 +99,11 @@ def test_zero_byte_tensor_sharing_an_offset(tmp_path):
 def test_force_replaces_an_existing_output(tmp_path):
     base = open_checkpoint(TRAINED)
     write_checkpoint(base, tmp_path / "out", {})  # a checkpoint: what --force may replace
-    (tmp_path / "out" / "old.txt").write_text("old")
+    (tmp_path / "out" / "README.md").write_text("old")
     with pytest.raises(SurgeonError, match="already exists"):
         write_checkpoint(base, tmp_path / "out", {})
     write_checkpoint(base, tmp_path / "out", {}, force=True)
-    assert not (tmp_path / "out" / "old.txt").exists()
+    assert not (tmp_path / "out" / "README.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "surgeon-cache") == ["out"]
 
 
