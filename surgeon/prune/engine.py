@@ -29,7 +29,14 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint, source_record
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, tool_record, written_record
-from surgeon.format.writer import MANIFEST_NAME, WriteReport, check_output_folder, check_output_path, write_checkpoint
+from surgeon.format.writer import (
+    MANIFEST_NAME,
+    WriteReport,
+    check_loadable_base,
+    check_output_folder,
+    check_output_path,
+    write_checkpoint,
+)
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import parse_layers
 from surgeon.options import record
@@ -120,6 +127,7 @@ def prune(
     selected = parse_layers(options.layers, len(layout.layers), what="layers")
 
     check_output_folder(Path(output), [ckpt], force)
+    check_loadable_base(ckpt)  # before the layers are pruned, not at the write
     if workdir is not None:  # it is written to, and emptied when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
     run = _Run(ckpt, layout, options, selected, progress, cancel, on_layer_done)
