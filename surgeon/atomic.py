@@ -122,6 +122,8 @@ def output_errors(output: str | os.PathLike) -> Iterator[None]:
 def describe_os_error(exc: OSError, output: str | os.PathLike | None) -> str:
     reason = exc.strerror or str(exc)
     named = exc.filename
+    if isinstance(named, int):  # open(fd) names the descriptor, not a path: no file to name
+        named = None
     if named is not None and not _is_output_side(os.fsdecode(named), output):
         return f"{os.fsdecode(named)}: {reason}"  # another file: an input that cannot be read
     if output is None:

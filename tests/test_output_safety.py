@@ -265,7 +265,7 @@ def test_force_replaces_in_one_step_the_output_is_never_absent(tmp_path, monkeyp
     base = open_checkpoint(TRAINED)
     out = tmp_path / "out"
     write_checkpoint(base, out, {})
-    (out / "old.txt").write_text("old")
+    (out / "README.md").write_text("old")
     seen = []
     real_renameat2, real_rename = atomic.renameat2, os.rename
 
@@ -281,7 +281,7 @@ def test_force_replaces_in_one_step_the_output_is_never_absent(tmp_path, monkeyp
     monkeypatch.setattr(os, "rename", watched(real_rename))
     write_checkpoint(base, out, {Q0: bytes(base.tensors[Q0].nbytes)}, force=True)
     assert seen and all(seen)
-    assert not (out / "old.txt").exists() and open_checkpoint(out).tensors[Q0]
+    assert not (out / "README.md").exists() and open_checkpoint(out).tensors[Q0]
     assert leftovers(tmp_path) == []
 
 
@@ -303,7 +303,7 @@ def test_force_never_deletes_someone_elses_folder_or_the_current_one(tmp_path, m
     (project / "src").mkdir(parents=True)
     (project / "src" / "thesis.tex").write_text("years of work")
     cases = [
-        (tmp_path, "project", "project: not replacing it: it is not empty, and it is neither a checkpoint nor"),
+        (tmp_path, "project", "project: not replacing it: it holds src/, which no checkpoint or surgeon output has"),
         (project, ".", ".: refusing to write over the current folder"),
         (project / "src", "..", "..: refusing to write over a folder that holds the current folder"),
         (project / "src", project, f"{project}: refusing to write over a folder that holds the current folder"),
@@ -323,8 +323,11 @@ def test_force_replaces_an_empty_folder_a_checkpoint_or_an_earlier_surgeon_outpu
     empty = tmp_path / "empty"
     empty.mkdir()
     downloaded = shutil.copytree(TRAINED, tmp_path / "downloaded")
-    (downloaded / ".cache" / "huggingface").mkdir(parents=True)  # what `download --local-dir` leaves
-    (downloaded / "notes.txt").write_text("a checkpoint's own file goes with it")
+    record = downloaded / ".cache" / "huggingface" / "download"  # what `download --local-dir` leaves
+    record.mkdir(parents=True)
+    (record / "model.safetensors.metadata").write_text("abc\n")
+    (record.parent / ".gitignore").write_text("*\n")
+    (downloaded / "README.md").write_text("a checkpoint's own card goes with it")
     demo = tmp_path / "demo"  # the folder `surgeon demo` writes
     for name in ("pruned", "salvaged"):
         shutil.copytree(earlier, demo / name)
@@ -333,7 +336,7 @@ def test_force_replaces_an_empty_folder_a_checkpoint_or_an_earlier_surgeon_outpu
         result = invoke("salvage", CANDIDATE, "--base", TRAINED, "--keep", "0", "-o", folder, "--force")
         assert result.exit_code == 0, result.output
         manifest = json.loads((folder / "prune_manifest.json").read_text())
-        assert manifest["salvage"]["kept_layers"] == [0] and not (folder / "notes.txt").exists()
+        assert manifest["salvage"]["kept_layers"] == [0] and not (folder / "README.md").exists()
     assert leftovers(tmp_path) == []
 
 
@@ -342,11 +345,11 @@ def _refused_outputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     made = {}
     checkpoint_and_work = shutil.copytree(TRAINED, tmp_path / "checkpoint-and-work")
     (checkpoint_and_work / "src").mkdir()
-    made["subfolder"] = checkpoint_and_work, "it holds a subfolder, src, which no checkpoint or surgeon output has"
+    made["subfolder"] = checkpoint_and_work, "it holds src/, which no checkpoint or surgeon output has"
     foreign = tmp_path / "foreign"  # a manifest surgeon did not write, and no weights
     foreign.mkdir()
     (foreign / "prune_manifest.json").write_text(json.dumps({"schema": "elsewhere/1", "tool": "x"}))
-    made["foreign manifest"] = foreign, "it is not empty, and it is neither a checkpoint nor an earlier surgeon output"
+    made["foreign manifest"] = foreign, "its prune_manifest.json is not one surgeon writes (its schema is not surgeon"
     fake = tmp_path / "fake"  # named like a checkpoint, not one: the opener decides
     fake.mkdir()
     (fake / "model.safetensors").write_text("my notes")
@@ -377,13 +380,80 @@ def test_force_refuses_anything_else_in_one_line_naming_the_folder_and_why(tmp_p
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+def _user_files_beside_outputs(tmp_path: Path) -> dict[str, tuple[Path, str, Path]]:
+    """Folders that --force replaced (exit 0) with the user's file in them, before every
+    entry had to be one a checkpoint or surgeon writes: (folder, the refusal's words, the
+    user's file)."""
+    made = {}
+    earlier = tmp_path / "earlier"
+    assert invoke("salvage", CANDIDATE, "--base", TRAINED, "--keep", "1", "-o", earlier).exit_code == 0
+    notes = shutil.copytree(ROOT / "fixtures" / "gemma4-tiny" / "base", tmp_path / "a2") / "notes.md"
+    notes.write_text("work")
+    made["checkpoint + notes.md"] = notes.parent, "it holds notes.md, which no", notes
+    thesis = shutil.copytree(earlier, tmp_path / "output-and-thesis") / "thesis.tex"
+    thesis.write_text("years of work")
+    made["surgeon output + thesis.tex"] = thesis.parent, "it holds thesis.tex, which no", thesis
+    forged = tmp_path / "a3"
+    forged.mkdir()
+    (forged / "prune_manifest.json").write_text('{"schema": "surgeon.x"}')
+    (forged / "thesis.tex").write_text("t")
+    made["forged manifest"] = forged, "it holds thesis.tex, which no", forged / "thesis.tex"
+    alone = tmp_path / "forged-alone"
+    alone.mkdir()
+    (alone / "prune_manifest.json").write_text('{"schema": "surgeon.prune_manifest/1"}')
+    made["manifest of the wrong shape"] = (
+        alone,
+        "its prune_manifest.json is not one surgeon writes",
+        alone / "prune_manifest.json",
+    )
+    demo_shaped = tmp_path / "a4"
+    (demo_shaped / "src").mkdir(parents=True)
+    (demo_shaped / "src" / "prune_manifest.json").write_text('{"schema": "surgeon.x"}')
+    (demo_shaped / "src" / "work.txt").write_text("t")
+    made["demo-shaped folder"] = demo_shaped, "it holds src/, which no", demo_shaped / "src" / "work.txt"
+    cached = shutil.copytree(earlier, tmp_path / "m1") / ".cache" / "p" / "thesis.tex"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("t")
+    made[".cache with a file"] = cached.parents[2], "its .cache/ holds p, not a download record", cached
+    return made
+
+
+def test_force_never_deletes_a_users_file_beside_checkpoint_files(tmp_path):
+    """A hostile re-test: each of these exited 0 and deleted the user's file. Now one line
+    naming the first unknown entry, exit 2, and nothing touched."""
+    for case, (folder, words, kept) in _user_files_beside_outputs(tmp_path).items():
+        before = kept.read_bytes()
+        args = ["salvage", CANDIDATE, "--base", TRAINED, "--keep", "0", "-o", folder, "--force"]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2, (case, result.output)
+        assert result.stderr.startswith(f"surgeon: error: {folder}: not replacing it: {words}"), (case, result.stderr)
+        assert result.stderr.count("\n") == 1 and kept.read_bytes() == before, case
+    assert leftovers(tmp_path) == []
+
+
+def test_force_never_replaces_a_folder_in_a_hugging_face_cache(tmp_path):
+    """`-o <cache>/models--org--name/snapshots/<rev> --force` replaced the snapshot in place:
+    that commit then loaded other weights. Refused, and so is anything under models--*."""
+    from tests.format.test_checkpoint import make_hub_cache
+
+    snapshot = make_hub_cache(tmp_path / "hub", src=TRAINED)
+    weights = {p.name: sha(p) for p in snapshot.iterdir() if p.suffix == ".safetensors"}
+    for folder in (snapshot, snapshot.parents[1] / "elsewhere"):
+        folder.mkdir(exist_ok=True)
+        args = ["salvage", CANDIDATE, "--base", TRAINED, "--keep", "0", "-o", folder, "--force"]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert f"{folder}: not replacing it: it is in a Hugging Face cache (models--" in result.stderr
+    assert {name: sha(snapshot / name) for name in weights} == weights
+
+
 def test_force_checks_the_folder_again_before_it_replaces_it(tmp_path):
     """A long run checks at its start; a folder that became someone's meanwhile is kept."""
     base = open_checkpoint(TRAINED)
     out = tmp_path / "out"
     write_checkpoint(base, out, {})
     gate = _Gate(lambda: (out / "src").mkdir())  # while the shards are written
-    with pytest.raises(SurgeonError, match="not replacing it: it holds a subfolder, src"):
+    with pytest.raises(SurgeonError, match="not replacing it: it holds src/, which no checkpoint"):
         write_checkpoint(base, out, {Q0: bytes(base.tensors[Q0].nbytes)}, force=True, progress=gate)
     assert (out / "src").is_dir() and leftovers(tmp_path) == []
 
@@ -413,12 +483,12 @@ def test_without_exchange_a_kill_between_renames_is_recovered_by_the_next_run(tm
     base = open_checkpoint(TRAINED)
     out = tmp_path / "out"
     write_checkpoint(base, out, {})
-    (out / "old.txt").write_text("old")
+    (out / "README.md").write_text("old")
     run = subprocess.run([sys.executable, "-c", CRASH_BETWEEN_RENAMES, str(TRAINED), str(out)], cwd=ROOT)
     assert run.returncode == -signal.SIGKILL
     assert not out.exists() and any(".surgeon-old-" in name for name in leftovers(tmp_path))
     write_checkpoint(base, tmp_path / "next", {})  # the next run into the same folder
-    assert (out / "old.txt").read_text() == "old"
+    assert (out / "README.md").read_text() == "old"
     assert leftovers(tmp_path) == []
 
 

@@ -86,6 +86,31 @@ def check_output_folder(output: str | os.PathLike, inputs: list[Checkpoint], for
     return target
 
 
+def check_loadable_base(base: Checkpoint) -> None:
+    """SurgeonError unless the files an output needs to load (config.json; the index, for
+    shards) would be copied from `base`: a side file that is a link out of the base's folder
+    is never copied (_copy_side_file), and a base made of links (`ln -s snapshot/* lm/`)
+    gave an output with neither, which transformers cannot load. Checked before any work."""
+    inside = _side_file_root(base)
+    for name in ("config.json", base.index_name):
+        path = base.root / name if name else None
+        if path is None or not os.path.islink(path):
+            continue
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(inside):
+            raise SurgeonError(
+                f"{base.source}: {name} is a link out of the folder (to {real}); surgeon copies no file from outside "
+                "the folder it reads, and the output cannot load without it: copy the files into the folder "
+                f"(cp -L), or pass the folder they link into ({real.parent})"
+            )
+
+
+def _side_file_root(base: Checkpoint) -> Path:
+    """How far a side file's link may lead: the base's folder, or its repo folder in the
+    Hugging Face cache, whose snapshots link into ../../blobs."""
+    return hub_snapshot_repo(base.root) or Path(os.path.realpath(base.root))
+
+
 def publish_folder(tmp: Path, target: Path, force: bool, shown: str | os.PathLike) -> None:
     """Move the finished folder `tmp` to `target`: a new output never replaces; with `force`
     the replacement is checked again first (the folder may have changed during a long run)
@@ -158,6 +183,7 @@ def write_checkpoint(
         if info is None or info.nbytes != len(data):
             raise SurgeonError(f"{name}: a replacement must match a base tensor's byte size")
     target = check_output_folder(output, [base], force)
+    check_loadable_base(base)
     progress = progress or NoProgress()
     with output_errors(output), temp_dir(target) as tmp:
         progress.start("writing", sum(s.file_size for s in base.shards.values()))
@@ -421,7 +447,7 @@ def _copy_side_files(base: Checkpoint, tmp: Path, report: WriteReport) -> None:
     `report.skipped_files`: a link that leads out of the base (a README.md linking to
     ~/.ssh/id_rsa would be published, and vouched for by verify), a file larger than
     SIDE_FILE_MAX, anything that is not a regular file."""
-    inside = hub_snapshot_repo(base.root) or Path(os.path.realpath(base.root))
+    inside = _side_file_root(base)
     for path in sorted(base.root.iterdir()):
         if path.name in base.shards or path.name == MANIFEST_NAME or path.name.startswith("."):
             continue
@@ -452,10 +478,11 @@ def _copy_side_file(source: Path, inside: Path, target: Path) -> str:
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise _NotCopied(f"cannot be read ({exc.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # checked on the descriptor: open() of a folder's fd raises
+        os.close(fd)
+        raise _NotCopied("not a regular file")
     with open(fd, "rb") as src:
-        info = os.fstat(src.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise _NotCopied("not a regular file")
         if info.st_size > SIDE_FILE_MAX:
             raise _NotCopied(f"{info.st_size} bytes, more than the {SIDE_FILE_MAX >> 20} MiB a side file may have")
         return _copy_bounded(src, target)

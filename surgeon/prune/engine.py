@@ -36,6 +36,7 @@ from surgeon.format.writer import (
     MANIFEST_NAME,
     SIDE_FILE_MAX,
     WriteReport,
+    check_loadable_base,
     check_output_folder,
     check_output_path,
     write_checkpoint,
@@ -130,6 +131,7 @@ def prune(
     selected = parse_layers(options.layers, len(layout.layers), what="layers")
 
     target = check_output_folder(Path(output), [ckpt], force)
+    check_loadable_base(ckpt)  # before the layers are pruned, not at the write
     if workdir is not None:  # it is written to, and its files are deleted when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
         check_workdir(Path(workdir), target, [ckpt])

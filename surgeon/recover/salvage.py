@@ -27,7 +27,14 @@ from surgeon.format.manifest import (
     tool_record,
     written_record,
 )
-from surgeon.format.writer import MANIFEST_NAME, TensorSource, WriteReport, check_output_folder, write_checkpoint
+from surgeon.format.writer import (
+    MANIFEST_NAME,
+    TensorSource,
+    WriteReport,
+    check_loadable_base,
+    check_output_folder,
+    write_checkpoint,
+)
 from surgeon.model.names import LayerSelection, parse_layer_spec, parse_name
 from surgeon.options import option
 from surgeon.progress import NoProgress
@@ -160,6 +167,7 @@ def salvage(
     every = layers_of(base_ckpt.tensors) if chosen is None else set(chosen)
     chosen_sources = layer_tensors(base_ckpt, cand_ckpt, every, keep_non_layer)
     check_output_folder(Path(output), [base_ckpt, cand_ckpt], force)  # before any input is read
+    check_loadable_base(base_ckpt)
     hashes = _input_hashes(base_ckpt, cand_ckpt, cancel, progress)
     sources = _differing(chosen_sources, *(_tensor_sha(c, hashes) for c in (base_ckpt, cand_ckpt)))
     keep = sorted(layers_of(sources)) if chosen is None else chosen

@@ -36,7 +36,7 @@ from typing import Any
 from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.diff.foreign_manifest import is_omnimergekit_manifest, verify_foreign
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import Checkpoint, open_checkpoint
+from surgeon.format.checkpoint import INDEX_SUFFIX, Checkpoint, open_checkpoint
 from surgeon.format.hashcache import HashCache, hash_cache_dir, hf_blob_sha256, refusal
 from surgeon.format.hashing import FileHashes, bytes_to_hash, file_sha256, hash_shards
 from surgeon.format.hub import cached_snapshot, is_commit
@@ -337,6 +337,7 @@ def _check_files(ckpt: Checkpoint, written: WrittenRecord, report: VerifyReport)
             ok += 1
     if ok:
         report.checks.append(f"{ok} side files (config, index, tokenizer) match their SHA256s in the manifest")
+    _check_loadable(ckpt, written, report)
     known = set(ckpt.shards) | set(files) | {MANIFEST_NAME}
     for entry in sorted(os.scandir(ckpt.root), key=lambda e: e.name):
         if entry.name in known:
@@ -355,6 +356,21 @@ def _check_files(ckpt: Checkpoint, written: WrittenRecord, report: VerifyReport)
             report.discrepancies.append(
                 f"file {entry.name}: not in the manifest (added after it was written?), and a loader could read it"
             )
+
+
+def _check_loadable(ckpt: Checkpoint, written: WrittenRecord, report: VerifyReport) -> None:
+    """The files a loader needs: a config.json, and an index for shards. A base made of
+    links out of its folder once gave an output with neither, which transformers cannot
+    load, and verify said "verified" (every file present matched its hash)."""
+    skipped = written.get("skipped_files")
+    skipped = skipped if isinstance(skipped, dict) else {}
+    for name, why in sorted(skipped.items()):
+        if name == "config.json" or str(name).endswith(INDEX_SUFFIX):
+            report.discrepancies.append(
+                f"file {name}: the base's was not copied ({why}), and the output cannot be loaded without it"
+            )
+    if len(ckpt.shards) > 1 and ckpt.index_name is None:
+        report.discrepancies.append("no index for its shards: the output cannot be loaded without one")
 
 
 def _file_sha256(path: Path) -> str | None:

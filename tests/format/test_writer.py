@@ -99,11 +99,11 @@ def test_zero_byte_tensor_sharing_an_offset(tmp_path):
 def test_force_replaces_an_existing_output(tmp_path):
     base = open_checkpoint(TRAINED)
     write_checkpoint(base, tmp_path / "out", {})  # a checkpoint: what --force may replace
-    (tmp_path / "out" / "old.txt").write_text("old")
+    (tmp_path / "out" / "README.md").write_text("old")
     with pytest.raises(SurgeonError, match="already exists"):
         write_checkpoint(base, tmp_path / "out", {})
     write_checkpoint(base, tmp_path / "out", {}, force=True)
-    assert not (tmp_path / "out" / "old.txt").exists()
+    assert not (tmp_path / "out" / "README.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "surgeon-cache") == ["out"]
 
 
@@ -185,3 +185,75 @@ def test_a_hub_cache_snapshot_keeps_its_side_files(tmp_path, monkeypatch, cache)
     side = sorted(p.name for p in TRAINED.iterdir() if p.suffix != ".safetensors")
     assert sorted(report.files) == side and list(report.skipped_files) == ["README.md"]
     assert all(sha(tmp_path / "out" / name) == sha(TRAINED / name) for name in side)
+
+
+def test_a_side_file_linking_to_a_folder_is_skipped_not_an_internal_error(tmp_path):
+    """`ln -s . base/notes`: the link leads inside the base, os.open opens the folder, and
+    open(fd) raised IsADirectoryError naming the descriptor (an int), which the error line
+    then failed to decode: "internal error: TypeError". Now it is a skipped side file."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+    from surgeon.demo import DEMO_CANDIDATE
+
+    base = shutil.copytree(TRAINED, tmp_path / "base")
+    (base / "notes").symlink_to(".")
+    out = tmp_path / "out"
+    args = ["salvage", DEMO_CANDIDATE, "--base", base, "--keep", "0", "-o", out]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "prune_manifest.json").read_text())["written"]
+    assert written["skipped_files"] == {"notes": "not a regular file"}
+
+
+def test_an_os_error_naming_a_descriptor_is_described_without_a_type_error():
+    from surgeon.atomic import describe_os_error
+
+    exc = IsADirectoryError(21, "Is a directory", 7)
+    assert describe_os_error(exc, "out") == "out: cannot write (Is a directory)"
+    assert describe_os_error(exc, None) == "Is a directory"
+
+
+def test_a_base_made_of_links_out_of_its_folder_is_refused_before_any_work(tmp_path):
+    """`for f in snapshot/*; do ln -s $f lm/; done`: surgeon followed the links to read the
+    base, but copied no config.json nor index (links out of the folder), so salvage exited 0
+    with an output transformers cannot load. Now one line, exit 2, saying what to do."""
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+    from surgeon.demo import DEMO_CANDIDATE
+
+    links = tmp_path / "lm"
+    links.mkdir()
+    for file in TRAINED.iterdir():
+        (links / file.name).symlink_to(file)
+    for command in (
+        ["salvage", DEMO_CANDIDATE, "--base", links, "--keep", "0", "-o", tmp_path / "olm"],
+        ["prune", links, "-o", tmp_path / "olm", "-q", "--layers", "0"],
+    ):
+        result = CliRunner().invoke(main, [str(a) for a in command])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert "config.json is a link out of the folder" in result.stderr and "cp -L" in result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["lm"]
+
+
+def test_verify_does_not_vouch_for_an_output_that_cannot_load(tmp_path):
+    """An output whose manifest records its config.json and index as not copied (what the
+    base of links gave) was "verified": every file present matched its hash."""
+    from surgeon.demo import DEMO_CANDIDATE
+    from surgeon.recover.salvage import salvage
+    from surgeon.recover.verify import verify
+
+    out = tmp_path / "olm"
+    salvage(DEMO_CANDIDATE, TRAINED, [0], out)
+    path = out / "prune_manifest.json"
+    manifest = json.loads(path.read_text())
+    for name in ("config.json", "model.safetensors.index.json"):
+        del manifest["written"]["files"][name]
+        manifest["written"]["skipped_files"][name] = "a link that leads out of the checkpoint's folder"
+        (out / name).unlink()
+    path.write_text(json.dumps(manifest))
+    report = verify(out, TRAINED)
+    assert not report.ok
+    assert any(d.startswith("file config.json: the base's was not copied") for d in report.discrepancies)
+    assert "no index for its shards: the output cannot be loaded without one" in report.discrepancies

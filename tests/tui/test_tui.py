@@ -584,7 +584,7 @@ def test_write_over_an_existing_folder_asks_first(tmp_path):
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, WriteDialog) and app.job is None  # refused: no checkpoint, no output
-        assert "not replacing it: it is not empty" in [n.message for n in app._notifications][-1]
+        assert "not replacing it: it holds keep.txt, which no" in [n.message for n in app._notifications][-1]
         await type_into(pilot, "#write-output", str(output))
         await pilot.press("enter")
         await pilot.pause()
