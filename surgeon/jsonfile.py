@@ -24,13 +24,17 @@ MAX_JSON_BYTES = 256 << 20
 
 
 @contextlib.contextmanager
-def open_regular(path: Path, where: str | None = None) -> Iterator[tuple[int, os.stat_result]]:
+def open_regular(
+    path: Path, where: str | None = None, *, follow_link: bool = True
+) -> Iterator[tuple[int, os.stat_result]]:
     """(fd, stat) of a regular file, closed afterwards; SurgeonError naming `where` (default
     the path) for anything else. O_NONBLOCK: opening a FIFO must not wait for a writer; it is
-    refused just after, like a device (`/dev/zero` would never end)."""
+    refused just after, like a device (`/dev/zero` would never end). `follow_link=False`
+    (O_NOFOLLOW): a path its caller resolved and checked is not a link swapped in since."""
     where = where or str(path)
+    nofollow = 0 if follow_link else os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | nofollow | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise SurgeonError(f"{where}: cannot read ({exc.strerror})") from None
     try:

@@ -91,7 +91,7 @@ def check_loadable_base(base: Checkpoint) -> None:
     shards) would be copied from `base`: a side file that is a link out of the base's folder
     is never copied (_copy_side_file), and a base made of links (`ln -s snapshot/* lm/`)
     gave an output with neither, which transformers cannot load. Checked before any work."""
-    inside = _side_file_root(base)
+    inside = side_file_root(base.root)
     for name in ("config.json", base.index_name):
         path = base.root / name if name else None
         if path is None or not os.path.islink(path):
@@ -103,12 +103,6 @@ def check_loadable_base(base: Checkpoint) -> None:
                 "the folder it reads, and the output cannot load without it: copy the files into the folder "
                 f"(cp -L), or pass the folder they link into ({real.parent})"
             )
-
-
-def _side_file_root(base: Checkpoint) -> Path:
-    """How far a side file's link may lead: the base's folder, or its repo folder in the
-    Hugging Face cache, whose snapshots link into ../../blobs."""
-    return hub_snapshot_repo(base.root) or Path(os.path.realpath(base.root))
 
 
 def publish_folder(tmp: Path, target: Path, force: bool, shown: str | os.PathLike) -> None:
@@ -447,7 +441,7 @@ def _copy_side_files(base: Checkpoint, tmp: Path, report: WriteReport) -> None:
     `report.skipped_files`: a link that leads out of the base (a README.md linking to
     ~/.ssh/id_rsa would be published, and vouched for by verify), a file larger than
     SIDE_FILE_MAX, anything that is not a regular file."""
-    inside = _side_file_root(base)
+    inside = side_file_root(base.root)
     for path in sorted(base.root.iterdir()):
         if path.name in base.shards or path.name == MANIFEST_NAME or path.name.startswith("."):
             continue
@@ -465,12 +459,19 @@ class _NotCopied(Exception):
     """A side file left out of the output; its message says why."""
 
 
+def side_file_root(folder: Path) -> Path:
+    """How far a side file's link may lead: the folder itself, or its repo folder in the
+    Hugging Face cache, whose snapshots link into ../../blobs."""
+    return hub_snapshot_repo(folder) or Path(os.path.realpath(folder))
+
+
 def _copy_side_file(source: Path, inside: Path, target: Path) -> str:
     """Copy one side file, at most SIDE_FILE_MAX bytes, hashing the bytes copied; returns the
-    SHA256. A link is followed only to a file under `inside` (the base's folder, or its repo
-    folder in the Hugging Face cache, whose snapshots link into ../../blobs); the file is
-    opened without following a link or waiting on a FIFO (O_NOFOLLOW, O_NONBLOCK) and
-    must be a regular file once open."""
+    SHA256. A link is followed only to a file under `inside` (side_file_root); the file is
+    opened without following a link or waiting on a FIFO (O_NOFOLLOW, O_NONBLOCK) and must
+    be a regular file once open. Not jsonfile.open_regular: it turns every OSError of its
+    body into "cannot read", and a full output disk must stay the write's error, not a
+    skipped file."""
     real = Path(os.path.realpath(source))
     if not real.is_relative_to(inside):
         raise _NotCopied("a link that leads out of the checkpoint's folder")

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ from surgeon import __version__
 from surgeon.atomic import output_errors, write_text_atomic
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint, source_record
-from surgeon.format.hashcache import hash_cache_dir, hub_snapshot_repo
+from surgeon.format.hashcache import hash_cache_dir
 from surgeon.format.manifest import SCHEMA, PruneManifest, created_now, manifest_json, tool_record, written_record
 from surgeon.format.safetensors import TensorInfo
 from surgeon.format.writer import (
@@ -39,8 +38,10 @@ from surgeon.format.writer import (
     check_loadable_base,
     check_output_folder,
     check_output_path,
+    side_file_root,
     write_checkpoint,
 )
+from surgeon.jsonfile import open_regular
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
 from surgeon.model.names import parse_layers
 from surgeon.options import record
@@ -586,7 +587,7 @@ def tokenizer_hash(folder: Path) -> str:
     folder (or its Hub repo folder), and a file over SIDE_FILE_MAX, which the output never
     holds, stands by its name, size and time. The same digest as reading all the files whole
     wherever those are all the files (a workdir of before still resumes)."""
-    inside = hub_snapshot_repo(folder) or Path(os.path.realpath(folder))
+    inside = side_file_root(folder)
     digest = hashlib.sha256()
     for path in sorted(folder.glob("tokenizer*")):
         real = Path(os.path.realpath(path))
@@ -597,20 +598,16 @@ def tokenizer_hash(folder: Path) -> str:
 
 def _hash_side_file(path: Path, digest) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return  # a folder, or unreadable: not a tokenizer file transformers reads either
-    with open(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return
-        if info.st_size > SIDE_FILE_MAX:
-            digest.update(f"\0{path.name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
-            return
-        left = SIDE_FILE_MAX  # a file may grow after fstat
-        while left and (block := handle.read(min(COPY_CHUNK, left))):
-            digest.update(block)
-            left -= len(block)
+        with open_regular(path, follow_link=False) as (fd, info):
+            if info.st_size > SIDE_FILE_MAX:
+                digest.update(f"\0{path.name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+                return
+            left = SIDE_FILE_MAX  # a file may grow after fstat
+            while left and (block := os.read(fd, min(COPY_CHUNK, left))):
+                digest.update(block)
+                left -= len(block)
+    except SurgeonError:
+        return  # a folder, a FIFO or unreadable: not a tokenizer file transformers reads either
 
 
 def _result(spec: LayerSpec, pruned: bool) -> LayerResult:
