@@ -128,20 +128,22 @@ class _Accumulator:
 
     def _add_heads(self, layout: HeadLayout, base, other, differ, rows, nonzero) -> None:
         heads, dim = layout.num_heads, layout.head_dim
-        shape: tuple[int, ...]
-        axes: tuple[int, ...]
-        if layout.axis == "cols":
+        if layout.axis == "cols":  # whole rows: every chunk holds a slice of every head
             shape, axes = (rows, heads, dim), (0, 2)
-            index = slice(None)
-        else:
-            first_head = self._row_cursor // dim
-            count = rows // dim
-            shape, axes = (count, -1), (1,)
-            index = slice(first_head, first_head + count)
-            self._row_cursor += rows
+            for values, seen in ((base, self.base_nonzero), (other, self.other_nonzero)):
+                seen |= np.any(np.not_equal(values, 0, out=nonzero).reshape(shape), axis=axes)
+            self.head_changed |= np.any(differ.reshape(shape), axis=axes)
+            return
+        # q/k/v rows: a chunk is whole heads where a head fits in it, but one head of a wide
+        # model (Llama-3-8B: 128 rows of 4096 = 512Ki elements) spans several chunks, and a
+        # chunk may then straddle two heads. Flags are taken per row and OR-ed into the heads
+        # their rows belong to.
+        first = self._row_cursor
+        self._row_cursor += rows
         for values, seen in ((base, self.base_nonzero), (other, self.other_nonzero)):
-            seen[index] |= np.any(np.not_equal(values, 0, out=nonzero).reshape(shape), axis=axes)
-        self.head_changed[index] |= np.any(differ.reshape(shape), axis=axes)
+            row_flags = np.any(np.not_equal(values, 0, out=nonzero).reshape(rows, -1), axis=1)
+            _or_into_slices(seen, row_flags, first, dim)
+        _or_into_slices(self.head_changed, np.any(differ.reshape(rows, -1), axis=1), first, dim)
 
     def stats(self) -> TensorStats:
         norm_b, norm_o = math.sqrt(self.sum_bb), math.sqrt(self.sum_oo)
@@ -186,18 +188,23 @@ class _ExpertSlices:
         self.cursor = 0
 
     def add(self, differ: np.ndarray) -> None:
-        n, first = differ.size, self.cursor
-        self.cursor += n
-        if n == 0:
-            return
-        low, high = first // self.per_expert, (first + n - 1) // self.per_expert
-        starts = np.arange(low, high + 1, dtype=np.int64) * self.per_expert - first
-        starts[0] = 0
-        self.flags[low : high + 1] |= np.logical_or.reduceat(differ, starts)
+        first = self.cursor
+        self.cursor += differ.size
+        _or_into_slices(self.flags, differ, first, self.per_expert)
 
     def changed(self) -> list[int] | None:
         """None unless every element was compared (never a claim about unread slices)."""
         return np.flatnonzero(self.flags).tolist() if self.cursor == self.numel else None
+
+
+def _or_into_slices(slices: np.ndarray, flags: np.ndarray, first: int, per_slice: int) -> None:
+    """OR flags[i] (unit first + i of a run cut into slices of per_slice units) into its slice."""
+    if flags.size == 0:
+        return
+    low, high = first // per_slice, (first + flags.size - 1) // per_slice
+    starts = np.arange(low, high + 1, dtype=np.int64) * per_slice - first
+    starts[0] = 0
+    slices[low : high + 1] |= np.logical_or.reduceat(flags, starts)
 
 
 def _expert_slices(info: TensorInfo, experts: int | None) -> _ExpertSlices | None:
