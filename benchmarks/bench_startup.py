@@ -31,8 +31,8 @@ so a single figure means little: compare the medians, and rerun on a quiet machi
 numbers to quote. CPU seconds (user + system of the child) are printed too: they move less
 with load than wall seconds.
 
-Measured (benchmarks/README.md has the tables): warm-cache diff 0.088x -> 0.033x with the
-stats cache, --no-hash 0.159x -> 0.152x (goal 0.07x not met), load 5.6-6.1 on 2 cores.
+Measured quiet (benchmarks/README.md has the tables), 256077a -> now: warm-cache diff
+0.052x -> 0.024x, --no-hash 0.086x -> 0.068x (both goals met; --no-hash by a small margin).
 
 Checked in the same run: every surgeon run exits 0 or 1, and every variant prints the same
 JSON report as the working tree for each case (the deferred imports must not change what

@@ -27,6 +27,7 @@ from surgeon.cli.common import (
     emit,
     force_option,
     handle_errors,
+    one_blas_thread,
     output_option,
     progress_for,
     render_rich,
@@ -90,6 +91,7 @@ def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_di
     """
     fmt = _chosen_format(kw)
     _check_quiet(kw, fmt)
+    one_blas_thread()
     from surgeon.diff.engine import DiffOptions, diff_checkpoints  # deferred: see the module docstring
     from surgeon.format.hashcache import hash_cache_dir, refusal
     from surgeon.format.hub_pair import HubMatch, open_pair
@@ -188,6 +190,7 @@ def _render_diff(report, fmt: DiffFormat, verbose: bool, output) -> str:
 @handle_errors
 def inspect(checkpoint, revision, download, as_json, verbose, output, force) -> None:
     """List a checkpoint's tensors, shards, metadata and parameter counts from its headers."""
+    one_blas_thread()
     from surgeon.diff.inspection import inspect_json  # deferred: see the module docstring
     from surgeon.format.checkpoint import open_checkpoint
 
