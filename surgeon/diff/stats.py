@@ -120,8 +120,8 @@ class _Accumulator:
         one head): the delta is zero and one decode and one dot stand for both sides. The sums
         are the ones the full pass adds (the same products in the same order), and adding the
         zero delta changes nothing; a chunk with NaN or inf (the delta would be NaN) takes the
-        full pass. bench_startup.py's pair (q_proj with one head of 16 zeroed): the stats of its
-        8 changed tensors take N s of CPU instead of M s."""
+        full pass. bench_startup.py's pair (q_proj with one head of 16 zeroed, o_proj healed):
+        the stats of its 8 changed tensors, one thread, best of 5: 0.20 s CPU -> 0.16 s."""
         base = decode_into(raw, dtype, ws.base, ws.bits_a)
         with np.errstate(invalid="ignore", over="ignore"):
             square = float(np.dot(base, base))
