@@ -70,7 +70,8 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         # leaves nothing and --force never leaves FOLDER absent. The files name the final paths.
         base, pruned, salvaged = DEMO_MODEL, work / "pruned", work / "salvaged"
         prompts, options, cache = read_prompts(DEMO_PROMPTS), CanaryOptions(), canary_cache_dir()
-        measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, run=ON_CPU)
+        # per document: the tiny model learned one sentence at a time (document_windows)
+        measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, per_document=True, run=ON_CPU)
 
         say("1. prune: 1 of 8 query heads in every layer of the tiny trained Gemma 4 (recon importance, lstsq heal)")
         result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all", calib=str(DEMO_TEXT)))
@@ -138,9 +139,11 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
 
 
 def _quality_line(summary: dict) -> str:
+    """The figures and what they were measured on (every quality figure names its text)."""
     return (
         f"perplexity {summary['ppl_base']:.2f} -> {summary['ppl']:.2f} ({summary['ppl_ratio'] - 1:+.1%}), "
-        f"KL {summary['kl_mean']:.4f}, top-1 agreement {summary['top1']:.1%}"
+        f"KL {summary['kl_mean']:.4f}, top-1 agreement {summary['top1']:.1%} "
+        f"on {summary['tokens']:,} tokens of {DEMO_TEXT.name}"
     )
 
 

@@ -174,10 +174,12 @@ class SurgeonApp(App):
         status, rows = session.status(), layer_rows(session.report, session.plan)
         summary, report, plan_eval = status.summary, status.canary, status.eval
         self.query_one(OverviewPane).show(session.report, rows)
+        text_name = session.eval_text_name
+        # the Plan tab's one line stays within 80 columns; the Canary tab and the write dialog name the text
         self.query_one(PlanPane).show(rows, summary, session.candidate.name, plan_eval, session.layer_kl)
         self.query_one(TensorsPane).show(session.report, set(summary.from_candidate))
         canary = self.query_one(CanaryPane)
-        canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval))
+        canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval, text_name))
         name = session.candidate.name
         self.query_one(StatusLine).show(lambda width: status_text(summary, report, plan_eval, name, width))
 
@@ -442,7 +444,7 @@ class SurgeonApp(App):
         default = session.last_output or Path.cwd() / f"{session.candidate.name}-salvaged"
         # The verdicts first: at 80x24 the plan's details scroll in a box of 7 lines.
         description = _canary_note(status.canary)
-        description.append("\n").append_text(eval_text(status.eval))
+        description.append("\n").append_text(eval_text(status.eval, session.eval_text_name))
         description.append("\n").append_text(plan_text(summary, session.candidate.name))
         inputs = [session.base, session.candidate]
         self.push_screen(WriteDialog(default, description, inputs), self._write_confirmed)

@@ -267,7 +267,11 @@ class PairSession:
             progress.start("loading the eval text", 0)
             tokenizer = str(self.tokenizer) if self.tokenizer else None
             text = str(self.eval_text) if self.eval_text else None
-            options = EvalOptions(text=text, max_tokens=self.eval_tokens, run=RunSettings(tokenizer=tokenizer))
+            own = self.eval_text is not None and self.eval_text == bundled_inputs(self.base)[1]
+            # the demo's own text per document, as `surgeon demo` reads it (document_windows)
+            options = EvalOptions(
+                text=text, max_tokens=self.eval_tokens, per_document=own, run=RunSettings(tokenizer=tokenizer)
+            )
             self.eval_session = EvalSession(self.base, self.candidate, options, cancel=cancel)
         self.eval_session.progress, self.eval_session.cancel = progress, cancel
         return self.eval_session

@@ -514,12 +514,14 @@ def eval_numbers(summary: dict) -> str:
     )
 
 
-def eval_text(summary: dict | None) -> Text:
-    """ "eval: <numbers> (N tokens)" for the current plan, or that it has not been evaluated."""
+def eval_text(summary: dict | None, text_name: str | None = None) -> Text:
+    """ "eval: <numbers> (N tokens of <text>)" for the current plan, or that it has not been
+    evaluated: a figure always says what it was measured on (issue 19)."""
     text = Text("eval: ", style="bold")
     if summary is None:
         return text.append(NOT_EVALUATED, style="yellow")
-    return text.append(eval_numbers(summary)).append(f"  ({summary['tokens']} tokens)", style="dim")
+    on = f" of {inert(text_name)}" if text_name else ""
+    return text.append(eval_numbers(summary)).append(f"  ({summary['tokens']:,} tokens{on})", style="dim")
 
 
 def layer_cost_text(layer_kl: dict[int, float | None] | None) -> Text:

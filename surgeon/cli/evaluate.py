@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from surgeon.cli.common import console_for, handle_errors, progress_for
+from surgeon.cli.common import console_for, handle_errors, progress_for, warn
 from surgeon.cli.options import base_option, build, options_from, renamed
 from surgeon.errors import SurgeonError
 from surgeon.model.names import parse_layers
 from surgeon.options import EVAL_TEXT_HELP, EVAL_TOKENS_HELP
 from surgeon.quality.options import EvalOptions
 from surgeon.quality.record import attach
-from surgeon.quality.render import render_eval
+from surgeon.quality.render import render_eval, short_windows_warning
 from surgeon.runtime.settings import RunSettings
 
 
@@ -60,6 +60,9 @@ def eval_command(model, base, layers, as_json, no_progress, jsonl=None, **kw) ->
     else:
         plan = parse_layers(layers, len(session.base_layout.layers), what="--layers")
         data = session.evaluate_plans([plan])[0].to_json()
+    short = short_windows_warning(data)
+    if short:
+        warn(short)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return

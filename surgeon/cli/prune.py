@@ -118,6 +118,11 @@ def _summary(result, console, table: bool = True) -> None:
         + (f"; resumed at layer {result.resumed_at}" if result.resumed_at else "")
     )
     console.print(Text(line))
+    quality = manifest.get("quality") or {}
+    if quality.get("eval"):  # --eval: the figures, and the text they were measured on
+        from surgeon.quality.render import quality_line  # deferred: rich tables, for this line only
+
+        console.print(Text(quality_line(quality)))
 
 
 def _layer_table(manifest: dict) -> Table:

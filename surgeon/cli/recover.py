@@ -339,12 +339,11 @@ def _salvage_summary(manifest: dict, output: Path, console) -> None:
         f"{len(written['shards'])} shards are the base's files"
     )
     console.print(Text(line))  # the folder's name is shown as it is, never as markup
-    quality = (manifest.get("quality") or {}).get("eval")
-    if quality:
-        console.print(
-            f"quality against base: perplexity x{_num(quality['ppl_ratio'])}, KL {_num(quality['kl_mean'])} "
-            f"(p99 {_num(quality['kl_p99'])}), top-1 {_num(quality['top1'], '.1%')}"
-        )
+    quality = manifest.get("quality") or {}
+    if quality.get("eval"):
+        from surgeon.quality.render import quality_line  # deferred: rich tables, for this line only
+
+        console.print(Text(quality_line(quality)))
     after = info.get("canary_after")
     if after is not None:
         console.print(f"canary on the result: {'passed' if after['passed'] else 'FAILED'}")

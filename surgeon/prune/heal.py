@@ -52,8 +52,16 @@ def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, s
     return vectors @ (inverse[:, None] * (vectors.T @ rhs)), "eigh", condition
 
 
-def refit(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge_rel: float, tokens: int = 0):
+def refit(
+    weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge_rel: float, tokens: int = 0, anchored=False
+):
     """(W_K' in float64, RefitStats): the healed o_proj columns for kept input columns K.
+
+    `anchored`: the ridge pulls W_K' toward the kept columns as they were, W_K, instead of
+    toward zero: min ||X W^T - X_K B||^2 + lambda ||B - W_K^T||^2, solved by
+    (G_KK + lambda I) B = G[K, :] W^T + lambda W_K^T. A direction of X_K that the calibration
+    text barely excites then keeps the base's weights rather than losing them, and lambda moves
+    between the full heal (0) and no heal (infinity) instead of toward a zero o_proj.
 
     `tokens` is how many rows X had; it only scales target_rms. Temporaries are reused so the
     peak stays near three width x width matrices.
@@ -63,13 +71,14 @@ def refit(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor, ridge_re
     system = g[kept][:, kept]  # becomes G_KK + lambda I, in place
     ridge = ridge_rel * float(torch.diagonal(system).mean()) if kept.numel() else 0.0
     system.diagonal().add_(ridge)
-    rhs = g[kept] @ w.T  # G[K, :] W^T, |K| x out
+    data = g[kept] @ w.T  # G[K, :] W^T, |K| x out
+    rhs = data + ridge * w[:, kept].T if anchored else data
     solution, solver, condition = _solve_spd(system, rhs)  # W_K'^T
     target = _inner(w @ g, w)  # ||X W^T||^2 = tr(W G W^T)
-    cross = _inner(solution, rhs)  # tr(B^T G[K, :] W^T)
-    del rhs
+    cross = _inner(solution, data)  # tr(B^T G[K, :] W^T)
     # ||X_K B||^2 = tr(B^T (G_KK + lambda I) B) - lambda ||B||^2, and (G_KK + lambda I) B = rhs
-    fitted = cross - ridge * _inner(solution, solution)
+    fitted = _inner(solution, rhs) - ridge * _inner(solution, solution)
+    del rhs, data
     residual = max(target - 2 * cross + fitted, 0.0)
     stats = RefitStats(
         rel_residual=math.sqrt(residual / target) if target > 0 else 0.0,
@@ -89,13 +98,14 @@ def heal_o_proj(
     ridge_rel: float,
     tokens: int = 0,
     out_dtype: torch.dtype | None = None,
+    anchored: bool = False,
 ):
     """The full healed o_proj (pruned heads' columns zero) in out_dtype (default float64),
     and its RefitStats."""
     num_heads = weight.shape[1] // head_dim
     kept_heads = [h for h in range(num_heads) if h not in set(pruned)]
     kept = head_columns(kept_heads, head_dim).to(weight.device)
-    columns, stats = refit(weight, gram, kept, ridge_rel, tokens)
+    columns, stats = refit(weight, gram, kept, ridge_rel, tokens, anchored)
     healed = torch.zeros(weight.shape, dtype=out_dtype or torch.float64, device=weight.device)
     healed[:, kept] = columns.to(healed.dtype)
     return healed, stats
@@ -114,13 +124,18 @@ class HealInput:
     device: torch.device
 
 
-def _lstsq(job: HealInput) -> tuple[torch.Tensor, dict | None]:
+def _lstsq(job: HealInput, anchored: bool = False) -> tuple[torch.Tensor, dict | None]:
     if not job.heads:  # nothing removed: nothing to refit
         return _zero(job)
+    weight = job.weight.to(job.device)
     healed, stats = heal_o_proj(
-        job.weight.to(job.device), job.gram, job.heads, job.head_dim, job.ridge_rel, job.tokens, job.weight.dtype
+        weight, job.gram, job.heads, job.head_dim, job.ridge_rel, job.tokens, job.weight.dtype, anchored
     )
     return healed.cpu(), asdict(stats)
+
+
+def _anchored(job: HealInput) -> tuple[torch.Tensor, dict | None]:
+    return _lstsq(job, anchored=True)
 
 
 def _zero(job: HealInput) -> tuple[torch.Tensor, dict | None]:
@@ -131,7 +146,11 @@ def _zero(job: HealInput) -> tuple[torch.Tensor, dict | None]:
 
 # The heal methods by name, (new o_proj, refit stats or None): the names are owned by
 # surgeon.prune.options.Heal; tests/prune/test_registries.py holds the two in step.
-HEALERS: dict[str, Callable[[HealInput], tuple[torch.Tensor, dict | None]]] = {"lstsq": _lstsq, "none": _zero}
+HEALERS: dict[str, Callable[[HealInput], tuple[torch.Tensor, dict | None]]] = {
+    "lstsq": _lstsq,
+    "anchored": _anchored,
+    "none": _zero,
+}
 
 
 def norm_scores(weight: torch.Tensor, gram: torch.Tensor, head_dim: int) -> list[float]:

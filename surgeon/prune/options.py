@@ -16,7 +16,7 @@ from surgeon.options import TEXT_FILE_HELP, field_named, in_range, option, range
 from surgeon.runtime.settings import Quant, RunSettings
 
 Importance = Literal["recon", "norm", "loo-nll"]
-Heal = Literal["lstsq", "none"]
+Heal = Literal["lstsq", "anchored", "none"]
 Propagate = Literal["pruned", "base"]
 IMPORTANCE: tuple[str, ...] = get_args(Importance)
 HEALS: tuple[str, ...] = get_args(Heal)
@@ -38,7 +38,9 @@ class PruneOptions:
     )
     importance_quant: Quant | None = option(None, "Score loo-nll on weights rounded to nf4 (bitsandbytes).")
     heal: Heal = option(
-        "lstsq", "How o_proj is refit: lstsq (ridge least squares on the calibration stream) or none (zero only)."
+        "lstsq",
+        "How o_proj is refit: lstsq (ridge least squares on the calibration stream), anchored (the same, "
+        "its ridge pulling toward the base's weights instead of toward zero) or none (zero only).",
     )
     ridge_rel: float = option(
         0.01, "Ridge of the heal, relative to the mean diagonal of the kept heads' Gram matrix.", minimum=0

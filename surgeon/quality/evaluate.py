@@ -52,6 +52,11 @@ GPU_LOGITS_BYTES = 256 << 20
 MAX_LOGIT_ROWS = 256
 VOCAB_CHUNK = 16384  # rows of a bf16/fp16 head converted to float32 at a time
 TOKENIZE_MARGIN = 64  # tokens kept clear of a cut made in the text before tokenizing it
+# The packed stream windows are picked from: this many times the token budget, and at least
+# MIN_STREAM_TOKENS (the bundled held-out text, 14.4k tokens with SmolLM2's tokenizer, is
+# always read whole).
+STREAM_TOKENS_PER_BUDGET = 8
+MIN_STREAM_TOKENS = 1 << 16
 
 
 # -- text ---------------------------------------------------------------------------
@@ -79,10 +84,23 @@ def _bundled() -> tuple[list[str], dict]:
     return documents, {"source": BUNDLED, "file_sha256": digest}
 
 
-def make_windows(tokenizer, documents: list[str], window: int, max_tokens: int) -> list[list[int]]:
-    """Token windows of at most `window` ids, each starting with exactly one BOS (when the
-    tokenizer has one), cut from each document in order until `max_tokens` ids in all. A
-    document's last, shorter piece is kept when it has 2 tokens or more (one scored)."""
+def make_windows(
+    tokenizer, documents: list[str], window: int, max_tokens: int, per_document: bool = False
+) -> list[list[int]]:
+    """Token windows for scoring, each starting with exactly one BOS where the tokenizer has
+    one: the documents packed into one stream and cut into full windows (packed_stream and
+    cut_windows), or with `per_document` each document cut into windows of its own."""
+    if per_document:
+        return document_windows(tokenizer, documents, window, max_tokens)
+    return cut_windows(packed_stream(tokenizer, documents, max_tokens), tokenizer.bos_token_id, window, max_tokens)
+
+
+def document_windows(tokenizer, documents: list[str], window: int, max_tokens: int) -> list[list[int]]:
+    """--per-document: windows of at most `window` ids cut from each document in order until
+    `max_tokens` ids in all, a document's last, shorter piece kept when it has 2 tokens or
+    more (one scored). For a text of short independent samples, such as the demo model's
+    training sentences: a model trained on one sentence at a time is not asked to read on
+    from one into the next (the demo's base perplexity is 1.17 this way, 80 packed)."""
     bos = tokenizer.bos_token_id
     step = window - 1 if bos is not None else window
     windows: list[list[int]] = []
@@ -102,6 +120,50 @@ def make_windows(tokenizer, documents: list[str], window: int, max_tokens: int) 
             windows.append(piece)
             total += len(piece)
     return windows
+
+
+def packed_stream(tokenizer, documents: list[str], max_tokens: int) -> list[int]:
+    """The documents' ids in order, joined by a blank line's ids: one stream, as llama.cpp's
+    `perplexity` reads a file. Before issue 19 each document (a paragraph of a plain-text
+    file) had windows of its own: a 2,000-token document split at blank lines became 31
+    windows of 4 to 199 tokens, and SmolLM2-135M's perplexity on it read 33.8 against 10.9
+    as one text, since most tokens were scored with almost no context.
+
+    At most STREAM_TOKENS_PER_BUDGET x max_tokens ids (and never fewer than MIN_STREAM_TOKENS)
+    are read, so a 1 GB file is not tokenized whole; a BOS a document starts with goes."""
+    bos = tokenizer.bos_token_id
+    cap = max(MIN_STREAM_TOKENS, STREAM_TOKENS_PER_BUDGET * max_tokens)
+    separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    stream: list[int] = []
+    for text in documents:
+        if len(stream) >= cap:
+            break
+        ids = _prefix_ids(tokenizer, text, cap - len(stream))
+        if bos is not None:
+            ids = with_one_bos(ids, bos)[1:]
+        if stream and ids:
+            stream.extend(separator)
+        stream.extend(ids)
+    return stream[:cap]
+
+
+def cut_windows(stream: list[int], bos: int | None, window: int, max_tokens: int) -> list[list[int]]:
+    """Windows of `window` ids (BOS first, where there is one) over the stream. When the whole
+    stream fits in max_tokens every window is kept, the last one possibly shorter; otherwise
+    max_tokens // window full windows, evenly spaced over it, so that a budget smaller than
+    the text still reads every part of it (the bundled text's six documents and domains, not
+    its first two). A budget under one window takes one window of that many ids."""
+    prefix = [bos] if bos is not None else []
+    step = window - len(prefix)
+    windows = [prefix + stream[i : i + step] for i in range(0, len(stream), step)]
+    windows = [w for w in windows if len(w) >= 2]  # one scored token at least
+    if sum(map(len, windows)) <= max_tokens:
+        return windows
+    count = max_tokens // window
+    if count == 0:
+        return [windows[0][:max_tokens]] if max_tokens >= 2 else []
+    full = [w for w in windows if len(w) == window]  # all but perhaps the last; at least `count`
+    return [full[(2 * i + 1) * len(full) // (2 * count)] for i in range(count)]
 
 
 def _prefix_ids(tokenizer, text: str, need: int) -> list[int]:
@@ -226,12 +288,22 @@ class EvalSession:
         use_cpu_threads(self.device, self.base_layout.config.get("hidden_size"))
         tokenizer = load_tokenizer(options.run.tokenizer_dir(self.base.root))
         documents, record = load_eval_text(Path(options.text) if options.text else None, options.text_format)
-        self.windows = make_windows(tokenizer, documents, options.window, options.max_tokens)
+        window = _model_window(options.window, self.base_layout.config)
+        if options.per_document:
+            stream = None
+            self.windows = document_windows(tokenizer, documents, window, options.max_tokens)
+        else:
+            stream = packed_stream(tokenizer, documents, options.max_tokens)
+            self.windows = cut_windows(stream, tokenizer.bos_token_id, window, options.max_tokens)
         if not self.windows:
             raise SurgeonError(f"{record['source']}: the evaluation text has no window of two tokens or more")
         self._check_vocab(max(max(w) for w in self.windows))
         self.text = {
             **record,
+            "documents": len(documents),
+            "packing": "per-document" if options.per_document else "packed",
+            "stream_tokens": len(stream) if stream is not None else None,
+            "window": window,
             "windows": len(self.windows),
             "tokens": sum(map(len, self.windows)),
             "bos_token_id": tokenizer.bos_token_id,
@@ -503,6 +575,16 @@ class EvalSession:
             top1=totals.top1,
             windows=windows,
         )
+
+
+def _model_window(window: int, config: dict) -> int:
+    """The window asked, but no longer than the positions the model has: a window past its
+    max_position_embeddings would score tokens at positions it never learned (the demo
+    model has 256)."""
+    limit = config.get("max_position_embeddings")
+    if isinstance(limit, int) and not isinstance(limit, bool) and 2 <= limit < window:
+        return limit
+    return window
 
 
 def _window(index: int, base_nll, nll, kl, agree) -> WindowStats:

@@ -18,7 +18,12 @@ class EvalOptions:
     # stay: they are the keys of the report's `options`); --text and --max-tokens were eval's own
     text: str | None = option(None, EVAL_TEXT_HELP, path="file", flag="--eval-text", aliases=("--text",))
     text_format: str = option("auto", "auto (a .jsonl suffix means JSON lines), text or jsonl.", cli=False)
-    window: int = option(512, "Tokens per window.", minimum=2)
+    window: int = option(512, "Tokens per window (at most the model's max_position_embeddings).", minimum=2)
+    per_document: bool = option(
+        False,
+        "Cut each document into windows of its own, instead of packing the documents into one stream "
+        "of full windows (llama.cpp's way): for a text of short independent samples.",
+    )
     max_tokens: int = option(8192, EVAL_TOKENS_HELP, minimum=2, flag="--eval-tokens", aliases=("--max-tokens",))
     batch_size: int = option(4, "Windows per forward pass.", minimum=1)
     # --device, --dtype, --tokenizer; options.device, .dtype and .tokenizer in the report

@@ -23,8 +23,43 @@ from surgeon.format.manifest import MANIFEST_NAME, PruneManifest, read_manifest
 SUMMARY_KEYS = ("tokens", "ppl_base", "ppl", "ppl_ratio", "kl_mean", "kl_p99", "top1")
 
 
-def recorded_quality(report) -> tuple[dict, str | None] | None:
-    """(summary, text source) from the OTHER checkpoint's manifest, when it holds a valid
+BUNDLED_NAME = "the bundled held-out text"
+
+
+def text_label(text: dict | None, tokens: object = None) -> str:
+    """What a quality figure was measured on, as every report says it (issue 19: a figure
+    without its text reads as a claim about the model): the text (the bundled held-out text
+    or a file's name), the first 12 digits of its SHA256, the tokens scored in how many
+    windows of what size, and whether each window starts with a BOS. A record from a
+    manifest is a file from elsewhere: a field that is missing or of the wrong type is left
+    out, never guessed; the result still needs inert() or md escaping where it is shown."""
+    text = text if isinstance(text, dict) else {}
+    source = text.get("source")
+    name = BUNDLED_NAME if source == "bundled:heldout" else source if isinstance(source, str) else "an unnamed text"
+    details = []
+    digest = text.get("file_sha256")
+    if isinstance(digest, str) and digest:
+        details.append(f"sha256 {digest[:12]}")
+    windows, window = _count(text.get("windows")), _count(text.get("window"))
+    scored = _count(tokens)
+    if scored is not None:
+        per_document = " per-document" if text.get("packing") == "per-document" else ""
+        details.append(
+            f"{scored:,} tokens scored" + (f" in {windows}{per_document} windows" if windows is not None else "")
+        )
+        if window is not None:
+            details[-1] += f" of up to {window:,}"
+    if "bos_token_id" in text:
+        details.append("each window starts with BOS" if _count(text["bos_token_id"]) is not None else "no BOS")
+    return f"{name} ({'; '.join(details)})" if details else name
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def recorded_quality(report) -> tuple[dict, dict] | None:
+    """(summary, text record) from the OTHER checkpoint's manifest, when it holds a valid
     quality record measured against exactly these bytes; None otherwise."""
     root = report.other.path  # the folder whose shards were just hashed
     try:
@@ -38,8 +73,7 @@ def recorded_quality(report) -> tuple[dict, str | None] | None:
     if not isinstance(record, dict) or not isinstance(summary, dict) or not _valid_summary(summary):
         return None
     text = record.get("text")
-    source = text.get("source") if isinstance(text, dict) else None
-    return summary, source if isinstance(source, str) else None
+    return summary, text if isinstance(text, dict) else {}
 
 
 def _same_bytes(manifest: PruneManifest, report) -> bool:

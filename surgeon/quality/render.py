@@ -10,7 +10,7 @@ import statistics
 from rich.table import Table
 from rich.text import Text
 
-from surgeon.quality.record import recorded_quality
+from surgeon.quality.record import recorded_quality, text_label
 from surgeon.text import inert, md_code
 
 OUTLIER_FACTOR = 3.0  # a window whose mean KL is this many times the median window's is marked
@@ -33,17 +33,30 @@ def outliers(windows: list[dict]) -> set[int]:
 
 def render_eval(data: dict, console) -> None:
     """Both tables, each under 80 columns; names from the command line or files are inert."""
-    text = data["text"]
     console.print(
         Text(f"{inert(data['model'])} against base {inert(data['base'])}", style="bold"),
-        Text(
-            f"{inert(text['source'])}: {_count(data['totals']['tokens'])} tokens scored in {text['windows']} windows "
-            f"of up to {data['options']['window']}"
-        ),
+        Text(f"on {inert(text_label(data['text'], data['totals']['tokens']))}"),
         sep="\n",
     )
     console.print(_summary_table(data["totals"]))
     console.print(_window_table(data["windows"]))
+
+
+def short_windows_warning(data: dict) -> str | None:
+    """One line when most windows are short (under a quarter of the window size): their
+    tokens are scored with little context, so both perplexities read high and their ratio
+    says little about the model at length (issue 19: 31 windows of 4 to 199 tokens gave a
+    base perplexity of 33.8 where the same text read as one gave 10.9)."""
+    window = data["text"].get("window") or data["options"]["window"]
+    sizes = [w["tokens"] + 1 for w in data["windows"]]  # + its BOS or first token
+    short = sum(size < window / 4 for size in sizes)
+    if not sizes or short * 2 <= len(sizes):
+        return None
+    return (
+        f"{short} of {len(sizes)} windows are under a quarter of {window} tokens (median "
+        f"{statistics.median(sizes):g}): little context per token; without --per-document the "
+        "documents are packed into full windows"
+    )
 
 
 def _summary_table(totals: dict):
@@ -103,14 +116,17 @@ def recorded_quality_section(report) -> list[str]:
     ]
 
 
-def quality_markdown(summary: dict, text: str | None = None) -> list[str]:
-    """The "Quality against base" section of a model card, from EvalReport.summary();
-    `text` names what was read (a file name or bundled:heldout)."""
-    where = f" of {md_code(text, table=False)}" if text else ""
+def quality_markdown(summary: dict, text: dict | None = None) -> list[str]:
+    """The "Quality against base" section of a model card, from EvalReport.summary() and the
+    text record it was measured on: the card says what the figures describe (that text),
+    never an unqualified quality."""
     return [
         "## Quality against base",
         "",
-        f"Teacher-forced on {_count(summary['tokens'])} tokens{where}, against the base model.",
+        f"Teacher-forced on {md_code(text_label(text, summary['tokens']), table=False)}, against the base "
+        "model. These figures describe that text: on text of another kind (a domain the calibration "
+        "did not cover) the same model can be much further from its base; measure on your own "
+        "(`surgeon eval --eval-text FILE`).",
         "",
         "| measure | base | model |",
         "|---|---|---|",
@@ -120,6 +136,16 @@ def quality_markdown(summary: dict, text: str | None = None) -> list[str]:
         f"| top-1 agreement with base | | {_pct(summary['top1'])} |",
         "",
     ]
+
+
+def quality_line(record: dict) -> str:
+    """A manifest's quality record on one line, with the text it was measured on (inert)."""
+    summary = record.get("eval") or {}
+    return inert(
+        f"quality against base on {text_label(record.get('text'), summary.get('tokens'))}: "
+        f"perplexity x{_num(summary.get('ppl_ratio'))} ({_change(summary.get('ppl_ratio'))}), "
+        f"KL {_num(summary.get('kl_mean'))} (p99 {_num(summary.get('kl_p99'))}), top-1 {_pct(summary.get('top1'))}"
+    )
 
 
 def _num(value, spec: str = ".4g") -> str:
@@ -134,7 +160,3 @@ def _pct(value) -> str:
 
 def _change(ratio) -> str:
     return "n/a" if ratio is None or not math.isfinite(ratio) else f"{ratio - 1:+.1%}"
-
-
-def _count(value: int) -> str:
-    return f"{value:,}"

@@ -136,7 +136,17 @@ OPTIONS = {
         *["--force", "--fsync", *EVAL, "--json", "-q", "--quiet", "--no-progress"],
     ],
     "eval": [
-        *["--base", "--eval-text", "--window", "--eval-tokens", "--batch-size", *RUN, "--layers", "--json"],
+        *[
+            "--base",
+            "--eval-text",
+            "--window",
+            "--per-document",
+            "--eval-tokens",
+            "--batch-size",
+            *RUN,
+            "--layers",
+            "--json",
+        ],
         "--no-progress",
     ],
     "canary": ["--base", "--quant", "--no-cache", "--json", "--no-progress", *CANARY, *RUN],

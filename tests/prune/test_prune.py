@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 
 import pytest
@@ -49,6 +50,30 @@ def test_ridge_heal_matches_the_closed_form():
     expected = (torch.linalg.solve(system, g[kept] @ w.T)).T
     torch.testing.assert_close(healed[:, kept], expected)
     assert stats.ridge == pytest.approx(lam)
+
+
+def test_anchored_heal_is_ridge_regression_toward_the_kept_columns():
+    """min ||X W^T - X_K B||^2 + lambda ||B - W_K^T||^2, checked as the least-squares solution
+    of the stacked system [X_K; sqrt(lambda) I] B = [X W^T; sqrt(lambda) W_K^T]."""
+    torch.manual_seed(2)
+    x = torch.randn(300, 16, dtype=torch.float64) @ torch.randn(16, 16, dtype=torch.float64)
+    w = torch.randn(6, 16, dtype=torch.float64)
+    g = x.T @ x
+    kept = head_columns([0, 2, 3], 4)
+    for ridge_rel in (0.0, 0.05, 1.0):
+        healed, stats = heal_o_proj(w, g, [1], 4, ridge_rel=ridge_rel, tokens=300, anchored=True)
+        lam = ridge_rel * float(torch.diagonal(g[kept][:, kept]).mean())
+        stacked = torch.cat([x[:, kept], math.sqrt(lam) * torch.eye(12, dtype=torch.float64)])
+        target = torch.cat([x @ w.T, math.sqrt(lam) * w[:, kept].T])
+        expected = torch.linalg.lstsq(stacked, target).solution.T
+        torch.testing.assert_close(healed[:, kept], expected, rtol=1e-8, atol=1e-8)
+        assert torch.all(healed[:, head_columns([1], 4)] == 0)
+        residual = (x @ w.T - x[:, kept] @ expected.T).norm() / (x @ w.T).norm()
+        assert stats.rel_residual == pytest.approx(float(residual), rel=1e-6)
+    plain, _ = heal_o_proj(w, g, [1], 4, ridge_rel=0.0)  # no ridge: the two heals agree
+    torch.testing.assert_close(heal_o_proj(w, g, [1], 4, ridge_rel=0.0, anchored=True)[0], plain)
+    frozen, _ = heal_o_proj(w, g, [1], 4, ridge_rel=1e9, anchored=True)  # a huge ridge: no heal
+    torch.testing.assert_close(frozen[:, kept], w[:, kept], rtol=1e-6, atol=1e-6)
 
 
 def one_layer(path=TRAINED, index=0):

@@ -11,4 +11,4 @@ from surgeon.prune.options import HEALS, IMPORTANCE, Heal, Importance
 
 def test_every_named_method_has_an_implementation_and_no_other():
     assert tuple(SCORERS) == IMPORTANCE == get_args(Importance) == ("recon", "norm", "loo-nll")
-    assert tuple(HEALERS) == HEALS == get_args(Heal) == ("lstsq", "none")
+    assert tuple(HEALERS) == HEALS == get_args(Heal) == ("lstsq", "anchored", "none")

@@ -17,8 +17,17 @@ from click.testing import CliRunner
 from surgeon.cli.main import main
 from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
 from surgeon.errors import Cancelled, SurgeonError
-from surgeon.quality.evaluate import EvalOptions, EvalSession, load_eval_text, make_windows, quantile
-from surgeon.quality.render import outliers, quality_markdown, render_eval
+from surgeon.quality.evaluate import (
+    EvalOptions,
+    EvalSession,
+    cut_windows,
+    load_eval_text,
+    make_windows,
+    packed_stream,
+    quantile,
+)
+from surgeon.quality.record import text_label
+from surgeon.quality.render import outliers, quality_markdown, render_eval, short_windows_warning
 from surgeon.recover.salvage import salvage
 from surgeon.runtime.settings import RunSettings
 from surgeon.runtime.stream import LayerStream
@@ -218,21 +227,39 @@ def test_progress_and_cancel(text_file):
 # -- text and windows ------------------------------------------------------------------
 
 
-def test_windows_have_one_bos_and_stop_at_the_token_budget():
+def test_documents_are_packed_into_full_windows_with_one_bos():
     tok = load_tokenizer(TRAINED)
     bos = tok.bos_token_id
     docs = [" ".join(LINES[:10]), "<bos>" + " ".join(LINES[10:14]), "Hi"]
     ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
-    ids[1] = ids[1][1:] if ids[1][0] == bos else ids[1]
+    ids[1] = ids[1][1:] if ids[1][0] == bos else ids[1]  # a document's own BOS goes
+    separator = tok("\n\n", add_special_tokens=False)["input_ids"]
+    stream = [*ids[0], *separator, *ids[1], *separator, *ids[2]]
+    assert packed_stream(tok, docs, 10_000) == stream
     windows = make_windows(tok, docs, window=16, max_tokens=10_000)
-    assert all(w[0] == bos and w.count(bos) == 1 and 2 <= len(w) <= 16 for w in windows)
-    assert [t for w in windows for t in w[1:]] == [t for doc in ids for t in doc]  # nothing lost, nothing doubled
-    per_doc = [math.ceil(len(doc) / 15) for doc in ids]
-    assert len(windows) == sum(per_doc)
-    assert [len(w) for w in windows[: per_doc[0]]] == [16] * (per_doc[0] - 1) + [(len(ids[0]) - 1) % 15 + 2]
-    cut = make_windows(tok, docs, window=16, max_tokens=37)
-    assert [len(w) for w in cut] == [16, 16, 5] and cut == [*windows[:2], windows[2][:5]]
-    assert make_windows(tok, docs, window=16, max_tokens=33) == windows[:2]  # a 1-token remainder scores nothing
+    assert all(w[0] == bos and w.count(bos) == 1 for w in windows)
+    assert [t for w in windows for t in w[1:]] == stream  # nothing lost, nothing doubled
+    assert [len(w) for w in windows] == [16] * (len(stream) // 15) + [len(stream) % 15 + 1] * bool(len(stream) % 15)
+
+
+def test_a_budget_smaller_than_the_text_takes_full_windows_spread_over_it():
+    stream = list(range(10, 10 + 15 * 7 + 4))  # 7 full windows of 15 ids after the BOS, 4 left over
+    every = cut_windows(stream, 1, 16, 10_000)
+    assert len(every) == 8 and len(every[-1]) == 5
+    assert cut_windows(stream, 1, 16, 37) == [every[1], every[5]]  # 2 windows, the middles of each half
+    assert cut_windows(stream, 1, 16, 48) == [every[1], every[3], every[5]]
+    assert cut_windows(stream, 1, 16, 10) == [every[0][:10]]  # under one window: its first ids
+    assert cut_windows(stream, None, 16, 10_000)[0] == stream[:16]  # no BOS: 16 ids of text
+    assert cut_windows([5], 1, 16, 100) == [[1, 5]] and cut_windows([], 1, 16, 100) == []
+
+
+def test_paragraphs_of_a_plain_text_file_share_windows(tmp_path):
+    """issue 19: a document split at blank lines gave one short window per paragraph."""
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(f"Note {i}: red and blue." for i in range(40)))
+    docs, _ = load_eval_text(text)
+    windows = make_windows(load_tokenizer(TRAINED), docs, window=128, max_tokens=10_000)
+    assert len(docs) == 40 and all(len(w) == 128 for w in windows[:-1]) and len(windows) < len(docs) / 4
 
 
 def test_text_formats_and_records(tmp_path):
@@ -339,11 +366,30 @@ def test_bad_text_is_one_line(tmp_path, text_file):
 def test_quality_markdown_and_no_torch_for_it():
     summary = {"tokens": 8176, "ppl_base": 18.08, "ppl": 18.28, "ppl_ratio": 18.28 / 18.08}
     summary |= {"kl_mean": 0.0123, "kl_p99": 0.151, "top1": 0.973}
-    lines = quality_markdown(summary, text="a|b.txt")
+    text = {"source": "a|b.txt", "file_sha256": "ab" * 32, "windows": 16, "window": 512, "bos_token_id": 1}
+    lines = quality_markdown(summary, text=text)
     assert lines[0] == "## Quality against base"
     assert "| perplexity | 18.08 | 18.28 (+1.1%) |" in lines
     assert "| top-1 agreement with base | | 97.3% |" in lines
-    assert any("`a|b.txt`" in line for line in lines)  # a code span in a sentence: inert
+    label = "a|b.txt (sha256 abababababab; 8,176 tokens scored in 16 windows of up to 512; each window starts with BOS)"
+    assert f"Teacher-forced on `{label}`, against the base model." in lines[2]  # a code span: inert
+    assert text_label({"source": "bundled:heldout", "windows": "16", "bos_token_id": None}, 5) == (
+        "the bundled held-out text (5 tokens scored; no BOS)"  # a manifest's wrong types are left out
+    )
+    assert text_label(None) == "an unnamed text"
     code = "import sys, surgeon.quality.render\nprint('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_most_windows_short_is_said_in_one_line():
+    def data(sizes, window=256):
+        return {"text": {"window": window}, "options": {"window": window}, "windows": [{"tokens": n} for n in sizes]}
+
+    line = short_windows_warning(data([20, 30, 40, 300]))
+    assert line == (
+        "3 of 4 windows are under a quarter of 256 tokens (median 36): little context per token; "
+        "without --per-document the documents are packed into full windows"
+    )
+    assert short_windows_warning(data([20, 255, 255])) is None  # packed: at most the last is short
+    assert short_windows_warning(data([])) is None

@@ -26,7 +26,8 @@ EVAL = ["--eval-text", str(TEXT), "--eval-tokens", "512", "--device", "cpu"]
 
 @pytest.fixture(scope="module")
 def session():
-    return EvalSession(BASE, CANDIDATE, EvalOptions(text=str(TEXT), max_tokens=512, run=RunSettings(device="cpu")))
+    options = EvalOptions(text=str(TEXT), max_tokens=512, per_document=True, run=RunSettings(device="cpu"))
+    return EvalSession(BASE, CANDIDATE, options)  # per document: the demo model learned one sentence at a time
 
 
 def summaries(session):
@@ -97,13 +98,14 @@ def test_cli_salvage_by_budget_records_every_step_and_the_result(tmp_path):
     result = CliRunner().invoke(main, [*args, "-o", str(out), *EVAL])
     assert result.exit_code == 0, result.output
     assert "alone  layers 0 " in result.stdout and "canary pass" in result.stdout
-    assert "quality against base: perplexity x" in result.stdout
+    assert "quality against base on training.txt (sha256 " in result.stdout and "perplexity x" in result.stdout
     manifest = json.loads((out / "prune_manifest.json").read_text())
     quality = manifest["quality"]
     assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
     assert quality["eval"]["kl_mean"] <= 0.05 and quality["text"]["source"] == DEMO_TEXT.name
     assert set(quality["layer_kl"]) == {str(n) for n in range(8)}
-    assert manifest["salvage"]["kept_layers"] == [1, 2, 3, 4, 5, 6, 7]
+    kept = manifest["salvage"]["kept_layers"]  # packed windows: 3-7 (KL 0.045); per document 1-7
+    assert kept and 0 not in kept  # layer 0 is over the budget alone
     assert {s["how"] for s in manifest["salvage"]["auto"]} == {"all", "alone", "budget", "canary"}
     assert CliRunner().invoke(main, ["verify", str(out), "--base", str(BASE)]).exit_code == 0
     # the composed plan's numbers are the written checkpoint's
@@ -141,7 +143,8 @@ def test_prune_eval_records_quality_and_the_card_shows_it(evaluated):
     manifest = json.loads((evaluated / "prune_manifest.json").read_text())
     assert 400 < manifest["quality"]["eval"]["tokens"] < 512 and manifest["quality"]["eval"]["ppl_ratio"] > 1
     summary, source = card(BASE, evaluated)
-    assert summary == manifest["quality"]["eval"] and source == DEMO_TEXT.name
+    assert summary == manifest["quality"]["eval"] and source == manifest["quality"]["text"]
+    assert source["source"] == DEMO_TEXT.name and source["windows"] >= 1
 
 
 def test_the_card_ignores_a_record_not_measured_on_these_bytes(evaluated, tmp_path):
@@ -229,6 +232,7 @@ def test_cli_eval_of_a_composed_plan(session):
         str(TEXT),
         "--eval-tokens",
         "512",
+        "--per-document",
         "--device",
         "cpu",
     ]

@@ -45,6 +45,7 @@ EVAL_OPTION_KEYS = [
     "text",
     "text_format",
     "window",
+    "per_document",
     "max_tokens",
     "batch_size",
     "device",

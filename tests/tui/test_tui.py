@@ -365,7 +365,7 @@ def test_eval_shows_the_plan_and_each_layer_alone(monkeypatch):
         assert 0 < full["tokens"] < EVAL_TOKENS  # the app's token budget reached the engine
         shown = text_of(app, "#plan-eval")
         assert f"ppl x{full['ppl_ratio']:.4f}  KL {full['kl_mean']:.4f}  p99 {full['kl_p99']:.4f}" in shown
-        assert f"top-1 {full['top1']:.1%}" in shown and f"({full['tokens']} tokens)" in shown
+        assert f"top-1 {full['top1']:.1%}" in shown and f"({full['tokens']:,} tokens)" in shown
 
         kl = app.layer_kl
         assert sorted(kl) == list(range(8)) and all(value > 0 for value in kl.values())
