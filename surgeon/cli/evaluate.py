@@ -10,12 +10,12 @@ from pathlib import Path
 
 import click
 
-from surgeon.cli.common import console_for, handle_errors, progress_for
+from surgeon.cli.common import console_for, handle_errors, progress_for, warn
 from surgeon.cli.options import base_option, build, options_from, renamed
 from surgeon.errors import SurgeonError
 from surgeon.model.names import parse_layers
 from surgeon.options import EVAL_TEXT_HELP, EVAL_TOKENS_HELP
-from surgeon.quality.options import EvalOptions
+from surgeon.quality.options import FEW_TOKENS, EvalOptions
 from surgeon.quality.record import attach
 from surgeon.quality.render import render_eval
 from surgeon.runtime.settings import RunSettings
@@ -60,15 +60,33 @@ def eval_command(model, base, layers, as_json, no_progress, jsonl=None, **kw) ->
     else:
         plan = parse_layers(layers, len(session.base_layout.layers), what="--layers")
         data = session.evaluate_plans([plan])[0].to_json()
+    warn_few_tokens({"eval": data["totals"]["tokens"]})
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     render_eval(data, console_for())
 
 
-def quality_options(func):
+def warn_few_tokens(scored: dict[str, int]) -> None:
+    """One line when a figure rests on fewer than FEW_TOKENS scored tokens: `scored` names
+    each measurement (eval, search, confirmation) and its tokens. eval, prune --eval and
+    salvage all say it so."""
+    few = {what: count for what, count in scored.items() if count < FEW_TOKENS}
+    if few:
+        counts = ", ".join(f"{count:,} ({what})" for what, count in few.items())
+        warn(
+            f"few tokens scored: {counts}, fewer than {FEW_TOKENS:,}; a figure on so few may not hold on "
+            "other text: give more --eval-tokens, or a longer --eval-text from the model's own domain"
+        )
+
+
+def quality_options(func=None, *, tokens: int = EvalOptions().max_tokens, tokens_help: str = EVAL_TOKENS_HELP):
     """--eval, --eval-text and --eval-tokens: measure what a command wrote against its base,
-    as `surgeon eval` does, with its options' names, help and default (EvalOptions owns them)."""
+    as `surgeon eval` does, with its options' names, help and default (EvalOptions owns them);
+    `tokens` and `tokens_help`: a command whose measure is another (salvage's budget search
+    splits the text in two) says so."""
+    if func is None:
+        return lambda f: quality_options(f, tokens=tokens, tokens_help=tokens_help)
     options = [
         click.option(
             "--eval",
@@ -84,9 +102,9 @@ def quality_options(func):
         click.option(
             "--eval-tokens",
             type=click.IntRange(2),
-            default=EvalOptions().max_tokens,
+            default=tokens,
             show_default=True,
-            help=EVAL_TOKENS_HELP,
+            help=tokens_help,
         ),
     ]
 
@@ -115,4 +133,5 @@ def record_quality(output: Path, base: str, options: EvalOptions, quiet: bool = 
     from surgeon.quality.evaluate import measure  # deferred: torch, as above
 
     record = measure(output, base, options, progress=progress_for(quiet)) | {"how": "measured after writing (--eval)"}
+    warn_few_tokens({"eval": record["eval"]["tokens"]})
     return attach(output, record)
