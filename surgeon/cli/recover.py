@@ -334,10 +334,8 @@ def _budget(base, candidate, composed, budget, eval_options: EvalOptions, consol
 
     split = split_session(EvalSession(base, candidate, eval_options))
     searched, held_out = scored_tokens(split.search), scored_tokens(split.confirm)
-    console.print(
-        f"  quality budget: {budget.text()}, searched on {searched:,} tokens of {markup_safe(split.text['source'])} "
-        f"and confirmed on {held_out:,} others (split by {split.by})"
-    )
+    source = markup_safe(split.text["source"])
+    console.print(f"  budget {budget.text()} on {source}: {searched:,} tokens to search, {held_out:,} to confirm")
     warn_few_tokens({"search": searched, "confirmation": held_out})
 
     def show(step) -> None:  # as each step ends: a step can take minutes
@@ -355,7 +353,7 @@ def _budget(base, candidate, composed, budget, eval_options: EvalOptions, consol
         numbers = f"KL {_num(summary['kl_mean'])}  ppl x{_num(summary['ppl_ratio'])}"
         verdict = "[green]within[/]" if found.within else "[red]over[/]"
         layers = layer_ranges(found.found.keep)
-        console.print(f"  confirm layers {layers:<20} {numbers:<28} {verdict} [dim](on the held-out part)[/]")
+        console.print(f"  confirm layers {layers:<20} {numbers:<28} {verdict}")
     return found
 
 

@@ -13,10 +13,12 @@ from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.quality.evaluate import EvalOptions, EvalSession
+from surgeon.quality.budget import document_windows, split_parts, split_session
+from surgeon.quality.evaluate import EvalOptions, EvalSession, load_eval_text
 from surgeon.quality.record import recorded_quality
 from surgeon.recover.salvage import QualityBudget, budget_search
 from surgeon.runtime.settings import RunSettings
+from surgeon.runtime.tokenizer import load_tokenizer
 
 BASE = DEMO_MODEL
 CANDIDATE = DEMO_CANDIDATE  # every layer pruned; layer 0 is the costly one
@@ -96,21 +98,30 @@ def test_cli_salvage_by_budget_records_every_step_and_the_result(tmp_path):
     args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--max-kl", "0.05", "--prompts", str(prompts)]
     result = CliRunner().invoke(main, [*args, "-o", str(out), *EVAL])
     assert result.exit_code == 0, result.output
-    assert "alone  layers 0 " in result.stdout and "canary pass" in result.stdout
-    assert "quality against base: perplexity x" in result.stdout
+    assert "alone   layers 0 " in result.stdout and "canary pass" in result.stdout
+    assert "confirm layers 1-7 " in result.stdout
+    assert "quality against base on 248 tokens the search did not see: perplexity x" in result.stdout
     manifest = json.loads((out / "prune_manifest.json").read_text())
     quality = manifest["quality"]
     assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
     assert quality["eval"]["kl_mean"] <= 0.05 and quality["text"]["source"] == DEMO_TEXT.name
+    assert quality["search"]["kl_mean"] <= 0.05 and quality["within_budget"] is True
+    # both figures, on disjoint windows that together are the text's: each scores all its tokens but the first
+    split, text = quality["split"], quality["text"]
+    assert split == {"by": "documents", "search_windows": 9, "confirm_windows": 9}
+    assert split["search_windows"] + split["confirm_windows"] == text["windows"]
+    assert quality["search"]["tokens"] + quality["eval"]["tokens"] == text["tokens"] - text["windows"]
     assert set(quality["layer_kl"]) == {str(n) for n in range(8)}
     assert manifest["salvage"]["kept_layers"] == [1, 2, 3, 4, 5, 6, 7]
     assert {s["how"] for s in manifest["salvage"]["auto"]} == {"all", "alone", "budget", "canary"}
     assert CliRunner().invoke(main, ["verify", str(out), "--base", str(BASE)]).exit_code == 0
-    # the composed plan's numbers are the written checkpoint's
-    written = EvalSession(
-        BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, run=RunSettings(device="cpu"))
-    ).evaluate_model()
-    assert written.summary()["kl_mean"] == pytest.approx(quality["eval"]["kl_mean"], rel=1e-5, abs=1e-9)
+    # the composed plan's numbers on the held-out part are the written checkpoint's
+    written = split_session(
+        EvalSession(BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, run=RunSettings(device="cpu")))
+    )
+    confirmed = written.confirm.evaluate_model().summary()
+    assert confirmed["kl_mean"] == pytest.approx(quality["eval"]["kl_mean"], rel=1e-5, abs=1e-9)
+    assert confirmed["tokens"] == quality["eval"]["tokens"]
     card = CliRunner().invoke(main, ["diff", str(BASE), str(out), "--markdown"])
     assert "## Quality against base" in card.stdout and DEMO_TEXT.name in card.stdout
 
@@ -129,6 +140,7 @@ def evaluated(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluated") / "pruned"
     result = CliRunner().invoke(main, ["prune", str(BASE), "-o", str(out), "--layers", "0-1", "-q", "--eval", *EVAL])
     assert result.exit_code == 0, result.output
+    assert result.stderr.count("few tokens scored: 494 (eval), fewer than 4,096") == 1
     return out
 
 
@@ -249,4 +261,110 @@ def test_salvage_json_prints_the_manifest_alone(tmp_path):
     result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out"), "--json", *EVAL])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["quality"]["eval"]["kl_mean"] <= 0.05  # the steps went to stderr
-    assert "alone  layers 0 " in result.stderr
+    assert "alone   layers 0 " in result.stderr
+
+
+# ---------- the search and its confirmation on disjoint text (issue 19, point 2) ----------
+
+
+@pytest.mark.parametrize(
+    ("owners", "by"),
+    [
+        ([0, 0, 1, 2, 2, 2, 3, 4], "documents"),  # alternate documents, however many windows each has
+        ([5, 5, 5, 5, 5], "windows"),  # one document: alternate windows
+        ([0, 1], "documents"),
+        ([3], "windows"),
+    ],
+)
+def test_the_split_shares_no_window_and_covers_them_all(owners, by):
+    search, confirm, how = split_parts(owners)
+    assert how == by
+    assert not set(search) & set(confirm) and sorted(search + confirm) == list(range(len(owners)))
+    if by == "documents":  # a document's windows are all on one side, and both sides have documents
+        assert not {owners[i] for i in search} & {owners[i] for i in confirm}
+        assert {owners[i] for i in confirm} == set(list(dict.fromkeys(owners))[1::2])
+
+
+def test_windows_are_cut_one_document_at_a_time():
+    tokenizer = load_tokenizer(BASE)
+    documents, _ = load_eval_text(TEXT)
+    windows, owners = document_windows(tokenizer, documents, 16, 400)
+    assert len(windows) == len(owners) and sum(map(len, windows)) <= 400
+    for window, owner in zip(windows, owners, strict=True):
+        body = window[1:]  # after the BOS: a piece of its own document's ids, none of another's
+        ids = tokenizer(documents[owner], add_special_tokens=False)["input_ids"]
+        assert any(ids[i : i + len(body)] == body for i in range(len(ids)))
+    assert len(set(owners)) > 2 and owners == sorted(owners)
+
+
+def test_the_search_and_the_confirmation_score_disjoint_windows(session):
+    split = split_session(session)
+    search, confirm = split.search.windows, split.confirm.windows
+    assert split.by == "documents" and search and confirm
+    assert split.text["windows"] == len(search) + len(confirm)
+    assert split.text["tokens"] == sum(map(len, search + confirm))
+    # the parts' figures differ: each is measured on its own text
+    plan = sorted(session.changed_layers)
+    kl = [part.evaluate_plans([plan])[0].summary()["kl_mean"] for part in (split.search, split.confirm)]
+    assert kl[0] != kl[1]
+
+
+def test_a_search_on_too_little_text_to_split_is_one_line(tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("The capital of France is Paris.\n")
+    session = EvalSession(BASE, CANDIDATE, EvalOptions(text=str(one), max_tokens=512, run=RunSettings(device="cpu")))
+    with pytest.raises(SurgeonError, match="too little text to search on one part and confirm on another"):
+        split_session(session)
+
+
+def over_budget_max_kl(session) -> float:
+    """A --max-kl the search meets and its confirmation exceeds: between the figures of
+    layers 1-7 (the plan the search keeps under any budget from its search figure to layer 1's
+    confirmation, layer 0 being far over alone) on the two parts."""
+    split = split_session(session)
+    plan = [1, 2, 3, 4, 5, 6, 7]
+    searched, held_out = (part.evaluate_plans([plan])[0].summary()["kl_mean"] for part in (split.search, split.confirm))
+    assert searched < held_out, "the construction needs a plan that does worse on the held-out part"
+    return (searched + held_out) / 2
+
+
+def test_over_budget_on_the_held_out_part_writes_and_exits_1_unless_allowed(session, tmp_path):
+    max_kl = over_budget_max_kl(session)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\nWater boils at\nTo make tea, boil the water,\n")
+    args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--max-kl", f"{max_kl:.6f}"]
+    args += ["--prompts", str(prompts), *EVAL]
+    over = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "over")])
+    assert over.exit_code == 1, over.output
+    line = [entry for entry in over.stderr.splitlines() if "over the budget" in entry]
+    assert len(line) == 1 and "on the text the search did not see" in line[0]
+    assert "on 248 tokens, against KL" in line[0] and "on the 246 searched (exit 1;" in line[0]
+    quality = json.loads((tmp_path / "over" / "prune_manifest.json").read_text())["quality"]
+    assert quality["search"]["kl_mean"] <= max_kl < quality["eval"]["kl_mean"]
+    assert quality["within_budget"] is False
+    assert CliRunner().invoke(main, ["verify", str(tmp_path / "over"), "--base", str(BASE)]).exit_code == 0
+    allowed = CliRunner().invoke(main, [*args, "--allow-over-budget", "-o", str(tmp_path / "allowed")])
+    assert allowed.exit_code == 0, allowed.output
+    warned = [entry for entry in allowed.stderr.splitlines() if "over the budget" in entry]
+    assert len(warned) == 1 and "exit 1" not in warned[0]
+
+
+def test_allow_over_budget_needs_a_budget(tmp_path):
+    args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--allow-over-budget", "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--allow-over-budget goes with --max-kl or --max-ppl-ratio" in result.stderr
+
+
+def test_few_scored_tokens_are_one_warning_line():
+    args = ["eval", str(CANDIDATE), "--base", str(BASE), "--device", "cpu"]
+    few = CliRunner().invoke(main, [*args, "--eval-text", str(TEXT), "--eval-tokens", "64", "--json"])
+    assert few.exit_code == 0, few.output
+    warnings = [line for line in few.stderr.splitlines() if "few tokens scored" in line]
+    scored = json.loads(few.stdout)["totals"]["tokens"]
+    assert warnings == [
+        f"surgeon: warning: few tokens scored: {scored} (eval), fewer than 4,096; a figure on so few may not "
+        "hold on other text: give more --eval-tokens, or a longer --eval-text from the model's own domain"
+    ]
+    enough = CliRunner().invoke(main, [*args, "--eval-tokens", "4200", "--layers", "7", "--json"])
+    assert enough.exit_code == 0, enough.output
+    assert json.loads(enough.stdout)["totals"]["tokens"] >= 4096 and "few tokens" not in enough.stderr
