@@ -80,13 +80,13 @@ def warn_few_tokens(scored: dict[str, int]) -> None:
         )
 
 
-def quality_options(func=None, *, tokens: int = EvalOptions().max_tokens, tokens_help: str = EVAL_TOKENS_HELP):
+def quality_options(func=None, *, tokens_help: str = EVAL_TOKENS_HELP):
     """--eval, --eval-text and --eval-tokens: measure what a command wrote against its base,
     as `surgeon eval` does, with its options' names, help and default (EvalOptions owns them);
-    `tokens` and `tokens_help`: a command whose measure is another (salvage's budget search
-    splits the text in two) says so."""
+    `tokens_help`: what a command does with those tokens besides (salvage's budget search
+    splits them in two)."""
     if func is None:
-        return lambda f: quality_options(f, tokens=tokens, tokens_help=tokens_help)
+        return lambda f: quality_options(f, tokens_help=tokens_help)
     options = [
         click.option(
             "--eval",
@@ -102,7 +102,7 @@ def quality_options(func=None, *, tokens: int = EvalOptions().max_tokens, tokens
         click.option(
             "--eval-tokens",
             type=click.IntRange(2),
-            default=tokens,
+            default=EvalOptions().max_tokens,
             show_default=True,
             help=tokens_help,
         ),

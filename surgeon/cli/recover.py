@@ -25,6 +25,7 @@ from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options
 from surgeon.cli.options import base_option, options_from
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import fetch_missing, open_checkpoint
+from surgeon.options import EVAL_TOKENS_HELP
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
 from surgeon.recover.render import canary_table, canary_verdict, verify_text
@@ -34,13 +35,11 @@ from surgeon.recover.verify import verify as run_verify
 from surgeon.runtime.settings import RunSettings
 from surgeon.text import inert, layer_ranges, markup_safe
 
-# salvage's budget search searches on one part of the eval text and confirms on the other,
-# so its default is twice eval's: each part scores about what `surgeon eval` scores (a part
-# under FEW_TOKENS gets a warning), and the search costs what it did on 8192 tokens
-SALVAGE_EVAL_TOKENS = 2 * EvalOptions().max_tokens
+# salvage's --eval-tokens: the name, meaning and default they have everywhere (README,
+# "Options: one vocabulary"), and what its budget search does with them
 SALVAGE_TOKENS_HELP = (
-    "Tokens of the text to score, in all; a budget search (--max-kl, --max-ppl-ratio) searches on one "
-    "part of them and confirms on the other."
+    f"{EVAL_TOKENS_HELP} A budget search (--max-kl, --max-ppl-ratio) searches on one part of them and confirms "
+    "on the other."
 )
 
 
@@ -115,7 +114,7 @@ def canary(
 )
 @click.option("--auto", is_flag=True, help="Search the largest set of changed layers that passes the canary.")
 @options_from(QualityBudget, into="budget")
-@quality_options(tokens=SALVAGE_EVAL_TOKENS, tokens_help=SALVAGE_TOKENS_HELP)
+@quality_options(tokens_help=SALVAGE_TOKENS_HELP)
 @click.option("--keep-non-layer", is_flag=True, help="Also take embeddings, norms and lm_head from the candidate.")
 @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
 @click.option(
@@ -208,7 +207,7 @@ def salvage(
     else:
         _salvage_summary(manifest, output, console)
     if confirmed is not None and not confirmed.within:
-        _over_budget(confirmed, wanted, allowed=budget.allow_over_budget)
+        _over_budget(confirmed, budget, allowed=budget.allow_over_budget)
 
 
 def _over_budget(confirmed, budget: QualityBudget, *, allowed: bool) -> None:

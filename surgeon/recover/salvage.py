@@ -74,7 +74,7 @@ class QualityBudget:
     max_kl: float | None = option(
         None,
         "With --auto: keep the most layers whose composed model stays within this mean KL, in nats per token, "
-        "searched on one half of the eval text and confirmed on the other.",
+        "searched on one part of the eval text and confirmed on the other.",
         minimum=0,
     )
     max_ppl_ratio: float | None = option(
