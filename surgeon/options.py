@@ -123,5 +123,8 @@ def field_named(cls: type, name: str) -> dataclasses.Field:
 TEXT_FILE_HELP = (
     '.jsonl (one {"text": ...} a line) or plain text (a document a line, or paragraphs between blank lines)'
 )
-EVAL_TEXT_HELP = f"Text to measure on: {TEXT_FILE_HELP}; default: the bundled held-out text."
+# A figure holds for the text it was measured on (issue 19): the user's own text is the path
+# the help recommends, for calibration and for measuring alike.
+OWN_TEXT_ADVICE = "text from the domain the model will serve is recommended"
+EVAL_TEXT_HELP = f"Text to measure on: {TEXT_FILE_HELP}; default: the bundled held-out text; {OWN_TEXT_ADVICE}."
 EVAL_TOKENS_HELP = "Tokens of the text to score, in all."

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 EXIT_SAME, EXIT_DIFFERENT, EXIT_TROUBLE = 0, 1, 2
 EXIT_CANARY_FAILED = 3
+EXIT_OVER_BUDGET = 1  # salvage: written, but over its quality budget on the text held out from the search
 
 
 class RichProgress:

@@ -15,7 +15,7 @@ from surgeon.cli.options import base_option, build, options_from, renamed
 from surgeon.errors import SurgeonError
 from surgeon.model.names import parse_layers
 from surgeon.options import EVAL_TEXT_HELP, EVAL_TOKENS_HELP
-from surgeon.quality.options import EvalOptions
+from surgeon.quality.options import FEW_TOKENS, EvalOptions
 from surgeon.quality.record import attach
 from surgeon.quality.render import render_eval, short_windows_warning
 from surgeon.runtime.settings import RunSettings
@@ -63,15 +63,33 @@ def eval_command(model, base, layers, as_json, no_progress, jsonl=None, **kw) ->
     short = short_windows_warning(data)
     if short:
         warn(short)
+    warn_few_tokens({"eval": data["totals"]["tokens"]})
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     render_eval(data, console_for())
 
 
-def quality_options(func):
+def warn_few_tokens(scored: dict[str, int]) -> None:
+    """One line when a figure rests on fewer than FEW_TOKENS scored tokens: `scored` names
+    each measurement (eval, search, confirmation) and its tokens. eval, prune --eval and
+    salvage all say it so."""
+    few = {what: count for what, count in scored.items() if count < FEW_TOKENS}
+    if few:
+        counts = ", ".join(f"{count:,} ({what})" for what, count in few.items())
+        warn(
+            f"few tokens scored: {counts}, fewer than {FEW_TOKENS:,}; a figure on so few may not hold on "
+            "other text: give more --eval-tokens, or a longer --eval-text from the model's own domain"
+        )
+
+
+def quality_options(func=None, *, tokens_help: str = EVAL_TOKENS_HELP):
     """--eval, --eval-text and --eval-tokens: measure what a command wrote against its base,
-    as `surgeon eval` does, with its options' names, help and default (EvalOptions owns them)."""
+    as `surgeon eval` does, with its options' names, help and default (EvalOptions owns them);
+    `tokens_help`: what a command does with those tokens besides (salvage's budget search
+    splits them in two)."""
+    if func is None:
+        return lambda f: quality_options(f, tokens_help=tokens_help)
     options = [
         click.option(
             "--eval",
@@ -89,7 +107,7 @@ def quality_options(func):
             type=click.IntRange(2),
             default=EvalOptions().max_tokens,
             show_default=True,
-            help=EVAL_TOKENS_HELP,
+            help=tokens_help,
         ),
     ]
 
@@ -118,4 +136,5 @@ def record_quality(output: Path, base: str, options: EvalOptions, quiet: bool = 
     from surgeon.quality.evaluate import measure  # deferred: torch, as above
 
     record = measure(output, base, options, progress=progress_for(quiet)) | {"how": "measured after writing (--eval)"}
+    warn_few_tokens({"eval": record["eval"]["tokens"]})
     return attach(output, record)

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from surgeon.cli.common import (
     EXIT_CANARY_FAILED,
+    EXIT_OVER_BUDGET,
     console_for,
     download_option,
     handle_errors,
@@ -20,18 +21,26 @@ from surgeon.cli.common import (
     warn,
     warn_skipped,
 )
-from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality
+from surgeon.cli.evaluate import check_eval_text, eval_settings, quality_options, record_quality, warn_few_tokens
 from surgeon.cli.options import base_option, options_from
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import fetch_missing, open_checkpoint
+from surgeon.options import EVAL_TOKENS_HELP
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
 from surgeon.recover.render import canary_table, canary_verdict, verify_text
-from surgeon.recover.salvage import QualityBudget, budget_search, canary_search, parse_keep
+from surgeon.recover.salvage import QualityBudget, canary_search, parse_keep
 from surgeon.recover.salvage import salvage as run_salvage
 from surgeon.recover.verify import verify as run_verify
 from surgeon.runtime.settings import RunSettings
-from surgeon.text import inert, layer_ranges
+from surgeon.text import inert, layer_ranges, markup_safe
+
+# salvage's --eval-tokens: the name, meaning and default they have everywhere (README,
+# "Options: one vocabulary"), and what its budget search does with them
+SALVAGE_TOKENS_HELP = (
+    f"{EVAL_TOKENS_HELP} A budget search (--max-kl, --max-ppl-ratio) searches on one part of them and confirms "
+    "on the other."
+)
 
 
 def canary_options(*, quant: bool):
@@ -105,7 +114,7 @@ def canary(
 )
 @click.option("--auto", is_flag=True, help="Search the largest set of changed layers that passes the canary.")
 @options_from(QualityBudget, into="budget")
-@quality_options
+@quality_options(tokens_help=SALVAGE_TOKENS_HELP)
 @click.option("--keep-non-layer", is_flag=True, help="Also take embeddings, norms and lm_head from the candidate.")
 @click.option("--canary", "run_canary_after", is_flag=True, help="Run the canary on the result too.")
 @click.option(
@@ -147,7 +156,12 @@ def salvage(
     --auto alone searches the largest set of changed layers that passes the canary. With
     --max-kl or --max-ppl-ratio it ranks the layers by their KL from the base measured
     alone, adds them cheapest first while the composed model stays within the budget
-    (teacher-forced on the eval text, nothing written), then confirms with the canary."""
+    (teacher-forced on one part of the eval text, nothing written), confirms with the
+    canary, then measures the kept plan once on the other part: that figure is recorded and
+    shown. --eval-text from the model's own domain is the recommended path.
+
+    Exit status: 0 written; 1 written, but the kept plan is over the budget on the part of
+    the text the search did not see (0 with --allow-over-budget); 2 trouble."""
     if auto == (keep is not None):
         raise SurgeonError("give exactly one of --keep LAYERS or --auto")
     wanted = _wanted_budget(budget, auto)
@@ -156,14 +170,14 @@ def salvage(
     console = console_for(stderr=as_json)  # with --json, stdout holds the manifest alone
     prompt_list = read_prompts(prompts, add_prompts)
     options.validate()
-    steps, before, quality = None, None, None
+    steps, before, quality, confirmed = None, None, None, None
     progress = progress_for(no_progress)
     if auto:
         composed = _composed(base, candidate, prompt_list, options, run, progress)
     if auto and wanted is not None:
         measure = eval_settings(eval_text, eval_tokens, run)
-        plan, quality = _budget(base, candidate, composed, wanted, measure, console)
-        layers, steps = plan.keep, plan.steps
+        confirmed = _budget(base, candidate, composed, wanted, measure, console)
+        layers, steps, quality = confirmed.found.keep, confirmed.found.steps, confirmed.record
     elif auto:
         plan, before = _auto(composed, console, progress)
         layers, steps = plan.keep, plan.steps
@@ -190,13 +204,35 @@ def salvage(
         manifest = record_quality(Path(output), base, eval_settings(eval_text, eval_tokens, run))
     if as_json:
         sys.stdout.write(json.dumps(manifest, indent=2) + "\n")
-        return
-    _salvage_summary(manifest, output, console)
+    else:
+        _salvage_summary(manifest, output, console)
+    if confirmed is not None and not confirmed.within:
+        _over_budget(confirmed, budget, allowed=budget.allow_over_budget)
+
+
+def _over_budget(confirmed, budget: QualityBudget, *, allowed: bool) -> None:
+    """One line with both figures, after the output is written (it is a sound checkpoint,
+    and the user asked for it; its record says it is over); exit 1 unless allowed."""
+    search, held_out = confirmed.found.quality, confirmed.confirmed
+    exit_note = "" if allowed else f" (exit {EXIT_OVER_BUDGET}; --allow-over-budget accepts it)"
+    warn(
+        f"the kept plan is over the budget ({budget.text()}) on the text the search did not see: "
+        f"{_figures(held_out)} on {held_out['tokens']:,} tokens, against {_figures(search)} on the "
+        f"{search['tokens']:,} searched{exit_note}"
+    )
+    if not allowed:
+        sys.exit(EXIT_OVER_BUDGET)
+
+
+def _figures(summary: dict) -> str:
+    return f"KL {_num(summary['kl_mean'])}, perplexity x{_num(summary['ppl_ratio'])}"
 
 
 def _wanted_budget(budget: QualityBudget, auto: bool) -> QualityBudget | None:
     """The quality budget --max-kl and --max-ppl-ratio ask for, checked; None without them."""
     if (budget.max_kl, budget.max_ppl_ratio) == (None, None):
+        if budget.allow_over_budget:
+            raise SurgeonError("--allow-over-budget goes with --max-kl or --max-ppl-ratio")
         return None
     if not auto:
         raise SurgeonError("--max-kl and --max-ppl-ratio choose layers: give them with --auto, not --keep")
@@ -290,38 +326,34 @@ def _auto(composed, console, progress):
 
 
 def _budget(base, candidate, composed, budget, eval_options: EvalOptions, console):
-    """The quality-budget search, each step printed; (plan, the record for the manifest)."""
-    from surgeon.quality.evaluate import EvalSession  # deferred: torch, as in canary
+    """The quality-budget search on one part of the eval text, each step printed, and its
+    kept plan measured on the other part (surgeon.quality.budget.ConfirmedSearch)."""
+    from surgeon.quality.budget import confirmed_budget_search, scored_tokens, split_session  # deferred: torch
+    from surgeon.quality.evaluate import EvalSession
 
-    session = EvalSession(base, candidate, eval_options)
-
-    def evaluate(plans):
-        return [report.summary() for report in session.evaluate_plans(plans)]
-
-    console.print(f"  quality budget: {budget.text()} on {session.text['tokens']} tokens of {session.text['source']}")
+    split = split_session(EvalSession(base, candidate, eval_options))
+    searched, held_out = scored_tokens(split.search), scored_tokens(split.confirm)
+    source = markup_safe(split.text["source"])
+    console.print(f"  budget {budget.text()} on {source}: {searched:,} tokens to search, {held_out:,} to confirm")
+    warn_few_tokens({"search": searched, "confirmation": held_out})
 
     def show(step) -> None:  # as each step ends: a step can take minutes
         verdict = "[green]within[/]" if step.passed else "[red]over[/]"
         if step.how == "canary":
             verdict = "[green]canary pass[/]" if step.passed else "[red]canary fail[/]"
         numbers = f"KL {_num(step.kl_mean)}  ppl x{_num(step.ppl_ratio)}" if step.how != "canary" else ""
-        console.print(f"  {step.how:<6} layers {layer_ranges(step.layers) or '(none)':<20} {numbers:<28} {verdict}")
+        console.print(f"  {step.how:<7} layers {layer_ranges(step.layers) or '(none)':<20} {numbers:<28} {verdict}")
 
-    plan = budget_search(
-        sorted(session.changed_layers),
-        evaluate,
-        budget,
-        canary_passes=lambda layers: composed.run(layers).passed,
-        on_step=show,
+    found = confirmed_budget_search(
+        split, budget, canary_passes=lambda layers: composed.run(layers).passed, on_step=show
     )
-    record = {
-        "how": "salvage --auto with a quality budget (the kept plan, composed in memory)",
-        "budget": {"max_kl": budget.max_kl, "max_ppl_ratio": budget.max_ppl_ratio},
-        "text": session.text,
-        "eval": plan.quality,
-        "layer_kl": {str(k): v for k, v in (plan.layer_kl or {}).items()},
-    }
-    return plan, (record if plan.quality is not None else None)
+    if found.confirmed is not None:
+        summary = found.confirmed
+        numbers = f"KL {_num(summary['kl_mean'])}  ppl x{_num(summary['ppl_ratio'])}"
+        verdict = "[green]within[/]" if found.within else "[red]over[/]"
+        layers = layer_ranges(found.found.keep)
+        console.print(f"  confirm layers {layers:<20} {numbers:<28} {verdict}")
+    return found
 
 
 def _num(value, spec: str = ".4f") -> str:

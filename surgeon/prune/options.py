@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from surgeon.errors import SurgeonError
-from surgeon.options import TEXT_FILE_HELP, field_named, in_range, option, range_text
+from surgeon.options import OWN_TEXT_ADVICE, TEXT_FILE_HELP, field_named, in_range, option, range_text
 from surgeon.runtime.settings import Quant, RunSettings
 
 Importance = Literal["recon", "norm", "loo-nll"]
@@ -48,7 +48,8 @@ class PruneOptions:
     propagate: Propagate = option("pruned", "Feed each layer the pruned stream (pruned) or the unpruned one (base).")
     calib: str | None = option(
         None,
-        f"Calibration text: {TEXT_FILE_HELP}; default: the bundled corpus (60k tokens of varied text).",
+        f"Calibration text: {TEXT_FILE_HELP}; default: the bundled corpus (60k tokens of varied text); "
+        f"{OWN_TEXT_ADVICE}.",
         path="file",
     )
     calib_dataset: str | None = option(

@@ -17,6 +17,8 @@ kept layer.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import threading
 from collections.abc import Iterable
@@ -401,6 +403,24 @@ class EvalSession:
             new_cache.append(_on_cpu(base_h))
             self._cache = new_cache
         return self._score(batches, [(self.base_stream, h) for h in own], base_final, [sorted(k) for k in kept])
+
+    def part(self, windows: list[list[int]], *, cache: bool = True) -> EvalSession:
+        """A session over WINDOWS (windows of this session's text, cut as make_windows cuts
+        them) instead of its own: the checkpoints, tokenizer checks and layer streams are
+        shared, the traces and the base's cached stream are the part's own. salvage --auto
+        searches on one part of its text and confirms on another (surgeon.quality.budget).
+        cache=False: a part scored once keeps no stream of the base."""
+        if not windows:
+            raise SurgeonError(f"{self.text['source']}: no window for this part of the evaluation text")
+        self._other()  # made once, shared: the parts read the candidate's tensors through it
+        part = copy.copy(self)
+        part.windows = windows
+        part._check_vocab(max(max(w) for w in windows))
+        part.text = {**self.text, "windows": len(windows), "tokens": sum(map(len, windows))}
+        part._batches, part._embedded, part._cache = None, [], None
+        if not cache:
+            part.options = dataclasses.replace(self.options, cache_budget_bytes=0)
+        return part
 
     # -- streams ----------------------------------------------------------------------
     def _trace_base(self) -> list[Batch]:

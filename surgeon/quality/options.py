@@ -10,6 +10,9 @@ from surgeon.options import EVAL_TEXT_HELP, EVAL_TOKENS_HELP, option
 from surgeon.runtime.settings import RunSettings
 
 TEXT_FORMATS = ("auto", "text", "jsonl")
+# A figure on fewer scored tokens than this gets a warning: a mean KL over a few hundred
+# tokens moves by several times from one text to the next (issue 19)
+FEW_TOKENS = 4096
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,22 @@ def text_label(text: dict | None, tokens: object = None) -> str:
             details[-1] += f" of up to {window:,}"
     if "bos_token_id" in text:
         details.append("each window starts with BOS" if _count(text["bos_token_id"]) is not None else "no BOS")
+    if text.get("held_out") is True:
+        details.append("the part a budget search did not see")
     return f"{name} ({'; '.join(details)})" if details else name
+
+
+def measured_text(record: dict) -> dict:
+    """The text record of the figure a quality record shows (`eval`): a budget search's
+    confirmation was scored on the part of the text the search did not see, its own windows
+    (`split.confirm_windows`), which text_label then names as such."""
+    text = record.get("text")
+    text = dict(text) if isinstance(text, dict) else {}
+    split = record.get("split")
+    if isinstance(split, dict) and "search" in record:
+        text["windows"] = _count(split.get("confirm_windows"))
+        text["held_out"] = True
+    return text
 
 
 def _count(value) -> int | None:
@@ -72,8 +87,7 @@ def recorded_quality(report) -> tuple[dict, dict] | None:
     summary = record.get("eval") if isinstance(record, dict) else None
     if not isinstance(record, dict) or not isinstance(summary, dict) or not _valid_summary(summary):
         return None
-    text = record.get("text")
-    return summary, text if isinstance(text, dict) else {}
+    return summary, measured_text(record)
 
 
 def _same_bytes(manifest: PruneManifest, report) -> bool:

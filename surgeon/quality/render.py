@@ -10,7 +10,7 @@ import statistics
 from rich.table import Table
 from rich.text import Text
 
-from surgeon.quality.record import recorded_quality, text_label
+from surgeon.quality.record import measured_text, recorded_quality, text_label
 from surgeon.text import inert, md_code
 
 OUTLIER_FACTOR = 3.0  # a window whose mean KL is this many times the median window's is marked
@@ -142,7 +142,7 @@ def quality_line(record: dict) -> str:
     """A manifest's quality record on one line, with the text it was measured on (inert)."""
     summary = record.get("eval") or {}
     return inert(
-        f"quality against base on {text_label(record.get('text'), summary.get('tokens'))}: "
+        f"quality against base on {text_label(measured_text(record), summary.get('tokens'))}: "
         f"perplexity x{_num(summary.get('ppl_ratio'))} ({_change(summary.get('ppl_ratio'))}), "
         f"KL {_num(summary.get('kl_mean'))} (p99 {_num(summary.get('kl_p99'))}), top-1 {_pct(summary.get('top1'))}"
     )

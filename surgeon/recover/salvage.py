@@ -73,11 +73,18 @@ class QualityBudget:
 
     max_kl: float | None = option(
         None,
-        "With --auto: keep the most layers whose composed model stays within this mean KL, in nats per token.",
+        "With --auto: keep the most layers whose composed model stays within this mean KL, in nats per token, "
+        "searched on one part of the eval text and confirmed on the other.",
         minimum=0,
     )
     max_ppl_ratio: float | None = option(
         None, "With --auto: ... within this perplexity over the base's (a ratio, e.g. 1.02).", minimum=1
+    )
+    # the CLI's decision, not the search's: the output is written either way
+    allow_over_budget: bool = option(
+        False,
+        "Exit 0, not 1, when the kept plan is over the budget on the text held out from the search "
+        "(the output is written either way, and a warning says so).",
     )
 
     def validate(self) -> None:

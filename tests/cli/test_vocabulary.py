@@ -151,7 +151,8 @@ OPTIONS = {
     ],
     "canary": ["--base", "--quant", "--no-cache", "--json", "--no-progress", *CANARY, *RUN],
     "salvage": [
-        *["--base", "--keep", "--auto", "--max-kl", "--max-ppl-ratio", *EVAL, "--keep-non-layer", "--canary"],
+        *["--base", "--keep", "--auto", "--max-kl", "--max-ppl-ratio", "--allow-over-budget", *EVAL],
+        *["--keep-non-layer", "--canary"],
         *["-o", "--output", "--force", "--fsync", "--json", "--no-progress", *CANARY, *RUN],
     ],
 }

@@ -13,10 +13,12 @@ from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_TEXT
 from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
-from surgeon.quality.evaluate import EvalOptions, EvalSession
+from surgeon.quality.budget import split_session
+from surgeon.quality.evaluate import EvalOptions, EvalSession, document_windows, load_eval_text, make_windows
 from surgeon.quality.record import recorded_quality
 from surgeon.recover.salvage import QualityBudget, budget_search
 from surgeon.runtime.settings import RunSettings
+from surgeon.runtime.tokenizer import load_tokenizer
 
 BASE = DEMO_MODEL
 CANDIDATE = DEMO_CANDIDATE  # every layer pruned; layer 0 is the costly one
@@ -94,25 +96,36 @@ def test_cli_salvage_by_budget_records_every_step_and_the_result(tmp_path):
     out = tmp_path / "salvaged"
     prompts = tmp_path / "prompts.txt"  # the canary's confirmation, kept short
     prompts.write_text("The capital of France is\nWater boils at\nTo make tea, boil the water,\n")
-    args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--max-kl", "0.05", "--prompts", str(prompts)]
+    # 0.06: packed, the demo text keeps layers 3-7 at KL 0.0416 searched, 0.0503 confirmed
+    args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--max-kl", "0.06", "--prompts", str(prompts)]
     result = CliRunner().invoke(main, [*args, "-o", str(out), *EVAL])
     assert result.exit_code == 0, result.output
-    assert "alone  layers 0 " in result.stdout and "canary pass" in result.stdout
-    assert "quality against base on training.txt (sha256 " in result.stdout and "perplexity x" in result.stdout
+    assert "alone   layers 0 " in result.stdout and "canary pass" in result.stdout
+    assert "confirm layers " in result.stdout
+    assert "quality against base on training.txt (sha256 " in result.stdout
+    assert "; the part a budget search did not see): perplexity x" in " ".join(result.stdout.split())
     manifest = json.loads((out / "prune_manifest.json").read_text())
     quality = manifest["quality"]
-    assert quality["budget"] == {"max_kl": 0.05, "max_ppl_ratio": None}
-    assert quality["eval"]["kl_mean"] <= 0.05 and quality["text"]["source"] == DEMO_TEXT.name
+    assert quality["budget"] == {"max_kl": 0.06, "max_ppl_ratio": None}
+    assert quality["eval"]["kl_mean"] <= 0.06 and quality["text"]["source"] == DEMO_TEXT.name
+    assert quality["search"]["kl_mean"] <= 0.06 and quality["within_budget"] is True
+    # both figures, on disjoint windows that together are the text's: each scores all its tokens but the first
+    split, text = quality["split"], quality["text"]
+    assert split["by"] == "documents" and split["search_windows"] >= 1 and split["confirm_windows"] >= 1
+    assert split["search_windows"] + split["confirm_windows"] == text["windows"]
+    assert quality["search"]["tokens"] + quality["eval"]["tokens"] == text["tokens"] - text["windows"]
     assert set(quality["layer_kl"]) == {str(n) for n in range(8)}
     kept = manifest["salvage"]["kept_layers"]  # packed windows: 3-7 (KL 0.045); per document 1-7
     assert kept and 0 not in kept  # layer 0 is over the budget alone
     assert {s["how"] for s in manifest["salvage"]["auto"]} == {"all", "alone", "budget", "canary"}
     assert CliRunner().invoke(main, ["verify", str(out), "--base", str(BASE)]).exit_code == 0
-    # the composed plan's numbers are the written checkpoint's
-    written = EvalSession(
-        BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, run=RunSettings(device="cpu"))
-    ).evaluate_model()
-    assert written.summary()["kl_mean"] == pytest.approx(quality["eval"]["kl_mean"], rel=1e-5, abs=1e-9)
+    # the composed plan's numbers on the held-out part are the written checkpoint's
+    written = split_session(
+        EvalSession(BASE, out, EvalOptions(text=str(TEXT), max_tokens=512, run=RunSettings(device="cpu")))
+    )
+    confirmed = written.confirm.evaluate_model().summary()
+    assert confirmed["kl_mean"] == pytest.approx(quality["eval"]["kl_mean"], rel=1e-5, abs=1e-9)
+    assert confirmed["tokens"] == quality["eval"]["tokens"]
     card = CliRunner().invoke(main, ["diff", str(BASE), str(out), "--markdown"])
     assert "## Quality against base" in card.stdout and DEMO_TEXT.name in card.stdout
 
@@ -131,6 +144,7 @@ def evaluated(tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluated") / "pruned"
     result = CliRunner().invoke(main, ["prune", str(BASE), "-o", str(out), "--layers", "0-1", "-q", "--eval", *EVAL])
     assert result.exit_code == 0, result.output
+    assert result.stderr.count("few tokens scored: 510 (eval), fewer than 4,096") == 1  # 512 packed: 2 windows of 256
     return out
 
 
@@ -250,7 +264,114 @@ def test_salvage_json_prints_the_manifest_alone(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The capital of France is\n")
     args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--max-kl", "0.05", "--prompts", str(prompts)]
+    args.append("--allow-over-budget")  # packed, the demo text confirms 3-7 at KL 0.0503 (searched 0.0416)
     result = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "out"), "--json", *EVAL])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["quality"]["eval"]["kl_mean"] <= 0.05  # the steps went to stderr
-    assert "alone  layers 0 " in result.stderr
+    assert json.loads(result.stdout)["quality"]["search"]["kl_mean"] <= 0.05  # the steps went to stderr
+    assert "alone   layers 0 " in result.stderr
+
+
+# ---------- the search and its confirmation on disjoint text (issue 19, point 2) ----------
+
+
+def packed_session(max_tokens=512):
+    """The session `salvage --auto` makes from EVAL: the demo text packed (no --per-document)."""
+    return EvalSession(
+        BASE, CANDIDATE, EvalOptions(text=str(TEXT), max_tokens=max_tokens, run=RunSettings(device="cpu"))
+    )
+
+
+def test_the_split_gives_alternate_documents_to_each_part_packed_as_eval_packs_them():
+    session = packed_session()
+    split = split_session(session)
+    documents, _ = load_eval_text(TEXT)
+    tokenizer = load_tokenizer(BASE)
+    window = session.text["window"]
+    assert split.by == "documents"
+    assert split.search.windows == make_windows(tokenizer, documents[0::2], window, 256)
+    assert split.confirm.windows == make_windows(tokenizer, documents[1::2], window, 256)
+    assert not {d for d in documents[0::2]} & {d for d in documents[1::2]}  # no text on both sides
+
+
+def test_per_document_windows_hold_one_document_each():
+    tokenizer = load_tokenizer(BASE)
+    documents, _ = load_eval_text(TEXT)
+    windows = document_windows(tokenizer, documents, 16, 400)
+    assert sum(map(len, windows)) <= 400
+    for window in windows:
+        body = window[1:]  # after the BOS: a piece of one document's ids
+        found = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in documents]
+        assert any(any(ids[i : i + len(body)] == body for i in range(len(ids))) for ids in found)
+
+
+def test_the_search_and_the_confirmation_score_disjoint_windows(session):
+    split = split_session(session)
+    search, confirm = split.search.windows, split.confirm.windows
+    assert split.by == "documents" and search and confirm
+    assert split.text["windows"] == len(search) + len(confirm)
+    assert split.text["tokens"] == sum(map(len, search + confirm))
+    # the parts' figures differ: each is measured on its own text
+    plan = sorted(session.changed_layers)
+    kl = [part.evaluate_plans([plan])[0].summary()["kl_mean"] for part in (split.search, split.confirm)]
+    assert kl[0] != kl[1]
+
+
+def test_a_search_on_too_little_text_to_split_is_one_line(tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("The capital of France is Paris.\n")
+    session = EvalSession(BASE, CANDIDATE, EvalOptions(text=str(one), max_tokens=512, run=RunSettings(device="cpu")))
+    with pytest.raises(SurgeonError, match="too little text to search on one part and confirm on another"):
+        split_session(session)
+
+
+def over_budget_max_kl(session) -> float:
+    """A --max-kl the search meets and its confirmation exceeds: between the figures of
+    layers 1-7 (the plan the search keeps under any budget from its search figure to layer 1's
+    confirmation, layer 0 being far over alone) on the two parts."""
+    split = split_session(packed_session())  # as the CLI splits EVAL's text
+    plan = [1, 2, 3, 4, 5, 6, 7]
+    searched, held_out = (part.evaluate_plans([plan])[0].summary()["kl_mean"] for part in (split.search, split.confirm))
+    assert searched < held_out, "the construction needs a plan that does worse on the held-out part"
+    return (searched + held_out) / 2
+
+
+def test_over_budget_on_the_held_out_part_writes_and_exits_1_unless_allowed(session, tmp_path):
+    max_kl = over_budget_max_kl(session)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\nWater boils at\nTo make tea, boil the water,\n")
+    args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--max-kl", f"{max_kl:.6f}"]
+    args += ["--prompts", str(prompts), *EVAL]
+    over = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "over")])
+    assert over.exit_code == 1, over.output
+    line = [entry for entry in over.stderr.splitlines() if "over the budget" in entry]
+    assert len(line) == 1 and "on the text the search did not see" in line[0]
+    assert ", against KL" in line[0] and "searched (exit 1;" in line[0]
+    quality = json.loads((tmp_path / "over" / "prune_manifest.json").read_text())["quality"]
+    assert quality["search"]["kl_mean"] <= max_kl < quality["eval"]["kl_mean"]
+    assert quality["within_budget"] is False
+    assert CliRunner().invoke(main, ["verify", str(tmp_path / "over"), "--base", str(BASE)]).exit_code == 0
+    allowed = CliRunner().invoke(main, [*args, "--allow-over-budget", "-o", str(tmp_path / "allowed")])
+    assert allowed.exit_code == 0, allowed.output
+    warned = [entry for entry in allowed.stderr.splitlines() if "over the budget" in entry]
+    assert len(warned) == 1 and "exit 1" not in warned[0]
+
+
+def test_allow_over_budget_needs_a_budget(tmp_path):
+    args = ["salvage", str(CANDIDATE), "--base", str(BASE), "--auto", "--allow-over-budget", "-o", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--allow-over-budget goes with --max-kl or --max-ppl-ratio" in result.stderr
+
+
+def test_few_scored_tokens_are_one_warning_line():
+    args = ["eval", str(CANDIDATE), "--base", str(BASE), "--device", "cpu"]
+    few = CliRunner().invoke(main, [*args, "--eval-text", str(TEXT), "--eval-tokens", "64", "--json"])
+    assert few.exit_code == 0, few.output
+    warnings = [line for line in few.stderr.splitlines() if "few tokens scored" in line]
+    scored = json.loads(few.stdout)["totals"]["tokens"]
+    assert warnings == [
+        f"surgeon: warning: few tokens scored: {scored} (eval), fewer than 4,096; a figure on so few may not "
+        "hold on other text: give more --eval-tokens, or a longer --eval-text from the model's own domain"
+    ]
+    enough = CliRunner().invoke(main, [*args, "--eval-tokens", "4400", "--layers", "7", "--json"])  # 17 x 255
+    assert enough.exit_code == 0, enough.output
+    assert json.loads(enough.stdout)["totals"]["tokens"] >= 4096 and "few tokens" not in enough.stderr
