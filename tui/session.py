@@ -361,8 +361,11 @@ class PairSession:
         if summary is None:
             return canary, steps, None
         budget = self.auto_budget if found else None
+        how = "surgeon tui: the kept plan, composed in memory"
+        if budget:  # unlike salvage --auto, the TUI's search and its figure share one text
+            how += "; found by a budget search on this same text (not confirmed on text it did not see)"
         quality = {  # the record `salvage --auto --max-kl` writes, read back by the model card
-            "how": "surgeon tui: the kept plan, composed in memory",
+            "how": how,
             "budget": {"max_kl": budget.max_kl, "max_ppl_ratio": budget.max_ppl_ratio} if budget else None,
             "text": self.eval_record,
             "eval": summary,
