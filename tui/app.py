@@ -164,6 +164,7 @@ class SurgeonApp(App):
 
     def _loaded(self, report: DiffReport) -> None:
         self.session.loaded(report)
+        self.query_one(PrunePane).show_layers(self.session.prune_layers())
         self.refresh_plan()
         self.notify(f"{len(report.tensors)} tensors compared", timeout=3)
 
@@ -471,9 +472,11 @@ class SurgeonApp(App):
         except SurgeonError as exc:
             self.show_error("Prune options", str(exc))
             return
+        heads = pane.heads_text().plain  # what the fraction comes to, in whole heads
         question = (
             f"Prune {session.base.name} into a new folder:\n{output}\n\nfraction {options.prune_frac:g}, "
             f"layers {options.layers}, importance {options.importance}, heal {options.heal}."
+            + (f"\n{heads[0].upper()}{heads[1:]}." if heads else "")
         )
 
         def answered(yes: bool | None) -> None:

@@ -709,6 +709,28 @@ def test_bad_prune_options_show_a_dialog(field, value, message):
     run_app(flow)
 
 
+def test_the_prune_form_says_the_heads_the_fraction_prunes():
+    """Issue 19: the line under the fraction follows what is typed, in the engine's count
+    (the demo's layers have 8 query heads: 30% is 2.4 heads, and prune takes 2)."""
+
+    async def flow(app, pilot):
+        await pilot.press("5")
+        assert text_of(app, "#prune-heads").strip() == "pruning 1 of 8 query heads in each of layers 0-7 (12.5%)"
+        await type_into(pilot, "#prune-frac", "0.3")
+        await type_into(pilot, "#prune-layers", "5")
+        said = "2 of 8 query heads in layer 5 (25%; asked 30%)"
+        assert text_of(app, "#prune-heads").strip() == f"pruning {said}"
+        app.query_one("#prune-run").press()  # the question says it too
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog) and f"Pruning {said}." in text_of(app, "#dialog-text")
+        await pilot.press("escape")
+        await pilot.pause()
+        await type_into(pilot, "#prune-frac", "half")
+        assert text_of(app, "#prune-heads").strip() == ""  # Start says what is wrong with it
+
+    run_app(flow)
+
+
 def test_the_prune_form_has_the_engines_defaults_range_and_words(tmp_path):
     """The form's fraction is checked by PruneOptions itself: 0 (prune nothing) is accepted
     and 1 refused in the engine's words, as --prune-frac does (it used to say 0 < f < 1)."""
