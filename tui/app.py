@@ -675,6 +675,8 @@ def _canary_note(report: CanaryReport | None) -> Text:
     """The write dialog's first line: the canary's verdict on the plan to write."""
     if report is None:
         return Text("The canary has not been run on this plan (c on the Canary tab).", style="yellow")
+    if report.tally.borderline:  # a pass, one failing prompt from a fail
+        return Text("The canary passed on this plan, borderline: one more failure fails it.", style="yellow")
     if report.passed:
         return Text("The canary passed on this plan.", style="green")
     return Text("The canary FAILED on this plan.", style="bold red")

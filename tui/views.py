@@ -20,6 +20,7 @@ from surgeon.model.families import LayerSpec
 from surgeon.model.names import expert_family, fused_experts, parse_layers
 from surgeon.prune.heads import counts_text, head_counts
 from surgeon.prune.options import PruneOptions
+from surgeon.recover.render import verdict_words
 from surgeon.text import inert, inert_lines, layer_ranges
 
 MAP_COLUMNS = ("q", "k", "v", "o", "mlp", "norm", "other")
@@ -399,11 +400,11 @@ def _status_line(summary, canary_report, plan_eval: dict | None, name: str, leve
     if canary_report is None:
         canary.append("not run (c)" if level < 1 else "not run", style="dim")
     else:
-        total = len(canary_report.prompts)
-        verdict = "passed" if canary_report.passed else "FAILED"
-        style = "green" if canary_report.passed else "bold red"
+        counts = canary_report.tally
+        verdict = verdict_words(counts)  # "passed, borderline" in yellow: one failure from FAILED
+        style = {"passed": "green", "passed, borderline": "yellow"}.get(verdict, "bold red")
         # the failed count, as the Canary tab's verdict gives it: "passed 20/25" read as 20 failed
-        canary.append(f"{verdict} ({canary_report.failed}/{total} failed)" if level < 4 else verdict, style=style)
+        canary.append(f"{verdict} ({counts.failed}/{counts.total} failed)" if level < 4 else verdict, style=style)
     quality = Text("eval: ", style="bold")
     if plan_eval is None:
         quality.append("not run (e)" if level < 1 else "not run", style="dim")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from surgeon.model.families import LayerSpec
-from surgeon.text import layer_ranges
+from surgeon.text import layer_ranges, percent
 
 _EXACT = 1e-9  # 0.3 x 10 heads is 3.0000000000000004, and 3 of 10 is exactly what was asked
 
@@ -87,11 +87,6 @@ def head_counts(
             key = (spec.num_heads, asked, heads_to_prune(asked, spec.num_heads, spec.num_kv_heads))
             groups.setdefault(key, []).append(spec.index)
     return [HeadCount(tuple(indices), *key) for key, indices in groups.items()]
-
-
-def percent(fraction: float) -> str:
-    """12.5%, 25%, 11.1%: three figures at most, no trailing zeros."""
-    return f"{fraction * 100:.3g}%"
 
 
 def counts_text(counts: list[HeadCount]) -> str:

@@ -1272,6 +1272,32 @@ def test_find_row_matches_a_layer_number_exactly_and_words_anywhere():
     assert not row_matches(["3", Text("candidate")], "base")
 
 
+def test_a_borderline_canary_pass_is_said_in_the_status_line_and_the_write_dialog():
+    """Issue 19: 5 of 25 prompts failed at the limit of 5 passes, one failure from a fail."""
+    from dataclasses import asdict
+
+    from surgeon.tui.app import _canary_note
+    from surgeon.tui.views import status_text
+
+    from surgeon.recover.canary.checks import CanaryOptions, CanaryReport, PromptResult
+    from surgeon.recover.plan import PlanSummary
+
+    def report(failed: int) -> CanaryReport:
+        prompts = [
+            PromptResult("p", "b", "t", 1.0, 1.0, 0.0, 0.0, 24, 24, failures=["drift 9 > 3"] if n < failed else [])
+            for n in range(25)
+        ]
+        return CanaryReport(failed <= 5, prompts, asdict(CanaryOptions()), base_cache_hit=True)
+
+    summary = PlanSummary([1], [], [], [], 0, [], [], False, [])
+    line = status_text(summary, report(5), None, "c")
+    assert "canary: passed, borderline (5/25 failed)" in line.plain
+    assert any(span.style == "yellow" for span in line.spans)
+    assert "canary: passed (4/25 failed)" in status_text(summary, report(4), None, "c").plain
+    assert _canary_note(report(5)).plain == "The canary passed on this plan, borderline: one more failure fails it."
+    assert _canary_note(report(4)).plain == "The canary passed on this plan."
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("shared_canary_cache")
 def test_a_status_line_on_every_tab_names_the_plan_and_its_verdicts():
