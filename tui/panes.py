@@ -652,6 +652,10 @@ class PrunePane(VerticalScroll):
     class PruneSubmitted(Message):
         """Prune the base with the form's options (`request` checks them, the app confirms)."""
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._layers: list[LayerSpec] | None = None  # the base's, once known
+
     def compose(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
             yield Label("fraction", classes="form-label")
@@ -669,10 +673,6 @@ class PrunePane(VerticalScroll):
             yield Input("", placeholder="empty: a new <base>-pruned folder here", id="prune-output")
             yield Button("Start prune (p)", id="prune-run", variant="primary")
         yield DataTable(id="prune-progress", cursor_type="row")
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._layers: list[LayerSpec] | None = None  # the base's, once known
 
     def on_mount(self) -> None:
         table = self.query_one("#prune-progress", DataTable)

@@ -19,8 +19,8 @@ _EXACT = 1e-9  # 0.3 x 10 heads is 3.0000000000000004, and 3 of 10 is exactly wh
 
 def heads_to_prune(fraction: float, num_heads: int, num_kv_heads: int) -> int:
     """`fraction` of `num_heads` query heads, rounded half up (12.5% of 4 is 1, of 9 is 1),
-    and never a kv head's last query head (a kv head no query reads is a head of its own
-    removed, which mask mode cannot say in the config)."""
+    and no more than leave every kv head one query head, as select_heads does (so a model
+    with a kv head per query head, multi-head attention, prunes none)."""
     return max(0, min(math.floor(fraction * num_heads + 0.5), num_heads - num_kv_heads))
 
 
