@@ -29,7 +29,8 @@ from surgeon.format.replacing import DEMO_CARD
 from surgeon.format.writer import check_output_folder, publish_folder
 from surgeon.prune.options import PruneOptions
 from surgeon.quality.render import recorded_quality_section
-from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
+from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts, tally
+from surgeon.recover.render import verdict_words
 from surgeon.recover.salvage import QualityBudget, budget_search, salvage
 from surgeon.recover.verify import verify
 from surgeon.runtime.settings import RunSettings
@@ -121,7 +122,8 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
             quality=quality | {"text": session.text, "eval": plan.quality} if plan.quality else None,
         )
         after = manifest["salvage"]["canary_after"]
-        say(f"   wrote {folder / 'salvaged'}; canary on the result: {'passed' if after['passed'] else 'FAILED'}")
+        counts = tally(after["failed_prompts"], after["prompts_total"], after["max_fail_frac"])
+        say(f"   wrote {folder / 'salvaged'}; canary on the result: {verdict_words(counts)}")  # or "passed, borderline"
 
         say("5. diff: what is actually different from base")
         written = open_checkpoint(salvaged)  # the card and the manifests name it "salvaged", as they name no path

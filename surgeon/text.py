@@ -99,6 +99,12 @@ def md_code(value: object, table: bool = True) -> str:
 
 
 # Layer numbers as text, for every message, report and manifest (`layers_text`) that lists them.
+def percent(fraction: float) -> str:
+    """12.5%, 25%, 11.1%, 87.5%: three figures at most, no trailing zeros (a fraction asked
+    as 0.125 is not shown as 12% or 13%)."""
+    return f"{fraction * 100:.3g}%"
+
+
 def layer_ranges(layers: list[int] | set[int]) -> str:
     """`[0, 1, 2, 3, 7]` -> `0-3, 7`."""
     ordered = sorted(set(layers))

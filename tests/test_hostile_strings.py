@@ -370,6 +370,7 @@ def test_prune_summary_shows_config_values_and_messages_inert():
     from types import SimpleNamespace
 
     from surgeon.cli.prune import _summary
+    from surgeon.prune.heads import HeadCount
 
     manifest = {
         "messages": ["note about [/] \x1b[2J"],
@@ -379,12 +380,16 @@ def test_prune_summary_shows_config_values_and_messages_inert():
         "written": {"layers": [0], "tensors": ["t"], "copied_shards": [], "shards": ["a"]},
         "layer_passes": 1,
     }
-    result = SimpleNamespace(manifest=manifest, output=Path("out[/]\x1b[2J"), forward_calls=1, resumed_at=None)
+    counts = [HeadCount((0,), 8, 0.125, 1)]
+    result = SimpleNamespace(
+        manifest=manifest, output=Path("out[/]\x1b[2J"), forward_calls=1, resumed_at=None, head_counts=counts
+    )
     buffer = io.StringIO()
     _summary(result, Console(file=buffer, force_terminal=True, width=200))
     assert_inert(buffer.getvalue())
     plain = SGR.sub("", buffer.getvalue())
     assert inert(LAYER_TYPE) in plain and "note about [/] \\x1b[2J" in plain and "wrote out[/]\\x1b[2J" in plain
+    assert "pruned 1 of 8 query heads in layer 0 (12.5%)" in plain
 
 
 # --- the TUI -----------------------------------------------------------------------------

@@ -164,6 +164,7 @@ class SurgeonApp(App):
 
     def _loaded(self, report: DiffReport) -> None:
         self.session.loaded(report)
+        self.query_one(PrunePane).show_layers(self.session.prune_layers())
         self.refresh_plan()
         self.notify(f"{len(report.tensors)} tensors compared", timeout=3)
 
@@ -473,9 +474,11 @@ class SurgeonApp(App):
         except SurgeonError as exc:
             self.show_error("Prune options", str(exc))
             return
+        heads = pane.heads_text().plain  # what the fraction comes to, in whole heads
         question = (
             f"Prune {session.base.name} into a new folder:\n{output}\n\nfraction {options.prune_frac:g}, "
             f"layers {options.layers}, importance {options.importance}, heal {options.heal}."
+            + (f"\n{heads[0].upper()}{heads[1:]}." if heads else "")
         )
 
         def answered(yes: bool | None) -> None:
@@ -674,6 +677,8 @@ def _canary_note(report: CanaryReport | None) -> Text:
     """The write dialog's first line: the canary's verdict on the plan to write."""
     if report is None:
         return Text("The canary has not been run on this plan (c on the Canary tab).", style="yellow")
+    if report.tally.borderline:  # a pass, one failing prompt from a fail
+        return Text("The canary passed on this plan, borderline: one more failure fails it.", style="yellow")
     if report.passed:
         return Text("The canary passed on this plan.", style="green")
     return Text("The canary FAILED on this plan.", style="bold red")

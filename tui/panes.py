@@ -22,6 +22,7 @@ from surgeon.diff.report import summary_line
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.writer import check_output_folder
+from surgeon.model.families import LayerSpec
 from surgeon.model.names import parse_layer_spec, parse_layers
 from surgeon.prune.options import HEALS, IMPORTANCE, PRUNE_DEFAULTS, PruneOptions
 from surgeon.runtime.settings import RunSettings
@@ -642,6 +643,7 @@ class PrunePane(VerticalScroll):
     .form-label { width: 11; padding: 1 1 0 0; text-align: right; }
     #prune-frac, #prune-layers, #prune-importance, #prune-heal { width: 1fr; }
     #prune-output { width: 1fr; }
+    #prune-heads { height: auto; padding: 0 0 0 11; }
     #prune-progress { height: auto; min-height: 4; }
     """
 
@@ -650,12 +652,17 @@ class PrunePane(VerticalScroll):
     class PruneSubmitted(Message):
         """Prune the base with the form's options (`request` checks them, the app confirms)."""
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._layers: list[LayerSpec] | None = None  # the base's, once known
+
     def compose(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
             yield Label("fraction", classes="form-label")
             yield Input(f"{PRUNE_DEFAULTS.prune_frac:g}", id="prune-frac")  # the options' defaults, as the CLI's
             yield Label("layers", classes="form-label")
             yield Input(PRUNE_DEFAULTS.layers, id="prune-layers")
+        yield Static("", id="prune-heads")  # the heads the fraction typed comes to, as prune counts them
         with Horizontal(classes="form-row"):
             yield Label("importance", classes="form-label")
             yield Select(IMPORTANCE_CHOICES, value=PRUNE_DEFAULTS.importance, allow_blank=False, id="prune-importance")
@@ -671,6 +678,23 @@ class PrunePane(VerticalScroll):
         table = self.query_one("#prune-progress", DataTable)
         for label in ("layer", "phase", "heads pruned", "rel residual", "seconds"):
             table.add_column(label, key=label)
+
+    def show_layers(self, layers: list[LayerSpec] | None) -> None:
+        """The base's layers, whose geometry turns the fraction typed into heads."""
+        self._layers = layers
+        self._draw_heads()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id in ("prune-frac", "prune-layers"):
+            self._draw_heads()
+
+    def heads_text(self) -> Text:
+        """The heads the form's fraction prunes in its layers (empty while not known)."""
+        form = self.form()
+        return views.prune_heads_text(self._layers, form["fraction"], form["layers"])
+
+    def _draw_heads(self) -> None:
+        self.query_one("#prune-heads", Static).update(self.heads_text())
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "prune-run":

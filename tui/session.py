@@ -26,6 +26,7 @@ from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
+from surgeon.model.families import LayerSpec, model_layout
 from surgeon.progress import ProgressSink
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, CanaryReport, Prompt, canary_cache_dir, read_prompts
@@ -138,6 +139,7 @@ class PairSession:
         self.eval_text_name = _input_name(self.eval_text, own_text, "the bundled held-out text")
         self.last_verify: VerifyReport | None = None
         self.last_output: Path | None = None  # the write dialog offers the last folder again
+        self._prune_layers: list[LayerSpec] | None = None
         self._start_candidate()
 
     def _start_candidate(self) -> None:
@@ -170,6 +172,17 @@ class PairSession:
     def loaded(self, report: DiffReport) -> None:
         """The pair's diff: a plan over it starts with every changed layer kept."""
         self.report, self.plan = report, RollbackPlan(report)
+
+    def prune_layers(self) -> list[LayerSpec] | None:
+        """The base's decoder layers as prune reads them (config and headers, milliseconds), for
+        the Prune tab's head count; None where prune cannot read the base (a single file, a
+        family it does not know), which the prune itself reports when asked."""
+        if self._prune_layers is None:
+            try:
+                self._prune_layers = model_layout(open_checkpoint(str(self.base))).layers
+            except SurgeonError:
+                return None
+        return self._prune_layers
 
     # --- the plan -----------------------------------------------------------------------
 

@@ -15,7 +15,12 @@ from rich.text import Text
 
 from surgeon.diff.engine import natural_key
 from surgeon.diff.statuses import STATUS_STYLE
-from surgeon.model.names import expert_family, fused_experts
+from surgeon.errors import SurgeonError
+from surgeon.model.families import LayerSpec
+from surgeon.model.names import expert_family, fused_experts, parse_layers
+from surgeon.prune.heads import counts_text, head_counts
+from surgeon.prune.options import PruneOptions
+from surgeon.recover.render import verdict_words
 from surgeon.text import inert, inert_lines, layer_ranges
 
 MAP_COLUMNS = ("q", "k", "v", "o", "mlp", "norm", "other")
@@ -395,11 +400,11 @@ def _status_line(summary, canary_report, plan_eval: dict | None, name: str, leve
     if canary_report is None:
         canary.append("not run (c)" if level < 1 else "not run", style="dim")
     else:
-        total = len(canary_report.prompts)
-        verdict = "passed" if canary_report.passed else "FAILED"
-        style = "green" if canary_report.passed else "bold red"
+        counts = canary_report.tally
+        verdict = verdict_words(counts)  # "passed, borderline" in yellow: one failure from FAILED
+        style = {"passed": "green", "passed, borderline": "yellow"}.get(verdict, "bold red")
         # the failed count, as the Canary tab's verdict gives it: "passed 20/25" read as 20 failed
-        canary.append(f"{verdict} ({canary_report.failed}/{total} failed)" if level < 4 else verdict, style=style)
+        canary.append(f"{verdict} ({counts.failed}/{counts.total} failed)" if level < 4 else verdict, style=style)
     quality = Text("eval: ", style="bold")
     if plan_eval is None:
         quality.append("not run (e)" if level < 1 else "not run", style="dim")
@@ -597,3 +602,20 @@ def _budget_step(step) -> Text:
         return text.append_text(_verdict(step.passed))
     text.append("within" if step.passed else "over", style="green" if step.passed else "red")
     return text.append(f" (KL {step.kl_mean:.4f})" if step.kl_mean is not None else "")
+
+
+def prune_heads_text(layers: list[LayerSpec] | None, fraction: str, which: str) -> Text:
+    """The Prune tab's line under its fraction: the heads it prunes in the layers typed, as
+    prune counts them (`1 of 4 query heads in each of layers 0-2 (25%; asked 12.5%)`), in
+    yellow where that is not the fraction asked. Empty until the base's layers are known,
+    and while a field does not parse (Start says why)."""
+    if not layers:
+        return Text("")
+    try:
+        options = PruneOptions(prune_frac=float(fraction), layers=which)
+        options.validate()  # the fraction's range, in the engine's own check
+        selected = parse_layers(which, len(layers), what="layers")
+    except (ValueError, SurgeonError):
+        return Text("")
+    counts = head_counts(layers, selected, options.prune_frac, ())
+    return Text(f"pruning {counts_text(counts)}", style="" if all(c.exact for c in counts) else "yellow")

@@ -19,6 +19,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.model.families import model_layout
 from surgeon.model.names import parse_layers
+from surgeon.prune.heads import counts_text
 from surgeon.prune.options import PruneOptions
 from surgeon.text import inert, layer_ranges
 
@@ -109,6 +110,7 @@ def _summary(result, console, table: bool = True) -> None:
         for message in manifest["messages"]:
             console.print(Text(inert(message), style="yellow"))  # messages and config values: never markup
         console.print(_layer_table(manifest))
+        console.print(Text(f"pruned {counts_text(result.head_counts)}"))  # what was asked, and what it came to
     written = manifest["written"]
     line = (
         f"wrote {inert(result.output)}: layers {layer_ranges(written['layers']) or '(none)'} changed, "

@@ -27,8 +27,8 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import fetch_missing, open_checkpoint
 from surgeon.options import EVAL_TOKENS_HELP
 from surgeon.quality.options import EvalOptions
-from surgeon.recover.canary.checks import CanaryOptions, canary_cache_dir, read_prompts
-from surgeon.recover.render import canary_table, canary_verdict, verify_text
+from surgeon.recover.canary.checks import CanaryOptions, Tally, canary_cache_dir, read_prompts, tally
+from surgeon.recover.render import borderline_warning, canary_table, canary_verdict, tally_text, verify_text
 from surgeon.recover.salvage import QualityBudget, canary_search, parse_keep
 from surgeon.recover.salvage import salvage as run_salvage
 from surgeon.recover.verify import verify as run_verify
@@ -101,7 +101,15 @@ def canary(
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
         render_canary(report, console_for())
+    _warn_borderline(report.tally)
     sys.exit(0 if report.passed else EXIT_CANARY_FAILED)
+
+
+def _warn_borderline(counts: Tally) -> None:
+    """A pass one prompt from failing is still a pass (exit 0), said with a warning."""
+    message = borderline_warning(counts)
+    if message:
+        warn(message)
 
 
 @click.command()
@@ -200,6 +208,8 @@ def salvage(
         progress=progress,
     )
     warn_skipped(manifest)
+    if manifest["salvage"].get("canary_after") is not None:
+        _warn_borderline(_tally_of(manifest["salvage"]["canary_after"]))
     if run_eval and quality is None:  # a budget search has measured the kept plan already
         manifest = record_quality(Path(output), base, eval_settings(eval_text, eval_tokens, run))
     if as_json:
@@ -378,4 +388,9 @@ def _salvage_summary(manifest: dict, output: Path, console) -> None:
         console.print(Text(quality_line(quality)))
     after = info.get("canary_after")
     if after is not None:
-        console.print(f"canary on the result: {'passed' if after['passed'] else 'FAILED'}")
+        console.print(Text(f"canary on the result: {tally_text(_tally_of(after), after['max_fail_frac'])}"))
+
+
+def _tally_of(report: dict) -> Tally:
+    """The counts of a canary report's JSON (salvage's canary on what it wrote)."""
+    return tally(report["failed_prompts"], report["prompts_total"], report["max_fail_frac"])

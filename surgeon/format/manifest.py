@@ -74,6 +74,7 @@ class PruneManifest(TypedDict, total=False):
     device: str
     compute_dtype: str
     calibration: dict[str, Any]
+    head_counts: list[dict[str, Any]]  # heads pruned per layer, asked and effective, by geometry
     layers: list[dict[str, Any]]  # one per pruned layer: heads, scores, refit
     written: WrittenRecord
     forward_calls: int

@@ -47,6 +47,7 @@ from surgeon.model.names import parse_layers
 from surgeon.options import record
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
+from surgeon.prune.heads import HeadCount, head_counts, rounding_warning
 from surgeon.prune.heal import HEALERS, HealInput, head_columns
 from surgeon.prune.importance import SCORERS, ScoringInput, select_heads
 from surgeon.prune.options import PruneOptions
@@ -88,6 +89,7 @@ class PruneResult:
     manifest: dict
     forward_calls: int
     resumed_at: int
+    head_counts: list[HeadCount] = field(default_factory=list)  # the heads each pruned layer lost
 
 
 class _Gram:
@@ -190,6 +192,7 @@ class _Run:
         self.ckpt, self.layout, self.options = ckpt, layout, options
         self.selected = set(selected)
         self.fracs = dict(options.layer_fracs)
+        self.head_counts = head_counts(layout.layers, selected, options.prune_frac, options.layer_fracs)
         self.progress, self.cancel, self.durable = progress, cancel, durable
         self.on_layer_done, self.on_phase, self.on_warning = on_layer_done, on_phase, on_warning
         self.device, self.dtype = resolve_run(options.run)
@@ -206,6 +209,9 @@ class _Run:
 
     def execute(self, workdir_path: Path, output: Path, force: bool) -> PruneResult:
         started = time.perf_counter()
+        rounded = rounding_warning(self.head_counts)
+        if rounded:  # before minutes of work, not after them
+            self._warn(rounded)
         # seconds to minutes before the first layer (tokenizer, corpus, transformers, the
         # model's skeleton and embeddings): a step of its own, not silence
         self.progress.start("loading tokenizer, calibration text and model", 1, unit="step")
@@ -242,7 +248,7 @@ class _Run:
         manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
         with output_errors(output):
             write_text_atomic(output / MANIFEST_NAME, manifest_json(manifest))
-        return PruneResult(output, results, manifest, stream.forward_calls, start)
+        return PruneResult(output, results, manifest, stream.forward_calls, start, self.head_counts)
 
     def _calibration(self, tokenizer_path: Path) -> tuple[list[list[int]], int]:
         """Token ids of the calibration corpus (samples of max_tokens, one BOS each, up to
@@ -547,6 +553,7 @@ class _Run:
             "device": str(self.device),
             "compute_dtype": str(self.dtype).replace("torch.", ""),
             "calibration": self.calibration,
+            "head_counts": [count.record() for count in self.head_counts],
             "layers": [asdict(r) for r in results if r.pruned],
             "written": written_record(report, self._layer_of),
             "forward_calls": forward_calls,

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from torch import nn
 from surgeon.errors import SurgeonError
 from surgeon.model.families import LayerSpec
 from surgeon.parallel import StopCheck, check_stop
+from surgeon.prune.heads import heads_to_prune
 from surgeon.prune.heal import norm_scores, recon_scores
 from surgeon.runtime.stream import Batch, LayerStream
 
@@ -73,9 +73,9 @@ def _check_gram(gram: torch.Tensor, spec: LayerSpec) -> None:
 
 
 def select_heads(scores: list[float], spec: LayerSpec, fraction: float) -> list[int]:
-    """The `fraction` of query heads with the lowest scores (rounded half up), keeping at
-    least one query head for every kv head."""
-    count = min(math.floor(fraction * spec.num_heads + 0.5), spec.num_heads - spec.num_kv_heads)
+    """The `fraction` of query heads with the lowest scores, as many as heads_to_prune says
+    (the count the CLI and the manifest report), keeping a query head for every kv head."""
+    count = heads_to_prune(fraction, spec.num_heads, spec.num_kv_heads)
     left_in_group = [spec.group_size] * spec.num_kv_heads
     chosen: list[int] = []
     for head in sorted(range(spec.num_heads), key=lambda h: (scores[h], h)):

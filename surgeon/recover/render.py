@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from surgeon.text import inert, inert_lines
+from surgeon.recover.canary.checks import Tally
+from surgeon.text import inert, inert_lines, percent
 
 
 def canary_table(report, title: str = "Canary", expand: bool = False) -> Table:
@@ -29,18 +30,56 @@ def canary_table(report, title: str = "Canary", expand: bool = False) -> Table:
 
 
 def canary_verdict(report) -> Text:
-    """One line: the verdict, how many prompts failed against the allowed fraction, and
-    which checks failed how often."""
-    total, failed = len(report.prompts), report.failed
-    allowed = report.options.get("max_fail_frac", 0.0)
-    style = "bold green" if report.passed else "bold red"
-    verdict = "passed" if report.passed else "FAILED"
-    text = Text(f"canary {verdict}: {failed}/{total} prompts failed ({report.fail_frac:.0%}; ", style=style)
-    text.append(f"the limit is {allowed:.0%})", style=style)
-    counts = failure_counts(report)
-    if counts:
-        text.append("; " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    """One line: the verdict, how many prompts failed against the limit, how many prompts
+    away the other verdict is, and which checks failed how often."""
+    counts = report.tally
+    text = Text(f"canary {tally_text(counts, report.options.get('max_fail_frac', 0.0))}", style=tally_style(counts))
+    failures = failure_counts(report)
+    if failures:
+        text.append("; " + ", ".join(f"{name} {count}" for name, count in failures.items()))
     return text
+
+
+def tally_text(counts: Tally, max_fail_frac: float) -> str:
+    """`passed, borderline: 5/25 prompts failed (20%), the limit is 5 (20%); one more failure
+    fails it`: for a report, or for the JSON of one (salvage's canary on its output)."""
+    words = verdict_words(counts)
+    share = counts.failed / counts.total if counts.total else 0.0
+    line = f"{words}: {counts.failed}/{counts.total} prompts failed ({share:.0%}), "
+    line += f"the limit is {counts.max_failed} ({percent(max_fail_frac)})"
+    return line + (f"; {margin_text(counts)}" if counts.margin else "")
+
+
+def verdict_words(counts: Tally) -> str:
+    if not counts.passed:
+        return "FAILED"
+    return "passed, borderline" if counts.borderline else "passed"
+
+
+def tally_style(counts: Tally) -> str:
+    if not counts.passed:
+        return "bold red"
+    return "bold yellow" if counts.borderline else "bold green"
+
+
+def margin_text(counts: Tally) -> str:
+    """How many prompts away the other verdict is: `2 more failures fail it`, `one fewer
+    failure would pass it`."""
+    number = "one" if counts.margin == 1 else str(counts.margin)
+    failures = "failure" if counts.margin == 1 else "failures"
+    if counts.passed:
+        return f"{number} more {failures} {'fails' if counts.margin == 1 else 'fail'} it"
+    return f"{number} fewer {failures} would pass it"
+
+
+def borderline_warning(counts: Tally) -> str | None:
+    """The warning line for a borderline pass (its exit code stays 0); None for any other."""
+    if not counts.borderline:
+        return None
+    return (
+        f"the canary passed at its limit ({counts.failed}/{counts.total} prompts failed, the limit is "
+        f"{counts.max_failed}): one more failing prompt fails it, so the pass is borderline"
+    )
 
 
 def failure_counts(report) -> dict[str, int]:

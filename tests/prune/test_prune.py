@@ -11,6 +11,7 @@ from surgeon.diff.engine import DiffOptions, diff_checkpoints
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.model.families import model_layout
 from surgeon.prune.engine import prune
+from surgeon.prune.heads import heads_to_prune
 from surgeon.prune.heal import head_columns, heal_o_proj
 from surgeon.prune.importance import mask_heads_hook, select_heads
 from surgeon.quality.evaluate import corpus_nll
@@ -103,6 +104,8 @@ def test_select_heads_keeps_one_query_head_per_kv_head():
     assert select_heads(scores, spec, 0.5) == [0, 1, 2, 4]
     assert select_heads(scores, spec, 0.125) == [0]
     assert select_heads(scores, spec, 0.99) == [0, 1, 2, 4, 5, 6]  # never a whole kv group
+    for fraction in (0.0, 0.1, 0.125, 0.3, 0.5, 0.8, 0.99):  # as many as the manifest and the CLI report
+        assert len(select_heads(scores, spec, fraction)) == heads_to_prune(fraction, 8, 2)
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +266,31 @@ def test_cli_prune_and_its_errors(tmp_path):
     assert bad.exit_code == 2 and "layer 9 does not exist" in bad.stderr
     inside = runner.invoke(main, ["prune", str(TRAINED), "-o", str(TRAINED / "x")])
     assert inside.exit_code == 2 and "input checkpoint" in inside.stderr
+
+
+def test_cli_says_the_heads_a_fraction_comes_to(tmp_path):
+    """Issue 19: 12.5% of 4 heads is half a head. prune takes 1 of 4 (25%), and says so: a
+    warning as it starts, a line in the summary, and the manifest's head_counts."""
+    from surgeon.cli.main import main
+    from tests.tiny_models import save_tiny
+
+    base = save_tiny("llama", tmp_path / "llama", vocab_size=512)  # 4 query heads over 2 kv heads
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # any tokenizer will do for calibration
+        shutil.copy(TRAINED / name, base)
+    out = tmp_path / "out"
+    args = ["prune", str(base), "-o", str(out), "--layers", "0", "--calib", str(DEMO_TEXT)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    said = "1 of 4 query heads in layer 0 (25%; asked 12.5%)"
+    assert result.stderr == f"surgeon: warning: pruning other than the fraction asked: {said}\n"
+    assert f"pruned {said}\n" in result.stdout
+    manifest = json.loads((out / "prune_manifest.json").read_text())
+    assert manifest["options"]["prune_frac"] == 0.125  # the fraction asked, as before
+    assert manifest["head_counts"] == [
+        {"layers": [0], "num_heads": 4, "heads_pruned": 1, "asked_frac": 0.125, "effective_frac": 0.25}
+    ]
+    assert len(manifest["layers"][0]["pruned_heads"]) == 1
+    assert manifest["messages"] == [f"pruning other than the fraction asked: {said}"]
 
 
 def test_an_empty_calibration_name_is_an_error_not_the_bundled_corpus(tmp_path):

@@ -2,23 +2,27 @@
 by fraction of prompts (issue 10)."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 from click.testing import CliRunner
 
 from surgeon.cli.main import main
-from surgeon.demo import DEMO_MODEL
+from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL, DEMO_PROMPTS
 from surgeon.errors import SurgeonError
 from surgeon.recover.canary.checks import (
     CanaryOptions,
+    CanaryReport,
     Prompt,
     PromptResult,
     judge,
     read_prompts,
+    tally,
     usable_prompts,
     verdict,
 )
 from surgeon.recover.canary.runner import run_canary
+from surgeon.recover.render import borderline_warning, canary_verdict
 
 TRAINED = DEMO_MODEL
 
@@ -64,6 +68,61 @@ def test_the_verdict_is_a_fraction_of_prompts():
     assert not verdict([good] * 2 + [bad], options)  # 1 of 3 = 33%
     assert not verdict([], options)  # no evidence is no pass
     assert verdict([good] * 3 + [bad], CanaryOptions(max_fail_frac=0.0)) is False
+
+
+@pytest.mark.parametrize(
+    ("failed", "total", "limit", "passed", "max_failed", "margin", "borderline"),
+    [
+        (0, 25, 0.2, True, 5, 6, False),  # six more failures fail it
+        (4, 25, 0.2, True, 5, 2, False),
+        (5, 25, 0.2, True, 5, 1, True),  # at the limit: one more fails it
+        (6, 25, 0.2, False, 5, 1, False),  # one fewer would pass it
+        (25, 25, 0.2, False, 5, 20, False),
+        (7, 8, 0.2, False, 1, 6, False),  # the demo candidate on the demo prompts
+        (1, 8, 0.2, True, 1, 1, True),
+        (0, 3, 0.0, True, 0, 1, False),  # no failure is never borderline: nothing better to measure
+        (29, 100, 0.29, True, 29, 1, True),  # 0.29 x 100 is 28.999999999999996 in floats
+        (0, 0, 0.2, False, 0, 0, False),  # no prompts: no pass, and no other verdict
+    ],
+)
+def test_the_verdict_its_margin_and_a_borderline_pass(failed, total, limit, passed, max_failed, margin, borderline):
+    counts = tally(failed, total, limit)
+    assert (counts.passed, counts.max_failed, counts.margin, counts.borderline) == (
+        passed,
+        max_failed,
+        margin,
+        borderline,
+    )
+    good, bad = result(), result(drift=9.0)
+    assert verdict([bad] * failed + [good] * (total - failed), CanaryOptions(max_fail_frac=limit)) is passed
+
+
+def report_of(failed: int, total: int, limit: float = 0.2) -> CanaryReport:
+    prompts = [result(drift=9.0)] * failed + [result()] * (total - failed)
+    options = CanaryOptions(max_fail_frac=limit)
+    return CanaryReport(verdict(prompts, options), prompts, asdict(options), base_cache_hit=True)
+
+
+def test_the_verdict_line_says_how_near_the_other_verdict_is():
+    assert canary_verdict(report_of(5, 25)).plain == (
+        "canary passed, borderline: 5/25 prompts failed (20%), the limit is 5 (20%); one more failure fails it; drift 5"
+    )
+    assert canary_verdict(report_of(2, 25)).plain == (
+        "canary passed: 2/25 prompts failed (8%), the limit is 5 (20%); 4 more failures fail it; drift 2"
+    )
+    assert canary_verdict(report_of(6, 25)).plain == (
+        "canary FAILED: 6/25 prompts failed (24%), the limit is 5 (20%); one fewer failure would pass it; drift 6"
+    )
+    assert canary_verdict(report_of(3, 8, 0.125)).plain.startswith(
+        "canary FAILED: 3/8 prompts failed (38%), the limit is 1 (12.5%); 2 fewer failures would pass it"
+    )
+    assert borderline_warning(report_of(5, 25).tally) == (
+        "the canary passed at its limit (5/25 prompts failed, the limit is 5): one more failing prompt fails it, "
+        "so the pass is borderline"
+    )
+    assert borderline_warning(report_of(4, 25).tally) is None and borderline_warning(report_of(6, 25).tally) is None
+    data = report_of(5, 25).to_json()
+    assert (data["max_failed_prompts"], data["margin"], data["borderline"]) == (5, 1, True)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +253,9 @@ def test_cli_reports_failed_prompts_and_checks(tmp_path):
     )
     result = CliRunner().invoke(main, ["canary", str(masked), "--base", str(TRAINED), "--prompts", str(prompts)])
     assert result.exit_code == 3
-    assert "canary FAILED: 3/3 prompts failed (100%; the limit is 20%)" in result.stdout
+    assert "canary FAILED: 3/3 prompts failed (100%), the limit is 0 (20%); 3 fewer failures would pass it" in (
+        result.stdout
+    )
     assert "drift 3" in result.stdout  # which checks failed, how often
     data = json.loads(
         CliRunner()
@@ -203,6 +264,24 @@ def test_cli_reports_failed_prompts_and_checks(tmp_path):
     )
     assert data["schema"] == "surgeon.canary/2" and data["failed_prompts"] == 3 and data["prompts_total"] == 3
     assert all(p["failures"] for p in data["prompts"])
+
+
+@pytest.mark.usefixtures("shared_canary_cache")
+def test_cli_a_borderline_pass_exits_0_with_a_warning():
+    """The demo candidate fails 7 of its 8 prompts: at --max-fail-frac 0.875 the limit is 7,
+    and the pass is one failing prompt from a fail."""
+    args = ["canary", str(DEMO_CANDIDATE), "--base", str(TRAINED), "--prompts", str(DEMO_PROMPTS)]
+    args += ["--max-fail-frac", "0.875", "--device", "cpu"]
+    shown = CliRunner().invoke(main, args)
+    assert shown.exit_code == 0, shown.output
+    line = "canary passed, borderline: 7/8 prompts failed (88%), the limit is 7 (87.5%); one more failure fails it"
+    assert line in shown.stdout
+    warning = "the canary passed at its limit (7/8 prompts failed, the limit is 7): one more failing prompt fails it"
+    assert shown.stderr == f"surgeon: warning: {warning}, so the pass is borderline\n"
+    as_json = CliRunner().invoke(main, [*args, "--json"])
+    assert as_json.exit_code == 0 and as_json.stderr == shown.stderr
+    data = json.loads(as_json.stdout)
+    assert (data["passed"], data["max_failed_prompts"], data["margin"], data["borderline"]) == (True, 7, 1, True)
 
 
 def test_a_cancel_during_the_composed_canarys_load_stops_at_the_next_step(tmp_path):

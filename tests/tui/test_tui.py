@@ -709,6 +709,28 @@ def test_bad_prune_options_show_a_dialog(field, value, message):
     run_app(flow)
 
 
+def test_the_prune_form_says_the_heads_the_fraction_prunes():
+    """Issue 19: the line under the fraction follows what is typed, in the engine's count
+    (the demo's layers have 8 query heads: 30% is 2.4 heads, and prune takes 2)."""
+
+    async def flow(app, pilot):
+        await pilot.press("5")
+        assert text_of(app, "#prune-heads").strip() == "pruning 1 of 8 query heads in each of layers 0-7 (12.5%)"
+        await type_into(pilot, "#prune-frac", "0.3")
+        await type_into(pilot, "#prune-layers", "5")
+        said = "2 of 8 query heads in layer 5 (25%; asked 30%)"
+        assert text_of(app, "#prune-heads").strip() == f"pruning {said}"
+        app.query_one("#prune-run").press()  # the question says it too
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog) and f"Pruning {said}." in text_of(app, "#dialog-text")
+        await pilot.press("escape")
+        await pilot.pause()
+        await type_into(pilot, "#prune-frac", "half")
+        assert text_of(app, "#prune-heads").strip() == ""  # Start says what is wrong with it
+
+    run_app(flow)
+
+
 def test_the_prune_form_has_the_engines_defaults_range_and_words(tmp_path):
     """The form's fraction is checked by PruneOptions itself: 0 (prune nothing) is accepted
     and 1 refused in the engine's words, as --prune-frac does (it used to say 0 < f < 1)."""
@@ -1248,6 +1270,32 @@ def test_find_row_matches_a_layer_number_exactly_and_words_anywhere():
     assert row_matches(["3", Text("#1 #12")], "#12")  # a zeroed head
     assert row_matches(["3", Text("Candidate")], "cand")
     assert not row_matches(["3", Text("candidate")], "base")
+
+
+def test_a_borderline_canary_pass_is_said_in_the_status_line_and_the_write_dialog():
+    """Issue 19: 5 of 25 prompts failed at the limit of 5 passes, one failure from a fail."""
+    from dataclasses import asdict
+
+    from surgeon.tui.app import _canary_note
+    from surgeon.tui.views import status_text
+
+    from surgeon.recover.canary.checks import CanaryOptions, CanaryReport, PromptResult
+    from surgeon.recover.plan import PlanSummary
+
+    def report(failed: int) -> CanaryReport:
+        prompts = [
+            PromptResult("p", "b", "t", 1.0, 1.0, 0.0, 0.0, 24, 24, failures=["drift 9 > 3"] if n < failed else [])
+            for n in range(25)
+        ]
+        return CanaryReport(failed <= 5, prompts, asdict(CanaryOptions()), base_cache_hit=True)
+
+    summary = PlanSummary([1], [], [], [], 0, [], [], False, [])
+    line = status_text(summary, report(5), None, "c")
+    assert "canary: passed, borderline (5/25 failed)" in line.plain
+    assert any(span.style == "yellow" for span in line.spans)
+    assert "canary: passed (4/25 failed)" in status_text(summary, report(4), None, "c").plain
+    assert _canary_note(report(5)).plain == "The canary passed on this plan, borderline: one more failure fails it."
+    assert _canary_note(report(4)).plain == "The canary passed on this plan."
 
 
 @pytest.mark.slow

@@ -148,7 +148,12 @@ class CanaryReport:
     def fail_frac(self) -> float:
         return self.failed / len(self.prompts) if self.prompts else 0.0
 
+    @property
+    def tally(self) -> Tally:
+        return tally(self.failed, len(self.prompts), self.options.get("max_fail_frac", 0.0))
+
     def to_json(self) -> dict:
+        counts = self.tally
         out = {
             "schema": SCHEMA,
             "passed": self.passed,
@@ -156,6 +161,9 @@ class CanaryReport:
             "prompts_total": len(self.prompts),
             "fail_frac": self.fail_frac,
             "max_fail_frac": self.options.get("max_fail_frac"),
+            "max_failed_prompts": counts.max_failed,
+            "margin": counts.margin,
+            "borderline": counts.borderline,
             "base_cache_hit": self.base_cache_hit,
             "base_self_check": self.self_check,
             "options": self.options,
@@ -166,10 +174,44 @@ class CanaryReport:
         return out
 
 
+@dataclass(frozen=True)
+class Tally:
+    """A verdict from its counts, and how near it came to the other one: 'passed: 5/25
+    failed, the limit is 5' is a coin toss that one more failing prompt turns (issue 19)."""
+
+    failed: int
+    total: int
+    max_failed: int  # the most prompts that may fail in a pass
+
+    @property
+    def passed(self) -> bool:
+        return self.total > 0 and self.failed <= self.max_failed  # no evidence is no pass
+
+    @property
+    def margin(self) -> int:
+        """Prompts away from the other verdict: for a pass, the further failures that fail it;
+        for a fail, the failures fewer that would pass it (0: no prompts, no other verdict)."""
+        if not self.total:
+            return 0
+        return self.max_failed + 1 - self.failed if self.passed else self.failed - self.max_failed
+
+    @property
+    def borderline(self) -> bool:
+        """A pass that one more failed prompt fails. Not one where no prompt failed (a
+        max_fail_frac of 0, or few prompts): nothing better could have been measured."""
+        return self.passed and self.margin == 1 and self.failed > 0
+
+
+def tally(failed: int, total: int, max_fail_frac: float) -> Tally:
+    """The rule, for the verdict and its margin alike: the canary fails when more than
+    max_fail_frac of the prompts fail (the 1e-9: 0.29 x 100 prompts is 28.999999999999996
+    in floats, and 29 failed is at the limit, not over it)."""
+    return Tally(failed, total, math.floor(max_fail_frac * total + 1e-9) if total else 0)
+
+
 def verdict(results: list[PromptResult], options: CanaryOptions) -> bool:
     """Pass when at most max_fail_frac of the prompts failed a check."""
-    failed = sum(not r.passed for r in results)
-    return bool(results) and failed <= options.max_fail_frac * len(results) + 1e-9
+    return tally(sum(not r.passed for r in results), len(results), options.max_fail_frac).passed
 
 
 def read_prompts(path: Path | None, add: Path | None = None) -> list[Prompt]:
