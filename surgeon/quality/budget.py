@@ -45,7 +45,7 @@ def split_session(session: EvalSession) -> SplitSession:
     """SESSION's text in two parts, for a search and its confirmation. With 2 documents or
     more, alternate documents go to each part, so both span the text's kinds of writing (the
     bundled held-out text: licences, a language reference, release notes, a manual), and each
-    part is cut into windows as `surgeon eval` cuts a text (packed, or --per-document), half
+    part is cut into windows as `surgeon eval` cuts a text (packed, or --per-document), up to
     the token budget each; one document's windows alternate between the parts."""
     options = session.options
     tokenizer = load_tokenizer(options.run.tokenizer_dir(session.base.root))
@@ -58,8 +58,11 @@ def split_session(session: EvalSession) -> SplitSession:
         return make_windows(tokenizer, part, window, budget, options.per_document)
 
     if len(documents) >= 2:
-        half = options.max_tokens // 2
-        parts, by = [cut(documents[0::2], half), cut(documents[1::2], options.max_tokens - half)], "documents"
+        # --eval-tokens for each part: the search, the costly part, reads as much as it did
+        # before there was a split, and the confirmation as much again (one evaluation more).
+        # Half each left 4,088 tokens of the bundled text on each side, under FEW_TOKENS.
+        budget = options.max_tokens
+        parts, by = [cut(documents[0::2], budget), cut(documents[1::2], budget)], "documents"
     else:
         windows = cut(documents, options.max_tokens)
         parts, by = [windows[0::2], windows[1::2]], "windows"

@@ -288,8 +288,8 @@ def test_the_split_gives_alternate_documents_to_each_part_packed_as_eval_packs_t
     tokenizer = load_tokenizer(BASE)
     window = session.text["window"]
     assert split.by == "documents"
-    assert split.search.windows == make_windows(tokenizer, documents[0::2], window, 256)
-    assert split.confirm.windows == make_windows(tokenizer, documents[1::2], window, 256)
+    assert split.search.windows == make_windows(tokenizer, documents[0::2], window, 512)  # --eval-tokens each
+    assert split.confirm.windows == make_windows(tokenizer, documents[1::2], window, 512)
     assert not {d for d in documents[0::2]} & {d for d in documents[1::2]}  # no text on both sides
 
 
