@@ -26,7 +26,7 @@ from surgeon.quality.evaluate import (
     packed_stream,
     quantile,
 )
-from surgeon.quality.record import text_label
+from surgeon.quality.record import measured_text, text_label
 from surgeon.quality.render import outliers, quality_markdown, render_eval, short_windows_warning
 from surgeon.recover.salvage import salvage
 from surgeon.runtime.settings import RunSettings
@@ -377,6 +377,15 @@ def test_quality_markdown_and_no_torch_for_it():
         "the bundled held-out text (5 tokens scored; no BOS)"  # a manifest's wrong types are left out
     )
     assert text_label(None) == "an unnamed text"
+    searched = {"text": {"source": "t.txt"}, "budget": {"max_kl": 0.05}, "eval": summary}
+    assert text_label(measured_text(searched)) == (
+        "t.txt (the text a budget search chose the plan on, so the figures are biased low)"
+    )
+    split = searched | {"search": summary, "split": {"confirm_windows": 3}}
+    assert (
+        text_label(measured_text(split), 7)
+        == "t.txt (7 tokens scored in 3 windows; the part a budget search did not see)"
+    )
     code = "import sys, surgeon.quality.render\nprint('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.stdout.strip() == "False", proc.stderr
