@@ -1,11 +1,13 @@
 """Quality in and out of the calibration's domain (issue 19): the same builds of a real model,
 scored on text of the calibration corpus's own kind and on independent text.
 
-Run: python benchmarks/bench_domains.py [--only NAME ...] [--eval-tokens 8192]
-Needs: the SmolLM2 checkpoint of benchmarks/smollm2.py (converted on first use).
+Run: python benchmarks/bench_domains.py [--model smollm2|gemma3] [--only NAME ...] [--eval-tokens 8192]
+Needs: the SmolLM2 checkpoint of benchmarks/smollm2.py, or with --model gemma3 Gemma 3 270M
+of benchmarks/second_model.py (each converted on first use).
 
 The model is SmolLM2-135M-Instruct (30 layers, 9 query heads); every build prunes 1 of 9 heads
-in all 30 layers (the default 12.5%). Four texts score each build (`surgeon eval`, packed
+in all 30 layers (the default 12.5%). With --model gemma3, Gemma 3 270M (18 layers, 4 query
+heads over 1 kv head): the default 12.5% rounds to 1 of 4 heads (25%) in every layer. Four texts score each build (`surgeon eval`, packed
 windows of 512, --eval-tokens of each):
 - **corpus kind**: the bundled calibration corpus's documents that its default calibration
   budget (8192 tokens for this model) never reaches, the last third of its interleaved order:
@@ -36,7 +38,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import second_model  # noqa: E402  (Gemma 3 270M, converted on first use)
 import smollm2  # noqa: E402  (the converted checkpoint)
+
+MODELS = {"smollm2": smollm2.convert, "gemma3": second_model.convert}
 
 HELDOUT = ROOT / "surgeon" / "_data" / "heldout"
 CORPUS = ROOT / "surgeon" / "_data" / "calibration"
@@ -137,10 +142,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="build names to run (default: all)")
     parser.add_argument("--eval-tokens", type=int, default=8192)
-    parser.add_argument("--work", type=Path, default=HERE / "_data" / "bench_domains")
+    parser.add_argument(
+        "--model", choices=sorted(MODELS), default="smollm2", help="smollm2 or gemma3 (second_model.py)"
+    )
+    parser.add_argument("--work", type=Path, help="default: benchmarks/_data/bench_domains[-MODEL]")
     args = parser.parse_args()
+    suffix = "" if args.model == "smollm2" else f"-{args.model}"
+    args.work = args.work or HERE / "_data" / f"bench_domains{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
-    model = smollm2.convert()
+    model = MODELS[args.model]()
     texts = write_texts(args.work)
     columns = [
         ("corpus kind", texts["corpus kind"]),
