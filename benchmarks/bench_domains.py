@@ -7,8 +7,8 @@ of benchmarks/second_model.py (each converted on first use).
 
 The model is SmolLM2-135M-Instruct (30 layers, 9 query heads); every build prunes 1 of 9 heads
 in all 30 layers (the default 12.5%). With --model gemma3, Gemma 3 270M (18 layers, 4 query
-heads over 1 kv head): the default 12.5% rounds to 1 of 4 heads (25%) in every layer. Four texts score each build (`surgeon eval`, packed
-windows of 512, --eval-tokens of each):
+heads over 1 kv head): the default 12.5% rounds to 1 of 4 heads (25%) in every layer. Four
+texts score each build (`surgeon eval`, packed windows of 512, --eval-tokens of each):
 - **corpus kind**: the bundled calibration corpus's documents that its default calibration
   budget (8192 tokens for this model) never reaches, the last third of its interleaved order:
   text written in the same hand as what the heal was fitted on, not the same documents;
