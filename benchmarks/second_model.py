@@ -36,10 +36,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 from pathlib import Path
+
+import smollm2  # write_from_gguf: the same conversion as SmolLM2's
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "_data" / "gemma3-270m"  # benchmarks/_data is git-ignored
@@ -81,30 +82,12 @@ def convert(out: Path = DEFAULT_OUT) -> Path:
     """The converted checkpoint folder, built on first use (a complete folder is reused)."""
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
-    # Deferred: torch and transformers are only needed the first time.
-    import torch
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     gguf_dir = out.with_name(f".{out.name}.gguf-{os.getpid()}")
     gguf_dir.mkdir(parents=True)
     try:
-        source = assemble_gguf(gguf_dir / "gemma-3-270m-q4_k_m.gguf")
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.bfloat16)
-        tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)  # the weights written are plain bf16
-        config.pop("_model_name_or_path", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        return smollm2.write_from_gguf(assemble_gguf(gguf_dir / "gemma-3-270m-q4_k_m.gguf"), out)
     finally:
         shutil.rmtree(gguf_dir, ignore_errors=True)  # the 253 MB joined GGUF is not kept
-    tmp.rename(out)  # a folder that exists is complete
-    return out
 
 
 def main() -> None:

@@ -45,12 +45,17 @@ def convert(out: Path = DEFAULT_OUT) -> Path:
     """The converted checkpoint folder, built on first use (a complete folder is reused)."""
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
         return out
+    return write_from_gguf(gguf_file(), out)
+
+
+def write_from_gguf(source: Path, out: Path) -> Path:
+    """OUT, a bf16 checkpoint folder of the GGUF SOURCE (weights dequantized by transformers'
+    GGUF loader, config, generation config, tokenizer), built aside and renamed into place."""
     # Deferred: torch and transformers are only needed the first time.
     import torch
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = gguf_file()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.bfloat16)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
