@@ -9,17 +9,16 @@ The model is SmolLM2-135M-Instruct (30 layers, 9 query heads); every build prune
 in all 30 layers (the default 12.5%). With --model gemma3, Gemma 3 270M (18 layers, 4 query
 heads over 1 kv head): the default 12.5% rounds to 1 of 4 heads (25%) in every layer. Four
 texts score each build (`surgeon eval`, packed windows of 512, --eval-tokens of each):
-- **corpus kind**: the bundled calibration corpus's documents that its default calibration
-  budget (8192 tokens for this model) never reaches, the last third of its interleaved order:
-  text written in the same hand as what the heal was fitted on, not the same documents;
+- **corpus kind**: the written half of the bundled calibration corpus (surgeon/_data/calibration,
+  the files not named pyref-*) that the default budget (8192 tokens for this model) never
+  reaches, the last third of its interleaved order: text written in the same hand as half of
+  what the heal was fitted on, not the same documents;
 - **independent**: the bundled held-out text (surgeon/_data/heldout, six documents that ship
   with other software; PROVENANCE.md);
-- **Python reference**: the two chapters of the Python Language Reference in the bundled
-  held-out text (`langref-*.txt`), the "own domain" of the builds calibrated with
-  `--calib` on the reference's other chapters (from this Python's own `pydoc_data`, the
-  chapters in the held-out text left out);
-- **other documents**: the held-out text's other four (two licences, IDLE's release notes,
-  the AWS CLI's S3 manual), a domain no build here was calibrated on.
+- **fiction**: the held-out text's chapter of Alice's Adventures in Wonderland;
+- **legal, release notes**: the held-out text's two licences and Rust's release notes, domains
+  that neither half of the calibration corpus (written genres; the Python Language Reference)
+  holds.
 
 Each build and each score is cached under --work (benchmarks/_data/bench_domains): rerun to
 print the table again; remove a build's folder to measure it anew.
@@ -45,19 +44,17 @@ MODELS = {"smollm2": smollm2.convert, "gemma3": second_model.convert}
 
 HELDOUT = ROOT / "surgeon" / "_data" / "heldout"
 CORPUS = ROOT / "surgeon" / "_data" / "calibration"
-HELD_TOPICS = ("execmodel", "assignment")  # the reference chapters in the bundled held-out text
 
 # name -> prune options beyond --layers all (the default fraction, importance and ridge)
 BUILDS = {
     "lstsq (default)": ["--heal", "lstsq"],
     "anchored 0.01": ["--heal", "anchored"],
     "anchored 0.1": ["--heal", "anchored", "--ridge-rel", "0.1"],
-    "anchored 1.0": ["--heal", "anchored", "--ridge-rel", "1.0"],
     "none": ["--heal", "none"],
+    "norm importance": ["--heal", "lstsq", "--importance", "norm"],
     "lstsq, 60k tokens": ["--heal", "lstsq", "--calib-tokens", "60000"],
-    "lstsq, own domain": ["--heal", "lstsq", "--calib", "{reference}"],
-    # the bundled corpus and the reference's chapters in pieces of ~4000 characters, alternately
-    "lstsq, corpus + reference": ["--heal", "lstsq", "--calib", "{corpus_reference}"],
+    # the corpus before issue 19: its written documents alone, interleaved by genre
+    "lstsq, written only": ["--heal", "lstsq", "--calib", "{written}"],
 }
 
 
@@ -66,58 +63,32 @@ def surgeon(*args: str) -> list[str]:
 
 
 def write_texts(work: Path) -> dict[str, Path]:
-    """The three scoring texts and the own-domain calibration text, as JSON lines."""
-    from pydoc_data.topics import topics  # CPython's own Language Reference chapters
-
+    """The scoring texts and the written-only calibration text, as JSON lines."""
     sys.path.insert(0, str(ROOT))
-    from surgeon.runtime.corpus import bundled_corpus
+    from surgeon.runtime.corpus import SHIPPED_GENRES, bundled_corpus
 
-    corpus, _ = bundled_corpus()  # interleaved by genre, as the default calibration reads it
+    corpus, _ = bundled_corpus()  # in the order the default calibration reads it
+    shipped = {f.read_text().strip() for f in CORPUS.glob("*.txt") if f.name.rsplit("-", 1)[0] in SHIPPED_GENRES}
+    written = [doc for doc in corpus if doc not in shipped]
+    held = {f.name: f.read_text() for f in sorted(HELDOUT.glob("*.txt"))}
     texts = {
-        "corpus kind": [doc for doc in corpus[2 * len(corpus) // 3 :]],
-        "Python reference": [(HELDOUT / f"langref-{n}.txt").read_text() for n in ("assignment", "execution-model")],
-        "other documents": [f.read_text() for f in sorted(HELDOUT.glob("*.txt")) if not f.name.startswith("langref-")],
-        "reference": [body for name, body in sorted(topics.items()) if name not in HELD_TOPICS],
+        "corpus kind": written[2 * len(written) // 3 :],
+        "fiction": [body for name, body in held.items() if name.startswith("fiction-")],
+        "legal, release notes": [body for name, body in held.items() if name.startswith(("legal-", "release-"))],
+        "written": written,
     }
-    texts["corpus + reference"] = _alternate(corpus, _spread_chunks(texts["reference"]))
     paths = {}
     for name, docs in texts.items():
-        path = work / f"{name.replace(' ', '-')}.jsonl"
+        path = work / f"{name.replace(' ', '-').replace(',', '')}.jsonl"
         path.write_text("".join(json.dumps({"text": d.strip()}) + "\n" for d in docs))
         paths[name] = path
     return paths
 
 
-def _spread_chunks(documents: list[str], limit: int = 4000) -> list[str]:
-    """Each document cut at blank lines into pieces of about LIMIT characters, then one piece of
-    each document in turn, so that a calibration budget's first tokens span them all."""
-    pieces = []
-    for text in documents:
-        cut, current = [], ""
-        for para in text.strip().split("\n\n"):
-            if current and len(current) + len(para) > limit:
-                cut.append(current)
-                current = ""
-            current = f"{current}\n\n{para}" if current else para
-        pieces.append([*cut, current] if current else cut)
-    spread = []
-    while any(pieces):
-        spread += [p.pop(0) for p in pieces if p]
-    return spread
-
-
-def _alternate(first: list[str], second: list[str]) -> list[str]:
-    return (
-        [doc for pair in zip(first, second, strict=False) for doc in pair] + first[len(second) :] + second[len(first) :]
-    )
-
-
 def build(model: Path, work: Path, name: str, options: list[str], texts: dict[str, Path]) -> Path:
     out = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     if not (out / "prune_manifest.json").is_file():
-        options = [
-            o.format(reference=texts["reference"], corpus_reference=texts["corpus + reference"]) for o in options
-        ]
+        options = [o.format(written=texts["written"]) for o in options]
         started = time.perf_counter()
         subprocess.run(surgeon("prune", model, "-o", out, "--layers", "all", *options, "-q"), check=True)
         print(f"  built {name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -155,8 +126,8 @@ def main() -> None:
     columns = [
         ("corpus kind", texts["corpus kind"]),
         ("independent", None),
-        ("Python reference", texts["Python reference"]),
-        ("other documents", texts["other documents"]),
+        ("fiction", texts["fiction"]),
+        ("legal, release notes", texts["legal, release notes"]),
     ]
     print("| build | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "---|" * len(columns))

@@ -176,8 +176,8 @@ class SurgeonApp(App):
         summary, report, plan_eval = status.summary, status.canary, status.eval
         self.query_one(OverviewPane).show(session.report, rows)
         text_name = session.eval_text_name
-        # the Plan tab's one line stays within 80 columns; the Canary tab and the write dialog name the text
-        self.query_one(PlanPane).show(rows, summary, session.candidate.name, plan_eval, session.layer_kl)
+        # the Plan tab's one line names the text too, within 80 columns (perplexity and KL only)
+        self.query_one(PlanPane).show(rows, summary, session.candidate.name, plan_eval, session.layer_kl, text_name)
         self.query_one(TensorsPane).show(session.report, set(summary.from_candidate))
         canary = self.query_one(CanaryPane)
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval, text_name))

@@ -521,11 +521,13 @@ class PlanPane(Vertical):
         yield LayerMap(kl_column=True, id="plan-map")
         yield Static(views.map_legend(), id="plan-legend")
 
-    def show(self, rows: list[views.LayerRow], summary, candidate_name: str, plan_eval=None, layer_kl=None) -> None:
-        """`plan_eval`: this plan's eval summary, None when not evaluated; `layer_kl`: each
-        changed layer's KL alone, None before it is measured."""
+    def show(
+        self, rows: list[views.LayerRow], summary, candidate_name: str, plan_eval=None, layer_kl=None, text_name=None
+    ) -> None:
+        """`plan_eval`: this plan's eval summary, None when not evaluated, measured on the text
+        `text_name`; `layer_kl`: each changed layer's KL alone, None before it is measured."""
         self.query_one("#plan-summary", Static).update(views.plan_text(summary, candidate_name))
-        self.query_one("#plan-eval", Static).update(views.eval_text(plan_eval))
+        self.query_one("#plan-eval", Static).update(views.eval_text(plan_eval, text_name, brief=True))
         self.query_one("#plan-costs", Static).update(views.layer_cost_text(layer_kl))
         self.query_one("#plan-map", LayerMap).show(rows, layer_kl)
 

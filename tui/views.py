@@ -519,14 +519,18 @@ def eval_numbers(summary: dict) -> str:
     )
 
 
-def eval_text(summary: dict | None, text_name: str | None = None) -> Text:
+def eval_text(summary: dict | None, text_name: str | None = None, brief: bool = False) -> Text:
     """ "eval: <numbers> (N tokens of <text>)" for the current plan, or that it has not been
-    evaluated: a figure always says what it was measured on (issue 19)."""
-    text = Text("eval: ", style="bold")
+    evaluated: a figure always says what it was measured on (issue 19). `brief` (the Plan
+    tab, one line at 80 columns): perplexity and KL only, a long text name cut at the edge."""
+    text = Text("eval: ", style="bold", no_wrap=brief, overflow="ellipsis" if brief else "fold")
     if summary is None:
         return text.append(NOT_EVALUATED, style="yellow")
     on = f" of {inert(text_name)}" if text_name else ""
-    return text.append(eval_numbers(summary)).append(f"  ({summary['tokens']:,} tokens{on})", style="dim")
+    numbers = eval_numbers(summary)
+    if brief:  # "ppl x1.0123  KL 0.0123": the Canary tab has p99 and top-1
+        numbers = numbers[: numbers.index("  p99")]
+    return text.append(numbers).append(f"  ({summary['tokens']:,} tokens{on})", style="dim")
 
 
 def layer_cost_text(layer_kl: dict[int, float | None] | None) -> Text:

@@ -1,7 +1,10 @@
 """The calibration corpus: the bundled text, samples cut (not truncated), the token budget,
 the too-few-tokens warnings, and Hugging Face datasets from the local cache (issue 10)."""
 
+import hashlib
+import importlib.resources
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -32,9 +35,37 @@ def test_the_bundled_corpus_is_large_varied_and_interleaved():
     assert load_corpus(None) == (texts, record)
     tok = load_tokenizer(TRAINED)
     # any prefix mixes genres: the first dozen documents are not all of one kind
-    firsts = {t.split()[0] for t in texts[:12]}
+    firsts = {t.split()[0] for t in texts[:24:2]}
     assert len(firsts) >= 8
     assert len(tok(" ".join(texts[:12]), add_special_tokens=False)["input_ids"]) > AUTO_MIN_TOKENS // 4
+
+
+def test_half_of_any_prefix_of_the_bundled_corpus_is_the_python_reference():
+    texts, _ = bundled_corpus()
+    folder = importlib.resources.files("surgeon") / "_data" / "calibration"
+    reference = [(folder / f"pyref-{n:02d}.txt").read_text().strip() for n in range(1, 80)]
+    # in file order, one after each of the 75 written documents, the last four at the end
+    assert texts[1:150:2] + texts[150:] == reference and len(texts) == 154
+    assert not set(texts[0:150:2]) & set(reference)
+
+
+def test_the_held_out_text_shares_no_paragraph_with_the_calibration_corpus():
+    data = importlib.resources.files("surgeon") / "_data"
+    held = {f.name: f.read_text() for f in (data / "heldout").iterdir() if f.name.endswith(".txt")}
+    calibration = {f.name: f.read_text() for f in (data / "calibration").iterdir() if f.name.endswith(".txt")}
+
+    def paragraphs(texts):
+        return {" ".join(p.split()) for t in texts.values() for p in t.split("\n\n") if len(p) > 80}
+
+    assert len(held) == 6 and not paragraphs(held) & paragraphs(calibration)
+
+
+def test_the_held_out_provenance_pins_every_file_by_its_bytes():
+    folder = importlib.resources.files("surgeon") / "_data" / "heldout"
+    pinned = re.findall(r"^([0-9a-f]{64})  (\S+\.txt)$", (folder / "PROVENANCE.md").read_text(), re.M)
+    files = sorted(f.name for f in folder.iterdir() if f.name.endswith(".txt"))
+    assert sorted(name for _, name in pinned) == files
+    assert all(hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest for digest, name in pinned)
 
 
 def test_long_texts_are_cut_into_samples_each_with_one_bos():

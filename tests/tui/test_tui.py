@@ -364,8 +364,10 @@ def test_eval_shows_the_plan_and_each_layer_alone(monkeypatch):
         full = app.eval_reports[frozenset(range(8))]
         assert 0 < full["tokens"] < EVAL_TOKENS  # the app's token budget reached the engine
         shown = text_of(app, "#plan-eval")
-        assert f"ppl x{full['ppl_ratio']:.4f}  KL {full['kl_mean']:.4f}  p99 {full['kl_p99']:.4f}" in shown
-        assert f"top-1 {full['top1']:.1%}" in shown and f"({full['tokens']:,} tokens)" in shown
+        # one line at 80 columns that names its text (issue 19); p99 and top-1 are on the Canary tab
+        on = f"({full['tokens']:,} tokens of {app.session.eval_text_name})"
+        assert f"ppl x{full['ppl_ratio']:.4f}  KL {full['kl_mean']:.4f}  {on}" in shown and "p99" not in shown
+        assert f"top-1 {full['top1']:.1%}" in text_of(app, "#canary-status")
 
         kl = app.layer_kl
         assert sorted(kl) == list(range(8)) and all(value > 0 for value in kl.values())
