@@ -131,10 +131,11 @@ def quantization_config(scheme: str) -> dict:
 
 
 def _ct_config(scheme: str) -> dict:
-    if scheme == "ct-nvfp4":
+    if scheme == "ct-nvfp4":  # compressed-tensors' NVFP4 preset (quant_scheme.NVFP4) as it serializes
         fmt = "nvfp4-pack-quantized"
-        weights = {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}
-        acts: dict | None = {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}
+        fp4 = {"num_bits": 4, "type": "float", "strategy": "tensor_group", "group_size": 16}
+        weights = fp4 | {"scale_dtype": "torch.float8_e4m3fn"}
+        acts: dict = fp4 | {"scale_dtype": "torch.float8_e4m3fn", "observer": "static_minmax"}
     else:
         fmt = "float-quantized"
         if scheme == "ct-fp8-channel":
@@ -143,8 +144,7 @@ def _ct_config(scheme: str) -> dict:
             weights = {"num_bits": 8, "type": "float", "strategy": "block", "block_structure": list(FP8_BLOCK)}
         acts = {"num_bits": 8, "type": "float", "strategy": "tensor"}
     weights |= {"symmetric": True, "dynamic": False}
-    if acts is not None:
-        acts |= {"symmetric": True, "dynamic": False}
+    acts |= {"symmetric": True, "dynamic": "local" if scheme == "ct-nvfp4" else False}
     group = {"targets": ["Linear"], "weights": weights, "input_activations": acts, "format": fmt}
     return {
         "quant_method": "compressed-tensors",

@@ -450,3 +450,31 @@ def test_compressed_tensors_own_decompressor_agrees(written, scheme):
         theirs = compressor.decompress(local, quant_scheme)["weight"]
         ours = torch.from_numpy(values).to(theirs.dtype)
         assert torch.equal(theirs, ours), name
+
+
+def test_compressed_tensors_quantizer_matches_ours():
+    """compressed-tensors' own qparams and NVFP4 compressor give our bytes and global scale."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
+
+    from tests.quantized_fixtures import quantization_config
+
+    group = dict(quantization_config("ct-nvfp4")["config_groups"]["group_0"])
+    group.pop("format")
+    scheme = QuantizationScheme.model_validate(group)
+    rng = np.random.default_rng(1)
+    for w in (rng.standard_normal((64, 256)) * 0.02, rng.standard_t(3, (64, 256)) * 0.02):
+        w = w.astype(np.float32)
+        t = torch.from_numpy(w.copy())
+        global_scale = generate_gparam(t.min(), t.max())
+        blocks = t.reshape(64, 16, 16)
+        scale, _ = calculate_qparams(blocks.amin(-1), blocks.amax(-1), scheme.weights, global_scale=global_scale)
+        state = {"weight": t, "weight_scale": scale, "weight_global_scale": global_scale}
+        theirs = NVFP4PackedCompressor.compress(state, scheme)
+        ours = quantize_nvfp4(w, "compressed-tensors")
+        assert float(global_scale) == float(ours.second)
+        np.testing.assert_array_equal(theirs["weight_scale"].view(torch.uint8).numpy(), ours.scale)
+        np.testing.assert_array_equal(theirs["weight_packed"].numpy(), ours.packed)
