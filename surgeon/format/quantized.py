@@ -33,7 +33,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.dtypes import to_float64
 from surgeon.format.quant_scheme import FP8, NVFP4, QuantScheme, quantization_scheme
-from surgeon.format.requantize import E2M1_VALUES, NVFP4_GROUP, e4m3_decode, expand_scale
+from surgeon.format.requantize import E2M1_VALUES, NVFP4_GROUP, e4m3_decode
 from surgeon.format.safetensors import TensorInfo
 from surgeon.format.tensor_io import ShardReader
 
@@ -84,9 +84,7 @@ class QuantizedReader:
 
     def decode_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of logical weight `name` as float32 [stop - start, cols]."""
-        weight = self.weights.get(name)
-        if weight is None:
-            raise SurgeonError(f"{self.ckpt.root}: no quantized weight {name!r}")
+        weight = self._weight(name)
         rows = weight.shape[0]
         if not 0 <= start <= stop <= rows:
             raise SurgeonError(f"{name!r}: rows {start}..{stop} are outside its {rows} rows")
@@ -99,12 +97,18 @@ class QuantizedReader:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 rows) covering weight `name`, each chunk at most `max_elements`
         (one row where a row is larger), a multiple of `row_multiple` rows where that fits."""
-        rows, cols = self.weights[name].shape
+        rows, cols = self._weight(name).shape
         per_chunk = max(1, max_elements // max(cols, 1))
         if per_chunk >= row_multiple:
             per_chunk -= per_chunk % row_multiple
         for first in range(0, rows, per_chunk):
             yield first, self.decode_rows(name, first, min(rows, first + per_chunk))
+
+    def _weight(self, name: str) -> QuantizedWeight:
+        weight = self.weights.get(name)
+        if weight is None:
+            raise SurgeonError(f"{self.ckpt.root}: no quantized weight {name!r}")
+        return weight
 
     def close(self) -> None:
         for reader in self._readers.values():
@@ -195,8 +199,13 @@ def _apply_scale(values: np.ndarray, scale: np.ndarray, block: tuple[int, int], 
         values *= scale[:, :1]
     elif block[0] == 1 and cols % block[1] == 0:
         values.reshape(len(rows), -1, block[1])[...] *= scale[:, :, None]
-    else:
-        values *= expand_scale(scale, block, rows, cols)
+    else:  # blocks of rows: each group of rows times its scale row, spread over the columns
+        per_col = np.repeat(scale, block[1], axis=1)[:, :cols]
+        first = rows.start // block[0]
+        for group in range(per_col.shape[0]):
+            lo = max(rows.start, (first + group) * block[0]) - rows.start
+            hi = min(rows.stop, (first + group + 1) * block[0]) - rows.start
+            values[lo:hi] *= per_col[group]
     return values
 
 
@@ -255,6 +264,11 @@ class _Classifier:
             return self._nvfp4(module, parts, data, "weight_scale_2", divide=False)
         if data.dtype.name == "F8_E4M3":
             return self._fp8(module, parts, data)
+        scaled = any(suffix.startswith("weight_scale") or suffix == "weight_global_scale" for suffix in parts)
+        if scaled and data.dtype.name not in ("BF16", "F16", "F32"):
+            # an integer or other 8-bit weight with scales (int8, F8_E5M2): a layout not decoded here.
+            # A float weight beside scales is a fake-quantized one, already dequantized: plain.
+            self._fail(data, f"is {data.dtype.name} beside its scales, a quantized layout surgeon does not decode")
         return None
 
     def _nvfp4(

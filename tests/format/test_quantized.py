@@ -104,6 +104,31 @@ def test_both_scales_multiply_in_modelopt_and_the_global_one_divides_in_compress
             assert reader.decode_rows(name, 0, 1)[0, :2].tolist() == [0.25, 0.5]  # e2m1 * 2 * 0.25, e2m1 * 2 / 4
 
 
+def test_a_last_block_shorter_than_16_columns_takes_its_own_scale(tmp_path):
+    """40 columns: blocks of 16, 16 and 8, each row with its own three scales."""
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 16, size=(3, 40), dtype=np.uint8)
+    scales = np.array([[0x38, 0x40, 0x30], [0x48, 0x28, 0x3C], [0x38, 0x38, 0x50]], dtype=np.uint8)
+    folder = tmp_path / "q"
+    folder.mkdir()
+    module = "m"
+    write_safetensors(
+        folder / "model.safetensors",
+        [
+            TensorBytes(f"{module}.weight_packed", "U8", (3, 20), pack_e2m1(codes).tobytes()),
+            TensorBytes(f"{module}.weight_scale", "F8_E4M3", (3, 3), scales.tobytes()),
+            TensorBytes(f"{module}.weight_global_scale", "F32", (1,), np.float32(0.5).tobytes()),
+        ],
+    )
+    declared = {"quant_method": "compressed-tensors", "format": "nvfp4-pack-quantized"}
+    (folder / "config.json").write_text(json.dumps({"quantization_config": declared}))
+    column_scale = e4m3_decode(scales)[:, np.arange(40) // 16] / np.float32(0.5)
+    expected = E2M1_VALUES[codes] * column_scale
+    with open_quantized(open_checkpoint(folder)) as reader:
+        np.testing.assert_array_equal(reader.decode_rows("m.weight", 0, 3), expected)
+        np.testing.assert_array_equal(reader.decode_rows("m.weight", 1, 3), expected[1:])
+
+
 # --- written checkpoints ------------------------------------------------------------
 
 
@@ -375,6 +400,19 @@ def test_hostile_declarations_are_one_line_errors(tmp_path, declared):
     config["quantization_config"] = declared
     (folder / "config.json").write_text(json.dumps(config))
     assert "quantization_config" in _one_line_error(folder)
+
+
+def test_an_int8_weight_beside_its_scales_is_refused_not_read_as_plain(tmp_path):
+    folder = _fresh(tmp_path, "ct-fp8-channel")
+    _replace(folder, f"{Q}.weight", TensorBytes(f"{Q}.weight", "I8", (64, 64), bytes(4096)))
+    message = _one_line_error(folder)
+    assert f"{Q}.weight'" in message and "I8" in message
+
+
+def test_a_name_that_is_no_quantized_weight_is_an_error(written):
+    folder, _ = written["modelopt-fp8"]
+    with open_quantized(open_checkpoint(folder)) as reader, pytest.raises(SurgeonError, match="no quantized weight"):
+        next(reader.iter_rows("model.embed_tokens.weight"))
 
 
 def test_rows_outside_the_weight_are_refused(written):
