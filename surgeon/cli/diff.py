@@ -88,10 +88,18 @@ def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_di
     Hugging Face cache; --download fetches one that is not there, unless the Hub's LFS SHA256s
     show every file identical to the other side's: then it says so and downloads no weights).
     Exit status: 0 identical, 1 different, 2 trouble.
+
+    OTHER may be a GGUF quant of BASE (a .gguf file, the first part of a split set, or a folder
+    of them): each tensor is dequantized and held to the measured quantization error of its
+    type. Exit status: 0 every tensor within its bound, 1 any not (or not compared), 2 trouble.
     """
     fmt = _chosen_format(kw)
     _check_quiet(kw, fmt)
     one_blas_thread()
+    from surgeon.format.kinds import names_gguf  # reads no file, imports no format library
+
+    if names_gguf(base) or names_gguf(other):
+        _diff_quant(base, other, base_revision, other_revision, no_stats, fmt, kw)
     from surgeon.diff.engine import DiffOptions, diff_checkpoints  # deferred: see the module docstring
     from surgeon.format.hashcache import hash_cache_dir, refusal
     from surgeon.format.hub_pair import HubMatch, open_pair
@@ -135,6 +143,40 @@ def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_di
     else:
         emit(_render_diff(report, fmt, kw["verbose"], kw["output"]), kw["output"], kw["force"])
     sys.exit(EXIT_SAME if report.identical else EXIT_DIFFERENT)
+
+
+def _diff_quant(base, other, base_revision, other_revision, no_stats, fmt: DiffFormat, kw: dict) -> NoReturn:
+    """BASE against a GGUF quant of it (diff/quant.py): exit 0 when every tensor is within its
+    type's measured bound, 1 when any is not (beyond it, unverified, missing, of another
+    shape), 2 for trouble. gguf-py is imported here only, when a GGUF is named."""
+    from surgeon.format.kinds import gguf_inputs, names_gguf
+
+    if names_gguf(base):
+        raise SurgeonError(f"{base}: a GGUF as BASE; name the safetensors checkpoint first: surgeon diff BASE QUANT")
+    if other_revision is not None:
+        raise SurgeonError(f"--other-revision: {other} is a GGUF file, not a Hub id")
+    if no_stats:
+        raise SurgeonError("--no-stats: a GGUF is compared by its statistics (NMSE per tensor); drop the option")
+    from surgeon.atomic import check_output as check_not_over
+    from surgeon.diff.quant import QuantOptions, diff_quant
+    from surgeon.format.checkpoint import open_checkpoint
+
+    base_ckpt = open_checkpoint(base, base_revision, download=kw["download"])
+    check_output(kw["output"], kw["force"], [base_ckpt])
+    if kw["output"] is not None:
+        check_not_over(kw["output"], gguf_inputs(other), kw["force"])
+    options = QuantOptions(workers=kw["workers"], hash_files=fmt.evidence)  # a card's SHA256s, from the bytes
+    progress = progress_for(kw["quiet"] or kw["no_progress"])
+    report = diff_quant(base_ckpt, other, options, progress=progress, cancel=threading.Event())
+    if kw["quiet"]:
+        from surgeon.diff.quant_report import summary_line
+
+        emit("" if report.made_from else inert(summary_line(report)) + "\n", None, False)
+    else:
+        rendered = fmt.render_quant(report, RenderOptions(verbose=kw["verbose"]))
+        text = rendered if isinstance(rendered, str) else render_rich(rendered, kw["output"])
+        emit(text, kw["output"], kw["force"])
+    sys.exit(EXIT_SAME if report.made_from else EXIT_DIFFERENT)
 
 
 def _hub_match(match: HubMatch, fmt: DiffFormat, kw: dict) -> NoReturn:

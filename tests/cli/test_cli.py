@@ -145,6 +145,7 @@ def test_no_hash_reports_statuses_without_hashes():
 
 
 def test_diff_and_inspect_do_not_import_torch():
+    """Nor gguf-py (~100 ms): only a GGUF named on the command line brings it."""
     code = (
         "import sys\n"
         "from surgeon.cli.main import main\n"
@@ -154,7 +155,7 @@ def test_diff_and_inspect_do_not_import_torch():
         "        main(args)\n"
         "    except SystemExit:\n"
         "        pass\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'textual') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'textual', 'gguf') if m in sys.modules)\n"
         "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
     )
     proc = subprocess.run(

@@ -1,0 +1,381 @@
+"""`surgeon diff BASE QUANT`: a safetensors checkpoint against a GGUF quant of it.
+
+Every tensor the GGUF holds is read through Hugging Face names (model/crossnames.py: llama.cpp's
+transforms undone and named), dequantized a chunk of rows at a time (format/rows.py) and
+compared with BASE's rows by NMSE = sum((q - b)^2) / sum(b^2), summed in float64 over the
+chunks, against the measured bound of its storage type (format/quant_bounds.py). Attention
+projections keep a per-head view: the same sums per head over q/k/v rows and o_proj input
+columns, judged against the per-row bound, so a zeroed head (NMSE 1.0) or a healed o_proj
+(~0.14) shows even where the whole tensor's NMSE would hide it.
+
+A verdict per tensor (VERDICTS): `within` its bound, `differs` beyond it, `unverified` where its
+type has no measured bound, and for what could not be compared `shape-mismatch`, `base-only`
+(a BASE tensor the GGUF lacks) and `quant-only`. `QuantReport.made_from` (exit 0) holds only
+when every tensor that counts is `within`: a tensor that is unverified, missing or of
+another shape is not evidence. Two absences do not count, and are listed all the same:
+vision and audio towers (llama.cpp writes them to a separate mmproj GGUF) and the RoPE
+frequency factors the converter computes.
+
+NMSE where BASE is all zero: 0 when the quant is all zero there too (every GGUF type encodes
+0 exactly), undefined (None, shown as "base all zero") otherwise, which is `differs`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from surgeon.diff.engine import SideSummary, _side, natural_key
+from surgeon.diff.quant_report import GGUFFile, HeadNMSE, QuantReport, QuantTensor, Verdict
+from surgeon.diff.stats import HeadLayout
+from surgeon.errors import SurgeonError
+from surgeon.format.checkpoint import Checkpoint
+from surgeon.format.gguf import GGUFModel, open_gguf
+from surgeon.format.hashing import default_workers, file_sha256
+from surgeon.format.quant_bounds import MEASURED, bound_for
+from surgeon.format.rows import ROW_CHUNK_ELEMENTS, SafetensorsRows
+from surgeon.model.crossnames import NormShift, build_crossmap, text_name
+from surgeon.model.geometry import AttentionGeometry, geometry_by_layer, head_axis
+from surgeon.model.gguf_rows import GGUFRows, with_tied_output
+from surgeon.model.names import main_stack, parse_name
+from surgeon.parallel import check_stop, map_cancellable
+from surgeon.progress import NoProgress, ProgressSink
+from surgeon.text import inert
+
+# BASE's config.json model_type -> the GGUF architecture llama.cpp's converter writes for it
+# (conversion/*.py at ggml-org/llama.cpp 2bbcf7f: Mistral and Mixtral convert as llama).
+GGUF_ARCH = {
+    "llama": "llama",
+    "mistral": "llama",
+    "mixtral": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "qwen2_moe": "qwen2moe",
+    "qwen3_moe": "qwen3moe",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3",
+    "gemma3_text": "gemma3",
+    "gemma4": "gemma4",
+    "gemma4_text": "gemma4",
+}
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    workers: int | None = None  # threads comparing tensors (default: all cores)
+    budget: int = ROW_CHUNK_ELEMENTS  # elements decoded at once per tensor and side
+    hash_files: bool = False  # SHA256 of every GGUF part and BASE shard (the card's evidence)
+
+
+def diff_quant(
+    base: Checkpoint,
+    quant_spec: str,
+    options: QuantOptions = QuantOptions(),
+    *,
+    progress: ProgressSink | None = None,
+    cancel: threading.Event | None = None,
+) -> QuantReport:
+    model = open_gguf(quant_spec)
+    check_architecture(base, model)
+    shapes = {name: tuple(info.shape) for name, info in base.tensors.items()}
+    cross = with_tied_output(build_crossmap(shapes, model), model, shapes)
+    if not cross.entries:
+        raise SurgeonError(_nothing_maps(base, model, cross))
+    quant, rows = GGUFRows(model, cross, shapes), SafetensorsRows(base)
+    measured = _measure_all(quant, rows, _layouts(base, cross.entries), options, progress or NoProgress(), cancel)
+    tensors = measured + _unmatched(base, model, cross)
+    tensors.sort(key=lambda t: natural_key(t.name))
+    stack = main_stack(t.stack for t in tensors)
+    return QuantReport(
+        base=_side(base),
+        other=_gguf_side(quant_spec, model),
+        architecture=model.architecture,
+        tensors=tensors,
+        transforms=cross.transform_counts(),
+        files=_files(model, options.hash_files),
+        main_stack=stack,
+        num_layers=len({t.layer for t in tensors if t.stack == stack and t.layer is not None}),
+        base_sha256=_base_hashes(base) if options.hash_files else {},
+    )
+
+
+def check_architecture(base: Checkpoint, model: GGUFModel) -> None:
+    """A GGUF of another architecture than BASE's config says is trouble, not a difference:
+    its tensors would map by name onto rows that mean something else."""
+    config = base.config or {}
+    model_type = config.get("model_type")
+    expected = GGUF_ARCH.get(model_type) if isinstance(model_type, str) else None
+    if expected is not None and model.architecture != expected:
+        raise SurgeonError(
+            f"{model.source}: a GGUF of architecture {inert(model.architecture)!r}, but {base.source} is "
+            f"{inert(model_type)} (llama.cpp converts it as {expected!r}): not a quant of this model"
+        )
+
+
+def _nothing_maps(base: Checkpoint, model: GGUFModel, cross) -> str:
+    if cross.mismatched:
+        name, why = next(iter(cross.mismatched.items()))
+        return (
+            f"{model.source}: the shapes of all {len(cross.mismatched)} tensors that map onto {base.source} "
+            f"disagree ({inert(name)}: {inert(why)}): not a quant of this model"
+        )
+    return f"{model.source}: none of its {len(model.tensors)} tensors maps onto a tensor of {base.source}"
+
+
+def _gguf_side(spec: str, model: GGUFModel) -> SideSummary:
+    first = model.parts[0].path
+    return SideSummary(
+        source=spec,
+        path=str(first.resolve()),
+        revision=None,
+        tensors=len(model.tensors),
+        shards=len(model.parts),
+        bytes=sum(part.size for part in model.parts),
+        name=first.name,
+    )
+
+
+def _files(model: GGUFModel, hashed: bool) -> list[GGUFFile]:
+    return [GGUFFile(p.path.name, p.size, file_sha256(p.path) if hashed else None) for p in model.parts]
+
+
+def _base_hashes(base: Checkpoint) -> dict[str, str]:
+    return {name: file_sha256(base.shard_path(name)) for name in base.shards}
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads
+
+
+def _layouts(base: Checkpoint, entries: Iterable[str]) -> dict[str, tuple[str, HeadLayout]]:
+    """The head layout of each attention projection whose geometry BASE's config and shapes
+    give (model/geometry.py, as the safetensors diff finds it)."""
+    geometry = geometry_by_layer(base.config, base.tensors)
+    found = {}
+    for name in entries:
+        layout = _layout(name, geometry, tuple(base.tensors[name].shape))
+        if layout is not None:
+            found[name] = layout
+    return found
+
+
+def _layout(
+    name: str, geometry: dict[tuple[str, int], AttentionGeometry], shape: tuple[int, ...]
+) -> tuple[str, HeadLayout] | None:
+    parsed = parse_name(name)
+    axis = head_axis(parsed.family)
+    geo = geometry.get((parsed.stack, parsed.layer)) if parsed.stack is not None and parsed.layer is not None else None
+    if axis is None or geo is None or len(shape) != 2:
+        return None
+    side, proj = axis
+    heads = geo.num_heads if proj in ("q", "o") else geo.num_kv_heads
+    if not heads or shape[0 if side == "rows" else 1] != heads * geo.head_dim:
+        return None
+    return f"{proj}_proj", HeadLayout(side, heads, geo.head_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+class _Sums:
+    """sum((q - b)^2) and sum(b^2), in float64, over the whole tensor and per head; and for a
+    norm-shifted tensor the float rounding of 1 + w in its storage type, which llama.cpp's
+    shift costs on top of the type's own error (an F32 norm stored as 1 + w is not w exactly)."""
+
+    def __init__(self, layout: HeadLayout | None, shift: NormShift | None, storage: str):
+        self.dd = self.bb = self.qq = self.rounding = 0.0
+        self.rows = 0
+        self.layout = layout
+        heads = layout.num_heads if layout else 0
+        self.head_dd, self.head_bb = np.zeros(heads), np.zeros(heads)
+        self.spacing = _spacing(storage) if shift is not None else None
+        self.shift = shift.shift if shift is not None else 0.0
+
+    def add(self, start: int, q: np.ndarray, b: np.ndarray) -> None:
+        d = np.subtract(q, b, dtype=np.float64)
+        flat_d, flat_b = d.reshape(-1), b.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):  # a damaged block decodes to inf or NaN
+            self.dd += float(np.dot(flat_d, flat_d))
+            self.bb += float(np.dot(flat_b, flat_b))
+            self.qq += float(np.dot(q.reshape(-1), q.reshape(-1)))
+        self.rows += q.shape[0]
+        if self.layout is not None:
+            self._add_heads(self.layout, start, d, b)
+        if self.spacing is not None:
+            half = self.spacing(np.abs(flat_b + self.shift)) / 2
+            self.rounding += float(np.dot(half, half))
+
+    def _add_heads(self, layout: HeadLayout, start: int, d: np.ndarray, b: np.ndarray) -> None:
+        if layout.axis == "cols":  # o_proj: every row holds a slice of every head
+            self.head_dd += np.einsum("ij,ij->j", d, d).reshape(layout.num_heads, layout.head_dim).sum(axis=1)
+            self.head_bb += np.einsum("ij,ij->j", b, b).reshape(layout.num_heads, layout.head_dim).sum(axis=1)
+            return
+        heads = (start + np.arange(d.shape[0])) // layout.head_dim  # a chunk may hold parts of two heads
+        self.head_dd += np.bincount(heads, np.einsum("ij,ij->i", d, d), minlength=layout.num_heads)
+        self.head_bb += np.bincount(heads, np.einsum("ij,ij->i", b, b), minlength=layout.num_heads)
+
+    def nmse(self) -> float | None:
+        return _nmse(self.dd, self.bb)
+
+
+def _nmse(dd: float, bb: float) -> float | None:
+    if not (math.isfinite(dd) and math.isfinite(bb)):
+        return None
+    if bb == 0:
+        return 0.0 if dd == 0 else None
+    return dd / bb
+
+
+def _spacing(storage: str):
+    """Half of it is the most a value's rounding to `storage` moves it; None for a quant type,
+    whose measured bound covers its rounding already."""
+    if storage == "F32":
+        return lambda v: np.spacing(v.astype(np.float32)).astype(np.float64)
+    if storage == "F16":
+        return lambda v: np.spacing(v.astype(np.float16)).astype(np.float64)
+    if storage == "BF16":  # bfloat16 keeps 8 of float32's 24 significant bits
+        return lambda v: np.spacing(v.astype(np.float32)).astype(np.float64) * 65536
+    return None
+
+
+def _measure_all(quant: GGUFRows, base: SafetensorsRows, layouts, options, progress, cancel) -> list[QuantTensor]:
+    names = sorted(quant.tensors, key=lambda n: -quant.tensors[n].readable * quant.tensors[n].row_len)
+    sizes = {n: _stored_bytes(quant, n) for n in names}
+    progress.start("comparing", sum(sizes.values()))
+
+    def work(name: str, should_stop) -> QuantTensor:
+        return _measure(quant, base, name, layouts.get(name), options.budget, should_stop, progress, sizes[name])
+
+    try:
+        # one BLAS thread per worker: the tensors are spread over the cores already (engine.py)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return map_cancellable(work, names, options.workers or default_workers(), cancel)
+    finally:
+        progress.stop()
+
+
+def _stored_bytes(quant: GGUFRows, name: str) -> int:
+    entry = quant.entry(name)
+    return sum(len(p.gguf_rows) * quant.model.tensors[p.gguf].row_bytes for p in entry.pieces)
+
+
+def _measure(quant: GGUFRows, base: SafetensorsRows, name: str, layout, budget, should_stop, progress, size):
+    entry, info = quant.entry(name), quant.tensors[name]
+    shift = next((t for t in entry.transforms if isinstance(t, NormShift)), None)
+    sums = _Sums(layout[1] if layout else None, shift, info.storage)
+    multiple = layout[1].head_dim if layout and layout[1].axis == "rows" else 1
+    per_row = size / max(info.readable, 1)
+    for start, q in quant.iter_rows(name, multiple=multiple, budget=budget):
+        check_stop(should_stop)
+        sums.add(start, q, base.read_rows(name, start, start + q.shape[0]))
+        progress.advance(int(q.shape[0] * per_row))
+    parsed = parse_name(name)
+    tensor = QuantTensor(
+        name,
+        "within",
+        parsed.stack,
+        parsed.layer,
+        parsed.family,
+        base_dtype=base.tensors[name].storage,
+        storage=info.storage,
+        shape=list(base.tensors[name].shape),
+        other_shape=list(info.shape),
+        gguf=entry.gguf_names,
+        base_shard=base.ckpt.tensors[name].file,
+        transforms=[{"kind": t.kind, "detail": t.detail} for t in entry.transforms],
+        rows=info.rows,
+        rows_compared=sums.rows,
+        nmse=sums.nmse(),
+    )
+    _judge(tensor, sums, layout)
+    return tensor
+
+
+def _judge(tensor: QuantTensor, sums: _Sums, layout) -> None:
+    assert tensor.storage is not None
+    bound, row_bound, why = _bounds(tensor.storage)
+    if bound is not None and sums.spacing is not None and sums.bb > 0:
+        bound += sums.rounding / sums.bb  # the shift's rounding, computed from BASE's values
+    tensor.bound = bound
+    if layout is not None:
+        tensor.heads = _heads(layout, sums, row_bound)
+    tensor.verdict, tensor.note = _verdict(tensor, sums, why)
+
+
+def _bounds(storage: str) -> tuple[float | None, float | None, str | None]:
+    """(tensor bound, row bound, why there is none): the loosest of the types a tensor's
+    pieces are stored in; None with the reason where any of them has no measured bound."""
+    tensor_bound = row_bound = 0.0
+    for kind in storage.split("+"):
+        found = bound_for(kind)
+        if found.status != MEASURED or found.tensor is None or found.row is None:
+            note = f" ({found.note})" if found.note else ""
+            return None, None, f"no measured bound for {kind}: {found.status}{note}"
+        tensor_bound, row_bound = max(tensor_bound, found.tensor), max(row_bound, found.row)
+    return tensor_bound, row_bound, None
+
+
+def _heads(layout: tuple[str, HeadLayout], sums: _Sums, row_bound: float | None) -> HeadNMSE:
+    projection, head = layout
+    nmse = [_nmse(float(dd), float(bb)) for dd, bb in zip(sums.head_dd, sums.head_bb, strict=True)]
+    beyond = [] if row_bound is None else [h for h, v in enumerate(nmse) if v is None or v > row_bound]
+    return HeadNMSE(projection, head.axis, head.num_heads, head.head_dim, nmse, row_bound, beyond)
+
+
+def _verdict(tensor: QuantTensor, sums: _Sums, why: str | None) -> tuple[Verdict, str | None]:
+    if tensor.nmse is None:
+        if math.isfinite(sums.dd) and math.isfinite(sums.bb) and math.isfinite(sums.qq):
+            return "differs", "base all zero, the quant is not"
+        return "differs", "values that are not finite (NaN or inf)"
+    if why is not None:
+        return "unverified", why
+    assert tensor.bound is not None
+    if tensor.nmse > tensor.bound:
+        return "differs", None
+    if tensor.heads is not None and tensor.heads.beyond:
+        heads = ", ".join(map(str, tensor.heads.beyond))
+        return "differs", f"within as a whole, but head{'s' if len(tensor.heads.beyond) > 1 else ''} {heads} beyond"
+    return "within", None
+
+
+# ---------------------------------------------------------------------------------------------
+# What maps to nothing
+
+
+def _unmatched(base: Checkpoint, model: GGUFModel, cross) -> list[QuantTensor]:
+    out = []
+    for name, why in cross.mismatched.items():
+        out.append(_listed(name, "shape-mismatch", why, base, counts=True))
+    for name, why in cross.hf_only.items():
+        out.append(_listed(name, "base-only", why, base, counts=text_name(name) is not None))
+    for name, why in cross.gguf_only.items():
+        shape = list(model.tensors[name].shape)
+        out.append(_listed(name, "quant-only", why, None, not name.startswith("rope_freqs"), shape))
+    return out
+
+
+def _listed(
+    name: str, verdict: Verdict, why: str, base: Checkpoint | None, counts: bool, other_shape: list[int] | None = None
+) -> QuantTensor:
+    parsed = parse_name(name)
+    info = base.tensors.get(name) if base is not None else None
+    return QuantTensor(
+        name,
+        verdict,
+        parsed.stack,
+        parsed.layer,
+        parsed.family,
+        base_dtype=info.dtype.name if info else None,
+        shape=list(info.shape) if info else None,
+        other_shape=other_shape,
+        base_shard=info.file if info else None,
+        note=why,
+        counts=counts,
+    )
