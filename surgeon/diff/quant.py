@@ -41,7 +41,7 @@ from surgeon.format.quant_bounds import MEASURED, bound_for
 from surgeon.format.rows import ROW_CHUNK_ELEMENTS, SafetensorsRows
 from surgeon.model.crossnames import NormShift, build_crossmap, text_name
 from surgeon.model.geometry import AttentionGeometry, geometry_by_layer, head_axis
-from surgeon.model.gguf_rows import GGUFRows, with_tied_output
+from surgeon.model.gguf_rows import GGUFRows, mismatch_targets, with_tied_output
 from surgeon.model.names import main_stack, parse_name
 from surgeon.parallel import check_stop, map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
@@ -355,9 +355,14 @@ def _unmatched(base: Checkpoint, model: GGUFModel, cross) -> list[QuantTensor]:
         out.append(_listed(name, "shape-mismatch", why, base, counts=True))
     for name, why in cross.hf_only.items():
         out.append(_listed(name, "base-only", why, base, counts=text_name(name) is not None))
+    mismatched = mismatch_targets(cross, model)
     for name, why in cross.gguf_only.items():
         shape = list(model.tensors[name].shape)
-        out.append(_listed(name, "quant-only", why, None, not name.startswith("rope_freqs"), shape))
+        if name in mismatched:  # counted once, as the mismatch of the tensor that maps to it
+            why, counts = f"the GGUF side of {mismatched[name]}, of another shape", False
+        else:
+            counts = not name.startswith("rope_freqs")  # RoPE factors the converter computes
+        out.append(_listed(name, "quant-only", why, None, counts, shape))
     return out
 
 

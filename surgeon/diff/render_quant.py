@@ -154,7 +154,10 @@ def _unverified_lines(report: QuantReport, verbose: bool) -> list[Text]:
         return []
     types = ", ".join(dict.fromkeys(inert(t.storage or "?") for t in unverified))
     more = "" if verbose else "; --verbose lists them"
-    line = f"unverified: {len(unverified)} tensors in {types}, a type with no measured bound{more}"
+    line = f"unverified: {len(unverified)} tensors in {types}, with no measured bound{more}"
+    # no bound to judge it by, but the largest NMSE still says where to look (1.0: a zeroed tensor)
+    largest = max(unverified, key=lambda t: _sort_value(t.nmse))
+    line += f"; the largest NMSE is {_nmse_cell(largest)}, in {inert(largest.name)}"
     return [Text(line, style=VERDICT_STYLE["unverified"])]
 
 

@@ -277,7 +277,7 @@ def _map_one(cross: CrossMap, name_map: TensorNameMap, model: GGUFModel, hf: str
         return
     try:
         entry = _entry(model, hf, shape, named)
-    except _Mismatch as exc:
+    except MappingMismatch as exc:
         cross.mismatched[hf] = str(exc)
         return
     if entry is None:
@@ -286,8 +286,14 @@ def _map_one(cross: CrossMap, name_map: TensorNameMap, model: GGUFModel, hf: str
     cross.entries[hf] = entry
 
 
-class _Mismatch(Exception):
-    pass
+class MappingMismatch(Exception):
+    """A Hugging Face tensor maps to a GGUF tensor of another shape (CrossMap.mismatched)."""
+
+
+def gguf_entry(model: GGUFModel, hf: str, shape: tuple[int, ...], gguf: str) -> TensorMap | None:
+    """Hugging Face tensor `hf` mapped onto GGUF tensor `gguf` (None: the GGUF lacks it), with
+    the transforms its names call for; MappingMismatch where the shapes disagree."""
+    return _entry(model, hf, shape, _Named(gguf))
 
 
 def _absent_reason(model: GGUFModel, name: str) -> str:
@@ -306,12 +312,14 @@ def _entry(model: GGUFModel, hf: str, shape: tuple[int, ...], named: _Named) -> 
         return None
     hf_rows, row_len = _rows(shape)
     if row_len != info.row_len:
-        raise _Mismatch(f"rows of {row_len} here, {info.row_len} in {named.gguf} ({_shape(shape)} vs {info.shape})")
+        raise MappingMismatch(
+            f"rows of {row_len} here, {info.row_len} in {named.gguf} ({_shape(shape)} vs {info.shape})"
+        )
     transforms = list(_value_transforms(model, hf, named.gguf, shape))
     rows = hf_rows
     if hf_rows != info.rows:
         if named.gguf not in VOCAB_TENSORS:
-            raise _Mismatch(f"{hf_rows} rows here, {info.rows} in {named.gguf} ({_shape(shape)} vs {info.shape})")
+            raise MappingMismatch(f"{hf_rows} rows here, {info.rows} in {named.gguf} ({_shape(shape)} vs {info.shape})")
         rows = min(hf_rows, info.rows)
         transforms.append(_vocab_trim(hf_rows, info.rows))
     multiple = next((t.head_dim for t in transforms if isinstance(t, Unpermute) and not t.along_row), 1)
@@ -351,7 +359,7 @@ def _unpermute(model: GGUFModel, hf: str, shape: tuple[int, ...]) -> Unpermute:
     if isinstance(heads, list):  # llama writes one count; a list would mean a per-layer geometry
         heads = heads[0] if len(set(heads)) == 1 else None
     if not isinstance(heads, int) or heads <= 0 or shape[0] % heads or (shape[0] // heads) % 2:
-        raise _Mismatch(f"cannot undo the rotary permutation: {shape[0]} rows and head count {heads}")
+        raise MappingMismatch(f"cannot undo the rotary permutation: {shape[0]} rows and head count {heads}")
     head_dim = shape[0] // heads
     which = "q" if is_q else "k"
     detail = f"{which}: {heads} heads of {head_dim}, pairs interleaved by llama.cpp's LlamaModel.permute"
@@ -371,10 +379,10 @@ def _expert_entry(model: GGUFModel, hf: str, shape: tuple[int, ...], named: _Nam
         return None
     hf_rows, row_len = _rows(shape)
     if len(info.shape) != 3 or info.row_len != row_len or named.expert >= info.shape[0]:
-        raise _Mismatch(f"expert {named.expert} ({_shape(shape)}) does not fit {target} {info.shape}")
+        raise MappingMismatch(f"expert {named.expert} ({_shape(shape)}) does not fit {target} {info.shape}")
     per_expert = info.shape[1] // (2 if half else 1)
     if per_expert != hf_rows:
-        raise _Mismatch(f"{hf_rows} rows here, {per_expert} per expert in {target} {info.shape}")
+        raise MappingMismatch(f"{hf_rows} rows here, {per_expert} per expert in {target} {info.shape}")
     start = named.expert * info.shape[1] + (per_expert if half == "up" else 0)
     detail = f"expert {named.expert} of the {info.shape[0]} stacked in {target}" + (f" ({half} half)" if half else "")
     transform = Transform("expert-stack", detail)
@@ -388,11 +396,11 @@ def _fused_gate_up_entry(model: GGUFModel, hf: str, shape: tuple[int, ...], fuse
     if gate not in model.tensors or up not in model.tensors:
         return None
     if len(shape) != 3 or shape[1] % 2:
-        raise _Mismatch(f"{_shape(shape)} is not [experts, 2*ff, hidden]")
+        raise MappingMismatch(f"{_shape(shape)} is not [experts, 2*ff, hidden]")
     experts, ff = shape[0], shape[1] // 2
     for name in (gate, up):
         if model.tensors[name].shape != (experts, ff, shape[2]):
-            raise _Mismatch(f"{_shape(shape)} does not split into {name} {model.tensors[name].shape}")
+            raise MappingMismatch(f"{_shape(shape)} does not split into {name} {model.tensors[name].shape}")
     pieces = []
     for e in range(experts):
         pieces.append(Piece(gate, range(e * ff, (e + 1) * ff), range(2 * e * ff, (2 * e + 1) * ff)))

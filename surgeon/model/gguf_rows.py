@@ -17,15 +17,19 @@ from surgeon.format.gguf import GGUFModel
 from surgeon.format.rows import ROW_CHUNK_ELEMENTS, RowTensor
 from surgeon.model.crossnames import (
     CrossMap,
+    MappingMismatch,
     Piece,
     TensorMap,
     Transform,
+    gguf_entry,
     gguf_name,
     iter_hf_rows,
     name_map_for,
     text_name,
 )
 from surgeon.text import inert
+
+TOKEN_EMBD = "token_embd.weight"
 
 
 class GGUFRows:
@@ -89,19 +93,40 @@ def storage_of(model: GGUFModel, entry: TensorMap) -> str:
 
 def with_tied_output(cross: CrossMap, model: GGUFModel, hf_shapes: Mapping[str, tuple[int, ...]]) -> CrossMap:
     """`cross` with a Hugging Face output head (lm_head.weight) that the GGUF leaves out, since
-    llama.cpp then reads the output from token_embd.weight, mapped onto the embedding's rows:
-    what the quant computes with is compared with BASE's head, and the tie is named."""
-    embed = next((e for e in cross.entries.values() if e.gguf_names == ["token_embd.weight"]), None)
-    if embed is None or "output.weight" in model.tensors:
+    llama.cpp then reads the output from token_embd.weight, mapped onto token_embd.weight's
+    rows: what the quant computes with is compared with BASE's head, and the tie is named.
+    BASE may hold the head alone (safetensors' save_model keeps one of two tied tensors)."""
+    if "output.weight" in model.tensors or TOKEN_EMBD not in model.tensors:
         return cross
     name_map = name_map_for(model)
     for hf in list(cross.hf_only):
         text = text_name(hf)
         named = gguf_name(name_map, text) if text is not None else None
-        if named is None or named.gguf != "output.weight" or tuple(hf_shapes[hf]) != tuple(hf_shapes[embed.hf]):
+        if named is None or named.gguf != "output.weight":
             continue
+        try:
+            entry = gguf_entry(model, hf, tuple(hf_shapes[hf]), TOKEN_EMBD)
+        except MappingMismatch as exc:
+            cross.mismatched[hf] = f"tied to {TOKEN_EMBD}: {exc}"
+            del cross.hf_only[hf]
+            continue
+        assert entry is not None  # token_embd.weight is in the GGUF
         why = "the GGUF has no output.weight: llama.cpp reads the output from token_embd.weight"
         tie = Transform("tied-output", why)
-        cross.entries[hf] = TensorMap(hf, embed.pieces, (*embed.transforms, tie), embed.row_multiple)
+        cross.entries[hf] = TensorMap(hf, entry.pieces, (*entry.transforms, tie), entry.row_multiple)
         del cross.hf_only[hf]
+        cross.gguf_only.pop(TOKEN_EMBD, None)  # covered now, by the head
     return cross
+
+
+def mismatch_targets(cross: CrossMap, model: GGUFModel) -> dict[str, str]:
+    """GGUF name -> the Hugging Face tensor of another shape that maps to it: the GGUF side of
+    a shape mismatch, which the mismatch itself reports (not a second difference)."""
+    name_map = name_map_for(model)
+    found = {}
+    for hf in cross.mismatched:
+        text = text_name(hf)
+        named = gguf_name(name_map, text) if text is not None else None
+        if named is not None and named.gguf in cross.gguf_only:
+            found[named.gguf] = hf
+    return found

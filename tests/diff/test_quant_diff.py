@@ -211,3 +211,157 @@ def test_the_quant_diff_imports_no_torch(tmp_path, base):
     )
     proc = subprocess.run([sys.executable, "-c", code, str(base), str(gguf)], capture_output=True, text=True, cwd=ROOT)
     assert "EXIT=0\n" in proc.stderr and "HEAVY=\n" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_head_the_gguf_ties_to_the_embedding_is_compared_with_it(tmp_path, base, tied):
+    """A tied model: BASE holds lm_head.weight alone (safetensors' save_model keeps one of the
+    two), the GGUF token_embd.weight alone; llama.cpp then computes the output with the
+    embedding, so that is what BASE's head is held to, and the tie is named."""
+    import json as json_module
+
+    from tests.gguf_fixtures import converted, hf_tensors, model_metadata, write_gguf
+
+    hf = hf_tensors(base)
+    config = json_module.loads((base / "config.json").read_text())
+    if tied:
+        hf["model.embed_tokens.weight"] = hf["lm_head.weight"]
+    tensors = converted(hf, config, "llama")
+    del tensors["output.weight"]
+    gguf = write_gguf(tmp_path / "tied.gguf", "llama", tensors, "Q8_0", metadata=model_metadata("llama", config))
+    head_only = {k: v for k, v in load_file(base / "model.safetensors").items() if k != "model.embed_tokens.weight"}
+    folder = write_folder(base, tmp_path / "head-only", head_only)
+    code, report = run_diff(folder, gguf)
+    head = next(t["quant"] for t in report["tensors"] if t["name"] == "lm_head.weight")
+    assert [t["kind"] for t in head["transforms"]] == ["tied-output"] and head["gguf"] == ["token_embd.weight"]
+    assert (code, head["verdict"]) == ((0, "within") if tied else (1, "differs"))
+    assert len(report["tensors"]) == 28  # nothing left over on either side
+
+
+# ---------------------------------------------------------------------------------------------
+# What cannot be compared, and hostile files
+
+
+def converted_llama(base) -> tuple[dict, dict]:
+    import json as json_module
+
+    from tests.gguf_fixtures import converted, hf_tensors
+
+    config = json_module.loads((base / "config.json").read_text())
+    return converted(hf_tensors(base), config, "llama"), config
+
+
+def trouble(*args) -> str:
+    result = CliRunner().invoke(main, ["diff", *map(str, args)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("surgeon: error: ") and "Traceback" not in result.output
+    return lines[0]
+
+
+def test_a_gguf_of_another_architecture_is_trouble(tmp_path, base):
+    from tests.gguf_fixtures import write_gguf
+
+    tensors, _ = converted_llama(base)
+    gguf = write_gguf(tmp_path / "q.gguf", "qwen2", tensors, "Q8_0", metadata={"qwen2.block_count": 2})
+    assert "a GGUF of architecture 'qwen2', but" in trouble(base, gguf)
+
+
+def test_a_truncated_gguf_is_trouble(tmp_path, base):
+    gguf = convert_checkpoint(base, tmp_path / "m.gguf", "llama", "Q8_0")
+    size = gguf.stat().st_size
+    with open(gguf, "r+b") as handle:
+        handle.truncate(size - 100)
+    assert "run past the end of the file" in trouble(base, gguf)
+    with open(gguf, "r+b") as handle:
+        handle.truncate(200)
+    assert "m.gguf" in trouble(base, gguf)
+
+
+def test_a_gguf_whose_shapes_all_disagree_is_trouble(tmp_path, base):
+    from tests.gguf_fixtures import model_metadata, write_gguf
+
+    tensors, config = converted_llama(base)
+    halved = {name: np.ascontiguousarray(value[..., :16]) for name, value in tensors.items()}
+    gguf = write_gguf(tmp_path / "h.gguf", "llama", halved, "F16", metadata=model_metadata("llama", config))
+    assert "disagree" in trouble(base, gguf) and "not a quant of this model" in trouble(base, gguf)
+
+
+def test_tensors_on_one_side_or_of_another_shape_are_listed_and_differ(tmp_path, base):
+    from tests.gguf_fixtures import model_metadata, write_gguf
+
+    tensors, config = converted_llama(base)
+    tensors["blk.0.ffn_up.weight"] = np.ascontiguousarray(tensors["blk.0.ffn_up.weight"][:, :32])
+    del tensors["blk.1.ffn_down.weight"]
+    tensors["blk.1.mystery.weight"] = np.ones((4, 32), np.float32)
+    tensors["rope_freqs.weight"] = np.ones(4, np.float32)  # computed by the converter: expected
+    gguf = write_gguf(tmp_path / "m.gguf", "llama", tensors, "Q8_0", metadata=model_metadata("llama", config))
+    code, report = run_diff(base, gguf)
+    found = {t["name"]: (t["quant"]["verdict"], t["quant"]["counts"]) for t in report["tensors"]}
+    assert code == 1
+    assert found["model.layers.0.mlp.up_proj.weight"] == ("shape-mismatch", True)
+    assert found["model.layers.1.mlp.down_proj.weight"] == ("base-only", True)
+    assert found["blk.1.mystery.weight"] == ("quant-only", True)
+    assert found["rope_freqs.weight"] == ("quant-only", False)
+    assert sum(v == ("within", True) for v in found.values()) == 27
+    assert report["summary"]["layers_changed"] == [0, 1]
+    assert report["summary"]["text"] == "not compared: 1 only in the base, 1 only in the quant, 1 of another shape"
+    text = CliRunner().invoke(main, ["diff", str(base), str(gguf)]).stdout
+    assert "Not compared" in text and "blk.1.mystery.weight" in text and "no Hugging Face tensor maps to it" in text
+
+
+IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+
+
+def iq4_nl_blocks(data: np.ndarray) -> np.ndarray:
+    """IQ4_NL (gguf-py reads it, cannot write it; no bound is measured for it), quantized as
+    llama.cpp does in outline: a float16 scale per 32 values, the largest magnitude on -127,
+    each value the nearest of the 16 non-linear levels; nibbles low for 0-15, high for 16-31."""
+    blocks = data.reshape(-1, 32)
+    peak = blocks[np.arange(len(blocks)), np.abs(blocks).argmax(axis=1)]
+    d = (peak / -127).astype(np.float16)
+    codes = np.abs(blocks[:, :, None] / d.astype(np.float32)[:, None, None] - IQ4_NL_VALUES).argmin(axis=2)
+    packed = (codes[:, :16] | (codes[:, 16:] << 4)).astype(np.uint8)
+    raw = np.concatenate([d.reshape(-1, 1).view(np.uint8), packed], axis=1)
+    return raw.reshape(data.shape[0], -1)
+
+
+def test_a_type_with_no_measured_bound_is_unverified_never_within(tmp_path, base):
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    from tests.gguf_fixtures import encoded, model_metadata
+
+    tensors, config = converted_llama(base)
+    writer = GGUFWriter(tmp_path / "iq.gguf", "llama")  # write_gguf's steps, one tensor IQ4_NL
+    for key, value in model_metadata("llama", config).items():
+        kind = {str: "add_string", float: "add_float32", list: "add_array"}.get(type(value), "add_uint32")
+        getattr(writer, kind)(key, value)
+    for name, data in tensors.items():
+        if name == "blk.0.ffn_up.weight":
+            writer.add_tensor(name, iq4_nl_blocks(data), raw_dtype=GGMLQuantizationType.IQ4_NL)
+            continue
+        array, raw = encoded(data, "Q8_0")
+        writer.add_tensor(name, array, raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    code, report = run_diff(base, tmp_path / "iq.gguf")
+    up = next(t["quant"] for t in report["tensors"] if t["name"] == "model.layers.0.mlp.up_proj.weight")
+    assert code == 1 and report["quant"]["made_from"] is False
+    assert up["storage"] == "IQ4_NL" and up["verdict"] == "unverified" and up["bound"] is None
+    assert 0 < up["nmse"] < 0.02  # quantized well, and still not called within
+    assert up["note"].startswith("no measured bound for IQ4_NL")
+    assert report["summary"]["text"].startswith("not verified: 1 of 29 tensors are IQ4_NL, with no measured bound")
+    assert report["summary"]["layers_changed"] == [] and report["quant"]["layers_unverified"] == [0]
+    text = " ".join(CliRunner().invoke(main, ["diff", str(base), str(tmp_path / "iq.gguf")]).stdout.split())
+    assert "unverified: 1 tensors in IQ4_NL, with no measured bound" in text
+    assert f"the largest NMSE is {up['nmse']:.2g}, in model.layers.0.mlp.up_proj.weight" in text
+
+
+def test_a_gguf_as_base_and_options_that_do_not_apply_are_trouble(tmp_path, base):
+    gguf = convert_checkpoint(base, tmp_path / "m.gguf", "llama", "Q8_0")
+    assert "a GGUF as BASE; name the safetensors checkpoint first" in trouble(gguf, base)
+    assert "--no-stats" in trouble(base, gguf, "--no-stats")
+    assert "--other-revision" in trouble(base, gguf, "--other-revision", "main")
+    assert "no such file" in trouble(base, tmp_path / "missing.gguf")
