@@ -26,6 +26,7 @@ from tests.helpers import ROOT
 
 DOCS = ROOT / "docs"
 PAGES = {
+    "surgeon.diff/1": "diff-json.md",
     "surgeon.prune_manifest/1": "prune-manifest.md",
     "surgeon.canary/2": "canary-json.md",
     "surgeon.verify/1": "verify-json.md",
@@ -34,6 +35,12 @@ PAGES = {
 }
 # Fields on a page that no run here produces, and why. Each must still be on its page.
 NOT_RUN = {
+    # the demo pairs have no head with zero q rows and live o columns: tests/diff/test_head_scan.py
+    "surgeon.diff/1": {
+        "summary.uniform_attention[].tensor",
+        "summary.uniform_attention[].layer",
+        "summary.uniform_attention[].heads",
+    },
     # --calib-dataset needs the datasets package and a dataset in the local cache
     "surgeon.prune_manifest/1": {
         "calibration.config",
@@ -56,10 +63,17 @@ TABLE_HEADER = re.compile(r"^\|\s*field\s*\|\s*type\s*\|\s*meaning\s*\|\s*$")
 # ---------- the pages and the output, as key paths ----------
 
 
+# Where a page goes on to another schema's fields: diff-json.md ends with the --download
+# match's own schema, surgeon.diff-hub-match/1, which no run here produces.
+PAGE_ENDS = {"diff-json.md": "## `surgeon diff --download --json`"}
+
+
 def page_fields(page: str) -> set[str]:
-    """The key paths in the first column of the page's field tables."""
+    """The key paths in the first column of the page's field tables (of its own schema)."""
     fields, in_table = set(), False
     for line in (DOCS / page).read_text(encoding="utf-8").splitlines():
+        if page in PAGE_ENDS and line.startswith(PAGE_ENDS[page]):
+            break
         if TABLE_HEADER.match(line):
             in_table = True
         elif not line.startswith("|"):
@@ -204,6 +218,25 @@ def test_the_verify_page_lists_every_field(pruned):
     ]
     assert [r["verdict"] for r in reports] == ["verified", "not verified", "integrity only"]
     assert_matches_page("surgeon.verify/1", reports)
+
+
+def test_the_diff_page_lists_every_field(workspace):
+    """The demo pair, and the demo model against GGUFs of itself and of its candidate (Q8_0,
+    written as llama.cpp's converter writes Gemma 4, its vocabulary trimmed to 500 of 512 rows)."""
+    from tests.gguf_fixtures import convert_checkpoint
+
+    quants = {
+        name: convert_checkpoint(folder, workspace / f"{name}.gguf", "gemma4", "Q8_0", n_vocab=500)
+        for name, folder in (("model", DEMO_MODEL), ("candidate", DEMO_CANDIDATE))
+    }
+    reports = [
+        run("diff", DEMO_MODEL, DEMO_CANDIDATE, "--json", codes=(1,)),
+        run("diff", DEMO_MODEL, quants["model"], "--json"),
+        run("diff", DEMO_MODEL, quants["candidate"], "--json", codes=(1,)),
+    ]
+    assert [r["quant"]["made_from"] for r in reports[1:]] == [True, False]
+    assert reports[2]["quant"]["heads_beyond"] and reports[1]["quant"]["transforms"]["vocab-trim"] == 1
+    assert_matches_page("surgeon.diff/1", reports)
 
 
 def test_the_inspect_page_lists_every_field():

@@ -326,6 +326,6 @@ def _quant_json(report: QuantReport) -> dict:
         "transforms": report.transforms,
         "layers_unverified": report.layers_unverified(),
         "heads_beyond": heads_beyond(report),
-        "files": [asdict(f) for f in report.files],
-        "base_sha256": report.base_sha256,
+        # no SHA256 here (`hashed` is false): the card hashes the files, as its evidence
+        "files": [{"name": f.name, "size": f.size} for f in report.files],
     }
