@@ -41,7 +41,7 @@ def _nmse_cell(t: QuantTensor | None) -> str:
     if t is None:
         return ""
     if t.nmse is None and t.verdict == "differs":
-        return "base 0" if t.note and t.note.startswith("base all zero") else "NaN"
+        return "base zero" if t.note and t.note.startswith("base all zero") else "NaN"
     return _num(t.nmse)
 
 
@@ -49,6 +49,10 @@ def _bound_cell(t: QuantTensor | None) -> str:
     if t is None or t.verdict not in ("within", "differs", "unverified"):
         return ""
     return "none" if t.bound is None else _num(t.bound)
+
+
+def _counted(kind: str, n: int) -> str:
+    return f"{kind} ({n} tensor{'s' if n > 1 else ''})"
 
 
 def _size(n: int) -> str:
@@ -69,7 +73,7 @@ def render_quant_terminal(report: QuantReport, console: Console, verbose: bool =
     sides = f"base:  {inert(report.base.source)}\nquant: {inert(report.other.source)} (GGUF "
     console.print(Text(sides + f"{inert(report.architecture)}, {parts})", style="dim"))
     if report.transforms:
-        undone = ", ".join(f"{kind} ({n} tensor{'s' if n > 1 else ''})" for kind, n in report.transforms.items())
+        undone = ", ".join(_counted(inert(kind), n) for kind, n in report.transforms.items())
         console.print(Text(f"undone: {undone}", style="dim"))
     console.print(_families_table(report, console.width))
     shown = [t for t in report.tensors if verbose or t.verdict in ("differs", "shape-mismatch")]
@@ -145,7 +149,7 @@ def _sort_value(value: float | None) -> float:
 
 
 def _head_value(value: float | None) -> str:
-    return "base 0" if value is None else _num(value)
+    return "base zero" if value is None else _num(value)
 
 
 def _unverified_lines(report: QuantReport, verbose: bool) -> list[Text]:
@@ -194,7 +198,7 @@ def render_quant_markdown(report: QuantReport, more: list[str] | None = None) ->
         *_type_rows(report),
     ]
     if report.transforms:
-        undone = ", ".join(f"{md_text(kind)} ({n} tensors)" for kind, n in report.transforms.items())
+        undone = ", ".join(_counted(md_code(kind, table=False), n) for kind, n in report.transforms.items())
         lines += ["", f"Transforms undone: {undone}."]
     lines += _differing_md(report)
     lines += _unmatched_md(report)
