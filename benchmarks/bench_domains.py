@@ -47,15 +47,18 @@ CORPUS = ROOT / "surgeon" / "_data" / "calibration"
 
 # name -> prune options beyond --layers all (the default fraction, importance and ridge)
 BUILDS = {
-    "lstsq (default)": ["--heal", "lstsq"],
+    "lstsq": ["--heal", "lstsq"],
     "anchored 0.01": ["--heal", "anchored"],
     "anchored 0.1": ["--heal", "anchored", "--ridge-rel", "0.1"],
     "none": ["--heal", "none"],
-    "norm importance": ["--heal", "lstsq", "--importance", "norm"],
-    "lstsq, 60k tokens": ["--heal", "lstsq", "--calib-tokens", "60000"],
+    "norm importance": ["--heal", "anchored", "--importance", "norm"],
+    "anchored, 60k tokens": ["--heal", "anchored", "--calib-tokens", "60000"],
     # the corpus before issue 19: its written documents alone, interleaved by genre
     "lstsq, written only": ["--heal", "lstsq", "--calib", "{written}"],
 }
+
+
+DEFAULT = "anchored 0.01"  # the build with surgeon prune's defaults (--heal anchored --ridge-rel 0.01)
 
 
 def surgeon(*args: str) -> list[str]:
@@ -136,7 +139,8 @@ def main() -> None:
             continue
         built = build(model, args.work, name, options, texts)
         cells = [cell(score(model, built, text, args.eval_tokens)) for _, text in columns]
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        label = f"{name} (default)" if name == DEFAULT else name
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
