@@ -2,8 +2,11 @@
 scored on text of the calibration corpus's own kind and on independent text.
 
 Run: python benchmarks/bench_domains.py [--model smollm2|gemma3] [--only NAME ...] [--eval-tokens 8192]
+                                        [--alice alice.txt]
 Needs: the SmolLM2 checkpoint of benchmarks/smollm2.py, or with --model gemma3 Gemma 3 270M
-of benchmarks/second_model.py (each converted on first use).
+of benchmarks/second_model.py (each converted on first use). The "own domain (fiction)" build
+runs only with --alice: Project Gutenberg's Alice's Adventures in Wonderland as plain text
+(e.g. examples/alice.txt in the wordcloud 1.9.6 sdist), calibrated on its chapters I-VIII.
 
 The model is SmolLM2-135M-Instruct (30 layers, 9 query heads); every build prunes 1 of 9 heads
 in all 30 layers (the default 12.5%). With --model gemma3, Gemma 3 270M (18 layers, 4 query
@@ -47,23 +50,29 @@ CORPUS = ROOT / "surgeon" / "_data" / "calibration"
 
 # name -> prune options beyond --layers all (the default fraction, importance and ridge)
 BUILDS = {
-    "lstsq (default)": ["--heal", "lstsq"],
+    "lstsq": ["--heal", "lstsq"],
     "anchored 0.01": ["--heal", "anchored"],
     "anchored 0.1": ["--heal", "anchored", "--ridge-rel", "0.1"],
     "none": ["--heal", "none"],
-    "norm importance": ["--heal", "lstsq", "--importance", "norm"],
-    "lstsq, 60k tokens": ["--heal", "lstsq", "--calib-tokens", "60000"],
+    "norm importance": ["--heal", "anchored", "--importance", "norm"],
+    "anchored, 60k tokens": ["--heal", "anchored", "--calib-tokens", "60000"],
     # the corpus before issue 19: its written documents alone, interleaved by genre
     "lstsq, written only": ["--heal", "lstsq", "--calib", "{written}"],
+    # calibrated on the fiction column's own domain: chapters I-VIII of the same book (--alice)
+    "anchored, own domain (fiction)": ["--heal", "anchored", "--calib", "{alice}"],
 }
+
+
+DEFAULT = "anchored 0.01"  # the build with surgeon prune's defaults (--heal anchored --ridge-rel 0.01)
 
 
 def surgeon(*args: str) -> list[str]:
     return [sys.executable, "-m", "surgeon.cli.main", *map(str, args)]
 
 
-def write_texts(work: Path) -> dict[str, Path]:
-    """The scoring texts and the written-only calibration text, as JSON lines."""
+def write_texts(work: Path, alice: Path | None = None) -> dict[str, Path]:
+    """The scoring texts and the written-only calibration text, as JSON lines; with `alice`
+    (Project Gutenberg's eBook #11 as plain text), its chapters I-VIII as a calibration text."""
     sys.path.insert(0, str(ROOT))
     from surgeon.runtime.corpus import SHIPPED_GENRES, bundled_corpus
 
@@ -77,6 +86,10 @@ def write_texts(work: Path) -> dict[str, Path]:
         "legal, release notes": [body for name, body in held.items() if name.startswith(("legal-", "release-"))],
         "written": written,
     }
+    if alice:
+        book = alice.read_text(encoding="utf-8-sig")
+        chapters = book.split("\nCHAPTER ")[1:9]  # I-VIII: the held-out chapter is IX
+        texts["alice"] = ["CHAPTER " + chapter.strip() for chapter in chapters]
     paths = {}
     for name, docs in texts.items():
         path = work / f"{name.replace(' ', '-').replace(',', '')}.jsonl"
@@ -88,7 +101,7 @@ def write_texts(work: Path) -> dict[str, Path]:
 def build(model: Path, work: Path, name: str, options: list[str], texts: dict[str, Path]) -> Path:
     out = work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
     if not (out / "prune_manifest.json").is_file():
-        options = [o.format(written=texts["written"]) for o in options]
+        options = [o.format(written=texts["written"], alice=texts.get("alice")) for o in options]
         started = time.perf_counter()
         subprocess.run(surgeon("prune", model, "-o", out, "--layers", "all", *options, "-q"), check=True)
         print(f"  built {name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -117,12 +130,18 @@ def main() -> None:
         "--model", choices=sorted(MODELS), default="smollm2", help="smollm2 or gemma3 (second_model.py)"
     )
     parser.add_argument("--work", type=Path, help="default: benchmarks/_data/bench_domains[-MODEL]")
+    parser.add_argument(
+        "--alice",
+        type=Path,
+        help="Alice's Adventures in Wonderland as plain text (Project Gutenberg eBook #11, e.g. "
+        "examples/alice.txt of the wordcloud sdist): builds the 'own domain (fiction)' row",
+    )
     args = parser.parse_args()
     suffix = "" if args.model == "smollm2" else f"-{args.model}"
     args.work = args.work or HERE / "_data" / f"bench_domains{suffix}"
     args.work.mkdir(parents=True, exist_ok=True)
     model = MODELS[args.model]()
-    texts = write_texts(args.work)
+    texts = write_texts(args.work, args.alice)
     columns = [
         ("corpus kind", texts["corpus kind"]),
         ("independent", None),
@@ -132,11 +151,12 @@ def main() -> None:
     print("| build | " + " | ".join(name for name, _ in columns) + " |")
     print("|---|" + "---|" * len(columns))
     for name, options in BUILDS.items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or ("{alice}" in options and "alice" not in texts):
             continue
         built = build(model, args.work, name, options, texts)
         cells = [cell(score(model, built, text, args.eval_tokens)) for _, text in columns]
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        label = f"{name} (default)" if name == DEFAULT else name
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

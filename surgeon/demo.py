@@ -74,8 +74,12 @@ def run_demo(folder: Path, *, say: Callable[[str], None], show_canary, show_veri
         # per document: the tiny model learned one sentence at a time (document_windows)
         measure = EvalOptions(text=str(DEMO_TEXT), max_tokens=2048, per_document=True, run=ON_CPU)
 
-        say("1. prune: 1 of 8 query heads in every layer of the tiny trained Gemma 4 (recon importance, lstsq heal)")
-        result = prune(base, pruned, PruneOptions(prune_frac=0.125, layers="all", calib=str(DEMO_TEXT)))
+        recipe = PruneOptions(prune_frac=0.125, layers="all", calib=str(DEMO_TEXT))
+        say(
+            "1. prune: 1 of 8 query heads in every layer of the tiny trained Gemma 4 "
+            f"({recipe.importance} importance, {recipe.heal} heal)"
+        )
+        result = prune(base, pruned, recipe)
         say(f"   wrote {folder / 'pruned'}: layers {result.manifest['written']['layers_text']} changed")
 
         say(f"2. eval: teacher-forced against the base on {DEMO_TEXT.name}, the text the model learned")

@@ -182,7 +182,7 @@ class SurgeonApp(App):
         canary = self.query_one(CanaryPane)
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval, text_name))
         name = session.candidate.name
-        self.query_one(StatusLine).show(lambda width: status_text(summary, report, plan_eval, name, width))
+        self.query_one(StatusLine).show(lambda width: status_text(summary, report, plan_eval, name, width, text_name))
 
     def _searching(self, text: Text) -> None:
         """A search's live line on the Canary tab, until its job ends (on_worker_state_changed),

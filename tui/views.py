@@ -374,25 +374,36 @@ def plan_text(summary, candidate_name: str) -> Text:
 STATUS_NAME_MIN = 16  # cells of the candidate's name kept, at least, when the status line cuts it
 
 
-def status_text(summary, canary_report, plan_eval: dict | None, candidate_name: str, width: int | None = None) -> Text:
-    """The line under every tab: "plan: keep 1-7 · canary: passed (0/5 failed) · eval: KL 0.0123 ·
-    candidate: NAME", so the verdicts of the plan in hand are never a tab away. Within `width`
-    cells it gives up, in turn: the key hints (the footer has the keys), the "plan:" label,
-    the eval (on the Plan and Canary tabs), the canary's count (on the Canary tab); only then
-    is the candidate's name cut, in its middle. At 80 columns a candidate's name of 29 cells
-    ended "candidate: candida…" with nothing given up."""
+def status_text(
+    summary,
+    canary_report,
+    plan_eval: dict | None,
+    candidate_name: str,
+    width: int | None = None,
+    text_name: str | None = None,
+) -> Text:
+    """The line under every tab: "plan: keep 1-7 · canary: passed (0/5 failed) · eval: KL 0.0123
+    on TEXT (e) · candidate: NAME", so the verdicts of the plan in hand are never a tab away.
+    Within `width` cells it gives up, in turn: the key hints and the eval's text (the footer
+    has the keys; the Plan and Canary tabs name the text), the "plan:" label, the eval (on
+    the Plan and Canary tabs), the canary's count (on the Canary tab); only then is the
+    candidate's name cut, in its middle. At 80 columns a candidate's name of 29 cells ended
+    "candidate: candida…" with nothing given up."""
     name = inert(candidate_name)
+    on = inert(text_name) if text_name else None
     if width is None:
-        return _status_line(summary, canary_report, plan_eval, name, 0)
+        return _status_line(summary, canary_report, plan_eval, name, 0, on)
     for level in range(5):
-        line = _status_line(summary, canary_report, plan_eval, name, level)
+        line = _status_line(summary, canary_report, plan_eval, name, level, on)
         if line.cell_len <= width:
             return line
     room = max(STATUS_NAME_MIN, width - (line.cell_len - cell_len(name)))
     return _status_line(summary, canary_report, plan_eval, middle_cut(name, room), 4)
 
 
-def _status_line(summary, canary_report, plan_eval: dict | None, name: str, level: int) -> Text:
+def _status_line(
+    summary, canary_report, plan_eval: dict | None, name: str, level: int, text_name: str | None = None
+) -> Text:
     """The status line at a `level` of shortening, 0 (all of it) to 4 (see status_text)."""
     dot = Text(" · ", style="dim")
     plan = Text("plan: " if level < 2 else "", style="bold").append(f"keep {summary.keep_text}", style="yellow")
@@ -411,6 +422,8 @@ def _status_line(summary, canary_report, plan_eval: dict | None, name: str, leve
     else:
         kl = plan_eval.get("kl_mean")
         quality.append("KL n/a" if kl is None else f"KL {kl:.4f}")
+        if level < 1 and text_name:
+            quality.append(f" on {text_name}", style="dim")
     candidate = Text("candidate: ", style="bold").append(name)
     return dot.join([plan, canary, *([quality] if level < 3 else []), candidate])
 

@@ -476,7 +476,7 @@ class _Run:
 
     def _prune_layer(self, stream, spec: LayerSpec, batches):
         gram, o_weight, base_out = self._capture(stream, spec, batches)
-        if self.options.heal == "lstsq" and not _full_rank(gram.matrix):
+        if self.options.heal != "none" and not _full_rank(gram.matrix):
             self._warn(
                 f"layer {spec.index}: G is rank-deficient ({gram.tokens} calibration tokens, width "
                 f"{self._width(spec)}): the heal leans on its ridge; give more calibration text"

@@ -1298,6 +1298,12 @@ def test_a_borderline_canary_pass_is_said_in_the_status_line_and_the_write_dialo
     assert "canary: passed (4/25 failed)" in status_text(summary, report(4), None, "c").plain
     assert _canary_note(report(5)).plain == "The canary passed on this plan, borderline: one more failure fails it."
     assert _canary_note(report(4)).plain == "The canary passed on this plan."
+    # the eval's figure names its text where the line has room; at 80 columns the tabs name it
+    evaluated = {"kl_mean": 0.0123}
+    wide = status_text(summary, report(4), evaluated, "c", None, "the bundled held-out text").plain
+    assert "eval: KL 0.0123 on the bundled held-out text" in wide
+    narrow = status_text(summary, report(4), evaluated, "c", 80, "the bundled held-out text").plain
+    assert len(narrow) <= 80 and "KL 0.0123" in narrow
 
 
 @pytest.mark.slow
