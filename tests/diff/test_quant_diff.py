@@ -365,3 +365,17 @@ def test_a_gguf_as_base_and_options_that_do_not_apply_are_trouble(tmp_path, base
     assert "--no-stats" in trouble(base, gguf, "--no-stats")
     assert "--other-revision" in trouble(base, gguf, "--other-revision", "main")
     assert "no such file" in trouble(base, tmp_path / "missing.gguf")
+
+
+def test_names_from_the_gguf_are_inert_on_the_terminal_and_in_the_card(tmp_path, base):
+    from tests.gguf_fixtures import model_metadata, write_gguf
+
+    tensors, config = converted_llama(base)
+    evil = "blk.1.\x1b[31mred\x1b[0m|`x`\n# heading"
+    tensors[evil] = np.ones((4, 32), np.float32)
+    gguf = write_gguf(tmp_path / "e.gguf", "llama", tensors, "Q8_0", metadata=model_metadata("llama", config))
+    terminal = CliRunner().invoke(main, ["diff", str(base), str(gguf)])
+    assert terminal.exit_code == 1 and "\x1b" not in terminal.stdout and "\\x1b[31mred" in terminal.stdout
+    card = CliRunner().invoke(main, ["diff", str(base), str(gguf), "--markdown"]).stdout
+    line = next(line for line in card.splitlines() if "31mred" in line)
+    assert line.startswith("- ") and "\x1b" not in card and "\n# heading" not in card
