@@ -54,7 +54,8 @@ def bundled_corpus() -> tuple[list[str], dict]:
     for file in bundled_files(BUNDLED_CORPUS):
         genre = file.name.rsplit("-", 1)[0]
         (shipped if genre in SHIPPED_GENRES else written).setdefault(genre, []).append(file)
-    ordered = _alternate(_interleaved(written), _interleaved(shipped))
+    # one of each kind in turn, then the two halves in turn: a round robin at both levels
+    ordered = _interleaved([_interleaved(list(written.values())), _interleaved(list(shipped.values()))])
     texts, digest = read_documents(ordered)
     return texts, {"source": f"bundled:{BUNDLED_CORPUS}", "file_sha256": digest}
 
@@ -95,13 +96,9 @@ def read_text_file(path: Path, what: str, jsonl: bool) -> tuple[list[str], dict]
     return texts, {"source": file.name, "file_sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _interleaved(by_genre: dict[str, list]) -> list:
-    return [f for group in _round_robin(list(by_genre.values())) for f in group]
-
-
-def _alternate(first: list, second: list) -> list:
-    paired = [item for pair in zip(first, second, strict=False) for item in pair]
-    return paired + first[len(second) :] + second[len(first) :]
+def _interleaved(groups: list[list]) -> list:
+    """The first of each group, then the second of each, ...; a longer group's rest at the end."""
+    return [f for depth in _round_robin(groups) for f in depth]
 
 
 def _round_robin(groups: list[list]) -> list[list]:
