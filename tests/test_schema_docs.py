@@ -32,6 +32,7 @@ PAGES = {
     "surgeon.verify/1": "verify-json.md",
     "surgeon.inspect/1": "inspect-json.md",
     "surgeon.eval/1": "eval-json.md",
+    "surgeon.origin/1": "origin-json.md",  # run on GGUF fixtures: tests/origin/test_origin.py
 }
 # Fields on a page that no run here produces, and why. Each must still be on its page.
 NOT_RUN = {

@@ -16,6 +16,7 @@ from surgeon.text import inert
 COMMANDS = {
     "diff": ("surgeon.cli.diff", "diff"),
     "inspect": ("surgeon.cli.diff", "inspect"),
+    "origin": ("surgeon.cli.origin", "origin"),
     "prune": ("surgeon.cli.prune", "prune"),
     "canary": ("surgeon.cli.recover", "canary"),
     "eval": ("surgeon.cli.evaluate", "eval_command"),
@@ -32,6 +33,7 @@ COMMANDS = {
 SUMMARIES = {
     "diff": "Compare two checkpoints tensor by tensor.",
     "inspect": "List a checkpoint's tensors, shards, metadata and parameter counts from its headers.",
+    "origin": "Which of the CANDIDATE checkpoints the GGUF QUANT was made from.",
     "prune": "Remove attention heads from BASE (mask mode) and heal o_proj, one layer at a time.",
     "canary": "Greedy generation checks of MODEL against BASE.",
     "eval": "Score MODEL against BASE on the same text, teacher-forced, one layer at a time.",

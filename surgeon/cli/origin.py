@@ -1,0 +1,73 @@
+"""`surgeon origin QUANT CANDIDATE...`: which checkpoint a quant was made from (surgeon/origin).
+Torch-free, like diff: the engine and gguf-py are imported inside the command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import click
+
+from surgeon.cli.common import (
+    EXIT_DIFFERENT,
+    EXIT_SAME,
+    check_output,
+    emit,
+    force_option,
+    handle_errors,
+    one_blas_thread,
+    output_option,
+    progress_for,
+)
+from surgeon.errors import SurgeonError
+
+
+@click.command()
+@click.argument("quant")
+@click.argument("candidates", nargs=-1, required=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (schema surgeon.origin/1): best, and every candidate's score."
+)
+@click.option("--workers", type=click.IntRange(1, 256), help="Threads comparing tensors (default: all cores).")
+@click.option("-v", "--verbose", is_flag=True, help="List every tensor that disagrees, per candidate.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (it goes to stderr, on a terminal only).")
+@output_option
+@force_option
+@handle_errors
+def origin(quant, candidates, as_json, workers, verbose, no_progress, output, force) -> None:
+    """Which of the CANDIDATE checkpoints the GGUF QUANT was made from.
+
+    Each tensor of QUANT is compared with each candidate's by the strongest evidence its type
+    allows: re-encoded bytes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4), codes
+    rounded with the quant's own scales (the K-quants), or else NMSE within the type's
+    measured bound (as `surgeon diff BASE QUANT`). Exit status: 0 when exactly one candidate
+    agrees in every tensor, 1 when none or several do, 2 for trouble.
+    """
+    one_blas_thread()
+    from surgeon.format.kinds import gguf_inputs, names_gguf  # reads no file, imports no format library
+
+    if not names_gguf(quant):
+        raise SurgeonError(f"{quant}: not a GGUF (a .gguf file, the first part of a split set, or a folder of them)")
+    for spec in candidates:
+        if names_gguf(spec):
+            raise SurgeonError(
+                f"{spec}: a GGUF as CANDIDATE; name the safetensors checkpoints: surgeon origin QUANT CANDIDATE..."
+            )
+    from surgeon.atomic import check_output as check_not_over
+    from surgeon.format.checkpoint import open_checkpoint
+    from surgeon.origin.engine import find_origin  # deferred: gguf-py and numpy (see the docstring)
+
+    opened = [(spec, open_checkpoint(spec)) for spec in candidates]  # a bad candidate: trouble before any work
+    check_output(output, force, [ckpt for _, ckpt in opened])
+    if output is not None:
+        check_not_over(output, gguf_inputs(quant), force)
+    progress = progress_for(no_progress)
+    report = find_origin(quant, opened, workers=workers, progress=progress, cancel=threading.Event())
+    if as_json:
+        emit(json.dumps(report.to_json(), indent=2) + "\n", output, force)
+    else:
+        from surgeon.origin.render import render_origin
+
+        emit(render_origin(report, verbose), output, force)
+    sys.exit(EXIT_SAME if report.best is not None else EXIT_DIFFERENT)

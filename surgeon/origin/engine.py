@@ -1,0 +1,198 @@
+"""Judge each candidate against one GGUF quant, tensor by tensor (the package docstring).
+
+Every candidate first goes through `surgeon diff`'s quant comparison (diff/quant.py): the
+name map, the transforms, what maps to nothing, and the NMSE of every tensor, which is the
+tier-3 evidence. Tensors whose type allows it are then compared code by code (evidence.py):
+re-encoded first, and where the bytes differ (an importance matrix moves the scales; another
+encoder rounds ties otherwise) rounded with the quant's own scales, when the type stores
+affine ones. The stronger evidence decides; NMSE alone decides only for types that allow
+nothing else (the IQ codebooks, TQ).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from surgeon.diff.quant import QuantOptions, check_architecture, diff_quant
+from surgeon.diff.quant_report import COMPARED, QuantReport, QuantTensor
+from surgeon.diff.stats import HeadLayout
+from surgeon.errors import SurgeonError
+from surgeon.format.checkpoint import Checkpoint
+from surgeon.format.gguf import GGUFModel, open_gguf
+from surgeon.format.hashing import default_workers
+from surgeon.format.rows import SafetensorsRows
+from surgeon.model.crossnames import TensorMap, build_crossmap
+from surgeon.model.gguf_rows import with_tied_output
+from surgeon.origin.evidence import Agreement, agreement, own_scales, tier_of
+from surgeon.origin.report import Candidate, OriginReport, OriginTensor, QuantSide
+from surgeon.parallel import map_cancellable
+from surgeon.progress import NoProgress, ProgressSink
+from surgeon.text import inert
+
+
+def find_origin(
+    quant_spec: str,
+    candidates: list[tuple[str, Checkpoint]],
+    *,
+    workers: int | None = None,
+    progress: ProgressSink | None = None,
+    cancel: threading.Event | None = None,
+) -> OriginReport:
+    """Each candidate (as given, opened) judged against the GGUF `quant_spec`."""
+    model = open_gguf(quant_spec)
+    _check_distinct(candidates)
+    sink = progress or NoProgress()
+    judged = [_judge(model, quant_spec, spec, ckpt, workers, sink, cancel) for spec, ckpt in candidates]
+    return OriginReport(_quant_side(quant_spec, model), judged)
+
+
+def _check_distinct(candidates: list[tuple[str, Checkpoint]]) -> None:
+    seen: dict[str, str] = {}
+    for spec, ckpt in candidates:
+        where = _where(spec, ckpt)
+        if where in seen:
+            raise SurgeonError(f"{spec} and {seen[where]} are the same checkpoint: name each candidate once")
+        seen[where] = spec
+
+
+def _where(spec: str, ckpt: Checkpoint) -> str:
+    """The candidate's fully resolved path: the .safetensors file named, or its folder."""
+    path = Path(spec).expanduser()
+    return str(path.resolve() if path.is_file() else Path(ckpt.root).resolve())
+
+
+def _quant_side(spec: str, model: GGUFModel) -> QuantSide:
+    types: dict[str, int] = {}
+    for info in model.tensors.values():
+        types[info.type_name] = types.get(info.type_name, 0) + 1
+    first = model.parts[0].path
+    return QuantSide(
+        source=spec,
+        name=first.name,
+        path=str(first.resolve()),
+        architecture=model.architecture,
+        types=dict(sorted(types.items(), key=lambda kv: -kv[1])),
+        files=[p.path.name for p in model.parts],
+    )
+
+
+def _judge(model, quant_spec, spec, ckpt, workers, progress, cancel) -> Candidate:
+    name = Path(_where(spec, ckpt)).name
+    resolved = _where(spec, ckpt)
+    unrelated = _unrelated(ckpt, model)
+    if unrelated is not None:
+        return Candidate(spec, name, resolved, [], None, unrelated)
+    report = diff_quant(ckpt, quant_spec, QuantOptions(workers=workers), progress=progress, cancel=cancel)
+    tensors = _code_evidence(model, ckpt, report, workers, progress, cancel)
+    return Candidate(spec, name, resolved, tensors, report.main_stack)
+
+
+def _unrelated(ckpt: Checkpoint, model: GGUFModel) -> str | None:
+    """Why `ckpt` cannot be the quant's source at all (another architecture, no tensor of the
+    quant's shape), or None. Those are answers about a candidate, not trouble."""
+    try:
+        check_architecture(ckpt, model)
+    except SurgeonError as exc:
+        return str(exc)
+    shapes = {name: tuple(info.shape) for name, info in ckpt.tensors.items()}
+    if not build_crossmap(shapes, model).entries:
+        return f"none of {model.source}'s tensors maps onto a tensor of {ckpt.source} of the same shape"
+    return None
+
+
+def _code_evidence(model, ckpt, report: QuantReport, workers, progress, cancel) -> list[OriginTensor]:
+    shapes = {name: tuple(info.shape) for name, info in ckpt.tensors.items()}
+    entries = with_tied_output(build_crossmap(shapes, model), model, shapes).entries
+    rows = SafetensorsRows(ckpt)
+    compared = [t for t in report.tensors if t.verdict in COMPARED and t.name in entries]
+    progress.start("matching codes", sum(_elements(t) for t in compared))
+
+    def work(tensor: QuantTensor, should_stop) -> OriginTensor:
+        found = _evidence(model, entries[tensor.name], tensor, rows, should_stop)
+        progress.advance(_elements(tensor))
+        return found
+
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):  # one BLAS thread per worker, as diff_quant
+            judged = map_cancellable(work, compared, workers or default_workers(), cancel)
+    finally:
+        progress.stop()
+    by_name = {t.name: t for t in judged}
+    return [by_name.get(t.name) or _from_nmse(t) for t in report.tensors]
+
+
+def _evidence(model: GGUFModel, entry: TensorMap, tensor: QuantTensor, rows, should_stop) -> OriginTensor:
+    assert tensor.storage is not None
+    tier = max(tier_of(kind) for kind in tensor.storage.split("+"))
+    if tier == 3:
+        return _from_nmse(tensor)
+    layout = _layout(tensor)
+    found = agreement(model, entry, rows, tier, layout, should_stop)
+    note = None
+    if tier == 1 and not found.matched and all(own_scales(kind) for kind in tensor.storage.split("+")):
+        reencoded = found
+        found = agreement(model, entry, rows, 2, layout, should_stop)
+        note = (
+            f"re-encoded, {reencoded.fraction:.1%} of its blocks' bytes agree; rounded with the quant's scales instead"
+        )
+    return _from_agreement(tensor, found, note)
+
+
+def _layout(tensor: QuantTensor) -> HeadLayout | None:
+    heads = tensor.heads
+    return None if heads is None else HeadLayout(heads.axis, heads.num_heads, heads.head_dim)
+
+
+def _from_agreement(tensor: QuantTensor, found: Agreement, note: str | None) -> OriginTensor:
+    if found.rows_differing and note is None:
+        note = f"{found.rows_differing} rows disagree"
+    return OriginTensor(
+        tensor.name,
+        tensor.stack,
+        tensor.layer,
+        tensor.family,
+        tensor.storage,
+        _elements(tensor),
+        found.tier,
+        found.fraction,
+        found.matched,
+        found.heads_below(),
+        note,
+        tensor.counts,
+    )
+
+
+def _from_nmse(tensor: QuantTensor) -> OriginTensor:
+    """Tier 3, or a tensor not compared at all (only on one side, of another shape)."""
+    compared = tensor.verdict in COMPARED
+    matched = tensor.verdict == "within"
+    note = tensor.note
+    if tensor.verdict == "unverified":
+        note = f"no evidence: {inert(tensor.note or 'its type has no measured bound')}"
+    elif not compared:
+        note = f"{tensor.verdict}: {tensor.note}" if tensor.note else tensor.verdict
+    return OriginTensor(
+        tensor.name,
+        tensor.stack,
+        tensor.layer,
+        tensor.family,
+        tensor.storage,
+        _elements(tensor),
+        3 if compared and tensor.verdict != "unverified" else None,
+        (1.0 if matched else 0.0) if compared else None,
+        matched,
+        list(tensor.heads.beyond) if tensor.heads is not None else [],
+        note,
+        tensor.counts,
+    )
+
+
+def _elements(tensor: QuantTensor) -> int:
+    shape = tensor.shape or tensor.other_shape or []
+    count = 1
+    for size in shape:
+        count *= size
+    return count
