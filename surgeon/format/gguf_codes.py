@@ -296,6 +296,8 @@ def agreement(raw: np.ndarray, qtype: int, candidate: np.ndarray) -> np.ndarray:
     layout) round, with the stored scales and offsets, to the stored code: int64 [rows]. In a
     sub-block of scale 0, an element agrees iff it equals the decoded value (see the module's
     docstring); a non-finite candidate element never agrees."""
+    # a dozen full-size temporaries: 0.43 s for 1024 x 4096 Q4_K rows (2 shared cores), about 8x
+    # gguf-py's dequantize of the same rows; callers pass a chunk of rows, as iter_rows reads
     grid = affine_grid(raw, qtype)
     candidate = np.asarray(candidate, dtype=np.float32)
     if candidate.shape != grid.codes.shape:
