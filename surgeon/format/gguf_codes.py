@@ -292,10 +292,16 @@ def affine_grid(raw: np.ndarray, qtype: int) -> Grid:
 
 
 def agreement(raw: np.ndarray, qtype: int, candidate: np.ndarray) -> np.ndarray:
-    """Per row, how many elements of `candidate` (float32 [rows, row_len], the GGUF's row
-    layout) round, with the stored scales and offsets, to the stored code: int64 [rows]. In a
-    sub-block of scale 0, an element agrees iff it equals the decoded value (see the module's
-    docstring); a non-finite candidate element never agrees."""
+    """Per row, how many elements of `candidate` agree (agreement_mask): int64 [rows]."""
+    return agreement_mask(raw, qtype, candidate).sum(axis=1, dtype=np.int64)
+
+
+def agreement_mask(raw: np.ndarray, qtype: int, candidate: np.ndarray) -> np.ndarray:
+    """bool [rows, row_len]: the elements of `candidate` (float32 [rows, row_len], the GGUF's
+    row layout) that round, with the stored scales and offsets, to the stored code (per
+    element, so a caller can sum by columns: o_proj's heads). In a sub-block of scale 0, an
+    element agrees iff it equals the decoded value (see the module's docstring); a
+    non-finite candidate element never agrees."""
     # a dozen full-size temporaries: 0.43 s for 1024 x 4096 Q4_K rows (2 shared cores), about 8x
     # gguf-py's dequantize of the same rows; callers pass a chunk of rows, as iter_rows reads
     grid = affine_grid(raw, qtype)
@@ -307,8 +313,7 @@ def agreement(raw: np.ndarray, qtype: int, candidate: np.ndarray) -> np.ndarray:
         # candidate - offset: llama.cpp's x + dm, the same float32 operation
         nearest = _kind(qtype).nearest((candidate - offset) / scale)
     agree = np.clip(nearest, grid.qmin, grid.qmax) == grid.codes
-    agree = np.where(scale == 0, candidate == offset, agree) & np.isfinite(candidate)
-    return agree.sum(axis=1, dtype=np.int64)
+    return np.where(scale == 0, candidate == offset, agree) & np.isfinite(candidate)
 
 
 def row_codes_agree(
