@@ -183,3 +183,27 @@ def test_a_tagged_repo_not_in_the_cache_says_how_to_fetch_it(hub, base):
     line = trouble(base, "acme/absent-GGUF:Q4_K_M")
     assert "not in the local Hugging Face cache" in line or "no GGUF of acme/absent-GGUF" in line
     assert "hf download acme/absent-GGUF --include '*Q4_K_M*.gguf'" in line
+
+
+def test_rows_decoded_on_many_threads_are_the_rows_decoded_on_one(base, nvfp4):
+    """The quant diff decodes tensors on several threads through one reader: each thread's
+    rows must be its own (a shared read buffer once turned one tensor's scales into another's
+    bytes, a NaN scale the file does not hold)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from surgeon.format.quantized import open_quantized
+    from surgeon.format.quantized_rows import QuantizedRows
+
+    reader = open_quantized(open_checkpoint(nvfp4))
+    assert reader is not None
+    rows = QuantizedRows(reader)
+    names = [n for n in rows.tensors if rows.tensors[n].storage == "NVFP4"]
+    expected = {n: rows.read_rows(n, 0, rows.tensors[n].rows) for n in names}
+
+    def decoded(name: str) -> bool:
+        return all(np.array_equal(r, expected[name][s : s + len(r)]) for s, r in rows.iter_rows(name, budget=64))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(decoded, names * 20))
