@@ -89,9 +89,11 @@ def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_di
     show every file identical to the other side's: then it says so and downloads no weights).
     Exit status: 0 identical, 1 different, 2 trouble.
 
-    OTHER may be a GGUF quant of BASE (a .gguf file, the first part of a split set, or a folder
-    of them): each tensor is dequantized and held to the measured quantization error of its
-    type. Exit status: 0 every tensor within its bound, 1 any not (or not compared), 2 trouble.
+    OTHER may be a quant of BASE: a .gguf file, the first part of a split set, a folder of
+    them, a quantized safetensors folder (NVFP4, FP8: its config declares the quantization),
+    or a Hub id of either (owner/repo:Q4_K_M picks one GGUF of several). Each tensor is
+    dequantized and held to the measured quantization error of its type. Exit status: 0 every
+    tensor within its bound, 1 any not (or not compared), 2 trouble.
     """
     fmt = _chosen_format(kw)
     _check_quiet(kw, fmt)
