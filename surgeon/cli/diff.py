@@ -89,9 +89,11 @@ def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_di
     show every file identical to the other side's: then it says so and downloads no weights).
     Exit status: 0 identical, 1 different, 2 trouble.
 
-    OTHER may be a GGUF quant of BASE (a .gguf file, the first part of a split set, or a folder
-    of them): each tensor is dequantized and held to the measured quantization error of its
-    type. Exit status: 0 every tensor within its bound, 1 any not (or not compared), 2 trouble.
+    OTHER may be a quant of BASE: a .gguf file, the first part of a split set, a folder of
+    them, a quantized safetensors folder (NVFP4, FP8: its config declares the quantization),
+    or a Hub id of either (owner/repo:Q4_K_M picks one GGUF of several). Each tensor is
+    dequantized and held to the measured quantization error of its type. Exit status: 0 every
+    tensor within its bound, 1 any not (or not compared), 2 trouble.
     """
     fmt = _chosen_format(kw)
     _check_quiet(kw, fmt)
@@ -100,6 +102,12 @@ def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_di
 
     if names_gguf(base) or names_gguf(other):
         _diff_quant(base, other, base_revision, other_revision, no_stats, fmt, kw)
+    if "/" in other and not Path(other).expanduser().exists():  # a Hub id: a GGUF repo takes the quant route
+        from surgeon.format.hub_gguf import hub_gguf
+
+        found = hub_gguf(other, other_revision)
+        if found is not None:
+            _diff_hub_gguf(base, other, found, base_revision, no_stats, fmt, kw)
     from surgeon.diff.engine import DiffOptions, diff_checkpoints  # deferred: see the module docstring
     from surgeon.format.hashcache import hash_cache_dir, refusal
     from surgeon.format.hub_pair import HubMatch, open_pair
@@ -127,6 +135,9 @@ def diff(base, other, base_revision, other_revision, no_hash, no_stats, cache_di
         _hub_match(opened, fmt, kw)
     base_ckpt, other_ckpt = opened
     check_output(kw["output"], kw["force"], [base_ckpt, other_ckpt])
+    if _is_quant_of(base_ckpt, other_ckpt):  # NVFP4 or FP8 safetensors: held to its bounds
+        _check_no_stats(no_stats)
+        _run_quant(base_ckpt, other_ckpt, fmt, kw)
     options = DiffOptions(
         hash=not no_hash,
         cache_dir=None if no_cache else (cache_dir or hash_cache_dir()),
@@ -155,19 +166,65 @@ def _diff_quant(base, other, base_revision, other_revision, no_stats, fmt: DiffF
         raise SurgeonError(f"{base}: a GGUF as BASE; name the safetensors checkpoint first: surgeon diff BASE QUANT")
     if other_revision is not None:
         raise SurgeonError(f"--other-revision: {other} is a GGUF file, not a Hub id")
+    _check_no_stats(no_stats)
+    base_ckpt = _float_base(base, base_revision, kw)
+    _check_not_over(kw, gguf_inputs(other))
+    _run_quant(base_ckpt, other, fmt, kw)
+
+
+def _diff_hub_gguf(base, other, found: Path, base_revision, no_stats, fmt: DiffFormat, kw: dict) -> NoReturn:
+    """BASE against a GGUF of a Hub repo in the local cache (`owner/repo[:TAG]`: hub_gguf.py)."""
+    from surgeon.format.kinds import gguf_inputs
+
+    _check_no_stats(no_stats)
+    base_ckpt = _float_base(base, base_revision, kw)
+    _check_not_over(kw, gguf_inputs(found))
+    _run_quant(base_ckpt, str(found), fmt, kw, source=other)
+
+
+def _check_no_stats(no_stats: bool) -> None:
     if no_stats:
-        raise SurgeonError("--no-stats: a GGUF is compared by its statistics (NMSE per tensor); drop the option")
+        raise SurgeonError("--no-stats: a quant is compared by its statistics (NMSE per tensor); drop the option")
+
+
+def _check_not_over(kw: dict, inputs: list[Path]) -> None:
     from surgeon.atomic import check_output as check_not_over
-    from surgeon.diff.quant import QuantOptions, diff_quant
+
+    if kw["output"] is not None:
+        check_not_over(kw["output"], inputs, kw["force"])
+
+
+def _float_base(base, base_revision, kw: dict):
     from surgeon.format.checkpoint import open_checkpoint
 
     base_ckpt = open_checkpoint(base, base_revision, download=kw["download"])
     check_output(kw["output"], kw["force"], [base_ckpt])
-    if kw["output"] is not None:
-        check_not_over(kw["output"], gguf_inputs(other), kw["force"])
+    _is_quant_of(base_ckpt, None)
+    return base_ckpt
+
+
+def _is_quant_of(base_ckpt, other_ckpt) -> bool:
+    """OTHER declares a quantization BASE does not: the quant route. BASE quantized against a
+    float OTHER is the sides swapped (two quants of each other compare byte for byte)."""
+    from surgeon.format.quant_scheme import quantization_scheme
+
+    base_scheme = quantization_scheme(base_ckpt)
+    other_scheme = quantization_scheme(other_ckpt) if other_ckpt is not None else None
+    if base_scheme is not None and other_scheme is None:
+        said = f"{base_scheme.method} {'+'.join(sorted(x.upper() for x in base_scheme.layouts))}"
+        raise SurgeonError(
+            f"{base_ckpt.source}: a quantized checkpoint ({said}) as BASE; "
+            "name the float checkpoint first: surgeon diff BASE QUANT"
+        )
+    return other_scheme is not None and base_scheme is None
+
+
+def _run_quant(base_ckpt, quant, fmt: DiffFormat, kw: dict, source: str | None = None) -> NoReturn:
+    from surgeon.diff.quant import QuantOptions, diff_quant
+
     options = QuantOptions(workers=kw["workers"], hash_files=fmt.evidence)  # a card's SHA256s, from the bytes
     progress = progress_for(kw["quiet"] or kw["no_progress"])
-    report = diff_quant(base_ckpt, other, options, progress=progress, cancel=threading.Event())
+    report = diff_quant(base_ckpt, quant, options, source=source, progress=progress, cancel=threading.Event())
     if kw["quiet"]:
         from surgeon.diff.quant_report import summary_line
 

@@ -24,22 +24,24 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from surgeon.diff.engine import SideSummary, _side, natural_key
-from surgeon.diff.quant_report import GGUFFile, HeadNMSE, QuantReport, QuantTensor, Verdict
+from surgeon.diff.quant_report import HeadNMSE, QuantFile, QuantReport, QuantTensor, Verdict
 from surgeon.diff.stats import HeadLayout
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.gguf import GGUFModel, open_gguf
 from surgeon.format.hashing import default_workers, file_sha256
 from surgeon.format.quant_bounds import MEASURED, bound_for
-from surgeon.format.rows import ROW_CHUNK_ELEMENTS, SafetensorsRows
-from surgeon.model.crossnames import NormShift, build_crossmap, text_name
+from surgeon.format.quantized import QuantizedReader, open_quantized
+from surgeon.format.quantized_rows import QuantizedRows
+from surgeon.format.rows import ROW_CHUNK_ELEMENTS, RowReader, RowTensor, SafetensorsRows
+from surgeon.model.crossnames import NormShift, Transform, build_crossmap, text_name
 from surgeon.model.geometry import AttentionGeometry, geometry_by_layer, head_axis
 from surgeon.model.gguf_rows import GGUFRows, mismatch_targets, with_tied_output
 from surgeon.model.names import main_stack, parse_name
@@ -70,38 +72,97 @@ GGUF_ARCH = {
 class QuantOptions:
     workers: int | None = None  # threads comparing tensors (default: all cores)
     budget: int = ROW_CHUNK_ELEMENTS  # elements decoded at once per tensor and side
-    hash_files: bool = False  # SHA256 of every GGUF part and BASE shard (the card's evidence)
+    hash_files: bool = False  # SHA256 of every quant file and BASE shard (the card's evidence)
 
 
 def diff_quant(
     base: Checkpoint,
-    quant_spec: str,
+    quant: str | Checkpoint,
     options: QuantOptions = QuantOptions(),
     *,
+    source: str | None = None,
     progress: ProgressSink | None = None,
     cancel: threading.Event | None = None,
 ) -> QuantReport:
-    model = open_gguf(quant_spec)
+    """BASE against QUANT: a GGUF (a path: file, split set, folder) or a quantized safetensors
+    checkpoint (opened). `source` names the quant where the path is not what the user typed
+    (a Hub id's cached file)."""
+    side = _open_side(base, quant, options.hash_files, source)
+    rows = SafetensorsRows(base)
+    measured = _measure_all(side, rows, _layouts(base, side.rows.tensors), options, progress or NoProgress(), cancel)
+    tensors = measured + side.unmatched
+    tensors.sort(key=lambda t: natural_key(t.name))
+    stack = main_stack(t.stack for t in tensors)
+    return QuantReport(
+        base=_side(base),
+        other=side.summary,
+        architecture=side.architecture,
+        tensors=tensors,
+        transforms=side.transforms,
+        files=side.files,
+        main_stack=stack,
+        num_layers=len({t.layer for t in tensors if t.stack == stack and t.layer is not None}),
+        base_sha256=_base_hashes(base) if options.hash_files else {},
+        format=side.format,
+        scheme=side.scheme,
+    )
+
+
+@dataclass
+class _Provenance:
+    """Where a compared tensor's quant rows come from."""
+
+    stored: list[str]  # the stored tensors decoded (GGUF names; codes and scales)
+    shard: str  # the quant's file holding them (a GGUF: its first part, as before)
+    transforms: tuple[Transform, ...] = ()  # llama.cpp's, undone
+    stored_bytes: int = 0  # what decoding it reads, for the progress bar
+
+
+@dataclass
+class _QuantSide:
+    """The quant as the engine needs it, whatever its format."""
+
+    rows: RowReader
+    provenance: Callable[[str], _Provenance]
+    summary: SideSummary
+    architecture: str
+    unmatched: list[QuantTensor]
+    files: list[QuantFile]
+    format: str  # "gguf" or "safetensors"
+    scheme: str | None = None  # a safetensors quant's declaration: "modelopt NVFP4"
+    transforms: dict[str, int] = field(default_factory=dict)
+
+
+def _open_side(base: Checkpoint, quant: str | Checkpoint, hashed: bool, source: str | None) -> _QuantSide:
+    if isinstance(quant, Checkpoint):
+        return _safetensors_side(base, quant, hashed)
+    return _gguf_quant_side(base, quant, hashed, source)
+
+
+def _gguf_quant_side(base: Checkpoint, spec: str, hashed: bool, source: str | None) -> _QuantSide:
+    model = open_gguf(spec)
     check_architecture(base, model)
     shapes = {name: tuple(info.shape) for name, info in base.tensors.items()}
     cross = with_tied_output(build_crossmap(shapes, model), model, shapes)
     if not cross.entries:
         raise SurgeonError(_nothing_maps(base, model, cross))
-    quant, rows = GGUFRows(model, cross, shapes), SafetensorsRows(base)
-    measured = _measure_all(quant, rows, _layouts(base, cross.entries), options, progress or NoProgress(), cancel)
-    tensors = measured + _unmatched(base, model, cross)
-    tensors.sort(key=lambda t: natural_key(t.name))
-    stack = main_stack(t.stack for t in tensors)
-    return QuantReport(
-        base=_side(base),
-        other=_gguf_side(quant_spec, model),
-        architecture=model.architecture,
-        tensors=tensors,
+    rows = GGUFRows(model, cross, shapes)
+    summary = _gguf_side(source or spec, model)
+
+    def provenance(name: str) -> _Provenance:
+        entry = rows.entry(name)
+        size = sum(len(p.gguf_rows) * model.tensors[p.gguf].row_bytes for p in entry.pieces)
+        return _Provenance(entry.gguf_names, summary.name, entry.transforms, size)
+
+    return _QuantSide(
+        rows,
+        provenance,
+        summary,
+        model.architecture,
+        _unmatched(base, model, cross, summary.name),
+        _files(model, hashed),
+        "gguf",
         transforms=cross.transform_counts(),
-        files=_files(model, options.hash_files),
-        main_stack=stack,
-        num_layers=len({t.layer for t in tensors if t.stack == stack and t.layer is not None}),
-        base_sha256=_base_hashes(base) if options.hash_files else {},
     )
 
 
@@ -141,8 +202,8 @@ def _gguf_side(spec: str, model: GGUFModel) -> SideSummary:
     )
 
 
-def _files(model: GGUFModel, hashed: bool) -> list[GGUFFile]:
-    return [GGUFFile(p.path.name, p.size, file_sha256(p.path) if hashed else None) for p in model.parts]
+def _files(model: GGUFModel, hashed: bool) -> list[QuantFile]:
+    return [QuantFile(p.path.name, p.size, file_sha256(p.path) if hashed else None) for p in model.parts]
 
 
 def _base_hashes(base: Checkpoint) -> dict[str, str]:
@@ -251,13 +312,14 @@ def _spacing(storage: str):
     return None
 
 
-def _measure_all(quant: GGUFRows, base: SafetensorsRows, layouts, options, progress, cancel) -> list[QuantTensor]:
+def _measure_all(side: _QuantSide, base: SafetensorsRows, layouts, options, progress, cancel) -> list[QuantTensor]:
+    quant = side.rows
     names = sorted(quant.tensors, key=lambda n: -quant.tensors[n].readable * quant.tensors[n].row_len)
-    sizes = {n: _stored_bytes(quant, n) for n in names}
-    progress.start("comparing", sum(sizes.values()))
+    where = {n: side.provenance(n) for n in names}
+    progress.start("comparing", sum(p.stored_bytes for p in where.values()))
 
     def work(name: str, should_stop) -> QuantTensor:
-        return _measure(quant, base, name, layouts.get(name), options.budget, should_stop, progress, sizes[name])
+        return _measure(quant, base, name, where[name], layouts.get(name), options.budget, should_stop, progress)
 
     try:
         # one BLAS thread per worker: the tensors are spread over the cores already (engine.py)
@@ -267,22 +329,20 @@ def _measure_all(quant: GGUFRows, base: SafetensorsRows, layouts, options, progr
         progress.stop()
 
 
-def _stored_bytes(quant: GGUFRows, name: str) -> int:
-    entry = quant.entry(name)
-    return sum(len(p.gguf_rows) * quant.model.tensors[p.gguf].row_bytes for p in entry.pieces)
-
-
-def _measure(quant: GGUFRows, base: SafetensorsRows, name: str, layout, budget, should_stop, progress, size):
-    entry, info = quant.entry(name), quant.tensors[name]
-    shift = next((t for t in entry.transforms if isinstance(t, NormShift)), None)
+def _measure(
+    quant: RowReader, base: SafetensorsRows, name: str, where: _Provenance, layout, budget, should_stop, progress
+) -> QuantTensor:
+    info = quant.tensors[name]
+    shift = next((t for t in where.transforms if isinstance(t, NormShift)), None)
     sums = _Sums(layout[1] if layout else None, shift, info.storage)
     multiple = layout[1].head_dim if layout and layout[1].axis == "rows" else 1
-    per_row = size / max(info.readable, 1)
+    per_row = where.stored_bytes / max(info.readable, 1)
     for start, q in quant.iter_rows(name, multiple=multiple, budget=budget):
         check_stop(should_stop)
         sums.add(start, q, base.read_rows(name, start, start + q.shape[0]))
         progress.advance(int(q.shape[0] * per_row))
     parsed = parse_name(name)
+    gguf = isinstance(quant, GGUFRows)
     tensor = QuantTensor(
         name,
         "within",
@@ -293,9 +353,11 @@ def _measure(quant: GGUFRows, base: SafetensorsRows, name: str, layout, budget, 
         storage=info.storage,
         shape=list(base.tensors[name].shape),
         other_shape=list(info.shape),
-        gguf=entry.gguf_names,
+        gguf=where.stored if gguf else [],
+        stored=where.stored,
         base_shard=base.ckpt.tensors[name].file,
-        transforms=[{"kind": t.kind, "detail": t.detail} for t in entry.transforms],
+        other_shard=where.shard,
+        transforms=[{"kind": t.kind, "detail": t.detail} for t in where.transforms],
         rows=info.rows,
         rows_compared=sums.rows,
         nmse=sums.nmse(),
@@ -355,10 +417,10 @@ def _verdict(tensor: QuantTensor, sums: _Sums, why: str | None) -> tuple[Verdict
 # What maps to nothing
 
 
-def _unmatched(base: Checkpoint, model: GGUFModel, cross) -> list[QuantTensor]:
+def _unmatched(base: Checkpoint, model: GGUFModel, cross, gguf_file: str) -> list[QuantTensor]:
     out = []
     for name, why in cross.mismatched.items():
-        out.append(_listed(name, "shape-mismatch", why, base, counts=True))
+        out.append(_listed(name, "shape-mismatch", why, base, counts=True, other_shard=gguf_file))
     for name, why in cross.hf_only.items():
         out.append(_listed(name, "base-only", why, base, counts=text_name(name) is not None))
     mismatched = mismatch_targets(cross, model)
@@ -368,12 +430,18 @@ def _unmatched(base: Checkpoint, model: GGUFModel, cross) -> list[QuantTensor]:
             why, counts = f"the GGUF side of {mismatched[name]}, of another shape", False
         else:
             counts = not name.startswith("rope_freqs")  # RoPE factors the converter computes
-        out.append(_listed(name, "quant-only", why, None, counts, shape))
+        out.append(_listed(name, "quant-only", why, None, counts, shape, gguf_file))
     return out
 
 
 def _listed(
-    name: str, verdict: Verdict, why: str, base: Checkpoint | None, counts: bool, other_shape: list[int] | None = None
+    name: str,
+    verdict: Verdict,
+    why: str,
+    base: Checkpoint | None,
+    counts: bool,
+    other_shape: list[int] | None = None,
+    other_shard: str | None = None,
 ) -> QuantTensor:
     parsed = parse_name(name)
     info = base.tensors.get(name) if base is not None else None
@@ -387,6 +455,97 @@ def _listed(
         shape=list(info.shape) if info else None,
         other_shape=other_shape,
         base_shard=info.file if info else None,
+        other_shard=other_shard,
         note=why,
         counts=counts,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# A quantized safetensors checkpoint (NVFP4, FP8)
+
+
+def _safetensors_side(base: Checkpoint, ckpt: Checkpoint, hashed: bool) -> _QuantSide:
+    """Tensors pair by name: the quantized weights under their logical names, the float ones
+    as they are. A quant of another model type, or one where no tensor pairs, is trouble."""
+    reader = open_quantized(ckpt)
+    if reader is None:
+        raise SurgeonError(f"{ckpt.source}: its config declares no quantization: not a quantized checkpoint")
+    rows = QuantizedRows(reader)
+    architecture = _check_model_type(base, ckpt)
+    base_shapes = {name: tuple(info.shape) for name, info in base.tensors.items()}
+    mismatched = {n for n, t in rows.tensors.items() if n in base_shapes and base_shapes[n] != t.shape}
+    paired = {n for n in rows.tensors if n in base_shapes} - mismatched
+    if not paired:
+        raise SurgeonError(f"{ckpt.source}: none of its {len(rows.tensors)} tensors is one of {base.source}'s")
+    compared = _Paired(rows, paired)
+
+    def provenance(name: str) -> _Provenance:
+        stored = rows.stored(name)
+        return _Provenance([i.name for i in stored], stored[0].file, (), sum(i.nbytes for i in stored))
+
+    return _QuantSide(
+        compared,
+        provenance,
+        _side(ckpt),
+        architecture,
+        _unpaired(base, rows, mismatched),
+        [
+            QuantFile(n, s.file_size, file_sha256(ckpt.shard_path(n)) if hashed else None)
+            for n, s in ckpt.shards.items()
+        ],
+        "safetensors",
+        scheme=_scheme_label(reader),
+    )
+
+
+class _Paired:
+    """A row reader narrowed to the tensors both sides hold alike."""
+
+    def __init__(self, rows: QuantizedRows, names: set[str]):
+        self.source = rows.source
+        self._rows = rows
+        self._tensors = {n: t for n, t in rows.tensors.items() if n in names}
+
+    @property
+    def tensors(self) -> Mapping[str, RowTensor]:
+        return self._tensors
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self._rows.read_rows(name, start, stop)
+
+    def iter_rows(self, name: str, *, multiple: int = 1, budget: int = ROW_CHUNK_ELEMENTS):
+        return self._rows.iter_rows(name, multiple=multiple, budget=budget)
+
+
+def _check_model_type(base: Checkpoint, ckpt: Checkpoint) -> str:
+    """The quant's model_type, which must be BASE's where both name one: the same names
+    would otherwise pair rows that mean something else."""
+    theirs, ours = (ckpt.config or {}).get("model_type"), (base.config or {}).get("model_type")
+    if isinstance(theirs, str) and isinstance(ours, str) and theirs != ours:
+        raise SurgeonError(
+            f"{ckpt.source}: a quant of model type {inert(theirs)!r}, but {base.source} is {inert(ours)!r}: "
+            "not a quant of this model"
+        )
+    return theirs if isinstance(theirs, str) else "unknown"
+
+
+def _scheme_label(reader: QuantizedReader) -> str:
+    """ "modelopt NVFP4", "compressed-tensors FP8": the exporter and the layouts it declares."""
+    return f"{reader.scheme.method} {'+'.join(sorted(layout.upper() for layout in reader.scheme.layouts))}"
+
+
+def _unpaired(base: Checkpoint, rows: QuantizedRows, mismatched: set[str]) -> list[QuantTensor]:
+    out = []
+    for name in sorted(mismatched):
+        why = f"base {list(base.tensors[name].shape)}, quant {list(rows.tensors[name].shape)}"
+        out.append(_listed(name, "shape-mismatch", why, base, True, list(rows.tensors[name].shape)))
+    for name in base.tensors.keys() - rows.tensors.keys():
+        out.append(_listed(name, "base-only", "not in the quant", base, counts=True))
+    for name in rows.tensors.keys() - base.tensors.keys():
+        shape = list(rows.tensors[name].shape)
+        out.append(_listed(name, "quant-only", "not in the base", None, True, shape, rows.stored(name)[0].file))
+    for name, info in rows.auxiliary.items():  # the activations' scales: no weight to compare
+        why = "an activation or KV-cache scale, not a weight"
+        out.append(_listed(name, "quant-only", why, None, False, list(info.shape), info.file))
+    return out

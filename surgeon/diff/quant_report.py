@@ -41,6 +41,8 @@ class QuantTensor:
     shape: list[int] | None = None  # BASE's shape
     other_shape: list[int] | None = None  # the quant's, as compared: BASE's order (None: not compared)
     gguf: list[str] = field(default_factory=list)  # the GGUF tensors its rows come from
+    stored: list[str] = field(default_factory=list)  # the quant's stored tensors it is decoded from
+    other_shard: str | None = None  # the quant's file holding it (a GGUF: its first part)
     transforms: list[dict[str, str]] = field(default_factory=list)  # {kind, detail}: what was undone
     rows: int | None = None
     rows_compared: int | None = None
@@ -53,7 +55,9 @@ class QuantTensor:
 
 
 @dataclass
-class GGUFFile:
+class QuantFile:
+    """One file of the quant: a GGUF part or a safetensors shard."""
+
     name: str
     size: int
     sha256: str | None = None  # only where asked (the card's evidence): hashed from the bytes
@@ -66,10 +70,12 @@ class QuantReport:
     architecture: str
     tensors: list[QuantTensor]
     transforms: dict[str, int]
-    files: list[GGUFFile]
+    files: list[QuantFile]
     main_stack: str | None
     num_layers: int
     base_sha256: dict[str, str] = field(default_factory=dict)  # BASE's shards, where asked
+    format: str = "gguf"  # or "safetensors": a quantized checkpoint (NVFP4, FP8)
+    scheme: str | None = None  # a safetensors quant's declaration: "modelopt NVFP4"
 
     def count(self, verdict: str) -> int:
         return sum(1 for t in self.tensors if t.verdict == verdict)
@@ -287,7 +293,6 @@ def _family_json(row: QuantFamily) -> dict:
 
 
 def _tensor_json(t: QuantTensor, report: QuantReport) -> dict:
-    gguf_file = report.other.name if t.verdict != "base-only" else None
     return {
         "name": t.name,
         "status": STATUS_OF[t.verdict],
@@ -297,7 +302,7 @@ def _tensor_json(t: QuantTensor, report: QuantReport) -> dict:
         "sha256": [None, None],
         "dtype": [t.base_dtype, t.storage],
         "shape": [t.shape, t.other_shape],
-        "shard": [t.base_shard, gguf_file],
+        "shard": [t.base_shard, t.other_shard],
         "stats": None,
         "heads": None,
         "quant": {
@@ -305,6 +310,7 @@ def _tensor_json(t: QuantTensor, report: QuantReport) -> dict:
             "counts": t.counts,
             "storage": t.storage,
             "gguf": t.gguf,
+            "stored": t.stored,
             "transforms": t.transforms,
             "rows": t.rows,
             "rows_compared": t.rows_compared,
@@ -318,7 +324,8 @@ def _tensor_json(t: QuantTensor, report: QuantReport) -> dict:
 
 def _quant_json(report: QuantReport) -> dict:
     return {
-        "format": "gguf",
+        "format": report.format,
+        "scheme": report.scheme,
         "architecture": report.architecture,
         "made_from": report.made_from,
         "verdicts": {v: report.count(v) for v in VERDICTS},

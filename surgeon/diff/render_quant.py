@@ -8,6 +8,8 @@ md_text in the card: never markup, never a new table cell or line.
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -28,6 +30,7 @@ from surgeon.text import inert, md_code, md_text
 
 MAX_TENSOR_ROWS = 200
 HEADS_SHOWN = 3  # heads named in a cell; --json lists them all
+SUMMARY_WIDTH = 80  # the summary line wraps here, the narrowest terminal surgeon lays out for
 FAMILY_WIDTH = 32  # "post_attention_layernorm.weight" whole, and the table still fits 80 columns
 
 
@@ -68,10 +71,13 @@ def _size(n: int) -> str:
 
 def render_quant_terminal(report: QuantReport, console: Console, verbose: bool = False) -> None:
     style = "green" if report.made_from else "yellow"
-    console.print(Text(inert(summary_line(report)), style=f"bold {style}"))
+    # wrapped at word breaks to 80 columns, whatever the console's width (a pipe's is 160):
+    # every fact kept, none past the edge of a terminal
+    summary = textwrap.fill(inert(summary_line(report)), width=min(console.width, SUMMARY_WIDTH))
+    console.print(Text(summary, style=f"bold {style}"))
     parts = f"{report.other.shards} file{'s' if report.other.shards > 1 else ''}, {_size(report.other.bytes)}"
-    sides = f"base:  {inert(report.base.source)}\nquant: {inert(report.other.source)} (GGUF "
-    console.print(Text(sides + f"{inert(report.architecture)}, {parts})", style="dim"))
+    sides = f"base:  {inert(report.base.source)}\nquant: {inert(report.other.source)} ({_kind(report)}, {parts})"
+    console.print(Text(sides, style="dim"))
     if report.transforms:
         undone = ", ".join(_counted(inert(kind), n) for kind, n in report.transforms.items())
         console.print(Text(f"undone: {undone}", style="dim"))
@@ -87,6 +93,12 @@ def render_quant_terminal(report: QuantReport, console: Console, verbose: bool =
     unmatched = [t for t in report.tensors if t.verdict in ("base-only", "quant-only")]
     if unmatched:
         console.print(_unmatched_table(unmatched))
+
+
+def _kind(report: QuantReport) -> str:
+    """`GGUF llama`, or `modelopt NVFP4 safetensors, llama`: what the quant is stored as."""
+    arch = inert(report.architecture)
+    return f"GGUF {arch}" if report.format == "gguf" else f"{inert(report.scheme or '')} safetensors, {arch}"
 
 
 def _families_table(report: QuantReport, width: int) -> Table:
@@ -184,11 +196,13 @@ def _unmatched_table(rows: list[QuantTensor]) -> Table:
 def render_quant_markdown(report: QuantReport, more: list[str] | None = None) -> str:
     base, quant = md_code(report.base.name, table=False), md_code(report.other.name, table=False)
     files = f"{report.other.shards} file{'s' if report.other.shards > 1 else ''}"
+    kind = "GGUF" if report.format == "gguf" else f"safetensors, {md_text(report.scheme or '')}"
+    undone = ", llama.cpp's layout transforms undone," if report.format == "gguf" else ""
     lines = [
         "## Quantized from",
         "",
-        f"{quant} (GGUF, {md_text(report.architecture)}, {files}) compared with {base} by `surgeon diff`: "
-        "every tensor dequantized, llama.cpp's layout transforms undone, and its NMSE against the base "
+        f"{quant} ({kind}, {md_text(report.architecture)}, {files}) compared with {base} by `surgeon diff`: "
+        f"every tensor dequantized{undone} and its NMSE against the base "
         "(sum((q - b)^2) / sum(b^2)) held to the bound measured for its storage type.",
         "",
         _verdict_sentence(report),

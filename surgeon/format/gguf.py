@@ -41,6 +41,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import dequantize
 
 from surgeon.errors import SurgeonError
+from surgeon.format.kinds import SPLIT_NAME
 from surgeon.format.tensor_io import ShardReader
 from surgeon.jsonfile import open_regular
 from surgeon.text import inert
@@ -88,7 +89,6 @@ _PLAIN = {
     GGMLQuantizationType.I32: "<i4",
     GGMLQuantizationType.I64: "<i8",
 }
-SPLIT_NAME = re.compile(r"(?P<prefix>.+)-(?P<no>[0-9]{5})-of-(?P<count>[0-9]{5})\.gguf")
 SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
 
 

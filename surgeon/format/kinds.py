@@ -5,7 +5,11 @@ of two safetensors folders must not pay)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+# A split set's part, as llama.cpp's gguf-split names it
+SPLIT_NAME = re.compile(r"(?P<prefix>.+)-(?P<no>[0-9]{5})-of-(?P<count>[0-9]{5})\.gguf")
 
 
 def names_gguf(spec: str | os.PathLike) -> bool:

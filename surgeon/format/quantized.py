@@ -23,6 +23,7 @@ larger than the file. Rows are read with pread in bounded chunks (tensor_io.Shar
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NoReturn
@@ -79,6 +80,7 @@ class QuantizedReader:
         self.plain: dict[str, TensorInfo] = {}
         self.auxiliary: dict[str, TensorInfo] = {}
         self._readers: dict[str, ShardReader] = {}
+        self._lock = threading.Lock()
         self._seconds: dict[str, np.float32] = {}
         _Classifier(self).run()
 
@@ -173,13 +175,17 @@ class QuantizedReader:
         return self._read(info, info.start + start * row_bytes, (stop - start) * row_bytes)
 
     def _read(self, info: TensorInfo, offset: int, size: int) -> np.ndarray:
-        reader = self._readers.get(info.file)
-        if reader is None:
-            shard = self.ckpt.shards[info.file]
-            reader = ShardReader(shard.path, expected_size=shard.file_size)
-            self._readers[info.file] = reader
-        # a copy: the reader's buffer is reused by its next read
-        return np.frombuffer(reader.read(offset, size), dtype=np.uint8).copy()
+        # under a lock: the quant diff decodes tensors on several threads, and a reader's buffer
+        # is reused by its next read (unlocked, one thread's scales were read as another's bytes:
+        # a NaN scale the file does not hold); the decoding itself runs outside it
+        with self._lock:
+            reader = self._readers.get(info.file)
+            if reader is None:
+                shard = self.ckpt.shards[info.file]
+                reader = ShardReader(shard.path, expected_size=shard.file_size)
+                self._readers[info.file] = reader
+            # a copy: the reader's buffer is reused by its next read
+            return np.frombuffer(reader.read(offset, size), dtype=np.uint8).copy()
 
     def _where(self, info: TensorInfo) -> str:
         return str(self.ckpt.shard_path(info.file))
