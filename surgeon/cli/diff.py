@@ -206,10 +206,10 @@ def _float_base(base, base_revision, kw: dict):
 def _is_quant_of(base_ckpt, other_ckpt) -> bool:
     """OTHER declares a quantization BASE does not: the quant route. BASE quantized against a
     float OTHER is the sides swapped (two quants of each other compare byte for byte)."""
-    from surgeon.format.quant_scheme import quantization_scheme
+    from surgeon.format.quant_scheme import decoded_scheme
 
-    base_scheme = quantization_scheme(base_ckpt)
-    other_scheme = quantization_scheme(other_ckpt) if other_ckpt is not None else None
+    base_scheme = decoded_scheme(base_ckpt)
+    other_scheme = decoded_scheme(other_ckpt) if other_ckpt is not None else None
     if base_scheme is not None and other_scheme is None:
         said = f"{base_scheme.method} {'+'.join(sorted(x.upper() for x in base_scheme.layouts))}"
         raise SurgeonError(

@@ -66,6 +66,20 @@ class QuantScheme:
         return any(_matches(self.method, pattern, module) for pattern in self.ignore)
 
 
+# The quant_method values whose weights surgeon decodes (quantized.py).
+DECODED_METHODS = ("modelopt", "compressed-tensors", "fp8")
+
+
+def decoded_scheme(ckpt: Checkpoint) -> QuantScheme | None:
+    """quantization_scheme, or None where the declared method is one surgeon does not decode
+    (bitsandbytes, GPTQ, AWQ, ...): such a checkpoint is compared byte for byte, as before
+    surgeon read any quantization, instead of refused."""
+    declared = (ckpt.config or {}).get("quantization_config")
+    if isinstance(declared, dict) and declared.get("quant_method") not in DECODED_METHODS:
+        return None
+    return quantization_scheme(ckpt)
+
+
 def quantization_scheme(ckpt: Checkpoint) -> QuantScheme | None:
     """The declared quantization of `ckpt`, or None where it declares none."""
     config = ckpt.config or {}
@@ -86,7 +100,7 @@ def quantization_scheme(ckpt: Checkpoint) -> QuantScheme | None:
     if method == "fp8":
         return _hf_fp8(declared, where)
     raise SurgeonError(
-        f"{where}: quant_method {shown(method)} is not one surgeon decodes (modelopt, compressed-tensors, fp8)"
+        f"{where}: quant_method {shown(method)} is not one surgeon decodes ({', '.join(DECODED_METHODS)})"
     )
 
 

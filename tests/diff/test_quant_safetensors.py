@@ -110,6 +110,23 @@ def test_two_quants_compare_byte_for_byte(base, nvfp4):
     assert code == 0 and "quant" not in report
 
 
+@pytest.mark.parametrize("method", ["bitsandbytes", "gptq", "awq"])
+def test_a_method_surgeon_does_not_decode_is_compared_byte_for_byte(tmp_path, base, method):
+    """A checkpoint that declares bitsandbytes, GPTQ or AWQ is diffed as it always was, never
+    refused because surgeon cannot dequantize it."""
+    import json
+    import shutil
+
+    other = shutil.copytree(base, tmp_path / method)
+    config = json.loads((other / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": method, "bits": 4}
+    (other / "config.json").write_text(json.dumps(config))
+    for left, right in ((base, other), (other, base), (other, other)):
+        code, report = run_diff(left, right)  # 1: the config.json files differ
+        assert code == (0 if left == right else 1) and "quant" not in report
+        assert report["summary"]["layers_changed"] == []
+
+
 def cut_tensor(folder, name: str, rows: int) -> None:
     """Rewrite the shard with tensor `name` cut to its first `rows` rows."""
     ckpt = open_checkpoint(folder)
