@@ -38,17 +38,17 @@ from surgeon.errors import SurgeonError
 def origin(quant, candidates, as_json, workers, verbose, no_progress, output, force) -> None:
     """Which of the CANDIDATE checkpoints the GGUF QUANT was made from.
 
-    Each tensor of QUANT is compared with each candidate's by the strongest evidence its type
-    allows: re-encoded bytes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4), codes
-    rounded with the quant's own scales (the K-quants), or else NMSE within the type's
-    measured bound (as `surgeon diff BASE QUANT`). Exit status: 0 when exactly one candidate
-    agrees in every tensor, 1 when none or several do, 2 for trouble.
+    QUANT is a .gguf file, the first part of a split set, a folder of them, a Hub id of a GGUF
+    repo (owner/repo:Q4_K_M picks one of several), or an NVFP4/FP8 safetensors checkpoint.
+    Each tensor is compared with each candidate's by the strongest evidence its type allows:
+    re-encoded bytes (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4), codes rounded with
+    the quant's own scales (the K-quants, NVFP4, FP8), or else NMSE within the type's measured
+    bound (as `surgeon diff BASE QUANT`). Exit status: 0 when exactly one candidate agrees in
+    every tensor, 1 when none or several do, 2 for trouble.
     """
     one_blas_thread()
     from surgeon.format.kinds import gguf_inputs, names_gguf  # reads no file, imports no format library
 
-    if not names_gguf(quant):
-        raise SurgeonError(f"{quant}: not a GGUF (a .gguf file, the first part of a split set, or a folder of them)")
     for spec in candidates:
         if names_gguf(spec):
             raise SurgeonError(
@@ -56,14 +56,15 @@ def origin(quant, candidates, as_json, workers, verbose, no_progress, output, fo
             )
     from surgeon.atomic import check_output as check_not_over
     from surgeon.format.checkpoint import open_checkpoint
-    from surgeon.origin.engine import find_origin  # deferred: gguf-py and numpy (see the docstring)
+    from surgeon.origin.engine import find_origin, open_quant  # deferred: gguf-py and numpy (see the docstring)
 
+    quant_input = open_quant(quant)
     opened = [(spec, open_checkpoint(spec)) for spec in candidates]  # a bad candidate: trouble before any work
-    check_output(output, force, [ckpt for _, ckpt in opened])
-    if output is not None:
-        check_not_over(output, gguf_inputs(quant), force)
+    check_output(output, force, [ckpt for _, ckpt in opened] + ([quant_input.ckpt] if quant_input.ckpt else []))
+    if output is not None and quant_input.gguf is not None:
+        check_not_over(output, gguf_inputs(quant_input.gguf), force)
     progress = progress_for(no_progress)
-    report = find_origin(quant, opened, workers=workers, progress=progress, cancel=threading.Event())
+    report = find_origin(quant_input, opened, workers=workers, progress=progress, cancel=threading.Event())
     if as_json:
         emit(json.dumps(report.to_json(), indent=2) + "\n", output, force)
     else:

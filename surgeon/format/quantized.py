@@ -34,7 +34,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.dtypes import to_float64
 from surgeon.format.quant_scheme import FP8, NVFP4, QuantScheme, quantization_scheme
-from surgeon.format.requantize import E2M1_VALUES, NVFP4_GROUP, e4m3_decode
+from surgeon.format.requantize import E2M1_VALUES, NVFP4_GROUP, e2m1_encode, e4m3_decode, e4m3_encode
 from surgeon.format.safetensors import TensorInfo
 from surgeon.format.tensor_io import ShardReader
 
@@ -105,6 +105,39 @@ class QuantizedReader:
             per_chunk -= per_chunk % row_multiple
         for first in range(0, rows, per_chunk):
             yield first, self.decode_rows(name, first, min(rows, first + per_chunk))
+
+    def agreement_mask(self, name: str, start: int, stop: int, candidate: np.ndarray) -> np.ndarray:
+        """bool [stop - start, cols]: the elements of `candidate` (float rows of weight `name`)
+        that round, with this quant's own stored scales, to the value it stores (E2M1 for
+        NVFP4, E4M3 for FP8, nearest with ties to even as the exporters round; +0 and -0 are
+        one value). Where a scale is 0 an element agrees iff it is 0; a non-finite one never."""
+        weight = self._weight(name)
+        decoded = self.decode_rows(name, start, stop)  # checks the rows and the scales' finiteness
+        ones = np.ones((stop - start, weight.shape[1]), dtype=np.float32)
+        scale = self._scale_rows(weight, start, stop, ones)
+        candidate = np.asarray(candidate, dtype=np.float32)
+        finite = np.isfinite(candidate)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ratio = np.where(finite & (scale != 0), candidate / scale, 0).astype(np.float32)
+        if weight.layout == NVFP4:
+            values = E2M1_VALUES[e2m1_encode(ratio)]
+        else:
+            values = e4m3_decode(e4m3_encode(np.clip(ratio, -448, 448)))
+        agree = values * scale == decoded
+        return np.where(scale == 0, candidate == 0, agree) & finite
+
+    def _scale_rows(self, weight: QuantizedWeight, start: int, stop: int, ones: np.ndarray) -> np.ndarray:
+        """Each element's effective scale in rows [start, stop): the decoding of all-ones codes."""
+        if weight.layout == NVFP4:
+            stored = e4m3_decode(self._read_rows(weight.scale, start, stop)).reshape(stop - start, -1)
+            second = self._second(weight)
+            scale = stored / second if weight.divide else stored * second
+            return _apply_scale(ones, scale.astype(np.float32), weight.block, range(start, stop))
+        first, last = start // weight.block[0], -(-stop // weight.block[0])
+        raw = self._read_rows(weight.scale, first, last)
+        scale = to_float64(raw.view(_raw_dtype(weight.scale)), weight.scale.dtype).astype(np.float32)
+        grid_cols = -(-weight.shape[1] // weight.block[1])
+        return _apply_scale(ones, scale.reshape(last - first, grid_cols), weight.block, range(start, stop))
 
     def _weight(self, name: str) -> QuantizedWeight:
         weight = self.weights.get(name)

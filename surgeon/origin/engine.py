@@ -12,6 +12,7 @@ nothing else (the IQ codebooks, TQ).
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
@@ -20,33 +21,72 @@ from surgeon.diff.quant import QuantOptions, check_architecture, diff_quant
 from surgeon.diff.quant_report import COMPARED, QuantReport, QuantTensor
 from surgeon.diff.stats import HeadLayout
 from surgeon.errors import SurgeonError
-from surgeon.format.checkpoint import Checkpoint
+from surgeon.format.checkpoint import Checkpoint, open_checkpoint
 from surgeon.format.gguf import GGUFModel, open_gguf
 from surgeon.format.hashing import default_workers
+from surgeon.format.quantized import QuantizedReader, open_quantized
 from surgeon.format.rows import SafetensorsRows
 from surgeon.model.crossnames import TensorMap, build_crossmap
 from surgeon.model.gguf_rows import with_tied_output
-from surgeon.origin.evidence import Agreement, agreement, own_scales, tier_of
+from surgeon.origin.evidence import Agreement, agreement, folder_agreement, own_scales, tier_of
 from surgeon.origin.report import Candidate, OriginReport, OriginTensor, QuantSide
 from surgeon.parallel import map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.text import inert
 
 
+@dataclass(frozen=True)
+class QuantInput:
+    """QUANT as given, resolved: a GGUF (a file, split set or folder; a Hub repo's cached file)
+    or a quantized safetensors checkpoint (NVFP4, FP8), opened."""
+
+    spec: str
+    gguf: Path | None = None
+    ckpt: Checkpoint | None = None
+
+
+def open_quant(spec: str, revision: str | None = None) -> QuantInput:
+    """QUANT: a GGUF path, a Hub id of a GGUF repo (`owner/repo[:Q4_K_M]`), or a checkpoint
+    folder or Hub id whose config declares a quantization surgeon decodes."""
+    from surgeon.format.hub_gguf import hub_gguf
+    from surgeon.format.kinds import names_gguf
+    from surgeon.format.quant_scheme import decoded_scheme
+
+    if names_gguf(spec):
+        return QuantInput(spec, gguf=Path(spec).expanduser())
+    found = hub_gguf(spec, revision)
+    if found is not None:
+        return QuantInput(spec, gguf=found)
+    ckpt = open_checkpoint(spec, revision)
+    if decoded_scheme(ckpt) is None:
+        raise SurgeonError(
+            f"{spec}: not a quant: neither a GGUF nor a checkpoint whose config declares NVFP4 or FP8 "
+            "(modelopt, compressed-tensors, fp8)"
+        )
+    return QuantInput(spec, ckpt=ckpt)
+
+
 def find_origin(
-    quant_spec: str,
+    quant: QuantInput,
     candidates: list[tuple[str, Checkpoint]],
     *,
     workers: int | None = None,
     progress: ProgressSink | None = None,
     cancel: threading.Event | None = None,
 ) -> OriginReport:
-    """Each candidate (as given, opened) judged against the GGUF `quant_spec`."""
-    model = open_gguf(quant_spec)
+    """Each candidate (as given, opened) judged against `quant`."""
     _check_distinct(candidates)
     sink = progress or NoProgress()
-    judged = [_judge(model, quant_spec, spec, ckpt, workers, sink, cancel) for spec, ckpt in candidates]
-    return OriginReport(_quant_side(quant_spec, model), judged)
+    if quant.gguf is not None:
+        model = open_gguf(quant.gguf)
+        judged = [_judge(model, quant, spec, ckpt, workers, sink, cancel) for spec, ckpt in candidates]
+        return OriginReport(_quant_side(quant.spec, model), judged)
+    assert quant.ckpt is not None
+    reader = open_quantized(quant.ckpt)
+    assert reader is not None  # open_quant checked the declaration
+    with reader:
+        judged = [_judge_folder(reader, quant, spec, ckpt, workers, sink, cancel) for spec, ckpt in candidates]
+    return OriginReport(_folder_side(quant.spec, reader), judged)
 
 
 def _check_distinct(candidates: list[tuple[str, Checkpoint]]) -> None:
@@ -79,15 +119,70 @@ def _quant_side(spec: str, model: GGUFModel) -> QuantSide:
     )
 
 
-def _judge(model, quant_spec, spec, ckpt, workers, progress, cancel) -> Candidate:
-    name = Path(_where(spec, ckpt)).name
+def _folder_side(spec: str, reader: QuantizedReader) -> QuantSide:
+    types: dict[str, int] = {}
+    for weight in reader.weights.values():
+        types[weight.storage] = types.get(weight.storage, 0) + 1
+    for name in reader.plain:
+        kind = reader.ckpt.tensors[name].dtype.name
+        types[kind] = types.get(kind, 0) + 1
+    model_type = (reader.ckpt.config or {}).get("model_type")
+    return QuantSide(
+        source=spec,
+        name=Path(spec).name or spec,
+        path=str(Path(reader.ckpt.root).resolve()),
+        architecture=model_type if isinstance(model_type, str) else "unknown",
+        types=dict(sorted(types.items(), key=lambda kv: -kv[1])),
+        files=list(reader.ckpt.shards),
+    )
+
+
+def _judge(model, quant: QuantInput, spec, ckpt, workers, progress, cancel) -> Candidate:
+    name = Path(spec).name or spec  # as the user named it (a link, a Hub id), not as it resolved
     resolved = _where(spec, ckpt)
     unrelated = _unrelated(ckpt, model)
     if unrelated is not None:
         return Candidate(spec, name, resolved, [], None, unrelated)
-    report = diff_quant(ckpt, quant_spec, QuantOptions(workers=workers), progress=progress, cancel=cancel)
+    options = QuantOptions(workers=workers)
+    report = diff_quant(ckpt, str(quant.gguf), options, source=quant.spec, progress=progress, cancel=cancel)
     tensors = _code_evidence(model, ckpt, report, workers, progress, cancel)
     return Candidate(spec, name, resolved, tensors, report.main_stack)
+
+
+def _judge_folder(reader: QuantizedReader, quant: QuantInput, spec, ckpt, workers, progress, cancel) -> Candidate:
+    """A candidate against an NVFP4 or FP8 checkpoint: tier 2 on its quantized weights (the
+    candidate rounded with the quant's own scales), tier 3 on the tensors it keeps in floats."""
+    name = Path(spec).name or spec
+    resolved = _where(spec, ckpt)
+    unrelated = _folder_unrelated(ckpt, reader)
+    if unrelated is not None:
+        return Candidate(spec, name, resolved, [], None, unrelated)
+    assert quant.ckpt is not None
+    options = QuantOptions(workers=workers)
+    report = diff_quant(ckpt, quant.ckpt, options, source=quant.spec, progress=progress, cancel=cancel)
+    rows = SafetensorsRows(ckpt)
+    compared = [t for t in report.tensors if t.verdict in COMPARED and t.name in reader.weights]
+
+    def measure(tensor: QuantTensor, should_stop) -> OriginTensor:
+        found = folder_agreement(reader, tensor.name, rows, _layout(tensor), should_stop)
+        return _from_agreement(tensor, found, None)
+
+    judged = _run(compared, measure, workers, progress, cancel)
+    return Candidate(
+        spec, name, resolved, [judged.get(t.name) or _from_nmse(t) for t in report.tensors], report.main_stack
+    )
+
+
+def _folder_unrelated(ckpt: Checkpoint, reader: QuantizedReader) -> str | None:
+    theirs = (reader.ckpt.config or {}).get("model_type")
+    ours = (ckpt.config or {}).get("model_type")
+    if isinstance(theirs, str) and isinstance(ours, str) and theirs != ours:
+        return f"{ckpt.source} is {inert(ours)}, the quant {inert(theirs)}: not a quant of this model"
+    shapes = {name: w.shape for name, w in reader.weights.items()}
+    same = [n for n, shape in shapes.items() if n in ckpt.tensors and tuple(ckpt.tensors[n].shape) == shape]
+    if not same:
+        return f"none of the quant's weights has a tensor of the same name and shape in {ckpt.source}"
+    return None
 
 
 def _unrelated(ckpt: Checkpoint, model: GGUFModel) -> str | None:
@@ -108,10 +203,20 @@ def _code_evidence(model, ckpt, report: QuantReport, workers, progress, cancel) 
     entries = with_tied_output(build_crossmap(shapes, model), model, shapes).entries
     rows = SafetensorsRows(ckpt)
     compared = [t for t in report.tensors if t.verdict in COMPARED and t.name in entries]
+
+    def measure(tensor: QuantTensor, should_stop) -> OriginTensor:
+        return _evidence(model, entries[tensor.name], tensor, rows, should_stop)
+
+    judged = _run(compared, measure, workers, progress, cancel)
+    return [judged.get(t.name) or _from_nmse(t) for t in report.tensors]
+
+
+def _run(compared: list[QuantTensor], measure, workers, progress, cancel) -> dict[str, OriginTensor]:
+    """measure(tensor, should_stop) over the tensors on the worker threads, by name."""
     progress.start("matching codes", sum(_elements(t) for t in compared))
 
     def work(tensor: QuantTensor, should_stop) -> OriginTensor:
-        found = _evidence(model, entries[tensor.name], tensor, rows, should_stop)
+        found = measure(tensor, should_stop)
         progress.advance(_elements(tensor))
         return found
 
@@ -120,8 +225,7 @@ def _code_evidence(model, ckpt, report: QuantReport, workers, progress, cancel) 
             judged = map_cancellable(work, compared, workers or default_workers(), cancel)
     finally:
         progress.stop()
-    by_name = {t.name: t for t in judged}
-    return [by_name.get(t.name) or _from_nmse(t) for t in report.tensors]
+    return {t.name: t for t in judged}
 
 
 def _evidence(model: GGUFModel, entry: TensorMap, tensor: QuantTensor, rows, should_stop) -> OriginTensor:

@@ -16,6 +16,7 @@ from gguf.quants import quantize
 
 from surgeon.diff.stats import HeadLayout
 from surgeon.format.gguf import GGUFModel
+from surgeon.format.quantized import QuantizedReader
 from surgeon.format.rows import ROW_CHUNK_ELEMENTS, SafetensorsRows, row_step
 from surgeon.model.crossnames import TensorMap
 from surgeon.parallel import check_stop
@@ -102,6 +103,30 @@ def agreement(
                 rows = transform.to_gguf(rows)
             mask = _reencoded_mask(raw, info.qtype, rows) if tier == 1 else _own_scale_mask(raw, info.qtype, rows)
             _add(found, mask, start, layout)
+    return found
+
+
+def folder_agreement(
+    reader: QuantizedReader,
+    name: str,
+    candidate: SafetensorsRows,
+    layout: HeadLayout | None,
+    should_stop=None,
+    budget: int = ROW_CHUNK_ELEMENTS,
+) -> Agreement:
+    """Tier 2 on an NVFP4 or FP8 weight of a quantized safetensors checkpoint: the candidate's
+    rows rounded with the quant's own scales (QuantizedReader.agreement_mask)."""
+    found = Agreement(2)
+    if layout is not None:
+        found.head_agree, found.head_total = np.zeros(layout.num_heads, np.int64), np.zeros(layout.num_heads, np.int64)
+    rows, cols = reader.weights[name].shape
+    step = row_step(cols, layout.head_dim if layout is not None and layout.axis == "rows" else 1, budget)
+    for start in range(0, rows, step):
+        if should_stop is not None:
+            check_stop(should_stop)
+        stop = min(start + step, rows)
+        mask = reader.agreement_mask(name, start, stop, candidate.read_rows(name, start, stop))
+        _add(found, mask, start, layout)
     return found
 
 

@@ -17,7 +17,7 @@ def render_origin(report: OriginReport, verbose: bool = False) -> str:
     lines = [*_header(report), "", *_candidates(ranked, names)]
     related = [c for c in ranked if c.unrelated is None]
     if related:
-        lines += ["", *_layers(related, names)]
+        lines += ["", *_layers(related, names, verbose)]
     lines += ["", *_wrap("tiers", _tier_key())]
     if verbose:
         for candidate in related:
@@ -52,25 +52,42 @@ def _candidates(ranked: list[Candidate], names: dict[str, str]) -> list[str]:
     return lines
 
 
-def _layers(related: list[Candidate], names: dict[str, str]) -> list[str]:
-    """Each candidate's share of agreeing elements per layer, runs of equal rows as ranges; a
-    cross marks a layer where some tensor does not agree."""
+def _layers(related: list[Candidate], names: dict[str, str], every: bool) -> list[str]:
+    """Each candidate's share of agreeing elements per layer; a cross marks a layer where some
+    tensor does not agree. Runs of layers where each candidate agrees or not alike are one row
+    showing the run's lowest share, unless `every` (--verbose) asks for each layer."""
     columns = related[: max(1, (WIDTH - LABEL) // (NAME + 1))]
     per = [{row["layer"]: row for row in layer_scores(c)} for c in columns]
     keys = sorted({k for scores in per for k in scores}, key=lambda k: (k is None, k if k is not None else 0))
-    lines = ["layers".ljust(LABEL) + " ".join(f"{names[c.source]:>{NAME}}" for c in columns)]
-    runs: list[tuple[list[int | None], tuple[str, ...]]] = []
+    head = "layer" if every else "layers"
+    lines = [head.ljust(LABEL) + " ".join(f"{names[c.source]:>{NAME}}" for c in columns)]
+    runs: list[tuple[list[int | None], list[dict | None]]] = []
     for key in keys:
-        cells = tuple(_cell(scores.get(key)) for scores in per)
-        if runs and runs[-1][1] == cells and key is not None and runs[-1][0][-1] == key - 1:
-            runs[-1][0].append(key)
+        rows = [scores.get(key) for scores in per]
+        last = runs[-1] if runs else None
+        joins = last is not None and key is not None and last[0][-1] == (key - 1) and not every
+        if joins and last is not None and _pattern(last[1]) == _pattern(rows):
+            last[0].append(key)
+            last[1][:] = [_lowest(a, b) for a, b in zip(last[1], rows, strict=True)]
         else:
-            runs.append(([key], cells))
-    for run, cells in runs:
-        lines.append(_run_label(run).ljust(LABEL) + " ".join(f"{cell:>{NAME}}" for cell in cells))
+            runs.append(([key], rows))
+    for run, rows in runs:
+        lines.append(_run_label(run).ljust(LABEL) + " ".join(f"{_cell(row):>{NAME}}" for row in rows))
     if len(columns) < len(related):
         lines.append(f"({len(related) - len(columns)} more candidates: --json has every one)")
+    if not every and any(len(run) > 1 for run, _ in runs):
+        lines.append("(a run of layers shows its lowest share; -v shows each layer)")
     return lines
+
+
+def _pattern(rows: list[dict | None]) -> tuple:
+    return tuple(None if row is None else row["agreeing"] == row["tensors"] for row in rows)
+
+
+def _lowest(a: dict | None, b: dict | None) -> dict | None:
+    if a is None or b is None:
+        return a or b
+    return a if a["agree"] <= b["agree"] else b
 
 
 def _run_label(run: list[int | None]) -> str:

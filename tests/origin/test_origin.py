@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 from surgeon.cli.main import main
 from tests.diff.test_quant_diff import pruned_copy, write_folder
 from tests.gguf_fixtures import convert_checkpoint, save_hf
+from tests.quantized_fixtures import write_quantized
 
 ROOT = Path(__file__).resolve().parents[2]
 GEMMA4 = ROOT / "fixtures" / "gemma4-tiny"
@@ -62,6 +63,22 @@ def test_a_quant_is_attributed_to_the_checkpoint_it_was_made_from(tmp_path, trio
         expected = sorted(set(differing[other]) ^ set(differing[made_from]))
         assert candidate["layers_differing"] == expected, (other, candidate["differing"])
         assert candidate["matched"] is (other == made_from)
+
+
+@pytest.mark.parametrize("scheme", ["modelopt-nvfp4", "ct-nvfp4", "ct-fp8-channel", "hf-fp8-block"])
+@pytest.mark.parametrize("made_from", ["base", "pruned", "salvaged"])
+def test_an_nvfp4_or_fp8_checkpoint_is_attributed_by_its_own_scales(tmp_path, trio, scheme, made_from):
+    quant = tmp_path / f"{made_from}-{scheme}"
+    write_quantized(trio[made_from], quant, scheme)
+    code, report = run_origin(quant, trio["base"], trio["pruned"], trio["salvaged"])
+    assert code == 0 and report["best"] == str(trio[made_from]), report["answer"]
+    found = by_source(report)
+    source = found[str(trio[made_from])]
+    assert source["score"] == 1.0 and source["tiers"]["2"] == 14  # the 14 linear weights, by their codes
+    differing = {"base": [], "pruned": [0, 1], "salvaged": [0]}
+    for name, candidate in found.items():
+        expected = sorted(set(differing[Path(name).name]) ^ set(differing[made_from]))
+        assert candidate["layers_differing"] == expected
 
 
 def test_the_evidence_names_the_pruned_head_and_the_healed_projection(tmp_path, trio):
@@ -129,14 +146,14 @@ def test_the_terminal_report_fits_80_columns_and_keeps_names_inert(tmp_path, tri
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.stdout and max(map(len, result.stdout.splitlines())) <= 80
     assert "[bold]pruned" in result.stdout  # shown as text, not markup
-    assert "\nlayers " in result.stdout and "x " in result.stdout  # base's cross in layers 0-1
+    assert "\nlayer " in result.stdout and "x " in result.stdout  # -v: each layer; base crossed in 0-1
 
 
 @pytest.mark.parametrize(
     "args, words",
     [
         (["missing.gguf", "{base}"], "missing.gguf"),
-        (["{base}", "{base}"], "not a GGUF"),
+        (["{base}", "{base}"], "not a quant"),
         (["{gguf}", "{gguf}"], "a GGUF as CANDIDATE"),
         (["{gguf}", "{base}", "{base}"], "the same checkpoint"),
         (["{gguf}", "{nowhere}"], "nowhere"),
