@@ -13,6 +13,18 @@ Q5_1, Q8_0, MXFP4, TQ1_0, TQ2_0), and surgeon's own NVFP4 (ModelOpt's and compre
 scale conventions) and FP8 E4M3 (per tensor, per channel, 128x128 blocks) quantizers.
 A type whose block does not divide a tensor's rows is skipped on that tensor (TQ*: 256).
 
+`--llamacpp` adds the types gguf-py cannot quantize (the K-quants Q2_K..Q6_K and the IQ types),
+quantized by llama.cpp's own `ggml_quantize_chunk` (ctypes on the libggml-base that
+`python benchmarks/llamacpp.py build` makes; without that build they are skipped, saying so in
+one line) and dequantized by gguf-py. Each is measured with an importance matrix and, where
+llama-quantize allows it (all but IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS), without one,
+and the larger NMSE counts (people publish both). The importance matrix of a real tensor is
+what llama.cpp's `llama-imatrix` collects: the mean squared input activation per input column,
+here from SmolLM2 run with torch hooks over `--imatrix-chunks` chunks of 512 tokens of
+surgeon's calibration text (the tied embedding takes lm_head's input); a synthetic tensor's is
+log-normal (sigma 1.5, seeded): positive and heavy-tailed, as real ones are.
+`--types` restricts the run to some types (its table is then partial).
+
 The proposed bound of a type is 2x the largest NMSE measured on any tensor, real or synthetic
 (the synthetic Student-t tails cover what a real checkpoint may hold beyond the one measured),
 rounded up to two significant digits; the row bound likewise from the largest row NMSE.
@@ -44,23 +56,60 @@ GGUF_TYPES = ("F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "MXFP4", "T
 SAFETY = 2.0
 
 
-def _gguf(name: str) -> Callable[[np.ndarray], np.ndarray]:
+# quantized by llama.cpp (ctypes on libggml-base), dequantized by gguf-py
+LLAMACPP_TYPES = (
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "IQ4_NL", "IQ4_XS", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_S", "IQ1_M",
+)  # fmt: skip
+# what llama-quantize refuses to make without an importance matrix (src/llama-quant.cpp)
+NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"})
+IMATRIX_CHUNK = 512  # tokens per chunk, llama-imatrix's default context
+
+# a quantizer: (weights, importance matrix or None) -> every dequantized variant to measure
+Quantizer = Callable[[np.ndarray, "np.ndarray | None"], list[np.ndarray]]
+
+
+def _gguf(name: str) -> Quantizer:
     qtype = GGMLQuantizationType[name]
-    return lambda w: quants.dequantize(quants.quantize(w, qtype), qtype).reshape(w.shape)
+    return lambda w, _: [quants.dequantize(quants.quantize(w, qtype), qtype).reshape(w.shape)]
 
 
-QUANTIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {name: _gguf(name) for name in GGUF_TYPES} | {
-    "NVFP4": lambda w: quantize_nvfp4(w, "modelopt").dequantized,
-    "NVFP4 (compressed-tensors)": lambda w: quantize_nvfp4(w, "compressed-tensors").dequantized,
-    "FP8_E4M3 per-tensor": lambda w: quantize_fp8(w, "tensor").dequantized,
-    "FP8_E4M3 per-channel": lambda w: quantize_fp8(w, "channel").dequantized,
-    "FP8_E4M3 block 128x128": lambda w: quantize_fp8(w, (128, 128)).dequantized,
+QUANTIZERS: dict[str, Quantizer] = {name: _gguf(name) for name in GGUF_TYPES} | {
+    "NVFP4": lambda w, _: [quantize_nvfp4(w, "modelopt").dequantized],
+    "NVFP4 (compressed-tensors)": lambda w, _: [quantize_nvfp4(w, "compressed-tensors").dequantized],
+    "FP8_E4M3 per-tensor": lambda w, _: [quantize_fp8(w, "tensor").dequantized],
+    "FP8_E4M3 per-channel": lambda w, _: [quantize_fp8(w, "channel").dequantized],
+    "FP8_E4M3 block 128x128": lambda w, _: [quantize_fp8(w, (128, 128)).dequantized],
 }
+
+
+def llamacpp_quantizers() -> dict[str, Quantizer]:
+    """The K-quant and IQ types through llama.cpp's quantizer; empty when it is not built."""
+    sys.path.insert(0, str(HERE))
+    import llamacpp
+
+    ggml = llamacpp.ggml()
+    if ggml is None:
+        print(
+            "llama.cpp not built (python benchmarks/llamacpp.py build): K-quant and IQ types skipped", file=sys.stderr
+        )
+        return {}
+
+    def make(name: str) -> Quantizer:
+        qtype = GGMLQuantizationType[name]
+
+        def quantize(w: np.ndarray, imatrix: np.ndarray | None) -> list[np.ndarray]:
+            variants = ([] if name in NEEDS_IMATRIX else [None]) + ([] if imatrix is None else [imatrix])
+            return [quants.dequantize(ggml.quantize(w, qtype, v), qtype).reshape(w.shape) for v in variants]
+
+        return quantize
+
+    return {name: make(name) for name in LLAMACPP_TYPES}
 
 
 def block_of(type_name: str) -> int:
     """Elements per block along a row: what the row length must be a multiple of."""
-    if type_name in GGUF_TYPES:
+    if type_name in GGUF_TYPES or type_name in LLAMACPP_TYPES:
         return quants.GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][0]
     return 16 if type_name.startswith("NVFP4") else 1
 
@@ -88,14 +137,18 @@ def nmse(w: np.ndarray, deq: np.ndarray) -> tuple[float, float]:
     return float(err.sum() / energy.sum()), row_max
 
 
-def synthetic(seeds: int) -> Iterator[tuple[str, str, np.ndarray]]:
+Source = tuple[str, str, np.ndarray, "np.ndarray | None"]  # kind, label, weights, importance matrix
+
+
+def synthetic(seeds: int) -> Iterator[Source]:
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
-        yield "gaussian", f"gaussian-{seed}", (rng.standard_normal((256, 1024)) * 0.02).astype(np.float32)
-        yield "student-t3", f"t3-{seed}", (rng.standard_t(3, (256, 1024)) * 0.02).astype(np.float32)
+        imatrix = np.random.default_rng(1000 + seed).lognormal(0.0, 1.5, 1024).astype(np.float32)
+        yield "gaussian", f"gaussian-{seed}", (rng.standard_normal((256, 1024)) * 0.02).astype(np.float32), imatrix
+        yield "student-t3", f"t3-{seed}", (rng.standard_t(3, (256, 1024)) * 0.02).astype(np.float32), imatrix
 
 
-def real(model: Path) -> Iterator[tuple[str, str, np.ndarray]]:
+def real(model: Path, imatrices: dict[str, np.ndarray] | None = None) -> Iterator[Source]:
     """Every 2-d float tensor of a safetensors checkpoint, as float32, read with pread."""
     ckpt = open_checkpoint(model)
     readers: dict[str, ShardReader] = {}
@@ -105,25 +158,72 @@ def real(model: Path) -> Iterator[tuple[str, str, np.ndarray]]:
                 continue
             reader = readers.setdefault(info.file, ShardReader(ckpt.shard_path(info.file)))
             raw = np.frombuffer(reader.read(info.start, info.nbytes), dtype=info.dtype.raw)
-            yield "real", name, to_float64(raw, info.dtype).astype(np.float32).reshape(info.shape)
+            w = to_float64(raw, info.dtype).astype(np.float32).reshape(info.shape)
+            yield "real", name, w, (imatrices or {}).get(name)
     finally:
         for reader in readers.values():
             reader.close()
 
 
-def measure(sources: Iterator[tuple[str, str, np.ndarray]], seen: Sources) -> dict[str, Measured]:
-    results = {name: Measured() for name in QUANTIZERS}
-    for kind, label, w in sources:
+def activation_imatrix(model: Path, chunks: int) -> dict[str, np.ndarray]:
+    """llama-imatrix's importance matrix, with torch hooks: per weight name, the mean over
+    tokens of each input column's squared activation, over `chunks` chunks of 512 tokens of
+    surgeon's calibration text. A tied embedding takes lm_head's (llama.cpp's output.weight)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    text_dir = HERE.parent / "surgeon" / "_data" / "calibration"
+    text = "\n\n".join(p.read_text() for p in sorted(text_dir.glob("*.txt")))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    lm = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32).eval()
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_module, inputs):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + (x * x).sum(dim=0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+
+        return record
+
+    handles = [
+        module.register_forward_pre_hook(hook(f"{name}.weight"))
+        for name, module in lm.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            for start in range(0, min(len(ids), chunks * IMATRIX_CHUNK) - IMATRIX_CHUNK + 1, IMATRIX_CHUNK):
+                lm(ids[start : start + IMATRIX_CHUNK][None])
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = {name: (total / counts[name]).float().numpy() for name, total in sums.items()}
+    if "lm_head.weight" in out:
+        out.setdefault("model.embed_tokens.weight", out["lm_head.weight"])
+    print(f"  imatrix: {len(out)} tensors from {counts and max(counts.values())} tokens", file=sys.stderr)
+    return out
+
+
+def measure(sources: Iterator[Source], seen: Sources, quantizers: dict[str, Quantizer]) -> dict[str, Measured]:
+    results = {name: Measured() for name in quantizers}
+    for kind, label, w, imatrix in sources:
         if kind == "real":
             seen.count += 1
             seen.weights += w.size
         started = time.perf_counter()
-        for type_name, quantize in QUANTIZERS.items():
+        for type_name, quantize in quantizers.items():
             result = results[type_name]
             if w.shape[1] % block_of(type_name):
                 result.skipped += 1
                 continue
-            whole, row = nmse(w, quantize(w))
+            variants = [nmse(w, deq) for deq in quantize(w, imatrix)]
+            if not variants:  # needs an importance matrix this tensor has none of
+                result.skipped += 1
+                continue
+            whole, row = max(v[0] for v in variants), max(v[1] for v in variants)
             result.tensor.setdefault(kind, []).append(whole)
             result.row_max[kind] = max(result.row_max.get(kind, 0.0), row)
         print(f"  {label} {list(w.shape)}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -181,16 +281,26 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a safetensors checkpoint of real weights")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--max-tensors", type=int, default=0, help="read at most this many real tensors (0: all)")
+    parser.add_argument("--llamacpp", action="store_true", help="add the K-quant and IQ types, quantized by llama.cpp")
+    parser.add_argument("--imatrix-chunks", type=int, default=16, help="512-token chunks of text for the imatrix")
+    parser.add_argument("--types", nargs="+", help="measure only these types")
     parser.add_argument("--doc", type=Path, help="write the table into this Markdown file")
     args = parser.parse_args()
     started = time.perf_counter()
-    tensors = real(args.model) if args.model.exists() else iter(())
+    quantizers = dict(QUANTIZERS)
+    if args.llamacpp:
+        quantizers |= llamacpp_quantizers()
+    if args.types:
+        quantizers = {name: q for name, q in quantizers.items() if name in args.types}
+    needs_imatrix = any(name in LLAMACPP_TYPES for name in quantizers)
+    imatrices = activation_imatrix(args.model, args.imatrix_chunks) if needs_imatrix and args.model.exists() else None
+    tensors = real(args.model, imatrices) if args.model.exists() else iter(())
     if not args.model.exists():
         print(f"{args.model} is missing (benchmarks/smollm2.py writes it): synthetic weights only", file=sys.stderr)
     if args.max_tensors:
         tensors = (t for i, t in enumerate(tensors) if i < args.max_tensors)
     seen = Sources()
-    results = measure(_chain(synthetic(args.seeds), tensors), seen)
+    results = measure(_chain(synthetic(args.seeds), tensors), seen, quantizers)
     text = table(results)
     print(text)
     print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -199,7 +309,7 @@ def main() -> int:
     return 0
 
 
-def _chain(*iterators: Iterator[tuple[str, str, np.ndarray]]) -> Iterator[tuple[str, str, np.ndarray]]:
+def _chain(*iterators: Iterator[Source]) -> Iterator[Source]:
     for iterator in iterators:
         yield from iterator
 

@@ -9,6 +9,14 @@ docs/quant-bounds.md. Each bound is 2x the largest NMSE measured on any of those
 rounded up to two significant digits. For scale, a zeroed head has NMSE 1.0 on its rows and
 the README's healed o_proj about 0.14 (docs/reference next-capabilities, section 1).
 
+The K-quants and IQ types were measured the same way with llama.cpp's own quantizer (the
+commit llama-cpp-python 0.3.36 vendors, through ctypes: benchmarks/bench_quant_bounds.py
+--llamacpp, 2026-12-08), each with an importance matrix and, where llama-quantize allows it,
+without one, the larger counting. The 256-wide types saw only SmolLM2's 30 down_proj
+(576 x 1536) of its real tensors. Types whose bound cannot tell quantization from an edit
+(tensor bound above half the healed o_proj's NMSE, or row bound above 0.5, where a zeroed head
+is 1.0) are "too coarse": their numbers are kept, but the diff leaves them unverified.
+
 Keys are gguf's GGMLQuantizationType names and the storage names of quantized.py.
 """
 
@@ -19,6 +27,7 @@ from dataclasses import dataclass
 MEASURED = "measured"
 UNMEASURED = "unmeasured"
 NOT_MEANINGFUL = "not meaningful"
+TOO_COARSE = "too coarse"  # measured, but as large as the edits the diff must catch
 
 
 @dataclass(frozen=True)
@@ -34,10 +43,12 @@ def _measured(tensor: float, row: float, note: str = "") -> QuantBound:
 
 
 _DETERMINISTIC = "deterministic: re-encode the candidate and compare bytes instead"
-_K_QUANT_NOTE = (
-    "gguf-py cannot quantize it (quants.quantize raises NotImplementedError); it needs "
-    "llama.cpp's llama-quantize on a real model, with and without an importance matrix"
-)
+_COARSE_NOTE = "its quantization error is as large as a heal's or a zeroed head's: the diff cannot tell them apart"
+
+
+def _coarse(tensor: float, row: float) -> QuantBound:
+    return QuantBound(tensor, row, TOO_COARSE, _COARSE_NOTE)
+
 
 # fmt: off
 QUANT_BOUNDS: dict[str, QuantBound] = {
@@ -58,12 +69,24 @@ QUANT_BOUNDS: dict[str, QuantBound] = {
     # ternary: 0.69 / 0.84 on weights not trained ternary, as large as the signal itself
     "TQ1_0": QuantBound(None, None, NOT_MEANINGFUL, "ternary: compare a ternary model only with itself"),
     "TQ2_0": QuantBound(None, None, NOT_MEANINGFUL, "ternary: compare a ternary model only with itself"),
-} | {
-    name: QuantBound(None, None, UNMEASURED, _K_QUANT_NOTE)
-    for name in (
-        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
-        "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
-    )
+    # llama.cpp's quantizer, with and without an importance matrix (the larger); the real
+    # model's Q4_1 grid makes Q4_K/Q5_K nearly exact on it, their bounds come from synthetic
+    "Q4_K": _measured(0.02, 0.029),  # 0.0097 / 0.014
+    "Q5_K": _measured(0.0049, 0.0073),  # 0.0024 / 0.0036
+    "Q6_K": _measured(0.0016, 0.0062),  # 0.00078 / 0.0031
+    "IQ4_NL": _measured(0.023, 0.063),  # 0.011 / 0.031
+    "IQ4_XS": _measured(0.023, 0.058),  # 0.011 / 0.029
+    "Q3_K": _coarse(0.079, 0.15),  # 0.039 / 0.072
+    "Q2_K": _coarse(0.26, 0.4),  # 0.13 / 0.2
+    "IQ3_S": _coarse(0.11, 0.25),  # 0.052 / 0.12
+    "IQ3_XXS": _coarse(0.16, 0.63),  # 0.076 / 0.31
+    "IQ2_S": _coarse(0.33, 1.1),  # 0.16 / 0.5
+    "IQ2_XS": _coarse(0.39, 1.1),  # 0.19 / 0.53
+    "IQ2_XXS": _coarse(0.59, 2.1),  # 0.29 / 1.0
+    "IQ1_S": _coarse(0.85, 1.5),  # 0.42 / 0.74
+    "IQ1_M": _coarse(0.64, 1.6),  # 0.32 / 0.78
+    # never a storage type: llama.cpp's intermediate for dot products
+    "Q8_K": QuantBound(None, None, UNMEASURED, "llama.cpp's dot-product intermediate, not a storage type"),
 }
 # fmt: on
 

@@ -314,7 +314,7 @@ IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 3
 
 
 def iq4_nl_blocks(data: np.ndarray) -> np.ndarray:
-    """IQ4_NL (gguf-py reads it, cannot write it; no bound is measured for it), quantized as
+    """IQ4_NL (gguf-py reads it, cannot write it; its bound was measured with llama.cpp), quantized as
     llama.cpp does in outline: a float16 scale per 32 values, the largest magnitude on -127,
     each value the nearest of the 16 non-linear levels; nibbles low for 0-15, high for 16-31."""
     blocks = data.reshape(-1, 32)
@@ -326,7 +326,8 @@ def iq4_nl_blocks(data: np.ndarray) -> np.ndarray:
     return raw.reshape(data.shape[0], -1)
 
 
-def test_a_type_with_no_measured_bound_is_unverified_never_within(tmp_path, base):
+def write_iq4_nl_gguf(tmp_path, base):
+    """The base converted to Q8_0, but for blk.0.ffn_up.weight in IQ4_NL."""
     from gguf import GGMLQuantizationType, GGUFWriter
 
     from tests.gguf_fixtures import encoded, model_metadata
@@ -346,12 +347,28 @@ def test_a_type_with_no_measured_bound_is_unverified_never_within(tmp_path, base
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return tmp_path / "iq.gguf"
+
+
+def test_a_type_gguf_py_cannot_write_is_within_its_llama_cpp_measured_bound(tmp_path, base):
+    code, report = run_diff(base, write_iq4_nl_gguf(tmp_path, base))
+    up = next(t["quant"] for t in report["tensors"] if t["name"] == "model.layers.0.mlp.up_proj.weight")
+    assert up["storage"] == "IQ4_NL" and up["verdict"] == "within" and up["bound"] is not None
+    assert 0 < up["nmse"] <= up["bound"]
+    assert code == 0 and report["quant"]["made_from"] is True
+
+
+def test_a_type_with_no_measured_bound_is_unverified_never_within(tmp_path, base, monkeypatch):
+    from surgeon.format import quant_bounds
+
+    monkeypatch.setitem(quant_bounds.QUANT_BOUNDS, "IQ4_NL", quant_bounds.QuantBound(None, None, "unmeasured"))
+    write_iq4_nl_gguf(tmp_path, base)
     code, report = run_diff(base, tmp_path / "iq.gguf")
     up = next(t["quant"] for t in report["tensors"] if t["name"] == "model.layers.0.mlp.up_proj.weight")
     assert code == 1 and report["quant"]["made_from"] is False
     assert up["storage"] == "IQ4_NL" and up["verdict"] == "unverified" and up["bound"] is None
     assert 0 < up["nmse"] < 0.02  # quantized well, and still not called within
-    assert up["note"].startswith("no measured bound for IQ4_NL")
+    assert up["note"].startswith("no measured bound for IQ4_NL: unmeasured")
     assert report["summary"]["text"].startswith("not verified: 1 of 29 tensors are IQ4_NL, with no measured bound")
     assert report["summary"]["layers_changed"] == [] and report["quant"]["layers_unverified"] == [0]
     text = " ".join(CliRunner().invoke(main, ["diff", str(base), str(tmp_path / "iq.gguf")]).stdout.split())

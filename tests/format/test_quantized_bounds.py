@@ -3,10 +3,12 @@ measurement never saw, and they still tell a quantized parent from a pruned or h
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from surgeon.format.quant_bounds import MEASURED, NOT_MEANINGFUL, QUANT_BOUNDS, UNMEASURED, bound_for
+from surgeon.format.quant_bounds import MEASURED, NOT_MEANINGFUL, QUANT_BOUNDS, TOO_COARSE, UNMEASURED, bound_for
 from surgeon.format.requantize import quantize_fp8, quantize_nvfp4
 
 HEALED_O_PROJ_NMSE = 0.14  # the README's healed o_proj against its parent (next-capabilities.md, section 1)
@@ -72,8 +74,29 @@ def test_every_layout_the_reader_names_has_a_bound():
     assert loosest.tensor == max(b.tensor for b in fp8) and loosest.row == max(b.row for b in fp8)
 
 
-def test_k_quants_are_unmeasured_and_ternary_types_have_no_bound():
-    assert bound_for("Q4_K").status == UNMEASURED and bound_for("Q4_K").tensor is None
-    assert bound_for("IQ2_XXS").status == UNMEASURED
+def test_k_quants_and_iq_types_are_measured_and_the_coarse_ones_left_unverified():
+    # what a Q4_K_M / Q5_K_M / Q6_K / IQ4_XS file holds, 256-wide fallbacks (Q5_0, Q5_1, Q8_0, IQ4_NL) included
+    for kind in ("Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "Q5_0", "Q5_1", "Q8_0"):
+        assert bound_for(kind).status == MEASURED, kind
+    coarse = ("Q3_K", "Q2_K", "IQ3_S", "IQ3_XXS", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_S", "IQ1_M")
+    for kind in coarse:
+        bound = bound_for(kind)
+        assert bound.status == TOO_COARSE and bound.tensor is not None and bound.row is not None, kind
+        # too coarse means it: a heal or a zeroed head could hide in its quantization error
+        assert bound.tensor >= HEALED_O_PROJ_NMSE / 2 or bound.row >= 0.5, kind
+    assert {n for n, b in QUANT_BOUNDS.items() if b.status == TOO_COARSE} == set(coarse)
+    assert bound_for("Q8_K").status == UNMEASURED  # llama.cpp's dot-product intermediate, never stored
+
+
+def test_k_quant_bounds_shrink_with_bits():
+    ladder = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"]
+    for coarser, finer in itertools.pairwise(ladder):
+        assert QUANT_BOUNDS[coarser].tensor > QUANT_BOUNDS[finer].tensor, (coarser, finer)
+    iq = ["IQ1_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS"]
+    for coarser, finer in itertools.pairwise(iq):
+        assert QUANT_BOUNDS[coarser].tensor >= QUANT_BOUNDS[finer].tensor, (coarser, finer)
+
+
+def test_ternary_and_unknown_types_have_no_bound():
     assert bound_for("TQ2_0").status == NOT_MEANINGFUL and bound_for("TQ2_0").tensor is None
     assert bound_for("NO_SUCH_TYPE").status == UNMEASURED
