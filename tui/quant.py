@@ -69,15 +69,15 @@ FAMILY_COLUMNS = ("family", "type", "NMSE", "bound", "beyond in")
 HEAD_CELL = 12  # "#12 1.2e-05" and a space: the per-head values in columns
 HELP = (
     "A checkpoint against a GGUF quant of it, read only.\n\n"
-    "1  Overview: the answer, both sides, the tensors per verdict, the families\n"
-    "2  Tensors: every tensor, its type, NMSE, bound and verdict\n"
-    "   / or type: filter by words in the name; the box beside it: by verdict\n"
-    "   s: next sort (name, verdict, NMSE/bound, type)\n"
-    "   enter: the tensor's detail (an attention projection: NMSE per head)\n"
+    "1  Overview: the answer, both sides, counts per verdict, families\n"
+    "2  Tensors: every tensor's type, NMSE, bound and verdict\n"
+    "   /  filter by words in the name (the box beside it: by verdict)\n"
+    "   s  next sort: name, verdict, NMSE/bound, type\n"
+    "   enter  the tensor's detail (attention: NMSE per head)\n"
     "x  cancel the diff   r  diff again   q  quit\n\n"
     "NMSE = sum((quant - base)^2) / sum(base^2); the bound is the measured error of the "
     "storage type. The plan, canary, eval, prune and write keys do nothing here: "
-    "`surgeon diff BASE QUANT --card` writes the evidence."
+    "`surgeon diff BASE QUANT --markdown` writes the card section."
 )
 
 
@@ -174,13 +174,17 @@ def _nmse_cell_value(value: float | None, zero: str = "none") -> str:
     return "0" if value == 0 else format(value, ".2g")
 
 
-class QuantOverview(VerticalScroll):
+class QuantOverview(Vertical):
+    """The answer and the sides at the top, the families table in the rest: the table scrolls
+    itself (at 80x24, in a scrolling pane, its cursor went below the screen's edge)."""
+
     DEFAULT_CSS = """
     QuantOverview { padding: 0 1; }
     #quant-summary { height: auto; text-style: bold; }
-    #quant-sides, #quant-counts { height: auto; margin-top: 1; }
-    QuantOverview .section { margin-top: 1; text-style: bold; }
-    #quant-families { height: auto; }
+    #quant-sides { height: auto; margin-top: 1; }
+    #quant-counts { height: auto; }
+    QuantOverview .section { text-style: bold; }
+    #quant-families { height: 1fr; min-height: 4; }
     QuantOverview.waiting #quant-families-label, QuantOverview.waiting #quant-families { display: none; }
     """
 

@@ -39,6 +39,10 @@ def tui(base, candidate, tokenizer, prompts, eval_text) -> None:
     With no arguments it opens the bundled demo pair: the tiny trained model and its
     all-layers prune, whose canary fails. With the demo model as BASE, the canary and the
     eval use the demo's own prompts and text, as `surgeon demo` does; the Canary tab names them.
+
+    With CANDIDATE a GGUF quant of BASE (a .gguf file, the first part of a split set, or a
+    folder of them), it shows `surgeon diff BASE QUANT` read only: the Overview and Tensors
+    tabs, each tensor's NMSE against its type's bound, and per head for attention.
     """
     if (base is None) != (candidate is None):
         raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
