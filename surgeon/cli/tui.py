@@ -62,8 +62,8 @@ def tui(base, candidate, tokenizer, prompts, eval_text) -> None:
 def open_quant_pair(base: str, quant: str, tokenizer, prompts, eval_text) -> None:
     """BASE against a GGUF quant of it, read only (the Overview and Tensors tabs). What the
     diff would refuse at once is refused here, in one line, before the screen: a GGUF as
-    BASE, options that only the canary and eval read, a GGUF that is no GGUF or not of
-    BASE's architecture."""
+    BASE, options that only the canary and eval read, a GGUF that is no GGUF, one of another
+    architecture, or one with no tensor of BASE's shape."""
     if names_gguf(base):
         raise SurgeonError(f"{base}: a GGUF as BASE; name the safetensors checkpoint first: surgeon tui BASE QUANT")
     given = [
@@ -73,11 +73,11 @@ def open_quant_pair(base: str, quant: str, tokenizer, prompts, eval_text) -> Non
     ]
     if given:
         raise SurgeonError(f"{given[0]}: a quant pair is only compared (no canary or eval); drop the option")
-    from surgeon.diff.quant import check_architecture
+    from surgeon.diff.quant import check_maps
     from surgeon.format.gguf import open_gguf
 
     base_ckpt = open_checkpoint(base)
-    check_architecture(base_ckpt, open_gguf(quant))  # the header only: the tensors are read in the app
+    check_maps(base_ckpt, open_gguf(quant))  # the headers only: the rows are read in the app
     from surgeon.tui.quant import QuantApp
 
     QuantApp(base_ckpt, quant).run()

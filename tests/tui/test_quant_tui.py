@@ -159,6 +159,8 @@ def test_bad_input_is_one_line_before_the_screen(pair, tmp_path):
         ([str(within), str(base)], "a GGUF as BASE"),
         (["--tokenizer", str(base), str(base), str(within)], "--tokenizer"),
     ]
+    other = save_hf("qwen3", tmp_path / "qwen3", seed=1)  # another architecture
+    cases.append(([str(other), str(within)], "not a quant of this model"))
     for args, said in cases:
         result = CliRunner().invoke(main, ["tui", *args])
         assert result.exit_code == 2, result.output
