@@ -10,6 +10,7 @@ from surgeon.cli.common import handle_errors
 from surgeon.demo import DEMO_CANDIDATE, DEMO_MODEL
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
+from surgeon.format.kinds import names_gguf  # reads no file, imports no format library
 
 
 @click.command()
@@ -38,17 +39,48 @@ def tui(base, candidate, tokenizer, prompts, eval_text) -> None:
     With no arguments it opens the bundled demo pair: the tiny trained model and its
     all-layers prune, whose canary fails. With the demo model as BASE, the canary and the
     eval use the demo's own prompts and text, as `surgeon demo` does; the Canary tab names them.
+
+    With CANDIDATE a GGUF quant of BASE (a .gguf file, the first part of a split set, or a
+    folder of them), it shows `surgeon diff BASE QUANT` read only: the Overview and Tensors
+    tabs, each tensor's NMSE against its type's bound, and per head for attention.
     """
     if (base is None) != (candidate is None):
         raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
     if base is None:
         base, candidate = str(DEMO_MODEL), str(DEMO_CANDIDATE)
+    if names_gguf(base) or names_gguf(candidate):
+        open_quant_pair(base, candidate, tokenizer, prompts, eval_text)
+        return
     paths = [checkpoint_path(spec) for spec in (base, candidate)]  # bad input: one line, before the screen
     # Deferred: textual is the `tui` extra; a missing one is reported in one line by handle_errors.
     from surgeon.tui.app import SurgeonApp
 
     # A bad prompts file is one line here too: the app reads it before the screen starts.
     SurgeonApp(*paths, tokenizer=tokenizer, eval_text=eval_text, prompts=prompts).run()
+
+
+def open_quant_pair(base: str, quant: str, tokenizer, prompts, eval_text) -> None:
+    """BASE against a GGUF quant of it, read only (the Overview and Tensors tabs). What the
+    diff would refuse at once is refused here, in one line, before the screen: a GGUF as
+    BASE, options that only the canary and eval read, a GGUF that is no GGUF, one of another
+    architecture, or one with no tensor of BASE's shape."""
+    if names_gguf(base):
+        raise SurgeonError(f"{base}: a GGUF as BASE; name the safetensors checkpoint first: surgeon tui BASE QUANT")
+    given = [
+        name
+        for name, value in (("--tokenizer", tokenizer), ("--prompts", prompts), ("--eval-text", eval_text))
+        if value
+    ]
+    if given:
+        raise SurgeonError(f"{given[0]}: a quant pair is only compared (no canary or eval); drop the option")
+    from surgeon.diff.quant import check_maps
+    from surgeon.format.gguf import open_gguf
+
+    base_ckpt = open_checkpoint(base)
+    check_maps(base_ckpt, open_gguf(quant))  # the headers only: the rows are read in the app
+    from surgeon.tui.quant import QuantApp
+
+    QuantApp(base_ckpt, quant).run()
 
 
 def checkpoint_path(spec: str) -> Path:

@@ -179,6 +179,16 @@ def check_architecture(base: Checkpoint, model: GGUFModel) -> None:
         )
 
 
+def check_maps(base: Checkpoint, model: GGUFModel) -> None:
+    """What diff_quant refuses before it reads a row (another architecture, no tensor that
+    maps onto BASE), from the headers alone: `surgeon tui` asks before its screen starts."""
+    check_architecture(base, model)
+    shapes = {name: tuple(info.shape) for name, info in base.tensors.items()}
+    cross = with_tied_output(build_crossmap(shapes, model), model, shapes)
+    if not cross.entries:
+        raise SurgeonError(_nothing_maps(base, model, cross))
+
+
 def _nothing_maps(base: Checkpoint, model: GGUFModel, cross) -> str:
     if cross.mismatched:
         name, why = next(iter(cross.mismatched.items()))
