@@ -41,7 +41,7 @@ from surgeon.diff.quant_report import (
     family_rows,
     summary_line,
 )
-from surgeon.diff.render_quant import _bound_cell, _counted, _family_cells, _nmse_cell, _size
+from surgeon.diff.render_quant import bound_cell, counted_phrase, family_cells, nmse_cell, quant_kind, size_text
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.format.checkpoint import Checkpoint, public_name
 from surgeon.text import inert
@@ -111,17 +111,17 @@ def counts_text(report: QuantReport) -> Text:
 def sides_text(report: QuantReport) -> Table:
     """Both sides and what was undone, a label column beside the values: a long path folds
     within its own column (as plain text it jumped to the next line whole, then folded)."""
-    files = f"{report.other.shards} file{'s' if report.other.shards > 1 else ''}, {_size(report.other.bytes)}"
+    files = f"{report.other.shards} file{'s' if report.other.shards > 1 else ''}, {size_text(report.other.bytes)}"
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column(overflow="fold")
     grid.add_row("base", Text(inert(report.base.source)))
     grid.add_row("quant", Text(inert(report.other.source)))
-    grid.add_row("", Text(f"GGUF {inert(report.architecture)}, {files}", style="dim"))
+    grid.add_row("", Text(f"{quant_kind(report)}, {files}", style="dim"))
     if len(report.files) > 1:
         grid.add_row("", Text(", ".join(inert(f.name) for f in report.files), style="dim"))
     if report.transforms:
-        undone = ", ".join(_counted(inert(kind), n) for kind, n in report.transforms.items())
+        undone = ", ".join(counted_phrase(inert(kind), n) for kind, n in report.transforms.items())
         grid.add_row("undone", Text(undone, style="dim"))
     return grid
 
@@ -130,8 +130,8 @@ def tensor_cells(t: QuantTensor) -> list[Text]:
     return [
         FoldedName(inert(t.name)),
         Text(inert(t.storage or "-")),
-        Text(_nmse_cell(t), justify="right"),
-        Text(_bound_cell(t), justify="right"),
+        Text(nmse_cell(t), justify="right"),
+        Text(bound_cell(t), justify="right"),
         verdict_text(t.verdict),
     ]
 
@@ -144,7 +144,7 @@ def tensor_detail(t: QuantTensor, width: int) -> Text:
     if t.storage:
         text.append(f" · {inert(t.storage)}")
     if t.verdict in ("within", "differs", "unverified"):
-        text.append(f" · NMSE {_nmse_cell(t)}, bound {_bound_cell(t)}")
+        text.append(f" · NMSE {nmse_cell(t)}, bound {bound_cell(t)}")
     if t.rows is not None:
         text.append(f" · {t.rows_compared} of {t.rows} rows")
     if t.shape is not None:
@@ -211,7 +211,7 @@ class QuantOverview(Vertical):
         rows = []
         for row in family_rows(report):
             label = row.family if row.stack is None or row.stack == report.main_stack else f"{row.stack}.{row.family}"
-            cells = [Text(inert(label)), Text(inert("+".join(row.storage) or "-")), *_family_cells(row)]
+            cells = [Text(inert(label)), Text(inert("+".join(row.storage) or "-")), *family_cells(row)]
             rows.append((f"{row.stack}:{row.family}", [c if isinstance(c, Text) else Text(c) for c in cells]))
         fill_table(self.query_one("#quant-families", DataTable), FAMILY_COLUMNS, rows)
 
@@ -356,7 +356,7 @@ class QuantApp(App):
         Binding("q", "quit", "Quit"),
     ]
 
-    def __init__(self, base: Checkpoint, quant: str, options: QuantOptions = QuantOptions()):
+    def __init__(self, base: Checkpoint, quant: str | Checkpoint, options: QuantOptions = QuantOptions()):
         super().__init__()
         self.base, self.quant, self.options = base, quant, options
         self.report: QuantReport | None = None
@@ -380,7 +380,9 @@ class QuantApp(App):
 
     @property
     def quant_name(self) -> str:
-        return self.report.other.name if self.report is not None else Path(self.quant).name
+        if self.report is not None:
+            return self.report.other.name
+        return public_name(self.quant) if isinstance(self.quant, Checkpoint) else Path(self.quant).name
 
     # --- the diff -----------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def tui(base, candidate, tokenizer, prompts, eval_text) -> None:
         raise SurgeonError("give both BASE and CANDIDATE, or neither for the bundled demo pair")
     if base is None:
         base, candidate = str(DEMO_MODEL), str(DEMO_CANDIDATE)
-    if names_gguf(base) or names_gguf(candidate):
+    if names_gguf(base) or names_gguf(candidate) or _quant_spec(base, candidate) is not None:
         open_quant_pair(base, candidate, tokenizer, prompts, eval_text)
         return
     paths = [checkpoint_path(spec) for spec in (base, candidate)]  # bad input: one line, before the screen
@@ -75,12 +75,39 @@ def open_quant_pair(base: str, quant: str, tokenizer, prompts, eval_text) -> Non
         raise SurgeonError(f"{given[0]}: a quant pair is only compared (no canary or eval); drop the option")
     from surgeon.diff.quant import check_maps
     from surgeon.format.gguf import open_gguf
+    from surgeon.format.quant_scheme import decoded_scheme
 
     base_ckpt = open_checkpoint(base)
-    check_maps(base_ckpt, open_gguf(quant))  # the headers only: the rows are read in the app
+    if decoded_scheme(base_ckpt) is not None:
+        raise SurgeonError(
+            f"{base}: a quantized checkpoint as BASE; name the float checkpoint first: surgeon tui BASE QUANT"
+        )
+    found = _quant_spec(base, quant)
+    if isinstance(found, str):
+        check_maps(base_ckpt, open_gguf(found))  # the headers only: the rows are read in the app
     from surgeon.tui.quant import QuantApp
 
-    QuantApp(base_ckpt, quant).run()
+    QuantApp(base_ckpt, found if found is not None else quant).run()
+
+
+def _quant_spec(base: str, quant: str):
+    """What the quant app opens for QUANT: a GGUF path (given, or a Hub repo's cached file:
+    owner/repo:Q4_K_M), an NVFP4/FP8 checkpoint that BASE is not, or None (a checkpoint pair)."""
+    if names_gguf(quant):
+        return quant
+    from surgeon.format.hub_gguf import hub_gguf
+    from surgeon.format.quant_scheme import decoded_scheme
+
+    found = hub_gguf(quant, None)
+    if found is not None:
+        return str(found)
+    if names_gguf(base):
+        return None
+    other = open_checkpoint(quant)
+    quantized, base_quantized = decoded_scheme(other) is not None, decoded_scheme(open_checkpoint(base)) is not None
+    if base_quantized and not quantized:  # as surgeon diff says it
+        raise SurgeonError(f"{base}: a quantized checkpoint as BASE; name the float checkpoint first: surgeon tui BASE QUANT")
+    return other if quantized and not base_quantized else None
 
 
 def checkpoint_path(spec: str) -> Path:

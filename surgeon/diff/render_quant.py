@@ -40,7 +40,7 @@ def _num(value: float | None) -> str:
     return "0" if value == 0 else format(value, ".2g")
 
 
-def _nmse_cell(t: QuantTensor | None) -> str:
+def nmse_cell(t: QuantTensor | None) -> str:
     if t is None:
         return ""
     if t.nmse is None and t.verdict == "differs":
@@ -48,17 +48,17 @@ def _nmse_cell(t: QuantTensor | None) -> str:
     return _num(t.nmse)
 
 
-def _bound_cell(t: QuantTensor | None) -> str:
+def bound_cell(t: QuantTensor | None) -> str:
     if t is None or t.verdict not in ("within", "differs", "unverified"):
         return ""
     return "none" if t.bound is None else _num(t.bound)
 
 
-def _counted(kind: str, n: int) -> str:
+def counted_phrase(kind: str, n: int) -> str:
     return f"{kind} ({n} tensor{'s' if n > 1 else ''})"
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
@@ -75,11 +75,11 @@ def render_quant_terminal(report: QuantReport, console: Console, verbose: bool =
     # every fact kept, none past the edge of a terminal
     summary = textwrap.fill(inert(summary_line(report)), width=min(console.width, SUMMARY_WIDTH))
     console.print(Text(summary, style=f"bold {style}"))
-    parts = f"{report.other.shards} file{'s' if report.other.shards > 1 else ''}, {_size(report.other.bytes)}"
-    sides = f"base:  {inert(report.base.source)}\nquant: {inert(report.other.source)} ({_kind(report)}, {parts})"
+    parts = f"{report.other.shards} file{'s' if report.other.shards > 1 else ''}, {size_text(report.other.bytes)}"
+    sides = f"base:  {inert(report.base.source)}\nquant: {inert(report.other.source)} ({quant_kind(report)}, {parts})"
     console.print(Text(sides, style="dim"))
     if report.transforms:
-        undone = ", ".join(_counted(inert(kind), n) for kind, n in report.transforms.items())
+        undone = ", ".join(counted_phrase(inert(kind), n) for kind, n in report.transforms.items())
         console.print(Text(f"undone: {undone}", style="dim"))
     console.print(_families_table(report, console.width))
     shown = [t for t in report.tensors if verbose or t.verdict in ("differs", "shape-mismatch")]
@@ -95,7 +95,7 @@ def render_quant_terminal(report: QuantReport, console: Console, verbose: bool =
         console.print(_unmatched_table(unmatched))
 
 
-def _kind(report: QuantReport) -> str:
+def quant_kind(report: QuantReport) -> str:
     """`GGUF llama`, or `modelopt NVFP4 safetensors, llama`: what the quant is stored as."""
     arch = inert(report.architecture)
     return f"GGUF {arch}" if report.format == "gguf" else f"{inert(report.scheme or '')} safetensors, {arch}"
@@ -113,13 +113,13 @@ def _families_table(report: QuantReport, width: int) -> Table:
     table.add_column("bound", justify="right", no_wrap=True)
     table.add_column("beyond in", **NAME)
     for row, label in zip(rows, labels, strict=True):
-        table.add_row(FoldedName(label), FoldedName("+".join(row.storage) or "-"), *_family_cells(row))
+        table.add_row(FoldedName(label), FoldedName("+".join(row.storage) or "-"), *family_cells(row))
     return table
 
 
-def _family_cells(row: QuantFamily) -> list[Text | str]:
+def family_cells(row: QuantFamily) -> list[Text | str]:
     worst = row.worst
-    cells: list[Text | str] = [_nmse_cell(worst), _bound_cell(worst)]
+    cells: list[Text | str] = [nmse_cell(worst), bound_cell(worst)]
     if row.layers_changed:
         cells.append(Text(layers_cell(row.layers_changed), style="yellow"))
     elif row.stack is None:
@@ -140,7 +140,7 @@ def _tensors_table(rows: list[QuantTensor], title: str) -> Table:
     table.add_column("bound", justify="right", no_wrap=True)
     table.add_column("heads beyond")
     for t in rows:
-        table.add_row(FoldedName(t.name), Text(inert(t.storage or "-")), _nmse_cell(t), _bound_cell(t), _heads_cell(t))
+        table.add_row(FoldedName(t.name), Text(inert(t.storage or "-")), nmse_cell(t), bound_cell(t), _heads_cell(t))
     return table
 
 
@@ -173,7 +173,7 @@ def _unverified_lines(report: QuantReport, verbose: bool) -> list[Text]:
     line = f"unverified: {len(unverified)} tensors in {types}, with no measured bound{more}"
     # no bound to judge it by, but the largest NMSE still says where to look (1.0: a zeroed tensor)
     largest = max(unverified, key=lambda t: _sort_value(t.nmse))
-    line += f"; the largest NMSE is {_nmse_cell(largest)}, in {inert(largest.name)}"
+    line += f"; the largest NMSE is {nmse_cell(largest)}, in {inert(largest.name)}"
     return [Text(line, style=VERDICT_STYLE["unverified"])]
 
 
@@ -212,7 +212,7 @@ def render_quant_markdown(report: QuantReport, more: list[str] | None = None) ->
         *_type_rows(report),
     ]
     if report.transforms:
-        undone = ", ".join(_counted(md_code(kind, table=False), n) for kind, n in report.transforms.items())
+        undone = ", ".join(counted_phrase(md_code(kind, table=False), n) for kind, n in report.transforms.items())
         lines += ["", f"Transforms undone: {undone}."]
     lines += _differing_md(report)
     lines += _unmatched_md(report)
@@ -252,8 +252,8 @@ def _differing_md(report: QuantReport) -> list[str]:
         cells = [
             md_code(t.name),
             md_code(t.storage or "-"),
-            _nmse_cell(t),
-            _bound_cell(t),
+            nmse_cell(t),
+            bound_cell(t),
             md_text(_heads_cell(t).plain),
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -188,3 +188,30 @@ def test_screenshot_of_the_tensors_tab_at_80x24(pair, tmp_path, monkeypatch):
 
     run_quant(base, pruned, flow, size=(80, 24))
     compare_screenshots(shots, tmp_path)
+
+
+def test_an_nvfp4_checkpoint_opens_as_a_quant_pair_too(tmp_path, pair):
+    """An NVFP4 safetensors quant (and a Hub GGUF id, by the same route) opens the quant app:
+    the scheme on the Overview, a pruned copy's quant differing in head HEAD."""
+    from surgeon.cli.tui import _quant_spec
+    from tests.quantized_fixtures import write_quantized
+
+    base = pair[0]
+    quant = tmp_path / "pruned-nvfp4"
+    write_quantized(pruned_copy(base, tmp_path / "pruned", HEAD), quant, "modelopt-nvfp4")
+    opened = _quant_spec(str(base), str(quant))
+    assert opened is not None and not isinstance(opened, str)  # the checkpoint, opened
+
+    async def flow(app, pilot):
+        assert text_of(app, "#quant-summary").startswith("differs beyond quantization error in layers 0-1")
+        assert "modelopt NVFP4 safetensors, llama" in text_of(app, "#quant-sides")
+
+    async def main_():
+        app = QuantApp(open_checkpoint(base), opened)
+        async with app.run_test(size=(100, 36)) as pilot:
+            await settled(app, pilot)
+            await flow(app, pilot)
+
+    asyncio.run(main_())
+    result = CliRunner().invoke(main, ["tui", str(quant), str(base)])
+    assert result.exit_code == 2 and "a quantized checkpoint as BASE" in result.output
