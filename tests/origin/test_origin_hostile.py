@@ -105,3 +105,17 @@ def test_damaged_block_scales_are_decoded_and_compared_quietly(qtype, value):
     assert not mask[~finite.reshape(mask.shape)].any()
     if value in ("nan", "inf"):
         assert not per_block[::2].any()
+
+
+@pytest.mark.parametrize("command", ["origin", "diff"])
+def test_an_output_over_a_linked_quant_is_refused(tmp_path, base, command):
+    """A Hub cache's snapshot holds links to its blobs: `-o` over the link named as QUANT
+    would leave the blob but replace the input with the report."""
+    gguf = convert_checkpoint(base, tmp_path / "blob", "llama", "Q8_0")
+    link = tmp_path / "m.Q8_0.gguf"
+    link.symlink_to(gguf.name)
+    args = [link, base] if command == "origin" else [base, link]
+    result = CliRunner().invoke(main, [command, *map(str, args), "-o", str(link), "--force"])
+    line = one_line(result.exit_code, result.stderr)
+    assert "refusing to write over the input checkpoint" in line
+    assert link.is_symlink() and link.resolve() == gguf
