@@ -88,7 +88,9 @@ def refuse_inputs(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     target = resolved_output(output)
     for given in inputs:
         real = Path(os.path.realpath(given))
-        if target == real or real.is_relative_to(target):
+        # the input as named counts too: a link (a Hub cache snapshot's file) replaced by the
+        # output would leave its target intact but the input gone
+        if target in (real, resolved_output(given)) or real.is_relative_to(target):
             raise SurgeonError(f"{output}: refusing to write over the input checkpoint {given}")
         if target.is_relative_to(real):
             raise SurgeonError(f"{output}: refusing to write inside the input checkpoint {given}")

@@ -56,10 +56,20 @@ def origin(quant, candidates, as_json, workers, verbose, no_progress, output, fo
             )
     from surgeon.atomic import check_output as check_not_over
     from surgeon.format.checkpoint import open_checkpoint
+    from surgeon.format.quant_scheme import decoded_scheme
     from surgeon.origin.engine import find_origin, open_quant  # deferred: gguf-py and numpy (see the docstring)
 
     quant_input = open_quant(quant)
     opened = [(spec, open_checkpoint(spec)) for spec in candidates]  # a bad candidate: trouble before any work
+    for spec, ckpt in opened:
+        # its codes would be read as weights (the quant itself "agrees" on 3%); as diff's BASE
+        scheme = decoded_scheme(ckpt)
+        if scheme is not None:
+            said = f"{scheme.method} {'+'.join(sorted(x.upper() for x in scheme.layouts))}"
+            raise SurgeonError(
+                f"{spec}: a quantized checkpoint ({said}) as CANDIDATE; "
+                "name the float checkpoints: surgeon origin QUANT CANDIDATE..."
+            )
     check_output(output, force, [ckpt for _, ckpt in opened] + ([quant_input.ckpt] if quant_input.ckpt else []))
     if output is not None and quant_input.gguf is not None:
         check_not_over(output, gguf_inputs(quant_input.gguf), force)

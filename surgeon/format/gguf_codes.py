@@ -87,7 +87,8 @@ class Grid:
 
     def values(self) -> np.ndarray:
         """The dequantized float32 values, [rows, row_len]."""
-        return self.scale * self.codes + self.offset
+        with np.errstate(over="ignore", invalid="ignore"):  # damaged scales: NaN or inf, unwarned
+            return self.scale * self.codes + self.offset
 
 
 # One block type's decoder: blocks uint8 [n, type_size] -> (codes int16 [n, block_size],
@@ -280,7 +281,8 @@ def affine_grid(raw: np.ndarray, qtype: int) -> Grid:
             f"{_type_name(qtype)} rows must be uint8 [rows, a multiple of {size} bytes], not {raw.dtype} {raw.shape}"
         )
     rows, row_len = raw.shape[0], raw.shape[1] // size * block
-    codes, scale, offset = kind.decode(raw.reshape(-1, size))
+    with np.errstate(over="ignore", invalid="ignore"):  # an inf fp16 scale times a 0 sub-scale: NaN, unwarned
+        codes, scale, offset = kind.decode(raw.reshape(-1, size))
     return Grid(
         codes=codes.reshape(rows, row_len),
         sub_scale=scale.reshape(rows, -1),
@@ -301,7 +303,8 @@ def agreement_mask(raw: np.ndarray, qtype: int, candidate: np.ndarray) -> np.nda
     row layout) that round, with the stored scales and offsets, to the stored code (per
     element, so a caller can sum by columns: o_proj's heads). In a sub-block of scale 0, an
     element agrees iff it equals the decoded value (see the module's docstring); a
-    non-finite candidate element never agrees."""
+    non-finite candidate element never agrees, nor any element of a sub-block whose scale or
+    offset is not finite (a damaged block: x / inf is 0, which would "agree" with code 0)."""
     # a dozen full-size temporaries: 0.43 s for 1024 x 4096 Q4_K rows (2 shared cores), about 8x
     # gguf-py's dequantize of the same rows; callers pass a chunk of rows, as iter_rows reads
     grid = affine_grid(raw, qtype)
@@ -313,7 +316,8 @@ def agreement_mask(raw: np.ndarray, qtype: int, candidate: np.ndarray) -> np.nda
         # candidate - offset: llama.cpp's x + dm, the same float32 operation
         nearest = _kind(qtype).nearest((candidate - offset) / scale)
     agree = np.clip(nearest, grid.qmin, grid.qmax) == grid.codes
-    return np.where(scale == 0, candidate == offset, agree) & np.isfinite(candidate)
+    finite = np.isfinite(candidate) & np.isfinite(scale) & np.isfinite(offset)
+    return np.where(scale == 0, candidate == offset, agree) & finite
 
 
 def row_codes_agree(

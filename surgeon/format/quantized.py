@@ -90,9 +90,12 @@ class QuantizedReader:
         rows = weight.shape[0]
         if not 0 <= start <= stop <= rows:
             raise SurgeonError(f"{name!r}: rows {start}..{stop} are outside its {rows} rows")
-        if weight.layout == NVFP4:
-            return self._nvfp4_rows(weight, start, stop)
-        return self._fp8_rows(weight, start, stop)
+        # finite scales whose product overflows (E4M3 448 * 3e38) decode to inf, and a code of 0
+        # times an infinite scale to NaN: kept as such, unwarned, as a GGUF's damaged blocks are
+        with np.errstate(over="ignore", invalid="ignore"):
+            if weight.layout == NVFP4:
+                return self._nvfp4_rows(weight, start, stop)
+            return self._fp8_rows(weight, start, stop)
 
     def iter_rows(
         self, name: str, max_elements: int = DEFAULT_CHUNK_ELEMENTS, row_multiple: int = 1
@@ -114,16 +117,17 @@ class QuantizedReader:
         weight = self._weight(name)
         decoded = self.decode_rows(name, start, stop)  # checks the rows and the scales' finiteness
         ones = np.ones((stop - start, weight.shape[1]), dtype=np.float32)
-        scale = self._scale_rows(weight, start, stop, ones)
         candidate = np.asarray(candidate, dtype=np.float32)
-        finite = np.isfinite(candidate)
+        # an overflowing scale is inf (as decode_rows): it agrees nowhere, unwarned
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            scale = self._scale_rows(weight, start, stop, ones)
+            finite = np.isfinite(candidate) & np.isfinite(scale)
             ratio = np.where(finite & (scale != 0), candidate / scale, 0).astype(np.float32)
-        if weight.layout == NVFP4:
-            values = E2M1_VALUES[e2m1_encode(ratio)]
-        else:
-            values = e4m3_decode(e4m3_encode(np.clip(ratio, -448, 448)))
-        agree = values * scale == decoded
+            if weight.layout == NVFP4:
+                values = E2M1_VALUES[e2m1_encode(ratio)]
+            else:
+                values = e4m3_decode(e4m3_encode(np.clip(ratio, -448, 448)))
+            agree = values * scale == decoded
         return np.where(scale == 0, candidate == 0, agree) & finite
 
     def _scale_rows(self, weight: QuantizedWeight, start: int, stop: int, ones: np.ndarray) -> np.ndarray:
@@ -295,6 +299,8 @@ class _Classifier:
 
     def _weight(self, module: str, parts: dict[str, TensorInfo]) -> QuantizedWeight | None:
         if "weight_packed" in parts:
+            if "weight" in parts:  # both would be the logical weight `module.weight`
+                self._fail(parts["weight"], f"beside {parts['weight_packed'].name!r}: two tensors for one weight")
             return self._nvfp4(module, parts, parts["weight_packed"], "weight_global_scale", divide=True)
         data = parts.get("weight")
         if data is None:

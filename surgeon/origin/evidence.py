@@ -149,7 +149,8 @@ def _add(found: Agreement, mask: np.ndarray, start: int, layout: HeadLayout | No
 def _reencoded_mask(raw: np.ndarray, qtype: int, rows: np.ndarray) -> np.ndarray:
     """bool [rows, row_len]: the elements of each block whose re-encoding is byte-identical."""
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
-    encoded = np.ascontiguousarray(quantize(rows, GGMLQuantizationType(qtype))).view(np.uint8)
+    with np.errstate(all="ignore"):  # NaN or huge candidate weights: gguf-py's casts would warn
+        encoded = np.ascontiguousarray(quantize(rows, GGMLQuantizationType(qtype))).view(np.uint8)
     encoded = encoded.reshape(raw.shape[0], -1, size)
     same = (encoded == raw.reshape(encoded.shape)).all(axis=2)
     return np.repeat(same, block, axis=1)
