@@ -63,6 +63,9 @@ def write_from_gguf(source: Path, out: Path) -> Path:
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the weights written are plain bf16
+    # a model loaded from a GGUF has no architectures; the Hub's config names its class, and
+    # llama.cpp's converter (benchmarks/llamacpp.py quants) reads the architecture from it
+    config["architectures"] = [type(model).__name__]
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     model.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
