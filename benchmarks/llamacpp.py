@@ -13,7 +13,8 @@ not depend on the building machine's instruction set. It skips what is already b
 
 `quants` converts a Hugging Face safetensors folder with the vendored `convert_hf_to_gguf.py`
 (`--outtype f32`, with the vendored gguf-py first on PYTHONPATH, so converter and gguf-py are
-the same commit; it needs torch and transformers) into OUT/<name>.F32.gguf, then runs
+the same commit; it needs torch, transformers and sentencepiece: its Llama vocabulary tries
+sentencepiece first and fails on a missing module, not only on a missing file) into OUT/<name>.F32.gguf, then runs
 `llama-quantize` to each type: OUT/<name>.<TYPE>.gguf. Defaults: the SmolLM2-135M-Instruct
 folder that benchmarks/smollm2.py writes, into benchmarks/_data/quants/smollm2/.
 No importance matrix: the quants are what `llama-quantize` makes without `--imatrix`.
