@@ -79,15 +79,16 @@ def open_quant_pair(base: str, quant: str, tokenizer, prompts, eval_text) -> Non
 
     base_ckpt = open_checkpoint(base)
     if decoded_scheme(base_ckpt) is not None:
-        raise SurgeonError(
-            f"{base}: a quantized checkpoint as BASE; name the float checkpoint first: surgeon tui BASE QUANT"
-        )
+        raise SurgeonError(_QUANTIZED_BASE.format(base=base))
     found = _quant_spec(base, quant)
     if isinstance(found, str):
         check_maps(base_ckpt, open_gguf(found))  # the headers only: the rows are read in the app
     from surgeon.tui.quant import QuantApp
 
     QuantApp(base_ckpt, found if found is not None else quant).run()
+
+
+_QUANTIZED_BASE = "{base}: a quantized checkpoint as BASE; name the float checkpoint first: surgeon tui BASE QUANT"
 
 
 def _quant_spec(base: str, quant: str):
@@ -106,7 +107,7 @@ def _quant_spec(base: str, quant: str):
     other = open_checkpoint(quant)
     quantized, base_quantized = decoded_scheme(other) is not None, decoded_scheme(open_checkpoint(base)) is not None
     if base_quantized and not quantized:  # as surgeon diff says it
-        raise SurgeonError(f"{base}: a quantized checkpoint as BASE; name the float checkpoint first: surgeon tui BASE QUANT")
+        raise SurgeonError(_QUANTIZED_BASE.format(base=base))
     return other if quantized and not base_quantized else None
 
 
