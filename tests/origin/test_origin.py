@@ -174,3 +174,29 @@ def test_the_json_page_lists_every_field(tmp_path, trio):
     gguf = convert_checkpoint(trio["base"], tmp_path / "b.Q8_0.gguf", "llama", "Q8_0")
     _, report = run_origin(gguf, trio["base"], trio["pruned"], qwen)
     assert_matches_page("surgeon.origin/1", [report])
+
+
+def test_origin_and_the_quant_diff_never_import_torch(tmp_path, trio):
+    """The light install's promise at run time (the import contract holds it statically): a
+    GGUF and an NVFP4 folder, through origin and through diff."""
+    import subprocess
+    import sys
+
+    gguf = convert_checkpoint(trio["base"], tmp_path / "b.Q4_0.gguf", "llama", "Q4_0")
+    nvfp4 = tmp_path / "nvfp4"
+    write_quantized(trio["base"], nvfp4, "modelopt-nvfp4")
+    code = (
+        "import sys\n"
+        "from surgeon.cli.main import main\n"
+        "g, n, b, p = sys.argv[1:]\n"
+        "for args in (['origin', g, b, p, '--json'], ['origin', n, b, p], ['diff', b, g, '--json'], ['diff', b, n]):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, (args, exc.code)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'textual', 'accelerate') if m in sys.modules)\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+    )
+    args = [str(gguf), str(nvfp4), str(trio["base"]), str(trio["pruned"])]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
+    assert "HEAVY=\n" in proc.stderr, proc.stderr[-2000:]
