@@ -112,9 +112,9 @@ def _differing(candidate: Candidate, name: str) -> list[str]:
         heads = f" heads {', '.join(map(str, tensor.heads))}" if tensor.heads else ""
         agree = "-" if tensor.agree is None else _percent(tensor.agree)
         tier = f"tier {tensor.tier}" if tensor.tier is not None else "not compared"
-        lines += _wrap("", f"{inert(tensor.name)} {inert(tensor.storage or '?')} {tier} {agree}{heads}", indent=2)
+        lines += _wrap("", f"{inert(tensor.name)} {inert(tensor.storage or '?')} {tier} {agree}{heads}", 2, 6)
         if tensor.note:
-            lines += _wrap("", inert(tensor.note), indent=4)
+            lines += _wrap("", inert(tensor.note), 6)
     return lines
 
 
@@ -141,15 +141,16 @@ def _percent(share: float) -> str:
     return f"{value:.2f}%"
 
 
-def _wrap(label: str, text: str, indent: int = LABEL) -> list[str]:
-    """`label` then `text` broken at spaces to fit WIDTH, continued under the text."""
+def _wrap(label: str, text: str, indent: int = LABEL, hang: int | None = None) -> list[str]:
+    """`label` then `text` broken at spaces to fit WIDTH, continued under the text (or at
+    column `hang`)."""
     words, lines = text.split(" "), []
     current = label.ljust(indent) if label else " " * indent
     start = len(current)
     for word in words:
         if len(current) > start and len(current) + 1 + len(word) > WIDTH:
             lines.append(current)
-            current = " " * indent + word
+            current = " " * (indent if hang is None else hang) + word
         else:
             current += ("" if len(current) == start else " ") + word
     lines.append(current)
