@@ -88,6 +88,24 @@ def select_heads(scores: list[float], spec: LayerSpec, fraction: float) -> list[
     return sorted(chosen)
 
 
+def select_balanced(scores: list[float], num_heads: int, num_kv_heads: int, groups: int, per_group: int) -> list[int]:
+    """The query heads a reshape removes, so that what is left slices into `groups` whole KV
+    groups of `per_group` query heads each (query head h uses KV head h // group size): the
+    lowest-scoring groups go whole (their heads summed), then the lowest-scoring heads of
+    every kept group, the same count from each. Ties go to the lower index, as select_heads."""
+    size = num_heads // num_kv_heads
+    if not (1 <= groups <= num_kv_heads and 1 <= per_group <= size) or num_heads % num_kv_heads:
+        raise ValueError(f"{groups} groups of {per_group} is no shape of {num_heads} heads in {num_kv_heads} groups")
+    members = [list(range(g * size, (g + 1) * size)) for g in range(num_kv_heads)]
+    ranked = sorted(range(num_kv_heads), key=lambda g: (sum(scores[h] for h in members[g]), g))
+    dropped = ranked[: num_kv_heads - groups]
+    removed = [h for g in dropped for h in members[g]]
+    for g in sorted(set(range(num_kv_heads)) - set(dropped)):
+        by_score = sorted(members[g], key=lambda h: (scores[h], h))
+        removed += by_score[: size - per_group]
+    return sorted(removed)
+
+
 def mask_heads_hook(o_proj: nn.Module, heads: list[int], head_dim: int):
     """Zero the o_proj input of `heads`: exactly what zeroing their o_proj columns does."""
 
