@@ -194,13 +194,27 @@ def salvaged(workspace, pruned):
     ]
 
 
+@pytest.fixture(scope="module")
+def reshaped(workspace, pruned):
+    """The demo model masked in every layer as reshape can slice it (sliding layers lose KV
+    group 1 whole, full ones a head of each group), with the prune's manifest beside it, reshaped."""
+    from tests.prune.test_reshape import mask
+
+    config = json.loads((DEMO_MODEL / "config.json").read_text())
+    removed = {i: [3, 7] if kind == "full_attention" else [2, 3] for i, kind in enumerate(config["layer_types"])}
+    masked = mask(DEMO_MODEL, workspace / "masked", removed)
+    shutil.copy(pruned[0] / "prune_manifest.json", masked / "prune_manifest.json")
+    return run("reshape", masked, "-o", workspace / "reshaped", "--json")
+
+
 # ---------- the pages ----------
 
 
-def test_the_prune_manifest_page_lists_every_field(pruned, salvaged):
+def test_the_prune_manifest_page_lists_every_field(pruned, salvaged, reshaped):
     folder, printed = pruned
     assert json.loads((folder / "prune_manifest.json").read_text()) == printed  # --json prints the file
-    assert_matches_page("surgeon.prune_manifest/1", [printed, *salvaged])
+    assert reshaped["reshape"]["num_heads_after"] == 6
+    assert_matches_page("surgeon.prune_manifest/1", [printed, *salvaged, reshaped])
 
 
 def test_the_canary_page_lists_every_field(workspace, salvaged):

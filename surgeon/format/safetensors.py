@@ -258,17 +258,19 @@ class TensorBytes:
 
 def encode_header(tensors: list[TensorBytes], metadata: dict[str, str] | None) -> bytes:
     """The header bytes (length prefix included), padded to 8 bytes like safetensors does."""
+    sized = [(t.name, t.dtype, t.shape, len(t.data) if isinstance(t.data, bytes) else t.data.nbytes) for t in tensors]
+    return encode_header_of(sized, metadata)
+
+
+def encode_header_of(tensors: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str] | None) -> bytes:
+    """encode_header from (name, dtype, shape, byte size) alone: a header written before its
+    tensors' bytes are made (surgeon.format.reshaped)."""
     header: dict[str, object] = {}
     if metadata:
         header[METADATA_KEY] = dict(metadata)
     offset = 0
-    for tensor in tensors:
-        size = len(tensor.data) if isinstance(tensor.data, bytes) else tensor.data.nbytes
-        header[tensor.name] = {
-            "dtype": tensor.dtype,
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
+    for name, dtype, shape, size in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     body = json.dumps(header, separators=(",", ":")).encode("utf-8")
     body += b" " * (-len(body) % 8)
