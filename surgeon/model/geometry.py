@@ -127,7 +127,7 @@ def _per_layer_overrides(cfg: dict, layer: int) -> dict:
     overrides = cfg.get("per_layer_config")
     if isinstance(overrides, dict):
         for key, value in overrides.items():
-            if key == str(layer) and isinstance(value, dict):
+            if _layer_index(key) == layer and isinstance(value, dict):
                 return value
         return {}
     layer_types = _layer_types(cfg)
@@ -141,6 +141,14 @@ def _per_layer_overrides(cfg: dict, layer: int) -> dict:
     if config_int(cfg, "num_global_key_value_heads") and cfg.get("attention_k_eq_v", True):
         result["num_key_value_heads"] = cfg["num_global_key_value_heads"]
     return result
+
+
+def _layer_index(key: object) -> int | None:
+    """A per_layer_config key as a layer number: transformers 5 writes them zero-padded to the
+    widest index ("05" among 60 layers) and reads them back with int()."""
+    if isinstance(key, int):
+        return key
+    return int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else None
 
 
 def _layer_types(cfg: dict) -> list:

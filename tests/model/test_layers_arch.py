@@ -82,6 +82,19 @@ def test_gemma4_geometry_from_per_layer_config():
     assert all(g.source == "config" for g in geometry.values())
 
 
+def test_per_layer_config_keys_as_transformers_writes_them():
+    # transformers 5 pads the keys to the widest index: layer 5 of 60 is "05".
+    cfg = {
+        "num_attention_heads": 32,
+        "num_key_value_heads": 16,
+        "head_dim": 256,
+        "per_layer_config": {"05": {"head_dim": 512, "num_key_value_heads": 4}, "59": {"head_dim": 512}},
+    }
+    assert config_geometry(cfg, 5) == (32, 512, 4, None)
+    assert config_geometry(cfg, 59) == (32, 512, 16, None)
+    assert config_geometry(cfg, 50) == (32, 256, 16, None)
+
+
 def test_geometry_from_shapes_when_config_is_missing_or_wrong():
     tensors = {
         "self_attn.q_proj.weight": fake((4096, 5376)),
