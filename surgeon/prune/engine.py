@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -43,13 +44,14 @@ from surgeon.format.writer import (
 )
 from surgeon.jsonfile import open_regular
 from surgeon.model.families import LayerSpec, ModelLayout, model_layout
+from surgeon.model.geometry import geometry_by_layer
 from surgeon.model.names import parse_layers
 from surgeon.options import record
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.prune.heads import HeadCount, head_counts, rounding_warning
 from surgeon.prune.heal import HEALERS, HealInput, head_columns
-from surgeon.prune.importance import SCORERS, ScoringInput, select_heads
+from surgeon.prune.importance import SCORERS, ScoringInput, select_balanced, select_heads
 from surgeon.prune.options import PruneOptions
 from surgeon.prune.workdir import DamagedEntry, Workdir, check_workdir, record_problem
 from surgeon.runtime.corpus import (
@@ -135,6 +137,7 @@ def prune(
 
     target = check_output_folder(Path(output), [ckpt], force)
     check_loadable_base(ckpt)  # before the layers are pruned, not at the write
+    balanced = reshape_plan(ckpt, layout, selected, options) if options.mode == "reshape" else None
     if workdir is not None:  # it is written to, and its files are deleted when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
         check_workdir(Path(workdir), target, [ckpt])
@@ -149,6 +152,7 @@ def prune(
         on_layer_done=on_layer_done,
         on_phase=on_phase,
         on_warning=on_warning,
+        balanced=balanced,
     )
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="surgeon-prune-") as scratch:
@@ -188,11 +192,15 @@ class _Run:
         on_layer_done: LayerDone | None = None,
         on_phase: PhaseStarted | None = None,
         on_warning: Warned | None = None,
+        balanced: dict[int, tuple[int, int]] | None = None,
     ):
         self.ckpt, self.layout, self.options = ckpt, layout, options
         self.selected = set(selected)
         self.fracs = dict(options.layer_fracs)
+        self.balanced = balanced  # reshape: per layer, the KV groups kept and the query heads each keeps
         self.head_counts = head_counts(layout.layers, selected, options.prune_frac, options.layer_fracs)
+        if balanced is not None:  # solved exactly: whole KV groups may go, past heads_to_prune's cap
+            self.head_counts = _reshape_counts(layout.layers, balanced, options.prune_frac)
         self.progress, self.cancel, self.durable = progress, cancel, durable
         self.on_layer_done, self.on_phase, self.on_warning = on_layer_done, on_phase, on_warning
         self.device, self.dtype = resolve_run(options.run)
@@ -244,11 +252,33 @@ class _Run:
             if self.on_layer_done is not None:
                 self.on_layer_done(result)
         passes = {"forward_calls": stream.forward_calls, "layer_passes": stream.forward_calls // len(batches)}
-        manifest = self._write(workdir, results, output, force, passes, start)
-        manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
-        with output_errors(output):
-            write_text_atomic(output / MANIFEST_NAME, manifest_json(manifest))
+        if self.balanced is not None:
+            manifest = self._reshaped(workdir, results, output, force, passes, start, started)
+        else:
+            manifest = self._write(workdir, results, output, force, passes, start)
+            manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
+            with output_errors(output):
+                write_text_atomic(output / MANIFEST_NAME, manifest_json(manifest))
         return PruneResult(output, results, manifest, stream.forward_calls, start, self.head_counts)
+
+    def _reshaped(self, workdir: Workdir, results, output: Path, force: bool, passes, start, started) -> dict:
+        """The mask-mode checkpoint written beside `output` (on its disk: a copy of the model,
+        which a /tmp workdir may not hold), its heads sliced out into `output`, then removed."""
+        masked = output.parent / f".{output.name}.masked-{os.getpid()}"
+        try:
+            manifest = self._write(workdir, results, masked, False, passes, start)
+            manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
+            with output_errors(masked):
+                write_text_atomic(masked / MANIFEST_NAME, manifest_json(manifest))
+            from surgeon.prune.reshape import reshape
+            from surgeon.prune.reshape_check import transformers_problem
+
+            check_stop(self.should_stop)
+            return reshape(
+                masked, output, force=force, config_problem=transformers_problem, cancel=self.cancel
+            ).manifest
+        finally:
+            shutil.rmtree(masked, ignore_errors=True)
 
     def _calibration(self, tokenizer_path: Path) -> tuple[list[list[int]], int]:
         """Token ids of the calibration corpus (samples of max_tokens, one BOS each, up to
@@ -484,7 +514,11 @@ class _Run:
         with self._phase(spec, "importance", 1, unit=self.options.importance):
             scores = self._scores(stream, spec, batches, o_weight, gram)
             self.progress.advance(1)
-        heads = select_heads(scores, spec, self.fracs.get(spec.index, self.options.prune_frac))
+        if self.balanced is not None:
+            groups, per_group = self.balanced[spec.index]
+            heads = select_balanced(scores, spec.num_heads, spec.num_kv_heads, groups, per_group)
+        else:
+            heads = select_heads(scores, spec, self.fracs.get(spec.index, self.options.prune_frac))
         with self._phase(spec, "heal", 1, unit=self.options.heal):
             tensors, refit = self._materialise(stream, spec, heads, gram)
             self.progress.advance(1)
@@ -568,6 +602,42 @@ class _Run:
             if name.startswith(spec.prefix):
                 return spec.index
         return None
+
+
+def reshape_plan(
+    ckpt: Checkpoint, layout: ModelLayout, selected: list[int], options: PruneOptions
+) -> dict[int, tuple[int, int]]:
+    """Per layer, (KV groups kept, query heads each keeps) for a reshape of `options.prune_frac`
+    (prune.reshape_plan.solve: refused with the reachable fractions where it is not one), and
+    the config the reshape will write asked of transformers now, before minutes of work."""
+    from surgeon.prune.reshape import LayerHeads, reshaped_config
+    from surgeon.prune.reshape_check import transformers_problem
+    from surgeon.prune.reshape_plan import solve, type_geometries
+
+    if sorted(selected) != list(range(len(layout.layers))):
+        raise SurgeonError(
+            "a reshape prunes every layer: transformers keeps one number of query heads for the whole "
+            "model; prune all layers, or keep mask mode for some"
+        )
+    shape = solve(type_geometries(ckpt.config or {}), options.prune_frac)
+    plan = {layer: (t.kv_heads, t.group) for t in shape.types for layer in t.geometry.layers}
+    geometry = geometry_by_layer(ckpt.config, ckpt.tensors)
+    planned = []
+    for spec in layout.layers:
+        removed = select_balanced([0.0] * spec.num_heads, spec.num_heads, spec.num_kv_heads, *plan[spec.index])
+        planned.append(LayerHeads(spec.index, geometry[(layout.stack, spec.index)], {}, removed))
+    problem = transformers_problem(reshaped_config(ckpt.config or {}, planned, shape.heads, ckpt.source))
+    if problem is not None:
+        raise SurgeonError(f"transformers refuses the reshaped config ({problem}): cannot reshape; keep mask mode")
+    return plan
+
+
+def _reshape_counts(layers: list[LayerSpec], plan: dict[int, tuple[int, int]], asked: float) -> list[HeadCount]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for spec in layers:
+        kv, per = plan[spec.index]
+        groups.setdefault((spec.num_heads, spec.num_heads - kv * per), []).append(spec.index)
+    return [HeadCount(tuple(idx), heads, asked, pruned) for (heads, pruned), idx in groups.items()]
 
 
 def _full_rank(gram: torch.Tensor) -> bool:

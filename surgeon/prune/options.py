@@ -18,14 +18,22 @@ from surgeon.runtime.settings import Quant, RunSettings
 Importance = Literal["recon", "norm", "loo-nll"]
 Heal = Literal["lstsq", "anchored", "none"]
 Propagate = Literal["pruned", "base"]
+Mode = Literal["mask", "reshape"]
 IMPORTANCE: tuple[str, ...] = get_args(Importance)
 HEALS: tuple[str, ...] = get_args(Heal)
 PROPAGATE: tuple[str, ...] = get_args(Propagate)
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True)
 class PruneOptions:
     prune_frac: float = option(0.125, "Fraction of query heads to remove per layer.", minimum=0, below=1)
+    mode: Mode = option(
+        "mask",
+        "mask (zero the pruned heads, every shape kept) or reshape (slice them out: a smaller model that "
+        "stock transformers loads; every layer, a fraction that every KV group can share: a fraction "
+        "that is not reachable is refused with the ones that are).",
+    )
     layers: str = option("all", "Layers to prune: all, or ranges like 0-3,7.")
     layer_fracs: tuple[tuple[int, float], ...] = option(
         (), "Per-layer override of --prune-frac, e.g. 5=0.25; repeatable.", flag="--layer-frac", metavar="L=FRAC"
@@ -92,6 +100,11 @@ class PruneOptions:
             (self.importance in IMPORTANCE, f"importance must be one of {', '.join(IMPORTANCE)}"),
             (self.heal in HEALS, f"heal must be one of {', '.join(HEALS)}"),
             (self.propagate in PROPAGATE, f"propagate must be one of {', '.join(PROPAGATE)}"),
+            (self.mode in MODES, f"mode must be one of {', '.join(MODES)}"),
+            (
+                self.mode == "mask" or not self.layer_fracs,
+                "a reshape removes the same share of query heads in every layer: no per-layer fraction",
+            ),
             (self.importance_quant in (None, "nf4"), "the importance quantisation must be nf4"),
             (self.ridge_rel >= 0, "the relative ridge must be >= 0"),
             (self.max_tokens >= 2 and self.batch_size >= 1, "tokens per sample must be >= 2 and the batch size >= 1"),
