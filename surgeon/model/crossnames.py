@@ -128,7 +128,7 @@ class NormShift(Transform):
         return rows - np.float32(self.shift)
 
     def to_gguf(self, rows: np.ndarray) -> np.ndarray:
-        return rows + np.float32(self.shift)
+        return rows + rows.dtype.type(self.shift)  # in the rows' own precision, as the converter adds
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ def agreement(
     found = Agreement(tier)
     if layout is not None:
         found.head_agree, found.head_total = np.zeros(layout.num_heads, np.int64), np.zeros(layout.num_heads, np.int64)
+    # convert_hf_to_gguf keeps an F16 tensor in float16 through its transforms (BF16 goes to
+    # float32 first): Gemma's 1 + w is rounded to f16 before the F32 norm is written
+    dtype = np.float16 if candidate.tensors[entry.hf].storage == "F16" else np.float32
     multiple = entry.row_multiple * (layout.head_dim if layout is not None and layout.axis == "rows" else 1)
     for piece in entry.pieces:
         info = model.tensor(piece.gguf)
@@ -98,9 +101,10 @@ def agreement(
             first = piece.gguf_rows.start + offset
             raw = model.raw_rows(piece.gguf, first, first + count)
             start = piece.hf_rows.start + offset
-            rows = candidate.read_rows(entry.hf, start, start + count).astype(np.float32, copy=False)
+            rows = candidate.read_rows(entry.hf, start, start + count).astype(dtype, copy=False)
             for transform in reversed(entry.transforms):
                 rows = transform.to_gguf(rows)
+            rows = rows.astype(np.float32, copy=False)
             mask = _reencoded_mask(raw, info.qtype, rows) if tier == 1 else _own_scale_mask(raw, info.qtype, rows)
             _add(found, mask, start, layout)
     return found

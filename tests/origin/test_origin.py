@@ -200,3 +200,45 @@ def test_origin_and_the_quant_diff_never_import_torch(tmp_path, trio):
     args = [str(gguf), str(nvfp4), str(trio["base"]), str(trio["pruned"])]
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY=\n" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_candidate_whose_bytes_another_reproduces_does_not_match_by_its_codes(tmp_path, trio):
+    """base + 0.1% of each weight's std (a light fine-tune) keeps 99.7% of base's Q4_0 codes,
+    but not its bytes: base reproduces every block, so the quant was encoded without an
+    importance matrix and the fine-tune's codes are no evidence (it was 'cannot tell apart')."""
+    tensors = load_file(trio["base"] / "model.safetensors")
+    rng = np.random.default_rng(11)
+    for name, value in tensors.items():
+        if value.ndim == 2:
+            tensors[name] = value + 0.001 * value.std() * rng.standard_normal(value.shape).astype(np.float32)
+    tuned = write_folder(trio["base"], tmp_path / "tuned", tensors)
+    gguf = convert_checkpoint(trio["base"], tmp_path / "base.Q4_0.gguf", "llama", "Q4_0")
+    code, report = run_origin(gguf, trio["base"], tuned)
+    assert code == 0 and report["best"] == str(trio["base"]), report["answer"]
+    demoted = by_source(report)[str(tuned)]["differing"]
+    assert demoted and all("another candidate reproduces its bytes" in t["note"] for t in demoted)
+
+
+def test_an_f16_gemma_is_the_source_of_its_norms_shifted_in_f16(tmp_path):
+    """The converter keeps an F16 checkpoint's tensors in float16 through modify_tensors, so
+    Gemma's 1 + w is rounded to f16 before the F32 norm is written; float32 arithmetic
+    refused the true source on every norm."""
+    from tests.gguf_fixtures import converted, model_metadata, write_gguf
+
+    base = save_hf("gemma2", tmp_path / "b32")
+    tensors = {k: v.astype(np.float16) for k, v in load_file(base / "model.safetensors").items()}
+    f16 = write_folder(base, tmp_path / "f16", tensors)
+    config = json.loads((base / "config.json").read_text())
+    shifted = {
+        k: (v + np.float16(1)).astype(np.float32) - np.float32(1) if k.endswith("norm.weight") else v
+        for k, v in tensors.items()
+    }  # converted() adds 1 back in float32, exactly
+    gguf = write_gguf(
+        tmp_path / "f16.gguf",
+        "gemma2",
+        converted(shifted, config, "gemma2"),
+        "F16",
+        metadata=model_metadata("gemma2", config),
+    )
+    code, report = run_origin(gguf, f16)
+    assert code == 0 and report["best"] == str(f16), report["answer"]
