@@ -320,6 +320,35 @@ def agreement_mask(raw: np.ndarray, qtype: int, candidate: np.ndarray) -> np.nda
     return np.where(scale == 0, candidate == offset, agree) & finite
 
 
+# The codes the reference encoders (llama-quantize without an importance matrix, gguf-py) give
+# every block's extreme weight: d = max / -8 puts the weight of largest magnitude on code -8
+# (Q4_0; -16 for Q5_0), d = amax / 127 on +-127 (Q8_0), and d = (max - min) / 15 its min and
+# max on 0 and 15 (Q4_1; 0 and 31 for Q5_1). A scale an importance matrix searched for
+# rarely lands there. The K-quants search their scales either way: no signature.
+_PLAIN_CODES: dict[int, tuple[tuple[int, ...], ...]] = {
+    Q.Q4_0: ((-8,),),
+    Q.Q5_0: ((-16,),),
+    Q.Q8_0: ((127, -127),),
+    Q.Q4_1: ((0,), (15,)),
+    Q.Q5_1: ((0,), (31,)),
+}
+
+
+def plain_blocks(raw: np.ndarray, qtype: int) -> tuple[int, int]:
+    """(blocks bearing the reference encoder's signature, blocks) of legacy-type block rows: a
+    block whose scale is 0 (an all-zero block) counts as plain; (0, 0) for a type without one."""
+    wanted = _PLAIN_CODES.get(qtype)
+    if wanted is None:
+        return 0, 0
+    grid = affine_grid(raw, qtype)
+    codes = grid.codes.reshape(-1, grid.group)
+    plain = np.ones(len(codes), dtype=bool)
+    for any_of in wanted:
+        plain &= np.isin(codes, any_of).any(axis=1)
+    plain |= grid.sub_scale.reshape(-1) == 0
+    return int(plain.sum()), len(codes)
+
+
 def row_codes_agree(
     model: GGUFModel, tensor_name: str, start: int, stop: int, candidate_rows: np.ndarray
 ) -> np.ndarray:

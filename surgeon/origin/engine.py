@@ -28,7 +28,15 @@ from surgeon.format.quantized import QuantizedReader, open_quantized
 from surgeon.format.rows import SafetensorsRows
 from surgeon.model.crossnames import TensorMap, build_crossmap
 from surgeon.model.gguf_rows import with_tied_output
-from surgeon.origin.evidence import Agreement, agreement, folder_agreement, own_scales, tier_of
+from surgeon.origin.evidence import (
+    PLAIN,
+    Agreement,
+    agreement,
+    folder_agreement,
+    own_scales,
+    stored_agreement,
+    tier_of,
+)
 from surgeon.origin.report import Candidate, OriginReport, OriginTensor, QuantSide
 from surgeon.parallel import map_cancellable
 from surgeon.progress import NoProgress, ProgressSink
@@ -80,7 +88,6 @@ def find_origin(
     if quant.gguf is not None:
         model = open_gguf(quant.gguf)
         judged = [_judge(model, quant, spec, ckpt, workers, sink, cancel) for spec, ckpt in candidates]
-        _prefer_reproduced(judged)
         return OriginReport(_quant_side(quant.spec, model), judged)
     assert quant.ckpt is not None
     reader = open_quantized(quant.ckpt)
@@ -88,19 +95,6 @@ def find_origin(
     with reader:
         judged = [_judge_folder(reader, quant, spec, ckpt, workers, sink, cancel) for spec, ckpt in candidates]
     return OriginReport(_folder_side(quant.spec, reader), judged)
-
-
-def _prefer_reproduced(judged: list[Candidate]) -> None:
-    """A tensor whose every byte one candidate reproduces was encoded as gguf-py encodes, with
-    no importance matrix to move its scales: another candidate that agreed there only by its
-    codes (the fallback) has other weights. Q4_0 keeps 99.7% of the codes of base + 0.1% of
-    each weight's std, so without this a light fine-tune matched as the source did."""
-    reproduced = {t.name for c in judged for t in c.tensors if t.tier == 1 and t.agree == 1.0}
-    for candidate in judged:
-        for tensor in candidate.tensors:
-            if tensor.matched and tensor.tier == 2 and tensor.name in reproduced:
-                tensor.matched = False
-                tensor.note = f"{tensor.note}; another candidate reproduces its bytes"
 
 
 def _check_distinct(candidates: list[tuple[str, Checkpoint]]) -> None:
@@ -174,11 +168,16 @@ def _judge_folder(reader: QuantizedReader, quant: QuantInput, spec, ckpt, worker
     assert quant.ckpt is not None
     options = QuantOptions(workers=workers)
     report = diff_quant(ckpt, quant.ckpt, options, source=quant.spec, progress=progress, cancel=cancel)
-    rows = SafetensorsRows(ckpt)
-    compared = [t for t in report.tensors if t.verdict in COMPARED and t.name in reader.weights]
+    rows, stored = SafetensorsRows(ckpt), SafetensorsRows(reader.ckpt)
+    floats = {n for n in reader.plain if n in ckpt.tensors and ckpt.tensors[n].shape == reader.ckpt.tensors[n].shape}
+    known = set(reader.weights) | floats
+    compared = [t for t in report.tensors if t.verdict in COMPARED and t.name in known]
 
     def measure(tensor: QuantTensor, should_stop) -> OriginTensor:
-        found = folder_agreement(reader, tensor.name, rows, _layout(tensor), should_stop)
+        if tensor.name in reader.weights:
+            found = folder_agreement(reader, tensor.name, rows, _layout(tensor), should_stop)
+        else:  # kept in floats: its values, exactly
+            found = stored_agreement(stored, tensor.name, rows, should_stop)
         return _from_agreement(tensor, found, None)
 
     judged = _run(compared, measure, workers, progress, cancel)
@@ -244,19 +243,29 @@ def _run(compared: list[QuantTensor], measure, workers, progress, cancel) -> dic
 
 def _evidence(model: GGUFModel, entry: TensorMap, tensor: QuantTensor, rows, should_stop) -> OriginTensor:
     assert tensor.storage is not None
-    tier = max(tier_of(kind) for kind in tensor.storage.split("+"))
+    kinds = tensor.storage.split("+")
+    tier = max(tier_of(kind) for kind in kinds)
     if tier == 3:
         return _from_nmse(tensor)
     layout = _layout(tensor)
     found = agreement(model, entry, rows, tier, layout, should_stop)
-    note = None
-    if tier == 1 and not found.matched and all(own_scales(kind) for kind in tensor.storage.split("+")):
-        reencoded = found
-        found = agreement(model, entry, rows, 2, layout, should_stop)
-        note = (
-            f"re-encoded, {reencoded.fraction:.1%} of its blocks' bytes agree; rounded with the quant's scales instead"
-        )
-    return _from_agreement(tensor, found, note)
+    if tier == 2 or found.matched or not all(own_scales(kind) for kind in kinds):
+        return _from_agreement(tensor, found, _via(found))
+    reencoded = f"re-encoded, {found.fraction:.1%} of its blocks' bytes agree"
+    if found.plain_share >= PLAIN:  # the reference encoder's scales: its source gives its bytes
+        note = f"{reencoded}; {found.plain_share:.1%} of its blocks bear the reference encoder's scales"
+        return _from_agreement(tensor, found, note)
+    codes = agreement(model, entry, rows, 2, layout, should_stop)
+    codes.reproducible = False  # scales an importance matrix (or another encoder) chose
+    note = (
+        f"{reencoded}; its scales are not the reference encoder's (an importance matrix?): rounded with "
+        f"them, {codes.fraction:.2%} of its codes agree, which a light fine-tune of the source would too"
+    )
+    return _from_agreement(tensor, codes, note)
+
+
+def _via(found: Agreement) -> str | None:
+    return f"re-encoded from {found.via}, as a quant made through an {found.via} GGUF is" if found.via else None
 
 
 def _layout(tensor: QuantTensor) -> HeadLayout | None:
@@ -280,6 +289,8 @@ def _from_agreement(tensor: QuantTensor, found: Agreement, note: str | None) -> 
         found.heads_below(),
         note,
         tensor.counts,
+        # bytes either reproduce or not: a re-encoding that half agrees is no lighter evidence
+        consistent=found.matched or (found.consistent and (found.tier == 2 or not found.reproducible)),
     )
 
 
@@ -301,10 +312,11 @@ def _from_nmse(tensor: QuantTensor) -> OriginTensor:
         _elements(tensor),
         3 if compared and tensor.verdict != "unverified" else None,
         (1.0 if matched else 0.0) if compared else None,
-        matched,
+        False,  # an NMSE within its bound is what a light fine-tune of the source shows too
         list(tensor.heads.beyond) if tensor.heads is not None else [],
         note,
         tensor.counts,
+        consistent=matched,
     )
 
 

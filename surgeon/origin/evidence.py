@@ -26,14 +26,24 @@ from surgeon.parallel import check_stop
 # llama-quantize's reference C code for the legacy types, without an importance matrix.
 REENCODED = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4")
 
-# A tensor matches its candidate when this share of its elements agrees, over the tensor and
-# within every head; a row "differs" below ROW_DIFFERS. Measured (gguf_codes tests, Gaussian
-# weights): the source agrees on 100% of codes, the source + 1% noise on 96-99% (Q4), an
-# unrelated tensor of the same scale on 10-35%, a zeroed row on the codes of its near-zero
-# weights only.
-MATCH = 0.98
-HEAD_MATCH = 0.9
+# A tensor is reproduced by its candidate when this share of its elements agrees, over the
+# tensor and within every head, and no row "differs" (under ROW_DIFFERS). The source agrees on
+# every element: llama.cpp's own quants of SmolLM2 (bench_origin.py, Q8_0, Q4_0, Q5_0, Q4_K,
+# Q6_K) 1.0000, its re-encoded bytes and its K-quant codes alike; 1e-4 is room for a tie.
+# A light fine-tune does not: base + 0.03% of each weight's std keeps 99.9% of Q4_0's codes.
+REPRODUCED = 0.9999
+HEAD_REPRODUCED = 0.999
+# Consistent, not reproduced: what codes rounded with scales surgeon cannot re-derive (an
+# importance matrix's), or an NMSE within its bound, can show. Measured (gguf_codes tests,
+# Gaussian weights): the source + 1% noise keeps 96-99% of Q4 codes, an unrelated tensor of
+# the same scale 10-35%, a zeroed row only the codes of its near-zero weights.
+CONSISTENT = 0.98
+HEAD_CONSISTENT = 0.9
 ROW_DIFFERS = 0.5
+# A legacy-type tensor whose blocks carry the reference encoder's signature (gguf_codes
+# .plain_blocks) this often was encoded without an importance matrix: its source re-encodes
+# to its bytes, and codes that merely agree are no evidence of it.
+PLAIN = 0.99
 
 
 @dataclass
@@ -44,12 +54,20 @@ class Agreement:
     rows_differing: int = 0  # rows under ROW_DIFFERS
     head_agree: np.ndarray | None = None
     head_total: np.ndarray | None = None
+    via: str | None = None  # tier 1: the intermediate the candidate was rounded to first (F16, BF16)
+    plain: int = 0  # tier 1, legacy types: blocks bearing the reference encoder's signature
+    blocks: int = 0
+    reproducible: bool = True  # False: codes rounded with scales surgeon cannot re-derive
 
     @property
     def fraction(self) -> float:
         return self.agree / self.total if self.total else 1.0
 
-    def heads_below(self, share: float = HEAD_MATCH) -> list[int]:
+    @property
+    def plain_share(self) -> float:
+        return self.plain / self.blocks if self.blocks else 0.0
+
+    def heads_below(self, share: float = HEAD_REPRODUCED) -> list[int]:
         if self.head_agree is None or self.head_total is None:
             return []
         shares = np.divide(self.head_agree, np.maximum(self.head_total, 1))
@@ -57,7 +75,14 @@ class Agreement:
 
     @property
     def matched(self) -> bool:
-        return self.fraction >= MATCH and not self.heads_below() and self.rows_differing == 0
+        """Reproduced: the candidate gives the quant's bytes, or its codes under scales that the
+        type's encoder re-rounds every code with (the K-quants, NVFP4, FP8)."""
+        return self.reproducible and self.fraction >= REPRODUCED and not self.heads_below() and self.rows_differing == 0
+
+    @property
+    def consistent(self) -> bool:
+        """Agrees as a light fine-tune of the source would too: evidence, not proof."""
+        return self.fraction >= CONSISTENT and not self.heads_below(HEAD_CONSISTENT) and self.rows_differing == 0
 
 
 def tier_of(storage: str) -> int:
@@ -83,13 +108,17 @@ def agreement(
     should_stop=None,
     budget: int = ROW_CHUNK_ELEMENTS,
 ) -> Agreement:
-    """How much of GGUF `entry` agrees with the candidate's tensor `entry.hf` at `tier`."""
-    found = Agreement(tier)
-    if layout is not None:
-        found.head_agree, found.head_total = np.zeros(layout.num_heads, np.int64), np.zeros(layout.num_heads, np.int64)
+    """How much of GGUF `entry` agrees with the candidate's tensor `entry.hf` at `tier`. At
+    tier 1 the candidate is also rounded to F16 and to BF16 before it is re-encoded, as
+    `convert_hf_to_gguf --outtype f16` then `llama-quantize` makes a quant, and the
+    intermediate that reproduces the most is kept (`via`)."""
+    stored = candidate.tensors[entry.hf].storage
+    kinds = {model.tensor(p.gguf).type_name for p in entry.pieces}
+    via = [None] + ([v for v in INTERMEDIATES if v != stored] if tier == 1 and kinds - {"F32", "F16", "BF16"} else [])
+    found = {v: _empty(tier, layout, v) for v in via}
     # convert_hf_to_gguf keeps an F16 tensor in float16 through its transforms (BF16 goes to
     # float32 first): Gemma's 1 + w is rounded to f16 before the F32 norm is written
-    dtype = np.float16 if candidate.tensors[entry.hf].storage == "F16" else np.float32
+    dtype = np.float16 if stored == "F16" else np.float32
     multiple = entry.row_multiple * (layout.head_dim if layout is not None and layout.axis == "rows" else 1)
     for piece in entry.pieces:
         info = model.tensor(piece.gguf)
@@ -105,9 +134,50 @@ def agreement(
             for transform in reversed(entry.transforms):
                 rows = transform.to_gguf(rows)
             rows = rows.astype(np.float32, copy=False)
-            mask = _reencoded_mask(raw, info.qtype, rows) if tier == 1 else _own_scale_mask(raw, info.qtype, rows)
-            _add(found, mask, start, layout)
+            for name, each in found.items():
+                rounded = INTERMEDIATES[name](rows) if name is not None else rows
+                mask = (
+                    _reencoded_mask(raw, info.qtype, rounded)
+                    if tier == 1
+                    else _own_scale_mask(raw, info.qtype, rounded)
+                )
+                _add(each, mask, start, layout)
+            if tier == 1:
+                _add_plain(found[None], raw, info.qtype)
+    best = max(found.values(), key=lambda a: a.agree)  # the first (as stored) where they tie
+    best.plain, best.blocks = found[None].plain, found[None].blocks
+    return best
+
+
+def _empty(tier: int, layout: HeadLayout | None, via: str | None) -> Agreement:
+    found = Agreement(tier, via=via)
+    if layout is not None:
+        found.head_agree, found.head_total = np.zeros(layout.num_heads, np.int64), np.zeros(layout.num_heads, np.int64)
     return found
+
+
+def _add_plain(found: Agreement, raw: np.ndarray, qtype: int) -> None:
+    from surgeon.format.gguf_codes import plain_blocks
+
+    plain, blocks = plain_blocks(raw, qtype)
+    found.plain += plain
+    found.blocks += blocks
+
+
+def _to_f16(rows: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return rows.astype(np.float16).astype(np.float32)
+
+
+def _to_bf16(rows: np.ndarray) -> np.ndarray:
+    """Round to bfloat16, nearest with ties to even, as torch's and gguf-py's casts round."""
+    bits = rows.astype(np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return np.where(np.isnan(rows), rows, rounded.view(np.float32))
+
+
+# The intermediates a quant is commonly made through: a GGUF of F16 or BF16 first.
+INTERMEDIATES = {"F16": _to_f16, "BF16": _to_bf16}
 
 
 def folder_agreement(
@@ -120,9 +190,7 @@ def folder_agreement(
 ) -> Agreement:
     """Tier 2 on an NVFP4 or FP8 weight of a quantized safetensors checkpoint: the candidate's
     rows rounded with the quant's own scales (QuantizedReader.agreement_mask)."""
-    found = Agreement(2)
-    if layout is not None:
-        found.head_agree, found.head_total = np.zeros(layout.num_heads, np.int64), np.zeros(layout.num_heads, np.int64)
+    found = _empty(2, layout, None)
     rows, cols = reader.weights[name].shape
     step = row_step(cols, layout.head_dim if layout is not None and layout.axis == "rows" else 1, budget)
     for start in range(0, rows, step):
@@ -131,6 +199,24 @@ def folder_agreement(
         stop = min(start + step, rows)
         mask = reader.agreement_mask(name, start, stop, candidate.read_rows(name, start, stop))
         _add(found, mask, start, layout)
+    return found
+
+
+def stored_agreement(
+    quant: SafetensorsRows, name: str, candidate: SafetensorsRows, should_stop=None, budget: int = ROW_CHUNK_ELEMENTS
+) -> Agreement:
+    """Tier 1 on a tensor a safetensors quant keeps in floats (norms, embeddings): the
+    candidate's values, rounded to the stored dtype, against the stored values."""
+    found = _empty(1, None, None)
+    kind = quant.tensors[name].storage
+    rounding = INTERMEDIATES.get(kind)
+    for start, stored in quant.iter_rows(name, budget=budget):
+        if should_stop is not None:
+            check_stop(should_stop)
+        rows = candidate.read_rows(name, start, start + stored.shape[0]).astype(np.float32, copy=False)
+        rounded = rounding(rows) if rounding is not None and kind != candidate.tensors[name].storage else rows
+        same = (rounded == stored) | (np.isnan(rounded) & np.isnan(stored))
+        _add(found, same.reshape(stored.shape[0], -1), start, None)
     return found
 
 

@@ -35,20 +35,20 @@ def _header(report: OriginReport) -> list[str]:
 
 
 def _candidates(ranked: list[Candidate], names: dict[str, str]) -> list[str]:
-    lines = [f"{'candidate':<{NAME}}  {'':<7} {'agrees':>8}  {'tensors':>9}  layers that disagree"]
+    lines = [f"{'candidate':<{NAME}}  {'':<10} {'agrees':>8}  {'tensors':>9}  layers that disagree"]
     for candidate in ranked:
         name = names[candidate.source]
         if candidate.unrelated is not None:
             lines += _wrap(name.ljust(NAME), f"unrelated: {inert(candidate.unrelated)}", indent=NAME + 2)
             continue
-        verdict = "match" if candidate.matched else ""
+        verdict = "match" if candidate.matched else "consistent" if candidate.consistent else ""
         agreeing = sum(1 for t in candidate.counted if t.matched)
         tensors = f"{agreeing}/{len(candidate.counted)}"
         layers = candidate.differing_layers()
         where = layers_phrase(layers).removeprefix("layers ").removeprefix("layer ") if layers else "-"
         if candidate.differing and not layers:
             where = "outside the layers"
-        lines.append(f"{name:<{NAME}}  {verdict:<7} {_percent(candidate.score):>8}  {tensors:>9}  {where}")
+        lines.append(f"{name:<{NAME}}  {verdict:<10} {_percent(candidate.score):>8}  {tensors:>9}  {where}")
     return lines
 
 
@@ -81,7 +81,10 @@ def _layers(related: list[Candidate], names: dict[str, str], every: bool) -> lis
 
 
 def _pattern(rows: list[dict | None]) -> tuple:
-    return tuple(None if row is None else row["agreeing"] == row["tensors"] for row in rows)
+    return tuple(
+        None if row is None else (row["agreeing"] == row["tensors"], row["consistent"] == row["tensors"])
+        for row in rows
+    )
 
 
 def _lowest(a: dict | None, b: dict | None) -> dict | None:
@@ -99,7 +102,8 @@ def _run_label(run: list[int | None]) -> str:
 def _cell(row: dict | None) -> str:
     if row is None:
         return "-"
-    mark = "" if row["agreeing"] == row["tensors"] else "x "
+    # x: a tensor disagrees; ~: every tensor consistent, not every one reproduced
+    mark = "" if row["agreeing"] == row["tensors"] else "~ " if row["consistent"] == row["tensors"] else "x "
     return mark + _percent(row["agree"])
 
 

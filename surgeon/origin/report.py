@@ -21,10 +21,11 @@ class OriginTensor:
     elements: int
     tier: int | None  # the evidence used: 1, 2, 3; None where nothing was compared
     agree: float | None  # share of elements agreeing (tiers 1-2); 1.0 / 0.0 within or not (tier 3)
-    matched: bool
+    matched: bool  # reproduced: the candidate gives the quant's bytes or its re-rounded codes
     heads: list[int] = field(default_factory=list)  # heads that do not agree
     note: str | None = None
     counts: bool = True  # an absence that is expected (a vision tower, RoPE factors) does not
+    consistent: bool = False  # reproduced, or agrees as a light fine-tune of the source would too
 
 
 @dataclass
@@ -45,6 +46,11 @@ class Candidate:
         return self.unrelated is None and bool(self.counted) and all(t.matched for t in self.counted)
 
     @property
+    def consistent(self) -> bool:
+        """Every tensor reproduced or consistent: what a light fine-tune of the source shows too."""
+        return self.unrelated is None and bool(self.counted) and all(t.consistent for t in self.counted)
+
+    @property
     def score(self) -> float:
         """The share of the quant's elements that agree, over every tensor that counts."""
         counted = self.counted
@@ -55,7 +61,8 @@ class Candidate:
 
     @property
     def differing(self) -> list[OriginTensor]:
-        return [t for t in self.counted if not t.matched]
+        """The tensors that disagree: neither reproduced nor consistent."""
+        return [t for t in self.counted if not t.consistent]
 
     def tiers(self) -> dict[int, int]:
         found: dict[int, int] = {}
@@ -85,7 +92,7 @@ class OriginReport:
 
     @property
     def ranked(self) -> list[Candidate]:
-        return sorted(self.candidates, key=lambda c: (not c.matched, -c.score))
+        return sorted(self.candidates, key=lambda c: (not c.matched, not c.consistent, -c.score))
 
     @property
     def matching(self) -> list[Candidate]:
@@ -97,13 +104,24 @@ class OriginReport:
         matching = self.matching
         return matching[0] if len(matching) == 1 else None
 
+    @property
+    def consistent_with(self) -> Candidate | None:
+        """Where none reproduces the quant: the one candidate consistent with it, if one is."""
+        found = [c for c in self.candidates if c.consistent]
+        return found[0] if not self.matching and len(found) == 1 else None
+
     def answer(self) -> str:
-        best, matching = self.best, self.matching
+        best, matching, consistent = self.best, self.matching, self.consistent_with
         if best is not None:
             return f"made from {best.name}: {_agreeing(best)}"
         if matching:
             names = _and([c.name for c in matching])
             return f"cannot tell {names} apart: each agrees with the quant in every tensor it holds"
+        if consistent is not None:
+            return f"consistent with {consistent.name}, not reproduced: {_unproven(consistent)}"
+        several = [c.name for c in self.candidates if c.consistent]
+        if several:
+            return f"consistent with {_and(several)}, none reproduced: cannot tell which"
         closest = self.ranked[0] if self.candidates else None
         if closest is None or closest.unrelated is not None:
             return "made from none of them: no candidate is a model of this architecture and shape"
@@ -115,6 +133,7 @@ class OriginReport:
             "schema": SCHEMA,
             "quant": asdict(self.quant),
             "best": best.source if best is not None else None,
+            "consistent": self.consistent_with.source if self.consistent_with is not None else None,
             "answer": self.answer(),
             "candidates": [_candidate_json(c) for c in self.ranked],
         }
@@ -124,6 +143,14 @@ def _agreeing(candidate: Candidate) -> str:
     counted = candidate.counted
     tiers = ", ".join(f"{n} by {TIER_WORDS[tier]}" for tier, n in candidate.tiers().items())
     return f"{len(counted)} of {len(counted)} tensors agree ({tiers})"
+
+
+def _unproven(candidate: Candidate) -> str:
+    unproven = [t for t in candidate.counted if not t.matched]
+    return (
+        f"{len(unproven)} of {len(candidate.counted)} tensors agree only as a light fine-tune of it would "
+        "(codes under scales surgeon cannot re-derive, or an NMSE within its bound)"
+    )
 
 
 def _against(candidate: Candidate) -> str:
@@ -142,10 +169,12 @@ def _candidate_json(candidate: Candidate) -> dict:
         "source": candidate.source,
         "path": candidate.path,
         "matched": candidate.matched,
+        "consistent": candidate.consistent,
         "score": round(candidate.score, 6),
         "unrelated": candidate.unrelated,
         "tiers": {str(k): v for k, v in candidate.tiers().items()},
         "tensors_agreeing": sum(1 for t in candidate.counted if t.matched),
+        "tensors_consistent": sum(1 for t in candidate.counted if t.consistent),
         "tensors_counted": len(candidate.counted),
         "layers_differing": candidate.differing_layers(),
         "layers": layer_scores(candidate),
@@ -176,6 +205,7 @@ def layer_scores(candidate: Candidate) -> list[dict]:
             {
                 "layer": key,
                 "agreeing": sum(1 for t in tensors if t.matched),
+                "consistent": sum(1 for t in tensors if t.consistent),
                 "tensors": len(tensors),
                 "agree": round(agree, 6),
             }

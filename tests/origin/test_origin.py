@@ -88,8 +88,8 @@ def test_the_evidence_names_the_pruned_head_and_the_healed_projection(tmp_path, 
     differing = {t["name"]: t for t in pruned["differing"]}
     assert set(differing) == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in (0, 1) for p in "qo"}
     q0 = differing["model.layers.0.self_attn.q_proj.weight"]
-    # re-encoded bytes disagree, so the quant's own scales round it (the fallback, named)
-    assert q0["tier"] == 2 and q0["note"].startswith("re-encoded, ")
+    # the reference encoder's scales: no fallback to the codes, the bytes decide
+    assert q0["tier"] == 1 and "bear the reference encoder's scales" in q0["note"]
     assert q0["heads"] == [5] and 0.8 < q0["agree"] < 0.9  # 7 of 8 heads agree
     o0 = differing["model.layers.0.self_attn.o_proj.weight"]
     assert o0["heads"] == list(range(8)) and o0["agree"] < 0.1  # healed: every head moved
@@ -202,21 +202,27 @@ def test_origin_and_the_quant_diff_never_import_torch(tmp_path, trio):
     assert "HEAVY=\n" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_a_candidate_whose_bytes_another_reproduces_does_not_match_by_its_codes(tmp_path, trio):
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0"])
+def test_a_light_fine_tune_is_not_the_source_even_alone(tmp_path, trio, qtype):
     """base + 0.1% of each weight's std (a light fine-tune) keeps 99.7% of base's Q4_0 codes,
-    but not its bytes: base reproduces every block, so the quant was encoded without an
-    importance matrix and the fine-tune's codes are no evidence (it was 'cannot tell apart')."""
+    but not its bytes. The quant's blocks bear the reference encoder's scales, so its source
+    re-encodes to its bytes: the fine-tune is not the source, with base offered or without
+    (the second reader's finding: alone, it was "made from tuned", exit 0)."""
     tensors = load_file(trio["base"] / "model.safetensors")
     rng = np.random.default_rng(11)
     for name, value in tensors.items():
         if value.ndim == 2:
             tensors[name] = value + 0.001 * value.std() * rng.standard_normal(value.shape).astype(np.float32)
     tuned = write_folder(trio["base"], tmp_path / "tuned", tensors)
-    gguf = convert_checkpoint(trio["base"], tmp_path / "base.Q4_0.gguf", "llama", "Q4_0")
+    gguf = convert_checkpoint(trio["base"], tmp_path / f"base.{qtype}.gguf", "llama", qtype)
+    code, report = run_origin(gguf, tuned, trio["pruned"])
+    assert code == 1 and report["best"] is None and report["consistent"] is None, report["answer"]
+    assert report["answer"].startswith("made from none of them; closest ")
+    assert not by_source(report)[str(tuned)]["consistent"]  # bytes reproduce or not
     code, report = run_origin(gguf, trio["base"], tuned)
     assert code == 0 and report["best"] == str(trio["base"]), report["answer"]
-    demoted = by_source(report)[str(tuned)]["differing"]
-    assert demoted and all("another candidate reproduces its bytes" in t["note"] for t in demoted)
+    differing = by_source(report)[str(tuned)]["differing"]
+    assert differing and all("reference encoder's scales" in t["note"] for t in differing)
 
 
 def test_an_f16_gemma_is_the_source_of_its_norms_shifted_in_f16(tmp_path):

@@ -152,14 +152,18 @@ def test_a_k_quant_is_attributed_by_its_own_scales(tmp_path, config, qtype):
     assert differing["model.layers.0.self_attn.q_proj.weight"]["tier"] == 2
 
 
-def test_a_legacy_quant_whose_scales_are_not_gguf_pys_falls_back_to_its_own_scales(tmp_path, config):
+def test_a_legacy_quant_whose_scales_are_not_gguf_pys_is_only_consistent(tmp_path, config):
+    """Scales no reference encoder picks (an importance matrix's): the source's codes agree
+    under them, and so would a light fine-tune's. "consistent with", exit 1, never "made from"."""
     base, gguf = quant_pair(tmp_path, config, searched_q4_0, "base.Q4_0-searched")
     cut = pruned(base, tmp_path / "pruned", config, head=2, layers=(1,))
     result = CliRunner().invoke(main, ["origin", str(gguf), str(base), str(cut), "--json", "--no-progress"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     first, second = report["candidates"]
-    assert report["best"] == str(base) and first["tiers"] == {"1": 5, "2": 16} and first["matched"]
+    assert report["best"] is None and report["consistent"] == str(base)
+    assert report["answer"].startswith("consistent with base, not reproduced: 16 of 21 tensors")
+    assert first["tiers"] == {"1": 5, "2": 16} and first["consistent"] and not first["matched"]
     assert second["layers_differing"] == [1]
     q1 = next(t for t in second["differing"] if t["name"] == "model.layers.1.self_attn.q_proj.weight")
     assert q1["heads"] == [2] and q1["tier"] == 2 and q1["note"].startswith("re-encoded, ")
