@@ -65,7 +65,12 @@ def _layer_fracs(_ctx, _param, values: tuple[str, ...]) -> tuple[tuple[int, floa
 def prune(
     base, output, workdir, force, durable, run_eval, eval_text, eval_tokens, as_json, quiet, no_progress, **kw
 ) -> None:
-    """Remove attention heads from BASE (mask mode) and heal o_proj, one layer at a time."""
+    """Remove attention heads from BASE (mask mode) and heal o_proj, one layer at a time.
+
+    --mode reshape then slices them out: a smaller model that stock transformers loads. Every
+    layer keeps the same number of query heads and every KV group the same share, so only some
+    fractions are reachable; another is refused with the ones that are.
+    """
     # Deferred: the engine imports torch, which --help and the light install do without.
     from surgeon.prune.engine import prune as run_prune
 
@@ -120,6 +125,8 @@ def _summary(result, console, table: bool = True) -> None:
         + (f"; resumed at layer {result.resumed_at}" if result.resumed_at else "")
     )
     console.print(Text(line))
+    if result.reshape_line is not None:
+        console.print(Text(inert(result.reshape_line)))
     quality = manifest.get("quality") or {}
     if quality.get("eval"):  # --eval: the figures, and the text they were measured on
         from surgeon.quality.render import quality_line  # deferred: rich tables, for this line only

@@ -92,6 +92,7 @@ class PruneResult:
     forward_calls: int
     resumed_at: int
     head_counts: list[HeadCount] = field(default_factory=list)  # the heads each pruned layer lost
+    reshape_line: str | None = None  # --mode reshape: what the slicing removed and saved, in words
 
 
 class _Gram:
@@ -252,16 +253,17 @@ class _Run:
             if self.on_layer_done is not None:
                 self.on_layer_done(result)
         passes = {"forward_calls": stream.forward_calls, "layer_passes": stream.forward_calls // len(batches)}
+        reshape_line = None
         if self.balanced is not None:
-            manifest = self._reshaped(workdir, results, output, force, passes, start, started)
+            manifest, reshape_line = self._reshaped(workdir, results, output, force, passes, start, started)
         else:
             manifest = self._write(workdir, results, output, force, passes, start)
             manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
             with output_errors(output):
                 write_text_atomic(output / MANIFEST_NAME, manifest_json(manifest))
-        return PruneResult(output, results, manifest, stream.forward_calls, start, self.head_counts)
+        return PruneResult(output, results, manifest, stream.forward_calls, start, self.head_counts, reshape_line)
 
-    def _reshaped(self, workdir: Workdir, results, output: Path, force: bool, passes, start, started) -> dict:
+    def _reshaped(self, workdir: Workdir, results, output: Path, force: bool, passes, start, started):
         """The mask-mode checkpoint written beside `output` (on its disk: a copy of the model,
         which a /tmp workdir may not hold), its heads sliced out into `output`, then removed."""
         masked = output.parent / f".{output.name}.masked-{os.getpid()}"
@@ -270,13 +272,12 @@ class _Run:
             manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
             with output_errors(masked):
                 write_text_atomic(masked / MANIFEST_NAME, manifest_json(manifest))
-            from surgeon.prune.reshape import reshape
+            from surgeon.prune.reshape import reshape, summary
             from surgeon.prune.reshape_check import transformers_problem
 
             check_stop(self.should_stop)
-            return reshape(
-                masked, output, force=force, config_problem=transformers_problem, cancel=self.cancel
-            ).manifest
+            done = reshape(masked, output, force=force, config_problem=transformers_problem, cancel=self.cancel)
+            return done.manifest, summary(done)
         finally:
             shutil.rmtree(masked, ignore_errors=True)
 
