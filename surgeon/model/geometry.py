@@ -148,7 +148,10 @@ def _layer_index(key: object) -> int | None:
     widest index ("05" among 60 layers) and reads them back with int()."""
     if isinstance(key, int):
         return key
-    return int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else None
+    # at most 9 digits once the zeros are off: no layer numbers past that, and int() of a
+    # hostile 5000-digit key raises (Python's int max str digits), which was an internal error
+    digits = key.lstrip("0") if isinstance(key, str) and key.isascii() and key.isdigit() else None
+    return None if digits is None or len(digits) > 9 else int(digits or "0")
 
 
 def _layer_types(cfg: dict) -> list:
