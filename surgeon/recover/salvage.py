@@ -129,10 +129,20 @@ def layers_of(names) -> set[int]:
     return {layer for name in names if (layer := parse_name(name).layer) is not None}
 
 
+def _reshaped(candidate: Checkpoint) -> bool:
+    """Whether the candidate's manifest records a reshape (prune --mode reshape, surgeon reshape)."""
+    return isinstance(_candidate_manifest(candidate).get("reshape"), dict)
+
+
 def layer_tensors(base: Checkpoint, candidate: Checkpoint, keep: set[int], keep_non_layer: bool) -> dict:
     """Tensor name -> TensorSource in the candidate, for every tensor that comes from it."""
     for name, info in candidate.tensors.items():
         b = base.tensors.get(name)
+        if b is not None and b.dtype == info.dtype and b.shape != info.shape and _reshaped(candidate):
+            raise SurgeonError(
+                f"{candidate.source}: a reshaped checkpoint (its heads sliced out): salvage works on the "
+                "mask-mode build, before the reshape; salvage that one, then reshape what it writes"
+            )
         if b is None or b.dtype != info.dtype or b.shape != info.shape:
             raise SurgeonError(
                 f"{name}: differs in name, dtype or shape between base and candidate; salvage "

@@ -44,6 +44,7 @@ from surgeon.format.manifest import MANIFEST_NAME, PruneManifest, WrittenRecord,
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layers_phrase
 from surgeon.progress import NoProgress, ProgressSink
+from surgeon.recover.verify_reshape import check_reshape
 from surgeon.text import layer_ranges
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")  # transformers imports the code they name
@@ -222,6 +223,11 @@ def _verify_surgeon(
     # The cache holds this run's hashes; side files are checked against the manifest, not hashed again here.
     options = DiffOptions(cache_dir=cache.root, trust_blob_names=False, files=False)
     _check_claims(manifest, diff_checkpoints(base_ckpt, ckpt, options), report)
+    reshape = manifest.get("reshape")
+    if isinstance(reshape, dict):  # the heads sliced out: the kept rows are the base's (verify_reshape)
+        checks, problems = check_reshape(reshape, base_ckpt, ckpt)
+        report.checks += checks
+        report.discrepancies += problems
     report.claims_checked = True
 
 

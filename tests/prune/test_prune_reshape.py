@@ -97,3 +97,25 @@ def test_a_reshape_that_cannot_be_made_is_one_line_before_any_work(tmp_path, arg
     assert result.exit_code == 2 and words in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and not out.exists()
     assert not any(p.name.startswith(".out.masked") for p in tmp_path.iterdir())
+
+
+def test_verify_holds_the_reshape_against_the_base_and_catches_a_false_claim(reshaped, tmp_path):
+    out, _ = reshaped
+    result = CliRunner().invoke(main, ["verify", str(out), "--base", str(DEMO_MODEL)])
+    assert result.exit_code == 0, result.output
+    assert "the reshape's claims hold: layers 0-7 keep the base's q, k and v rows" in result.output
+    tampered = shutil.copytree(out, tmp_path / "tampered")
+    manifest = json.loads((tampered / "prune_manifest.json").read_text())
+    layer = manifest["reshape"]["layers"][3]
+    kept, removed = layer["kept_heads"], layer["removed_heads"]
+    kept[0], removed[0] = removed[0], kept[0]  # claims another head was kept
+    (tampered / "prune_manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["verify", str(tampered), "--base", str(DEMO_MODEL)])
+    assert result.exit_code == 1 and "layer 3: q_proj's rows for head" in result.output, result.output
+
+
+def test_salvage_of_a_reshaped_candidate_says_to_salvage_the_mask_mode_build(reshaped, tmp_path):
+    out, _ = reshaped
+    args = ["salvage", str(out), "--base", str(DEMO_MODEL), "--keep", "0-3", "-o", str(tmp_path / "s")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "salvage works on the mask-mode build, before the reshape" in result.output
