@@ -12,6 +12,8 @@ from threadpoolctl import threadpool_limits
 
 from surgeon.diff import stats_cache
 from surgeon.diff.bytes import Pair, compare_bytes
+from surgeon.diff.reshape import ReshapeFindings, Sliced, find_reshape
+from surgeon.diff.reshape_rows import KeptHeads, compare_cols, compare_rows, readable
 from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
 from surgeon.diff.statuses import FileStatus, ShardStatus, TensorStatus
 from surgeon.format.checkpoint import Checkpoint, public_name, side_files
@@ -113,6 +115,7 @@ class DiffReport:
     files: list[FileDiff]
     main_stack: str | None
     num_layers: int  # distinct layer numbers in the main stack (max+1 only when they are 0..n-1)
+    reshape: ReshapeFindings | None = None  # OTHER's attention lost whole heads (diff/reshape.py)
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tensors if t.status == status)
@@ -161,6 +164,7 @@ def diff_checkpoints(
         sha_b, sha_o, shard_sha = {}, {}, ({}, {})
         equal = _bytes_equal(base, other, options, progress, cancel)
     tensors = _tensor_statuses(base, other, sha_b, sha_o, equal)
+    reshape = _add_reshape(base, other, tensors, options.stats, cancel)
     if options.stats:
         _add_stats(base, other, tensors, options, cancel)
     return DiffReport(
@@ -172,6 +176,7 @@ def diff_checkpoints(
         files=_file_diffs(base, other) if options.files else [],
         main_stack=_main_stack(tensors),
         num_layers=_num_layers(tensors),
+        reshape=reshape,
     )
 
 
@@ -341,6 +346,43 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
     with threadpool_limits(limits=1, user_api="blas"):
         map_cancellable(work, todo, options.workers or default_workers(), cancel)
     _flag_uniform_attention(other, tensors, geometry)
+
+
+def _add_reshape(base, other, tensors: list[TensorDiff], stats: bool, cancel) -> ReshapeFindings | None:
+    """Mark the projections a reshape sliced `reshaped`, and compare each kept head with
+    BASE's head it stands for (heads, and stats of the kept heads when `stats`). Runs with
+    or without --no-stats: which heads went is what the status means."""
+    findings = find_reshape(base, other, tensors)
+    if findings is None:
+        return None
+    for diff in tensors:
+        sliced = findings.tensors.get(diff.name)
+        if sliced is None or diff.status != "retyped":
+            continue
+        check_stop(cancel.is_set if cancel is not None else None)
+        diff.status = "reshaped"
+        b, o = base.tensors[diff.name], other.tensors[diff.name]
+        if sliced.kept is None or not (readable(b) and readable(o)):
+            continue  # which heads OTHER's are is not established: the layer's note says so
+        compare = compare_cols if sliced.axis == "cols" else compare_rows
+        kept = compare(
+            (base.shard_path(b.file), other.shard_path(o.file)), (b, o), sliced.kept, sliced.layer.head_dim, stats
+        )
+        diff.heads = _reshaped_heads(sliced, kept)
+        diff.stats = kept.stats
+    return findings
+
+
+def _reshaped_heads(sliced: Sliced, kept: KeptHeads) -> HeadReport:
+    """The per-head view over BASE's heads: `removed` where OTHER has no such head, else as
+    for a same-shape pair (zeroed, changed, unchanged)."""
+    statuses = ["removed"] * sliced.num_heads
+    other_zero = [False] * sliced.num_heads  # a removed head has no values in OTHER
+    for position, head in enumerate(sliced.kept or []):
+        zeroed = kept.other_zero[position] and not kept.base_zero[position]
+        statuses[head] = "zeroed" if zeroed else "changed" if kept.changed[position] else "unchanged"
+        other_zero[head] = kept.other_zero[position]
+    return HeadReport(sliced.projection, sliced.axis, sliced.num_heads, sliced.layer.head_dim, statuses, other_zero)
 
 
 def _has_stats(diff: TensorDiff, base: Checkpoint, other: Checkpoint) -> bool:

@@ -10,7 +10,7 @@ from typing import Literal, get_args
 
 from surgeon.diff.engine import SideSummary
 from surgeon.diff.report import SCHEMA
-from surgeon.diff.statuses import SHARD_STATUSES, STATUSES
+from surgeon.diff.statuses import SHARD_STATUSES, status_counts
 from surgeon.model.names import layers_phrase
 
 Verdict = Literal["within", "differs", "unverified", "shape-mismatch", "base-only", "quant-only"]
@@ -266,7 +266,7 @@ def to_json(report: QuantReport) -> dict:
         "summary": {
             "identical": False,
             "text": summary_line(report),
-            "tensors": {"total": len(report.tensors)} | {s: statuses.count(s) for s in STATUSES},
+            "tensors": {"total": len(report.tensors)} | status_counts(statuses),
             "shards": {"total": 0} | dict.fromkeys(SHARD_STATUSES, 0),
             "layer_stack": report.main_stack,
             "num_layers": report.num_layers,

@@ -15,7 +15,7 @@ the card has, surgeon's own text, never a name.
 from __future__ import annotations
 
 from surgeon.diff.engine import DiffReport, ShardDiff, TensorDiff
-from surgeon.diff.report import FamilyRow, differing, experts_note, shown_family_rows
+from surgeon.diff.report import FamilyRow, differing, experts_note, reshape_rows, shown_family_rows
 from surgeon.model.names import layers_cell
 from surgeon.text import layer_ranges, md_code, md_text
 
@@ -43,6 +43,7 @@ def render_markdown(report: DiffReport, more: list[str] | None = None) -> str:
     lines += [f"| {label} | {changed} | {unchanged} |" for label, changed, unchanged in _table(report)]
     lines += ["", _count_sentence(report)]
     lines += _head_sentences(report)
+    lines += _reshape_lines(report)
     lines += ["", "## SHA256 evidence", ""]
     lines += [_shard_bullet(s, report) + _blob_name_note(s) for s in report.shards]
     lines += [f"- {md_code(f.name, table=False)}: {_file_verdict(f.status)}." for f in report.files]
@@ -160,6 +161,21 @@ def _head_sentences(report: DiffReport) -> list[str]:
                 "have zero `q_proj` rows but non-zero `o_proj` columns: "
                 "they attend uniformly and are not removed.",
             ]
+    return lines
+
+
+def _reshape_lines(report: DiffReport) -> list[str]:
+    """A line per reshaped layer: the heads sliced out, and the kept heads against the base's.
+    Only numbers and surgeon's words: no name from a file."""
+    if report.reshape is None:
+        return []
+    where = "`prune_manifest.json`" if report.reshape.manifest else "matching the kept heads' rows to the base's"
+    lines = ["", f"Attention heads sliced out (reshape; which heads from {where}, compared with the base's rows):", ""]
+    for row in reshape_rows(report):
+        kv = f"; KV heads {row.kv_heads}, removed {row.kv_removed}" if row.kv_heads else ""
+        line = f"- L{row.layer}: heads {row.heads}, removed {row.removed}{kv}; "
+        line += f"kept q/k/v rows {row.kept}, `o_proj` {row.o_proj}"
+        lines.append(line + (f" ({md_text(row.note)})" if row.note else "") + ".")
     return lines
 
 

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from surgeon.diff.engine import DiffReport, TensorDiff
 from surgeon.diff.fold import FoldedName
-from surgeon.diff.report import differing, experts_note, shown_family_rows, summary_line
+from surgeon.diff.report import differing, experts_note, reshape_rows, shown_family_rows, summary_line
 from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.model.names import layers_cell
 from surgeon.text import inert, layer_ranges
@@ -51,6 +51,8 @@ def render_terminal(report: DiffReport, console: Console, verbose: bool = False)
         console.print(_tensors_table(shown, report.hashed, wide=wide))
         if len(rows) > MAX_TENSOR_ROWS and not verbose:
             console.print(Text(f"… {len(rows) - MAX_TENSOR_ROWS} more (use --verbose or --json)", style="dim"))
+    if report.reshape is not None:
+        _print_reshape(report, console)
     for t in rows:
         if t.heads and t.heads.uniform_attention:
             heads = ", ".join(map(str, t.heads.uniform_attention))
@@ -167,8 +169,10 @@ def _tensors_table(rows: list[TensorDiff], hashed: bool, wide: bool = True) -> T
                 _num(stats.cosine, ".6f"),
                 f"{stats.frac_changed:.1%}",
             ]
-        if t.status == "retyped" and t.base is not None and t.other is not None and t.base.shape != t.other.shape:
-            cells[0] = _plain(f"{t.base.shape} → {t.other.shape}")  # no stats across shapes
+        if t.base is not None and t.other is not None and t.base.shape != t.other.shape and stats is None:
+            cells[0] = _plain(
+                f"{t.base.shape} → {t.other.shape}"
+            )  # no stats across shapes (a reshape's are of its kept heads)
         table.add_row(_plain(t.name), _status_cell(t), *cells[: len(columns)], _heads_cell(t))
     return table
 
@@ -196,9 +200,36 @@ def _heads_cell(t: TensorDiff) -> Text | str:
     if t.heads is None:
         return ""
     parts = []
-    for status, style in (("zeroed", "red"), ("changed", "yellow")):
+    for status, style in (("removed", "red"), ("zeroed", "red"), ("changed", "yellow")):
         heads = t.heads.heads_with(status)
         if heads:
             parts.append(Text(f"{status} {','.join(map(str, heads))}", style=style))
     parts.append(Text(f"of {t.heads.num_heads}×{t.heads.head_dim}", style="dim"))
     return Text(" ").join(parts)
+
+
+def _print_reshape(report: DiffReport, console: Console) -> None:
+    """A row per reshaped layer: the heads that went, and the kept heads against BASE's.
+    The columns fit 80: no name from a file is in them, only numbers and surgeon's words."""
+    assert report.reshape is not None  # the caller checked
+    where = "prune_manifest.json" if report.reshape.manifest else "matched by their q/k rows"
+    table = Table(title=f"Reshaped attention (heads: {where})", title_justify="left")
+    for column in ("layer", "heads", "removed", "KV heads", "KV removed"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("kept q/k/v")
+    table.add_column("kept o_proj")
+    for row in reshape_rows(report):
+        kept_style = "green" if row.kept == "identical" else "yellow"
+        table.add_row(
+            str(row.layer),
+            row.heads,
+            Text(row.removed, style="red"),
+            row.kv_heads,
+            Text(row.kv_removed, style="red" if row.kv_removed not in ("none", "") else "dim"),
+            Text(row.kept, style=kept_style),
+            Text(row.o_proj, style="yellow" if row.o_proj == "changed" else ""),
+        )
+    console.print(table)
+    notes = [*report.reshape.notes, *(f"layer {r.layer}: {r.note}" for r in reshape_rows(report) if r.note)]
+    for note in notes:
+        console.print(Text(f"note: {inert(note)}", style="yellow"))

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from surgeon.diff.engine import DiffReport, HeadReport, TensorDiff
-from surgeon.diff.statuses import SHARD_STATUSES, STATUSES
+from surgeon.diff.reshape import ReshapeFindings
+from surgeon.diff.statuses import SHARD_STATUSES, STATUSES, status_counts
 from surgeon.model.names import expert_family, fused_experts, layers_phrase
 from surgeon.text import layer_ranges
 
@@ -158,7 +159,7 @@ def uniform_attention(report: DiffReport) -> list[dict]:
 def to_json(report: DiffReport) -> dict:
     layers = report.layers_changed()
     changed = set(layers)
-    return {
+    out = {
         "schema": SCHEMA,
         "base": asdict(report.base),
         "other": asdict(report.other),
@@ -166,7 +167,7 @@ def to_json(report: DiffReport) -> dict:
         "summary": {
             "identical": report.identical,
             "text": summary_line(report),
-            "tensors": {"total": len(report.tensors)} | {s: report.count(s) for s in STATUSES},
+            "tensors": {"total": len(report.tensors)} | status_counts([t.status for t in report.tensors]),
             "shards": {"total": len(report.shards)} | {s: _shard_count(report, s) for s in SHARD_STATUSES},
             "layer_stack": report.main_stack,
             "num_layers": report.num_layers,
@@ -178,6 +179,32 @@ def to_json(report: DiffReport) -> dict:
         "shards": [asdict(s) for s in report.shards],
         "files": [asdict(f) for f in report.files],
         "tensors": [_tensor_json(t) for t in report.tensors],
+    }
+    if report.reshape is not None:  # only for a reshaped pair: every other pair's JSON is as it was
+        out["reshape"] = reshape_json(report.reshape)
+    return out
+
+
+def reshape_json(found: ReshapeFindings) -> dict:
+    return {
+        "manifest": found.manifest,
+        "notes": found.notes,
+        "layers": [
+            {
+                "stack": layer.stack,
+                "layer": layer.layer,
+                "source": layer.source,
+                "head_dim": layer.head_dim,
+                "num_heads": layer.num_heads,
+                "num_kv_heads": layer.num_kv_heads,
+                "removed_heads": layer.removed_heads,
+                "kept_heads": layer.kept_heads,
+                "removed_kv_heads": layer.removed_kv_heads,
+                "kept_kv_heads": layer.kept_kv_heads,
+                "note": layer.note,
+            }
+            for layer in found.layers
+        ],
     }
 
 
@@ -210,4 +237,71 @@ def _heads_json(h: HeadReport) -> dict:
         "unchanged": h.heads_with("unchanged"),
         "all_zero": [i for i, z in enumerate(h.other_zero) if z],
         "uniform_attention": h.uniform_attention,
-    }
+    } | ({"removed": h.heads_with("removed")} if "removed" in h.statuses else {})  # a reshaped tensor only
+
+
+@dataclass
+class ReshapeRow:
+    """One reshaped layer as the terminal and the card show it."""
+
+    layer: int
+    heads: str  # "8 → 6"
+    removed: str  # "0, 1"; "?" where not established
+    kv_heads: str  # "4 → 3"; "" without a k_proj
+    kv_removed: str  # "0"; "none"; "?"
+    kept: str  # the kept heads' q/k/v rows against BASE's: "identical", "q changed 3", "not compared"
+    o_proj: str  # the kept heads' o_proj columns: "changed", "identical", "not compared"
+    note: str | None
+
+
+def reshape_rows(report: DiffReport) -> list[ReshapeRow]:
+    if report.reshape is None:
+        return []
+    by_layer: dict[tuple[str, int], list[TensorDiff]] = {}
+    for t in report.tensors:
+        if t.status == "reshaped" and t.stack is not None and t.layer is not None:
+            by_layer.setdefault((t.stack, t.layer), []).append(t)
+    rows = []
+    for layer in report.reshape.layers:
+        sliced = by_layer.get((layer.stack, layer.layer), [])
+        kv_before, kv_after = layer.num_kv_heads
+        rows.append(
+            ReshapeRow(
+                layer.layer,
+                f"{layer.num_heads[0]} → {layer.num_heads[1]}",
+                _heads_list(layer.removed_heads),
+                "" if kv_before is None else f"{kv_before} → {kv_after}",
+                "" if kv_before is None else _heads_list(layer.removed_kv_heads),
+                _kept_rows([t for t in sliced if not _is_o(t)], by_projection=True),
+                _kept_rows([t for t in sliced if _is_o(t)], by_projection=False),
+                layer.note,
+            )
+        )
+    return rows
+
+
+def _heads_list(heads: list[int] | None) -> str:
+    if heads is None:
+        return "?"
+    return ", ".join(map(str, heads)) if heads else "none"
+
+
+def _is_o(t: TensorDiff) -> bool:
+    return t.family.endswith("o_proj.weight")
+
+
+def _kept_rows(tensors: list[TensorDiff], by_projection: bool) -> str:
+    """What the kept heads of these tensors are against BASE's: `identical`, `changed`
+    (o_proj), or the q/k/v heads that changed (`q changed 3`)."""
+    if not tensors:
+        return "-"
+    if any(t.heads is None for t in tensors):
+        return "not compared"
+    parts = []
+    for t in tensors:
+        assert t.heads is not None  # checked above
+        moved = t.heads.heads_with("changed") + t.heads.heads_with("zeroed")
+        if moved:
+            label = f"{t.heads.projection[0]} changed {layer_ranges(sorted(moved))}" if by_projection else "changed"
+            parts.append(label)
+    return "; ".join(dict.fromkeys(parts)) if parts else "identical"

@@ -340,3 +340,20 @@ def zero_heads(path: Path, info: TensorInfo, layout: HeadLayout) -> list[bool] |
     scan = tensor_stats(path, info, path, info, layout)[1]
     assert scan is not None  # the layout fits, so tensor_stats scanned heads
     return scan.other_zero
+
+
+class PairStats:
+    """Stats of other - base fed a pair of chunks at a time, raw elements of one dtype paired
+    by position: a reshaped tensor's kept heads against BASE's rows (or columns) of those
+    heads, which no byte range of the two tensors lines up (surgeon.diff.reshape)."""
+
+    def __init__(self, dtype: DType):
+        self.dtype = dtype
+        self._acc = _Accumulator(None)
+        self._workspace = _Workspace(STATS_CHUNK_ELEMENTS)
+
+    def add(self, raw_b: np.ndarray, raw_o: np.ndarray) -> None:
+        self._acc.add(raw_b, raw_o, (self.dtype, self.dtype), self._workspace, 0)
+
+    def stats(self) -> TensorStats:
+        return self._acc.stats()
