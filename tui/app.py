@@ -53,6 +53,7 @@ from .views import (
     kl_order,
     layer_rows,
     plan_text,
+    reshape_text,
     search_live_text,
     status_text,
 )
@@ -177,7 +178,9 @@ class SurgeonApp(App):
         self.query_one(OverviewPane).show(session.report, rows)
         text_name = session.eval_text_name
         # the Plan tab's one line names the text too, within 80 columns (perplexity and KL only)
-        self.query_one(PlanPane).show(rows, summary, session.candidate.name, plan_eval, session.layer_kl, text_name)
+        reshape = session.reshape_preview()
+        plan_pane = self.query_one(PlanPane)
+        plan_pane.show(rows, summary, session.candidate.name, plan_eval, session.layer_kl, text_name, reshape)
         self.query_one(TensorsPane).show(session.report, set(summary.from_candidate))
         canary = self.query_one(CanaryPane)
         canary.show(f"keep {summary.keep_text}", report, self._steps_text(), eval_text(plan_eval, text_name))
@@ -446,11 +449,15 @@ class SurgeonApp(App):
         # The verdicts first: at 80x24 the plan's details scroll in a box of 7 lines.
         description = _canary_note(status.canary)
         description.append("\n").append_text(eval_text(status.eval, session.eval_text_name))
+        reshape = session.reshape_preview()
+        offer = reshape_text(reshape) if reshape.problem is None else None
+        if offer is not None:  # ticking Reshape slices the removed heads out of what is written
+            description.append("\n").append_text(offer).append(" (tick Reshape)", style="dim")
         description.append("\n").append_text(plan_text(summary, session.candidate.name))
         inputs = [session.base, session.candidate]
-        self.push_screen(WriteDialog(default, description, inputs), self._write_confirmed)
+        self.push_screen(WriteDialog(default, description, inputs, offer), self._write_confirmed)
 
-    def _write_confirmed(self, answer: tuple[Path, bool] | None) -> None:
+    def _write_confirmed(self, answer: tuple[Path, bool, bool] | None) -> None:
         if answer is None:
             return
         request = self.session.write_request(*answer)
@@ -477,7 +484,7 @@ class SurgeonApp(App):
         heads = pane.heads_text().plain  # what the fraction comes to, in whole heads
         question = (
             f"Prune {session.base.name} into a new folder:\n{output}\n\nfraction {options.prune_frac:g}, "
-            f"layers {options.layers}, importance {options.importance}, heal {options.heal}."
+            f"layers {options.layers}, importance {options.importance}, heal {options.heal}, mode {options.mode}."
             + (f"\n{heads[0].upper()}{heads[1:]}." if heads else "")
         )
 

@@ -100,18 +100,22 @@ class ConfirmDialog(Dialog[bool]):
         self.dismiss(False)
 
 
-class WriteDialog(Dialog["tuple[Path, bool] | None"]):
-    """Where to write the current plan, with what it will write; returns (path, replace)."""
+class WriteDialog(Dialog["tuple[Path, bool, bool] | None"]):
+    """Where to write the current plan, with what it will write; returns (path, replace,
+    reshape). `reshape`: where the plan can be reshaped, the line saying what it saves; the
+    dialog then offers a Reshape box (off), which slices the removed heads out."""
 
     DEFAULT_CSS = """
     #write-description-box { height: auto; max-height: 7; margin-bottom: 1; }
     #write-replace { width: 1fr; }
+    WriteDialog #dialog-buttons Button { min-width: 10; }  /* with Reshape: every label whole at 80 */
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, default_output: Path, description, inputs: list[Path]):
+    def __init__(self, default_output: Path, description, inputs: list[Path], reshape: Text | None = None):
         super().__init__()
         self.default_output, self.description, self.inputs = default_output, description, inputs
+        self.reshape = reshape
 
     def compose(self) -> ComposeResult:
         # The plan's description scrolls in its own box, so that at 80x24 the folder box, the
@@ -124,6 +128,8 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
             yield Input(str(self.default_output), id="write-output")
             with Horizontal(id="dialog-buttons"):
                 yield Checkbox("Replace if it exists", id="write-replace")
+                if self.reshape is not None:
+                    yield Checkbox("Reshape", id="write-reshape", tooltip=self.reshape)
                 yield Button("Write", id="write", variant="success")
                 yield Button("Cancel", id="cancel")
         yield Footer()
@@ -142,6 +148,8 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
         replacing an existing folder is confirmed first, since everything in it goes."""
         text = self.query_one("#write-output", Input).value.strip()
         replace = self.query_one("#write-replace", Checkbox).value
+        boxes = self.query("#write-reshape").results(Checkbox)
+        reshape = any(box.value for box in boxes)
         if not text:
             self.notify("Give an output folder", severity="error")
             return
@@ -152,7 +160,7 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
             self.notify(inert(exc), severity="error", timeout=8, markup=False)
             return
         if not exists:
-            self.dismiss((output, False))
+            self.dismiss((output, False, reshape))
         elif not replace:
             message = f"{inert(output)} already exists: tick Replace to replace it, or choose another"
             self.notify(message, severity="error", markup=False)
@@ -161,7 +169,7 @@ class WriteDialog(Dialog["tuple[Path, bool] | None"]):
 
             def answered(yes: bool | None) -> None:
                 if yes:
-                    self.dismiss((output, True))
+                    self.dismiss((output, True, reshape))
 
             # A question of the dialog's own, stacked over it: the app's session is not involved.
             self.app.push_screen(ConfirmDialog(question, "Replace"), answered)

@@ -24,7 +24,7 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.writer import check_output_folder
 from surgeon.model.families import LayerSpec
 from surgeon.model.names import parse_layer_spec, parse_layers
-from surgeon.prune.options import HEALS, IMPORTANCE, PRUNE_DEFAULTS, PruneOptions
+from surgeon.prune.options import HEALS, IMPORTANCE, MODES, PRUNE_DEFAULTS, PruneOptions
 from surgeon.runtime.settings import RunSettings
 from surgeon.text import inert
 
@@ -486,8 +486,8 @@ class TensorsPane(Vertical):
 class PlanPane(Vertical):
     DEFAULT_CSS = """
     #plan-summary, #plan-eval { height: auto; padding: 0 1; }
-    #plan-costs { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
-    #plan-controls { height: 1; margin: 1 0 0 0; }
+    #plan-costs, #plan-reshape { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    #plan-controls { height: 1; }
     #plan-controls Button { margin: 0 0 0 1; }
     #plan-range { width: 1fr; margin: 0 0 0 1; }
     #plan-map { height: 1fr; }
@@ -512,6 +512,9 @@ class PlanPane(Vertical):
         yield Static("Hashing both checkpoints...", id="plan-summary")
         yield Static("", id="plan-eval")
         yield Static("", id="plan-costs")  # one line, cut at the screen's edge: the map has every value
+        # whether the plan could be reshaped, and what it saves: in the row that once only set the
+        # controls apart, so that at 80x24 the map still keeps a row for each of 8 layers
+        yield Static("", id="plan-reshape")
         # One line of compact controls: at 80x24 the map keeps a row for each of 8 layers.
         with Horizontal(id="plan-controls"):
             yield Input(placeholder="l: layers, e.g. 4-59", id="plan-range", compact=True)
@@ -522,10 +525,19 @@ class PlanPane(Vertical):
         yield Static(views.map_legend(), id="plan-legend")
 
     def show(
-        self, rows: list[views.LayerRow], summary, candidate_name: str, plan_eval=None, layer_kl=None, text_name=None
+        self,
+        rows: list[views.LayerRow],
+        summary,
+        candidate_name: str,
+        plan_eval=None,
+        layer_kl=None,
+        text_name=None,
+        reshape=None,
     ) -> None:
         """`plan_eval`: this plan's eval summary, None when not evaluated, measured on the text
-        `text_name`; `layer_kl`: each changed layer's KL alone, None before it is measured."""
+        `text_name`; `layer_kl`: each changed layer's KL alone, None before it is measured;
+        `reshape`: what a reshape would make of the plan (a ReshapePreview), None: no line."""
+        self.query_one("#plan-reshape", Static).update(views.reshape_text(reshape) if reshape else "")
         self.query_one("#plan-summary", Static).update(views.plan_text(summary, candidate_name))
         self.query_one("#plan-eval", Static).update(views.eval_text(plan_eval, text_name, brief=True))
         self.query_one("#plan-costs", Static).update(views.layer_cost_text(layer_kl))
@@ -633,6 +645,7 @@ class StatusLine(Static):
 
 IMPORTANCE_CHOICES = [(name, name) for name in IMPORTANCE]  # the prune options own the names
 HEAL_CHOICES = [(name, name) for name in HEALS]
+MODE_CHOICES = [(name, name) for name in MODES]
 
 
 class PrunePane(VerticalScroll):
@@ -643,7 +656,7 @@ class PrunePane(VerticalScroll):
     DEFAULT_CSS = """
     .form-row { height: 3; }
     .form-label { width: 11; padding: 1 1 0 0; text-align: right; }
-    #prune-frac, #prune-layers, #prune-importance, #prune-heal { width: 1fr; }
+    #prune-frac, #prune-layers, #prune-importance, #prune-heal, #prune-mode { width: 1fr; }
     #prune-output { width: 1fr; }
     #prune-heads { height: auto; padding: 0 0 0 11; }
     #prune-progress { height: auto; min-height: 4; }
@@ -664,6 +677,8 @@ class PrunePane(VerticalScroll):
             yield Input(f"{PRUNE_DEFAULTS.prune_frac:g}", id="prune-frac")  # the options' defaults, as the CLI's
             yield Label("layers", classes="form-label")
             yield Input(PRUNE_DEFAULTS.layers, id="prune-layers")
+            yield Label("mode", classes="form-label")  # mask zeroes the heads, reshape slices them out
+            yield Select(MODE_CHOICES, value=PRUNE_DEFAULTS.mode, allow_blank=False, id="prune-mode")
         yield Static("", id="prune-heads")  # the heads the fraction typed comes to, as prune counts them
         with Horizontal(classes="form-row"):
             yield Label("importance", classes="form-label")
@@ -716,6 +731,7 @@ class PrunePane(VerticalScroll):
             "layers": self.query_one("#prune-layers", Input).value.strip() or PRUNE_DEFAULTS.layers,
             "importance": str(self.query_one("#prune-importance", Select).value),
             "heal": str(self.query_one("#prune-heal", Select).value),
+            "mode": str(self.query_one("#prune-mode", Select).value),
             "output": self.query_one("#prune-output", Input).value.strip(),
         }
 
@@ -769,9 +785,12 @@ def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pat
         layers=form["layers"],
         importance=form["importance"],
         heal=form["heal"],
+        mode=form.get("mode", PRUNE_DEFAULTS.mode),
         run=RunSettings(tokenizer=str(tokenizer) if tokenizer else None),
     )
     options.validate()
+    if options.mode == "reshape":
+        _check_reshape(base, options, num_layers)
     default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
     output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
     try:
@@ -779,6 +798,22 @@ def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pat
     except OutputExists:
         raise SurgeonError(f"{output}: already exists; choose another output folder") from None
     return options, output
+
+
+def _check_reshape(base: Path, options: PruneOptions, num_layers: int | None) -> None:
+    """A reshape the prune would refuse after loading torch, refused now in its words
+    (torch-free): every layer pruned, and a fraction every KV group can share (the solver's
+    one line, naming the reachable fractions)."""
+    from surgeon.prune.reshape_plan import solve, type_geometries
+
+    if num_layers is not None and sorted(parse_layers(options.layers, num_layers, what="layers")) != list(
+        range(num_layers)
+    ):
+        raise SurgeonError(
+            "a reshape prunes every layer: transformers keeps one number of query heads for the whole model; "
+            "set layers to all, or use mask mode"
+        )
+    solve(type_geometries(open_checkpoint(base).config or {}), options.prune_frac)
 
 
 def _free_folder(path: Path) -> Path:

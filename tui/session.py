@@ -15,8 +15,11 @@ session; the app stores what they return, on its own thread, when the job ends.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -28,6 +31,7 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
 from surgeon.model.families import LayerSpec, model_layout
 from surgeon.progress import ProgressSink
+from surgeon.prune.reshape import ReshapePreview, preview
 from surgeon.quality.options import EvalOptions
 from surgeon.recover.canary.checks import CanaryOptions, CanaryReport, Prompt, canary_cache_dir, read_prompts
 from surgeon.recover.plan import PlanSummary, RollbackPlan
@@ -96,23 +100,59 @@ class WriteRequest:
     canary_before: dict | None
     auto_steps: list[SearchStep] | None
     quality: dict | None
+    reshape: bool = False  # the plan's removed heads sliced out of the written shapes
 
     def run(self, progress: ProgressSink, cancel: threading.Event) -> VerifyReport:  # (worker)
+        if not self.reshape:
+            self._salvage(self.output, self.replace, progress, cancel)
+        else:
+            # as prune --mode reshape does (engine._Run._reshaped): the mask-mode plan beside the
+            # output, on its disk, its heads sliced out into the output, then removed
+            masked = self.output.parent / f".{self.output.name}.masked-{os.getpid()}"
+            try:
+                self._salvage(masked, False, progress, cancel)
+                from surgeon.prune.reshape import reshape
+
+                progress.start("reshaping", 0)
+                reshape(
+                    masked,
+                    self.output,
+                    force=self.replace,
+                    config_problem=_transformers_check(),
+                    cancel=cancel,
+                    progress=progress,
+                )
+            finally:
+                shutil.rmtree(masked, ignore_errors=True)
+        progress.start("verifying", 0)
+        return verify(self.output, self.base)
+
+    def _salvage(self, output: Path, replace: bool, progress: ProgressSink, cancel: threading.Event) -> None:
         salvage(
             self.candidate,
             self.base,
             self.keep,
-            self.output,
+            output,
             keep_non_layer=self.keep_non_layer,
-            force=self.replace,
+            force=replace,
             canary_before=self.canary_before,
             auto_steps=self.auto_steps,
             cancel=cancel,
             progress=progress,
             quality=self.quality,
         )
-        progress.start("verifying", 0)
-        return verify(self.output, self.base)
+
+
+def _transformers_check() -> Callable[[dict], str | None] | None:
+    """What transformers says of a reshaped config (surgeon.prune.reshape_check), as the CLI
+    asks; None where transformers is not installed (a light install: nothing to ask)."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    from surgeon.prune.reshape_check import transformers_problem
+
+    return transformers_problem
 
 
 class PairSession:
@@ -154,6 +194,7 @@ class PairSession:
         self.eval_reports: dict[Plan, EvalSummary] = {}  # kept layers -> eval summary
         self.layer_kl: dict[int, float | None] | None = None  # each changed layer's KL alone
         self.eval_record: dict | None = None  # the eval text, as the manifest's quality record names it
+        self.reshapes: dict[Plan, ReshapePreview] = {}  # what a reshape would make of each plan
 
     def open_candidate(self, candidate: Path) -> None:
         """Another candidate over the same base (a prune's output): the plan, its undo history,
@@ -215,6 +256,30 @@ class PairSession:
     def status(self) -> PlanStatus:
         key = self.plan_key()
         return PlanStatus(self.rollback_plan().summary(), self.canary_reports.get(key), self.eval_reports.get(key))
+
+    def reshape_preview(self) -> ReshapePreview:
+        """Whether the plan in hand, written, could be reshaped (its removed heads sliced out)
+        and what that saves: from the diff's per-head view of the candidate (the query heads
+        zeroed in q_proj and o_proj) in the layers the plan keeps, and the candidate's config
+        and headers. No tensor is read; each plan's answer is kept."""
+        report, key = self.report, self.plan_key()
+        if key not in self.reshapes and report is not None:
+            removed: dict[int, list[int]] = {}
+            ghosts: dict[int, list[int]] = {}
+            kept = set(key)
+            for t in report.tensors:
+                heads = t.heads
+                if heads is None or heads.projection != "q_proj" or t.layer not in kept:
+                    continue
+                if t.stack != report.main_stack or t.layer is None:
+                    continue
+                removed[t.layer] = [h for h in heads.heads_with("zeroed") if h not in heads.uniform_attention]
+                ghosts[t.layer] = list(heads.uniform_attention)
+            try:
+                self.reshapes[key] = preview(open_checkpoint(str(self.candidate)), removed, ghosts)
+            except SurgeonError as exc:
+                self.reshapes[key] = ReshapePreview(0, None, problem=str(exc))
+        return self.reshapes[key]
 
     # --- the canary ---------------------------------------------------------------------
 
@@ -343,8 +408,9 @@ class PairSession:
 
     # --- the write ----------------------------------------------------------------------
 
-    def write_request(self, output: Path, replace: bool) -> WriteRequest:
-        """The write of the plan in hand to `output`, with what the manifest records of it."""
+    def write_request(self, output: Path, replace: bool, reshape: bool = False) -> WriteRequest:
+        """The write of the plan in hand to `output`, with what the manifest records of it;
+        with `reshape`, its removed heads sliced out (reshape_preview says whether it can)."""
         plan = self.rollback_plan()
         canary_before, auto_steps, quality = self.write_record()
         self.last_output = output
@@ -358,6 +424,7 @@ class PairSession:
             canary_before,
             auto_steps,
             quality,
+            reshape,
         )
 
     def write_record(self) -> tuple[dict | None, list[SearchStep] | None, dict | None]:

@@ -562,6 +562,15 @@ def layer_cost_text(layer_kl: dict[int, float | None] | None) -> Text:
     return text
 
 
+def reshape_text(preview) -> Text:
+    """The Plan tab's reshape line: whether the plan, written, could have its removed heads
+    sliced out (w offers it then), and what that saves; or why not, in a few words."""
+    text = Text("reshape: ", style="bold", no_wrap=True, overflow="ellipsis")
+    if preview.problem is not None:
+        return text.append("not possible: ", style="dim").append(inert(preview.problem), style="dim")
+    return text.append("possible", style="green").append(preview.text().removeprefix("reshape: possible"))
+
+
 def kl_cell(kl: float | None, largest: float, measured: bool) -> Text:
     """A layer's KL alone as a number and a bar scaled to the costliest layer; blank for a
     layer the candidate did not change, "-" before the per-layer eval has run."""

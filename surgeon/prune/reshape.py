@@ -458,3 +458,117 @@ def _size(count: int) -> str:
             return f"{count:,} bytes" if unit == "bytes" else f"{scaled:.1f} {unit}"
         scaled /= 1024
     return f"{scaled:.1f} GiB"
+
+
+# ---------- what a reshape would make of a plan, from headers alone ----------
+
+
+@dataclass(frozen=True)
+class ReshapePreview:
+    """What reshape would make of a checkpoint with some heads removed: either `kept` query
+    heads per layer and what the slicing saves, or `problem`, a short reason it cannot."""
+
+    num_heads: int  # query heads per layer now (the first layer's)
+    kept: int | None  # query heads every layer keeps, None where it cannot be reshaped
+    parameters_removed: int = 0
+    bytes_removed: int = 0
+    problem: str | None = None
+
+    def text(self) -> str:
+        """`reshape: possible, 6 of 8 query heads kept, saves 1,536 parameters (6.0 KiB)`."""
+        if self.problem is not None:
+            return f"reshape: not possible: {self.problem}"
+        return (
+            f"reshape: possible, {self.kept} of {self.num_heads} query heads kept, saves "
+            f"{self.parameters_removed:,} parameters ({_size(self.bytes_removed)})"
+        )
+
+
+def preview(
+    ckpt: Checkpoint, removed: dict[int, list[int]], ghosts: dict[int, list[int]] | None = None
+) -> ReshapePreview:
+    """Whether `ckpt` (a mask-mode checkpoint's config and headers: no tensor is read) with the
+    query heads `removed` (layer -> heads, q rows and o columns zero) can be reshaped, by the
+    rules check_reshapable applies to the bytes, and what it would save. `ghosts`: heads whose
+    q rows are zero and o columns are not (uniform attention, not removed). A TUI's plan
+    line: the reasons are short, not check_reshapable's sentences."""
+    ghosts = ghosts or {}
+    layers = _planned_layers(ckpt, removed)
+    num_heads = layers[0].geometry.num_heads if layers else 0
+    problem = _short_problem(layers, ghosts)
+    if problem is None:
+        try:
+            reshaped_config(ckpt.config or {}, layers, num_heads - len(layers[0].removed), ckpt.source)
+        except SurgeonError:
+            problem = "this config cannot state the KV heads each layer would keep"
+    if problem is not None:
+        return ReshapePreview(num_heads, None, problem=problem)
+    params, bytes_ = _saved(ckpt, sliced_tensors(ckpt, layers))
+    return ReshapePreview(num_heads, num_heads - len(layers[0].removed), params, bytes_)
+
+
+def _planned_layers(ckpt: Checkpoint, removed: dict[int, list[int]]) -> list[LayerHeads]:
+    """The text stack's layers (find_heads' choice of stack) with their projections, in one
+    pass over the tensor names, and the heads `removed` says."""
+    geometry = geometry_by_layer(ckpt.config, ckpt.tensors)
+    stacks = sorted({s for s, _ in geometry}, key=lambda s: ("vision" in s or "audio" in s, -_count(geometry, s)))
+    if not stacks:
+        raise SurgeonError(f"{ckpt.source}: no attention projections found: nothing to reshape")
+    stack = stacks[0]
+    found: dict[int, dict[str, TensorInfo]] = {}
+    for name, info in ckpt.tensors.items():
+        parsed = parse_name(name)
+        if parsed.stack != stack or parsed.layer is None or "attn" not in parsed.family:
+            continue
+        match = ATTENTION_PROJ.search(parsed.family)
+        if match:
+            found.setdefault(parsed.layer, {})[match["proj"]] = info
+        elif parsed.family.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+            found.setdefault(parsed.layer, {})[parsed.family[-11] + "_bias"] = info
+    return [
+        LayerHeads(layer, geo, found.get(layer, {}), sorted(set(removed.get(layer, []))))
+        for (s, layer), geo in sorted(geometry.items())
+        if s == stack
+    ]
+
+
+def _short_problem(layers: list[LayerHeads], ghosts: dict[int, list[int]]) -> str | None:
+    """Why these removals cannot be reshaped, in a few words naming the layers; None if they can."""
+    ghosted = [h.layer for h in layers if ghosts.get(h.layer)]
+    if ghosted:
+        return f"{_layers(ghosted, 'have')} zeroed q_proj rows with live o_proj columns (uniform attention)"
+    separate = [h.layer for h in layers if "q" not in h.tensors or "o" not in h.tensors]
+    if separate:
+        return f"{_layers(separate, 'have')} no separate q_proj and o_proj"
+    pruned = [h.layer for h in layers if h.removed]
+    if not pruned:
+        return "no head is removed"
+    if len(pruned) < len(layers):
+        untouched = sorted({h.layer for h in layers} - set(pruned))
+        return f"{_layers(untouched, 'keep')} all heads (every layer must keep the same number)"
+    kept: dict[int, list[int]] = {}
+    for heads in layers:
+        kept.setdefault(heads.geometry.num_heads - len(heads.removed), []).append(heads.layer)
+    if 0 in kept:
+        return f"{_layers(kept[0], 'remove')} every query head"
+    if len(kept) > 1:
+        said = "; ".join(f"{count} in {layer_ranges(where)}" for count, where in sorted(kept.items()))
+        return f"layers keep different numbers of query heads ({said})"
+    unbalanced = [h.layer for h in layers if _unbalanced(h)]
+    if unbalanced:
+        return f"in {_layers(unbalanced)} the KV groups lose different numbers of heads"
+    return None
+
+
+def _layers(layers: list[int], verb: str = "") -> str:
+    """`layer 3 has`, `layers 4-7 keep`: the layers named, the verb (plural) agreeing."""
+    if len(layers) == 1:
+        singular = {"have": "has", "keep": "keeps", "remove": "removes"}.get(verb, verb)
+        return f"layer {layers[0]} {singular}".rstrip()
+    return f"layers {layer_ranges(layers)} {verb}".rstrip()
+
+
+def _unbalanced(heads: LayerHeads) -> bool:
+    kept = set(heads.kept_heads())
+    left = {len(kept & set(range(j * heads.group, (j + 1) * heads.group))) for j in range(heads.kv_heads)}
+    return len(left - {0}) > 1
