@@ -626,7 +626,12 @@ def reshape_plan(
     planned = []
     for spec in layout.layers:
         removed = select_balanced([0.0] * spec.num_heads, spec.num_heads, spec.num_kv_heads, *plan[spec.index])
-        planned.append(LayerHeads(spec.index, geometry[(layout.stack, spec.index)], {}, removed))
+        found = geometry.get((layout.stack, spec.index))
+        if found is None:  # the reshape reads the same geometry from the same names: refuse now
+            raise SurgeonError(
+                f"layer {spec.index}: its attention geometry cannot be read from the names: cannot reshape"
+            )
+        planned.append(LayerHeads(spec.index, found, {}, removed))
     problem = transformers_problem(reshaped_config(ckpt.config or {}, planned, shape.heads, ckpt.source))
     if problem is not None:
         raise SurgeonError(f"transformers refuses the reshaped config ({problem}): cannot reshape; keep mask mode")
