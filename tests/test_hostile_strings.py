@@ -382,7 +382,12 @@ def test_prune_summary_shows_config_values_and_messages_inert():
     }
     counts = [HeadCount((0,), 8, 0.125, 1)]
     result = SimpleNamespace(
-        manifest=manifest, output=Path("out[/]\x1b[2J"), forward_calls=1, resumed_at=None, head_counts=counts
+        manifest=manifest,
+        output=Path("out[/]\x1b[2J"),
+        forward_calls=1,
+        resumed_at=None,
+        head_counts=counts,
+        reshape_line=None,
     )
     buffer = io.StringIO()
     _summary(result, Console(file=buffer, force_terminal=True, width=200))

@@ -23,6 +23,7 @@ RUN_KEYWORDS = {"device", "dtype", "quant", "tokenizer", "tokenizer_path"}
 # tokenizer flat among them.
 PRUNE_OPTION_KEYS = [
     "prune_frac",
+    "mode",  # issue 21: mask or reshape
     "layers",
     "layer_fracs",
     "importance",
