@@ -44,7 +44,7 @@ from surgeon.format.manifest import MANIFEST_NAME, PruneManifest, WrittenRecord,
 from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layers_phrase
 from surgeon.progress import NoProgress, ProgressSink
-from surgeon.recover.verify_reshape import check_reshape
+from surgeon.recover.verify_reshape import check_reshape, record_layers
 from surgeon.text import layer_ranges
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")  # transformers imports the code they name
@@ -505,7 +505,7 @@ def _check_heads(manifest: PruneManifest, diff: DiffReport, report: VerifyReport
     o_proj = {t.layer: t for t in diff.tensors if t.family.endswith("o_proj.weight") and t.stack == diff.main_stack}
     reshape = manifest.get("reshape")
     # a reshaped layer's removed heads are gone, not zero: verify_reshape checks those layers
-    sliced = {entry["layer"] for entry in reshape.get("layers") or []} if isinstance(reshape, dict) else set()
+    sliced = {entry["layer"] for entry in record_layers(reshape)} if isinstance(reshape, dict) else set()
     for layer in manifest.get("layers") or []:
         index, heads = layer["layer"], layer.get("pruned_heads") or []
         entry = o_proj.get(index)

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint
+from surgeon.format.manifest import MANIFEST_NAME
 from surgeon.format.rows import SafetensorsRows
 from surgeon.model.geometry import config_geometry, text_config
 from surgeon.model.names import parse_name
@@ -28,7 +30,9 @@ def check_reshape(record: Mapping[str, Any], base: Checkpoint, ckpt: Checkpoint)
     problems: list[str] = []
     after = record.get("num_heads_after")
     cfg = text_config(ckpt.config or {}, None)
-    layers = record.get("layers") or []
+    layers = record_layers(record)
+    if not layers:
+        return [], ["the manifest's reshape block names no layer: its claims cannot be checked"]
     for layer in layers:
         stated = config_geometry(cfg, layer["layer"])[0]
         if stated != after:
@@ -42,6 +46,38 @@ def check_reshape(record: Mapping[str, Any], base: Checkpoint, ckpt: Checkpoint)
         return [], problems
     kept = layer_ranges([layer["layer"] for layer in layers])
     return [f"the reshape's claims hold: layers {kept} keep the base's q, k and v rows of the heads it names"], []
+
+
+def record_layers(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The record's layer entries, each checked for the types verify reads (a manifest is
+    data): SurgeonError, one line, for a malformed one."""
+    layers = record.get("layers")
+    if layers is None:
+        return []
+    if not isinstance(layers, list):
+        raise SurgeonError(f"{MANIFEST_NAME}: reshape.layers is not a list: a malformed manifest")
+    seen: set[int] = set()
+    for position, layer in enumerate(layers):
+        problem = _entry_problem(layer)
+        if problem is None and layer["layer"] in seen:  # each entry costs reads: one per layer
+            problem = f"layer {layer['layer']} is named twice"
+        if problem is not None:
+            raise SurgeonError(f"{MANIFEST_NAME}: reshape.layers[{position}]: {problem}: a malformed manifest")
+        seen.add(layer["layer"])
+    return layers
+
+
+def _entry_problem(layer: object) -> str | None:
+    if not isinstance(layer, dict):
+        return "not an object"
+    for key in ("layer", "head_dim"):
+        if type(layer.get(key)) is not int or layer[key] < (key == "head_dim"):
+            return f"{key} is not a {'positive' if key == 'head_dim' else 'non-negative'} integer"
+    for key in ("kept_heads", "kept_kv_heads"):
+        heads = layer.get(key)
+        if not isinstance(heads, list) or not all(type(h) is int and h >= 0 for h in heads):
+            return f"{key} is not a list of head numbers"
+    return None
 
 
 def _projections(ckpt: Checkpoint) -> dict[tuple[int, str], str]:
@@ -64,6 +100,8 @@ def _check_layer(layer: Mapping[str, Any], names, ours: SafetensorsRows, theirs:
     for key, heads in kept.items():
         base_name, our_name = base_names.get((index, key)), our_names.get((index, key))
         if base_name is None and our_name is None:  # k_eq_v layers have no v_proj
+            if key == "q":
+                return [f"layer {index}: no q_proj in either checkpoint"]
             continue
         if base_name is None or our_name is None:
             return [f"layer {index}: {key}_proj is on one side only"]
