@@ -99,6 +99,11 @@ def md_code(value: object, table: bool = True) -> str:
 
 
 # Layer numbers as text, for every message, report and manifest (`layers_text`) that lists them.
+def and_list(words: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`: a list in words."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def percent(fraction: float) -> str:
     """12.5%, 25%, 11.1%, 87.5%: three figures at most, no trailing zeros (a fraction asked
     as 0.125 is not shown as 12% or 13%)."""

@@ -12,6 +12,7 @@ from surgeon.diff.engine import SideSummary
 from surgeon.diff.report import SCHEMA
 from surgeon.diff.statuses import SHARD_STATUSES, status_counts
 from surgeon.model.names import layers_phrase
+from surgeon.text import and_list
 
 Verdict = Literal["within", "differs", "unverified", "shape-mismatch", "base-only", "quant-only"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -141,10 +142,6 @@ def storage_counts(report: QuantReport) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _and(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
 ATTENTION_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj")  # as attention reads them, not a-z
 
 
@@ -161,7 +158,7 @@ def _short_family(family: str) -> str:
 def summary_line(report: QuantReport) -> str:
     counted = report.counted
     if report.made_from:
-        types = _and(list(storage_counts(report)))
+        types = and_list(list(storage_counts(report)))
         text = f"made from {report.base.name}: {len(counted)} of {len(counted)} tensors within their {types} bounds"
         skipped = len(report.tensors) - len(counted)
         return text + (f"; {skipped} listed, not compared as expected" if skipped else "")
@@ -184,7 +181,7 @@ def _unverified_phrase(report: QuantReport) -> str:
     unverified = [t for t in report.counted if t.verdict == "unverified"]
     if not unverified:
         return ""
-    types = _and(list(dict.fromkeys(t.storage or "?" for t in unverified)))
+    types = and_list(list(dict.fromkeys(t.storage or "?" for t in unverified)))
     within = report.count("within")
     lead = "not verified: " if not any(t.verdict == "differs" for t in report.counted) else ""
     return (

@@ -22,7 +22,6 @@ from surgeon.atomic import output_errors, temp_dir
 from surgeon.errors import Cancelled, SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.dtypes import nbytes_for
-from surgeon.format.hashing import default_workers
 from surgeon.format.manifest import MANIFEST_NAME, manifest_json
 from surgeon.format.safetensors import encode_header_of
 from surgeon.format.tensor_io import MappedShard
@@ -35,8 +34,9 @@ from surgeon.format.writer import (
     check_loadable_base,
     check_output_folder,
     publish_folder,
+    write_each_shard,
 )
-from surgeon.parallel import check_stop, map_cancellable
+from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
 
 
@@ -119,16 +119,7 @@ def _write_shards(base, folder: Path, reshaped, sizes, cancel, advance) -> Write
             _whole_copy(shard, folder / shard_name, part, False, should_stop, advance)
         return part
 
-    names = sorted(base.shards, key=lambda n: -base.shards[n].file_size)
-    report = WriteReport()
-    for part in map_cancellable(work, names, min(len(names), default_workers()), cancel):
-        report.shards.update(part.shards)
-        report.base_shards.update(part.base_shards)
-        report.tensors.update(part.tensors)
-    report.shards = dict(sorted(report.shards.items()))
-    report.base_shards = dict(sorted(report.base_shards.items()))
-    report.copied_shards = sorted(n for n, sha in report.shards.items() if sha == report.base_shards[n])
-    return report
+    return write_each_shard(base, work, cancel)
 
 
 def _rewrite_shard(shard, target: Path, reshaped, sizes, report: WriteReport, should_stop, advance) -> None:

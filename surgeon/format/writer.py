@@ -220,6 +220,13 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
             cache.store_file(ident, copied_sha)  # the copy's hash is the file's: the next diff skips it
         return part
 
+    return write_each_shard(base, work, cancel)
+
+
+def write_each_shard(base: Checkpoint, work, cancel: threading.Event | None) -> WriteReport:
+    """work(shard name, should_stop) -> its WriteReport, for every shard of `base` on the
+    worker threads (the largest first: the last to finish is a small one), merged into one
+    report, sorted by shard name; a shard whose output hash is the base's was copied."""
     names = sorted(base.shards, key=lambda n: -base.shards[n].file_size)
     report = WriteReport()
     for part in map_cancellable(work, names, min(len(names), default_workers()), cancel):

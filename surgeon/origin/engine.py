@@ -11,6 +11,7 @@ nothing else (the IQ codebooks, TQ).
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,22 +277,10 @@ def _layout(tensor: QuantTensor) -> HeadLayout | None:
 def _from_agreement(tensor: QuantTensor, found: Agreement, note: str | None) -> OriginTensor:
     if found.rows_differing and note is None:
         note = f"{found.rows_differing} rows disagree"
-    return OriginTensor(
-        tensor.name,
-        tensor.stack,
-        tensor.layer,
-        tensor.family,
-        tensor.storage,
-        _elements(tensor),
-        found.tier,
-        found.fraction,
-        found.matched,
-        found.heads_below(),
-        note,
-        tensor.counts,
-        # bytes either reproduce or not: a re-encoding that half agrees is no lighter evidence
-        consistent=found.matched or (found.consistent and (found.tier == 2 or not found.reproducible)),
-    )
+    # bytes either reproduce or not: a re-encoding that half agrees is no lighter evidence, so
+    # only codes (tier 2) can be consistent without being reproduced
+    consistent = found.matched or (found.tier == 2 and found.consistent)
+    return _origin_tensor(tensor, found.tier, found.fraction, found.matched, found.heads_below(), note, consistent)
 
 
 def _from_nmse(tensor: QuantTensor) -> OriginTensor:
@@ -303,6 +292,21 @@ def _from_nmse(tensor: QuantTensor) -> OriginTensor:
         note = f"no evidence: {inert(tensor.note or 'its type has no measured bound')}"
     elif not compared:
         note = f"{tensor.verdict}: {tensor.note}" if tensor.note else tensor.verdict
+    return _origin_tensor(
+        tensor,
+        3 if compared and tensor.verdict != "unverified" else None,
+        (1.0 if matched else 0.0) if compared else None,
+        False,  # an NMSE within its bound is what a light fine-tune of the source shows too
+        list(tensor.heads.beyond) if tensor.heads is not None else [],
+        note,
+        consistent=matched,
+    )
+
+
+def _origin_tensor(
+    tensor: QuantTensor, tier, agree, matched: bool, heads: list[int], note: str | None, consistent: bool
+) -> OriginTensor:
+    """The quant diff's tensor with origin's evidence for it."""
     return OriginTensor(
         tensor.name,
         tensor.stack,
@@ -310,19 +314,15 @@ def _from_nmse(tensor: QuantTensor) -> OriginTensor:
         tensor.family,
         tensor.storage,
         _elements(tensor),
-        3 if compared and tensor.verdict != "unverified" else None,
-        (1.0 if matched else 0.0) if compared else None,
-        False,  # an NMSE within its bound is what a light fine-tune of the source shows too
-        list(tensor.heads.beyond) if tensor.heads is not None else [],
+        tier,
+        agree,
+        matched,
+        heads,
         note,
         tensor.counts,
-        consistent=matched,
+        consistent=consistent,
     )
 
 
 def _elements(tensor: QuantTensor) -> int:
-    shape = tensor.shape or tensor.other_shape or []
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    return math.prod(tensor.shape or tensor.other_shape or [])

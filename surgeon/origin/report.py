@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from surgeon.model.names import layers_phrase
+from surgeon.text import and_list
 
 SCHEMA = "surgeon.origin/1"
 TIER_WORDS = {1: "re-encoded bytes", 2: "codes with the quant's scales", 3: "NMSE within the type's bound"}
@@ -115,13 +116,13 @@ class OriginReport:
         if best is not None:
             return f"made from {best.name}: {_agreeing(best)}"
         if matching:
-            names = _and([c.name for c in matching])
+            names = and_list([c.name for c in matching])
             return f"cannot tell {names} apart: each agrees with the quant in every tensor it holds"
         if consistent is not None:
             return f"consistent with {consistent.name}, not reproduced: {_unproven(consistent)}"
         several = [c.name for c in self.candidates if c.consistent]
         if several:
-            return f"consistent with {_and(several)}, none reproduced: cannot tell which"
+            return f"consistent with {and_list(several)}, none reproduced: cannot tell which"
         closest = self.ranked[0] if self.candidates else None
         if closest is None or closest.unrelated is not None:
             return "made from none of them: no candidate is a model of this architecture and shape"
@@ -158,10 +159,6 @@ def _against(candidate: Candidate) -> str:
     layers = candidate.differing_layers()
     where = f" in {layers_phrase(layers)}" if layers else ""
     return f"{len(differing)} of {len(candidate.counted)} tensors disagree{where}"
-
-
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _candidate_json(candidate: Candidate) -> dict:
