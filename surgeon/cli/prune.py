@@ -74,6 +74,8 @@ def prune(
     # Deferred: the engine imports torch, which --help and the light install do without.
     from surgeon.prune.engine import prune as run_prune
 
+    if kw.get("ffn_frac") and _defaulted("prune_frac"):  # --ffn-frac alone: channels only, no head
+        kw["prune_frac"] = 0.0
     options = build(PruneOptions, kw)
     check_eval_text(eval_text, run_eval)
     result = run_prune(
@@ -95,6 +97,11 @@ def prune(
         sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
         return
     _summary(result, console_for(), table=not quiet)
+
+
+def _defaulted(name: str) -> bool:
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
 
 
 def _checked_layers(base: str, layers: str, layer_fracs: tuple[tuple[int, float], ...]):

@@ -59,6 +59,8 @@ class TensorDiff:
     family: str
     stats: TensorStats | None = None
     heads: HeadReport | None = None
+    # an MLP's gate/up_proj rows or down_proj columns, one "head" of width 1 per channel
+    channels: HeadReport | None = None
 
 
 @dataclass
@@ -306,7 +308,22 @@ def _geometry(base: Checkpoint, other: Checkpoint) -> dict[tuple[str, int], Atte
     return geometry_by_layer(config, other.tensors)
 
 
+_MLP_PROJ = re.compile(r"(?:^|\.)mlp\.(gate|up|down)_proj\.weight$")
+
+
+def channel_layout(family: str, shape) -> tuple[str, HeadLayout] | None:
+    """For a dense MLP's gate/up/down_proj, its channels as heads of one row (gate, up) or
+    one column (down): FFN pruning zeroes whole channels, and the head scan finds them."""
+    match = _MLP_PROJ.search(family)
+    if match is None or len(shape) != 2 or "experts" in family:
+        return None
+    down = match[1] == "down"
+    return f"{match[1]}_proj", HeadLayout("cols" if down else "rows", shape[1] if down else shape[0], 1)
+
+
 def _layout(diff: TensorDiff, geometry) -> tuple[str, HeadLayout] | None:
+    if diff.base is not None and (channels := channel_layout(diff.family, diff.base.shape)) is not None:
+        return channels
     axis = head_axis(diff.family)
     geo = geometry.get((diff.stack, diff.layer)) if diff.stack is not None else None
     if axis is None or geo is None:
@@ -314,6 +331,9 @@ def _layout(diff: TensorDiff, geometry) -> tuple[str, HeadLayout] | None:
     side, proj = axis
     heads = geo.num_heads if proj in ("q", "o") else geo.num_kv_heads
     return (f"{proj}_proj", HeadLayout(side, heads, geo.head_dim)) if heads else None
+
+
+_CHANNEL_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
 
 def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, cancel) -> None:
@@ -339,7 +359,10 @@ def _add_stats(base, other, tensors: list[TensorDiff], options: DiffOptions, can
         stats, scan = found
         diff.stats = stats
         if scan is not None and layout is not None:  # there is a scan only with a layout
-            diff.heads = _head_report(layout[0], scan)
+            if layout[0] in _CHANNEL_PROJECTIONS:
+                diff.channels = _head_report(layout[0], scan)
+            else:
+                diff.heads = _head_report(layout[0], scan)
 
     # Tensors are already spread over the cores: a multi-threaded BLAS inside each np.dot
     # would only oversubscribe them (measured: 1.6x slower on 2 cores).

@@ -15,7 +15,15 @@ the card has, surgeon's own text, never a name.
 from __future__ import annotations
 
 from surgeon.diff.engine import DiffReport, ShardDiff, TensorDiff
-from surgeon.diff.report import FamilyRow, differing, experts_note, reshape_rows, shown_family_rows
+from surgeon.diff.report import (
+    FamilyRow,
+    channel_rows,
+    channel_runs,
+    differing,
+    experts_note,
+    reshape_rows,
+    shown_family_rows,
+)
 from surgeon.model.names import layers_cell
 from surgeon.text import layer_ranges, md_code, md_text
 
@@ -153,6 +161,13 @@ def _head_sentences(report: DiffReport) -> list[str]:
     if removed:
         parts = [f"L{layer}: {', '.join(map(str, heads))}" for layer, heads in removed]
         lines += ["", f"Heads removed (`o_proj` input columns zeroed): {'; '.join(parts)}."]
+    runs = channel_runs(channel_rows(report))
+    if runs:
+        parts = [
+            f"{removed} of {width} in layer{'s' if len(layers) > 1 else ''} {layer_ranges(layers)}"
+            for layers, removed, width in runs
+        ]
+        lines += ["", f"MLP channels removed (`down_proj` input columns zeroed): {'; '.join(parts)}."]
     for t in report.tensors:
         if t.heads and t.heads.uniform_attention:
             lines += [

@@ -14,7 +14,15 @@ from rich.text import Text
 
 from surgeon.diff.engine import DiffReport, TensorDiff
 from surgeon.diff.fold import FoldedName
-from surgeon.diff.report import differing, experts_note, reshape_rows, shown_family_rows, summary_line
+from surgeon.diff.report import (
+    channel_rows,
+    channel_runs,
+    differing,
+    experts_note,
+    reshape_rows,
+    shown_family_rows,
+    summary_line,
+)
 from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.model.names import layers_cell
 from surgeon.text import inert, layer_ranges
@@ -53,6 +61,8 @@ def render_terminal(report: DiffReport, console: Console, verbose: bool = False)
             console.print(Text(f"… {len(rows) - MAX_TENSOR_ROWS} more (use --verbose or --json)", style="dim"))
     if report.reshape is not None:
         _print_reshape(report, console)
+    for layers, removed, width in channel_runs(channel_rows(report)):
+        console.print(Text(f"MLP channels removed {removed} of {width} in {_each_layer(layers)}"))
     for t in rows:
         if t.heads and t.heads.uniform_attention:
             heads = ", ".join(map(str, t.heads.uniform_attention))
@@ -63,6 +73,10 @@ def render_terminal(report: DiffReport, console: Console, verbose: bool = False)
                     style="bold red",
                 )
             )
+
+
+def _each_layer(layers: list[int]) -> str:
+    return f"layer {layers[0]}" if len(layers) == 1 else f"each of layers {layer_ranges(layers)}"
 
 
 def _status(status: str) -> Text:
@@ -197,6 +211,10 @@ def _heads_cell(t: TensorDiff) -> Text | str:
             return Text(f"0 of {t.base.shape[0]} experts", style="dim")
         word = "expert" if len(experts) == 1 else "experts"
         return Text(f"{word} {layer_ranges(experts)}", style="yellow") + Text(f" of {t.base.shape[0]}", style="dim")
+    if t.channels is not None:  # an MLP projection: how many channels, never a list of thousands
+        zeroed = len(t.channels.heads_with("zeroed"))
+        if zeroed:
+            return Text(f"zeroed {zeroed}", style="red") + Text(f" of {t.channels.num_heads} channels", style="dim")
     if t.heads is None:
         return ""
     parts = []

@@ -159,7 +159,7 @@ def uniform_attention(report: DiffReport) -> list[dict]:
 def to_json(report: DiffReport) -> dict:
     layers = report.layers_changed()
     changed = set(layers)
-    out = {
+    out: dict = {
         "schema": SCHEMA,
         "base": asdict(report.base),
         "other": asdict(report.other),
@@ -182,7 +182,50 @@ def to_json(report: DiffReport) -> dict:
     }
     if report.reshape is not None:  # only for a reshaped pair: every other pair's JSON is as it was
         out["reshape"] = reshape_json(report.reshape)
+    channels = channel_rows(report)
+    if channels:  # only where MLP channels were removed: every other pair's JSON is as it was
+        out["summary"]["ffn_channels_removed"] = [asdict(row) for row in channels]
     return out
+
+
+@dataclass
+class ChannelRow:
+    """One layer whose MLP lost channels: down_proj columns all zero in OTHER and not in BASE
+    (the channel's output is gone, whatever its gate and up rows hold)."""
+
+    stack: str | None
+    layer: int
+    width: int
+    removed: list[int]
+    rows_kept: list[int]  # removed channels whose gate_proj or up_proj row is not zero
+
+
+def channel_rows(report: DiffReport) -> list[ChannelRow]:
+    found: dict[tuple, dict[str, HeadReport]] = {}
+    for t in report.tensors:
+        if t.channels is not None and t.layer is not None:
+            found.setdefault((t.stack, t.layer), {})[t.channels.projection] = t.channels
+    rows = []
+    for (stack, layer), by_proj in sorted(found.items(), key=lambda item: (item[0][0] or "", item[0][1])):
+        down = by_proj.get("down_proj")
+        removed = down.heads_with("zeroed") if down is not None else []
+        if down is None or not removed:
+            continue
+        gate_up = [by_proj[p] for p in ("gate_proj", "up_proj") if p in by_proj]
+        kept = [c for c in removed if any(c < r.num_heads and not r.other_zero[c] for r in gate_up)]
+        rows.append(ChannelRow(stack, layer, down.num_heads, removed, kept))
+    return rows
+
+
+def channel_runs(rows: list[ChannelRow]) -> list[tuple[list[int], int, int]]:
+    """(layers, channels removed, width) for each run of layers that removed alike, for text."""
+    runs: list[tuple[list[int], int, int]] = []
+    for row in rows:
+        if runs and (runs[-1][1], runs[-1][2]) == (len(row.removed), row.width):
+            runs[-1][0].append(row.layer)
+        else:
+            runs.append(([row.layer], len(row.removed), row.width))
+    return runs
 
 
 def reshape_json(found: ReshapeFindings) -> dict:
@@ -222,6 +265,17 @@ def _tensor_json(t: TensorDiff) -> dict:
         "shard": [s.shard if s else None for s in sides],
         "stats": asdict(t.stats) if t.stats else None,
         "heads": _heads_json(t.heads) if t.heads else None,
+    } | ({"channels": _channels_json(t.channels)} if t.channels else {})  # an MLP projection's only
+
+
+def _channels_json(c: HeadReport) -> dict:
+    return {
+        "projection": c.projection,
+        "axis": c.axis,
+        "num_channels": c.num_heads,
+        "zeroed": c.heads_with("zeroed"),
+        "changed": len(c.heads_with("changed")),
+        "all_zero": [i for i, z in enumerate(c.other_zero) if z],
     }
 
 

@@ -201,6 +201,8 @@ def _check_shape(m: dict) -> None:
             _need(entry, "layer", int, f"layers[{i}].layer")
             if entry.get("pruned_heads") is not None:
                 _int_list(entry, "pruned_heads", f"layers[{i}].pruned_heads", required=True)
+            if entry.get("ffn_pruned_channels") is not None:
+                _int_list(entry, "ffn_pruned_channels", f"layers[{i}].ffn_pruned_channels", required=True)
     for key, record in (("base", m.get("base")), ("salvage", m.get("salvage"))):
         if record is not None and not isinstance(record, dict):
             _bad(key, record, "an object")

@@ -48,6 +48,18 @@ def supported_types() -> str:
 
 
 @dataclass(frozen=True)
+class MlpSpec:
+    """A layer's dense gated MLP, down_proj(act(gate_proj(x)) * up_proj(x)): FFN pruning
+    removes channel j as gate and up row j and down column j."""
+
+    gate_proj: str
+    up_proj: str
+    down_proj: str
+    biases: tuple[str, ...]  # gate/up/down biases (Llama's mlp_bias): a removed channel's rows go too
+    width: int  # channels, down_proj's input columns (Gemma 4's double-wide KV-shared layers: twice the config's)
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     index: int
     prefix: str  # checkpoint name prefix of the layer, e.g. "model.language_model.layers.3."
@@ -60,6 +72,8 @@ class LayerSpec:
     v_proj: str | None  # None where keys double as values (Gemma 4 attention_k_eq_v)
     o_proj: str
     q_bias: str | None  # Qwen2 has q/k/v biases; a pruned head's q bias is zeroed too
+    mlp: MlpSpec | None = None  # None: no dense gate/up/down MLP by those names
+    experts: bool = False  # the layer has mixture-of-experts tensors (fused experts.gate_up_proj)
 
     @property
     def group_size(self) -> int:
@@ -161,7 +175,23 @@ def _layer_spec(ckpt: Checkpoint, config: dict, stack: str, index: int, family: 
         v_proj=names["v"] if names["v"] in ckpt.tensors else None,
         o_proj=names["o"],
         q_bias=q_bias if q_bias in ckpt.tensors else None,  # also Llama and Mistral with attention_bias
+        mlp=_mlp_spec(ckpt, prefix),
+        experts=any(name.startswith("experts.") or ".experts." in name for name in family_tensors),
     )
+
+
+def _mlp_spec(ckpt: Checkpoint, prefix: str) -> MlpSpec | None:
+    """The layer's gated MLP where its three weights are there and their shapes agree
+    (gate and up: channels x hidden, down: hidden x channels), else None."""
+    names = {p: f"{prefix}mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+    infos = [ckpt.tensors.get(name) for name in names.values()]
+    if any(info is None or len(info.shape) != 2 for info in infos):
+        return None
+    gate, up, down = (tuple(info.shape) for info in infos if info is not None)
+    if gate != up or down != gate[::-1]:
+        return None
+    biases = tuple(n for p in ("gate", "up", "down") if (n := f"{prefix}mlp.{p}_proj.bias") in ckpt.tensors)
+    return MlpSpec(names["gate"], names["up"], names["down"], biases, down[1])
 
 
 def _required(family: FamilySpec, names: dict[str, str], attn: str) -> list[str]:

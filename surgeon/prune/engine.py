@@ -43,12 +43,14 @@ from surgeon.format.writer import (
     write_checkpoint,
 )
 from surgeon.jsonfile import open_regular
-from surgeon.model.families import LayerSpec, ModelLayout, model_layout
+from surgeon.model.families import LayerSpec, MlpSpec, ModelLayout, model_layout
 from surgeon.model.geometry import geometry_by_layer
 from surgeon.model.names import parse_layers
 from surgeon.options import record
 from surgeon.parallel import check_stop
 from surgeon.progress import NoProgress, ProgressSink
+from surgeon.prune.ffn import FfnInput, channels_to_prune, heal_down
+from surgeon.prune.ffn import choose as choose_channels
 from surgeon.prune.heads import HeadCount, head_counts, rounding_warning
 from surgeon.prune.heal import HEALERS, HealInput, head_columns
 from surgeon.prune.importance import SCORERS, ScoringInput, select_balanced, select_heads
@@ -82,6 +84,10 @@ class LayerResult:
     refit: dict | None = None
     tokens: int = 0
     seconds: float = 0.0
+    ffn_width: int = 0  # MLP channels where the layer's FFN is pruned (--ffn-frac), else 0
+    ffn_pruned_channels: list[int] = field(default_factory=list)
+    ffn_refit: dict | None = None
+    ffn_bias: str | None = None  # refit, compensated (heal none) or absent: what took the removed channels' mean
 
 
 @dataclass
@@ -96,11 +102,14 @@ class PruneResult:
 
 
 class _Gram:
-    """Accumulates G = X^T X of o_proj's input over real (unpadded) tokens."""
+    """Accumulates G = X^T X and the column sums of a linear layer's input (o_proj's, or
+    down_proj's for the FFN) over real (unpadded) tokens. float32 above 2048 columns: a
+    21504-wide MLP's G is 1.85 GB so, 3.7 GB in float64; the solves are float64 anyway."""
 
     def __init__(self, width: int, device: torch.device):
         self.dtype = torch.float64 if width <= 2048 else torch.float32
         self.matrix = torch.zeros(width, width, dtype=self.dtype, device=device)
+        self.sums = torch.zeros(width, dtype=torch.float64, device=device)
         self.tokens = 0
         self.mask: torch.Tensor | None = None
 
@@ -109,6 +118,7 @@ class _Gram:
         rows = x[self.mask.to(x.device)] if self.mask is not None else x.reshape(-1, x.shape[-1])
         rows = rows.to(self.dtype)
         self.matrix.addmm_(rows.T, rows)
+        self.sums += rows.sum(dim=0, dtype=torch.float64)
         self.tokens += rows.shape[0]
 
 
@@ -138,6 +148,8 @@ def prune(
 
     target = check_output_folder(Path(output), [ckpt], force)
     check_loadable_base(ckpt)  # before the layers are pruned, not at the write
+    if options.ffn_frac:
+        check_ffn(layout, selected, options)
     balanced = reshape_plan(ckpt, layout, selected, options) if options.mode == "reshape" else None
     if workdir is not None:  # it is written to, and its files are deleted when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
@@ -318,10 +330,10 @@ class _Run:
             )
         return sequences, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    @staticmethod
-    def _width(spec: LayerSpec) -> int:
-        """Columns of o_proj's input, the size of G."""
-        return spec.num_heads * spec.head_dim
+    def _width(self, spec: LayerSpec) -> int:
+        """Columns of the widest G the layer captures: o_proj's input, or down_proj's with --ffn-frac."""
+        heads = spec.num_heads * spec.head_dim
+        return max(heads, spec.mlp.width) if self.options.ffn_frac and spec.mlp else heads
 
     def _warn(self, message: str) -> None:
         """A warning: recorded in the manifest's messages, and shown as it happens."""
@@ -438,15 +450,20 @@ class _Run:
         """A saved layer's record as this run would have made it: its geometry, its values'
         types, and a tensors file that holds base tensors exactly when the layer is pruned."""
         spec, pruned = self.layout.layers[index], index in self.selected
-        problem = record_problem(record, asdict(_result(spec, pruned)))
+        fresh = asdict(_result(spec, pruned))
+        fresh["ffn_width"] = spec.mlp.width if pruned and self.options.ffn_frac and spec.mlp else 0
+        problem = record_problem(record, fresh)
         if problem is not None:
             raise DamagedEntry(f"{workdir.path / 'layers' / f'{index:05d}.json'}: {problem}")
         workdir.layer_sources(index, self._written(spec) if pruned else {})  # exactly what this layer writes
         return LayerResult(**record)
 
     def _written(self, spec: LayerSpec) -> dict[str, TensorInfo]:
-        """The base tensors a pruned layer replaces (_materialise's), by name, with their dtype and shape."""
-        return {name: self.ckpt.tensors[name] for name in _pruned_names(spec)}
+        """The base tensors a pruned layer replaces (its heads' and its MLP's), by name, with their dtype and shape."""
+        names = _pruned_names(spec) if self._prunes_heads(spec) else []
+        if self.options.ffn_frac and spec.mlp is not None:
+            names += [spec.mlp.gate_proj, spec.mlp.up_proj, spec.mlp.down_proj, *spec.mlp.biases]
+        return {name: self.ckpt.tensors[name] for name in names}
 
     @contextlib.contextmanager
     def _phase(self, spec: LayerSpec, name: str, total: int, unit: str = "batches"):
@@ -488,14 +505,18 @@ class _Run:
             batch.hidden = self._keep(stream.run_layer(layer, index, batch))
             self.progress.advance(1)
 
-    def _capture(self, stream, spec: LayerSpec, batches) -> tuple[_Gram, torch.Tensor, list]:
-        """One pass of the base layer: G of o_proj's input, o_proj's weight, and the outputs
-        (kept only for --propagate base)."""
-        layer = self._load(stream, spec)
-        gram = _Gram(spec.num_heads * spec.head_dim, self.device)
-        handle = layer.self_attn.o_proj.register_forward_pre_hook(gram.hook)
+    def _capture(
+        self, stream, spec: LayerSpec, batches, weight_name: str, replace: dict | None = None, what: str = "capture"
+    ) -> tuple[_Gram, torch.Tensor, list]:
+        """One pass of the layer (the base's, or with `replace`): G of the input of the linear
+        layer whose weight is `weight_name`, that weight as run, and the outputs (kept only
+        for --propagate base)."""
+        layer = self._load(stream, spec, replace=replace)
+        module = layer.get_submodule(weight_name[len(spec.prefix) : -len(".weight")])
+        gram = _Gram(int(module.weight.shape[1]), self.device)
+        handle = module.register_forward_pre_hook(gram.hook)
         outputs = []
-        with self._phase(spec, "capture", len(batches)):
+        with self._phase(spec, what, len(batches)):
             for batch in batches:
                 check_stop(self.should_stop)
                 gram.mask = batch.token_mask
@@ -503,14 +524,43 @@ class _Run:
                 outputs.append(self._keep(out) if self.options.propagate == "base" else None)
                 self.progress.advance(1)
         handle.remove()
-        return gram, layer.self_attn.o_proj.weight.detach(), outputs
+        return gram, module.weight.detach(), outputs
 
     def _prune_layer(self, stream, spec: LayerSpec, batches):
-        gram, o_weight, base_out = self._capture(stream, spec, batches)
+        """Heads first, then (--ffn-frac) the MLP's channels, captured again on the layer with
+        its heads pruned: three layer passes for both, two for either alone."""
+        result = _result(spec, pruned=True)
+        tensors: dict[str, torch.Tensor] = {}
+        base_out: list | None = None
+        if self._prunes_heads(spec):
+            tensors, base_out = self._prune_heads(stream, spec, batches, result)
+        if self.options.ffn_frac:
+            ffn_tensors, ffn_out = self._prune_ffn(stream, spec, batches, tensors, result)
+            tensors.update(ffn_tensors)
+            base_out = base_out if base_out is not None else ffn_out  # the base layer's, when no heads went first
+        if self.options.propagate == "base":
+            for batch, out in zip(batches, cast(list, base_out), strict=True):
+                batch.hidden = out
+        else:
+            layer = self._load(stream, spec, replace=tensors)
+            with self._phase(spec, "propagate", len(batches)):
+                self._advance(stream, layer, spec.index, batches)
+        return result, tensors
+
+    def _prunes_heads(self, spec: LayerSpec) -> bool:
+        """Whether the layer's heads are pruned: always, but for --ffn-frac with no heads asked of it."""
+        if not self.options.ffn_frac:
+            return True
+        if self.balanced is not None:
+            return self.options.prune_frac > 0
+        return self.fracs.get(spec.index, self.options.prune_frac) > 0
+
+    def _prune_heads(self, stream, spec: LayerSpec, batches, result: LayerResult):
+        gram, o_weight, base_out = self._capture(stream, spec, batches, spec.o_proj)
         if self.options.heal != "none" and not _full_rank(gram.matrix):
             self._warn(
                 f"layer {spec.index}: G is rank-deficient ({gram.tokens} calibration tokens, width "
-                f"{self._width(spec)}): the heal leans on its ridge; give more calibration text"
+                f"{spec.num_heads * spec.head_dim}): the heal leans on its ridge; give more calibration text"
             )
         with self._phase(spec, "importance", 1, unit=self.options.importance):
             scores = self._scores(stream, spec, batches, o_weight, gram)
@@ -523,18 +573,43 @@ class _Run:
         with self._phase(spec, "heal", 1, unit=self.options.heal):
             tensors, refit = self._materialise(stream, spec, heads, gram)
             self.progress.advance(1)
-        tokens = gram.tokens
+        result.pruned_heads, result.scores, result.refit, result.tokens = heads, scores, refit, gram.tokens
         del gram, o_weight  # G and the base o_proj are done with: free them before the next load
-        if self.options.propagate == "base":
-            for batch, out in zip(batches, base_out, strict=True):
-                batch.hidden = out
-        else:
-            layer = self._load(stream, spec, replace=tensors)
-            with self._phase(spec, "propagate", len(batches)):
-                self._advance(stream, layer, spec.index, batches)
-        result = _result(spec, pruned=True)
-        result.pruned_heads, result.scores, result.refit, result.tokens = heads, scores, refit, tokens
-        return result, tensors
+        return tensors, base_out
+
+    def _prune_ffn(self, stream, spec: LayerSpec, batches, replace: dict, result: LayerResult):
+        """The MLP's channels: G of down_proj's input on the layer as pruned so far, the
+        channels chosen by --ffn-importance, gate/up rows zeroed and down_proj healed."""
+        mlp = cast(MlpSpec, spec.mlp)  # checked before the run (check_ffn)
+        gram, _, outputs = self._capture(stream, spec, batches, mlp.down_proj, replace, what="ffn capture")
+        check_ffn_gram(gram.matrix, spec)
+        if self.options.heal != "none" and not _full_rank(gram.matrix):
+            self._warn(
+                f"layer {spec.index}: the MLP's G is rank-deficient ({gram.tokens} calibration tokens, "
+                f"{mlp.width} channels): the heal leans on its ridge; give more calibration text"
+            )
+        stored = stream.read_tensors([mlp.gate_proj, mlp.up_proj, mlp.down_proj, *mlp.biases])
+        job = FfnInput(stored[mlp.down_proj], gram.matrix, gram.sums, gram.tokens, self.options.ridge_rel, self.device)
+        with self._phase(spec, "ffn importance", 1, unit=self.options.ffn_importance):
+            removed = choose_channels(
+                self.options.ffn_importance, job, channels_to_prune(self.options.ffn_frac, mlp.width)
+            )
+            self.progress.advance(1)
+        with self._phase(spec, "ffn heal", 1, unit=self.options.heal):
+            down_bias = next((name for name in mlp.biases if name.startswith(mlp.down_proj[: -len("weight")])), None)
+            healed = heal_down(job, removed, self.options.heal, stored[down_bias] if down_bias else None)
+            self.progress.advance(1)
+        tensors = {mlp.down_proj: healed.weight}
+        for name in (mlp.gate_proj, mlp.up_proj, *(b for b in mlp.biases if b != down_bias)):
+            zeroed = stored[name].clone()
+            zeroed[removed] = 0
+            tensors[name] = zeroed
+        if down_bias is not None:
+            tensors[down_bias] = cast(torch.Tensor, healed.bias)
+        result.ffn_width, result.ffn_pruned_channels, result.ffn_refit = mlp.width, removed, healed.refit
+        result.ffn_bias = _bias_word(down_bias is not None, self.options.heal)
+        result.tokens = result.tokens or gram.tokens
+        return tensors, outputs
 
     def _scores(self, stream, spec, batches, o_weight, gram) -> list[float]:
         job = ScoringInput(
@@ -636,6 +711,41 @@ def reshape_plan(
     if problem is not None:
         raise SurgeonError(f"transformers refuses the reshaped config ({problem}): cannot reshape; keep mask mode")
     return plan
+
+
+def check_ffn(layout: ModelLayout, selected: list[int], options: PruneOptions) -> None:
+    """--ffn-frac needs a dense gate/up/down MLP in every pruned layer (a mixture of experts
+    keeps its experts fused in one gate_up_proj, which surgeon does not prune)."""
+    if options.mode == "reshape":
+        raise SurgeonError("--ffn-frac prunes in mask mode only, for now: drop --mode reshape")
+    for index in selected:
+        spec = layout.layers[index]
+        if spec.experts:
+            raise SurgeonError(
+                f"layer {index} is a mixture of experts (fused experts.gate_up_proj): --ffn-frac prunes dense MLPs "
+                "only; prune its heads alone"
+            )
+        if spec.mlp is None:
+            raise SurgeonError(f"layer {index} has no gate_proj, up_proj and down_proj of matching shapes to prune")
+
+
+def check_ffn_gram(gram: torch.Tensor, spec: LayerSpec) -> None:
+    """A G that is not finite (a float16 overflow) or all zero cannot rank the channels."""
+    if not bool(torch.isfinite(gram).all()):
+        raise SurgeonError(
+            f"layer {spec.index}: the MLP's input on the calibration text is not finite (NaN or inf); "
+            "try float32 compute"
+        )
+    if not bool(torch.diagonal(gram).any()):
+        raise SurgeonError(f"layer {spec.index}: the MLP's input is zero on every calibration token")
+
+
+def _bias_word(has_bias: bool, heal: str) -> str:
+    """What took the removed channels' mean output: the refit bias, FLAP's compensation, or
+    nothing (no bias: only the kept channels' refit can absorb it, and heal none cannot)."""
+    if not has_bias:
+        return "absent"
+    return "compensated" if heal == "none" else "refit"
 
 
 def _reshape_counts(layers: list[LayerSpec], plan: dict[int, tuple[int, int]], asked: float) -> list[HeadCount]:

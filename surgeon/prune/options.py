@@ -19,10 +19,12 @@ Importance = Literal["recon", "norm", "loo-nll"]
 Heal = Literal["lstsq", "anchored", "none"]
 Propagate = Literal["pruned", "base"]
 Mode = Literal["mask", "reshape"]
+FfnImportance = Literal["wanda", "flap", "obs"]
 IMPORTANCE: tuple[str, ...] = get_args(Importance)
 HEALS: tuple[str, ...] = get_args(Heal)
 PROPAGATE: tuple[str, ...] = get_args(Propagate)
 MODES: tuple[str, ...] = get_args(Mode)
+FFN_IMPORTANCE: tuple[str, ...] = get_args(FfnImportance)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,18 @@ class PruneOptions:
         "How heads are scored: recon (o_proj output error left after removing the head and refitting the others), "
         "norm (the head's output energy through o_proj), "
         "loo-nll (calibration loss increase with the head masked; slow).",
+    )
+    ffn_frac: float = option(
+        0.0,
+        "Fraction of MLP channels to remove per layer (gate and up rows, down_proj columns), after its heads; "
+        "given alone, --prune-frac defaults to 0: channels only.",
+        minimum=0,
+        below=1,
+    )
+    ffn_importance: FfnImportance = option(
+        "wanda",
+        "How MLP channels are scored: wanda (weight norm x input RMS), flap (input variance x weight norm^2) "
+        "or obs (the error of removing the channel and refitting the others, removed greedily).",
     )
     importance_quant: Quant | None = option(None, "Score loo-nll on weights rounded to nf4 (bitsandbytes).")
     # anchored measured best out of the calibration's domain (issue 19, benchmarks/bench_domains.py):
@@ -94,6 +108,9 @@ class PruneOptions:
         fraction = field_named(PruneOptions, "prune_frac")  # its range, as --prune-frac and the TUI offer it
         if not all(in_range(fraction, f) for f in (self.prune_frac, *(f for _, f in self.layer_fracs))):
             raise SurgeonError(f"the fraction of heads to prune must be in {range_text(fraction)}")
+        channels = field_named(PruneOptions, "ffn_frac")
+        if not in_range(channels, self.ffn_frac):
+            raise SurgeonError(f"the fraction of MLP channels to prune must be in {range_text(channels)}")
         self.run.validate()
         checks = [
             (self.run.quant is None, "prune runs the layers in their dtype: nf4 is for loo-nll scoring alone"),
@@ -101,6 +118,7 @@ class PruneOptions:
             (self.heal in HEALS, f"heal must be one of {', '.join(HEALS)}"),
             (self.propagate in PROPAGATE, f"propagate must be one of {', '.join(PROPAGATE)}"),
             (self.mode in MODES, f"mode must be one of {', '.join(MODES)}"),
+            (self.ffn_importance in FFN_IMPORTANCE, f"ffn importance must be one of {', '.join(FFN_IMPORTANCE)}"),
             (
                 self.mode == "mask" or not self.layer_fracs,
                 "a reshape removes the same share of query heads in every layer: no per-layer fraction",

@@ -48,7 +48,7 @@ MAX_NAMED = 3  # foreign entries named in the refusal
 # A layer's record is a score per head and a few numbers (a few kB for 128 heads); the
 # fingerprint holds the options and a hash per shard. 16 MiB is far above both.
 MAX_RECORD_BYTES = 16 << 20
-_GEOMETRY = ("layer", "layer_type", "num_heads", "num_kv_heads", "head_dim", "pruned")
+_GEOMETRY = ("layer", "layer_type", "num_heads", "num_kv_heads", "head_dim", "pruned", "ffn_width")
 
 
 class DamagedEntry(SurgeonError):
@@ -245,9 +245,17 @@ def record_problem(record: dict, fresh: dict) -> str | None:
         return "pruned_heads has a head twice"
     if not isinstance(record["scores"], list) or not all(map(_is_number, record["scores"])):
         return "scores are not numbers"
-    refit = record["refit"]
-    if refit is not None and not (isinstance(refit, dict) and all(map(_refit_value, refit.items()))):
-        return "refit is not a record of numbers"
+    channels, width = record["ffn_pruned_channels"], fresh["ffn_width"]
+    if not (isinstance(channels, list) and all(_is_int(c) and 0 <= c < width for c in channels)):
+        return "ffn_pruned_channels are not channel numbers"
+    if len(set(channels)) != len(channels):
+        return "ffn_pruned_channels has a channel twice"
+    if record["ffn_bias"] not in (None, "refit", "compensated", "absent"):
+        return "ffn_bias is not a known word"
+    for key in ("refit", "ffn_refit"):
+        refit = record[key]
+        if refit is not None and not (isinstance(refit, dict) and all(map(_refit_value, refit.items()))):
+            return f"{key} is not a record of numbers"
     if not (_is_int(record["tokens"]) and _is_number(record["seconds"])):
         return "tokens or seconds are not numbers"
     return None

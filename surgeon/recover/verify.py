@@ -412,7 +412,9 @@ def _base_matches(actual: dict[str, str], record: dict, given: bool, report: Ver
 def _claimed_layers(manifest: PruneManifest) -> tuple[list[int], str]:
     if not manifest.get("layers"):  # no prune record (a salvage of an arbitrary candidate)
         return list(manifest["written"]["layers"]), "written"
-    pruned = sorted(layer["layer"] for layer in manifest["layers"] if layer.get("pruned_heads"))
+    pruned = sorted(
+        layer["layer"] for layer in manifest["layers"] if layer.get("pruned_heads") or layer.get("ffn_pruned_channels")
+    )
     rolled_back = set((manifest.get("salvage") or {}).get("rolled_back_layers", []))
     return [i for i in pruned if i not in rolled_back], "pruned" if not rolled_back else "kept pruned"
 
@@ -441,6 +443,7 @@ def _check_claims(manifest: PruneManifest, diff: DiffReport, report: VerifyRepor
     for name in sorted(set(claimed_tensors) - set(changed)):
         report.discrepancies.append(f"tensor {name}: listed as written but byte-identical to base")
     _check_heads(manifest, diff, report, set(actual))
+    _check_channels(manifest, diff, report, set(actual))
     _check_copied(written, diff, report)
     non_layer = sorted(t.name for t in diff.tensors if t.status != "identical" and t.layer is None)
     _check_salvage_record(manifest.get("salvage"), set(actual), diff.layer_numbers(), non_layer, report)
@@ -516,6 +519,40 @@ def _check_heads(manifest: PruneManifest, diff: DiffReport, report: VerifyReport
             report.discrepancies.append(
                 f"layer {index}: manifest says heads {heads} were removed; o_proj has zero columns for {zeroed}"
             )
+
+
+def _check_channels(manifest: PruneManifest, diff: DiffReport, report: VerifyReport, actual: set[int]) -> None:
+    """The MLP channels a layer says it removed are the ones whose down_proj columns and
+    gate/up_proj rows are zero, and no other channel's down_proj column is newly zero."""
+    mlp = {
+        (t.layer, t.channels.projection): t.channels
+        for t in diff.tensors
+        if t.channels is not None and t.stack == diff.main_stack
+    }
+    for layer in manifest.get("layers") or []:
+        index, claimed = layer["layer"], sorted(layer.get("ffn_pruned_channels") or [])
+        down = mlp.get((index, "down_proj"))
+        if index not in actual or (down is None and not claimed):
+            continue
+        zeroed = down.heads_with("zeroed") if down is not None else []
+        if zeroed != claimed:
+            report.discrepancies.append(
+                f"layer {index}: manifest says {len(claimed)} MLP channels were removed; "
+                f"down_proj has {len(zeroed)} newly zero columns"
+                + (f" (first differing: {_first_differing(claimed, zeroed)})" if claimed or zeroed else "")
+            )
+            continue
+        for proj in ("gate_proj", "up_proj"):
+            rows = mlp.get((index, proj))
+            live = [c for c in claimed if rows is None or c >= len(rows.other_zero) or not rows.other_zero[c]]
+            if live:
+                report.discrepancies.append(
+                    f"layer {index}: {len(live)} removed MLP channels keep a non-zero {proj} row (first: {live[0]})"
+                )
+
+
+def _first_differing(a: list[int], b: list[int]) -> int:
+    return min(set(a) ^ set(b))
 
 
 # ---------- remote code: a failure in any folder ----------

@@ -27,6 +27,8 @@ PRUNE_OPTION_KEYS = [
     "layers",
     "layer_fracs",
     "importance",
+    "ffn_frac",  # issue 22: MLP channels
+    "ffn_importance",
     "importance_quant",
     "heal",
     "ridge_rel",

@@ -1,0 +1,214 @@
+"""`surgeon prune --ffn-frac`: MLP channels removed in mask mode and down_proj healed, on
+the tiny trained Gemma 4 and tiny random models of other families."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from surgeon.demo import DEMO_MODEL, DEMO_TEXT
+from surgeon.format.checkpoint import open_checkpoint
+from surgeon.model.families import model_layout
+from surgeon.prune.engine import prune
+from surgeon.quality.evaluate import corpus_nll
+from tests.helpers import sha, tiny_prune_options
+from tests.tiny_models import save_tiny
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(shard))
+    return out
+
+
+def test_channels_only_zero_gate_up_rows_and_down_columns(tmp_path):
+    result = prune(DEMO_MODEL, tmp_path / "out", tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0-1"))
+    base, out = _tensors(DEMO_MODEL), _tensors(tmp_path / "out")
+    for layer in result.manifest["layers"]:
+        prefix = f"model.layers.{layer['layer']}.mlp."
+        removed = layer["ffn_pruned_channels"]
+        assert layer["ffn_width"] == 128 and len(removed) == 32 and layer["pruned_heads"] == []
+        for name in ("gate_proj", "up_proj"):
+            weight = out[prefix + name + ".weight"]
+            assert torch.all(weight[removed] == 0)
+            kept = [j for j in range(128) if j not in removed]
+            assert torch.equal(weight[kept], base[prefix + name + ".weight"][kept])  # kept rows: the base's bytes
+        down = out[prefix + "down_proj.weight"]
+        assert torch.all(down[:, removed] == 0) and not torch.equal(down, base[prefix + "down_proj.weight"])
+        assert layer["ffn_refit"]["rel_residual"] > 0 and layer["ffn_bias"] == "absent"
+    changed = {n for n in out if not torch.equal(out[n], base[n])}
+    assert changed == {f"model.layers.{i}.mlp.{p}_proj.weight" for i in (0, 1) for p in ("gate", "up", "down")}
+    assert result.manifest["layer_passes"] == 2 * 2  # capture and propagate, per pruned layer
+
+
+def test_heads_and_channels_take_three_passes_a_layer(tmp_path):
+    result = prune(DEMO_MODEL, tmp_path / "out", tiny_prune_options(ffn_frac=0.1, prune_frac=0.25, layers="0-1"))
+    assert result.manifest["layer_passes"] == 3 * 2
+    for layer in result.manifest["layers"]:
+        assert len(layer["pruned_heads"]) == 2 and len(layer["ffn_pruned_channels"]) == 13
+    names = set(result.manifest["written"]["tensors"])
+    assert "model.layers.0.self_attn.o_proj.weight" in names and "model.layers.0.mlp.down_proj.weight" in names
+
+
+def test_no_channel_removed_is_the_identity(tmp_path):
+    """A fraction that rounds to no channel: every byte of the base, through capture and heal."""
+    result = prune(DEMO_MODEL, tmp_path / "out", tiny_prune_options(ffn_frac=0.001, prune_frac=0.0, layers="2"))
+    assert result.manifest["layers"][0]["ffn_pruned_channels"] == []
+    for shard in DEMO_MODEL.glob("*.safetensors"):
+        assert sha(tmp_path / "out" / shard.name) == sha(shard)
+
+
+def _kl(base_path, pruned_path, text) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    ids = tokenizer(text.read_text()[:4000], return_tensors="pt").input_ids[:, :512]
+    with torch.no_grad():
+        p = torch.log_softmax(AutoModelForCausalLM.from_pretrained(base_path)(ids).logits.double(), -1)
+        q = torch.log_softmax(AutoModelForCausalLM.from_pretrained(pruned_path)(ids).logits.double(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def test_the_heal_lowers_kl_at_a_quarter_of_the_channels(tmp_path):
+    options = dict(ffn_frac=0.25, prune_frac=0.0, layers="all", calib=str(DEMO_TEXT))
+    healed = prune(DEMO_MODEL, tmp_path / "healed", tiny_prune_options(**options)).output
+    zeroed = prune(DEMO_MODEL, tmp_path / "zeroed", tiny_prune_options(heal="none", **options)).output
+    kl_healed, kl_zeroed = _kl(DEMO_MODEL, healed, DEMO_TEXT), _kl(DEMO_MODEL, zeroed, DEMO_TEXT)
+    assert 0 < kl_healed < kl_zeroed
+    nll = [corpus_nll(m, DEMO_TEXT) for m in (DEMO_MODEL, healed, zeroed)]
+    assert nll[0] < nll[1] < nll[2]
+
+
+@pytest.mark.parametrize("importance", ["wanda", "flap", "obs"])
+def test_every_importance_prunes(tmp_path, importance):
+    result = prune(
+        DEMO_MODEL,
+        tmp_path / "out",
+        tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="3", ffn_importance=importance),
+    )
+    assert len(result.manifest["layers"][0]["ffn_pruned_channels"]) == 32
+    assert result.manifest["options"]["ffn_importance"] == importance
+
+
+def test_a_llama_mlp_bias_is_refit_and_the_removed_rows_biases_zeroed(tmp_path):
+    base = _with_tokenizer(save_tiny("llama", tmp_path / "base", mlp_bias=True, vocab_size=512))
+    result = prune(base, tmp_path / "out", tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0"))
+    before, after = _tensors(base), _tensors(tmp_path / "out")
+    layer = result.manifest["layers"][0]
+    removed, prefix = layer["ffn_pruned_channels"], "model.layers.0.mlp."
+    assert layer["ffn_bias"] == "refit" and len(removed) == 16
+    for name in ("gate_proj.bias", "up_proj.bias"):
+        assert torch.all(after[prefix + name][removed] == 0)
+    assert not torch.equal(after[prefix + "down_proj.bias"], before[prefix + "down_proj.bias"])
+
+
+def test_cli_ffn_frac_alone_prunes_no_head(tmp_path):
+    from surgeon.cli.main import main
+
+    out = tmp_path / "out"
+    calib = ["--calib", str(DEMO_TEXT), "--layers", "0"]
+    result = CliRunner().invoke(main, ["prune", str(DEMO_MODEL), "-o", str(out), "--ffn-frac", "0.1", *calib])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "prune_manifest.json").read_text())
+    assert manifest["options"]["prune_frac"] == 0.0 and manifest["options"]["ffn_frac"] == 0.1
+    assert manifest["layers"][0]["pruned_heads"] == [] and len(manifest["layers"][0]["ffn_pruned_channels"]) == 13
+    both = CliRunner().invoke(
+        main, ["prune", str(DEMO_MODEL), "-o", str(tmp_path / "b"), "--ffn-frac", "0.1", "--prune-frac", "0.25", *calib]
+    )
+    assert both.exit_code == 0, both.output
+    assert len(json.loads((tmp_path / "b" / "prune_manifest.json").read_text())["layers"][0]["pruned_heads"]) == 2
+
+
+@pytest.mark.parametrize("frac", ["1", "-0.1", "nan"])
+def test_cli_refuses_a_fraction_out_of_range(tmp_path, frac):
+    from surgeon.cli.main import main
+
+    result = CliRunner().invoke(main, ["prune", str(DEMO_MODEL), "-o", str(tmp_path / "o"), "--ffn-frac", frac])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def _with_tokenizer(base):
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # any tokenizer will do for calibration
+        shutil.copy(DEMO_MODEL / name, base)
+    return base
+
+
+def _tiny_gemma4(path, **overrides):
+    from transformers import AutoModelForCausalLM, Gemma4TextConfig
+
+    config = Gemma4TextConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        sliding_window=4,
+        max_position_embeddings=64,
+        **overrides,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return _with_tokenizer(path)
+
+
+def test_a_mixture_of_experts_is_refused_in_one_line(tmp_path):
+    base = _tiny_gemma4(
+        tmp_path / "moe", enable_moe_block=True, num_experts=2, top_k_experts=1, moe_intermediate_size=16
+    )
+    assert model_layout(open_checkpoint(base)).layers[0].experts
+    with pytest.raises(Exception, match=r"mixture of experts .* dense MLPs only"):
+        prune(base, tmp_path / "out", tiny_prune_options(ffn_frac=0.1))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def channels_0_1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ffn") / "out"
+    prune(DEMO_MODEL, out, tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0-1"))
+    return out
+
+
+def test_diff_reports_the_channels_removed_per_layer(channels_0_1):
+    from surgeon.cli.main import main
+
+    result = CliRunner().invoke(main, ["diff", str(DEMO_MODEL), str(channels_0_1)], terminal_width=120)
+    assert result.exit_code == 1, result.output
+    assert "MLP channels removed 32 of 128 in each of layers 0-1" in result.output
+    assert "zeroed 32 of 128 channels" in result.output
+    data = json.loads(CliRunner().invoke(main, ["diff", str(DEMO_MODEL), str(channels_0_1), "--json"]).output)
+    rows = data["summary"]["ffn_channels_removed"]
+    manifest = json.loads((channels_0_1 / "prune_manifest.json").read_text())
+    assert [(r["layer"], r["removed"], r["rows_kept"]) for r in rows] == [
+        (layer["layer"], layer["ffn_pruned_channels"], []) for layer in manifest["layers"]
+    ]
+    down = next(t for t in data["tensors"] if t["name"] == "model.layers.0.mlp.down_proj.weight")
+    assert down["channels"]["zeroed"] == manifest["layers"][0]["ffn_pruned_channels"]
+    markdown = CliRunner().invoke(main, ["diff", str(DEMO_MODEL), str(channels_0_1), "--markdown"]).output
+    assert "MLP channels removed (`down_proj` input columns zeroed): 32 of 128 in layers 0-1." in markdown
+
+
+def test_verify_holds_the_channel_claims_to_the_bytes(channels_0_1, tmp_path):
+    from surgeon.recover.verify import verify
+
+    assert verify(channels_0_1, DEMO_MODEL).ok
+    lying = tmp_path / "lying"
+    shutil.copytree(channels_0_1, lying)
+    manifest = json.loads((lying / "prune_manifest.json").read_text())
+    claimed = manifest["layers"][1]["ffn_pruned_channels"]
+    other = next(c for c in range(128) if c not in claimed)
+    manifest["layers"][1]["ffn_pruned_channels"] = sorted([*claimed[1:], other])  # one channel swapped
+    (lying / "prune_manifest.json").write_text(json.dumps(manifest))
+    report = verify(lying, DEMO_MODEL)
+    assert not report.ok
+    assert any("layer 1: manifest says 32 MLP channels were removed" in d for d in report.discrepancies)
