@@ -46,6 +46,7 @@ from surgeon.format.writer import WriteReport, check_output_folder
 from surgeon.model.geometry import (
     ATTENTION_PROJ,
     AttentionGeometry,
+    _layer_index,
     config_geometry,
     config_int,
     geometry_by_layer,
@@ -272,8 +273,11 @@ def _set_kv_heads(cfg: dict, old: dict, heads: LayerHeads) -> None:
         return
     overrides = cfg.get("per_layer_config")
     if isinstance(overrides, dict):
-        entry = overrides.get(str(heads.layer), {})
-        overrides[str(heads.layer)] = {**entry, "num_key_value_heads": want}
+        # the layer's own key: transformers 5 pads them to the widest index ("05"), and a
+        # second key "5" would be the same layer twice, one entry without the head_dim
+        key = next((k for k in overrides if _layer_index(k) == heads.layer), str(heads.layer))
+        entry = overrides.get(key)
+        overrides[key] = {**(entry if isinstance(entry, dict) else {}), "num_key_value_heads": want}
     elif _kv_override(old, heads.layer) and config_int(cfg, "num_global_key_value_heads"):
         cfg["num_global_key_value_heads"] = want
 
