@@ -46,6 +46,7 @@ from surgeon.format.writer import WriteReport, check_output_folder
 from surgeon.model.geometry import (
     ATTENTION_PROJ,
     AttentionGeometry,
+    _layer_index,
     config_geometry,
     config_int,
     geometry_by_layer,
@@ -110,6 +111,7 @@ def find_heads(ckpt: Checkpoint) -> list[LayerHeads]:
     for stack, layer in sorted(k for k in geometry):
         heads = _layer_heads(ckpt, stack, layer, geometry[(stack, layer)])
         if stack == stacks[0]:
+            _check_unsliced(ckpt, stack, layer, heads.geometry, heads.tensors)
             layers.append(heads)
         elif heads.removed:
             raise SurgeonError(
@@ -133,6 +135,31 @@ def _layer_heads(ckpt: Checkpoint, stack: str, layer: int, geometry: AttentionGe
     heads.removed = [h for h in range(geometry.num_heads) if q_zero[h] and o_zero[h]]
     heads.ghosts = [h for h in range(geometry.num_heads) if q_zero[h] and not o_zero[h]]
     return heads
+
+
+def _check_unsliced(
+    ckpt: Checkpoint, stack: str, layer: int, geometry: AttentionGeometry, tensors: dict[str, TensorInfo]
+) -> None:
+    """Every other tensor of the layer's attention is copied as it is: refused where one is
+    sized by the heads (OLMo 2's q_norm spans every head and normalizes over all of them,
+    gpt-oss's sinks hold one value a head), which slicing q/k/v/o leaves the old size or,
+    sliced, another model. A q_norm/k_norm of one head's width is shared by all: kept."""
+    sliced = {info.name for info in tensors.values()}
+    kv = geometry.num_kv_heads or geometry.num_heads
+    sizes = {geometry.num_heads, kv, geometry.num_heads * geometry.head_dim, kv * geometry.head_dim}
+    for name, info in ckpt.tensors.items():
+        parsed = parse_name(name)
+        if parsed.stack != stack or parsed.layer != layer or "attn" not in parsed.family or name in sliced:
+            continue
+        if parsed.family.endswith("o_proj.bias"):  # the output side: hidden size, no heads
+            continue
+        if parsed.family.endswith(("q_norm.weight", "k_norm.weight")) and info.shape == (geometry.head_dim,):
+            continue
+        if sizes & set(info.shape):
+            raise SurgeonError(
+                f"{ckpt.source}: {name} (shape {list(info.shape)}) is sized by the attention heads, and reshape "
+                f"slices only q/k/v/o_proj and their biases: cannot reshape; {MASK_MODE}"
+            )
 
 
 def _projections(ckpt: Checkpoint, stack: str, layer: int) -> dict[str, TensorInfo]:
@@ -272,8 +299,11 @@ def _set_kv_heads(cfg: dict, old: dict, heads: LayerHeads) -> None:
         return
     overrides = cfg.get("per_layer_config")
     if isinstance(overrides, dict):
-        entry = overrides.get(str(heads.layer), {})
-        overrides[str(heads.layer)] = {**entry, "num_key_value_heads": want}
+        # the layer's own key: transformers 5 pads them to the widest index ("05"), and a
+        # second key "5" would be the same layer twice, one entry without the head_dim
+        key = next((k for k in overrides if _layer_index(k) == heads.layer), str(heads.layer))
+        entry = overrides.get(key)
+        overrides[key] = {**(entry if isinstance(entry, dict) else {}), "num_key_value_heads": want}
     elif _kv_override(old, heads.layer) and config_int(cfg, "num_global_key_value_heads"):
         cfg["num_global_key_value_heads"] = want
 

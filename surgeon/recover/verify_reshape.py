@@ -18,7 +18,7 @@ from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint
 from surgeon.format.manifest import MANIFEST_NAME
 from surgeon.format.rows import SafetensorsRows
-from surgeon.model.geometry import config_geometry, text_config
+from surgeon.model.geometry import config_geometry, layer_geometry, text_config
 from surgeon.model.names import parse_name
 from surgeon.text import layer_ranges
 
@@ -39,8 +39,16 @@ def check_reshape(record: Mapping[str, Any], base: Checkpoint, ckpt: Checkpoint)
             problems.append(f"layer {layer['layer']}: config.json states {stated} query heads, the reshape {after}")
             break
     names = _projections(base), _projections(ckpt)
+    missing = sorted({index for index, key in names[0] if key == "q"} - {layer["layer"] for layer in layers})
+    if missing:  # reshape slices every layer: one left out would have its rows never compared
+        which = f"layer{'s' if len(missing) > 1 else ''} {layer_ranges(missing)}"
+        problems.append(
+            f"{which}: not in the manifest's reshape block (a reshape slices every layer): its rows go unchecked"
+        )
     ours, theirs = SafetensorsRows(ckpt), SafetensorsRows(base)
     for layer in layers:
+        problems += _check_config(layer, cfg, after)
+        problems += _check_heads(layer, names[0], base)
         problems += _check_layer(layer, names, ours, theirs)
     if problems:
         return [], problems
@@ -80,6 +88,44 @@ def _entry_problem(layer: object) -> str | None:
     return None
 
 
+def _check_config(layer: Mapping[str, Any], cfg: dict, after: object) -> list[str]:
+    """config.json states what the layer keeps: its head size and KV heads (the query heads
+    are checked once for every layer above)."""
+    _, head_dim, kv_heads, _ = config_geometry(cfg, layer["layer"])
+    if (head_dim, kv_heads) != (layer["head_dim"], len(layer["kept_kv_heads"])):
+        return [
+            f"layer {layer['layer']}: config.json states head size {head_dim} and {kv_heads} KV heads, the reshape "
+            f"{layer['head_dim']} and {len(layer['kept_kv_heads'])}"
+        ]
+    if len(layer["kept_heads"]) != after:
+        return [f"layer {layer['layer']}: the reshape keeps {len(layer['kept_heads'])} query heads, not {after}"]
+    return []
+
+
+def _check_heads(layer: Mapping[str, Any], base_names: dict[tuple[int, str], str], base: Checkpoint) -> list[str]:
+    """The kept heads are a slice the base's geometry allows: query heads in the base's order
+    (query head i reads KV head i // group, so an order changed is another model), of the
+    base's head size, every KV group kept whole, in order, with the same number of them."""
+    index, dim, kept, kv = layer["layer"], layer["head_dim"], layer["kept_heads"], layer["kept_kv_heads"]
+    q_name, k_name = base_names.get((index, "q")), base_names.get((index, "k"))
+    if q_name is None or k_name is None:
+        return []  # _check_layer says which projection is missing
+    projections = {"self_attn.q_proj.weight": base.tensors[q_name], "self_attn.k_proj.weight": base.tensors[k_name]}
+    geometry = layer_geometry(base.config, None, index, projections)
+    heads = base.tensors[q_name].shape[0] // dim
+    kv_heads = base.tensors[k_name].shape[0] // dim
+    if geometry is not None and geometry.head_dim != dim:
+        return [f"layer {index}: the reshape says head size {dim}, the base's is {geometry.head_dim}"]
+    in_order = kept == sorted(set(kept)) and all(h < heads for h in kept)
+    if not kv_heads or heads % kv_heads or not in_order:
+        return [f"layer {index}: kept heads {kept} are not heads of the base in its order"]
+    group = heads // kv_heads
+    per_group = Counter(h // group for h in kept)
+    if kv != sorted(per_group) or len(set(per_group.values())) > 1:
+        return [f"layer {index}: kept heads {kept} and KV heads {kv} are not whole, balanced KV groups of the base"]
+    return []
+
+
 def _projections(ckpt: Checkpoint) -> dict[tuple[int, str], str]:
     """(layer, q|k|v|o) -> tensor name in the main layer stack."""
     found: dict[tuple[int, str], str] = {}
@@ -109,6 +155,8 @@ def _check_layer(layer: Mapping[str, Any], names, ours: SafetensorsRows, theirs:
             return [
                 f"layer {index}: {key}_proj has {ours.tensors[our_name].shape[0]} rows, not {len(heads)} heads of {dim}"
             ]
+        if any((head + 1) * dim > theirs.tensors[base_name].shape[0] for head in heads):
+            return [f"layer {index}: the reshape names {key} heads the base's {key}_proj does not have"]
         for position, head in enumerate(heads):
             mine = ours.read_rows(our_name, position * dim, (position + 1) * dim)
             base = theirs.read_rows(base_name, head * dim, (head + 1) * dim)
