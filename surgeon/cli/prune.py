@@ -122,7 +122,10 @@ def _summary(result, console, table: bool = True) -> None:
         for message in manifest["messages"]:
             console.print(Text(inert(message), style="yellow"))  # messages and config values: never markup
         console.print(_layer_table(manifest))
-        console.print(Text(f"pruned {counts_text(result.head_counts)}"))  # what was asked, and what it came to
+        bias_note = _bias_note(manifest)
+        if bias_note:
+            console.print(Text(bias_note, style="dim"))
+        console.print(Text(f"pruned {_pruned_text(result)}"))  # what was asked, and what it came to
     written = manifest["written"]
     line = (
         f"wrote {inert(result.output)}: layers {layer_ranges(written['layers']) or '(none)'} changed, "
@@ -143,11 +146,13 @@ def _summary(result, console, table: bool = True) -> None:
 
 def _layer_table(manifest: dict) -> Table:
     table = Table(title="Pruned layers", title_justify="left")
-    for column in ("layer", "type", "heads", "pruned", "rel residual", "target rms", "ridge", "condition"):
+    ffn = any(layer.get("ffn_width") for layer in manifest["layers"])  # --ffn-frac: two columns more
+    columns = ["layer", "type", "heads", "pruned", "rel residual", "target rms", "ridge", "condition"]
+    for column in columns + (["channels", "mlp residual"] if ffn else []):
         table.add_column(column, justify="right" if column not in ("type", "pruned") else "left")
     for layer in manifest["layers"]:
         refit = layer["refit"] or {}
-        table.add_row(
+        cells: list = [
             str(layer["layer"]),
             FoldedName(layer["layer_type"] or ""),
             f"{layer['num_heads']}x{layer['head_dim']}",
@@ -156,8 +161,44 @@ def _layer_table(manifest: dict) -> Table:
             _fmt(refit.get("target_rms")),
             _fmt(refit.get("ridge")),
             _fmt(refit.get("condition")),
-        )
+        ]
+        if ffn:
+            width, removed = layer.get("ffn_width") or 0, layer.get("ffn_pruned_channels") or []
+            cells += [
+                f"-{len(removed)}/{width}" if width else "-",
+                _fmt((layer.get("ffn_refit") or {}).get("rel_residual")),
+            ]
+        table.add_row(*cells)
     return table
+
+
+def _pruned_text(result) -> str:
+    """The heads (as asked, and what they came to) and the MLP channels each layer lost."""
+    layers = result.manifest["layers"]
+    runs: list[tuple[list[int], int, int]] = []
+    for layer in layers:
+        if layer.get("ffn_width"):
+            key = (len(layer["ffn_pruned_channels"]), layer["ffn_width"])
+            if runs and runs[-1][1:] == key:
+                runs[-1][0].append(layer["layer"])
+            else:
+                runs.append(([layer["layer"]], *key))
+    channels = "; ".join(
+        f"{removed} of {width} MLP channels in {'layer' if len(idx) == 1 else 'each of layers'} {layer_ranges(idx)}"
+        for idx, removed, width in runs
+    )
+    if not any(layer["pruned_heads"] for layer in layers) and channels:
+        return channels
+    return counts_text(result.head_counts) + (f"; {channels}" if channels else "")
+
+
+def _bias_note(manifest: dict) -> str | None:
+    """Where the removed channels' mean output went, when the MLP has no bias to take it."""
+    if not any(layer.get("ffn_bias") == "absent" for layer in manifest["layers"]):
+        return None
+    if manifest["options"].get("heal") == "none":
+        return "the MLP has no bias (mlp_bias false): the removed channels' mean output is lost (heal none)"
+    return "the MLP has no bias (mlp_bias false): the kept channels' refit alone absorbs the removed ones' mean output"
 
 
 def _fmt(value) -> str:

@@ -212,3 +212,23 @@ def test_verify_holds_the_channel_claims_to_the_bytes(channels_0_1, tmp_path):
     report = verify(lying, DEMO_MODEL)
     assert not report.ok
     assert any("layer 1: manifest says 32 MLP channels were removed" in d for d in report.discrepancies)
+
+
+def test_salvage_rolls_back_a_channel_pruned_layer_and_eval_measures_it(channels_0_1, tmp_path):
+    from surgeon.cli.main import main
+    from surgeon.recover.verify import verify
+
+    out = tmp_path / "kept"
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["salvage", str(channels_0_1), "--base", str(DEMO_MODEL), "--keep", "0", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = verify(out, DEMO_MODEL)
+    assert report.ok, report.discrepancies
+    base, kept = _tensors(DEMO_MODEL), _tensors(out)
+    assert torch.equal(kept["model.layers.1.mlp.down_proj.weight"], base["model.layers.1.mlp.down_proj.weight"])
+    args = ["eval", str(out), "--base", str(DEMO_MODEL), "--eval-text", str(DEMO_TEXT), "--json", "--no-progress"]
+    measured = runner.invoke(main, args)
+    assert measured.exit_code == 0, measured.output
+    assert json.loads(measured.stdout)["totals"]["kl_mean"] > 0
