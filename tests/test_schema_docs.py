@@ -262,12 +262,16 @@ def test_the_diff_page_lists_every_field(workspace):
         name: convert_checkpoint(folder, workspace / f"{name}.gguf", "gemma4", "Q8_0", n_vocab=500)
         for name, folder in (("model", DEMO_MODEL), ("candidate", DEMO_CANDIDATE))
     }
+    channels = workspace / "channels"  # MLP channels removed: the `channels` fields
+    short = ["--calib-tokens", "512", "--sample-tokens", "128", "-q"]
+    run("prune", DEMO_MODEL, "-o", channels, "--layers", "0", "--ffn-frac", "0.25", *short, "--json")
     reports = [
         run("diff", DEMO_MODEL, DEMO_CANDIDATE, "--json", codes=(1,)),
         run("diff", DEMO_MODEL, quants["model"], "--json"),
         run("diff", DEMO_MODEL, quants["candidate"], "--json", codes=(1,)),
+        run("diff", DEMO_MODEL, channels, "--json", codes=(1,)),
     ]
-    assert [r["quant"]["made_from"] for r in reports[1:]] == [True, False]
+    assert [r["quant"]["made_from"] for r in reports[1:3]] == [True, False]
     assert reports[2]["quant"]["heads_beyond"] and reports[1]["quant"]["transforms"]["vocab-trim"] == 1
     assert_matches_page("surgeon.diff/1", reports)
 
