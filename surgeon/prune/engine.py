@@ -11,6 +11,7 @@ That is two layer passes per pruned layer and one per untouched layer.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -151,6 +152,7 @@ def prune(
     if options.ffn_frac:
         check_ffn(layout, selected, options)
     balanced = reshape_plan(ckpt, layout, selected, options) if options.mode == "reshape" else None
+    balanced = balanced or None  # a reshape of MLP channels alone: no head plan
     if workdir is not None:  # it is written to, and its files are deleted when the inputs change
         check_output_path(Path(workdir), [ckpt], force=True)
         check_workdir(Path(workdir), target, [ckpt])
@@ -266,7 +268,7 @@ class _Run:
                 self.on_layer_done(result)
         passes = {"forward_calls": stream.forward_calls, "layer_passes": stream.forward_calls // len(batches)}
         reshape_line = None
-        if self.balanced is not None:
+        if self.options.mode == "reshape":
             manifest, reshape_line = self._reshaped(workdir, results, output, force, passes, start, started)
         else:
             manifest = self._write(workdir, results, output, force, passes, start)
@@ -692,9 +694,12 @@ def reshape_plan(
 
     if sorted(selected) != list(range(len(layout.layers))):
         raise SurgeonError(
-            "a reshape prunes every layer: transformers keeps one number of query heads for the whole "
-            "model; prune all layers, or keep mask mode for some"
+            "a reshape prunes every layer: transformers keeps one number of query heads and one MLP width for "
+            "the whole model; prune all layers, or keep mask mode for some"
         )
+    if not options.prune_frac and options.ffn_frac:  # MLP channels alone: every head kept
+        _ask_transformers(ffn_config(ckpt.config or {}, layout, options), transformers_problem)
+        return {}
     shape = solve(type_geometries(ckpt.config or {}), options.prune_frac)
     plan = {layer: (t.kv_heads, t.group) for t in shape.types for layer in t.geometry.layers}
     geometry = geometry_by_layer(ckpt.config, ckpt.tensors)
@@ -707,17 +712,38 @@ def reshape_plan(
                 f"layer {spec.index}: its attention geometry cannot be read from the names: cannot reshape"
             )
         planned.append(LayerHeads(spec.index, found, {}, removed))
-    problem = transformers_problem(reshaped_config(ckpt.config or {}, planned, shape.heads, ckpt.source))
+    config = reshaped_config(ckpt.config or {}, planned, shape.heads, ckpt.source)
+    _ask_transformers(ffn_config(config, layout, options) if options.ffn_frac else config, transformers_problem)
+    return plan
+
+
+def _ask_transformers(config: dict, transformers_problem) -> None:
+    problem = transformers_problem(config)
     if problem is not None:
         raise SurgeonError(f"transformers refuses the reshaped config ({problem}): cannot reshape; keep mask mode")
-    return plan
+
+
+def ffn_config(config: dict, layout: ModelLayout, options: PruneOptions) -> dict:
+    """`config` with the intermediate_size a reshape of `options.ffn_frac` will write: one
+    width for every layer, so every layer's MLP must be the config's width."""
+    from surgeon.model.geometry import text_config
+
+    new = copy.deepcopy(config)
+    text = text_config(new, None)
+    size = text.get("intermediate_size")
+    widths = sorted({spec.mlp.width for spec in layout.layers if spec.mlp is not None})
+    if not isinstance(size, int) or widths != [size]:
+        raise SurgeonError(
+            f"the MLPs are {', '.join(map(str, widths))} channels wide and intermediate_size is {size!r}: a reshape "
+            "of MLP channels needs every layer at the config's one width; keep mask mode"
+        )
+    text["intermediate_size"] = size - channels_to_prune(options.ffn_frac, size)
+    return new
 
 
 def check_ffn(layout: ModelLayout, selected: list[int], options: PruneOptions) -> None:
     """--ffn-frac needs a dense gate/up/down MLP in every pruned layer (a mixture of experts
     keeps its experts fused in one gate_up_proj, which surgeon does not prune)."""
-    if options.mode == "reshape":
-        raise SurgeonError("--ffn-frac prunes in mask mode only, for now: drop --mode reshape")
     for index in selected:
         spec = layout.layers[index]
         if spec.experts:

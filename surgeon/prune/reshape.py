@@ -54,6 +54,15 @@ from surgeon.model.geometry import (
 )
 from surgeon.model.names import parse_name
 from surgeon.progress import ProgressSink
+from surgeon.prune.reshape_ffn import (
+    LayerChannels,
+    any_removed,
+    channel_record,
+    check_channels,
+    find_channels,
+    set_intermediate_size,
+    sliced_channels,
+)
 from surgeon.text import layer_ranges
 
 MASK_MODE = "mask mode (zeroed heads, every shape kept) is what it stays"
@@ -94,6 +103,7 @@ class ReshapeResult:
     parameters_removed: int
     bytes_removed: int
     manifest: dict
+    channels: list[LayerChannels] = field(default_factory=list)  # each layer's MLP channels removed
 
 
 # ---------- which heads were removed ----------
@@ -104,9 +114,7 @@ def find_heads(ckpt: Checkpoint) -> list[LayerHeads]:
     removed head in another stack (a vision tower) is refused: only the text stack's config
     is rewritten."""
     geometry = geometry_by_layer(ckpt.config, ckpt.tensors)
-    stacks = sorted({s for s, _ in geometry}, key=lambda s: ("vision" in s or "audio" in s, -_count(geometry, s)))
-    if not stacks:
-        raise SurgeonError(f"{ckpt.source}: no attention projections found: nothing to reshape")
+    stacks = _stacks(ckpt, geometry)
     layers = []
     for stack, layer in sorted(k for k in geometry):
         heads = _layer_heads(ckpt, stack, layer, geometry[(stack, layer)])
@@ -118,6 +126,18 @@ def find_heads(ckpt: Checkpoint) -> list[LayerHeads]:
                 f"{ckpt.source}: heads removed in {stack}.{layer}: reshape handles the text decoder only"
             )
     return layers
+
+
+def text_stack(ckpt: Checkpoint) -> str:
+    """The decoder stack reshape slices (find_heads' choice): the largest that is not a vision or audio tower."""
+    return _stacks(ckpt, geometry_by_layer(ckpt.config, ckpt.tensors))[0]
+
+
+def _stacks(ckpt: Checkpoint, geometry: dict) -> list[str]:
+    stacks = sorted({s for s, _ in geometry}, key=lambda s: ("vision" in s or "audio" in s, -_count(geometry, s)))
+    if not stacks:
+        raise SurgeonError(f"{ckpt.source}: no attention projections found: nothing to reshape")
+    return stacks
 
 
 def _count(geometry: dict, stack: str) -> int:
@@ -208,9 +228,10 @@ def _read_raw(ckpt: Checkpoint, info: TensorInfo) -> np.ndarray:
 # ---------- whether stock transformers can load the result ----------
 
 
-def check_reshapable(source: str, layers: list[LayerHeads]) -> int:
+def check_reshapable(source: str, layers: list[LayerHeads], channels: bool = False) -> int:
     """SurgeonError, one line naming the layers, unless the removal can be reshaped; returns
-    the query heads every layer keeps."""
+    the query heads every layer keeps. `channels`: MLP channels are removed too, so no
+    removed head is a reshape of the channels alone (every head kept)."""
     ghosts = [h.layer for h in layers if h.ghosts]
     if ghosts:
         raise SurgeonError(
@@ -218,8 +239,13 @@ def check_reshapable(source: str, layers: list[LayerHeads]) -> int:
             "(uniform attention, not removed): slicing them would change the output; cannot reshape"
         )
     pruned = [h.layer for h in layers if h.removed]
+    if not pruned and channels:
+        return layers[0].geometry.num_heads
     if not pruned:
-        raise SurgeonError(f"{source}: no removed head (q_proj rows and o_proj columns all zero): nothing to reshape")
+        raise SurgeonError(
+            f"{source}: no removed head (q_proj rows and o_proj columns all zero) and no removed MLP channel "
+            "(gate_proj and up_proj rows and the down_proj column all zero): nothing to reshape"
+        )
     if len(pruned) < len(layers):
         untouched = sorted({h.layer for h in layers} - set(pruned))
         raise SurgeonError(
@@ -377,20 +403,27 @@ def reshape(
     if ckpt.config is None:
         raise SurgeonError(f"{ckpt.source}: no config.json: the reshaped head counts go there")
     layers = find_heads(ckpt)
-    num_heads = check_reshapable(ckpt.source, layers)
-    config = reshaped_config(ckpt.config, layers, num_heads, ckpt.source)
+    channels = find_channels(ckpt, text_stack(ckpt), [h.layer for h in layers], _read_raw)
+    num_heads = check_reshapable(ckpt.source, layers, channels=any_removed(channels))
+    check_channels(ckpt.source, channels, text_config(ckpt.config, None))
+    heads_removed = any(h.removed for h in layers)
+    config = (
+        reshaped_config(ckpt.config, layers, num_heads, ckpt.source) if heads_removed else copy.deepcopy(ckpt.config)
+    )
+    set_intermediate_size(text_config(config, None), channels)
     problem = config_problem(config) if config_problem is not None else None
     if problem is not None:
         raise SurgeonError(
             f"{ckpt.source}: transformers refuses the reshaped config ({problem}): cannot reshape; {MASK_MODE}"
         )
-    tensors = sliced_tensors(ckpt, layers)
+    tensors = sliced_tensors(ckpt, layers) if heads_removed else {}
+    tensors |= sliced_channels(ckpt, channels, _slice)
     files = {"config.json": (json.dumps(config, indent=2) + "\n").encode("utf-8")}
     index = index_bytes(ckpt, tensors)
     if index is not None and ckpt.index_name is not None:
         files[ckpt.index_name] = index
     saved = _saved(ckpt, tensors)
-    record = _reshape_record(ckpt, layers, num_heads, config, saved)
+    record = _reshape_record(ckpt, layers, num_heads, config, saved, channels)
     previous = _previous_manifest(ckpt)
     holder: dict = {}
 
@@ -400,7 +433,7 @@ def reshape(
 
     write_reshaped(ckpt, Path(output), tensors, files, manifest=manifest, force=force, cancel=cancel, progress=progress)
     before = layers[0].geometry.num_heads
-    return ReshapeResult(Path(output), layers, (before, num_heads), saved[0], saved[1], holder)
+    return ReshapeResult(Path(output), layers, (before, num_heads), saved[0], saved[1], holder, channels)
 
 
 def _saved(ckpt: Checkpoint, tensors: dict[str, NewTensor]) -> tuple[int, int]:
@@ -421,8 +454,11 @@ def _previous_manifest(ckpt: Checkpoint) -> dict:
     return portable_prune_record(previous) if previous is not None and is_surgeon_manifest(previous) else {}
 
 
-def _reshape_record(ckpt, layers: list[LayerHeads], num_heads: int, config: dict, saved: tuple[int, int]) -> dict:
+def _reshape_record(
+    ckpt, layers: list[LayerHeads], num_heads: int, config: dict, saved: tuple[int, int], channels: list
+) -> dict:
     params_before = sum(info.numel for info in ckpt.tensors.values())
+    by_layer = {c.layer: c for c in channels if c.removed}
     return {
         "tool": tool_record(),
         "created": created_now(),
@@ -430,7 +466,7 @@ def _reshape_record(ckpt, layers: list[LayerHeads], num_heads: int, config: dict
         "num_heads_before": layers[0].geometry.num_heads,
         "num_heads_after": num_heads,
         "config": _config_changes(ckpt.config, config),
-        "layers": [_layer_record(h) for h in layers],
+        "layers": [_layer_record(h) | (channel_record(by_layer[h.layer]) if by_layer else {}) for h in layers],
         "parameters_before": params_before,
         "parameters_after": params_before - saved[0],
         "parameters_removed": saved[0],
@@ -464,9 +500,32 @@ def _config_changes(old: dict | None, new: dict, prefix: str = "") -> dict:
 def _manifest(previous: dict, record: dict, report: WriteReport) -> dict:
     manifest = dict(previous)
     manifest["schema"] = SCHEMA
-    manifest["written"] = written_record(report, lambda name: parse_name(name).layer)
+    manifest["written"] = _against_base(dict(written_record(report, lambda name: parse_name(name).layer)), previous)
     manifest["reshape"] = record | {"masked": record["masked"] | {"shards": report.base_shards}}
     return manifest
+
+
+def _against_base(written: dict, previous: dict) -> dict:
+    """The `written` block against the mask build's own base, not the mask build: a tensor
+    the prune changed and the reshape copied (down_proj's refit bias) is still written, with
+    the base's hash; a shard the reshape copied is the base's file only where the prune
+    copied it too. Without the prune's record, the block stays against the mask build."""
+    before = previous.get("written")
+    if not isinstance(before, dict) or not isinstance(before.get("tensors"), dict):
+        return written
+    earlier: dict = before["tensors"]
+    tensors = {name: entry for name, entry in earlier.items() if isinstance(entry, dict)}
+    for name, entry in written["tensors"].items():
+        base_sha = tensors[name].get("base_sha256") if name in tensors else entry.get("base_sha256")
+        tensors[name] = {**entry, "base_sha256": base_sha}
+    layers = sorted({layer for name in tensors if (layer := parse_name(name).layer) is not None})
+    copied = set(before.get("copied_shards") or [])
+    return written | {
+        "layers": layers,
+        "layers_text": layer_ranges(layers),
+        "tensors": dict(sorted(tensors.items())),
+        "copied_shards": [name for name in written["copied_shards"] if name in copied],
+    }
 
 
 def summary(result: ReshapeResult) -> str:
@@ -474,8 +533,11 @@ def summary(result: ReshapeResult) -> str:
     before, after = result.num_heads
     kv = [h.layer for h in result.layers if len(h.kept_kv_heads()) < h.kv_heads]
     kv_text = f", and whole KV groups in layers {layer_ranges(kv)}" if kv else ""
+    removed = [c for c in result.channels if c.removed]
+    channels = f"{len(removed[0].removed)} of {removed[0].width} MLP channels" if removed else ""
+    heads = f"{before - after} of {before} query heads" if before != after else ""
     return (
-        f"reshaped: {before - after} of {before} query heads removed in each of layers "
+        f"reshaped: {' and '.join(filter(None, (heads, channels)))} removed in each of layers "
         f"{layer_ranges([h.layer for h in result.layers])}{kv_text}; {result.parameters_removed:,} parameters "
         f"({_size(result.bytes_removed)}) fewer; wrote {result.output}"
     )
@@ -541,10 +603,7 @@ def _planned_layers(ckpt: Checkpoint, removed: dict[int, list[int]]) -> list[Lay
     """The text stack's layers (find_heads' choice of stack) with their projections, in one
     pass over the tensor names, and the heads `removed` says."""
     geometry = geometry_by_layer(ckpt.config, ckpt.tensors)
-    stacks = sorted({s for s, _ in geometry}, key=lambda s: ("vision" in s or "audio" in s, -_count(geometry, s)))
-    if not stacks:
-        raise SurgeonError(f"{ckpt.source}: no attention projections found: nothing to reshape")
-    stack = stacks[0]
+    stack = _stacks(ckpt, geometry)[0]
     found: dict[int, dict[str, TensorInfo]] = {}
     for name, info in ckpt.tensors.items():
         parsed = parse_name(name)

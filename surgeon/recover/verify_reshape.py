@@ -20,6 +20,7 @@ from surgeon.format.manifest import MANIFEST_NAME
 from surgeon.format.rows import SafetensorsRows
 from surgeon.model.geometry import config_geometry, layer_geometry, text_config
 from surgeon.model.names import parse_name
+from surgeon.recover.verify_reshape_ffn import check_channels
 from surgeon.text import layer_ranges
 
 PROJECTIONS = {"q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight"}
@@ -50,10 +51,13 @@ def check_reshape(record: Mapping[str, Any], base: Checkpoint, ckpt: Checkpoint)
         problems += _check_config(layer, cfg, after)
         problems += _check_heads(layer, names[0], base)
         problems += _check_layer(layer, names, ours, theirs)
+    ffn_checks, ffn_problems = check_channels(layers, _main_stack(base) or "", base, ckpt, cfg)
+    problems += ffn_problems
     if problems:
         return [], problems
     kept = layer_ranges([layer["layer"] for layer in layers])
-    return [f"the reshape's claims hold: layers {kept} keep the base's q, k and v rows of the heads it names"], []
+    held = f"the reshape's claims hold: layers {kept} keep the base's q, k and v rows of the heads it names"
+    return [held, *ffn_checks], []
 
 
 def record_layers(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -126,12 +130,16 @@ def _check_heads(layer: Mapping[str, Any], base_names: dict[tuple[int, str], str
     return []
 
 
+def _main_stack(ckpt: Checkpoint) -> str | None:
+    stacks = Counter(p.stack for p in map(parse_name, ckpt.tensors) if p.stack is not None)
+    return stacks.most_common(1)[0][0] if stacks else None
+
+
 def _projections(ckpt: Checkpoint) -> dict[tuple[int, str], str]:
     """(layer, q|k|v|o) -> tensor name in the main layer stack."""
     found: dict[tuple[int, str], str] = {}
     parsed = {name: parse_name(name) for name in ckpt.tensors}
-    stacks = Counter(p.stack for p in parsed.values() if p.stack is not None)
-    main = stacks.most_common(1)[0][0] if stacks else None
+    main = _main_stack(ckpt)
     for name, p in parsed.items():
         for key, family in (*PROJECTIONS.items(), ("o", "self_attn.o_proj.weight")):
             if p.stack == main and p.layer is not None and p.family == family:

@@ -232,3 +232,107 @@ def test_salvage_rolls_back_a_channel_pruned_layer_and_eval_measures_it(channels
     measured = runner.invoke(main, args)
     assert measured.exit_code == 0, measured.output
     assert json.loads(measured.stdout)["totals"]["kl_mean"] > 0
+
+
+def _logits(folder, ids):
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(ids).logits
+
+
+@pytest.mark.parametrize("heads", [0.0, 0.25])
+def test_reshape_slices_the_channels_and_equals_the_mask_build(tmp_path, heads):
+    """--mode reshape: the channels sliced out, intermediate_size one number, the same logits
+    as the mask build of the same channels, parameters down by exactly the slices."""
+    from transformers import AutoModelForCausalLM
+
+    from surgeon.prune.reshape import reshape
+    from surgeon.recover.verify import verify
+
+    options = dict(ffn_frac=0.25, prune_frac=heads, layers="all")
+    masked = prune(DEMO_MODEL, tmp_path / "mask", tiny_prune_options(**options)).output
+    result = prune(DEMO_MODEL, tmp_path / "reshape", tiny_prune_options(mode="reshape", **options))
+    out = result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["intermediate_size"] == 96
+    assert "reshaped:" in result.reshape_line and "32 of 128 MLP channels" in result.reshape_line
+    model = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    info = model[1]
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ids = torch.arange(40)[None] % 500
+    if heads == 0.0:  # the mask build of the same channels: the same model
+        torch.testing.assert_close(_logits(out, ids), _logits(masked, ids), rtol=0, atol=1e-5)
+    if heads == 0.0:  # the mask build reshaped by `surgeon reshape` (with heads, mask mode's are not balanced)
+        again = reshape(masked, tmp_path / "again")
+        torch.testing.assert_close(_logits(again.output, ids), _logits(masked, ids), rtol=0, atol=1e-5)
+    count = lambda folder: sum(t.numel for t in open_checkpoint(folder).tensors.values())  # noqa: E731
+    layers, hidden = 8, 64
+    assert count(DEMO_MODEL) - count(out) == result.manifest["reshape"]["parameters_removed"]
+    if heads == 0.0:
+        assert result.manifest["reshape"]["parameters_removed"] == layers * 3 * 32 * hidden
+    record = result.manifest["reshape"]["layers"][0]
+    assert record["ffn_width"] == 128 and len(record["ffn_removed_channels"]) == 32
+    report = verify(out, DEMO_MODEL)
+    assert report.ok, report.discrepancies
+
+
+@pytest.fixture(scope="module")
+def channels_reshaped(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ffn-reshape") / "out"
+    prune(DEMO_MODEL, out, tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="all", mode="reshape"))
+    return out
+
+
+@pytest.mark.parametrize("lie", ["channel swapped", "layer left out", "width", "malformed"])
+def test_verify_refuses_a_reshape_block_that_lies_about_channels(channels_reshaped, tmp_path, lie):
+    from surgeon.recover.verify import verify
+
+    lying = shutil.copytree(channels_reshaped, tmp_path / "lying")
+    manifest = json.loads((lying / "prune_manifest.json").read_text())
+    entry = manifest["reshape"]["layers"][3]
+    if lie == "channel swapped":
+        other = next(c for c in range(128) if c not in entry["ffn_removed_channels"])
+        entry["ffn_removed_channels"] = sorted([*entry["ffn_removed_channels"][1:], other])
+    elif lie == "layer left out":
+        del entry["ffn_width"], entry["ffn_removed_channels"]
+    elif lie == "width":
+        entry["ffn_width"] = 129
+    else:
+        entry["ffn_removed_channels"] = ["1"]
+    (lying / "prune_manifest.json").write_text(json.dumps(manifest))
+    if lie == "malformed":
+        from surgeon.cli.main import main
+
+        result = CliRunner().invoke(main, ["verify", str(lying), "--base", str(DEMO_MODEL)])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "ffn_removed_channels are not channels in order" in result.output
+        return
+    report = verify(lying, DEMO_MODEL)
+    assert not report.ok
+    assert any("layer 3" in d for d in report.discrepancies), report.discrepancies
+
+
+def test_reshape_of_a_llama_with_mlp_biases(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from surgeon.recover.verify import verify
+
+    base = _with_tokenizer(save_tiny("llama", tmp_path / "base", mlp_bias=True, vocab_size=512))
+    result = prune(base, tmp_path / "out", tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, mode="reshape"))
+    out = _tensors(result.output)
+    assert out["model.layers.0.mlp.gate_proj.bias"].shape == (48,) and out[
+        "model.layers.0.mlp.down_proj.bias"
+    ].shape == (32,)
+    _, info = AutoModelForCausalLM.from_pretrained(result.output, output_loading_info=True)
+    assert not any(info.values())
+    assert verify(result.output, base).ok
+
+
+def test_reshape_refuses_channels_removed_in_some_layers_only(channels_0_1, tmp_path):
+    from surgeon.cli.main import main
+
+    result = CliRunner().invoke(main, ["reshape", str(channels_0_1), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "MLP channels are removed in layers 0-1 only, none in layers 2-7" in result.output
+    assert not (tmp_path / "out").exists()
