@@ -265,11 +265,14 @@ def test_the_diff_page_lists_every_field(workspace):
     channels = workspace / "channels"  # MLP channels removed: the `channels` fields
     short = ["--calib-tokens", "512", "--sample-tokens", "128", "-q"]
     run("prune", DEMO_MODEL, "-o", channels, "--layers", "0", "--ffn-frac", "0.25", *short, "--json")
+    sliced = workspace / "channels-sliced"  # and sliced out: `tensors[].channels.removed`
+    run("prune", DEMO_MODEL, "-o", sliced, "--mode", "reshape", "--ffn-frac", "0.25", *short, "--json")
     reports = [
         run("diff", DEMO_MODEL, DEMO_CANDIDATE, "--json", codes=(1,)),
         run("diff", DEMO_MODEL, quants["model"], "--json"),
         run("diff", DEMO_MODEL, quants["candidate"], "--json", codes=(1,)),
         run("diff", DEMO_MODEL, channels, "--json", codes=(1,)),
+        run("diff", DEMO_MODEL, sliced, "--json", codes=(1,)),
     ]
     assert [r["quant"]["made_from"] for r in reports[1:3]] == [True, False]
     assert reports[2]["quant"]["heads_beyond"] and reports[1]["quant"]["transforms"]["vocab-trim"] == 1

@@ -1,4 +1,4 @@
-"""`surgeon reshape`: slice a mask-mode checkpoint's removed heads out of its shapes."""
+"""`surgeon reshape`: slice a mask-mode checkpoint's removed heads and MLP channels out of its shapes."""
 
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from surgeon.text import inert
 @click.option("--no-progress", is_flag=True, help="No progress bars (they go to stderr, on a terminal only).")
 @handle_errors
 def reshape(masked: str, output: Path, force: bool, as_json: bool, no_progress: bool) -> None:
-    """Slice the heads a mask-mode prune zeroed out of MASKED's shapes, write OUT.
+    """Slice the heads and MLP channels a mask-mode prune zeroed out of MASKED's shapes, write OUT.
 
     Every layer must have lost the same number of query heads (transformers has one
     num_attention_heads), and each KV group the same number or all of its heads (then its
-    k/v rows go too). Every tensor but the sliced projections is copied byte for byte.
+    k/v rows go too); every layer the same number of MLP channels (one intermediate_size).
+    Every tensor but the sliced projections is copied byte for byte.
     """
     from surgeon.prune.reshape import reshape as run_reshape
     from surgeon.prune.reshape import summary

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from surgeon.diff import stats_cache
 from surgeon.diff.bytes import Pair, compare_bytes
 from surgeon.diff.reshape import ReshapeFindings, Sliced, find_reshape
+from surgeon.diff.reshape_ffn import find_channel_slices
 from surgeon.diff.reshape_rows import KeptHeads, compare_cols, compare_rows, readable
 from surgeon.diff.stats import HeadLayout, HeadScan, TensorStats, tensor_stats, zero_heads
 from surgeon.diff.statuses import FileStatus, ShardStatus, TensorStatus
@@ -167,6 +168,7 @@ def diff_checkpoints(
         equal = _bytes_equal(base, other, options, progress, cancel)
     tensors = _tensor_statuses(base, other, sha_b, sha_o, equal)
     reshape = _add_reshape(base, other, tensors, options.stats, cancel)
+    _add_channel_reshape(base, other, tensors, options.stats, cancel)
     if options.stats:
         _add_stats(base, other, tensors, options, cancel)
     return DiffReport(
@@ -396,16 +398,41 @@ def _add_reshape(base, other, tensors: list[TensorDiff], stats: bool, cancel) ->
     return findings
 
 
+def _add_channel_reshape(base, other, tensors: list[TensorDiff], stats: bool, cancel) -> None:
+    """Mark the MLP projections a reshape sliced channels out of `reshaped`, and compare each
+    kept channel with BASE's channel it stands for (diff.channels, and stats of the kept ones)."""
+    found = find_channel_slices(base, other, tensors)
+    for diff in tensors:
+        sliced = found.get(diff.name)
+        if sliced is None or diff.status != "retyped":
+            continue
+        check_stop(cancel.is_set if cancel is not None else None)
+        diff.status = "reshaped"
+        b, o = base.tensors[diff.name], other.tensors[diff.name]
+        if sliced.kept is None or not (readable(b) and readable(o)):
+            continue  # which channels OTHER's are is not established
+        compare = compare_cols if sliced.axis == "cols" else compare_rows
+        kept = compare((base.shard_path(b.file), other.shard_path(o.file)), (b, o), sliced.kept, 1, stats)
+        diff.channels = _kept_report(sliced.projection, sliced.axis, sliced.width, sliced.kept, kept)
+        diff.stats = kept.stats
+
+
 def _reshaped_heads(sliced: Sliced, kept: KeptHeads) -> HeadReport:
-    """The per-head view over BASE's heads: `removed` where OTHER has no such head, else as
-    for a same-shape pair (zeroed, changed, unchanged)."""
-    statuses = ["removed"] * sliced.num_heads
-    other_zero = [False] * sliced.num_heads  # a removed head has no values in OTHER
-    for position, head in enumerate(sliced.kept or []):
+    return _kept_report(
+        sliced.projection, sliced.axis, sliced.num_heads, sliced.kept or [], kept, sliced.layer.head_dim
+    )
+
+
+def _kept_report(projection: str, axis: str, count: int, positions: list[int], kept: KeptHeads, dim: int = 1):
+    """The per-head (or per-channel) view over BASE's: `removed` where OTHER has no such
+    head, else as for a same-shape pair (zeroed, changed, unchanged)."""
+    statuses = ["removed"] * count
+    other_zero = [False] * count  # a removed head has no values in OTHER
+    for position, head in enumerate(positions):
         zeroed = kept.other_zero[position] and not kept.base_zero[position]
         statuses[head] = "zeroed" if zeroed else "changed" if kept.changed[position] else "unchanged"
         other_zero[head] = kept.other_zero[position]
-    return HeadReport(sliced.projection, sliced.axis, sliced.num_heads, sliced.layer.head_dim, statuses, other_zero)
+    return HeadReport(projection, axis, count, dim, statuses, other_zero)
 
 
 def _has_stats(diff: TensorDiff, base: Checkpoint, other: Checkpoint) -> bool:

@@ -212,9 +212,12 @@ def _heads_cell(t: TensorDiff) -> Text | str:
         word = "expert" if len(experts) == 1 else "experts"
         return Text(f"{word} {layer_ranges(experts)}", style="yellow") + Text(f" of {t.base.shape[0]}", style="dim")
     if t.channels is not None:  # an MLP projection: how many channels, never a list of thousands
-        zeroed = len(t.channels.heads_with("zeroed"))
-        if zeroed:
-            return Text(f"zeroed {zeroed}", style="red") + Text(f" of {t.channels.num_heads} channels", style="dim")
+        for status in ("removed", "zeroed"):
+            count = len(t.channels.heads_with(status))
+            if count:
+                return Text(f"{status} {count}", style="red") + Text(
+                    f" of {t.channels.num_heads} channels", style="dim"
+                )
     if t.heads is None:
         return ""
     parts = []

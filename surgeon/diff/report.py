@@ -198,6 +198,7 @@ class ChannelRow:
     width: int
     removed: list[int]
     rows_kept: list[int]  # removed channels whose gate_proj or up_proj row is not zero
+    sliced: bool  # reshaped: the channels are gone from the shapes, not zeroed
 
 
 def channel_rows(report: DiffReport) -> list[ChannelRow]:
@@ -208,13 +209,19 @@ def channel_rows(report: DiffReport) -> list[ChannelRow]:
     rows = []
     for (stack, layer), by_proj in sorted(found.items(), key=lambda item: (item[0][0] or "", item[0][1])):
         down = by_proj.get("down_proj")
-        removed = down.heads_with("zeroed") if down is not None else []
+        sliced = down.heads_with("removed") if down is not None else []
+        removed = sorted(sliced + down.heads_with("zeroed")) if down is not None else []
         if down is None or not removed:
             continue
         gate_up = [by_proj[p] for p in ("gate_proj", "up_proj") if p in by_proj]
-        kept = [c for c in removed if any(c < r.num_heads and not r.other_zero[c] for r in gate_up)]
-        rows.append(ChannelRow(stack, layer, down.num_heads, removed, kept))
+        live = [c for c in removed if any(c < r.num_heads and _live(r, c) for r in gate_up)]
+        rows.append(ChannelRow(stack, layer, down.num_heads, removed, live, bool(sliced)))
     return rows
+
+
+def _live(report: HeadReport, channel: int) -> bool:
+    """The channel's gate or up row is there and not all zero."""
+    return report.statuses[channel] != "removed" and not report.other_zero[channel]
 
 
 def channel_runs(rows: list[ChannelRow]) -> list[tuple[list[int], int, int]]:
@@ -276,7 +283,7 @@ def _channels_json(c: HeadReport) -> dict:
         "zeroed": c.heads_with("zeroed"),
         "changed": len(c.heads_with("changed")),
         "all_zero": [i for i, z in enumerate(c.other_zero) if z],
-    }
+    } | ({"removed": c.heads_with("removed")} if "removed" in c.statuses else {})  # a reshaped tensor only
 
 
 def _heads_json(h: HeadReport) -> dict:

@@ -336,3 +336,24 @@ def test_reshape_refuses_channels_removed_in_some_layers_only(channels_0_1, tmp_
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "MLP channels are removed in layers 0-1 only, none in layers 2-7" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_diff_of_a_channel_reshape_names_the_channels_removed(channels_reshaped, tmp_path, manifest):
+    """With the manifest, and without it (the kept channels matched by their gate rows)."""
+    from surgeon.cli.main import main
+
+    other = channels_reshaped
+    if not manifest:
+        other = shutil.copytree(channels_reshaped, tmp_path / "bare")
+        (other / "prune_manifest.json").unlink()
+    data = json.loads(CliRunner().invoke(main, ["diff", str(DEMO_MODEL), str(other), "--json"]).output)
+    claimed = json.loads((channels_reshaped / "prune_manifest.json").read_text())["reshape"]["layers"]
+    rows = data["summary"]["ffn_channels_removed"]
+    assert [(r["layer"], r["removed"], r["sliced"]) for r in rows] == [
+        (layer["layer"], layer["ffn_removed_channels"], True) for layer in claimed
+    ]
+    gate = next(t for t in data["tensors"] if t["name"] == "model.layers.2.mlp.gate_proj.weight")
+    assert gate["status"] == "reshaped" and gate["channels"]["changed"] == 0  # the kept rows are the base's
+    text = CliRunner().invoke(main, ["diff", str(DEMO_MODEL), str(other)], terminal_width=120).output
+    assert "MLP channels removed 32 of 128 in each of layers 0-7" in text and "removed 32 of 128 channels" in text
