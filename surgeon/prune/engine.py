@@ -715,9 +715,8 @@ def reshape_plan(
 
 def check_ffn(layout: ModelLayout, selected: list[int], options: PruneOptions) -> None:
     """--ffn-frac needs a dense gate/up/down MLP in every pruned layer (a mixture of experts
-    keeps its experts fused in one gate_up_proj, which surgeon does not prune)."""
-    if options.mode == "reshape":
-        raise SurgeonError("--ffn-frac prunes in mask mode only, for now: drop --mode reshape")
+    keeps its experts fused in one gate_up_proj, which surgeon does not prune). Mask mode only:
+    PruneOptions.validate refuses a reshape with channels."""
     for index in selected:
         spec = layout.layers[index]
         if spec.experts:

@@ -119,6 +119,12 @@ class PruneOptions:
             (self.propagate in PROPAGATE, f"propagate must be one of {', '.join(PROPAGATE)}"),
             (self.mode in MODES, f"mode must be one of {', '.join(MODES)}"),
             (self.ffn_importance in FFN_IMPORTANCE, f"ffn importance must be one of {', '.join(FFN_IMPORTANCE)}"),
+            # the engine's check before any work (check_ffn held it, after torch loaded): the TUI's
+            # form refuses it in the same words
+            (
+                self.mode == "mask" or not self.ffn_frac,
+                "MLP channels are pruned in mask mode only, for now: use mask mode, or prune no channels",
+            ),
             (
                 self.mode == "mask" or not self.layer_fracs,
                 "a reshape removes the same share of query heads in every layer: no per-layer fraction",

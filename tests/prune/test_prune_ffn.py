@@ -134,6 +134,17 @@ def test_cli_refuses_a_fraction_out_of_range(tmp_path, frac):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_refuses_channels_in_reshape_mode_before_any_work(tmp_path):
+    """PruneOptions.validate holds the refusal (the TUI's form shows the same words), before torch loads."""
+    from surgeon.cli.main import main
+
+    args = ["prune", str(DEMO_MODEL), "-o", str(tmp_path / "o"), "--ffn-frac", "0.25", "--mode", "reshape"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "MLP channels are pruned in mask mode only" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def _with_tokenizer(base):
     for name in ("tokenizer.json", "tokenizer_config.json"):  # any tokenizer will do for calibration
         shutil.copy(DEMO_MODEL / name, base)
