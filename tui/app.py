@@ -173,7 +173,7 @@ class SurgeonApp(App):
         session = self.session
         if session.report is None or session.plan is None:
             return
-        status, rows = session.status(), layer_rows(session.report, session.plan)
+        status, rows = session.status(), layer_rows(session.report, session.plan, session.channels)
         summary, report, plan_eval = status.summary, status.canary, status.eval
         self.query_one(OverviewPane).show(session.report, rows)
         text_name = session.eval_text_name
@@ -484,7 +484,8 @@ class SurgeonApp(App):
         heads = pane.heads_text().plain  # what the fraction comes to, in whole heads
         question = (
             f"Prune {session.base.name} into a new folder:\n{output}\n\nfraction {options.prune_frac:g}, "
-            f"layers {options.layers}, importance {options.importance}, heal {options.heal}, mode {options.mode}."
+            f"layers {options.layers}, importance {options.importance}, heal {options.heal}, mode {options.mode}"
+            + (f", MLP channels {options.ffn_frac:g} by {options.ffn_importance}." if options.ffn_frac else ".")
             + (f"\n{heads[0].upper()}{heads[1:]}." if heads else "")
         )
 

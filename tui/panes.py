@@ -16,6 +16,7 @@ from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.widgets.data_table import ColumnKey
 
 from surgeon.atomic import OutputExists
 from surgeon.diff.report import summary_line
@@ -24,12 +25,15 @@ from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.writer import check_output_folder
 from surgeon.model.families import LayerSpec
 from surgeon.model.names import parse_layer_spec, parse_layers
-from surgeon.prune.options import HEALS, IMPORTANCE, MODES, PRUNE_DEFAULTS, PruneOptions
+from surgeon.prune.options import FFN_IMPORTANCE, HEALS, IMPORTANCE, MODES, PRUNE_DEFAULTS, PruneOptions
 from surgeon.runtime.settings import RunSettings
 from surgeon.text import inert
 
 from . import views
 from .session import RangeEdit
+
+HEADS_LABEL = "zeroed heads"
+CHANNELS_LABEL = "zeroed"  # where the column gives the MLP channels too: "#3 -25% ch"
 
 
 class LayerMap(DataTable):
@@ -62,11 +66,12 @@ class LayerMap(DataTable):
             self.add_column("KL alone", key="kl", width=6 + 1 + views.BAR_WIDTH)
         for column in views.MAP_COLUMNS:
             self.add_column(column, key=column)
-        self.add_column("zeroed heads", key="heads")
+        self.add_column(HEADS_LABEL, key="heads")
 
     def show(self, rows: list[views.LayerRow], layer_kl: dict[int, float | None] | None = None) -> None:
         row_index = self.cursor_row
         self.clear()
+        self._heads_label(CHANNELS_LABEL if any(row.channels for row in rows) else HEADS_LABEL)
         # The Overview's map only: beside the Plan map's KL column it was cut at 80 columns.
         experts = self._experts_column(not self.kl_column and any(row.expert_count for row in rows))
         largest = max((kl for kl in (layer_kl or {}).values() if kl is not None), default=0.0)
@@ -84,6 +89,18 @@ class LayerMap(DataTable):
             self.add_row(*cells, key=str(row.layer))
         if rows:
             self.move_cursor(row=min(row_index, len(rows) - 1))
+
+    def _heads_label(self, label: str) -> None:
+        """The last column says "zeroed" where it also gives the MLP channels a layer lost
+        ("#3 -25% ch"); a column's width only grows, so a new label is a new column."""
+        if str(self.columns[ColumnKey("heads")].label) == label:
+            return
+        had_experts = "experts" in self.columns
+        for key in ("heads", "experts") if had_experts else ("heads",):
+            self.remove_column(key)
+        self.add_column(label, key="heads")
+        if had_experts:
+            self.add_column("experts", key="experts")
 
     def _experts_column(self, wanted: bool) -> bool:
         """A mixture-of-experts pair gets an "experts" column, its changed experts per layer;
@@ -646,6 +663,8 @@ class StatusLine(Static):
 IMPORTANCE_CHOICES = [(name, name) for name in IMPORTANCE]  # the prune options own the names
 HEAL_CHOICES = [(name, name) for name in HEALS]
 MODE_CHOICES = [(name, name) for name in MODES]
+FFN_IMPORTANCE_CHOICES = [(name, name) for name in FFN_IMPORTANCE]
+FFN_FRAC_TIP = "Fraction of MLP channels to remove per layer (gate/up rows, down_proj columns); 0: none"
 
 
 class PrunePane(VerticalScroll):
@@ -657,6 +676,7 @@ class PrunePane(VerticalScroll):
     .form-row { height: 3; }
     .form-label { width: 11; padding: 1 1 0 0; text-align: right; }
     #prune-frac, #prune-layers, #prune-importance, #prune-heal, #prune-mode { width: 1fr; }
+    #prune-ffn-frac, #prune-ffn-importance { width: 1fr; }
     #prune-output { width: 1fr; }
     #prune-heads { height: auto; padding: 0 0 0 11; }
     #prune-progress { height: auto; min-height: 4; }
@@ -685,6 +705,17 @@ class PrunePane(VerticalScroll):
             yield Select(IMPORTANCE_CHOICES, value=PRUNE_DEFAULTS.importance, allow_blank=False, id="prune-importance")
             yield Label("heal", classes="form-label")
             yield Select(HEAL_CHOICES, value=PRUNE_DEFAULTS.heal, allow_blank=False, id="prune-heal")
+        with Horizontal(classes="form-row"):  # the MLP's channels (--ffn-frac): 0, the default, prunes none
+            yield Label("MLP frac", classes="form-label")
+            yield Input(f"{PRUNE_DEFAULTS.ffn_frac:g}", id="prune-ffn-frac", tooltip=FFN_FRAC_TIP)
+            yield Label("MLP score", classes="form-label")
+            yield Select(
+                FFN_IMPORTANCE_CHOICES,
+                value=PRUNE_DEFAULTS.ffn_importance,
+                allow_blank=False,
+                id="prune-ffn-importance",
+                tooltip="How the MLP's channels are scored (--ffn-importance)",
+            )
         with Horizontal(classes="form-row"):
             yield Label("output", classes="form-label")
             yield Input("", placeholder="empty: a new <base>-pruned folder here", id="prune-output")
@@ -732,6 +763,8 @@ class PrunePane(VerticalScroll):
             "importance": str(self.query_one("#prune-importance", Select).value),
             "heal": str(self.query_one("#prune-heal", Select).value),
             "mode": str(self.query_one("#prune-mode", Select).value),
+            "ffn_fraction": self.query_one("#prune-ffn-frac", Input).value.strip(),
+            "ffn_importance": str(self.query_one("#prune-ffn-importance", Select).value),
             "output": self.query_one("#prune-output", Input).value.strip(),
         }
 
@@ -741,7 +774,10 @@ class PrunePane(VerticalScroll):
         return prune_request(self.form(), base, num_layers, tokenizer)
 
     def reset_progress(self) -> None:
-        self.query_one("#prune-progress", DataTable).clear()
+        table = self.query_one("#prune-progress", DataTable)
+        table.clear()
+        if "channels" in table.columns:  # a prune with no MLP channels shows no such column
+            table.remove_column("channels")
 
     def phase(self, layer: int, phase: str) -> None:
         table = self.query_one("#prune-progress", DataTable)
@@ -765,6 +801,10 @@ class PrunePane(VerticalScroll):
         residual = (result.refit or {}).get("rel_residual")
         table.update_cell(key, "rel residual", "-" if residual is None else f"{residual:.4f}")
         table.update_cell(key, "seconds", f"{result.seconds:.2f}")
+        if result.ffn_width:  # --ffn-frac: the MLP channels removed of the layer's, as prune's summary
+            if "channels" not in table.columns:
+                table.add_column("channels", key="channels", default="")
+            table.update_cell(key, "channels", views.channels_cell(result), update_width=True)
 
 
 def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Path | None):
@@ -778,26 +818,46 @@ def prune_request(form: dict, base: Path, num_layers: int | None, tokenizer: Pat
         PruneOptions(prune_frac=fraction).validate()
     except SurgeonError as exc:
         raise SurgeonError(f"fraction {form['fraction']!r}: {exc}, e.g. {PRUNE_DEFAULTS.prune_frac:g}") from None
+    ffn_fraction = _ffn_fraction(form.get("ffn_fraction", ""))
     if num_layers is not None:
         parse_layers(form["layers"], num_layers, what="layers")
     options = PruneOptions(
         prune_frac=fraction,
+        ffn_frac=ffn_fraction,
+        ffn_importance=form.get("ffn_importance", PRUNE_DEFAULTS.ffn_importance),
         layers=form["layers"],
         importance=form["importance"],
         heal=form["heal"],
         mode=form.get("mode", PRUNE_DEFAULTS.mode),
         run=RunSettings(tokenizer=str(tokenizer) if tokenizer else None),
     )
-    options.validate()
+    options.validate()  # among its words: channels are pruned in mask mode only
     if options.mode == "reshape":
         _check_reshape(base, options, num_layers)
-    default = Path.cwd() / f"{base.name}-pruned-{fraction:g}-layers-{form['layers'].replace(',', '_')}"
+    channels = f"-mlp-{ffn_fraction:g}" if ffn_fraction else ""
+    default = Path.cwd() / f"{base.name}-pruned-{fraction:g}{channels}-layers-{form['layers'].replace(',', '_')}"
     output = Path(form["output"]).expanduser() if form["output"] else _free_folder(default)
     try:
         check_output_folder(output, [open_checkpoint(base)], force=False)  # the writers' own guard, before any work
     except OutputExists:
         raise SurgeonError(f"{output}: already exists; choose another output folder") from None
     return options, output
+
+
+def _ffn_fraction(typed: str) -> float:
+    """The MLP fraction typed (empty: the default, no channel), checked by PruneOptions
+    itself, as the heads' fraction is."""
+    if not typed:
+        return PRUNE_DEFAULTS.ffn_frac
+    try:
+        fraction = float(typed)
+    except ValueError:
+        fraction = float("nan")  # in no range: refused below
+    try:
+        PruneOptions(ffn_frac=fraction).validate()
+    except SurgeonError as exc:
+        raise SurgeonError(f"MLP fraction {typed!r}: {exc}, e.g. 0.25 (0: none)") from None
+    return fraction
 
 
 def _check_reshape(base: Path, options: PruneOptions, num_layers: int | None) -> None:

@@ -29,6 +29,7 @@ from surgeon.diff.engine import DiffOptions, DiffReport, diff_checkpoints
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import open_checkpoint
 from surgeon.format.hashcache import hash_cache_dir
+from surgeon.format.manifest import is_surgeon_manifest, read_manifest
 from surgeon.model.families import LayerSpec, model_layout
 from surgeon.progress import ProgressSink
 from surgeon.prune.reshape import ReshapePreview, preview
@@ -185,6 +186,7 @@ class PairSession:
     def _start_candidate(self) -> None:
         """What belongs to one candidate: a new one starts with none of it."""
         self.report: DiffReport | None = None
+        self.channels: dict[int, tuple[int, int]] | None = None  # the MLP channels the manifest says each layer lost
         self.plan: RollbackPlan | None = None
         self.composed: ComposedCanary | None = None  # the canary's in-memory model, built once per candidate
         self.auto_steps: list[SearchStep] = []  # the last auto search's runs, shown on the Canary tab
@@ -213,6 +215,7 @@ class PairSession:
     def loaded(self, report: DiffReport) -> None:
         """The pair's diff: a plan over it starts with every changed layer kept."""
         self.report, self.plan = report, RollbackPlan(report)
+        self.channels = manifest_channels(self.candidate)
 
     def prune_layers(self) -> list[LayerSpec] | None:
         """The base's decoder layers as prune reads them (config and headers, milliseconds), for
@@ -496,3 +499,23 @@ def loading_phase(then: str) -> str:
     seconds (5.5 s measured on the demo, 2 busy cores) that no cancel can cut short; the job
     bar names it, so a cancel pressed then is understood. `then` otherwise."""
     return LOADING_TORCH if "torch" not in sys.modules else then
+
+
+def manifest_channels(candidate: Path) -> dict[int, tuple[int, int]] | None:
+    """{layer: (MLP channels removed, the MLP's width)} as the candidate's surgeon
+    prune_manifest.json records them (--ffn-frac), None where it has none or cannot be read:
+    the maps then take them from the diff."""
+    try:
+        manifest = read_manifest(candidate / "prune_manifest.json")
+    except SurgeonError:
+        return None
+    if manifest is None or not is_surgeon_manifest(manifest):
+        return None
+    found = {}
+    for layer in manifest.get("layers") or []:
+        if not isinstance(layer, dict):
+            continue
+        index, width, removed = layer.get("layer"), layer.get("ffn_width"), layer.get("ffn_pruned_channels")
+        if isinstance(index, int) and isinstance(width, int) and width > 0 and isinstance(removed, list):
+            found[index] = (len(removed), width)
+    return found or None

@@ -14,6 +14,7 @@ from rich.cells import cell_len, chop_cells
 from rich.text import Text
 
 from surgeon.diff.engine import natural_key
+from surgeon.diff.report import channel_rows
 from surgeon.diff.statuses import STATUS_STYLE
 from surgeon.errors import SurgeonError
 from surgeon.model.families import LayerSpec
@@ -65,14 +66,17 @@ class LayerRow:
     changed_experts: set[int] = field(default_factory=set)  # those with a tensor that differs
     fused_experts: int = 0  # the experts of its fused tensors (Gemma 4's experts.gate_up_proj)
     unknown_experts: bool = False  # a fused tensor changed, but which experts was not compared
+    channels: tuple[int, int] | None = None  # (MLP channels removed, the MLP's width), None: none removed
 
     @property
     def expert_count(self) -> int:
         return max(len(self.experts), self.fused_experts)
 
 
-def layer_rows(report, plan) -> list[LayerRow]:
-    """One row per layer of the main stack, with the plan's choice applied."""
+def layer_rows(report, plan, channels: dict[int, tuple[int, int]] | None = None) -> list[LayerRow]:
+    """One row per layer of the main stack, with the plan's choice applied. `channels`: the
+    MLP channels each layer removed, {layer: (removed, width)}, as the candidate's manifest
+    records them; None: as the diff finds them (down_proj columns newly zero)."""
     rows = {n: LayerRow(n, plan.source_of(n), {}, 0, []) for n in plan.layers}
     for t in report.tensors:
         if t.layer is None or t.stack != report.main_stack or t.layer not in rows:
@@ -88,6 +92,12 @@ def layer_rows(report, plan) -> list[LayerRow]:
         _note_experts(row, t, state != "identical")
         previous = row.cells.get(column, "identical")
         row.cells[column] = max(previous, state, key=_RANK.index)
+    if channels is None:
+        channels = {c.layer: (len(c.removed), c.width) for c in channel_rows(report) if c.stack == report.main_stack}
+    for layer, (removed, width) in channels.items():
+        lost = rows.get(layer)
+        if lost is not None and removed and width and lost.changed:  # a layer the diff finds unchanged lost none
+            lost.channels = (removed, width)
     return list(rows.values())
 
 
@@ -130,11 +140,22 @@ def layer_cells(row: LayerRow) -> list[Text]:
     for column in MAP_COLUMNS:
         mark, style = CELL[row.cells.get(column, "absent")]
         out.append(Text(mark, style=style, justify="center"))
-    heads = " ".join(f"#{n}" for n in row.zeroed_heads)
+    heads = " ".join([f"#{n}" for n in row.zeroed_heads] + ([channels_share(*row.channels)] if row.channels else []))
     if heads and row.source == "base":
         heads = f"({heads})"  # zeroed in the candidate, but this plan takes the base's heads
     out.append(Text(heads or "-", style="red" if heads and row.source == "candidate" else "dim"))
     return out
+
+
+def channels_share(removed: int, width: int) -> str:
+    """The share of a layer's MLP channels removed, short for the map's last column (80
+    columns): "-25% ch" (32 of 128), "-8.59% ch" (11 of 128)."""
+    return f"-{100 * removed / width:.3g}% ch"
+
+
+def channels_cell(result) -> Text:
+    """A prune's layer result's MLP channels removed, as prune's summary gives them: "-32/128"."""
+    return Text(f"-{len(result.ffn_pruned_channels)}/{result.ffn_width}", justify="right")
 
 
 def experts_cell(row: LayerRow) -> Text:
