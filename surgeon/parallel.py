@@ -32,8 +32,10 @@ def map_cancellable(
         return stop.is_set() or (cancel is not None and cancel.is_set())
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(func, item, should_stop) for item in items]
-        try:
+        futures = []
+        try:  # a signal can land while the items are submitted: the first may be running already
+            for item in items:
+                futures.append(pool.submit(func, item, should_stop))
             for future in as_completed(futures):
                 future.result()  # raises the first failure as soon as it happens
             return [future.result() for future in futures]

@@ -15,8 +15,6 @@ session; the app stores what they return, on its own thread, when the job ends.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import threading
 from collections.abc import Callable
@@ -109,8 +107,9 @@ class WriteRequest:
         else:
             # as prune --mode reshape does (engine._Run._reshaped): the mask-mode plan beside the
             # output, on its disk, its heads sliced out into the output, then removed
-            masked = self.output.parent / f".{self.output.name}.masked-{os.getpid()}"
-            try:
+            from surgeon.prune.reshape import mask_build_beside
+
+            with mask_build_beside(self.output) as masked:
                 self._salvage(masked, False, progress, cancel)
                 from surgeon.prune.reshape import reshape
 
@@ -123,8 +122,6 @@ class WriteRequest:
                     cancel=cancel,
                     progress=progress,
                 )
-            finally:
-                shutil.rmtree(masked, ignore_errors=True)
         progress.start("verifying", 0)
         return verify(self.output, self.base)
 

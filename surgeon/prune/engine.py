@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -280,8 +279,9 @@ class _Run:
     def _reshaped(self, workdir: Workdir, results, output: Path, force: bool, passes, start, started):
         """The mask-mode checkpoint written beside `output` (on its disk: a copy of the model,
         which a /tmp workdir may not hold), its heads sliced out into `output`, then removed."""
-        masked = output.parent / f".{output.name}.masked-{os.getpid()}"
-        try:
+        from surgeon.prune.reshape import mask_build_beside
+
+        with mask_build_beside(output) as masked:
             manifest = self._write(workdir, results, masked, False, passes, start)
             manifest["timings"] = dict(self.timings, total=time.perf_counter() - started)
             with output_errors(masked):
@@ -292,8 +292,6 @@ class _Run:
             check_stop(self.should_stop)
             done = reshape(masked, output, force=force, config_problem=transformers_problem, cancel=self.cancel)
             return done.manifest, summary(done)
-        finally:
-            shutil.rmtree(masked, ignore_errors=True)
 
     def _calibration(self, tokenizer_path: Path) -> tuple[list[list[int]], int]:
         """Token ids of the calibration corpus (samples of max_tokens, one BOS each, up to

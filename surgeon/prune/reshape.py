@@ -17,16 +17,18 @@ heads. Torch-free: numpy slices raw elements, whatever the float type.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from surgeon.atomic import remove_entry, temp_sibling
 from surgeon.errors import SurgeonError
 from surgeon.format.checkpoint import Checkpoint, open_checkpoint, source_record
 from surgeon.format.dtypes import raw_view, to_float64
@@ -434,6 +436,24 @@ def reshape(
     write_reshaped(ckpt, Path(output), tensors, files, manifest=manifest, force=force, cancel=cancel, progress=progress)
     before = layers[0].geometry.num_heads
     return ReshapeResult(Path(output), layers, (before, num_heads), saved[0], saved[1], holder, channels)
+
+
+@contextlib.contextmanager
+def mask_build_beside(output: str | os.PathLike) -> Iterator[Path]:
+    """The name for the mask-mode build that prune --mode reshape and the TUI slice into
+    `output`: beside it (on its disk), a temporary name of this process (a kill -9 leaves it
+    to the next run's sweep, a repeated PID finds no folder in its way), removed at the end.
+    An error naming the build names `output`: the user never asked for the build."""
+    output = Path(output)
+    masked = temp_sibling(output)
+    try:
+        yield masked
+    except SurgeonError as exc:
+        if exc.args and isinstance(exc.args[0], str) and str(masked) in exc.args[0]:
+            exc.args = (exc.args[0].replace(str(masked), str(output)), *exc.args[1:])
+        raise
+    finally:
+        remove_entry(masked)
 
 
 def _saved(ckpt: Checkpoint, tensors: dict[str, NewTensor]) -> tuple[int, int]:

@@ -83,3 +83,63 @@ def test_a_layer_the_checkpoint_lacks_fails_the_check(pair, tmp_path):
     result = edited(pair, tmp_path, entry("layer", 57))
     assert result.exit_code == 1, result.output
     assert "layer 57: no q_proj in either checkpoint" in result.output
+
+
+# ---------- an output folder that cannot be written ----------
+
+
+def _no_write_in(folder, monkeypatch):
+    """Creating anything in `folder` fails with EACCES, as in a chmod 555 folder (the tests
+    may run as root, whom chmod does not stop)."""
+    import errno
+    import os
+
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def refused(path):
+        return os.path.dirname(os.path.abspath(os.fspath(path))) == str(folder)
+
+    def mkdir(path, *args, **kwargs):
+        if refused(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and refused(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_reshape_into_a_read_only_folder_is_one_line_naming_the_output(pair, tmp_path, monkeypatch):
+    masked, _ = pair
+    before = _digests(masked)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _no_write_in(folder, monkeypatch)
+    result = CliRunner().invoke(main, ["reshape", str(masked), "-o", str(folder / "out"), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"surgeon: error: {folder / 'out'}: cannot write (Permission denied)"
+    assert list(folder.iterdir()) == [] and _digests(masked) == before
+
+
+def test_prune_mode_reshape_into_a_read_only_folder_names_the_output_not_its_mask_mode_build(tmp_path, monkeypatch):
+    from surgeon.demo import DEMO_MODEL
+
+    before = _digests(DEMO_MODEL)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    _no_write_in(folder, monkeypatch)
+    args = ["prune", str(DEMO_MODEL), "-o", str(folder / "out"), "--mode", "reshape", "--prune-frac", "0.25"]
+    result = CliRunner().invoke(main, [*args, "--calib-tokens", "512", "--sample-tokens", "128", "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"surgeon: error: {folder / 'out'}: cannot write (Permission denied)"
+    assert list(folder.iterdir()) == [] and _digests(DEMO_MODEL) == before

@@ -124,7 +124,7 @@ def test_a_balanced_plan_reshapes_on_write(tmp_path):
     tensors = open_checkpoint(out).tensors
     assert tensors["model.layers.0.self_attn.o_proj.weight"].shape == (64, 48)
     assert tensors["model.layers.0.self_attn.q_proj.weight"].shape == (48, 64)
-    assert not list(tmp_path.glob(".out.masked-*"))  # the mask-mode build beside it is gone
+    assert not list(tmp_path.glob(".out.*"))  # the mask-mode build beside it is gone
 
 
 def test_a_write_without_reshape_keeps_the_shapes(tmp_path):
@@ -164,7 +164,7 @@ def test_a_failed_reshape_is_the_error_dialog(tmp_path):
         assert "cannot reshape" in text_of(app, "#dialog-text")
 
     run_app(flow, size=(80, 24), candidate=candidate)
-    assert not out.exists() and not list(tmp_path.glob(".out.masked-*"))
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
 @pytest.mark.parametrize(
