@@ -50,7 +50,7 @@ BUILDS = {
     "heads 33.3% + channels 10%, reshape": ["--mode", "reshape", "--prune-frac", "0.333", "--ffn-frac", "0.1"],
     # the calibration budget: 2 and 4 tokens per MLP column against the default 8 (Gemma-4-31B's
     # 21504-wide MLP gets 2.8 from the bundled corpus)
-    "channels 10%, wanda, 2 tokens/column": [
+    "channels 10%, wanda, 2 tokens per column": [
         "--ffn-frac",
         "0.1",
         "--ffn-importance",
@@ -58,7 +58,7 @@ BUILDS = {
         "--calib-tokens",
         "{w2}",
     ],
-    "channels 10%, wanda, 4 tokens/column": [
+    "channels 10%, wanda, 4 tokens per column": [
         "--ffn-frac",
         "0.1",
         "--ffn-importance",
