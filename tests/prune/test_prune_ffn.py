@@ -357,3 +357,20 @@ def test_diff_of_a_channel_reshape_names_the_channels_removed(channels_reshaped,
     assert gate["status"] == "reshaped" and gate["channels"]["changed"] == 0  # the kept rows are the base's
     text = CliRunner().invoke(main, ["diff", str(DEMO_MODEL), str(other)], terminal_width=120).output
     assert "MLP channels removed 32 of 128 in each of layers 0-7" in text and "removed 32 of 128 channels" in text
+
+
+def test_a_killed_channel_prune_resumes_to_the_same_bytes(channels_0_1, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill_after_layer_0(result):
+        if result.layer == 0:
+            raise Killed()
+
+    options = tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0-1")
+    with pytest.raises(Killed):
+        prune(DEMO_MODEL, tmp_path / "out", options, workdir=tmp_path / "work", on_layer_done=kill_after_layer_0)
+    resumed = prune(DEMO_MODEL, tmp_path / "out", options, workdir=tmp_path / "work")
+    assert resumed.resumed_at == 1
+    for shard in channels_0_1.glob("*.safetensors"):
+        assert sha(tmp_path / "out" / shard.name) == sha(shard)
