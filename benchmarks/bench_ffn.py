@@ -44,6 +44,8 @@ BUILDS = {
     "channels 10%, flap": ["--ffn-frac", "0.1", "--ffn-importance", "flap"],
     "channels 10%, obs": ["--ffn-frac", "0.1", "--ffn-importance", "obs"],
     "channels 10%, obs, heal none": ["--ffn-frac", "0.1", "--ffn-importance", "obs", "--heal", "none"],
+    "channels 10%, wanda, ridge 0.1": ["--ffn-frac", "0.1", "--ffn-importance", "wanda", "--ridge-rel", "0.1"],
+    "channels 10%, wanda, ridge 1": ["--ffn-frac", "0.1", "--ffn-importance", "wanda", "--ridge-rel", "1"],
     "channels 10%, wanda, reshaped": ["reshape:channels 10%, wanda"],
     "heads 12.5% + channels 10%": ["--prune-frac", "0.125", "--ffn-frac", "0.1"],
     "heads 33.3%, reshape": ["--mode", "reshape", "--prune-frac", "0.333"],

@@ -589,7 +589,8 @@ class _Run:
                 f"{mlp.width} channels): the heal leans on its ridge; give more calibration text"
             )
         stored = stream.read_tensors([mlp.gate_proj, mlp.up_proj, mlp.down_proj, *mlp.biases])
-        job = FfnInput(stored[mlp.down_proj], gram.matrix, gram.sums, gram.tokens, self.options.ridge_rel, self.device)
+        ridge = self.options.ffn_ridge_rel
+        job = FfnInput(stored[mlp.down_proj], gram.matrix, gram.sums, gram.tokens, ridge, self.device)
         with self._phase(spec, "ffn importance", 1, unit=self.options.ffn_importance):
             removed = choose_channels(
                 self.options.ffn_importance, job, channels_to_prune(self.options.ffn_frac, mlp.width)

@@ -29,6 +29,7 @@ PRUNE_OPTION_KEYS = [
     "importance",
     "ffn_frac",  # issue 22: MLP channels
     "ffn_importance",
+    "ffn_ridge_rel",
     "importance_quant",
     "heal",
     "ridge_rel",
