@@ -39,35 +39,20 @@ import bench_domains  # noqa: E402  (the same build, score and cell as the domai
 # name -> prune options beyond --layers all; "reshape:NAME" reshapes that build's mask build
 BUILDS = {
     "heads 12.5%": ["--prune-frac", "0.125"],
-    "channels 10%, wanda": ["--ffn-frac", "0.1", "--ffn-importance", "wanda"],
-    "channels 10%, wanda, heal none": ["--ffn-frac", "0.1", "--ffn-importance", "wanda", "--heal", "none"],
-    "channels 10%, flap": ["--ffn-frac", "0.1", "--ffn-importance", "flap"],
-    "channels 10%, obs": ["--ffn-frac", "0.1", "--ffn-importance", "obs"],
-    "channels 10%, obs, heal none": ["--ffn-frac", "0.1", "--ffn-importance", "obs", "--heal", "none"],
-    "channels 10%, wanda, ridge 0.1": ["--ffn-frac", "0.1", "--ffn-importance", "wanda", "--ridge-rel", "0.1"],
-    "channels 10%, wanda, ridge 1": ["--ffn-frac", "0.1", "--ffn-importance", "wanda", "--ridge-rel", "1"],
+    "channels 10%, wanda": ["--ffn-frac", "0.1"],
+    "channels 10%, wanda, heal none": ["--ffn-frac", "0.1", "--heal", "none"],
+    "channels 10%, wanda, ffn ridge 0.01": ["--ffn-frac", "0.1", "--ffn-ridge-rel", "0.01"],
+    "channels 10%, wanda, ffn ridge 1": ["--ffn-frac", "0.1", "--ffn-ridge-rel", "1"],
+    "channels 10%, flap, ffn ridge 0.01": ["--ffn-frac", "0.1", "--ffn-importance", "flap", "--ffn-ridge-rel", "0.01"],
+    "channels 10%, obs, ffn ridge 0.01": ["--ffn-frac", "0.1", "--ffn-importance", "obs", "--ffn-ridge-rel", "0.01"],
     "channels 10%, wanda, reshaped": ["reshape:channels 10%, wanda"],
     "heads 12.5% + channels 10%": ["--prune-frac", "0.125", "--ffn-frac", "0.1"],
     "heads 33.3%, reshape": ["--mode", "reshape", "--prune-frac", "0.333"],
     "heads 33.3% + channels 10%, reshape": ["--mode", "reshape", "--prune-frac", "0.333", "--ffn-frac", "0.1"],
     # the calibration budget: 2 and 4 tokens per MLP column against the default 8 (Gemma-4-31B's
     # 21504-wide MLP gets 2.8 from the bundled corpus)
-    "channels 10%, wanda, 2 tokens per column": [
-        "--ffn-frac",
-        "0.1",
-        "--ffn-importance",
-        "wanda",
-        "--calib-tokens",
-        "{w2}",
-    ],
-    "channels 10%, wanda, 4 tokens per column": [
-        "--ffn-frac",
-        "0.1",
-        "--ffn-importance",
-        "wanda",
-        "--calib-tokens",
-        "{w4}",
-    ],
+    "channels 10%, wanda, 2 tokens per column": ["--ffn-frac", "0.1", "--calib-tokens", "{w2}"],
+    "channels 10%, wanda, 4 tokens per column": ["--ffn-frac", "0.1", "--calib-tokens", "{w4}"],
 }
 WIDTH = {"smollm2": 1536, "gemma3": 2048}
 # builds other benchmarks make with the same options: linked, not built again

@@ -36,7 +36,7 @@ SUMMARIES = {
     "inspect": "List a checkpoint's tensors, shards, metadata and parameter counts from its headers.",
     "origin": "Which of the CANDIDATE checkpoints the GGUF QUANT was made from.",
     "prune": "Remove attention heads from BASE (mask mode) and heal o_proj, one layer at a time.",
-    "reshape": "Slice the heads a mask-mode prune zeroed out of MASKED's shapes, write OUT.",
+    "reshape": "Slice the heads and MLP channels a mask-mode prune zeroed out of MASKED's shapes, write OUT.",
     "canary": "Greedy generation checks of MODEL against BASE.",
     "eval": "Score MODEL against BASE on the same text, teacher-forced, one layer at a time.",
     "salvage": "Keep CANDIDATE's changes in some layers, roll the others back to BASE, write OUT.",

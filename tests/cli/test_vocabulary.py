@@ -130,7 +130,8 @@ CANARY = [
 EVAL = ["--eval", "--eval-text", "--eval-tokens"]
 OPTIONS = {
     "prune": [
-        *["-o", "--output", "--mode", "--prune-frac", "--layers", "--layer-frac", "--importance", "--importance-quant"],
+        *["-o", "--output", "--mode", "--prune-frac", "--layers", "--layer-frac", "--importance"],
+        *["--ffn-frac", "--ffn-importance", "--ffn-ridge-rel", "--importance-quant"],
         *["--heal", "--ridge-rel", "--propagate", "--calib", "--calib-dataset", "--calib-tokens"],
         *["--sample-tokens", "--calib-samples", "--batch-size", *RUN, "--offload-activations", "--workdir"],
         *["--force", "--fsync", *EVAL, "--json", "-q", "--quiet", "--no-progress"],

@@ -34,6 +34,9 @@ PRUNE = ["--mode", "reshape", "--prune-frac", "0.25", *SHORT]
 HOOK = textwrap.dedent(
     """
     import importlib, os, signal, sys, time
+    # Ctrl-C in a foreground run: a shell's background job (pytest itself under `&`) starts its
+    # children with SIGINT ignored, and surgeon leaves an ignored signal ignored, as under nohup
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     module, name, number = sys.argv[1], sys.argv[2], int(sys.argv[3])
     target = importlib.import_module(module)
     original = getattr(target, name)
