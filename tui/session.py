@@ -267,6 +267,14 @@ class PairSession:
             removed: dict[int, list[int]] = {}
             ghosts: dict[int, list[int]] = {}
             kept = set(key)
+            channels = {  # the MLP channels zeroed (down_proj columns) in the layers the plan keeps
+                t.layer: t.channels.heads_with("zeroed")
+                for t in report.tensors
+                if t.channels is not None
+                and t.channels.projection == "down_proj"
+                and t.layer in kept
+                and t.stack == report.main_stack
+            }
             for t in report.tensors:
                 heads = t.heads
                 if heads is None or heads.projection != "q_proj" or t.layer not in kept:
@@ -276,7 +284,7 @@ class PairSession:
                 removed[t.layer] = [h for h in heads.heads_with("zeroed") if h not in heads.uniform_attention]
                 ghosts[t.layer] = list(heads.uniform_attention)
             try:
-                self.reshapes[key] = preview(open_checkpoint(str(self.candidate)), removed, ghosts)
+                self.reshapes[key] = preview(open_checkpoint(str(self.candidate)), removed, ghosts, channels)
             except SurgeonError as exc:
                 self.reshapes[key] = ReshapePreview(0, None, problem=str(exc))
         return self.reshapes[key]

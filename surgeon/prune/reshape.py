@@ -60,8 +60,10 @@ from surgeon.prune.reshape_ffn import (
     LayerChannels,
     any_removed,
     channel_record,
+    channels_problem,
     check_channels,
     find_channels,
+    planned_channels,
     set_intermediate_size,
     sliced_channels,
 )
@@ -597,7 +599,10 @@ class ReshapePreview:
 
 
 def preview(
-    ckpt: Checkpoint, removed: dict[int, list[int]], ghosts: dict[int, list[int]] | None = None
+    ckpt: Checkpoint,
+    removed: dict[int, list[int]],
+    ghosts: dict[int, list[int]] | None = None,
+    channels: dict[int, list[int]] | None = None,
 ) -> ReshapePreview:
     """Whether `ckpt` (a mask-mode checkpoint's config and headers: no tensor is read) with the
     query heads `removed` (layer -> heads, q rows and o columns zero) can be reshaped, by the
@@ -607,15 +612,20 @@ def preview(
     ghosts = ghosts or {}
     layers = _planned_layers(ckpt, removed)
     num_heads = layers[0].geometry.num_heads if layers else 0
-    problem = _short_problem(layers, ghosts)
+    mlp = planned_channels(ckpt, text_stack(ckpt), [h.layer for h in layers], channels or {})
+    heads_removed = any(h.removed for h in layers)
+    problem = _short_problem(layers, ghosts) if heads_removed or not any_removed(mlp) else None
     if problem is None:
+        problem = channels_problem(mlp, text_config(ckpt.config, None))
+    if problem is None and heads_removed:
         try:
             reshaped_config(ckpt.config or {}, layers, num_heads - len(layers[0].removed), ckpt.source)
         except SurgeonError:
             problem = "this config cannot state the KV heads each layer would keep"
     if problem is not None:
         return ReshapePreview(num_heads, None, problem=problem)
-    params, bytes_ = _saved(ckpt, sliced_tensors(ckpt, layers))
+    tensors = (sliced_tensors(ckpt, layers) if heads_removed else {}) | sliced_channels(ckpt, mlp, _slice)
+    params, bytes_ = _saved(ckpt, tensors)
     return ReshapePreview(num_heads, num_heads - len(layers[0].removed), params, bytes_)
 
 

@@ -80,6 +80,17 @@ def find_channels(ckpt: Checkpoint, stack: str, layers: list[int], read_raw) -> 
     return out
 
 
+def planned_channels(ckpt: Checkpoint, stack: str, layers: list[int], removed: dict[int, list[int]]):
+    """Each layer's MLP from the headers alone, with the channels `removed` says (a plan's preview)."""
+    found = mlp_tensors(ckpt, stack)
+    out = []
+    for layer in layers:
+        tensors = found.get(layer, {})
+        width = _width(tensors) or 0
+        out.append(LayerChannels(layer, tensors, width, sorted({c for c in removed.get(layer, []) if c < width})))
+    return out
+
+
 def _width(tensors: dict[str, TensorInfo]) -> int | None:
     """The channels, where gate and up are channels x hidden and down hidden x channels."""
     if any(tensors.get(p) is None or len(tensors[p].shape) != 2 for p in _PARTS):
@@ -101,33 +112,47 @@ def check_channels(source: str, layers: list[LayerChannels], config: dict) -> No
     """SurgeonError, one line naming the layers, unless the channels removed can be sliced
     into a config transformers reads: one intermediate_size (every layer the same width,
     the config's, and the same number removed) or a per-layer list of them."""
+    found = _problem(layers, config)
+    if found is not None:
+        raise SurgeonError(f"{source}: {found[0]}: {found[1]}; {MASK_MODE}")
+
+
+def channels_problem(layers: list[LayerChannels], config: dict) -> str | None:
+    """check_channels' refusal in a few words (a TUI's plan line), None where it would pass."""
+    found = _problem(layers, config)
+    return None if found is None else found[0]
+
+
+def _problem(layers: list[LayerChannels], config: dict) -> tuple[str, str] | None:
+    """(what, why) the removed channels cannot be sliced, or None."""
     if not any_removed(layers):
-        return
+        return None
     untouched = [c.layer for c in layers if not c.removed]
     if untouched:
-        raise SurgeonError(
-            f"{source}: MLP channels are removed in layers {layer_ranges([c.layer for c in layers if c.removed])} "
-            f"only, none in layers {layer_ranges(untouched)}: transformers reads one intermediate_size for every "
-            f"layer, so this cannot be reshaped; {MASK_MODE}"
+        return (
+            f"MLP channels are removed in layers {layer_ranges([c.layer for c in layers if c.removed])} only, "
+            f"none in layers {layer_ranges(untouched)}",
+            "transformers reads one intermediate_size for every layer, so this cannot be reshaped",
         )
     if isinstance(config.get("intermediate_size"), list):
-        return  # one size per layer: each layer states its own
+        return None  # one size per layer: each layer states its own
     size = config.get("intermediate_size")
     other = [c.layer for c in layers if c.width != size]
     if other:
-        raise SurgeonError(
-            f"{source}: layers {layer_ranges(other)} have an MLP wider or narrower than intermediate_size "
-            f"({size}): one intermediate_size cannot state them all; {MASK_MODE}"
+        return (
+            f"layers {layer_ranges(other)} have an MLP wider or narrower than intermediate_size ({size})",
+            "one intermediate_size cannot state them all",
         )
     counts: dict[int, list[int]] = {}
     for c in layers:
         counts.setdefault(len(c.removed), []).append(c.layer)
     if len(counts) > 1:
         said = "; ".join(f"{n} in layers {layer_ranges(where)}" for n, where in sorted(counts.items()))
-        raise SurgeonError(
-            f"{source}: layers remove different numbers of MLP channels ({said}): transformers reads one "
-            f"intermediate_size for every layer; {MASK_MODE}"
+        return (
+            f"layers remove different numbers of MLP channels ({said})",
+            "transformers reads one intermediate_size for every layer",
         )
+    return None
 
 
 def set_intermediate_size(cfg: dict, layers: list[LayerChannels]) -> None:

@@ -374,3 +374,16 @@ def test_a_killed_channel_prune_resumes_to_the_same_bytes(channels_0_1, tmp_path
     assert resumed.resumed_at == 1
     for shard in channels_0_1.glob("*.safetensors"):
         assert sha(tmp_path / "out" / shard.name) == sha(shard)
+
+
+def test_the_reshape_preview_counts_the_channels(channels_0_1):
+    from surgeon.prune.reshape import preview
+
+    ckpt = open_checkpoint(channels_0_1)
+    manifest = json.loads((channels_0_1 / "prune_manifest.json").read_text())
+    removed = {layer["layer"]: layer["ffn_pruned_channels"] for layer in manifest["layers"]}
+    some = preview(ckpt, {}, {}, removed)
+    assert some.kept is None and some.problem == "MLP channels are removed in layers 0-1 only, none in layers 2-7"
+    every = preview(ckpt, {}, {}, {layer: list(range(32)) for layer in range(8)})
+    assert every.kept == 8 and every.parameters_removed == 8 * 3 * 32 * 64
+    assert preview(ckpt, {}, {}, {}).problem == "no head is removed"
