@@ -320,7 +320,8 @@ def reshape_rows(report: DiffReport) -> list[ReshapeRow]:
         return []
     by_layer: dict[tuple[str, int], list[TensorDiff]] = {}
     for t in report.tensors:
-        if t.status == "reshaped" and t.stack is not None and t.layer is not None:
+        attention = not t.family.startswith("mlp.")  # a sliced MLP's channels have rows of their own
+        if t.status == "reshaped" and attention and t.stack is not None and t.layer is not None:
             by_layer.setdefault((t.stack, t.layer), []).append(t)
     rows = []
     for layer in report.reshape.layers:

@@ -387,3 +387,14 @@ def test_the_reshape_preview_counts_the_channels(channels_0_1):
     every = preview(ckpt, {}, {}, {layer: list(range(32)) for layer in range(8)})
     assert every.kept == 8 and every.parameters_removed == 8 * 3 * 32 * 64
     assert preview(ckpt, {}, {}, {}).problem == "no head is removed"
+
+
+def test_a_reshape_of_heads_and_channels_compares_the_kept_heads_too(tmp_path):
+    from surgeon.diff.engine import DiffOptions, diff_checkpoints
+    from surgeon.diff.report import channel_rows, reshape_rows
+
+    options = tiny_prune_options(ffn_frac=0.25, prune_frac=0.25, layers="all", mode="reshape")
+    out = prune(DEMO_MODEL, tmp_path / "out", options).output
+    report = diff_checkpoints(open_checkpoint(DEMO_MODEL), open_checkpoint(out), DiffOptions())
+    assert {row.kept for row in reshape_rows(report)} == {"identical"}  # the MLP's rows are not the heads'
+    assert [len(row.removed) for row in channel_rows(report)] == [32] * 8
