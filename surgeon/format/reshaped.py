@@ -28,12 +28,12 @@ from surgeon.format.tensor_io import MappedShard
 from surgeon.format.writer import (
     COPY_CHUNK,
     WriteReport,
-    _copy_side_files,
-    _whole_copy,
-    _write_all,
     check_loadable_base,
     check_output_folder,
+    copy_side_files,
     publish_folder,
+    whole_copy,
+    write_all,
     write_each_shard,
 )
 from surgeon.parallel import check_stop
@@ -72,7 +72,7 @@ def write_reshaped(
             report = _write_shards(base, tmp, reshaped, sizes, cancel, progress.advance)
         finally:
             progress.stop()
-        _copy_side_files(base, tmp, report)
+        copy_side_files(base, tmp, report)
         for name, data in files.items():
             (tmp / name).write_bytes(data)
             report.files[name] = hashlib.sha256(data).hexdigest()
@@ -116,7 +116,7 @@ def _write_shards(base, folder: Path, reshaped, sizes, cancel, advance) -> Write
         if any(n in reshaped for n in shard.tensors):
             _rewrite_shard(shard, folder / shard_name, reshaped, sizes, part, should_stop, advance)
         else:
-            _whole_copy(shard, folder / shard_name, part, False, should_stop, advance)
+            whole_copy(shard, folder / shard_name, part, False, should_stop, advance)
         return part
 
     return write_each_shard(base, work, cancel)
@@ -164,7 +164,7 @@ def _rewrite_shard(shard, target: Path, reshaped, sizes, report: WriteReport, sh
 
 def _emit(out, digest, data) -> str:
     """Write `data`, feed the shard's digest; returns the SHA256 of `data` alone."""
-    _write_all(out, data)
+    write_all(out, data)
     digest.update(data)
     return hashlib.sha256(data).hexdigest()
 

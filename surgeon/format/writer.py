@@ -185,7 +185,7 @@ def write_checkpoint(
             report = _write_shards(base, tmp, replacements, HashCache(cache_dir), cancel, durable, progress.advance)
         finally:
             progress.stop()
-        _copy_side_files(base, tmp, report)
+        copy_side_files(base, tmp, report)
         if manifest is not None:
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest(report), indent=2) + "\n")
         if durable:
@@ -212,7 +212,7 @@ def _write_shards(base: Checkpoint, folder: Path, replacements, cache: HashCache
                 base, shard_name, target, replacements, part, known, durable, should_stop, base_tensor_shas, advance
             )
         else:
-            _whole_copy(shard, target, part, durable, should_stop, advance)
+            whole_copy(shard, target, part, durable, should_stop, advance)
         if FileIdentity.of(shard.path) != ident:
             raise SurgeonError(f"{shard.path}: changed while it was being copied")
         copied_sha = part.base_shards[shard_name]
@@ -239,7 +239,7 @@ def write_each_shard(base: Checkpoint, work, cancel: threading.Event | None) -> 
     return report
 
 
-def _whole_copy(shard: ShardHeader, target: Path, report: WriteReport, durable, should_stop, advance):
+def whole_copy(shard: ShardHeader, target: Path, report: WriteReport, durable, should_stop, advance):
     """An unchanged shard: copied in the kernel, and the output read back and hashed, a chunk
     behind the copy on a helper thread, so the manifest's SHA256 is of the bytes written (not
     a cached hash of the source). The chunk just written is still in the page cache, so the
@@ -310,7 +310,7 @@ def _write_shard(
             # it must finish before the caller reads into `data`'s buffer again.
             pending = hasher.submit(out_digest.update, data)
             try:
-                _write_all(out, data)
+                write_all(out, data)
                 if also is not None:
                     also.update(data)
             finally:
@@ -361,7 +361,7 @@ def _hash_range(source: MappedShard, start: int, end: int, digests: list) -> Non
                 digest.update(view)
 
 
-def _write_all(out, data) -> None:
+def write_all(out, data) -> None:
     view = memoryview(data).cast("B")
     while view:
         view = view[out.write(view) :]
@@ -391,7 +391,7 @@ def _plain_copy_range(src_fd: int, out, offset: int, count: int, path: Path) -> 
         data = os.pread(src_fd, min(count, COPY_CHUNK), offset)
         if not data:
             raise SurgeonError(f"{path}: changed while it was being read (it ended at {offset})")
-        _write_all(out, data)
+        write_all(out, data)
         offset, count = offset + len(data), count - len(data)
 
 
@@ -441,7 +441,7 @@ def _copy_range(source: MappedShard, start: int, end: int, emit) -> None:
             emit(view)
 
 
-def _copy_side_files(base: Checkpoint, tmp: Path, report: WriteReport) -> None:
+def copy_side_files(base: Checkpoint, tmp: Path, report: WriteReport) -> None:
     """Copy the base's config, index, tokenizer and template files into `report.files`, each
     one's SHA256 hashed from the bytes as they were copied, for the manifest (verify checks
     them: an edited config or tokenizer must not pass). What is not copied, and why, goes to
