@@ -137,10 +137,13 @@ class FfnHeal:
 def heal_down(job: FfnInput, removed: list[int], heal: str, bias: torch.Tensor | None) -> FfnHeal:
     """down_proj with `removed` channels gone, healed by `heal` (lstsq, anchored or none).
 
-    With a bias (mlp_bias), the lstsq heals fit it too, as the weight of a constant input
-    column (G grows by sum(a) and the token count), and heal none adds the removed channels'
-    mean output to it (FLAP's bias compensation). Without one, only the kept channels can
-    absorb the removed channels' mean, through the refit."""
+    With a bias (mlp_bias), the lstsq heals fit it too, as the unpenalised weight of a
+    constant input column: the kept columns are refit on the centred G (G - s s^T / N, the
+    ridge relative to its diagonal) and the bias takes the mean output they leave, so the
+    ridge neither shrinks the bias nor grows with N, and the heal is the same whatever the
+    activations' scale. Heal none adds the removed channels' mean output to the bias (FLAP's
+    bias compensation). Without one, only the kept channels can absorb the removed
+    channels' mean, through the refit."""
     width = job.weight.shape[1]
     kept = torch.tensor([j for j in range(width) if j not in set(removed)], dtype=torch.long)
     out_dtype = job.weight.dtype
@@ -151,15 +154,18 @@ def heal_down(job: FfnInput, removed: list[int], heal: str, bias: torch.Tensor |
         return FfnHeal(weight, new_bias, None)
     w = job.weight.to(job.device, torch.float64)
     gram = job.gram.to(job.device, torch.float64)
-    if bias is not None:  # the bias is the weight of a constant column of ones
-        w, gram, kept = _with_intercept(w, gram, job, bias, kept)
-    columns, stats = refit(w, gram, kept.to(job.device), job.ridge_rel, job.tokens, anchored=heal == "anchored")
+    index = kept.to(job.device)
+    if bias is not None:  # the intercept, unpenalised: the weights fit to the centred data
+        mean = job.sums.to(job.device, torch.float64) / max(job.tokens, 1)
+        gram = gram - torch.outer(mean, mean) * max(job.tokens, 1)
+    columns, stats = refit(w, gram, index, job.ridge_rel, job.tokens, anchored=heal == "anchored")
     healed = torch.zeros(job.weight.shape, dtype=torch.float64, device=job.device)
-    if bias is not None:
-        healed[:, kept[:-1]] = columns[:, :-1]
-        return FfnHeal(healed.to(out_dtype).cpu(), columns[:, -1].to(bias.dtype).cpu(), asdict(stats))
-    healed[:, kept] = columns
-    return FfnHeal(healed.to(out_dtype).cpu(), None, asdict(stats))
+    healed[:, index] = columns
+    if bias is None:
+        return FfnHeal(healed.to(out_dtype).cpu(), None, asdict(stats))
+    # the mean output kept: b' = b + W mean(a) - W_K' mean(a_K)
+    shifted = bias.to(job.device, torch.float64) + w @ mean - columns @ mean[index]
+    return FfnHeal(healed.to(out_dtype).cpu(), shifted.to(bias.dtype).cpu(), asdict(stats))
 
 
 def _compensated(job: FfnInput, removed: list[int], bias: torch.Tensor) -> torch.Tensor:
@@ -167,16 +173,3 @@ def _compensated(job: FfnInput, removed: list[int], bias: torch.Tensor) -> torch
     mean = job.sums.to(torch.float64)[removed] / max(job.tokens, 1)
     shift = job.weight.to(torch.float64)[:, removed] @ mean
     return (bias.to(torch.float64) + shift.cpu()).to(bias.dtype)
-
-
-def _with_intercept(w: torch.Tensor, gram: torch.Tensor, job: FfnInput, bias: torch.Tensor, kept: torch.Tensor):
-    """W and G with a constant input column appended: [W b] and [[G s] [s^T N]]."""
-    width = gram.shape[0]
-    sums = job.sums.to(gram.device, torch.float64)
-    grown = torch.empty(width + 1, width + 1, dtype=torch.float64, device=gram.device)
-    grown[:width, :width] = gram
-    grown[:width, width] = sums
-    grown[width, :width] = sums
-    grown[width, width] = float(job.tokens)
-    weight = torch.cat([w, bias.to(w.device, torch.float64)[:, None]], dim=1)
-    return weight, grown, torch.cat([kept, torch.tensor([width])])

@@ -150,3 +150,22 @@ def test_obs_greedy_downdates_equal_re_solving_from_scratch():
 
 def test_select_channels_breaks_ties_to_the_lower_index():
     assert select_channels(torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0]), 2) == [1, 2]
+
+
+@pytest.mark.parametrize("heal", ["lstsq", "anchored"])
+def test_the_ridge_leaves_the_bias_alone_whatever_the_activations_scale(heal):
+    """The bias is the weight of a constant column: the ridge (relative to the channels' G)
+    must not shrink it, nor the column's N inflate the weights' ridge. The same MLP with its
+    activations scaled by s and down_proj by 1/s is healed to the same outputs; the bias was
+    pulled from 5 to 0.46 (lstsq, s = 10), and the weights' ridge grew 7-fold at s = 0.1."""
+    acts, weight = _data()
+    bias = torch.full((weight.shape[0],), 5.0, dtype=torch.float64)
+    outputs = []
+    for scale in (0.1, 1.0, 10.0):
+        a, w = acts * scale, weight / scale
+        done = heal_down(_job(a, w, 0.1), [3], heal, bias)
+        assert done.bias is not None
+        outputs.append(a @ done.weight.T + done.bias)
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], rtol=1e-9, atol=1e-9)
+    assert float((outputs[0] - (acts @ weight.T + bias)).mean(dim=0).abs().max()) < 1e-9  # the mean output kept
