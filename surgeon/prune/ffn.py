@@ -70,12 +70,18 @@ def obs_scores(weight: torch.Tensor, gram: torch.Tensor, ridge_rel: float) -> to
 
 
 def _inverse(gram: torch.Tensor, ridge: float) -> torch.Tensor:
-    system = gram.clone()
-    system.diagonal().add_(ridge)
-    factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) == 0:
-        return torch.cholesky_inverse(factor)
-    return torch.linalg.pinv(system, hermitian=True)  # G is singular and the ridge is 0
+    """(G + lambda I)^-1. Where that is singular (the ridge 0, a channel never active or the
+    copy of another), the limit lambda -> 0 is taken at a jitter of 1e-12 to 1e-6 of G's mean
+    diagonal: such a channel's P_jj is then huge and its OBS error near zero, as it is; G's
+    pseudo-inverse gave it P_jj = 0 and the largest error."""
+    scale = float(torch.diagonal(gram).mean()) or 1.0
+    for jitter in (0.0, 1e-12, 1e-9, 1e-6):
+        system = gram.clone()
+        system.diagonal().add_(ridge + jitter * scale)
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+    return torch.linalg.pinv(system, hermitian=True)
 
 
 def obs_select(weight: torch.Tensor, gram: torch.Tensor, count: int, ridge_rel: float) -> tuple[list[int], list[float]]:

@@ -169,3 +169,19 @@ def test_the_ridge_leaves_the_bias_alone_whatever_the_activations_scale(heal):
     for other in outputs[1:]:
         torch.testing.assert_close(other, outputs[0], rtol=1e-9, atol=1e-9)
     assert float((outputs[0] - (acts @ weight.T + bias)).mean(dim=0).abs().max()) < 1e-9  # the mean output kept
+
+
+def test_obs_without_a_ridge_removes_a_dead_or_duplicated_channel_first():
+    """--ffn-ridge-rel 0 and a singular G: a channel never active, or the copy of another,
+    costs nothing to remove. Through G's pseudo-inverse its P_jj was 0 and its score
+    ||W_j||^2 / 0 the largest: it was kept, and the errors ran to 1e16."""
+    acts, weight = _data()
+    acts[:, 5] = 0
+    assert obs_select(weight, acts.T @ acts, 1, 0.0)[0] == [5]
+    acts, weight = _data()
+    acts[:, 7] = acts[:, 2]
+    removed, errors = obs_select(weight, acts.T @ acts, 1, 0.0)
+    assert removed in ([2], [7]) and errors[0] < 1e-6
+    few = _data(tokens=8)[0]  # 8 tokens, 16 channels
+    removed, errors = obs_select(weight, few.T @ few, 10, 0.0)
+    assert len(removed) == 10 and all(0 <= e < 1e6 for e in errors)
