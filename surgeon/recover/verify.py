@@ -25,6 +25,7 @@ the CLI's one-line error.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import tempfile
@@ -542,6 +543,10 @@ def _check_channels(manifest: PruneManifest, diff: DiffReport, report: VerifyRep
     for layer in manifest.get("layers") or []:
         index, claimed = layer["layer"], sorted(layer.get("ffn_pruned_channels") or [])
         down = mlp.get((index, "down_proj"))
+        if len(set(claimed)) != len(claimed):
+            twice = next(c for c, d in itertools.pairwise(claimed) if c == d)
+            report.discrepancies.append(f"layer {index}: the manifest names MLP channel {twice} removed twice")
+            continue
         if index in sliced and claimed != sliced[index]:
             report.discrepancies.append(
                 f"layer {index}: the manifest says {len(claimed)} MLP channels were removed, its reshape block "

@@ -77,3 +77,26 @@ def test_a_reshape_whose_prune_record_differs_from_its_reshape_block_is_not_veri
     report = verify(out, DEMO_MODEL)
     assert not report.ok
     assert any("layer 3" in d or "(0-2, 4-7)" in d for d in report.discrepancies), report.discrepancies
+
+
+def test_a_channel_claimed_twice_is_a_discrepancy_not_a_traceback(tmp_path):
+    """ffn_pruned_channels naming a removed channel twice: the claim differs from the zero
+    columns by no channel, and the message's 'first differing' was min() of nothing."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from surgeon.cli.main import main
+
+    out = tmp_path / "out"
+    prune(DEMO_MODEL, out, tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0-1"))
+    lying = shutil.copytree(out, tmp_path / "lying")
+    manifest = json.loads((lying / "prune_manifest.json").read_text())
+    claimed = manifest["layers"][1]["ffn_pruned_channels"]
+    manifest["layers"][1]["ffn_pruned_channels"] = [*claimed, claimed[0]]
+    (lying / "prune_manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["verify", str(lying), "--base", str(DEMO_MODEL), "--no-progress"])
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "layer 1" in result.output
