@@ -557,6 +557,11 @@ def _check_channels(manifest: PruneManifest, diff: DiffReport, report: VerifyRep
                     else ""
                 )
             )
+        if index in sliced and down is not None and (dead := down.heads_with("zeroed")):
+            report.discrepancies.append(
+                f"layer {index}: {len(dead)} MLP channels the reshape keeps have a newly zero down_proj column "
+                f"(first: {dead[0]}): removed, but the manifest does not say so"
+            )
         if index not in actual or index in sliced:
             continue
         _check_unclaimed_rows(index, claimed, mlp, report)

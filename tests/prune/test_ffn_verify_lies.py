@@ -100,3 +100,24 @@ def test_a_channel_claimed_twice_is_a_discrepancy_not_a_traceback(tmp_path):
     assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "layer 1" in result.output
+
+
+def test_a_reshape_that_keeps_a_channel_with_a_zero_down_column_is_not_verified(tmp_path, monkeypatch):
+    """Layer 3's heal zeroes one more down_proj column than it removed: the reshape keeps
+    that channel (its gate and up rows are not zero) with no output, and says it kept it."""
+    real_heal = engine.heal_down
+    calls: list[int] = []
+
+    def heal(job, removed, heal, bias):
+        done = real_heal(job, removed, heal, bias)
+        calls.append(len(calls))
+        if calls[-1] == 3:
+            done.weight[:, next(c for c in range(128) if c not in removed)] = 0
+        return done
+
+    monkeypatch.setattr(engine, "heal_down", heal)
+    out = tmp_path / "out"
+    prune(DEMO_MODEL, out, tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="all", mode="reshape"))
+    report = verify(out, DEMO_MODEL)
+    assert not report.ok
+    assert any("layer 3" in d for d in report.discrepancies), report.discrepancies
