@@ -509,11 +509,18 @@ def _check_copied(written: WrittenRecord, diff: DiffReport, report: VerifyReport
 def _check_heads(manifest: PruneManifest, diff: DiffReport, report: VerifyReport, actual: set[int]) -> None:
     o_proj = {t.layer: t for t in diff.tensors if t.family.endswith("o_proj.weight") and t.stack == diff.main_stack}
     reshape = manifest.get("reshape")
-    # a reshaped layer's removed heads are gone, not zero: verify_reshape checks those layers
-    sliced = {entry["layer"] for entry in record_layers(reshape)} if isinstance(reshape, dict) else set()
+    # a reshaped layer's removed heads are gone, not zero: verify_reshape holds the reshape
+    # block's kept heads to the bytes, and the prune record must name the others
+    sliced = {e["layer"]: e["kept_heads"] for e in record_layers(reshape)} if isinstance(reshape, dict) else {}
     for layer in manifest.get("layers") or []:
         index, heads = layer["layer"], layer.get("pruned_heads") or []
         entry = o_proj.get(index)
+        if index in sliced and entry is not None and entry.heads is not None:
+            gone = [h for h in range(entry.heads.num_heads) if h not in set(sliced[index])]
+            if sorted(heads) != gone:
+                report.discrepancies.append(
+                    f"layer {index}: manifest says heads {heads} were removed; its reshape block sliced {gone}"
+                )
         if index not in actual or index in sliced or entry is None or entry.heads is None:
             continue
         zeroed = [h for h, zero in enumerate(entry.heads.other_zero) if zero]

@@ -121,3 +121,24 @@ def test_a_reshape_that_keeps_a_channel_with_a_zero_down_column_is_not_verified(
     report = verify(out, DEMO_MODEL)
     assert not report.ok
     assert any("layer 3" in d for d in report.discrepancies), report.discrepancies
+
+
+def test_a_reshape_whose_prune_record_names_other_heads_is_not_verified(tmp_path, monkeypatch):
+    """As for channels: layers[].pruned_heads must be the heads the reshape block sliced."""
+    import surgeon.prune.reshape as reshape_module
+
+    real = reshape_module._manifest
+
+    def manifest(previous, record, report):
+        made = real(previous, record, report)
+        entry = next(layer for layer in made["layers"] if layer["layer"] == 3)
+        heads = entry["pruned_heads"]
+        entry["pruned_heads"] = sorted({*heads[1:], next(h for h in range(entry["num_heads"]) if h not in heads)})
+        return made
+
+    monkeypatch.setattr(reshape_module, "_manifest", manifest)
+    out = tmp_path / "out"
+    prune(DEMO_MODEL, out, tiny_prune_options(ffn_frac=0.0, prune_frac=0.25, layers="all", mode="reshape"))
+    report = verify(out, DEMO_MODEL)
+    assert not report.ok
+    assert any("layer 3" in d for d in report.discrepancies), report.discrepancies
