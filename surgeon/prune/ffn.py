@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -115,10 +115,12 @@ def select_channels(scores: torch.Tensor, count: int) -> list[int]:
 
 
 def choose(importance: str, job: FfnInput, count: int) -> list[int]:
-    """The channels to remove by the named importance."""
+    """The channels to remove by the named importance, scored on `job.device`: the engine's
+    down_proj is read into CPU memory while G and sum(a) are captured on the device."""
     if importance == "obs":
         return obs_select(job.weight.to(job.device), job.gram.to(job.device), count, job.ridge_rel)[0]
-    return select_channels(SCORERS[importance](job), count)
+    placed = replace(job, weight=job.weight.to(job.device), gram=job.gram.to(job.device), sums=job.sums.to(job.device))
+    return select_channels(SCORERS[importance](placed).cpu(), count)
 
 
 # The channel importances by name (obs has its own greedy loop, in choose): the names are
@@ -176,6 +178,6 @@ def heal_down(job: FfnInput, removed: list[int], heal: str, bias: torch.Tensor |
 
 def _compensated(job: FfnInput, removed: list[int], bias: torch.Tensor) -> torch.Tensor:
     """FLAP's compensation: the removed channels' mean output, W[:, R] mean(a_R), into the bias."""
-    mean = job.sums.to(torch.float64)[removed] / max(job.tokens, 1)
-    shift = job.weight.to(torch.float64)[:, removed] @ mean
-    return (bias.to(torch.float64) + shift.cpu()).to(bias.dtype)
+    mean = job.sums.to("cpu", torch.float64)[removed] / max(job.tokens, 1)  # the weight is in CPU memory
+    shift = job.weight.to("cpu", torch.float64)[:, removed] @ mean
+    return (bias.to("cpu", torch.float64) + shift).to(bias.dtype)

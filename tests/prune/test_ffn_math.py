@@ -185,3 +185,23 @@ def test_obs_without_a_ridge_removes_a_dead_or_duplicated_channel_first():
     few = _data(tokens=8)[0]  # 8 tokens, 16 channels
     removed, errors = obs_select(weight, few.T @ few, 10, 0.0)
     assert len(removed) == 10 and all(0 <= e < 1e6 for e in errors)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("importance", ["wanda", "flap", "obs"])
+def test_channels_are_chosen_and_healed_with_g_on_the_device_and_down_proj_in_cpu_memory(importance):
+    """As the engine holds them: down_proj read into CPU memory, G and sum(a) captured on the
+    GPU. wanda and flap multiplied the two (a device mismatch), and heal none's bias
+    compensation did too."""
+    from surgeon.prune.ffn import choose
+
+    acts, weight = _data()
+    cuda = torch.device("cuda")
+    gram, sums = (acts.T @ acts).to(cuda), acts.sum(dim=0).to(cuda)
+    job = FfnInput(weight, gram, sums, acts.shape[0], 0.1, cuda)
+    removed = choose(importance, job, 4)
+    assert len(removed) == 4
+    bias = torch.randn(weight.shape[0], dtype=torch.float64)
+    for heal in ("none", "lstsq", "anchored"):
+        done = heal_down(job, removed, heal, bias)
+        assert done.weight.device.type == "cpu" and done.bias is not None and done.bias.device.type == "cpu"
