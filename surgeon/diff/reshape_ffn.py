@@ -1,8 +1,9 @@
 """The MLP channels a reshape sliced out (issue 22), for `surgeon diff`: OTHER's gate_proj
 and up_proj (rows, and their biases) and down_proj (columns) are BASE's less whole channels,
 same dtype. Which channels went comes from OTHER's prune_manifest.json (`ffn_removed_channels`
-of its reshape block) where that fits the shapes, else from gate_proj's rows: a kept channel's
-gate row is byte-identical to BASE's, in BASE's order.
+of its reshape block) where that fits the shapes, else from gate_proj's and up_proj's rows: a
+kept channel's rows are byte-identical to BASE's, in BASE's order (a channel BASE has twice
+leaves the matching not established).
 """
 
 from __future__ import annotations
@@ -86,17 +87,28 @@ def _kept(base: Checkpoint, other: Checkpoint, names: dict[str, str], claim: dic
     ):
         gone = set(removed)
         return [c for c in range(width) if c not in gone], "manifest"
-    return _by_rows(base, other, gate), "rows"
+    up = names.get("mlp.up_proj.weight")
+    rows = [gate] if up is None or base.tensors[up].shape[0] != width else [gate, up]
+    return _by_rows(base, other, rows), "rows"
 
 
-def _by_rows(base: Checkpoint, other: Checkpoint, name: str) -> list[int] | None:
-    """OTHER's gate rows matched in order to BASE's equal rows; None where one has no match."""
-    b, o = base.tensors[name], other.tensors[name]
-    if not (readable(b) and readable(o)):
+def _by_rows(base: Checkpoint, other: Checkpoint, names: list[str]) -> list[int] | None:
+    """OTHER's channels (their gate and up rows together) matched in order to BASE's equal
+    ones; None where one has no match, or where a match is not the only one (BASE has two
+    channels alike in those rows: which of them went would be a guess)."""
+    if not all(readable(base.tensors[n]) and readable(other.tensors[n]) for n in names):
         return None
-    theirs, mine = _row_digests(base, b), _row_digests(other, o)
+    theirs = _channel_digests(base, [base.tensors[n] for n in names])
+    mine = _channel_digests(other, [other.tensors[n] for n in names])
+    if theirs is None or mine is None:
+        return None
+    counts: dict[bytes, int] = {}
+    for digest in theirs:
+        counts[digest] = counts.get(digest, 0) + 1
     kept, at = [], 0
     for digest in mine:
+        if counts.get(digest, 0) > 1:
+            return None
         while at < len(theirs) and theirs[at] != digest:
             at += 1
         if at == len(theirs):
@@ -106,10 +118,15 @@ def _by_rows(base: Checkpoint, other: Checkpoint, name: str) -> list[int] | None
     return kept
 
 
-def _row_digests(ckpt: Checkpoint, info: TensorInfo) -> list[bytes]:
-    row = info.nbytes // info.shape[0]
-    with ShardReader(ckpt.shard_path(info.file)) as reader:
-        return [
-            hashlib.blake2b(reader.read(info.start + i * row, row), digest_size=16).digest()
-            for i in range(info.shape[0])
-        ]
+def _channel_digests(ckpt: Checkpoint, infos: list[TensorInfo]) -> list[bytes] | None:
+    """Each channel's rows of `infos` (as many rows each), hashed together."""
+    count = infos[0].shape[0]
+    if any(info.shape[0] != count for info in infos):
+        return None
+    digests = [hashlib.blake2b(digest_size=16) for _ in range(count)]
+    for info in infos:
+        row = info.nbytes // count
+        with ShardReader(ckpt.shard_path(info.file)) as reader:
+            for i in range(count):
+                digests[i].update(reader.read(info.start + i * row, row))
+    return [d.digest() for d in digests]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -70,12 +70,18 @@ def obs_scores(weight: torch.Tensor, gram: torch.Tensor, ridge_rel: float) -> to
 
 
 def _inverse(gram: torch.Tensor, ridge: float) -> torch.Tensor:
-    system = gram.clone()
-    system.diagonal().add_(ridge)
-    factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) == 0:
-        return torch.cholesky_inverse(factor)
-    return torch.linalg.pinv(system, hermitian=True)  # G is singular and the ridge is 0
+    """(G + lambda I)^-1. Where that is singular (the ridge 0, a channel never active or the
+    copy of another), the limit lambda -> 0 is taken at a jitter of 1e-12 to 1e-6 of G's mean
+    diagonal: such a channel's P_jj is then huge and its OBS error near zero, as it is; G's
+    pseudo-inverse gave it P_jj = 0 and the largest error."""
+    scale = float(torch.diagonal(gram).mean()) or 1.0
+    for jitter in (0.0, 1e-12, 1e-9, 1e-6):
+        system = gram.clone()
+        system.diagonal().add_(ridge + jitter * scale)
+        factor, info = torch.linalg.cholesky_ex(system)
+        if int(info) == 0:
+            return torch.cholesky_inverse(factor)
+    return torch.linalg.pinv(system, hermitian=True)
 
 
 def obs_select(weight: torch.Tensor, gram: torch.Tensor, count: int, ridge_rel: float) -> tuple[list[int], list[float]]:
@@ -109,10 +115,12 @@ def select_channels(scores: torch.Tensor, count: int) -> list[int]:
 
 
 def choose(importance: str, job: FfnInput, count: int) -> list[int]:
-    """The channels to remove by the named importance."""
+    """The channels to remove by the named importance, scored on `job.device`: the engine's
+    down_proj is read into CPU memory while G and sum(a) are captured on the device."""
     if importance == "obs":
         return obs_select(job.weight.to(job.device), job.gram.to(job.device), count, job.ridge_rel)[0]
-    return select_channels(SCORERS[importance](job), count)
+    placed = replace(job, weight=job.weight.to(job.device), gram=job.gram.to(job.device), sums=job.sums.to(job.device))
+    return select_channels(SCORERS[importance](placed).cpu(), count)
 
 
 # The channel importances by name (obs has its own greedy loop, in choose): the names are
@@ -137,10 +145,13 @@ class FfnHeal:
 def heal_down(job: FfnInput, removed: list[int], heal: str, bias: torch.Tensor | None) -> FfnHeal:
     """down_proj with `removed` channels gone, healed by `heal` (lstsq, anchored or none).
 
-    With a bias (mlp_bias), the lstsq heals fit it too, as the weight of a constant input
-    column (G grows by sum(a) and the token count), and heal none adds the removed channels'
-    mean output to it (FLAP's bias compensation). Without one, only the kept channels can
-    absorb the removed channels' mean, through the refit."""
+    With a bias (mlp_bias), the lstsq heals fit it too, as the unpenalised weight of a
+    constant input column: the kept columns are refit on the centred G (G - s s^T / N, the
+    ridge relative to its diagonal) and the bias takes the mean output they leave, so the
+    ridge neither shrinks the bias nor grows with N, and the heal is the same whatever the
+    activations' scale. Heal none adds the removed channels' mean output to the bias (FLAP's
+    bias compensation). Without one, only the kept channels can absorb the removed
+    channels' mean, through the refit."""
     width = job.weight.shape[1]
     kept = torch.tensor([j for j in range(width) if j not in set(removed)], dtype=torch.long)
     out_dtype = job.weight.dtype
@@ -151,32 +162,22 @@ def heal_down(job: FfnInput, removed: list[int], heal: str, bias: torch.Tensor |
         return FfnHeal(weight, new_bias, None)
     w = job.weight.to(job.device, torch.float64)
     gram = job.gram.to(job.device, torch.float64)
-    if bias is not None:  # the bias is the weight of a constant column of ones
-        w, gram, kept = _with_intercept(w, gram, job, bias, kept)
-    columns, stats = refit(w, gram, kept.to(job.device), job.ridge_rel, job.tokens, anchored=heal == "anchored")
+    index = kept.to(job.device)
+    if bias is not None:  # the intercept, unpenalised: the weights fit to the centred data
+        mean = job.sums.to(job.device, torch.float64) / max(job.tokens, 1)
+        gram = gram - torch.outer(mean, mean) * max(job.tokens, 1)
+    columns, stats = refit(w, gram, index, job.ridge_rel, job.tokens, anchored=heal == "anchored")
     healed = torch.zeros(job.weight.shape, dtype=torch.float64, device=job.device)
-    if bias is not None:
-        healed[:, kept[:-1]] = columns[:, :-1]
-        return FfnHeal(healed.to(out_dtype).cpu(), columns[:, -1].to(bias.dtype).cpu(), asdict(stats))
-    healed[:, kept] = columns
-    return FfnHeal(healed.to(out_dtype).cpu(), None, asdict(stats))
+    healed[:, index] = columns
+    if bias is None:
+        return FfnHeal(healed.to(out_dtype).cpu(), None, asdict(stats))
+    # the mean output kept: b' = b + W mean(a) - W_K' mean(a_K)
+    shifted = bias.to(job.device, torch.float64) + w @ mean - columns @ mean[index]
+    return FfnHeal(healed.to(out_dtype).cpu(), shifted.to(bias.dtype).cpu(), asdict(stats))
 
 
 def _compensated(job: FfnInput, removed: list[int], bias: torch.Tensor) -> torch.Tensor:
     """FLAP's compensation: the removed channels' mean output, W[:, R] mean(a_R), into the bias."""
-    mean = job.sums.to(torch.float64)[removed] / max(job.tokens, 1)
-    shift = job.weight.to(torch.float64)[:, removed] @ mean
-    return (bias.to(torch.float64) + shift.cpu()).to(bias.dtype)
-
-
-def _with_intercept(w: torch.Tensor, gram: torch.Tensor, job: FfnInput, bias: torch.Tensor, kept: torch.Tensor):
-    """W and G with a constant input column appended: [W b] and [[G s] [s^T N]]."""
-    width = gram.shape[0]
-    sums = job.sums.to(gram.device, torch.float64)
-    grown = torch.empty(width + 1, width + 1, dtype=torch.float64, device=gram.device)
-    grown[:width, :width] = gram
-    grown[:width, width] = sums
-    grown[width, :width] = sums
-    grown[width, width] = float(job.tokens)
-    weight = torch.cat([w, bias.to(w.device, torch.float64)[:, None]], dim=1)
-    return weight, grown, torch.cat([kept, torch.tensor([width])])
+    mean = job.sums.to("cpu", torch.float64)[removed] / max(job.tokens, 1)  # the weight is in CPU memory
+    shift = job.weight.to("cpu", torch.float64)[:, removed] @ mean
+    return (bias.to("cpu", torch.float64) + shift).to(bias.dtype)

@@ -25,6 +25,7 @@ the CLI's one-line error.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import tempfile
@@ -45,6 +46,7 @@ from surgeon.jsonfile import read_json_file
 from surgeon.model.names import layers_phrase
 from surgeon.progress import NoProgress, ProgressSink
 from surgeon.recover.verify_reshape import check_reshape, record_layers
+from surgeon.recover.verify_reshape_ffn import ffn_layers
 from surgeon.text import layer_ranges
 
 REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")  # transformers imports the code they name
@@ -507,11 +509,18 @@ def _check_copied(written: WrittenRecord, diff: DiffReport, report: VerifyReport
 def _check_heads(manifest: PruneManifest, diff: DiffReport, report: VerifyReport, actual: set[int]) -> None:
     o_proj = {t.layer: t for t in diff.tensors if t.family.endswith("o_proj.weight") and t.stack == diff.main_stack}
     reshape = manifest.get("reshape")
-    # a reshaped layer's removed heads are gone, not zero: verify_reshape checks those layers
-    sliced = {entry["layer"] for entry in record_layers(reshape)} if isinstance(reshape, dict) else set()
+    # a reshaped layer's removed heads are gone, not zero: verify_reshape holds the reshape
+    # block's kept heads to the bytes, and the prune record must name the others
+    sliced = {e["layer"]: e["kept_heads"] for e in record_layers(reshape)} if isinstance(reshape, dict) else {}
     for layer in manifest.get("layers") or []:
         index, heads = layer["layer"], layer.get("pruned_heads") or []
         entry = o_proj.get(index)
+        if index in sliced and entry is not None and entry.heads is not None:
+            gone = [h for h in range(entry.heads.num_heads) if h not in set(sliced[index])]
+            if sorted(heads) != gone:
+                report.discrepancies.append(
+                    f"layer {index}: manifest says heads {heads} were removed; its reshape block sliced {gone}"
+                )
         if index not in actual or index in sliced or entry is None or entry.heads is None:
             continue
         zeroed = [h for h, zero in enumerate(entry.heads.other_zero) if zero]
@@ -523,19 +532,47 @@ def _check_heads(manifest: PruneManifest, diff: DiffReport, report: VerifyReport
 
 def _check_channels(manifest: PruneManifest, diff: DiffReport, report: VerifyReport, actual: set[int]) -> None:
     """The MLP channels a layer says it removed are the ones whose down_proj columns and
-    gate/up_proj rows are zero, and no other channel's down_proj column is newly zero."""
+    gate/up_proj rows are zero, and no other channel's down_proj column or gate/up_proj row
+    is newly zero (a zero gate or up row alone silences the channel: removed, unclaimed)."""
     mlp = {
         (t.layer, t.channels.projection): t.channels
         for t in diff.tensors
         if t.channels is not None and t.stack == diff.main_stack
     }
     reshape = manifest.get("reshape")
-    # a reshaped layer's removed channels are gone, not zero: verify_reshape_ffn checks those
-    sliced = {e["layer"] for e in record_layers(reshape) if "ffn_width" in e} if isinstance(reshape, dict) else set()
+    # a reshaped layer's removed channels are gone, not zero: verify_reshape_ffn holds the reshape
+    # block's to the bytes, and the prune record must name the same ones
+    sliced = (
+        {e["layer"]: e["ffn_removed_channels"] for e in ffn_layers(record_layers(reshape))}
+        if isinstance(reshape, dict)
+        else {}
+    )
     for layer in manifest.get("layers") or []:
         index, claimed = layer["layer"], sorted(layer.get("ffn_pruned_channels") or [])
         down = mlp.get((index, "down_proj"))
-        if index not in actual or index in sliced or (down is None and not claimed):
+        if len(set(claimed)) != len(claimed):
+            twice = next(c for c, d in itertools.pairwise(claimed) if c == d)
+            report.discrepancies.append(f"layer {index}: the manifest names MLP channel {twice} removed twice")
+            continue
+        if index in sliced and claimed != sliced[index]:
+            report.discrepancies.append(
+                f"layer {index}: the manifest says {len(claimed)} MLP channels were removed, its reshape block "
+                f"sliced {len(sliced[index])}"
+                + (
+                    f" (first differing: {_first_differing(claimed, sliced[index])})"
+                    if claimed or sliced[index]
+                    else ""
+                )
+            )
+        if index in sliced and down is not None and (dead := down.heads_with("zeroed")):
+            report.discrepancies.append(
+                f"layer {index}: {len(dead)} MLP channels the reshape keeps have a newly zero down_proj column "
+                f"(first: {dead[0]}): removed, but the manifest does not say so"
+            )
+        if index not in actual or index in sliced:
+            continue
+        _check_unclaimed_rows(index, claimed, mlp, report)
+        if down is None and not claimed:
             continue
         zeroed = down.heads_with("zeroed") if down is not None else []
         if zeroed != claimed:
@@ -552,6 +589,17 @@ def _check_channels(manifest: PruneManifest, diff: DiffReport, report: VerifyRep
                 report.discrepancies.append(
                     f"layer {index}: {len(live)} removed MLP channels keep a non-zero {proj} row (first: {live[0]})"
                 )
+
+
+def _check_unclaimed_rows(index: int, claimed: list[int], mlp: dict, report: VerifyReport) -> None:
+    for proj in ("gate_proj", "up_proj"):
+        rows = mlp.get((index, proj))
+        unclaimed = sorted(set(rows.heads_with("zeroed")) - set(claimed)) if rows is not None else []
+        if unclaimed:
+            report.discrepancies.append(
+                f"layer {index}: {len(unclaimed)} MLP channels have a newly zero {proj} row (first: {unclaimed[0]}) "
+                "but the manifest does not say they were removed"
+            )
 
 
 def _first_differing(a: list[int], b: list[int]) -> int:

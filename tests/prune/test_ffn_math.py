@@ -150,3 +150,58 @@ def test_obs_greedy_downdates_equal_re_solving_from_scratch():
 
 def test_select_channels_breaks_ties_to_the_lower_index():
     assert select_channels(torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0]), 2) == [1, 2]
+
+
+@pytest.mark.parametrize("heal", ["lstsq", "anchored"])
+def test_the_ridge_leaves_the_bias_alone_whatever_the_activations_scale(heal):
+    """The bias is the weight of a constant column: the ridge (relative to the channels' G)
+    must not shrink it, nor the column's N inflate the weights' ridge. The same MLP with its
+    activations scaled by s and down_proj by 1/s is healed to the same outputs; the bias was
+    pulled from 5 to 0.46 (lstsq, s = 10), and the weights' ridge grew 7-fold at s = 0.1."""
+    acts, weight = _data()
+    bias = torch.full((weight.shape[0],), 5.0, dtype=torch.float64)
+    outputs = []
+    for scale in (0.1, 1.0, 10.0):
+        a, w = acts * scale, weight / scale
+        done = heal_down(_job(a, w, 0.1), [3], heal, bias)
+        assert done.bias is not None
+        outputs.append(a @ done.weight.T + done.bias)
+    for other in outputs[1:]:
+        torch.testing.assert_close(other, outputs[0], rtol=1e-9, atol=1e-9)
+    assert float((outputs[0] - (acts @ weight.T + bias)).mean(dim=0).abs().max()) < 1e-9  # the mean output kept
+
+
+def test_obs_without_a_ridge_removes_a_dead_or_duplicated_channel_first():
+    """--ffn-ridge-rel 0 and a singular G: a channel never active, or the copy of another,
+    costs nothing to remove. Through G's pseudo-inverse its P_jj was 0 and its score
+    ||W_j||^2 / 0 the largest: it was kept, and the errors ran to 1e16."""
+    acts, weight = _data()
+    acts[:, 5] = 0
+    assert obs_select(weight, acts.T @ acts, 1, 0.0)[0] == [5]
+    acts, weight = _data()
+    acts[:, 7] = acts[:, 2]
+    removed, errors = obs_select(weight, acts.T @ acts, 1, 0.0)
+    assert removed in ([2], [7]) and errors[0] < 1e-6
+    few = _data(tokens=8)[0]  # 8 tokens, 16 channels
+    removed, errors = obs_select(weight, few.T @ few, 10, 0.0)
+    assert len(removed) == 10 and all(0 <= e < 1e6 for e in errors)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("importance", ["wanda", "flap", "obs"])
+def test_channels_are_chosen_and_healed_with_g_on_the_device_and_down_proj_in_cpu_memory(importance):
+    """As the engine holds them: down_proj read into CPU memory, G and sum(a) captured on the
+    GPU. wanda and flap multiplied the two (a device mismatch), and heal none's bias
+    compensation did too."""
+    from surgeon.prune.ffn import choose
+
+    acts, weight = _data()
+    cuda = torch.device("cuda")
+    gram, sums = (acts.T @ acts).to(cuda), acts.sum(dim=0).to(cuda)
+    job = FfnInput(weight, gram, sums, acts.shape[0], 0.1, cuda)
+    removed = choose(importance, job, 4)
+    assert len(removed) == 4
+    bias = torch.randn(weight.shape[0], dtype=torch.float64)
+    for heal in ("none", "lstsq", "anchored"):
+        done = heal_down(job, removed, heal, bias)
+        assert done.weight.device.type == "cpu" and done.bias is not None and done.bias.device.type == "cpu"
