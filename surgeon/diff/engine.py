@@ -324,7 +324,8 @@ def channel_layout(family: str, shape) -> tuple[str, HeadLayout] | None:
 
 
 def _layout(diff: TensorDiff, geometry) -> tuple[str, HeadLayout] | None:
-    if diff.base is not None and (channels := channel_layout(diff.family, diff.base.shape)) is not None:
+    floats = diff.base is not None and diff.base.dtype.startswith(("F", "BF"))  # not a packed quant's bytes
+    if floats and diff.base is not None and (channels := channel_layout(diff.family, diff.base.shape)) is not None:
         return channels
     axis = head_axis(diff.family)
     geo = geometry.get((diff.stack, diff.layer)) if diff.stack is not None else None
