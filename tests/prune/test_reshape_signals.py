@@ -95,7 +95,7 @@ def test_a_signal_during_surgeon_reshape_publishes_nothing(masked, tmp_path, whe
 @pytest.mark.parametrize(
     "where",
     [
-        "surgeon.format.writer:_copy_side_files",  # the mask-mode build being written
+        "surgeon.format.writer:copy_side_files",  # the mask-mode build being written
         "surgeon.prune.reshape:reshape",  # the mask-mode build written, the slicing not begun
         "surgeon.format.reshaped:_rewrite_shard",  # the reshaped output being written
     ],

@@ -156,7 +156,7 @@ def test_killed_salvage_leaves_nothing_and_the_base_untouched(planted, tmp_path,
 
     before = {p.name: sha(p) for p in TRAINED.iterdir()}
     calls = []
-    real = writer._write_all  # every write of the changed shard goes through it
+    real = writer.write_all  # every write of the changed shard goes through it
 
     def dying(*args):
         calls.append(1)
@@ -164,7 +164,7 @@ def test_killed_salvage_leaves_nothing_and_the_base_untouched(planted, tmp_path,
             raise KeyboardInterrupt()
         return real(*args)
 
-    monkeypatch.setattr(writer, "_write_all", dying)
+    monkeypatch.setattr(writer, "write_all", dying)
     with pytest.raises(KeyboardInterrupt):
         salvage(planted, TRAINED, [0], tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -638,7 +638,7 @@ def test_quit_during_a_write_asks_then_leaves_nothing(tmp_path, monkeypatch):
     from surgeon.format import writer
 
     output = tmp_path / "out"
-    entered, release = hold(monkeypatch, writer, "_write_all")
+    entered, release = hold(monkeypatch, writer, "write_all")
 
     async def flow(app, pilot):
         await write_then_ask_to_quit(app, pilot, output, entered)
@@ -758,7 +758,7 @@ def test_quit_question_goes_when_the_write_ends_first(tmp_path, monkeypatch):
     from surgeon.format import writer
 
     output = tmp_path / "out"
-    entered, release = hold(monkeypatch, writer, "_write_all")
+    entered, release = hold(monkeypatch, writer, "write_all")
 
     async def flow(app, pilot):
         await write_then_ask_to_quit(app, pilot, output, entered)
