@@ -49,7 +49,7 @@ def check_channels(
     problems = [
         f"layer {index}: its MLP is not the base's shape, but the reshape block names no channel removed"
         for index in sorted(theirs)
-        if index not in named and _shape(ours.get(index), "gate") != _shape(theirs[index], "gate")
+        if index not in named and any(_shape(ours.get(index), k) != _shape(theirs[index], k) for k in _ALL)
     ]
     if not claimed:
         return [], problems
@@ -62,6 +62,9 @@ def check_channels(
     return [
         f"the reshape's MLP claims hold: layers {indices} keep the base's gate and up rows of the channels kept"
     ], []
+
+
+_ALL = ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")
 
 
 def _shape(tensors: Mapping | None, key: str):

@@ -142,3 +142,28 @@ def test_a_reshape_whose_prune_record_names_other_heads_is_not_verified(tmp_path
     report = verify(out, DEMO_MODEL)
     assert not report.ok
     assert any("layer 3" in d for d in report.discrepancies), report.discrepancies
+
+
+def test_a_down_proj_sliced_in_a_layer_the_reshape_block_leaves_out_is_not_verified(tmp_path):
+    """Only down_proj narrower (gate and up as the base's): the layer's MLP is not the base's shape."""
+    from surgeon.format.checkpoint import open_checkpoint
+    from surgeon.format.safetensors import TensorBytes, write_safetensors
+    from surgeon.recover.verify_reshape_ffn import check_channels
+
+    out = prune(DEMO_MODEL, tmp_path / "heads", tiny_prune_options(prune_frac=0.25, mode="reshape")).output
+    base, ckpt = open_checkpoint(DEMO_MODEL), open_checkpoint(out)
+    name = "model.layers.2.mlp.down_proj.weight"
+    info = ckpt.tensors[name]
+    shard = out / info.file
+    data = shard.read_bytes()
+    tensors = []
+    for other in ckpt.shards[info.file].tensors.values():
+        raw = data[other.start : other.end]
+        if other.name == name:  # one column fewer: 64 rows of 127 bf16 values
+            rows = [raw[r * 256 : r * 256 + 254] for r in range(64)]
+            tensors.append(TensorBytes(name, other.dtype.name, (64, 127), b"".join(rows)))
+        else:
+            tensors.append(TensorBytes(other.name, other.dtype.name, other.shape, raw))
+    write_safetensors(shard, tensors, ckpt.shards[info.file].metadata or {})
+    _, problems = check_channels([], "model.layers", base, open_checkpoint(out), {})
+    assert problems == ["layer 2: its MLP is not the base's shape, but the reshape block names no channel removed"]
