@@ -385,17 +385,10 @@ def _add_reshape(base, other, tensors: list[TensorDiff], stats: bool, cancel) ->
         sliced = findings.tensors.get(diff.name)
         if sliced is None or diff.status != "retyped":
             continue
-        check_stop(cancel.is_set if cancel is not None else None)
-        diff.status = "reshaped"
-        b, o = base.tensors[diff.name], other.tensors[diff.name]
-        if sliced.kept is None or not (readable(b) and readable(o)):
-            continue  # which heads OTHER's are is not established: the layer's note says so
-        compare = compare_cols if sliced.axis == "cols" else compare_rows
-        kept = compare(
-            (base.shard_path(b.file), other.shard_path(o.file)), (b, o), sliced.kept, sliced.layer.head_dim, stats
-        )
-        diff.heads = _reshaped_heads(sliced, kept)
-        diff.stats = kept.stats
+        # which heads OTHER's are may not be established: the layer's note then says so
+        kept = _mark_reshaped(base, other, diff, (sliced.axis, sliced.kept, sliced.layer.head_dim), stats, cancel)
+        if kept is not None:
+            diff.heads = _reshaped_heads(sliced, kept)
     return findings
 
 
@@ -407,15 +400,25 @@ def _add_channel_reshape(base, other, tensors: list[TensorDiff], stats: bool, ca
         sliced = found.get(diff.name)
         if sliced is None or diff.status != "retyped":
             continue
-        check_stop(cancel.is_set if cancel is not None else None)
-        diff.status = "reshaped"
-        b, o = base.tensors[diff.name], other.tensors[diff.name]
-        if sliced.kept is None or not (readable(b) and readable(o)):
-            continue  # which channels OTHER's are is not established
-        compare = compare_cols if sliced.axis == "cols" else compare_rows
-        kept = compare((base.shard_path(b.file), other.shard_path(o.file)), (b, o), sliced.kept, 1, stats)
-        diff.channels = _kept_report(sliced.projection, sliced.axis, sliced.width, sliced.kept, kept)
-        diff.stats = kept.stats
+        kept = _mark_reshaped(base, other, diff, (sliced.axis, sliced.kept, 1), stats, cancel)
+        if kept is not None:
+            diff.channels = _kept_report(sliced.projection, sliced.axis, sliced.width, sliced.kept or [], kept)
+
+
+def _mark_reshaped(base, other, diff: TensorDiff, slicing: tuple, stats: bool, cancel) -> KeptHeads | None:
+    """Mark `diff` reshaped and compare OTHER's kept heads or channels (`slicing`: the axis,
+    BASE's head of each of OTHER's, and the head size) with BASE's, the stats of the kept
+    ones going to diff.stats; None where which are kept is not established."""
+    axis, kept, dim = slicing
+    check_stop(cancel.is_set if cancel is not None else None)
+    diff.status = "reshaped"
+    b, o = base.tensors[diff.name], other.tensors[diff.name]
+    if kept is None or not (readable(b) and readable(o)):
+        return None
+    compare = compare_cols if axis == "cols" else compare_rows
+    found = compare((base.shard_path(b.file), other.shard_path(o.file)), (b, o), kept, dim, stats)
+    diff.stats = found.stats
+    return found
 
 
 def _reshaped_heads(sliced: Sliced, kept: KeptHeads) -> HeadReport:
