@@ -38,3 +38,16 @@ def shared_canary_cache(isolated_cache, monkeypatch, _session_canary_cache):
     keeps its own, as before."""
     monkeypatch.setenv("SURGEON_CANARY_CACHE", str(_session_canary_cache))
     return _session_canary_cache
+
+
+@pytest.fixture(scope="session")
+def channels_0_1(tmp_path_factory):
+    """The demo model with a quarter of the MLP channels (32 of 128) removed in layers 0-1 and
+    no head, in mask mode: read only, by the prune, diff, verify and TUI tests of issue 22."""
+    from surgeon.demo import DEMO_MODEL
+    from surgeon.prune.engine import prune
+    from tests.helpers import tiny_prune_options
+
+    out = tmp_path_factory.mktemp("ffn") / "cand"  # the name the TUI's golden screenshot shows
+    prune(DEMO_MODEL, out, tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0-1"))
+    return out

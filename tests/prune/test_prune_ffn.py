@@ -172,13 +172,6 @@ def test_a_mixture_of_experts_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.fixture(scope="module")
-def channels_0_1(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ffn") / "out"
-    prune(DEMO_MODEL, out, tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0-1"))
-    return out
-
-
 def test_diff_reports_the_channels_removed_per_layer(channels_0_1):
     from surgeon.cli.main import main
 

@@ -12,20 +12,9 @@ from surgeon.tui.dialogs import MessageDialog
 from surgeon.demo import DEMO_MODEL as BASE
 from surgeon.errors import SurgeonError
 from surgeon.prune.options import PRUNE_DEFAULTS, PruneOptions
-from tests.helpers import tiny_prune_options
 from tests.tui.test_tui import compare_screenshots, run_app, screenshot, table_rows, text_of, type_into
 
 FORM = {"fraction": "0", "layers": "all", "importance": "recon", "heal": "lstsq", "mode": "mask"}
-
-
-@pytest.fixture(scope="module")
-def channels_0_1(tmp_path_factory):
-    """The demo base with a quarter of the MLP channels (32 of 128) removed in layers 0-1, no head."""
-    from surgeon.prune.engine import prune
-
-    out = tmp_path_factory.mktemp("ffn") / "cand"
-    prune(BASE, out, tiny_prune_options(ffn_frac=0.25, prune_frac=0.0, layers="0-1"))
-    return out
 
 
 def test_the_form_builds_options_with_the_mlp_fraction(tmp_path):
