@@ -53,7 +53,7 @@ from surgeon.prune.ffn import FfnInput, channels_to_prune, heal_down
 from surgeon.prune.ffn import choose as choose_channels
 from surgeon.prune.heads import HeadCount, head_counts, rounding_warning
 from surgeon.prune.heal import HEALERS, HealInput, head_columns
-from surgeon.prune.importance import SCORERS, ScoringInput, select_balanced, select_heads
+from surgeon.prune.importance import SCORERS, ScoringInput, check_gram, select_balanced, select_heads
 from surgeon.prune.options import PruneOptions
 from surgeon.prune.workdir import DamagedEntry, Workdir, check_workdir, record_problem
 from surgeon.runtime.corpus import (
@@ -555,13 +555,17 @@ class _Run:
             return self.options.prune_frac > 0
         return self.fracs.get(spec.index, self.options.prune_frac) > 0
 
-    def _prune_heads(self, stream, spec: LayerSpec, batches, result: LayerResult):
-        gram, o_weight, base_out = self._capture(stream, spec, batches, spec.o_proj)
+    def _check_rank(self, spec: LayerSpec, gram: _Gram, which: str, width: str) -> None:
+        """A warning where the heal would lean on its ridge: G of fewer independent tokens than columns."""
         if self.options.heal != "none" and not _full_rank(gram.matrix):
             self._warn(
-                f"layer {spec.index}: G is rank-deficient ({gram.tokens} calibration tokens, width "
-                f"{spec.num_heads * spec.head_dim}): the heal leans on its ridge; give more calibration text"
+                f"layer {spec.index}: {which} is rank-deficient ({gram.tokens} calibration tokens, {width}): "
+                "the heal leans on its ridge; give more calibration text"
             )
+
+    def _prune_heads(self, stream, spec: LayerSpec, batches, result: LayerResult):
+        gram, o_weight, base_out = self._capture(stream, spec, batches, spec.o_proj)
+        self._check_rank(spec, gram, "G", f"width {spec.num_heads * spec.head_dim}")
         with self._phase(spec, "importance", 1, unit=self.options.importance):
             scores = self._scores(stream, spec, batches, o_weight, gram)
             self.progress.advance(1)
@@ -582,12 +586,8 @@ class _Run:
         channels chosen by --ffn-importance, gate/up rows zeroed and down_proj healed."""
         mlp = cast(MlpSpec, spec.mlp)  # checked before the run (check_ffn)
         gram, _, outputs = self._capture(stream, spec, batches, mlp.down_proj, replace, what="ffn capture")
-        check_ffn_gram(gram.matrix, spec)
-        if self.options.heal != "none" and not _full_rank(gram.matrix):
-            self._warn(
-                f"layer {spec.index}: the MLP's G is rank-deficient ({gram.tokens} calibration tokens, "
-                f"{mlp.width} channels): the heal leans on its ridge; give more calibration text"
-            )
+        check_gram(gram.matrix, spec, "the MLP's input")
+        self._check_rank(spec, gram, "the MLP's G", f"{mlp.width} channels")
         stored = stream.read_tensors([mlp.gate_proj, mlp.up_proj, mlp.down_proj, *mlp.biases])
         ridge = self.options.ffn_ridge_rel
         job = FfnInput(stored[mlp.down_proj], gram.matrix, gram.sums, gram.tokens, ridge, self.device)
@@ -752,17 +752,6 @@ def check_ffn(layout: ModelLayout, selected: list[int], options: PruneOptions) -
             )
         if spec.mlp is None:
             raise SurgeonError(f"layer {index} has no gate_proj, up_proj and down_proj of matching shapes to prune")
-
-
-def check_ffn_gram(gram: torch.Tensor, spec: LayerSpec) -> None:
-    """A G that is not finite (a float16 overflow) or all zero cannot rank the channels."""
-    if not bool(torch.isfinite(gram).all()):
-        raise SurgeonError(
-            f"layer {spec.index}: the MLP's input on the calibration text is not finite (NaN or inf); "
-            "try float32 compute"
-        )
-    if not bool(torch.diagonal(gram).any()):
-        raise SurgeonError(f"layer {spec.index}: the MLP's input is zero on every calibration token")
 
 
 def _bias_word(has_bias: bool, heal: str) -> str:

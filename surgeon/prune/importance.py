@@ -41,12 +41,12 @@ class ScoringInput:
 
 
 def _recon(job: ScoringInput) -> list[float]:
-    _check_gram(job.gram, job.spec)
+    check_gram(job.gram, job.spec)
     return recon_scores(job.weight, job.gram, job.spec.head_dim, job.ridge_rel)
 
 
 def _norm(job: ScoringInput) -> list[float]:
-    _check_gram(job.gram, job.spec)
+    check_gram(job.gram, job.spec)
     return norm_scores(job.weight, job.gram, job.spec.head_dim)
 
 
@@ -59,17 +59,17 @@ def _loo_nll(job: ScoringInput) -> list[float]:
 SCORERS: dict[str, Callable[[ScoringInput], list[float]]] = {"recon": _recon, "norm": _norm, "loo-nll": _loo_nll}
 
 
-def _check_gram(gram: torch.Tensor, spec: LayerSpec) -> None:
-    """Heads are scored (and o_proj healed) from G: a G that is not finite (a float16
-    overflow, a config that does not fit the model) or all zero (no attention output at
-    all) cannot rank them, and would surface as a singular-matrix error."""
+def check_gram(gram: torch.Tensor, spec: LayerSpec, what: str = "the attention output") -> None:
+    """Heads are scored (and o_proj healed) from G, MLP channels from down_proj's input's
+    (`what`): a G that is not finite (a float16 overflow, a config that does not fit the
+    model) or all zero (no output at all) cannot rank them, and would surface as a
+    singular-matrix error."""
     if not bool(torch.isfinite(gram).all()):
         raise SurgeonError(
-            f"layer {spec.index}: the attention output on the calibration text is not finite (NaN or inf); "
-            "try float32 compute"
+            f"layer {spec.index}: {what} on the calibration text is not finite (NaN or inf); try float32 compute"
         )
     if not bool(torch.diagonal(gram).any()):
-        raise SurgeonError(f"layer {spec.index}: the attention output is zero on every calibration token")
+        raise SurgeonError(f"layer {spec.index}: {what} is zero on every calibration token")
 
 
 def select_heads(scores: list[float], spec: LayerSpec, fraction: float) -> list[int]:
